@@ -1,0 +1,380 @@
+"""Input shapes -> one responses frame (schema.RESPONSE_COLUMNS), validated with exact locations.
+
+Shapes (detected from the fields, or named with `--format`):
+  long           one row per (prompt, source, response); AlpacaEval's model_outputs.json
+                 (instruction, output, generator) is this shape, one file per model.
+  wide           one row per prompt, one column per source (`columns={"gpt4": "output_gpt4"}`).
+  ultrafeedback  `completions: [{model, response, overall_score | ratings | annotations}]`.
+  nectar         `answers: [{model, answer, rank}]`; score = -rank (rank 1 is best).
+  sharegpt       `conversations: [{from, value}]` or `messages: [{role, content}]`; the last
+                 assistant turn is the response, the turns before it are the prompt.
+
+Errors (exit 2, one line naming file, row and field): a missing or mistyped field, a NaN score, an
+unknown shape, the same (prompt, source, sample) twice. Skipped and counted instead: a wide row whose
+source column is null (that source did not answer that prompt).
+
+Flat shapes (long, wide) are adapted column-wise with polars, so a million Parquet rows never meet
+a Python loop; JSON rows are type-checked row by row first, because JSON types vary per row and the
+error must name the line.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import polars as pl
+
+from pairforge import schema as S
+from pairforge.errors import InputError, describe
+from pairforge.io import Records
+
+FORMATS = ("auto", "long", "wide", "ultrafeedback", "nectar", "sharegpt")
+MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+_ALIASES = {
+    "prompt": ("prompt", "instruction", "question"),
+    "response": ("response", "output", "completion", "answer"),
+    "source": ("source", "generator", "model"),
+}
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
+_CANONICAL_SCHEMA = {
+    "_file": pl.Int32, "_row": pl.Int64, S.PROMPT_ID: pl.String, "system": pl.String, S.SOURCE: pl.String,
+    S.SAMPLE: pl.Int64, S.RESPONSE: pl.String, S.FINISH_REASON: pl.String, S.SCORE: pl.Float64,
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One expected field: its key in the input, its kind, and whether a row may lack it."""
+
+    key: str
+    kind: str  # "text" | "prompt" | "number" | "int"
+    required: bool = True
+
+
+def detect_format(records: Records, columns: dict[str, str] | None) -> str:
+    """Name the shape of a file from its fields; one clear line when nothing fits."""
+    keys = set(records.columns)
+    if columns:
+        return "wide"
+    if "completions" in keys:
+        return "ultrafeedback"
+    if "answers" in keys:
+        return "nectar"
+    if "conversations" in keys or "messages" in keys:
+        return "sharegpt"
+    if _pick(keys, "prompt") and _pick(keys, "response"):
+        return "long"
+    raise InputError(str(records.path), "cannot tell the input format: expected fields prompt/instruction and "
+                     "response/output (long), completions (UltraFeedback), answers (Nectar), conversations or "
+                     f"messages (ShareGPT), or --columns for wide; found {', '.join(sorted(keys)) or 'none'}")
+
+
+def responses_from_files(
+    inputs: list[Records], fmt: str = "auto", columns: dict[str, str] | None = None
+) -> pl.DataFrame:
+    """All input files -> one validated responses frame with stable prompt ids and sample numbers."""
+    frames = []
+    for file_index, records in enumerate(inputs):
+        shape = detect_format(records, columns) if fmt == "auto" else fmt
+        adapt = {"long": _long, "wide": _wide, "ultrafeedback": _ultrafeedback, "nectar": _nectar,
+                 "sharegpt": _sharegpt}[shape]
+        frame = adapt(records, columns or {})
+        frames.append(frame.with_columns(pl.lit(file_index, pl.Int32).alias("_file")))
+    return _finalise(frames, inputs)
+
+
+# --- flat shapes: type-check, then adapt column-wise -------------------------------------------------
+
+def _long(records: Records, _: dict[str, str]) -> pl.DataFrame:
+    keys = set(records.columns)
+    prompt_key, response_key, source_key = (_pick(keys, role) for role in ("prompt", "response", "source"))
+    if prompt_key is None or response_key is None:
+        missing = "prompt (or instruction)" if prompt_key is None else "response (or output)"
+        raise InputError(str(records.path), f"missing field: expected {missing} in a long-format file", row="row 1")
+    fields = [Field(prompt_key, "prompt"), Field(response_key, "text"), *_optional_fields(keys)]
+    if source_key:
+        fields.append(Field(source_key, "text"))
+    if "input" in keys and prompt_key == "instruction":
+        fields.append(Field("input", "text", required=False))
+    frame = _checked_frame(records, fields)
+    prompt = pl.col(prompt_key)
+    if "input" in frame.columns and prompt_key == "instruction":  # Alpaca: instruction + input
+        has_input = pl.col("input").fill_null("").str.strip_chars() != ""
+        prompt = pl.when(has_input).then(prompt + "\n\n" + pl.col("input")).otherwise(prompt)
+    source = pl.col(source_key) if source_key else pl.lit(records.path.stem)
+    return _canonical(frame, prompt, source.alias(S.SOURCE), pl.col(response_key).alias(S.RESPONSE))
+
+
+def _wide(records: Records, columns: dict[str, str]) -> pl.DataFrame:
+    if not columns:
+        raise InputError("--columns", "the wide format needs source=column pairs, e.g. gpt4=output_gpt4,chatgpt=out2")
+    keys = set(records.columns)
+    prompt_key = _pick(keys, "prompt")
+    if prompt_key is None:
+        raise InputError(str(records.path), "missing field: expected prompt (or instruction)", row="row 1")
+    for source, column in columns.items():
+        if column not in keys:
+            raise InputError(str(records.path), f"--columns names column '{column}' for source '{source}', but the "
+                             f"file has no such field (found {', '.join(sorted(keys))})")
+    fields = [Field(prompt_key, "prompt"), *_optional_fields(keys - {"score", "sample", "finish_reason"}),
+              *(Field(column, "text", required=False) for column in columns.values())]
+    frame = _checked_frame(records, fields)
+    parts = [
+        _canonical(frame, pl.col(prompt_key), pl.lit(source).alias(S.SOURCE), pl.col(column).alias(S.RESPONSE))
+        .filter(pl.col(S.RESPONSE).is_not_null())  # that source did not answer this prompt
+        for source, column in columns.items()
+    ]
+    return pl.concat(parts, how="vertical_relaxed")
+
+
+def _optional_fields(keys: set[str]) -> list[Field]:
+    optional = [Field("system", "text", False), Field("sample", "int", False), Field("finish_reason", "text", False),
+                Field("score", "number", False), Field("prompt_id", "text", False)]
+    return [f for f in optional if f.key in keys]
+
+
+def _canonical(frame: pl.DataFrame, prompt: pl.Expr, source: pl.Expr, response: pl.Expr) -> pl.DataFrame:
+    """Select the canonical columns; absent optional ones become typed nulls."""
+    def optional(name: str) -> pl.Expr:
+        dtype = _CANONICAL_SCHEMA[name]
+        return (pl.col(name) if name in frame.columns else pl.lit(None)).cast(dtype).alias(name)
+
+    return frame.with_row_index("_row").select(
+        pl.col("_row").cast(pl.Int64), prompt.alias(S.PROMPT), optional("system"), source, optional(S.SAMPLE),
+        response, optional(S.FINISH_REASON), optional(S.SCORE), optional(S.PROMPT_ID),
+    )
+
+
+def _checked_frame(records: Records, fields: list[Field]) -> pl.DataFrame:
+    """The file's fields as a typed frame, after checking every row (JSON) or column (Parquet)."""
+    if records.frame is not None:
+        _check_columns(records, fields)
+        return records.frame.select([f.key for f in fields])
+    rows = records.rows or []
+    for index, row in enumerate(rows):
+        for f in fields:
+            _check_value(row.get(f.key), f, records, index)
+    chat = any(isinstance(row.get(f.key), list) for row in rows for f in fields if f.kind == "prompt")
+    data = {f.key: [_as_chat(row.get(f.key)) if f.kind == "prompt" and chat else row.get(f.key) for row in rows]
+            for f in fields}
+    kinds = {"text": pl.String, "number": pl.Float64, "int": pl.Int64, "prompt": MESSAGES if chat else pl.String}
+    return pl.DataFrame(data, schema={f.key: kinds[f.kind] for f in fields})
+
+
+def _check_value(value: Any, f: Field, records: Records, index: int) -> None:
+    def fail(expected: str) -> None:
+        found = "nothing (field missing)" if f.key not in (records.rows or [])[index] else describe(value)
+        raise InputError(str(records.path), f"expected {expected}, found {found}", row=records.label(index),
+                         field=f.key)
+
+    if value is None:
+        if f.required:
+            fail({"text": "a string", "prompt": "a string or a list of chat messages"}.get(f.kind, "a number"))
+        return
+    if f.kind == "text" and not isinstance(value, str):
+        fail("a string")
+    elif f.kind == "prompt" and not (isinstance(value, str) or _is_messages(value)):
+        fail("a string or a list of {role, content} messages")
+    elif f.kind in ("number", "int"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (f.kind == "int" and not isinstance(value, int)):
+            fail("an integer" if f.kind == "int" else "a number")
+        if isinstance(value, float) and not math.isfinite(value):
+            fail("a finite number")
+
+
+def _check_columns(records: Records, fields: list[Field]) -> None:
+    """Column-wise twin of `_check_value` for typed files: dtype, then the first null or NaN row."""
+    frame = records.frame
+    assert frame is not None
+    for f in fields:
+        dtype = frame.schema[f.key]
+        ok = {"text": dtype == pl.String, "prompt": dtype == pl.String or dtype == MESSAGES,
+              "number": dtype.is_numeric(), "int": dtype.is_integer()}[f.kind]
+        if not ok:
+            raise InputError(str(records.path), f"expected a {f.kind} column, found type {dtype}", field=f.key)
+        bad = pl.col(f.key).is_null() if f.required else pl.lit(False)
+        if dtype.is_float():
+            bad = bad | pl.col(f.key).is_nan() | pl.col(f.key).is_infinite()
+        hits = frame.select(pl.arg_where(bad).first()).item()
+        if hits is not None:
+            value = frame[f.key][hits]
+            raise InputError(str(records.path), f"expected a {'finite number' if dtype.is_float() else f.kind}, "
+                             f"found {describe(value)}", row=records.label(hits), field=f.key)
+
+
+# --- nested shapes: walk each record ------------------------------------------------------------------
+
+def _ultrafeedback(records: Records, _: dict[str, str]) -> pl.DataFrame:
+    def rows() -> Iterator[dict[str, Any]]:
+        for index, row in enumerate(records.as_rows()):
+            reader = _RowReader(records, index, row)
+            prompt = reader.prompt(_pick(set(row), "prompt") or "instruction")
+            for item_no, item in enumerate(reader.items("completions")):
+                where = f"completions[{item_no}]"
+                yield {"_row": index, S.PROMPT: prompt, S.SOURCE: reader.text(item, "model", where),
+                       S.RESPONSE: reader.text(item, "response", where), S.SCORE: reader.rating(item, where)}
+
+    return _nested_frame(rows())
+
+
+def _nectar(records: Records, _: dict[str, str]) -> pl.DataFrame:
+    def rows() -> Iterator[dict[str, Any]]:
+        for index, row in enumerate(records.as_rows()):
+            reader = _RowReader(records, index, row)
+            prompt = reader.prompt("prompt")
+            for item_no, item in enumerate(reader.items("answers")):
+                where = f"answers[{item_no}]"
+                rank = reader.number(item, "rank", where)
+                yield {"_row": index, S.PROMPT: prompt, S.SOURCE: reader.text(item, "model", where),
+                       S.RESPONSE: reader.text(item, "answer", where), S.SCORE: -rank}
+
+    return _nested_frame(rows())
+
+
+def _sharegpt(records: Records, _: dict[str, str]) -> pl.DataFrame:
+    def rows() -> Iterator[dict[str, Any]]:
+        for index, row in enumerate(records.as_rows()):
+            reader = _RowReader(records, index, row)
+            key = "conversations" if "conversations" in row else "messages"
+            turns = [reader.turn(turn, f"{key}[{n}]") for n, turn in enumerate(reader.items(key))]
+            last = max((n for n, t in enumerate(turns) if t["role"] == "assistant"), default=None)
+            if last is None or last == 0:
+                reader.fail(key, "expected a conversation with a user turn and then an assistant turn")
+            source = next((row[k] for k in _ALIASES["source"] if isinstance(row.get(k), str)), records.path.stem)
+            yield {"_row": index, S.PROMPT: turns[:last], S.SOURCE: source, S.RESPONSE: turns[last]["content"]}
+
+    return _nested_frame(rows())
+
+
+def _nested_frame(rows: Iterator[dict[str, Any]]) -> pl.DataFrame:
+    materialised = list(rows)
+    chat = any(isinstance(r[S.PROMPT], list) for r in materialised)
+    for r in materialised:
+        r[S.PROMPT] = _as_chat(r[S.PROMPT]) if chat else r[S.PROMPT]
+    schema = {"_row": pl.Int64, S.PROMPT: MESSAGES if chat else pl.String, S.SOURCE: pl.String,
+              S.RESPONSE: pl.String, S.SCORE: pl.Float64}
+    frame = pl.DataFrame(materialised, schema=schema)
+    return frame.with_columns(pl.lit(None, pl.String).alias("system"), pl.lit(None, pl.Int64).alias(S.SAMPLE),
+                              pl.lit(None, pl.String).alias(S.FINISH_REASON), pl.lit(None, pl.String).alias(S.PROMPT_ID))
+
+
+class _RowReader:
+    """Typed access to one nested record; every failure names file, row and the field path."""
+
+    def __init__(self, records: Records, index: int, row: dict[str, Any]):
+        self.records, self.index, self.row = records, index, row
+
+    def fail(self, field: str, problem: str) -> None:
+        raise InputError(str(self.records.path), problem, row=self.records.label(self.index), field=field)
+
+    def prompt(self, key: str) -> str | list[S.Message]:
+        value = self.row.get(key)
+        if not (isinstance(value, str) or _is_messages(value)):
+            self.fail(key, f"expected a string or a list of chat messages, found {describe(value)}")
+        return value
+
+    def items(self, key: str) -> list[dict[str, Any]]:
+        value = self.row.get(key)
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            self.fail(key, f"expected a list of objects, found {describe(value)}")
+        return value
+
+    def text(self, item: dict[str, Any], key: str, where: str) -> str:
+        value = item.get(key)
+        if not isinstance(value, str):
+            self.fail(f"{where}.{key}", f"expected a string, found {describe(value)}")
+        return value
+
+    def number(self, item: dict[str, Any], key: str, where: str) -> float:
+        value = item.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self.fail(f"{where}.{key}", f"expected a finite number, found {describe(value)}")
+        return float(value)
+
+    def rating(self, item: dict[str, Any], where: str) -> float | None:
+        """overall_score, else the mean of `ratings` (list or dict), else of UltraFeedback's annotations."""
+        if item.get("overall_score") is not None:
+            return self.number(item, "overall_score", where)
+        ratings = item.get("ratings")
+        if isinstance(ratings, dict):
+            ratings = list(ratings.values())
+        if ratings is None and isinstance(item.get("annotations"), dict):
+            ratings = [a.get("Rating") for a in item["annotations"].values() if isinstance(a, dict)]
+            ratings = [float(r) for r in ratings if isinstance(r, (str, int, float)) and str(r).replace(".", "", 1).isdigit()]
+        if ratings is None:
+            return None
+        values = {f"r{n}": r for n, r in enumerate(ratings)}
+        numbers = [self.number(values, k, f"{where}.ratings") for k in values]
+        return sum(numbers) / len(numbers) if numbers else None
+
+    def turn(self, turn: dict[str, Any], where: str) -> S.Message:
+        role = turn.get("from", turn.get("role"))
+        content = turn.get("value", turn.get("content"))
+        if role not in _SHAREGPT_ROLES:
+            self.fail(f"{where}.from", f"expected a role (human, gpt, system, user, assistant), found {describe(role)}")
+        if not isinstance(content, str):
+            self.fail(f"{where}.value", f"expected a string, found {describe(content)}")
+        return {"role": _SHAREGPT_ROLES[role], "content": content}
+
+
+# --- all files -> one frame -----------------------------------------------------------------------------
+
+def _finalise(frames: list[pl.DataFrame], inputs: list[Records]) -> pl.DataFrame:
+    """Unify prompt types, add prompt ids and sample numbers, refuse duplicate responses."""
+    chat = any(f.schema[S.PROMPT] == MESSAGES or f["system"].is_not_null().any() for f in frames)
+    if chat:
+        frames = [f.with_columns(_chat_prompt(f)) for f in frames]
+    frame = pl.concat(frames, how="diagonal_relaxed").select(list(_CANONICAL_SCHEMA) + [S.PROMPT])
+    ids = _prompt_ids(frame.select(S.PROMPT).unique())
+    frame = frame.join(ids, on=S.PROMPT, how="left", suffix="_computed", nulls_equal=True).with_columns(
+        pl.coalesce(S.PROMPT_ID, "prompt_id_computed").alias(S.PROMPT_ID)
+    )
+    given = frame[S.SAMPLE].is_not_null()
+    if not given.all():  # number repeated (prompt, source) rows 0, 1, ... in input order
+        frame = frame.sort("_file", "_row").with_columns(
+            pl.when(pl.col(S.SAMPLE).is_null()).then(pl.int_range(pl.len()).over(S.PROMPT_ID, S.SOURCE))
+            .otherwise(pl.col(S.SAMPLE)).alias(S.SAMPLE)
+        )
+    duplicate = frame.select(pl.arg_where(pl.struct(S.PROMPT_ID, S.SOURCE, S.SAMPLE).is_duplicated()).first()).item()
+    if duplicate is not None:
+        row = frame.row(duplicate, named=True)
+        records = inputs[row["_file"]]
+        raise InputError(str(records.path), f"the same prompt, source '{row[S.SOURCE]}' and sample {row[S.SAMPLE]} "
+                         "appear twice (give each a distinct 'sample', or pass each file once)",
+                         row=records.label(row["_row"]))
+    return frame.select(S.RESPONSE_COLUMNS)
+
+
+def _chat_prompt(frame: pl.DataFrame) -> pl.Expr:
+    """A prompt column as chat messages, with the system prompt (if any) as the first message."""
+    prompt = pl.col(S.PROMPT)
+    if frame.schema[S.PROMPT] == pl.String:
+        prompt = pl.concat_list(pl.struct(role=pl.lit("user"), content=prompt))
+    system = pl.concat_list(pl.struct(role=pl.lit("system"), content=pl.col("system")))
+    return pl.when(pl.col("system").is_not_null()).then(pl.concat_list(system, prompt)).otherwise(prompt).alias(S.PROMPT)
+
+
+def _prompt_ids(prompts: pl.DataFrame) -> pl.DataFrame:
+    """Hash each distinct prompt once (the Python hash runs per prompt, not per response)."""
+    values = prompts[S.PROMPT].to_list()
+    ids = [S.prompt_id_of(S.to_messages(p)) for p in values]
+    return prompts.with_columns(pl.Series("prompt_id_computed", ids, dtype=pl.String))
+
+
+def _pick(keys: set[str], role: str) -> str | None:
+    return next((k for k in _ALIASES[role] if k in keys), None)
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    ) and bool(value)
+
+
+def _as_chat(prompt: Any) -> Any:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt] if isinstance(prompt, list) else prompt

@@ -1,0 +1,165 @@
+"""Reading and writing record files: JSONL, JSON arrays, Parquet and HF `datasets` saved to disk.
+
+Readers return `Records`: either Python rows (JSON, where types vary row by row and an error must
+name the exact line) or a polars frame (Parquet / Arrow, typed by column, read without a Python loop).
+What the rows *mean* (long, wide, UltraFeedback, ...) is `formats.py`'s job, not this module's.
+
+Writers are atomic: they write a temporary file next to the target and rename it, so a crash or a
+bad row never leaves a half-written output, and an existing good file is replaced only by a good one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.ipc
+
+from pairforge.errors import InputError, describe
+
+
+@dataclass
+class Records:
+    """The rows of one input file, with a way to name a row in an error message."""
+
+    path: Path
+    rows: list[dict[str, Any]] | None = None  # JSON / JSONL
+    frame: pl.DataFrame | None = None  # Parquet / Arrow
+    line_numbers: list[int] | None = None  # JSONL: the line of each row
+
+    def __len__(self) -> int:
+        return len(self.rows) if self.rows is not None else self.frame.height  # type: ignore[union-attr]
+
+    def label(self, index: int) -> str:
+        """'line 12' for JSONL, 'row 3' otherwise (1-based, as a user counts)."""
+        if self.line_numbers is not None:
+            return f"line {self.line_numbers[index]}"
+        return f"row {index + 1}"
+
+    @property
+    def columns(self) -> list[str]:
+        """Field names: the frame's columns, or the union of the JSON rows' keys in first-seen order."""
+        if self.frame is not None:
+            return list(self.frame.columns)
+        seen: dict[str, None] = {}
+        for row in self.rows or []:
+            seen.update(dict.fromkeys(row))
+        return list(seen)
+
+    def as_rows(self) -> list[dict[str, Any]]:
+        """Python rows, converting a frame when a format needs to walk nested records."""
+        return self.rows if self.rows is not None else self.frame.to_dicts()  # type: ignore[union-attr]
+
+
+def read_records(path: str | Path) -> Records:
+    """Read one input file or `datasets.save_to_disk` folder; bad input raises `InputError`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(str(path), "no such file or folder")
+    if path.is_dir():
+        records = Records(path, frame=_read_saved_dataset(path))
+    elif path.suffix == ".parquet":
+        records = Records(path, frame=_read_parquet(path))
+    else:
+        records = _read_json(path)
+    if len(records) == 0:
+        raise InputError(str(path), "file is empty: expected at least one record")
+    return records
+
+
+def _read_parquet(path: Path) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path)
+    except Exception as exc:  # polars raises several types for a corrupt file
+        raise InputError(str(path), f"not a readable Parquet file ({type(exc).__name__}: {exc})".splitlines()[0])
+
+
+def _read_saved_dataset(path: Path) -> pl.DataFrame:
+    """A `Dataset.save_to_disk` folder: Arrow stream files listed in state.json (no `datasets` needed)."""
+    state_file = path / "state.json"
+    if not state_file.exists():
+        raise InputError(str(path), "is a folder but not a saved HF dataset: expected state.json inside "
+                         "(a DatasetDict folder? point at one split's folder, e.g. train/)")
+    files = [path / entry["filename"] for entry in json.loads(state_file.read_text())["_data_files"]]
+    tables = [pyarrow.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files]
+    return pl.from_arrow(pa.concat_tables(tables))  # type: ignore[return-value]
+
+
+def _read_json(path: Path) -> Records:
+    """JSONL (one object per line) or a JSON array of objects, decided by the first character."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(str(path), f"not UTF-8 text: byte 0x{data[exc.start]:02x} cannot be decoded "
+                         "(re-encode the file as UTF-8)", row=f"line {line}") from None
+    stripped = text.lstrip()
+    if not stripped:
+        raise InputError(str(path), "file is empty: expected at least one record")
+    if stripped.startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(str(path), f"not valid JSON: {exc.msg} (column {exc.colno})",
+                             row=f"line {exc.lineno}") from None
+        for index, item in enumerate(items):
+            _expect_object(item, path, f"row {index + 1}")
+        return Records(path, rows=items)
+    rows, lines = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(str(path), f"not valid JSON: {exc.msg} (column {exc.colno})",
+                             row=f"line {number}") from None
+        _expect_object(item, path, f"line {number}")
+        rows.append(item)
+        lines.append(number)
+    return Records(path, rows=rows, line_numbers=lines)
+
+
+def _expect_object(item: Any, path: Path, row: str) -> None:
+    if not isinstance(item, dict):
+        raise InputError(str(path), f"expected a JSON object (one record), found {describe(item)}", row=row)
+
+
+def write_table(frame: pl.DataFrame, path: str | Path) -> Path:
+    """Write Parquet (.parquet) or JSONL (.jsonl / .json lines) atomically; returns the path."""
+    path = Path(path)
+    writers: dict[str, Callable[[pl.DataFrame, Path], None]] = {
+        ".parquet": lambda f, p: f.write_parquet(p),
+        ".jsonl": lambda f, p: f.write_ndjson(p),
+    }
+    if path.suffix not in writers:
+        raise InputError(str(path), "unknown output type: expected a name ending in .parquet or .jsonl")
+    write_atomically(path, lambda tmp: writers[path.suffix](frame, tmp))
+    return path
+
+
+def write_json(data: Any, path: str | Path) -> Path:
+    """Write a JSON document atomically (summaries, manifests)."""
+    path = Path(path)
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n"))
+    return path
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Run `write` on a temporary sibling of `path`, then rename it over `path` (POSIX-atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
