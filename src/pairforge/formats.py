@@ -332,13 +332,14 @@ def _finalise(frames: list[pl.DataFrame], inputs: list[Records]) -> pl.DataFrame
     frame = frame.join(ids, on=S.PROMPT, how="left", suffix="_computed", nulls_equal=True).with_columns(
         pl.coalesce(S.PROMPT_ID, "prompt_id_computed").alias(S.PROMPT_ID)
     )
-    given = frame[S.SAMPLE].is_not_null()
-    if not given.all():  # number repeated (prompt, source) rows 0, 1, ... in input order
-        frame = frame.sort("_file", "_row").with_columns(
+    frame = frame.sort("_file", "_row")
+    if frame[S.SAMPLE].is_null().any():  # number repeated (prompt, source) rows 0, 1, ... in input order
+        frame = frame.with_columns(
             pl.when(pl.col(S.SAMPLE).is_null()).then(pl.int_range(pl.len()).over(S.PROMPT_ID, S.SOURCE))
             .otherwise(pl.col(S.SAMPLE)).alias(S.SAMPLE)
         )
-    duplicate = frame.select(pl.arg_where(pl.struct(S.PROMPT_ID, S.SOURCE, S.SAMPLE).is_duplicated()).first()).item()
+    repeated = ~pl.struct(S.PROMPT_ID, S.SOURCE, S.SAMPLE).is_first_distinct()
+    duplicate = frame.select(pl.arg_where(repeated).first()).item()
     if duplicate is not None:
         row = frame.row(duplicate, named=True)
         records = inputs[row["_file"]]

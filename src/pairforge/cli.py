@@ -1,0 +1,181 @@
+"""The `pairforge` command: one sub-command per stage.
+
+Every flag is also a recipe key (`--config recipe.yaml` reads the recipe's section; flags given on the
+command line win). Bad input ends with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from pairforge.config import PairsConfig, load_recipe
+from pairforge.errors import EXIT_BAD_INPUT, InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+pairs_app = typer.Typer(no_args_is_help=True, help="Build preference pairs from answers of several models.")
+app.add_typer(pairs_app, name="pairs")
+console = Console(stderr=True)
+
+T = TypeVar("T")
+
+
+def _fail_cleanly(run: Callable[[], T]) -> T:
+    """Run a command; bad input becomes one line and exit 2."""
+    try:
+        return run()
+    except InputError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+@pairs_app.command("build")
+def pairs_build(
+    inputs: list[Path] = typer.Argument(None, help="answer files: JSONL, JSON, Parquet or a saved HF dataset folder"),
+    rank: Optional[str] = typer.Option(None, help="strength order, strongest first: 'gpt-4 > chatgpt > davinci'"),
+    pair_types: Optional[str] = typer.Option(None, help="'all' (default), 'adjacent', 'extremes' or 'a>b,c>d'"),
+    strategy: Optional[str] = typer.Option(None, help="ranked | scored | verified (default: ranked if --rank)"),
+    scored_mode: Optional[str] = typer.Option(None, help="scored: best-worst | best-random | all"),
+    min_margin: Optional[float] = typer.Option(None, help="scored: smallest score gap that makes a pair"),
+    format: Optional[str] = typer.Option(None, "--format", help="auto | long | wide | ultrafeedback | nectar | sharegpt"),
+    columns: Optional[str] = typer.Option(None, help="wide format: source=column pairs, 'gpt4=out_gpt4,chatgpt=out2'"),
+    out: Optional[Path] = typer.Option(None, help="output .parquet or .jsonl (default pairs.parquet)"),
+    eval_fraction: Optional[float] = typer.Option(None, help="share of prompts held out into <out>.eval.*"),
+    seed: Optional[int] = typer.Option(None, help="seed for best-random"),
+    keep_truncated: bool = typer.Option(False, "--keep-truncated", help="keep answers with finish_reason=length"),
+    no_role_marker_filter: bool = typer.Option(False, "--no-role-marker-filter", help="keep answers with role markers"),
+    near_duplicate: Optional[str] = typer.Option(None, help="Jaccard threshold for near-duplicates (0.9), or 'off'"),
+    min_length: Optional[int] = typer.Option(None, help="drop answers shorter than this"),
+    max_length: Optional[int] = typer.Option(None, help="drop answers longer than this"),
+    length_unit: Optional[str] = typer.Option(None, help="words (default) | tokens"),
+    tokenizer: Optional[str] = typer.Option(None, help="tokenizer for --length-unit tokens (default: embedded)"),
+    length_ratio: Optional[str] = typer.Option(None, help="keep pairs with len(chosen)/len(rejected) in 'low,high'"),
+    decontaminate: Optional[list[Path]] = typer.Option(None, help="eval prompt file(s) to decontaminate against"),
+    ngram: Optional[int] = typer.Option(None, help="n-gram size for --decontaminate (13)"),
+    config: Optional[Path] = typer.Option(None, help="recipe YAML; its `pairs:` section gives the defaults"),
+) -> None:
+    """Turn answers of models of different strength into a TRL-ready pairs file and a summary."""
+    def run() -> None:
+        flags = {"inputs": inputs or None, "rank": rank, "pair_types": pair_types, "strategy": strategy,
+                 "scored_mode": scored_mode, "min_margin": min_margin, "format": format, "out": out,
+                 "eval_fraction": eval_fraction, "seed": seed, "columns": _parse_columns(columns) if columns else None}
+        filter_flags = {"drop_truncated": False if keep_truncated else None,
+                        "role_markers": "" if no_role_marker_filter else None,
+                        "near_duplicate": _parse_threshold(near_duplicate), "min_length": min_length,
+                        "max_length": max_length, "length_unit": length_unit, "tokenizer": tokenizer,
+                        "length_ratio": _parse_pair(length_ratio, "--length-ratio") if length_ratio else None,
+                        "decontaminate": decontaminate or None, "ngram": ngram}
+        _run_pairs_build(config, flags, filter_flags)
+
+    _fail_cleanly(run)
+
+
+def _run_pairs_build(config: Path | None, flags: dict[str, Any], filter_flags: dict[str, Any]) -> None:
+    from pairforge.pairs.run import build_from_files  # keeps `pairforge --help` fast
+
+    base = load_recipe(config).pairs if config else PairsConfig()
+    merged = base.model_dump()
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    merged["filters"].update({k: v for k, v in filter_flags.items() if v is not None})
+    if filter_flags["near_duplicate"] == "off":
+        merged["filters"]["near_duplicate"] = None
+    if merged["filters"]["role_markers"] == "":
+        merged["filters"]["role_markers"] = None
+    try:
+        cfg = PairsConfig.model_validate(merged)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        option = "--" + str(error["loc"][-1] if error["loc"] else "options").replace("_", "-")
+        raise InputError(option, error["msg"]) from None
+    if not cfg.inputs:
+        raise InputError("pairs build", "expected at least one input file (or `inputs:` in the recipe)")
+    result = build_from_files(cfg)
+    print_summary(result.summary)
+    console.print(f"wrote {', '.join(str(p) for p in result.written)}", highlight=False)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The summary as tables: pairs per type, drops by reason, verification, lengths."""
+    table = Table(title=f"pairs ({summary['strategy']})", title_justify="left")
+    table.add_column("pair type", no_wrap=True)
+    table.add_column("train", justify="right")
+    table.add_column("eval", justify="right")
+    train, held_out = summary["pairs"]["train"], summary["pairs"]["eval"]
+    for pair_type in sorted(set(train) | set(held_out)):
+        table.add_row(pair_type, str(train.get(pair_type, 0)), str(held_out.get(pair_type, 0)))
+    table.add_row("[bold]total", f"[bold]{sum(train.values())}", f"[bold]{sum(held_out.values())}")
+    console.print(table)
+
+    drops = Table(title="dropped", title_justify="left")
+    for column in ("what", "reason", "count"):
+        drops.add_column(column, justify="right" if column == "count" else "left")
+    for reason, n in summary["dropped_answers"].items():
+        drops.add_row("answers", reason, str(n))
+    for reason, n in summary["dropped_prompts"].items():
+        if n:
+            drops.add_row("pairs" if reason.startswith("pairs") else "prompts", reason, str(n))
+    for reason, per_type in summary["dropped_pairs"].items():
+        drops.add_row("pairs", reason, ", ".join(f"{t}: {n}" for t, n in per_type.items()))
+    console.print(drops if drops.row_count else "dropped: nothing")
+
+    if "verification" in summary:
+        verify = Table(title="verification (scores vs declared order)", title_justify="left")
+        for column in ("pair type", "candidates", "agree", "contradicted", "tied", "unscored", "disagreement"):
+            verify.add_column(column, justify="left" if column == "pair type" else "right")
+        for pair_type, s in summary["verification"].items():
+            verify.add_row(pair_type, *(str(s[k]) for k in ("candidates", "agree", "contradicted", "tied", "unscored")),
+                           f"{s['disagreement_rate']:.1%}")
+        console.print(verify)
+
+    lengths = summary["lengths"]
+    table = Table(title=f"length ({lengths['unit']}): chosen vs rejected", title_justify="left")
+    table.add_column("pair type", no_wrap=True)
+    for column in ("pairs", "chosen mean / p90", "rejected mean / p90", "chosen longer"):
+        table.add_column(column, justify="right")
+    for name, s in [*lengths["per_pair_type"].items(), ("all", lengths["all"])]:
+        table.add_row(name, str(s["pairs"]), f"{s['chosen']['mean']:.1f} / {s['chosen']['p90']:.0f}",
+                      f"{s['rejected']['mean']:.1f} / {s['rejected']['p90']:.0f}", f"{s['chosen_longer_rate']:.0%}")
+    console.print(table)
+
+
+def _parse_columns(text: str) -> dict[str, str]:
+    pairs = [_split_once(part, "=", "--columns", "source=column") for part in text.split(",") if part.strip()]
+    return dict(pairs)
+
+
+def _parse_pair(text: str, option: str) -> tuple[float, float]:
+    low, high = _split_once(text, ",", option, "low,high")
+    try:
+        return float(low), float(high)
+    except ValueError:
+        raise InputError(option, f"expected two numbers 'low,high', found '{text}'") from None
+
+
+def _parse_threshold(text: str | None) -> float | str | None:
+    if text is None or text == "off":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError("--near-duplicate", f"expected a number in [0, 1] or 'off', found '{text}'") from None
+
+
+def _split_once(text: str, sep: str, option: str, shape: str) -> tuple[str, str]:
+    left, found, right = text.partition(sep)
+    if not found or not left.strip() or not right.strip():
+        raise InputError(option, f"expected '{shape}', found '{text.strip()}'")
+    return left.strip(), right.strip()
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

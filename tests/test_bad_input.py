@@ -1,0 +1,144 @@
+"""Bad input: one line naming file, row and field; exit code 2; no traceback; nothing written is lost.
+
+Errors (exit 2): malformed JSON, a non-object line, wrong types, missing prompt/response, NaN or
+infinite scores, an empty file, a file that is not UTF-8, an unknown source in --rank or
+--pair-types, a rank with a cycle or a source twice, the same (prompt, source, sample) twice, an
+unknown recipe key. Skipped and counted instead: a prompt with only one source (see test_pairs.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from pairforge.cli import app
+
+RANK = ["--rank", "gpt-4 > chatgpt > davinci"]
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(app, ["pairs", "build", *map(str, args)])
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def test_malformed_json_line(tmp_path, long_rows):
+    path = tmp_path / "a.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in long_rows[:3]) + '\n{"prompt": "x", "source": \n')
+    assert_one_line_error(run_cli(path, *RANK), "a.jsonl", "line 4", "not valid JSON")
+
+
+def test_line_that_is_not_an_object(jsonl):
+    path = jsonl("a.jsonl", [{"prompt": "p", "source": "a", "response": "r"}])
+    path.write_text(path.read_text() + "[1, 2]\n")
+    assert_one_line_error(run_cli(path, *RANK), "line 2", "expected a JSON object")
+
+
+def test_wrong_type(jsonl, long_rows):
+    long_rows[4]["response"] = 42
+    assert_one_line_error(run_cli(jsonl("a.jsonl", long_rows), *RANK),
+                          "a.jsonl line 5", "field 'response'", "expected a string, found number 42")
+
+
+def test_missing_response_field(jsonl, long_rows):
+    del long_rows[2]["response"]
+    assert_one_line_error(run_cli(jsonl("a.jsonl", long_rows), *RANK), "line 3", "'response'", "field missing")
+
+
+def test_missing_prompt_field_everywhere(jsonl):
+    assert_one_line_error(run_cli(jsonl("a.jsonl", [{"source": "a", "response": "r"}]), *RANK),
+                          "cannot tell the input format", "found response, source")
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity"])
+def test_nan_score_in_json(tmp_path, long_rows, bad):
+    lines = [json.dumps({**r, "score": 1.0}) for r in long_rows]
+    lines[6] = lines[6].replace("1.0", bad)
+    (tmp_path / "a.jsonl").write_text("\n".join(lines))
+    assert_one_line_error(run_cli(tmp_path / "a.jsonl", *RANK), "line 7", "field 'score'", "finite number")
+
+
+def test_nan_score_in_parquet(tmp_path, long_rows):
+    scores = [1.0] * len(long_rows)
+    scores[3] = float("nan")
+    pl.DataFrame(long_rows).with_columns(pl.Series("score", scores)).write_parquet(tmp_path / "a.parquet")
+    assert_one_line_error(run_cli(tmp_path / "a.parquet", *RANK), "a.parquet row 4", "field 'score'", "finite")
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    assert_one_line_error(run_cli(tmp_path / "empty.jsonl", *RANK), "empty.jsonl", "file is empty")
+
+
+def test_not_utf8(tmp_path):
+    (tmp_path / "latin1.jsonl").write_bytes('{"prompt": "ok", "source": "a", "response": "ok"}\n'
+                                            '{"prompt": "caf\xe9", "source": "a", "response": "x"}\n'.encode("latin-1"))
+    assert_one_line_error(run_cli(tmp_path / "latin1.jsonl", *RANK), "latin1.jsonl line 2", "not UTF-8", "0xe9")
+
+
+def test_unknown_source_in_rank(jsonl, long_rows):
+    assert_one_line_error(run_cli(jsonl("a.jsonl", long_rows), "--rank", "gpt-5 > chatgpt"),
+                          "--rank", "'gpt-5' is not in the input", "chatgpt, davinci, gpt-4")
+
+
+def test_pair_type_with_unknown_source(jsonl, long_rows):
+    assert_one_line_error(run_cli(jsonl("a.jsonl", long_rows), *RANK, "--pair-types", "gpt-4>llama"),
+                          "--pair-types", "'llama'")
+
+
+@pytest.mark.parametrize(("rank", "message"), [("gpt-4 > chatgpt > gpt-4", "appears twice"),
+                                               ("gpt-4 > chatgpt; chatgpt > gpt-4", "cycle")])
+def test_bad_rank(jsonl, long_rows, rank, message):
+    assert_one_line_error(run_cli(jsonl("a.jsonl", long_rows), "--rank", rank), "--rank", message)
+
+
+def test_same_answer_id_twice(jsonl, long_rows):
+    rows = [{**r, "sample": 0} for r in long_rows] + [{**long_rows[0], "sample": 0}]
+    assert_one_line_error(run_cli(jsonl("a.jsonl", rows), *RANK), "line 10", "appear twice")
+
+
+def test_wrong_type_in_nested_record(jsonl):
+    row = {"prompt": "p", "answers": [{"model": "a", "answer": "x", "rank": 1}, {"model": "b", "answer": None, "rank": 2}]}
+    assert_one_line_error(run_cli(jsonl("n.jsonl", [row]), "--strategy", "scored"),
+                          "line 1", "answers[1].answer", "expected a string, found null")
+
+
+def test_unknown_recipe_key_names_its_line(tmp_path, jsonl, long_rows):
+    jsonl("a.jsonl", long_rows)
+    (tmp_path / "recipe.yaml").write_text("pairs:\n  inputs: [a.jsonl]\n  rank: gpt-4 > chatgpt\n  pair_typo: all\n")
+    assert_one_line_error(run_cli("--config", tmp_path / "recipe.yaml"), "recipe.yaml line 4", "pairs.pair_typo",
+                          "unknown key")
+
+
+def test_failed_run_keeps_the_previous_output(tmp_path, jsonl, long_rows):
+    good = jsonl("good.jsonl", long_rows)
+    out = tmp_path / "pairs.parquet"
+    assert run_cli(good, *RANK, "--out", out).exit_code == 0
+    before = out.read_bytes()
+    bad = jsonl("bad.jsonl", long_rows[:-1] + [{"prompt": "p", "source": "a"}])
+    assert_one_line_error(run_cli(bad, *RANK, "--out", out), "bad.jsonl")
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "good.jsonl", "pairs.parquet",
+                                                          "pairs.summary.json"]
+
+
+def test_console_script_exit_code_and_stderr(tmp_path):
+    (tmp_path / "a.jsonl").write_text("not json\n")
+    done = subprocess.run([sys.executable, "-m", "pairforge", "pairs", "build", str(tmp_path / "a.jsonl"), *RANK],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "line 1" in done.stderr and "Traceback" not in done.stderr
