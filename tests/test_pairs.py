@@ -1,0 +1,217 @@
+"""Strategies, filters, margins, difficulty and splits, on small inputs whose right answer is known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pairforge.config import FilterConfig, PairsConfig
+from pairforge.formats import responses_from_files
+from pairforge.io import read_records
+from pairforge.pairs.build import build_pairs
+
+from conftest import SAMPLE, write_jsonl
+
+PAPER_RANK = "gpt-4 > chatgpt > davinci"
+
+
+def build(path: Path, **settings):
+    filters = settings.pop("filters", {})
+    cfg = PairsConfig(filters=FilterConfig(**filters), **settings)
+    return build_pairs(responses_from_files([read_records(path)]), cfg)
+
+
+def scored_rows(scores: dict[str, list[float]], prompts: int = 1) -> list[dict]:
+    return [{"prompt": f"Prompt {p}", "source": s, "sample": i, "response": f"{s} answer {i} to {p}", "score": v}
+            for p in range(prompts) for s, values in scores.items() for i, v in enumerate(values)]
+
+
+# --- ranked (the paper) ------------------------------------------------------------------------------
+
+def test_ranked_paper_pair_types(jsonl, long_rows):
+    result = build(jsonl("a.jsonl", long_rows), rank=PAPER_RANK, pair_types="gpt-4>davinci,gpt-4>chatgpt")
+    pairs = result.train
+    assert result.summary["pairs"]["train"] == {"gpt-4>chatgpt": 3, "gpt-4>davinci": 3}
+    assert set(pairs["chosen_source"]) == {"gpt-4"}
+    easy, hard = (pairs.filter(pl.col("pair_type") == t) for t in ("gpt-4>davinci", "gpt-4>chatgpt"))
+    assert easy["margin"].unique().to_list() == [2.0] and easy["difficulty"].unique().to_list() == [0.0]
+    assert hard["margin"].unique().to_list() == [1.0] and hard["difficulty"].unique().to_list() == [0.5]
+    row = easy.row(0, named=True)
+    original = {(r["prompt"], r["source"]): r["response"] for r in long_rows}
+    assert row["chosen"] == original[(row["prompt"], "gpt-4")] and row["rejected"] == original[(row["prompt"], "davinci")]
+
+
+def test_ranked_presets_and_all_sample_combinations(jsonl, long_rows):
+    extra = [{**r, "response": r["response"] + " Second try."} for r in long_rows if r["source"] == "davinci"]
+    result = build(jsonl("a.jsonl", long_rows + extra), rank=PAPER_RANK, pair_types="extremes")
+    assert result.summary["pairs"]["train"] == {"gpt-4>davinci": 6}  # 1 strong sample x 2 weak samples x 3 prompts
+    assert build(jsonl("b.jsonl", long_rows), rank=PAPER_RANK).summary["pairs"]["train"] == {
+        "chatgpt>davinci": 3, "gpt-4>chatgpt": 3, "gpt-4>davinci": 3}
+
+
+def test_prompt_with_one_source_is_skipped_and_counted(jsonl, long_rows):
+    rows = long_rows + [{"prompt": "Only one model saw this.", "source": "gpt-4", "response": "Alone."}]
+    summary = build(jsonl("a.jsonl", rows), rank=PAPER_RANK).summary
+    assert summary["dropped_prompts"]["only one source left"] == 1
+    assert sum(summary["pairs"]["train"].values()) == 9
+
+
+def test_chat_prompts_give_trl_conversational_pairs(jsonl):
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]
+    rows = [{"prompt": prompt, "source": "strong", "response": "Paris."},
+            {"prompt": prompt, "source": "weak", "response": "Lyon, probably."}]
+    pair = build(jsonl("a.jsonl", rows), rank="strong > weak").train.row(0, named=True)
+    assert pair["prompt"] == prompt
+    assert pair["chosen"] == [{"role": "assistant", "content": "Paris."}]
+    assert pair["rejected"] == [{"role": "assistant", "content": "Lyon, probably."}]
+
+
+# --- scored ------------------------------------------------------------------------------------------
+
+def test_best_vs_worst_and_ties(jsonl):
+    rows = scored_rows({"a": [9.0], "b": [5.0], "c": [1.0]}) + [
+        {"prompt": "Tied", "source": s, "response": f"{s} says hi", "score": 3.0} for s in "abc"]
+    result = build(jsonl("s.jsonl", rows), strategy="scored")
+    pair = result.train.row(0, named=True)
+    assert result.train.height == 1 and (pair["chosen_source"], pair["rejected_source"]) == ("a", "c")
+    assert pair["margin"] == 8.0 and pair["difficulty"] == 0.0
+    assert result.summary["dropped_prompts"]["prompts whose scores are all tied"] == 1
+
+
+def test_best_vs_random_is_seeded_and_never_picks_a_tie(jsonl):
+    rows = scored_rows({"a": [9.0, 9.0], "b": [5.0, 4.0], "c": [1.0, 2.0]}, prompts=30)
+    path = jsonl("s.jsonl", rows)
+    first, again = (build(path, strategy="scored", scored_mode="best-random", seed=1).train for _ in range(2))
+    other = build(path, strategy="scored", scored_mode="best-random", seed=2).train
+    assert first.equals(again) and not first.equals(other)
+    assert (first["chosen_score"] == 9.0).all() and (first["rejected_score"] < 9.0).all()
+    assert first["rejected_source"].n_unique() == 2
+
+
+def test_all_pairs_above_margin_with_several_samples(jsonl):
+    rows = scored_rows({"a": [9.0, 6.0], "b": [5.0]})
+    result = build(jsonl("s.jsonl", rows), strategy="scored", scored_mode="all", min_margin=2.0)
+    got = sorted(zip(result.train["chosen_score"], result.train["rejected_score"]))
+    assert got == [(9.0, 5.0), (9.0, 6.0)]  # 6 vs 5 is below the margin
+    assert result.summary["dropped_prompts"]["pairs with a score gap below 2.0"] == 1
+
+
+# --- verified -----------------------------------------------------------------------------------------
+
+def test_verified_drops_pairs_the_scores_contradict(jsonl, long_rows):
+    scores = {"gpt-4": [9, 9, 2], "chatgpt": [5, 9, 5], "davinci": [1, 1, 1]}
+    rows = [{**r, "score": float(scores[r["source"]][i % 3])} for i, r in enumerate(long_rows)]
+    result = build(jsonl("a.jsonl", rows), rank=PAPER_RANK, strategy="verified", pair_types="gpt-4>chatgpt")
+    report = result.summary["verification"]["gpt-4>chatgpt"]
+    assert (report["agree"], report["tied"], report["contradicted"]) == (1, 1, 1)
+    assert report["disagreement_rate"] == pytest.approx(2 / 3, abs=1e-4)
+    assert result.train.height == 1 and result.train["chosen_score"][0] > result.train["rejected_score"][0]
+
+
+def test_scored_strategy_without_scores_is_an_input_error(jsonl, long_rows):
+    from pairforge.errors import InputError
+
+    with pytest.raises(InputError, match="needs scores"):
+        build(jsonl("a.jsonl", long_rows), strategy="scored")
+
+
+# --- filters ------------------------------------------------------------------------------------------
+
+def two_source_rows(answers: list[tuple[str, str]], **extra) -> list[dict]:
+    rows = []
+    for i, (strong, weak) in enumerate(answers):
+        rows.append({"prompt": f"Question number {i}?", "source": "strong", "response": strong, **extra})
+        rows.append({"prompt": f"Question number {i}?", "source": "weak", "response": weak})
+    return rows
+
+
+def test_answer_filters_are_counted(jsonl):
+    rows = two_source_rows([
+        ("A fine answer.", "   \n "),
+        ("### Response: leaked template", "Plain answer."),
+        ("Good.", "<|im_start|>assistant hello"),
+        ("A normal, complete answer here.", "A shorter answer."),
+    ])
+    rows[6]["finish_reason"] = "length"
+    result = build(jsonl("a.jsonl", rows), rank="strong > weak")
+    assert result.summary["dropped_answers"] == {"empty answer": 1, "leaked role marker": 2,
+                                                 "truncated (finish_reason=length)": 1}
+    assert result.train.height == 0
+    kept = build(jsonl("b.jsonl", rows), rank="strong > weak", filters={"drop_truncated": False, "role_markers": None})
+    assert kept.train.height == 3  # only the empty answer still drops a pair
+
+
+def test_identical_and_near_duplicate_pairs(jsonl):
+    same = "The answer is forty two."
+    rows = two_source_rows([
+        (same, "  the answer IS   forty two. "),
+        ("The quick brown fox jumps over the lazy dog in the park today",
+         "The quick brown fox jumps over the lazy dog in the park"),  # Jaccard 10/11
+        ("Completely different words here.", "Nothing alike at all."),
+    ])
+    result = build(jsonl("a.jsonl", rows), rank="strong > weak")
+    assert result.summary["dropped_pairs"] == {"chosen == rejected": {"strong>weak": 1},
+                                               "near-duplicate (Jaccard >= 0.9)": {"strong>weak": 1}}
+    assert result.train.height == 1
+    off = build(jsonl("b.jsonl", rows), rank="strong > weak", filters={"near_duplicate": None})
+    assert off.train.height == 2  # identical pairs are dropped even with the near-duplicate filter off
+
+
+def test_length_bounds_and_ratio(jsonl):
+    rows = two_source_rows([
+        ("one two three four five six", "one two three"),           # ratio 2
+        ("one two three four five six seven eight nine ten", "a"),  # ratio 10, weak too short
+        ("alpha beta gamma", "delta epsilon zeta"),                 # ratio 1
+    ])
+    by_words = build(jsonl("a.jsonl", rows), rank="strong > weak", filters={"min_length": 2, "length_ratio": (0.5, 3)})
+    assert by_words.summary["dropped_answers"] == {"shorter than 2 words": 1}
+    assert by_words.train.height == 2
+    by_ratio = build(jsonl("b.jsonl", rows), rank="strong > weak", filters={"length_ratio": (0.5, 1.5)})
+    assert by_ratio.summary["dropped_pairs"] == {"length ratio outside [0.5, 1.5]": {"strong>weak": 2}}
+
+
+@pytest.mark.slow
+def test_token_lengths_use_the_embedded_tokenizer(jsonl, embedded_tokenizer):
+    text = "Tokenization splits words into pieces."
+    rows = two_source_rows([(text, "Short.")])
+    result = build(jsonl("a.jsonl", rows), rank="strong > weak", filters={"length_unit": "tokens"})
+    expected = len(embedded_tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert result.summary["lengths"]["unit"] == "tokens"
+    assert result.summary["lengths"]["all"]["chosen"]["mean"] == expected
+    too_long = build(jsonl("b.jsonl", rows), rank="strong > weak",
+                     filters={"length_unit": "tokens", "max_length": expected - 1})
+    assert too_long.summary["dropped_answers"] == {f"longer than {expected - 1} tokens": 1}
+
+
+def test_decontamination_drops_prompts_sharing_an_ngram(tmp_path, jsonl):
+    leaked = "Please explain in simple words how the heart pumps blood through the whole human body today"
+    rows = two_source_rows([("A good answer.", "Bad.")]) + [
+        {"prompt": leaked, "source": s, "response": f"{s} answer"} for s in ("strong", "weak")]
+    evals = write_jsonl(tmp_path / "eval.jsonl", [{"instruction": "Explain in simple words how the heart pumps blood "
+                                                                   "through the whole human body today, thanks"}])
+    result = build(jsonl("a.jsonl", rows), rank="strong > weak", filters={"decontaminate": [evals], "ngram": 13})
+    assert result.summary["dropped_prompts"]["shares a 13-gram with an eval prompt"] == 1
+    assert leaked not in result.train["prompt"].to_list() and result.train.height == 1
+
+
+# --- splits and the shipped sample ---------------------------------------------------------------------
+
+def test_eval_split_is_by_prompt_and_deterministic():
+    records = [read_records(SAMPLE / f"{name}.json") for name in ("strong", "medium", "weak")]
+    responses = responses_from_files(records)
+    cfg = PairsConfig(rank="strong > medium > weak", eval_fraction=0.3)
+    first, again = build_pairs(responses, cfg), build_pairs(responses, cfg)
+    assert first.train.equals(again.train)
+    train_prompts, eval_prompts = set(first.train["prompt_id"]), set(first.eval["prompt_id"])
+    assert not train_prompts & eval_prompts
+    assert 0.15 < len(eval_prompts) / 50 < 0.45
+    assert first.eval.height == 3 * len(eval_prompts)  # every pair type of a held-out prompt is held out
+
+
+def test_sample_set_gives_every_paper_pair():
+    records = [read_records(SAMPLE / f"{name}.json") for name in ("strong", "medium", "weak")]
+    result = build_pairs(responses_from_files(records), PairsConfig(rank="strong > medium > weak"))
+    assert result.summary["pairs"]["train"] == {"medium>weak": 50, "strong>medium": 50, "strong>weak": 50}
+    assert result.summary["dropped_answers"] == {} and result.summary["dropped_pairs"] == {}
