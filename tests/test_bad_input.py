@@ -108,7 +108,7 @@ def test_bad_rank(jsonl, long_rows, rank, message):
 
 def test_same_answer_id_twice(jsonl, long_rows):
     rows = [{**r, "sample": 0} for r in long_rows] + [{**long_rows[0], "sample": 0}]
-    assert_one_line_error(run_cli(jsonl("a.jsonl", rows), *RANK), "line 10", "appear twice")
+    assert_one_line_error(run_cli(jsonl("a.jsonl", rows), *RANK), "line 10", "appeared before")
 
 
 def test_wrong_type_in_nested_record(jsonl):

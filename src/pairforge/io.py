@@ -136,7 +136,7 @@ def write_table(frame: pl.DataFrame, path: str | Path) -> Path:
     """Write Parquet (.parquet) or JSONL (.jsonl / .json lines) atomically; returns the path."""
     path = Path(path)
     writers: dict[str, Callable[[pl.DataFrame, Path], None]] = {
-        ".parquet": lambda f, p: f.write_parquet(p),
+        ".parquet": lambda f, p: f.write_parquet(p, compression="zstd", compression_level=1),
         ".jsonl": lambda f, p: f.write_ndjson(p),
     }
     if path.suffix not in writers:
@@ -160,6 +160,9 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -14,10 +14,10 @@ otherwise (TRL's conversational format); the same prompt gets the same `prompt_i
 from __future__ import annotations
 
 import hashlib
-import json
-import unicodedata
 from dataclasses import dataclass
 from typing import Any, Union
+
+import polars as pl
 
 Message = dict[str, str]
 Prompt = Union[str, list[Message]]
@@ -25,6 +25,7 @@ Prompt = Union[str, list[Message]]
 # --- responses: one row per (prompt, source, sample) -------------------------------------------
 PROMPT_ID = "prompt_id"
 PROMPT = "prompt"
+MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))  # TRL conversational
 SOURCE = "source"
 SAMPLE = "sample"
 RESPONSE = "response"
@@ -105,20 +106,42 @@ def to_messages(prompt: Prompt, system: str | None = None) -> list[Message]:
     return messages
 
 
-def normalise_text(text: str) -> str:
-    """What counts as 'the same prompt': Unicode NFC, LF line ends, no trailing spaces, stripped."""
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    return "\n".join(line.rstrip() for line in text.split("\n")).strip()
-
-
 def prompt_id_of(messages: list[Message]) -> str:
-    """Stable id of a prompt: 16 hex digits of SHA-256 over its normalised messages.
+    """Stable id of one prompt (see `prompt_ids`)."""
+    return prompt_ids(pl.Series([messages], dtype=MESSAGES))[0]
+
+
+def prompt_ids(prompts: pl.Series) -> pl.Series:
+    """Stable ids of a column of prompts: 16 hex digits of SHA-256 over the normalised messages.
 
     Stable across runs, machines and library versions (unlike polars' or Python's own hashes), so
-    responses generated on different days join on it.
+    responses generated on different days join on it. "The same prompt" means: the same roles and,
+    per message, the same text after Unicode NFC, LF line ends, trailing spaces of each line removed
+    and outer whitespace stripped. A plain string is one user message. Normalisation runs column-wise
+    and each distinct prompt is hashed once, so a million rows cost one pass over their distinct prompts.
     """
-    canonical = json.dumps(
-        [[m["role"], normalise_text(m["content"])] for m in messages], ensure_ascii=False, separators=(",", ":")
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+    unique = prompts.unique(maintain_order=True).to_frame("prompt")
+    if prompts.dtype == pl.String:  # NFC is slow and ASCII is already NFC: normalise only the rest
+        text = unique["prompt"]
+        rest = text.str.contains(r"[^\x00-\x7F]").arg_true()
+        nfc = text.scatter(rest, text.gather(rest).str.normalize("NFC")) if len(rest) else text
+        canonical = pl.select(pl.lit("user\x1f") + _normalised(pl.lit(nfc), nfc=False)).to_series()
+    else:
+        canonical = unique.select(_canonical(pl.col("prompt"))).to_series()
+    digests = [hashlib.sha256(text.encode("utf-8")).hexdigest()[:16] for text in canonical]
+    ids = unique.with_columns(pl.Series("prompt_id", digests, dtype=pl.String))
+    return prompts.to_frame("prompt").join(ids, on="prompt", how="left", maintain_order="left", nulls_equal=True)[
+        "prompt_id"
+    ]
 
+
+def _canonical(messages: pl.Expr) -> pl.Expr:
+    """role US content RS role US content ... with every content normalised."""
+    turn = pl.concat_str(pl.element().struct.field("role"), pl.lit("\x1f"),
+                         _normalised(pl.element().struct.field("content")))
+    return messages.list.eval(turn).list.join("\x1e")
+
+
+def _normalised(text: pl.Expr, nfc: bool = True) -> pl.Expr:
+    text = text.str.normalize("NFC") if nfc else text
+    return text.str.replace_all(r"\r\n?", "\n").str.replace_all(r"[^\S\n]+\n", "\n").str.strip_chars()

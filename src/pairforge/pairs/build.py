@@ -45,7 +45,7 @@ def build_pairs(responses: pl.DataFrame, cfg: PairsConfig) -> PairSet:
                                "prompts": responses[S.PROMPT_ID].n_unique(),
                                "sources": dict(responses.group_by(S.SOURCE).len().sort(S.SOURCE).iter_rows())}
 
-    answers = filters.with_lengths(responses, cfg.filters)
+    answers = filters.with_answer_features(responses, cfg.filters)
     answers, dropped = filters.apply(answers, filters.answer_drop_reasons(cfg.filters))
     summary["dropped_answers"] = _count(dropped, [filters.DROP])
     dropped_prompts: dict[str, int] = {}
@@ -56,6 +56,7 @@ def build_pairs(responses: pl.DataFrame, cfg: PairsConfig) -> PairSet:
     sources_per_prompt = answers.group_by(S.PROMPT_ID).agg(pl.col(S.SOURCE).n_unique().alias("n"))
     dropped_prompts["only one source left"] = sources_per_prompt.filter(pl.col("n") < 2).height
 
+    answers = answers.with_row_index(filters.ANSWER)
     if strategy == "scored":
         candidates = strategies.scored(answers, cfg.scored_mode, cfg.min_margin, cfg.seed)
     else:
@@ -67,7 +68,10 @@ def build_pairs(responses: pl.DataFrame, cfg: PairsConfig) -> PairSet:
     if candidates.verification:
         summary["verification"] = candidates.verification
 
-    pairs, dropped = filters.apply(candidates.pairs, filters.pair_drop_reasons(cfg.filters))
+    pairs = candidates.pairs
+    if cfg.filters.near_duplicate is not None:
+        pairs = filters.with_word_overlap(pairs, answers, cfg.filters.near_duplicate)
+    pairs, dropped = filters.apply(pairs, filters.pair_drop_reasons(cfg.filters))
     summary["dropped_pairs"] = _count(dropped, [filters.DROP, "pair_type"])
     pairs = _finish(pairs, answers, candidates.span)
     check_invariants(pairs, order)
@@ -96,19 +100,20 @@ def _resolve_order(
 
 
 def _finish(pairs: pl.DataFrame, answers: pl.DataFrame, span: float) -> pl.DataFrame:
-    """Attach prompts, ids, difficulty and TRL's formats; order columns as `schema.PAIR_COLUMNS`."""
+    """Attach prompts, ids, difficulty and TRL's formats; order columns as `schema.PAIR_COLUMNS`.
+    Rows keep the input's order (chosen answer, then pair type), so the same input gives the same file."""
     prompts = answers.select(S.PROMPT_ID, S.PROMPT).unique(S.PROMPT_ID)
     chat = prompts.schema[S.PROMPT] == MESSAGES
     pair_id = pl.concat_str(S.PROMPT_ID, pl.lit(":"), "chosen_source", pl.lit("."), pl.col("chosen_sample").cast(pl.String),
                             pl.lit(">"), "rejected_source", pl.lit("."), pl.col("rejected_sample").cast(pl.String))
-    pairs = pairs.join(prompts, on=S.PROMPT_ID).with_columns(
+    pairs = pairs.join(prompts, on=S.PROMPT_ID, maintain_order="left").with_columns(
         pair_id.alias("pair_id"),
         (1.0 - pl.col("margin") / span).clip(0.0, 1.0).alias("difficulty"),
         pl.lit(None, pl.Int64).alias("stage"),
     )
     if chat:
         pairs = pairs.with_columns(*(_assistant_turn(c) for c in ("chosen", "rejected")))
-    return pairs.select(*S.PAIR_COLUMNS, "chosen_length", "rejected_length").sort("pair_id")
+    return pairs.select(*S.PAIR_COLUMNS, "chosen_length", "rejected_length")
 
 
 def _assistant_turn(column: str) -> pl.Expr:

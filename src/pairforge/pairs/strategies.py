@@ -19,11 +19,10 @@ import numpy as np
 import polars as pl
 
 from pairforge import schema as S
-from pairforge.pairs.filters import LENGTH
+from pairforge.pairs.filters import ANSWER, LENGTH, N_WORDS, NORM
 from pairforge.pairs.order import StrengthOrder
 
-SIDE_COLUMNS = (S.SOURCE, S.SAMPLE, S.RESPONSE, S.SCORE, LENGTH)
-_SIDE_NAMES = {S.SOURCE: "source", S.SAMPLE: "sample", S.RESPONSE: "", S.SCORE: "score", LENGTH: "length"}
+SIDE_COLUMNS = (S.SOURCE, S.SAMPLE, S.RESPONSE, S.SCORE, LENGTH, NORM, N_WORDS, ANSWER)  # the last ones if present
 
 
 @dataclass
@@ -38,8 +37,8 @@ class Candidates:
 
 def side(responses: pl.DataFrame, role: str) -> pl.DataFrame:
     """Answers with columns renamed for one side of a pair: chosen, chosen_source, chosen_score, ..."""
-    names = {c: f"{role}_{_SIDE_NAMES[c]}".rstrip("_") for c in SIDE_COLUMNS}
-    return responses.select(S.PROMPT_ID, *SIDE_COLUMNS).rename(names)
+    columns = [c for c in SIDE_COLUMNS if c in responses.columns]
+    return responses.select(S.PROMPT_ID, *columns).rename({c: role if c == S.RESPONSE else f"{role}_{c}" for c in columns})
 
 
 def _with_type(pairs: pl.DataFrame) -> pl.DataFrame:
@@ -53,8 +52,8 @@ def ranked(responses: pl.DataFrame, order: StrengthOrder, pair_types: list[tuple
         schema={"chosen_source": pl.String, "rejected_source": pl.String, "margin": pl.Float64},
     )
     pairs = (
-        side(responses, "chosen").join(types, on="chosen_source")
-        .join(side(responses, "rejected"), on=[S.PROMPT_ID, "rejected_source"])
+        side(responses, "chosen").join(types, on="chosen_source", maintain_order="left")
+        .join(side(responses, "rejected"), on=[S.PROMPT_ID, "rejected_source"], maintain_order="left")
     )
     return Candidates(_with_type(pairs), span=float(order.span))
 
@@ -97,7 +96,8 @@ def scored(responses: pl.DataFrame, mode: str, min_margin: float, seed: int) -> 
     # deterministic order so that "best" among equal scores and the seeded draw do not depend on input order
     ranked_answers = with_score.sort([S.PROMPT_ID, S.SCORE, S.SOURCE, S.SAMPLE], descending=[False, True, False, False])
     if mode == "all":
-        pairs = side(ranked_answers, "chosen").join(side(ranked_answers, "rejected"), on=S.PROMPT_ID)
+        pairs = side(ranked_answers, "chosen").join(side(ranked_answers, "rejected"), on=S.PROMPT_ID,
+                                                    maintain_order="left")
     else:
         best = side(ranked_answers.group_by(S.PROMPT_ID, maintain_order=True).first(), "chosen")
         if mode == "best-worst":
@@ -108,7 +108,7 @@ def scored(responses: pl.DataFrame, mode: str, min_margin: float, seed: int) -> 
                 best.select(S.PROMPT_ID, "chosen_score"), on=S.PROMPT_ID
             ).filter(pl.col(S.SCORE) < pl.col("chosen_score"))
             rest = lower.sort("_draw").group_by(S.PROMPT_ID).first()
-        pairs = best.join(side(rest, "rejected"), on=S.PROMPT_ID)
+        pairs = best.join(side(rest, "rejected"), on=S.PROMPT_ID, maintain_order="left")
     pairs = pairs.with_columns((pl.col("chosen_score") - pl.col("rejected_score")).alias("margin"))
     pairs = pairs.filter(pl.col("margin") > 0)
     if min_margin > 0:
