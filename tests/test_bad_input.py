@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -112,7 +111,8 @@ def test_same_answer_id_twice(jsonl, long_rows):
 
 
 def test_wrong_type_in_nested_record(jsonl):
-    row = {"prompt": "p", "answers": [{"model": "a", "answer": "x", "rank": 1}, {"model": "b", "answer": None, "rank": 2}]}
+    answers = [{"model": "a", "answer": "x", "rank": 1}, {"model": "b", "answer": None, "rank": 2}]
+    row = {"prompt": "p", "answers": answers}
     assert_one_line_error(run_cli(jsonl("n.jsonl", [row]), "--strategy", "scored"),
                           "line 1", "answers[1].answer", "expected a string, found null")
 

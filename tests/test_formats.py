@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import polars as pl
-import pytest
 
 from pairforge.formats import MESSAGES, responses_from_files
 from pairforge.io import read_records
@@ -51,7 +50,8 @@ def test_ultrafeedback_scores(jsonl):
     row = {"instruction": "Say hi.", "completions": [
         {"model": "m1", "response": "Hi there!", "overall_score": 8.5},
         {"model": "m2", "response": "hi", "ratings": {"helpfulness": 2, "honesty": 4}},
-        {"model": "m3", "response": "Hello!", "annotations": {"helpfulness": {"Rating": "5"}, "honesty": {"Rating": "N/A"}}},
+        {"model": "m3", "response": "Hello!",
+         "annotations": {"helpfulness": {"Rating": "5"}, "honesty": {"Rating": "N/A"}}},
     ]}
     frame = load(jsonl("uf.jsonl", [row])).sort("source")
     assert frame["score"].to_list() == [8.5, 3.0, 5.0]

@@ -7,12 +7,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from conftest import SAMPLE, write_jsonl
 from pairforge.config import FilterConfig, PairsConfig
 from pairforge.formats import responses_from_files
 from pairforge.io import read_records
 from pairforge.pairs.build import build_pairs
-
-from conftest import SAMPLE, write_jsonl
 
 PAPER_RANK = "gpt-4 > chatgpt > davinci"
 
@@ -40,7 +39,8 @@ def test_ranked_paper_pair_types(jsonl, long_rows):
     assert hard["margin"].unique().to_list() == [1.0] and hard["difficulty"].unique().to_list() == [0.5]
     row = easy.row(0, named=True)
     original = {(r["prompt"], r["source"]): r["response"] for r in long_rows}
-    assert row["chosen"] == original[(row["prompt"], "gpt-4")] and row["rejected"] == original[(row["prompt"], "davinci")]
+    assert row["chosen"] == original[(row["prompt"], "gpt-4")]
+    assert row["rejected"] == original[(row["prompt"], "davinci")]
 
 
 def test_ranked_presets_and_all_sample_combinations(jsonl, long_rows):
@@ -93,7 +93,7 @@ def test_best_vs_random_is_seeded_and_never_picks_a_tie(jsonl):
 def test_all_pairs_above_margin_with_several_samples(jsonl):
     rows = scored_rows({"a": [9.0, 6.0], "b": [5.0]})
     result = build(jsonl("s.jsonl", rows), strategy="scored", scored_mode="all", min_margin=2.0)
-    got = sorted(zip(result.train["chosen_score"], result.train["rejected_score"]))
+    got = sorted(zip(result.train["chosen_score"], result.train["rejected_score"], strict=True))
     assert got == [(9.0, 5.0), (9.0, 6.0)]  # 6 vs 5 is below the margin
     assert result.summary["dropped_prompts"]["pairs with a score gap below 2.0"] == 1
 

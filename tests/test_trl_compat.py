@@ -51,7 +51,8 @@ def test_pairs_file_trains_in_trl_dpo(tmp_path, jsonl, long_rows, embedded_token
 
     args = DPOConfig(output_dir=str(tmp_path / "trl"), max_steps=1, per_device_train_batch_size=3, report_to=[],
                      save_strategy="no", logging_steps=1, use_cpu=True, max_length=128, dataset_num_proc=None)
-    trainer = DPOTrainer(model=tiny_llama, ref_model=copy.deepcopy(tiny_llama), args=args, train_dataset=dataset, processing_class=embedded_tokenizer)
+    trainer = DPOTrainer(model=tiny_llama, ref_model=copy.deepcopy(tiny_llama), args=args, train_dataset=dataset,
+                         processing_class=embedded_tokenizer)
     example = trainer.train_dataset[0]
     chosen_text = dataset[0]["chosen"] if shape == "standard" else dataset[0]["chosen"][0]["content"]
     assert chosen_text in embedded_tokenizer.decode(example["chosen_ids"])

@@ -6,9 +6,9 @@ command line win). Bad input ends with one line on stderr and exit code 2, never
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -38,27 +38,27 @@ def _fail_cleanly(run: Callable[[], T]) -> T:
 @pairs_app.command("build")
 def pairs_build(
     inputs: list[Path] = typer.Argument(None, help="answer files: JSONL, JSON, Parquet or a saved HF dataset folder"),
-    rank: Optional[str] = typer.Option(None, help="strength order, strongest first: 'gpt-4 > chatgpt > davinci'"),
-    pair_types: Optional[str] = typer.Option(None, help="'all' (default), 'adjacent', 'extremes' or 'a>b,c>d'"),
-    strategy: Optional[str] = typer.Option(None, help="ranked | scored | verified (default: ranked if --rank)"),
-    scored_mode: Optional[str] = typer.Option(None, help="scored: best-worst | best-random | all"),
-    min_margin: Optional[float] = typer.Option(None, help="scored: smallest score gap that makes a pair"),
-    format: Optional[str] = typer.Option(None, "--format", help="auto | long | wide | ultrafeedback | nectar | sharegpt"),
-    columns: Optional[str] = typer.Option(None, help="wide format: source=column pairs, 'gpt4=out_gpt4,chatgpt=out2'"),
-    out: Optional[Path] = typer.Option(None, help="output .parquet or .jsonl (default pairs.parquet)"),
-    eval_fraction: Optional[float] = typer.Option(None, help="share of prompts held out into <out>.eval.*"),
-    seed: Optional[int] = typer.Option(None, help="seed for best-random"),
+    rank: str | None = typer.Option(None, help="strength order, strongest first: 'gpt-4 > chatgpt > davinci'"),
+    pair_types: str | None = typer.Option(None, help="'all' (default), 'adjacent', 'extremes' or 'a>b,c>d'"),
+    strategy: str | None = typer.Option(None, help="ranked | scored | verified (default: ranked if --rank)"),
+    scored_mode: str | None = typer.Option(None, help="scored: best-worst | best-random | all"),
+    min_margin: float | None = typer.Option(None, help="scored: smallest score gap that makes a pair"),
+    format: str | None = typer.Option(None, "--format", help="auto | long | wide | ultrafeedback | nectar | sharegpt"),
+    columns: str | None = typer.Option(None, help="wide format: source=column pairs, 'gpt4=out_gpt4,chatgpt=out2'"),
+    out: Path | None = typer.Option(None, help="output .parquet or .jsonl (default pairs.parquet)"),
+    eval_fraction: float | None = typer.Option(None, help="share of prompts held out into <out>.eval.*"),
+    seed: int | None = typer.Option(None, help="seed for best-random"),
     keep_truncated: bool = typer.Option(False, "--keep-truncated", help="keep answers with finish_reason=length"),
     no_role_marker_filter: bool = typer.Option(False, "--no-role-marker-filter", help="keep answers with role markers"),
-    near_duplicate: Optional[str] = typer.Option(None, help="Jaccard threshold for near-duplicates (0.9), or 'off'"),
-    min_length: Optional[int] = typer.Option(None, help="drop answers shorter than this"),
-    max_length: Optional[int] = typer.Option(None, help="drop answers longer than this"),
-    length_unit: Optional[str] = typer.Option(None, help="words (default) | tokens"),
-    tokenizer: Optional[str] = typer.Option(None, help="tokenizer for --length-unit tokens (default: embedded)"),
-    length_ratio: Optional[str] = typer.Option(None, help="keep pairs with len(chosen)/len(rejected) in 'low,high'"),
-    decontaminate: Optional[list[Path]] = typer.Option(None, help="eval prompt file(s) to decontaminate against"),
-    ngram: Optional[int] = typer.Option(None, help="n-gram size for --decontaminate (13)"),
-    config: Optional[Path] = typer.Option(None, help="recipe YAML; its `pairs:` section gives the defaults"),
+    near_duplicate: str | None = typer.Option(None, help="Jaccard threshold for near-duplicates (0.9), or 'off'"),
+    min_length: int | None = typer.Option(None, help="drop answers shorter than this"),
+    max_length: int | None = typer.Option(None, help="drop answers longer than this"),
+    length_unit: str | None = typer.Option(None, help="words (default) | tokens"),
+    tokenizer: str | None = typer.Option(None, help="tokenizer for --length-unit tokens (default: embedded)"),
+    length_ratio: str | None = typer.Option(None, help="keep pairs with len(chosen)/len(rejected) in 'low,high'"),
+    decontaminate: list[Path] | None = typer.Option(None, help="eval prompt file(s) to decontaminate against"),
+    ngram: int | None = typer.Option(None, help="n-gram size for --decontaminate (13)"),
+    config: Path | None = typer.Option(None, help="recipe YAML; its `pairs:` section gives the defaults"),
 ) -> None:
     """Turn answers of models of different strength into a TRL-ready pairs file and a summary."""
     def run() -> None:
@@ -171,11 +171,3 @@ def _split_once(text: str, sep: str, option: str, shape: str) -> tuple[str, str]
     if not found or not left.strip() or not right.strip():
         raise InputError(option, f"expected '{shape}', found '{text.strip()}'")
     return left.strip(), right.strip()
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

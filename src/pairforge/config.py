@@ -70,7 +70,7 @@ class PairsConfig(Section):
     filters: FilterConfig = Field(default_factory=FilterConfig)
 
     @model_validator(mode="after")
-    def _strategy_needs_rank(self) -> "PairsConfig":
+    def _strategy_needs_rank(self) -> PairsConfig:
         if self.strategy in ("ranked", "verified") and not self.rank:
             raise ValueError(f"strategy '{self.strategy}' needs 'rank' (a strength order)")
         return self

@@ -21,8 +21,9 @@ error must name the line.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import polars as pl
 
@@ -179,7 +180,8 @@ def _check_value(value: Any, f: Field, records: Records, index: int) -> None:
     elif f.kind == "prompt" and not (isinstance(value, str) or _is_messages(value)):
         fail("a string or a list of {role, content} messages")
     elif f.kind in ("number", "int"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (f.kind == "int" and not isinstance(value, int)):
+        wanted = int if f.kind == "int" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, wanted):
             fail("an integer" if f.kind == "int" else "a number")
         if isinstance(value, float) and not math.isfinite(value):
             fail("a finite number")
@@ -257,8 +259,8 @@ def _nested_frame(rows: Iterator[dict[str, Any]]) -> pl.DataFrame:
     schema = {"_row": pl.Int64, S.PROMPT: MESSAGES if chat else pl.String, S.SOURCE: pl.String,
               S.RESPONSE: pl.String, S.SCORE: pl.Float64}
     frame = pl.DataFrame(materialised, schema=schema)
-    return frame.with_columns(pl.lit(None, pl.String).alias("system"), pl.lit(None, pl.Int64).alias(S.SAMPLE),
-                              pl.lit(None, pl.String).alias(S.FINISH_REASON), pl.lit(None, pl.String).alias(S.PROMPT_ID))
+    absent = {"system": pl.String, S.SAMPLE: pl.Int64, S.FINISH_REASON: pl.String, S.PROMPT_ID: pl.String}
+    return frame.with_columns(pl.lit(None, dtype).alias(name) for name, dtype in absent.items())
 
 
 class _RowReader:
@@ -303,7 +305,7 @@ class _RowReader:
             ratings = list(ratings.values())
         if ratings is None and isinstance(item.get("annotations"), dict):
             ratings = [a.get("Rating") for a in item["annotations"].values() if isinstance(a, dict)]
-            ratings = [float(r) for r in ratings if isinstance(r, (str, int, float)) and str(r).replace(".", "", 1).isdigit()]
+            ratings = [float(r) for r in ratings if isinstance(r, (str, int, float)) and _is_number(str(r))]
         if ratings is None:
             return None
         values = {f"r{n}": r for n, r in enumerate(ratings)}
@@ -360,7 +362,12 @@ def _chat_prompt(frame: pl.DataFrame) -> pl.Expr:
     if frame.schema[S.PROMPT] == pl.String:
         prompt = pl.concat_list(pl.struct(role=pl.lit("user"), content=prompt))
     system = pl.concat_list(pl.struct(role=pl.lit("system"), content=pl.col("system")))
-    return pl.when(pl.col("system").is_not_null()).then(pl.concat_list(system, prompt)).otherwise(prompt).alias(S.PROMPT)
+    with_system = pl.when(pl.col("system").is_not_null()).then(pl.concat_list(system, prompt))
+    return with_system.otherwise(prompt).alias(S.PROMPT)
+
+
+def _is_number(text: str) -> bool:
+    return text.replace(".", "", 1).isdigit()
 
 
 def _pick(keys: set[str], role: str) -> str | None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -77,7 +78,8 @@ def _read_parquet(path: Path) -> pl.DataFrame:
     try:
         return pl.read_parquet(path)
     except Exception as exc:  # polars raises several types for a corrupt file
-        raise InputError(str(path), f"not a readable Parquet file ({type(exc).__name__}: {exc})".splitlines()[0])
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise InputError(str(path), f"not a readable Parquet file ({reason})") from None
 
 
 def _read_saved_dataset(path: Path) -> pl.DataFrame:

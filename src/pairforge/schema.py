@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import polars as pl
 
 Message = dict[str, str]
-Prompt = Union[str, list[Message]]
+Prompt = str | list[Message]
 
 # --- responses: one row per (prompt, source, sample) -------------------------------------------
 PROMPT_ID = "prompt_id"

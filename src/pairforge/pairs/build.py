@@ -104,8 +104,8 @@ def _finish(pairs: pl.DataFrame, answers: pl.DataFrame, span: float) -> pl.DataF
     Rows keep the input's order (chosen answer, then pair type), so the same input gives the same file."""
     prompts = answers.select(S.PROMPT_ID, S.PROMPT).unique(S.PROMPT_ID)
     chat = prompts.schema[S.PROMPT] == MESSAGES
-    pair_id = pl.concat_str(S.PROMPT_ID, pl.lit(":"), "chosen_source", pl.lit("."), pl.col("chosen_sample").cast(pl.String),
-                            pl.lit(">"), "rejected_source", pl.lit("."), pl.col("rejected_sample").cast(pl.String))
+    pair_id = pl.concat_str(S.PROMPT_ID, pl.lit(":"), "chosen_source", pl.lit("."), "chosen_sample",
+                            pl.lit(">"), "rejected_source", pl.lit("."), "rejected_sample")
     pairs = pairs.join(prompts, on=S.PROMPT_ID, maintain_order="left").with_columns(
         pair_id.alias("pair_id"),
         (1.0 - pl.col("margin") / span).clip(0.0, 1.0).alias("difficulty"),

@@ -47,7 +47,8 @@ class StrengthOrder:
         for part in filter(None, (s.strip() for s in spec.split(","))):
             names = [n.strip() for n in part.split(">")]
             if len(names) != 2 or not all(names):
-                raise InputError("--pair-types", f"expected 'stronger>weaker' (or all, adjacent, extremes), found '{part}'")
+                raise InputError("--pair-types",
+                                 f"expected 'stronger>weaker' (or all, adjacent, extremes), found '{part}'")
             for name in names:
                 if name not in self.levels:
                     raise InputError("--pair-types", f"'{part}' names source '{name}', which --rank does not list "
@@ -76,7 +77,7 @@ def parse_rank(text: str) -> StrengthOrder:
         seen = [n for n in names if names.count(n) > 1]
         if seen:
             raise InputError("--rank", f"source '{seen[0]}' appears twice in '{chain.strip()}'")
-        for stronger, weaker in zip(names, names[1:]):
+        for stronger, weaker in zip(names, names[1:], strict=False):
             graph.setdefault(stronger, set())
             graph.setdefault(weaker, set()).add(stronger)  # predecessors of weaker
     try:

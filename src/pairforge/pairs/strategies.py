@@ -38,7 +38,8 @@ class Candidates:
 def side(responses: pl.DataFrame, role: str) -> pl.DataFrame:
     """Answers with columns renamed for one side of a pair: chosen, chosen_source, chosen_score, ..."""
     columns = [c for c in SIDE_COLUMNS if c in responses.columns]
-    return responses.select(S.PROMPT_ID, *columns).rename({c: role if c == S.RESPONSE else f"{role}_{c}" for c in columns})
+    names = {c: role if c == S.RESPONSE else f"{role}_{c}" for c in columns}
+    return responses.select(S.PROMPT_ID, *columns).rename(names)
 
 
 def _with_type(pairs: pl.DataFrame) -> pl.DataFrame:
