@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from pairforge.config import PairsConfig, load_recipe
+from pairforge.config import PairsConfig, TrainConfig, load_recipe
 from pairforge.errors import EXIT_BAD_INPUT, InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -80,24 +80,92 @@ def _run_pairs_build(config: Path | None, flags: dict[str, Any], filter_flags: d
     from pairforge.pairs.run import build_from_files  # keeps `pairforge --help` fast
 
     base = load_recipe(config).pairs if config else PairsConfig()
-    merged = base.model_dump()
-    merged.update({k: v for k, v in flags.items() if v is not None})
-    merged["filters"].update({k: v for k, v in filter_flags.items() if v is not None})
+    filters = base.filters.model_dump()
+    filters.update({k: v for k, v in filter_flags.items() if v is not None})
     if filter_flags["near_duplicate"] == "off":
-        merged["filters"]["near_duplicate"] = None
-    if merged["filters"]["role_markers"] == "":
-        merged["filters"]["role_markers"] = None
-    try:
-        cfg = PairsConfig.model_validate(merged)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        option = "--" + str(error["loc"][-1] if error["loc"] else "options").replace("_", "-")
-        raise InputError(option, error["msg"]) from None
+        filters["near_duplicate"] = None
+    if filters["role_markers"] == "":
+        filters["role_markers"] = None
+    cfg = _validated(PairsConfig, base, {**flags, "filters": filters})
     if not cfg.inputs:
         raise InputError("pairs build", "expected at least one input file (or `inputs:` in the recipe)")
     result = build_from_files(cfg)
     print_summary(result.summary)
     console.print(f"wrote {', '.join(str(p) for p in result.written)}", highlight=False)
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def _validated(model: type[S], base: S, flags: dict[str, Any]) -> S:
+    """A recipe section with the flags given on the command line laid over it; errors name the flag."""
+    merged = base.model_dump()
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return model.model_validate(merged)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        option = "--" + str(error["loc"][0] if error["loc"] else "options").replace("_", "-")
+        raise InputError(option, error["msg"].removeprefix("Value error, ")) from None
+
+
+@app.command("train")
+def train_command(
+    method: str | None = typer.Option(None, help="dpo | robust | hinge | ipo | apo_zero | apo_down | simpo | "
+                                         "r-dpo | slic | sft, or a weighted sum 'dpo=1,sft=0.2'"),
+    model: str | None = typer.Option(None, help="'embedded' (default), a model folder or a hub id"),
+    pairs: Path | None = typer.Option(None, help="pairs file (ours or TRL prompt/chosen/rejected)"),
+    eval_pairs: Path | None = typer.Option(None, help="held-out pairs (default: <pairs>.eval.*)"),
+    out: Path | None = typer.Option(None, help="output folder (model/, checkpoints/, metrics.jsonl)"),
+    beta: float | None = typer.Option(None, help="DPO-family beta (0.1)"),
+    lr: float | None = typer.Option(None, help="learning rate (5e-7)"),
+    batch_size: int | None = typer.Option(None, help="pairs per device per micro-batch (8)"),
+    grad_accum: int | None = typer.Option(None, help="micro-batches per optimiser step (1)"),
+    epochs: int | None = typer.Option(None, help="epochs (1)"),
+    max_steps: int | None = typer.Option(None, help="stop after this many optimiser steps"),
+    max_length: int | None = typer.Option(None, help="max tokens of prompt + answer (1024)"),
+    target: str | None = typer.Option(None, help="sft/slic likelihood target column (chosen)"),
+    lora: bool = typer.Option(False, "--lora", help="train a LoRA adapter; reference = adapter disabled"),
+    merge: bool = typer.Option(False, "--merge", help="with --lora: save the merged model"),
+    save_steps: int | None = typer.Option(None, help="checkpoint every N steps"),
+    seed: int | None = typer.Option(None, help="seed (0)"),
+    config: Path | None = typer.Option(None, help="recipe YAML; its `train:` section gives the defaults"),
+) -> None:
+    """Post-train a model on preference pairs (SFT, DPO and relatives, SLiC-HF); resumes from its checkpoints."""
+    def run() -> None:
+        from pairforge.train.trainer import TrainingStopped, train
+
+        base = load_recipe(config).train if config else TrainConfig()
+        flags = {"method": _parse_method(method) if method else None, "model": model, "pairs": pairs,
+                 "eval_pairs": eval_pairs, "out": out, "beta": beta, "lr": lr, "batch_size": batch_size,
+                 "grad_accum": grad_accum, "epochs": epochs, "max_steps": max_steps, "max_length": max_length,
+                 "target": target, "save_steps": save_steps, "seed": seed,
+                 "lora": {"merge": merge} if lora else None}
+        cfg = _validated(TrainConfig, base, flags)
+        if cfg.pairs is None:
+            raise InputError("--pairs", "expected a pairs file (or `pairs:` in the recipe's train section)")
+        try:
+            result = train(cfg)
+        except TrainingStopped as exc:
+            console.print(f"[bold red]stopped:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            console.print("interrupted: checkpoint saved; run the same command again to resume", highlight=False)
+            raise typer.Exit(130) from None
+        console.print(f"trained {result.steps} steps; model in {result.out / 'model'}, metrics in "
+                      f"{result.out / 'metrics.jsonl'}", highlight=False)
+
+    _fail_cleanly(run)
+
+
+def _parse_method(text: str) -> str | dict[str, float]:
+    if "=" not in text:
+        return text.strip()
+    pairs = [_split_once(part, "=", "--method", "name=weight") for part in text.split(",") if part.strip()]
+    try:
+        return {name: float(weight) for name, weight in pairs}
+    except ValueError:
+        raise InputError("--method", f"expected 'name=weight,...' with numeric weights, found '{text}'") from None
 
 
 def print_summary(summary: dict[str, Any]) -> None:

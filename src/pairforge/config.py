@@ -80,10 +80,73 @@ class PairsConfig(Section):
         return self.strategy or ("ranked" if self.rank else "scored")
 
 
+class LoraSettings(Section):
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA alpha")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (0 keeps step-0 rewards exactly 0)")
+    target_modules: list[str] | str = Field("all-linear", description="modules to adapt")
+    merge: bool = Field(False, description="save the merged model instead of the adapter")
+
+
+class TrainConfig(Section):
+    """Contrastive post-training (the `train` section of a recipe)."""
+
+    method: str | dict[str, float] = Field("dpo", description="a loss name (dpo, robust, hinge, ipo, apo_zero, "
+                                           "apo_down, simpo, r-dpo, slic, sft) or a weighted sum {dpo: 1, sft: 0.2}")
+    model: str = Field("embedded", description="'embedded', a model folder, or a hub id")
+    pairs: Path | None = Field(None, description="pairs file (ours or any TRL prompt/chosen/rejected file)")
+    eval_pairs: Path | None = Field(None, description="held-out pairs for eval metrics (default: <pairs>.eval.*)")
+    out: Path = Field(Path("runs/train"), description="output folder: model, checkpoints, metrics.jsonl")
+    beta: float = Field(0.1, gt=0, description="strength of the reference (DPO family) / reward scale")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="robust: assumed share of flipped labels")
+    gamma: float = Field(0.5, description="simpo: target margin")
+    alpha: float = Field(0.0, description="r-dpo: length penalty")
+    delta: float = Field(1.0, description="slic: hinge margin on log p(y+) - log p(y-)")
+    lam: float = Field(0.1, ge=0, description="slic: weight of NLL(y_ref)")
+    target: str = Field("chosen", description="sft/slic likelihood target column (e.g. the SFT reference answer)")
+    lr: float = Field(5e-7, gt=0)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
+    batch_size: int = Field(8, ge=1, description="pairs per device per micro-batch")
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=8)
+    max_prompt_length: int | None = Field(None, ge=1)
+    too_long: Literal["truncate", "drop", "error"] = "truncate"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 0
+    lora: LoraSettings | None = Field(None, description="train a LoRA adapter (reference = adapter disabled)")
+    gradient_checkpointing: bool = False
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights' dtype (bfloat16 on GPUs)")
+    precompute_reference: bool = Field(True, description="compute reference log-probs once, cached on disk")
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int | None = Field(None, ge=1, description="checkpoint every N optimiser steps")
+    eval_steps: int | None = Field(None, ge=1)
+    chunk_tokens: int = Field(2048, ge=16, description="answer tokens per fp32 log-softmax chunk")
+
+    @field_validator("method")
+    @classmethod
+    def _known_methods(cls, value: str | dict[str, float]) -> str | dict[str, float]:
+        from pairforge.train.losses import LOSSES
+
+        names = [value] if isinstance(value, str) else list(value)
+        unknown = [n for n in names if n not in LOSSES]
+        if unknown or not names:
+            raise ValueError(f"unknown method {', '.join(unknown) or '(none)'}: expected one of {', '.join(LOSSES)}")
+        return value
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        return {self.method: 1.0} if isinstance(self.method, str) else dict(self.method)
+
+
 class Recipe(Section):
     """A whole recipe; stages not configured yet are simply absent."""
 
     pairs: PairsConfig = Field(default_factory=PairsConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 def load_recipe(path: str | Path) -> Recipe:

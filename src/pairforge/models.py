@@ -55,3 +55,50 @@ def load_tokenizer(name: str = EMBEDDED):  # -> transformers.PreTrainedTokenizer
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         tokenizer.save_pretrained(str(saved))
     return AutoTokenizer.from_pretrained(str(saved))
+
+
+def embedded_model_dir() -> Path:
+    """The embedded model as a plain safetensors folder, converted from the GGUF once and cached.
+
+    transformers dequantises the GGUF on load, but `save_pretrained` refuses a GGUF-quantised model;
+    rebuilding a LlamaForCausalLM from the loaded config and state dict gives a normal model to save.
+    """
+    saved = cache_dir() / "embedded" / "model-v2"
+    if (saved / "config.json").exists():
+        return saved
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    gguf = embedded_gguf()
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # else from_pretrained treats the folder as GGUF again
+        del config.quantization_config
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(loaded.state_dict())
+    tmp = saved.with_name(f"{saved.name}.tmp")
+    model.save_pretrained(str(tmp))
+    load_tokenizer(EMBEDDED).save_pretrained(str(tmp))
+    tmp.replace(saved)
+    return saved
+
+
+def model_path(name: str) -> str:
+    """'embedded' -> the cached converted folder; anything else (folder or hub id) as given."""
+    return str(embedded_model_dir()) if name == EMBEDDED else name
+
+
+def load_causal_lm(name: str, dtype: str = "float32"):  # -> (model, tokenizer)
+    """A causal LM and its tokenizer (pad token set to EOS when missing); one clear line when it is no model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = model_path(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except (OSError, ValueError) as exc:
+        raise InputError(name, f"cannot load a causal language model from it ({str(exc).splitlines()[0]})") from None
+    tokenizer = load_tokenizer(path) if name != EMBEDDED else load_tokenizer(EMBEDDED)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

@@ -1,0 +1,67 @@
+"""Reference-model log-probs: computed once, cached on disk, reused by every epoch, stage and later run.
+
+The cache is keyed by (model fingerprint, tokenised pair): the fingerprint hashes the reference's
+config and weights, the pair key hashes the token ids of both sequences (and their answer start), so
+a beta sweep or a second curriculum stage on the same model and data costs no reference forward
+pass, while a different model, tokenizer or truncation never reuses stale numbers. Lookups are by
+pair, so shuffling is unaffected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from pairforge.io import write_table
+from pairforge.train.logprobs import answer_logps, collate
+from pairforge.train.tokenize import TokenizedPair
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 (16 hex digits) of the model's config and every parameter's bytes."""
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    digest.update(json.dumps(config.to_dict() if config else {}, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def pair_key(pair: TokenizedPair) -> str:
+    digest = hashlib.sha256()
+    for seq in (pair.chosen, pair.rejected):
+        digest.update(json.dumps([seq.answer_start, seq.ids]).encode())
+    return digest.hexdigest()[:24]
+
+
+@torch.inference_mode()
+def reference_logps(
+    model: torch.nn.Module, pairs: list[TokenizedPair], pad_id: int, cache: Path | None, batch_size: int = 16,
+    chunk_tokens: int = 2048,
+) -> dict[int, tuple[float, float]]:
+    """{pair index: (ref log p(chosen), ref log p(rejected))}; reads and extends the on-disk cache."""
+    keys = {p.index: pair_key(p) for p in pairs}
+    known: dict[str, tuple[float, float]] = {}
+    if cache is not None and cache.exists():
+        known = {k: (c, r) for k, c, r in pl.read_parquet(cache).iter_rows()}
+    missing = sorted((p for p in pairs if keys[p.index] not in known), key=lambda p: p.length)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    for start in range(0, len(missing), batch_size):
+        chunk = missing[start : start + batch_size]
+        batch = collate(chunk, pad_id, with_targets=False).to(device)
+        sums, _ = answer_logps(model, batch, chunk_tokens)
+        for i, pair in enumerate(chunk):
+            known[keys[pair.index]] = (float(sums[i]), float(sums[len(chunk) + i]))
+    model.train(was_training)
+    if cache is not None and missing:
+        table = pl.DataFrame({"key": list(known), "chosen": [v[0] for v in known.values()],
+                              "rejected": [v[1] for v in known.values()]})
+        write_table(table, cache)
+    return {index: known[key] for index, key in keys.items()}

@@ -1,0 +1,380 @@
+"""The training loop for every method (SFT, DPO and relatives, SLiC-HF), top to bottom in one place.
+
+Supported: full fine-tuning (frozen reference copy, eval mode) or LoRA (reference = the same model
+with the adapter disabled); reference log-probs precomputed once and cached on disk, or computed live;
+gradient accumulation, clipping, warmup + linear/cosine schedule, gradient checkpointing; metrics
+overall and per pair_type as JSONL; checkpoints every N steps and at the end with model, optimiser,
+scheduler, RNG and data position; resume from the latest checkpoint; Ctrl-C saves a checkpoint
+before exiting; a NaN/inf loss stops the run with the last good state saved.
+Devices: one loop; `accelerate launch` / `torchrun` decides how many processes. Each process takes
+every world-size-th micro-batch of one global, seeded order.
+Assumed: dropout is switched off in policy and reference (so policy == reference gives rewards 0).
+Not supported yet: resuming in the middle of a gradient-accumulation window (checkpoints are only
+written at optimiser-step boundaries, so this never arises from our own checkpoints).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import signal
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import get_scheduler
+
+from pairforge.config import TrainConfig
+from pairforge.errors import InputError
+from pairforge.io import read_records, write_json
+from pairforge.models import cache_dir, load_causal_lm
+from pairforge.train import losses as L
+from pairforge.train.logprobs import Batch, answer_logps, collate
+from pairforge.train.reference import model_fingerprint, reference_logps
+from pairforge.train.tokenize import TokenizedPair, tokenize_pairs
+
+
+class TrainingStopped(Exception):
+    """The run stopped early (NaN loss); the message says why and where the last good state is."""
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    metrics: list[dict[str, Any]]
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
+                              mixed_precision="bf16" if cfg.dtype == "bfloat16" else "no")
+    set_seed(cfg.seed)
+    weights = cfg.loss_weights
+    settings = L.LossSettings(beta=cfg.beta, label_smoothing=cfg.label_smoothing, gamma=cfg.gamma,
+                              alpha=cfg.alpha, delta=cfg.delta, lam=cfg.lam)
+
+    # --- data --------------------------------------------------------------------------------------
+    if cfg.pairs is None or not Path(cfg.pairs).exists():
+        raise InputError(str(cfg.pairs or "--pairs"), "no such pairs file")
+    model, tokenizer = load_causal_lm(cfg.model, cfg.dtype)
+    train_pairs, token_stats = _load_pairs(cfg.pairs, tokenizer, cfg, required=True)
+    eval_path = cfg.eval_pairs or _default_eval_path(cfg.pairs)
+    eval_pairs, _ = _load_pairs(eval_path, tokenizer, cfg, required=cfg.eval_pairs is not None)
+
+    # --- models: policy, and the reference (LoRA: adapter off; full: frozen copy) -------------------
+    _disable_dropout(model)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    reference = None
+    if L.needs_reference(weights) and cfg.lora is None and not cfg.precompute_reference:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    cached_reference: dict[int, tuple[float, float]] = {}
+    eval_reference: dict[int, tuple[float, float]] = {}
+    if L.needs_reference(weights) and cfg.precompute_reference:
+        cache = cache_dir() / "reference" / f"{model_fingerprint(model)}.parquet"
+        with accelerator.main_process_first():
+            cached_reference = reference_logps(model, train_pairs, tokenizer.pad_token_id, cache,
+                                               chunk_tokens=cfg.chunk_tokens)
+            eval_reference = reference_logps(model, eval_pairs, tokenizer.pad_token_id, cache,
+                                             chunk_tokens=cfg.chunk_tokens)
+    if cfg.lora is not None:
+        model = _with_lora(model, cfg)
+
+    # --- optimisation ------------------------------------------------------------------------------
+    order = _micro_batches(train_pairs, cfg.batch_size, cfg.seed, cfg.epochs)
+    mine = order[accelerator.process_index :: accelerator.num_processes]
+    total_steps = len(mine) // cfg.grad_accum
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    if total_steps == 0:
+        raise InputError(str(cfg.pairs), f"{len(train_pairs)} pairs make no full optimiser step with batch_size "
+                         f"{cfg.batch_size} x grad_accum {cfg.grad_accum} x {accelerator.num_processes} processes")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if reference is not None:
+        reference = reference.to(accelerator.device)
+
+    out = Path(cfg.out)
+    checkpoints = out / "checkpoints"
+    step, consumed = 0, 0
+    latest = _latest_checkpoint(checkpoints)
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        state = json.loads((latest / "position.json").read_text())
+        step, consumed = state["step"], state["micro_batches"]
+    metrics_file = out / "metrics.jsonl"
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json({"config": cfg.model_dump(mode="json"), "tokenize": token_stats.__dict__,
+                    "pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "total_steps": total_steps},
+                   out / "run.json")
+        _truncate_metrics(metrics_file, step)
+
+    def forward(batch: Batch, ref_table: dict[int, tuple[float, float]]) -> tuple[torch.Tensor, dict]:
+        """Per-pair losses and the numbers the metrics need, for one micro-batch."""
+        sums, counts = answer_logps(model, batch, cfg.chunk_tokens)
+        n = batch.pairs
+        x = L.SequenceLogps(chosen=sums[:n], rejected=sums[n : 2 * n], chosen_tokens=counts[:n],
+                            rejected_tokens=counts[n : 2 * n])
+        if weights.keys() & L.NEEDS_TARGET:
+            rows = slice(2 * n, 3 * n) if batch.has_targets else slice(0, n)
+            x.target_nll = -sums[rows] / counts[rows].clamp(min=1)
+        if L.needs_reference(weights):
+            x.ref_chosen, x.ref_rejected = _reference(batch, ref_table, reference, model, cfg.chunk_tokens)
+        per_pair = L.combined(weights, x, settings)
+        reward_c, reward_r = L.rewards(x, settings)
+        return per_pair, {"loss": per_pair.detach(), "rewards/chosen": reward_c, "rewards/rejected": reward_r,
+                          "logps/chosen": x.chosen.detach(), "logps/rejected": x.rejected.detach()}
+
+    # --- the loop ----------------------------------------------------------------------------------
+    window = _Window()
+    history: list[dict[str, Any]] = []
+    interrupted = _CatchInterrupt()
+    bar = _progress(progress and accelerator.is_main_process, total_steps, step)
+    model.train()
+    with interrupted, bar:
+        for micro in mine[consumed : total_steps * cfg.grad_accum]:
+            batch = collate([train_pairs[i] for i in micro], tokenizer.pad_token_id,
+                            bool(weights.keys() & L.NEEDS_TARGET)).to(accelerator.device)
+            with accelerator.accumulate(model):
+                per_pair, numbers = forward(batch, cached_reference)
+                loss = (per_pair * batch.weights).sum() / batch.weights.sum()
+                if not torch.isfinite(loss):
+                    path = _save_checkpoint(accelerator, checkpoints, step, consumed)
+                    raise TrainingStopped(f"loss is {loss.item()} at step {step + 1} (pairs {batch.indices}); "
+                                          f"the last good state is in {path}")
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                lr = scheduler.get_last_lr()[0]  # the rate this step uses
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            consumed += 1
+            window.add(batch, numbers, grad_norm)
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            if step % cfg.logging_steps == 0 or step == total_steps:
+                row = window.flush(accelerator, step, lr)
+                history.append(row)
+                if accelerator.is_main_process:
+                    _append_jsonl(metrics_file, row)
+                    bar.update(step, row)
+            if cfg.eval_steps and step % cfg.eval_steps == 0 and eval_pairs:
+                history.append(_evaluate(model, eval_pairs, eval_reference, forward, cfg, tokenizer, accelerator,
+                                         step, metrics_file))
+            if (cfg.save_steps and step % cfg.save_steps == 0) or interrupted.requested:
+                _save_checkpoint(accelerator, checkpoints, step, consumed)
+            if interrupted.requested:
+                raise KeyboardInterrupt
+    if eval_pairs:
+        history.append(_evaluate(model, eval_pairs, eval_reference, forward, cfg, tokenizer, accelerator, step,
+                                 metrics_file))
+    _save_checkpoint(accelerator, checkpoints, step, consumed)
+    _save_model(accelerator, model, tokenizer, out, cfg)
+    accelerator.end_training()
+    return TrainResult(out=out, steps=step, metrics=history)
+
+
+# --- pieces of the loop, in the order they are used ---------------------------------------------------
+
+def _load_pairs(path: Path | None, tokenizer: Any, cfg: TrainConfig, required: bool):
+    if path is None or not Path(path).exists():
+        if required:
+            raise InputError(str(path or "--pairs"), "no such pairs file")
+        return [], None
+    records = read_records(path)
+    frame = records.frame if records.frame is not None else pl.DataFrame(records.rows)
+    target = cfg.target if cfg.loss_weights.keys() & L.NEEDS_TARGET else None
+    return tokenize_pairs(frame, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                          too_long=cfg.too_long, target_column=target, source=str(path))
+
+
+def _default_eval_path(pairs: Path | None) -> Path | None:
+    return pairs.with_name(f"{pairs.stem}.eval{pairs.suffix}") if pairs else None
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def _with_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    assert cfg.lora is not None
+    config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                        target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _micro_batches(pairs: list[TokenizedPair], batch_size: int, seed: int, epochs: int) -> list[list[int]]:
+    """Seeded order, epoch after epoch: shuffle, group pairs of similar length into micro-batches
+    (less padding), then shuffle the micro-batches so lengths do not trend within an epoch."""
+    order: list[list[int]] = []
+    for epoch in range(epochs):
+        rng = random.Random(seed * 1_000_003 + epoch)
+        indices = list(range(len(pairs)))
+        rng.shuffle(indices)
+        group = batch_size * 16
+        batches = []
+        for start in range(0, len(indices), group):
+            chunk = sorted(indices[start : start + group], key=lambda i: pairs[i].length)
+            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(batches)
+        order += batches
+    return order
+
+
+def _reference(batch: Batch, table: dict[int, tuple[float, float]], reference: torch.nn.Module | None,
+               model: torch.nn.Module, chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    device = batch.input_ids.device
+    if table:
+        values = torch.tensor([table[i] for i in batch.indices], dtype=torch.float32, device=device)
+        return values[:, 0], values[:, 1]
+    with torch.no_grad():
+        if reference is not None:
+            sums, _ = answer_logps(reference, batch, chunk_tokens)
+        else:  # LoRA: the base model is the reference
+            with model.disable_adapter():
+                sums, _ = answer_logps(model, batch, chunk_tokens)
+    return sums[: batch.pairs], sums[batch.pairs : 2 * batch.pairs]
+
+
+class _Window:
+    """Per-pair numbers since the last log line, kept per pair_type."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.types: list[str] = []
+        self.grad_norms: list[float] = []
+        self.tokens = 0
+        self.started = time.perf_counter()
+
+    def add(self, batch: Batch, numbers: dict[str, torch.Tensor], grad_norm: Any) -> None:
+        for name, value in numbers.items():
+            self.values[name].append(value.float().cpu())
+        self.types += batch.pair_types
+        self.tokens += batch.tokens
+        if grad_norm is not None:
+            self.grad_norms.append(float(grad_norm))
+
+    def flush(self, accelerator: Accelerator, step: int, lr: float) -> dict[str, Any]:
+        """One metrics row (all processes' tokens counted), then start a new window."""
+        values = {k: torch.cat(v) for k, v in self.values.items()}
+        tokens = accelerator.gather(torch.tensor([self.tokens], device=accelerator.device)).sum().item()
+        row: dict[str, Any] = {"step": step, "lr": lr,
+                               "tokens_per_s": round(tokens / max(time.perf_counter() - self.started, 1e-9), 1)}
+        row.update(_summarise(values, self.types, prefix="train"))
+        if self.grad_norms:
+            row["grad_norm"] = sum(self.grad_norms) / len(self.grad_norms)
+        self.__init__()  # type: ignore[misc]
+        return row
+
+
+def _summarise(values: dict[str, torch.Tensor], types: list[str], prefix: str) -> dict[str, Any]:
+    """loss, rewards/*, logps/* means, overall and per pair_type."""
+    margins = values["rewards/chosen"] - values["rewards/rejected"]
+    derived = {**values, "rewards/margins": margins, "rewards/accuracies": (margins > 0).float()}
+    row: dict[str, Any] = {f"{prefix}/{k}": round(float(v.mean()), 6) for k, v in derived.items()}
+    for pair_type in sorted(set(types)):
+        mask = torch.tensor([t == pair_type for t in types])
+        for key in ("loss", "rewards/margins", "rewards/accuracies"):
+            row[f"{prefix}/{key}/{pair_type}"] = round(float(derived[key][mask].mean()), 6)
+    return row
+
+
+@torch.no_grad()
+def _evaluate(model, pairs, reference_table, forward, cfg, tokenizer, accelerator, step, metrics_file):
+    model.eval()
+    values: dict[str, list[torch.Tensor]] = defaultdict(list)
+    types: list[str] = []
+    for start in range(0, len(pairs), cfg.batch_size):
+        chunk = pairs[start : start + cfg.batch_size]
+        batch = collate(chunk, tokenizer.pad_token_id, bool(cfg.loss_weights.keys() & L.NEEDS_TARGET))
+        _, numbers = forward(batch.to(accelerator.device), reference_table)
+        for name, value in numbers.items():
+            values[name].append(value.float().cpu())
+        types += batch.pair_types
+    model.train()
+    row = {"step": step, **_summarise({k: torch.cat(v) for k, v in values.items()}, types, prefix="eval")}
+    if accelerator.is_main_process:
+        _append_jsonl(metrics_file, row)
+    return row
+
+
+def _save_checkpoint(accelerator: Accelerator, root: Path, step: int, micro_batches: int) -> Path:
+    path = root / f"step-{step:06d}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        write_json({"step": step, "micro_batches": micro_batches}, path / "position.json")
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _latest_checkpoint(root: Path) -> Path | None:
+    done = sorted(p for p in root.glob("step-*") if (p / "position.json").exists()) if root.exists() else []
+    return done[-1] if done else None
+
+
+def _save_model(accelerator: Accelerator, model, tokenizer, out: Path, cfg: TrainConfig) -> None:
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    unwrapped = accelerator.unwrap_model(model)
+    if cfg.lora is not None and cfg.lora.merge:
+        unwrapped = unwrapped.merge_and_unload()
+    unwrapped.save_pretrained(str(out / "model"))
+    tokenizer.save_pretrained(str(out / "model"))
+
+
+def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, forget metric lines written after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
+
+
+class _CatchInterrupt:
+    """Turns the first Ctrl-C into a request to checkpoint at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _CatchInterrupt:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, *_: Any) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *_: Any) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def _progress(enabled: bool, total: int, start: int):
+    from pairforge.train.progress import TrainProgress
+
+    return TrainProgress(enabled, total, start)
