@@ -52,3 +52,27 @@ def embedded_tokenizer(pairforge_cache: Path):
     from pairforge.models import load_tokenizer
 
     return load_tokenizer("embedded")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_tokenizer) -> Path:
+    """A tiny random Llama (2 layers, hidden 32) with SmolLM2's real tokenizer, saved as a model folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(embedded_tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, pad_token_id=embedded_tokenizer.pad_token_id,
+                         eos_token_id=embedded_tokenizer.eos_token_id, bos_token_id=embedded_tokenizer.bos_token_id)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(str(path))
+    embedded_tokenizer.save_pretrained(str(path))
+    return path
+
+
+def preference_rows(n: int, offset: int = 0) -> list[dict[str, Any]]:
+    """Pairs a model can learn: the chosen answer always agrees, the rejected one always refuses."""
+    return [{"prompt": f"Question {i}: is {i} a number?", "chosen": " Yes, it is a number.",
+             "rejected": " No idea, sorry.", "pair_type": "easy" if i % 2 else "hard"}
+            for i in range(offset, offset + n)]

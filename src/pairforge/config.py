@@ -123,6 +123,7 @@ class TrainConfig(Section):
     precompute_reference: bool = Field(True, description="compute reference log-probs once, cached on disk")
     logging_steps: int = Field(1, ge=1)
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N optimiser steps")
+    keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
     eval_steps: int | None = Field(None, ge=1)
     chunk_tokens: int = Field(2048, ge=16, description="answer tokens per fp32 log-softmax chunk")
 

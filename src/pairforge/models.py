@@ -92,7 +92,9 @@ def load_causal_lm(name: str, dtype: str = "float32"):  # -> (model, tokenizer)
     """A causal LM and its tokenizer (pad token set to EOS when missing); one clear line when it is no model."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own progress bars say what is happening
     path = model_path(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))

@@ -69,14 +69,7 @@ def tokenize_pairs(
     source: str = "pairs",
 ) -> tuple[list[TokenizedPair], TokenizeStats]:
     """Tokenize every pair; `source` names the file in errors."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise InputError(source, f"missing column(s) {', '.join(missing)}: expected TRL's prompt/chosen/rejected "
-                         f"(found {', '.join(frame.columns)})")
-    if target_column and target_column not in frame.columns:
-        raise InputError(source, f"the likelihood target column '{target_column}' is not in the file")
-    if frame.height == 0:
-        raise InputError(source, "no pairs: the file is empty")
+    check_pairs_frame(frame, target_column, source)
     max_prompt = max_prompt_length or max_length // 2
     stats = TokenizeStats()
     out: list[TokenizedPair] = []
@@ -111,6 +104,18 @@ def tokenize_pairs(
         ))
     stats.pairs = len(out)
     return out, stats
+
+
+def check_pairs_frame(frame: pl.DataFrame, target_column: str | None, source: str) -> None:
+    """Columns and size, checked before any model is loaded."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputError(source, f"missing column(s) {', '.join(missing)}: expected TRL's prompt/chosen/rejected "
+                         f"(found {', '.join(frame.columns)})")
+    if target_column and target_column not in frame.columns:
+        raise InputError(source, f"the likelihood target column '{target_column}' is not in the file")
+    if frame.height == 0:
+        raise InputError(source, "no pairs: the file is empty")
 
 
 def encode(tokenizer: Any, prompt: Any, answer: Any) -> Sequence:

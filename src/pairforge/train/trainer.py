@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import shutil
 import signal
 import time
 from collections import defaultdict
@@ -38,7 +39,7 @@ from pairforge.models import cache_dir, load_causal_lm
 from pairforge.train import losses as L
 from pairforge.train.logprobs import Batch, answer_logps, collate
 from pairforge.train.reference import model_fingerprint, reference_logps
-from pairforge.train.tokenize import TokenizedPair, tokenize_pairs
+from pairforge.train.tokenize import TokenizedPair, TokenizeStats, check_pairs_frame, tokenize_pairs
 
 
 class TrainingStopped(Exception):
@@ -61,12 +62,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                               alpha=cfg.alpha, delta=cfg.delta, lam=cfg.lam)
 
     # --- data --------------------------------------------------------------------------------------
-    if cfg.pairs is None or not Path(cfg.pairs).exists():
-        raise InputError(str(cfg.pairs or "--pairs"), "no such pairs file")
-    model, tokenizer = load_causal_lm(cfg.model, cfg.dtype)
-    train_pairs, token_stats = _load_pairs(cfg.pairs, tokenizer, cfg, required=True)
+    target = cfg.target if weights.keys() & L.NEEDS_TARGET else None
+    train_frame = _read_pairs(cfg.pairs, target, required=True)
     eval_path = cfg.eval_pairs or _default_eval_path(cfg.pairs)
-    eval_pairs, _ = _load_pairs(eval_path, tokenizer, cfg, required=cfg.eval_pairs is not None)
+    eval_frame = _read_pairs(eval_path, target, required=cfg.eval_pairs is not None)
+    model, tokenizer = load_causal_lm(cfg.model, cfg.dtype)
+    train_pairs, token_stats = _tokenize(train_frame, tokenizer, cfg, target, str(cfg.pairs))
+    eval_pairs, _ = _tokenize(eval_frame, tokenizer, cfg, target, str(eval_path))
 
     # --- models: policy, and the reference (LoRA: adapter off; full: frozen copy) -------------------
     _disable_dropout(model)
@@ -150,7 +152,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                 per_pair, numbers = forward(batch, cached_reference)
                 loss = (per_pair * batch.weights).sum() / batch.weights.sum()
                 if not torch.isfinite(loss):
-                    path = _save_checkpoint(accelerator, checkpoints, step, consumed)
+                    path = _save_checkpoint(accelerator, checkpoints, step, consumed, cfg.keep_checkpoints)
                     raise TrainingStopped(f"loss is {loss.item()} at step {step + 1} (pairs {batch.indices}); "
                                           f"the last good state is in {path}")
                 accelerator.backward(loss)
@@ -176,13 +178,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                 history.append(_evaluate(model, eval_pairs, eval_reference, forward, cfg, tokenizer, accelerator,
                                          step, metrics_file))
             if (cfg.save_steps and step % cfg.save_steps == 0) or interrupted.requested:
-                _save_checkpoint(accelerator, checkpoints, step, consumed)
+                _save_checkpoint(accelerator, checkpoints, step, consumed, cfg.keep_checkpoints)
             if interrupted.requested:
                 raise KeyboardInterrupt
     if eval_pairs:
         history.append(_evaluate(model, eval_pairs, eval_reference, forward, cfg, tokenizer, accelerator, step,
                                  metrics_file))
-    _save_checkpoint(accelerator, checkpoints, step, consumed)
+    _save_checkpoint(accelerator, checkpoints, step, consumed, cfg.keep_checkpoints)
     _save_model(accelerator, model, tokenizer, out, cfg)
     accelerator.end_training()
     return TrainResult(out=out, steps=step, metrics=history)
@@ -190,16 +192,23 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
 
 # --- pieces of the loop, in the order they are used ---------------------------------------------------
 
-def _load_pairs(path: Path | None, tokenizer: Any, cfg: TrainConfig, required: bool):
+def _read_pairs(path: Path | None, target: str | None, required: bool) -> pl.DataFrame | None:
     if path is None or not Path(path).exists():
         if required:
             raise InputError(str(path or "--pairs"), "no such pairs file")
-        return [], None
+        return None
     records = read_records(path)
     frame = records.frame if records.frame is not None else pl.DataFrame(records.rows)
-    target = cfg.target if cfg.loss_weights.keys() & L.NEEDS_TARGET else None
+    check_pairs_frame(frame, target, str(path))
+    return frame
+
+
+def _tokenize(frame: pl.DataFrame | None, tokenizer: Any, cfg: TrainConfig, target: str | None,
+              source: str) -> tuple[list[TokenizedPair], TokenizeStats]:
+    if frame is None:
+        return [], TokenizeStats()
     return tokenize_pairs(frame, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-                          too_long=cfg.too_long, target_column=target, source=str(path))
+                          too_long=cfg.too_long, target_column=target, source=source)
 
 
 def _default_eval_path(pairs: Path | None) -> Path | None:
@@ -289,11 +298,11 @@ def _summarise(values: dict[str, torch.Tensor], types: list[str], prefix: str) -
     """loss, rewards/*, logps/* means, overall and per pair_type."""
     margins = values["rewards/chosen"] - values["rewards/rejected"]
     derived = {**values, "rewards/margins": margins, "rewards/accuracies": (margins > 0).float()}
-    row: dict[str, Any] = {f"{prefix}/{k}": round(float(v.mean()), 6) for k, v in derived.items()}
+    row: dict[str, Any] = {f"{prefix}/{k}": float(v.mean()) for k, v in derived.items()}
     for pair_type in sorted(set(types)):
         mask = torch.tensor([t == pair_type for t in types])
         for key in ("loss", "rewards/margins", "rewards/accuracies"):
-            row[f"{prefix}/{key}/{pair_type}"] = round(float(derived[key][mask].mean()), 6)
+            row[f"{prefix}/{key}/{pair_type}"] = float(derived[key][mask].mean())
     return row
 
 
@@ -316,11 +325,14 @@ def _evaluate(model, pairs, reference_table, forward, cfg, tokenizer, accelerato
     return row
 
 
-def _save_checkpoint(accelerator: Accelerator, root: Path, step: int, micro_batches: int) -> Path:
+def _save_checkpoint(accelerator: Accelerator, root: Path, step: int, micro_batches: int, keep: int) -> Path:
+    """Model, optimiser, scheduler and RNG (accelerate), then our data position; older ones pruned."""
     path = root / f"step-{step:06d}"
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
         write_json({"step": step, "micro_batches": micro_batches}, path / "position.json")
+        for old in sorted(root.glob("step-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return path
 
