@@ -128,3 +128,24 @@ def test_train_cli_bad_input(tiny_model_dir, pairs_file, tmp_path):
         result = run_train(*args)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_two_cpu_processes_follow_the_one_process_curve(tiny_model_dir, pairs_file, tmp_path):
+    """torchrun starts 2 gloo processes (accelerate's MULTI_CPU); with half the batch each they must
+    see the same global batches, gradients and learning-rate schedule as 1 process with the full batch."""
+    import subprocess
+    import sys
+
+    common = ["--model", str(tiny_model_dir), "--pairs", str(pairs_file), "--lr", "5e-3", "--epochs", "2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                "-m", "pairforge", "train"]
+    done = subprocess.run([*torchrun, *common, "--batch-size", "4", "--out", str(tmp_path / "two")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert run_train(*common, "--batch-size", "8", "--out", tmp_path / "one").exit_code == 0
+
+    def losses(out: Path) -> list[float]:
+        return [round(m["train/loss"], 5) for m in metrics(out) if "train/loss" in m]
+
+    assert len(losses(tmp_path / "one")) == 12  # 48 pairs / 8 x 2 epochs, logged once per step
+    assert losses(tmp_path / "two") == losses(tmp_path / "one")

@@ -13,11 +13,10 @@ import polars as pl
 import pytest
 import torch
 
+from conftest import preference_rows
 from pairforge.train import losses as L
 from pairforge.train.logprobs import answer_logps, collate
 from pairforge.train.tokenize import tokenize_pairs
-
-from conftest import preference_rows
 
 pytestmark = pytest.mark.slow
 

@@ -76,6 +76,19 @@ def answer_logps(model: torch.nn.Module, batch: Batch, chunk_tokens: int = 2048)
     return sums, counts
 
 
+class AnswerLogps(torch.nn.Module):
+    """A causal LM whose forward returns answer log-probs, so DDP/FSDP wrap the whole computation
+    (calling the decoder of a wrapped model directly would bypass gradient synchronisation)."""
+
+    def __init__(self, lm: torch.nn.Module, chunk_tokens: int = 2048) -> None:
+        super().__init__()
+        self.lm = lm
+        self.chunk_tokens = chunk_tokens
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return answer_logps(self.lm, batch, self.chunk_tokens)
+
+
 def _chunk_logps(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
                  bias: torch.Tensor | None) -> torch.Tensor:
     if states.requires_grad:

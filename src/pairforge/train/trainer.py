@@ -29,7 +29,7 @@ from typing import Any
 import polars as pl
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from transformers import get_scheduler
 
 from pairforge.config import TrainConfig
@@ -37,7 +37,7 @@ from pairforge.errors import InputError
 from pairforge.io import read_records, write_json
 from pairforge.models import cache_dir, load_causal_lm
 from pairforge.train import losses as L
-from pairforge.train.logprobs import Batch, answer_logps, collate
+from pairforge.train.logprobs import AnswerLogps, Batch, answer_logps, collate
 from pairforge.train.reference import model_fingerprint, reference_logps
 from pairforge.train.tokenize import TokenizedPair, TokenizeStats, check_pairs_frame, tokenize_pairs
 
@@ -54,7 +54,8 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
+    # cpu=True on a machine without CUDA: accelerate then runs `torchrun` processes as MULTI_CPU (gloo)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available(),
                               mixed_precision="bf16" if cfg.dtype == "bfloat16" else "no")
     set_seed(cfg.seed)
     weights = cfg.loss_weights
@@ -90,8 +91,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         model = _with_lora(model, cfg)
 
     # --- optimisation ------------------------------------------------------------------------------
-    order = _micro_batches(train_pairs, cfg.batch_size, cfg.seed, cfg.epochs)
-    mine = order[accelerator.process_index :: accelerator.num_processes]
+    mine = _my_micro_batches(train_pairs, cfg, accelerator.process_index, accelerator.num_processes)
     total_steps = len(mine) // cfg.grad_accum
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -102,7 +102,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    policy, optimizer = accelerator.prepare(AnswerLogps(model, cfg.chunk_tokens), optimizer)
+    # not prepared: accelerate would step it once per process per step; our step count is already global
+    accelerator.register_for_checkpointing(scheduler)
     if reference is not None:
         reference = reference.to(accelerator.device)
 
@@ -124,7 +126,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
 
     def forward(batch: Batch, ref_table: dict[int, tuple[float, float]]) -> tuple[torch.Tensor, dict]:
         """Per-pair losses and the numbers the metrics need, for one micro-batch."""
-        sums, counts = answer_logps(model, batch, cfg.chunk_tokens)
+        sums, counts = policy(batch)
         n = batch.pairs
         x = L.SequenceLogps(chosen=sums[:n], rejected=sums[n : 2 * n], chosen_tokens=counts[:n],
                             rejected_tokens=counts[n : 2 * n])
@@ -143,12 +145,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     history: list[dict[str, Any]] = []
     interrupted = _CatchInterrupt()
     bar = _progress(progress and accelerator.is_main_process, total_steps, step)
-    model.train()
+    policy.train()
     with interrupted, bar:
         for micro in mine[consumed : total_steps * cfg.grad_accum]:
             batch = collate([train_pairs[i] for i in micro], tokenizer.pad_token_id,
                             bool(weights.keys() & L.NEEDS_TARGET)).to(accelerator.device)
-            with accelerator.accumulate(model):
+            with accelerator.accumulate(policy):
                 per_pair, numbers = forward(batch, cached_reference)
                 loss = (per_pair * batch.weights).sum() / batch.weights.sum()
                 if not torch.isfinite(loss):
@@ -161,7 +163,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                     grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 lr = scheduler.get_last_lr()[0]  # the rate this step uses
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad()
             consumed += 1
             window.add(batch, numbers, grad_norm)
@@ -175,17 +178,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                     _append_jsonl(metrics_file, row)
                     bar.update(step, row)
             if cfg.eval_steps and step % cfg.eval_steps == 0 and eval_pairs:
-                history.append(_evaluate(model, eval_pairs, eval_reference, forward, cfg, tokenizer, accelerator,
+                history.append(_evaluate(policy, eval_pairs, eval_reference, forward, cfg, tokenizer, accelerator,
                                          step, metrics_file))
             if (cfg.save_steps and step % cfg.save_steps == 0) or interrupted.requested:
                 _save_checkpoint(accelerator, checkpoints, step, consumed, cfg.keep_checkpoints)
             if interrupted.requested:
                 raise KeyboardInterrupt
     if eval_pairs:
-        history.append(_evaluate(model, eval_pairs, eval_reference, forward, cfg, tokenizer, accelerator, step,
+        history.append(_evaluate(policy, eval_pairs, eval_reference, forward, cfg, tokenizer, accelerator, step,
                                  metrics_file))
     _save_checkpoint(accelerator, checkpoints, step, consumed, cfg.keep_checkpoints)
-    _save_model(accelerator, model, tokenizer, out, cfg)
+    _save_model(accelerator, model, tokenizer, out, cfg)  # `model` is the LM inside the prepared wrapper
     accelerator.end_training()
     return TrainResult(out=out, steps=step, metrics=history)
 
@@ -228,6 +231,17 @@ def _with_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                         target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
+
+
+def _my_micro_batches(pairs: list[TokenizedPair], cfg: TrainConfig, rank: int, world: int) -> list[list[int]]:
+    """This process's share of one global order: every global micro-batch (batch_size x processes pairs)
+    is cut into `world` equal slices, so N processes see exactly the pairs one process would with an N
+    times larger batch. With several processes an incomplete last global batch is left out."""
+    size = cfg.batch_size * world
+    order = _micro_batches(pairs, size, cfg.seed, cfg.epochs)
+    if world > 1:
+        order = [b for b in order if len(b) == size]
+    return [b[rank * cfg.batch_size : (rank + 1) * cfg.batch_size] for b in order]
 
 
 def _micro_batches(pairs: list[TokenizedPair], batch_size: int, seed: int, epochs: int) -> list[list[int]]:
@@ -282,14 +296,17 @@ class _Window:
             self.grad_norms.append(float(grad_norm))
 
     def flush(self, accelerator: Accelerator, step: int, lr: float) -> dict[str, Any]:
-        """One metrics row (all processes' tokens counted), then start a new window."""
-        values = {k: torch.cat(v) for k, v in self.values.items()}
-        tokens = accelerator.gather(torch.tensor([self.tokens], device=accelerator.device)).sum().item()
+        """One metrics row over every process's pairs, then start a new window."""
+        local = {k: torch.cat(v).tolist() for k, v in self.values.items()}
+        shares = gather_object([(local, self.types, self.tokens, self.grad_norms)])
+        values = {k: torch.tensor([x for share in shares for x in share[0][k]]) for k in local}
+        types = [t for share in shares for t in share[1]]
+        tokens = sum(share[2] for share in shares)
         row: dict[str, Any] = {"step": step, "lr": lr,
                                "tokens_per_s": round(tokens / max(time.perf_counter() - self.started, 1e-9), 1)}
-        row.update(_summarise(values, self.types, prefix="train"))
+        row.update(_summarise(values, types, prefix="train"))
         if self.grad_norms:
-            row["grad_norm"] = sum(self.grad_norms) / len(self.grad_norms)
+            row["grad_norm"] = sum(self.grad_norms) / len(self.grad_norms)  # already global after clipping
         self.__init__()  # type: ignore[misc]
         return row
 
@@ -346,7 +363,7 @@ def _save_model(accelerator: Accelerator, model, tokenizer, out: Path, cfg: Trai
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = model
     if cfg.lora is not None and cfg.lora.merge:
         unwrapped = unwrapped.merge_and_unload()
     unwrapped.save_pretrained(str(out / "model"))
