@@ -122,7 +122,7 @@ def test_train_cli_bad_input(tiny_model_dir, pairs_file, tmp_path):
         (["--pairs", tmp_path / "empty.parquet", *model], "file is empty"),
         (["--pairs", tmp_path / "empty.parquet", "--method", "ppo", *model], "unknown method ppo"),
         (["--pairs", tmp_path / "empty.parquet", "--beta", "0", *model], "--beta: Input should be greater than 0"),
-        (["--pairs", pairs_file, "--model", tmp_path], "cannot load a causal language model"),
+        (["--pairs", pairs_file, "--model", tmp_path], "cannot load a tokenizer from it"),
     ]
     for args, message in cases:
         result = run_train(*args)
@@ -149,3 +149,15 @@ def test_two_cpu_processes_follow_the_one_process_curve(tiny_model_dir, pairs_fi
 
     assert len(losses(tmp_path / "one")) == 12  # 48 pairs / 8 x 2 epochs, logged once per step
     assert losses(tmp_path / "two") == losses(tmp_path / "one")
+
+
+def test_reward_model_learns_to_rank_held_out_pairs(tiny_model_dir, pairs_file, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "rm"
+    result = train(config(tiny_model_dir, pairs_file, out, method="reward-model", epochs=3, lr=1e-2),
+                   progress=False)
+    final = [m for m in result.metrics if "eval/loss" in m][-1]
+    assert final["eval/rewards/accuracies"] > 0.9
+    reward_model = AutoModelForSequenceClassification.from_pretrained(str(out / "model"))
+    assert reward_model.config.num_labels == 1

@@ -92,7 +92,8 @@ class TrainConfig(Section):
     """Contrastive post-training (the `train` section of a recipe)."""
 
     method: str | dict[str, float] = Field("dpo", description="a loss name (dpo, robust, hinge, ipo, apo_zero, "
-                                           "apo_down, simpo, r-dpo, slic, sft) or a weighted sum {dpo: 1, sft: 0.2}")
+                                           "apo_down, simpo, r-dpo, slic, sft, reward-model) or a weighted sum "
+                                           "{dpo: 1, sft: 0.2}")
     model: str = Field("embedded", description="'embedded', a model folder, or a hub id")
     pairs: Path | None = Field(None, description="pairs file (ours or any TRL prompt/chosen/rejected file)")
     eval_pairs: Path | None = Field(None, description="held-out pairs for eval metrics (default: <pairs>.eval.*)")
@@ -126,6 +127,8 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
     eval_steps: int | None = Field(None, ge=1)
     chunk_tokens: int = Field(2048, ge=16, description="answer tokens per fp32 log-softmax chunk")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="trackers, "
+                                                              "besides metrics.jsonl (need their package)")
 
     @field_validator("method")
     @classmethod
@@ -136,6 +139,8 @@ class TrainConfig(Section):
         unknown = [n for n in names if n not in LOSSES]
         if unknown or not names:
             raise ValueError(f"unknown method {', '.join(unknown) or '(none)'}: expected one of {', '.join(LOSSES)}")
+        if "reward-model" in names and len(names) > 1:
+            raise ValueError("reward-model trains a score head and cannot be mixed with other losses")
         return value
 
     @property

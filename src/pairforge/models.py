@@ -88,19 +88,25 @@ def model_path(name: str) -> str:
     return str(embedded_model_dir()) if name == EMBEDDED else name
 
 
-def load_causal_lm(name: str, dtype: str = "float32"):  # -> (model, tokenizer)
-    """A causal LM and its tokenizer (pad token set to EOS when missing); one clear line when it is no model."""
+def load_causal_lm(name: str, dtype: str = "float32", reward_head: bool = False):  # -> (model, tokenizer)
+    """A causal LM (or, with `reward_head`, the same backbone with a fresh 1-output score head, the
+    Bradley-Terry reward model) and its tokenizer; pad token = EOS when missing; one clear line when
+    the path is not a model."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bars say what is happening
     path = model_path(name)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    except (OSError, ValueError) as exc:
-        raise InputError(name, f"cannot load a causal language model from it ({str(exc).splitlines()[0]})") from None
-    tokenizer = load_tokenizer(path) if name != EMBEDDED else load_tokenizer(EMBEDDED)
+    tokenizer = load_tokenizer(EMBEDDED if name == EMBEDDED else path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    try:
+        if reward_head:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=getattr(torch, dtype), num_labels=1, pad_token_id=tokenizer.pad_token_id)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except (OSError, ValueError) as exc:
+        raise InputError(name, f"cannot load a causal language model from it ({str(exc).splitlines()[0]})") from None
     return model, tokenizer

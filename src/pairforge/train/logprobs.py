@@ -89,6 +89,23 @@ class AnswerLogps(torch.nn.Module):
         return answer_logps(self.lm, batch, self.chunk_tokens)
 
 
+class SequenceScores(torch.nn.Module):
+    """A sequence-classification model (1 output) scoring each row at its last real token: the reward
+    model. Returns (scores, answer-token counts) like `AnswerLogps`, so the same loop trains it.
+    The last token is found from the attention mask, not from pad ids (pad == EOS in many tokenizers)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                       use_cache=False)[0]
+        last = batch.attention_mask.sum(dim=1) - 1
+        scores = self.model.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+        return scores.squeeze(-1).float(), batch.answer_mask[:, 1:].sum(dim=1).to(torch.float32)
+
+
 def _chunk_logps(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
                  bias: torch.Tensor | None) -> torch.Tensor:
     if states.requires_grad:

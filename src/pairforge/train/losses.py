@@ -15,6 +15,8 @@ the trainer averages (optionally weighted per pair) and adds weighted sums of se
   r-dpo          -logsig(b delta - alpha (|yc| - |yr|))        (length-regularised)
   slic           relu(delta_m - (logp_c - logp_r)) + lambda * NLL(y_ref)   (SLiC-HF, reference-free)
   sft            NLL(target): token-mean negative log-likelihood of the target answer
+  reward-model   -logsig(r(y+) - r(y-)) where `chosen`/`rejected` hold a score head's outputs, not
+                 log-probs (Bradley-Terry; the paper's RLHF baseline component and a judge)
 
 Rewards reported with them are b * (logp - ref) (b * logp / |y| for reference-free losses).
 """
@@ -112,6 +114,10 @@ def sft(x: SequenceLogps, s: LossSettings) -> torch.Tensor:
     return _target_nll(x)
 
 
+def bradley_terry(x: SequenceLogps, s: LossSettings) -> torch.Tensor:
+    return -F.logsigmoid(x.chosen - x.rejected)
+
+
 def _target_nll(x: SequenceLogps) -> torch.Tensor:
     if x.target_nll is None:
         raise ValueError("this loss needs the likelihood target's NLL")
@@ -120,9 +126,10 @@ def _target_nll(x: SequenceLogps) -> torch.Tensor:
 
 LOSSES: dict[str, LossFunction] = {
     "dpo": dpo, "sigmoid": dpo, "robust": robust, "hinge": hinge, "ipo": ipo, "apo_zero": apo_zero,
-    "apo_down": apo_down, "simpo": simpo, "r-dpo": r_dpo, "slic": slic, "sft": sft,
+    "apo_down": apo_down, "simpo": simpo, "r-dpo": r_dpo, "slic": slic, "sft": sft, "reward-model": bradley_terry,
 }
-REFERENCE_FREE = frozenset({"simpo", "slic", "sft"})
+REWARD_MODEL = "reward-model"
+REFERENCE_FREE = frozenset({"simpo", "slic", "sft", REWARD_MODEL})
 NEEDS_TARGET = frozenset({"slic", "sft"})
 PAIRWISE = frozenset(LOSSES) - {"sft"}
 
@@ -131,8 +138,11 @@ def needs_reference(weights: dict[str, float]) -> bool:
     return any(name not in REFERENCE_FREE for name in weights)
 
 
-def rewards(x: SequenceLogps, s: LossSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """Implicit rewards: b (logp - ref), or b logp / |y| when there is no reference."""
+def rewards(x: SequenceLogps, s: LossSettings, scores: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Implicit rewards: b (logp - ref), or b logp / |y| when there is no reference; a reward model's
+    scores as they are."""
+    if scores:
+        return x.chosen.detach(), x.rejected.detach()
     if x.ref_chosen is not None and x.ref_rejected is not None:
         chosen, rejected = _ratios(x)
     else:

@@ -37,7 +37,7 @@ from pairforge.errors import InputError
 from pairforge.io import read_records, write_json
 from pairforge.models import cache_dir, load_causal_lm
 from pairforge.train import losses as L
-from pairforge.train.logprobs import AnswerLogps, Batch, answer_logps, collate
+from pairforge.train.logprobs import AnswerLogps, Batch, SequenceScores, answer_logps, collate
 from pairforge.train.reference import model_fingerprint, reference_logps
 from pairforge.train.tokenize import TokenizedPair, TokenizeStats, check_pairs_frame, tokenize_pairs
 
@@ -55,8 +55,10 @@ class TrainResult:
 
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     # cpu=True on a machine without CUDA: accelerate then runs `torchrun` processes as MULTI_CPU (gloo)
+    _check_trackers(cfg.report_to)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available(),
-                              mixed_precision="bf16" if cfg.dtype == "bfloat16" else "no")
+                              mixed_precision="bf16" if cfg.dtype == "bfloat16" else "no",
+                              log_with=list(cfg.report_to) or None, project_dir=str(cfg.out))
     set_seed(cfg.seed)
     weights = cfg.loss_weights
     settings = L.LossSettings(beta=cfg.beta, label_smoothing=cfg.label_smoothing, gamma=cfg.gamma,
@@ -67,7 +69,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     train_frame = _read_pairs(cfg.pairs, target, required=True)
     eval_path = cfg.eval_pairs or _default_eval_path(cfg.pairs)
     eval_frame = _read_pairs(eval_path, target, required=cfg.eval_pairs is not None)
-    model, tokenizer = load_causal_lm(cfg.model, cfg.dtype)
+    reward_model = L.REWARD_MODEL in weights
+    model, tokenizer = load_causal_lm(cfg.model, cfg.dtype, reward_head=reward_model)
     train_pairs, token_stats = _tokenize(train_frame, tokenizer, cfg, target, str(cfg.pairs))
     eval_pairs, _ = _tokenize(eval_frame, tokenizer, cfg, target, str(eval_path))
 
@@ -102,7 +105,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    policy, optimizer = accelerator.prepare(AnswerLogps(model, cfg.chunk_tokens), optimizer)
+    scorer = SequenceScores(model) if reward_model else AnswerLogps(model, cfg.chunk_tokens)
+    policy, optimizer = accelerator.prepare(scorer, optimizer)
     # not prepared: accelerate would step it once per process per step; our step count is already global
     accelerator.register_for_checkpointing(scheduler)
     if reference is not None:
@@ -123,6 +127,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                     "pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "total_steps": total_steps},
                    out / "run.json")
         _truncate_metrics(metrics_file, step)
+    if cfg.report_to:
+        accelerator.init_trackers("pairforge", config=cfg.model_dump(mode="json"))
 
     def forward(batch: Batch, ref_table: dict[int, tuple[float, float]]) -> tuple[torch.Tensor, dict]:
         """Per-pair losses and the numbers the metrics need, for one micro-batch."""
@@ -136,7 +142,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         if L.needs_reference(weights):
             x.ref_chosen, x.ref_rejected = _reference(batch, ref_table, reference, model, cfg.chunk_tokens)
         per_pair = L.combined(weights, x, settings)
-        reward_c, reward_r = L.rewards(x, settings)
+        reward_c, reward_r = L.rewards(x, settings, scores=reward_model)
         return per_pair, {"loss": per_pair.detach(), "rewards/chosen": reward_c, "rewards/rejected": reward_r,
                           "logps/chosen": x.chosen.detach(), "logps/rejected": x.rejected.detach()}
 
@@ -177,6 +183,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                 if accelerator.is_main_process:
                     _append_jsonl(metrics_file, row)
                     bar.update(step, row)
+                if cfg.report_to:
+                    accelerator.log(row, step=step)
             if cfg.eval_steps and step % cfg.eval_steps == 0 and eval_pairs:
                 history.append(_evaluate(policy, eval_pairs, eval_reference, forward, cfg, tokenizer, accelerator,
                                          step, metrics_file))
@@ -194,6 +202,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
 
 
 # --- pieces of the loop, in the order they are used ---------------------------------------------------
+
+def _check_trackers(names: list[str]) -> None:
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
+    for name in names:
+        if not available[name]:
+            raise InputError("report_to", f"{name} is not installed (pip install {name})")
+
 
 def _read_pairs(path: Path | None, target: str | None, required: bool) -> pl.DataFrame | None:
     if path is None or not Path(path).exists():
