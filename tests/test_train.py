@@ -161,3 +161,28 @@ def test_reward_model_learns_to_rank_held_out_pairs(tiny_model_dir, pairs_file, 
     assert final["eval/rewards/accuracies"] > 0.9
     reward_model = AutoModelForSequenceClassification.from_pretrained(str(out / "model"))
     assert reward_model.config.num_labels == 1
+
+
+def test_embedded_smollm2_lora_dpo_on_chat_pairs_and_cached_reference(tmp_path, pairforge_cache):
+    """The real SmolLM2-135M-Instruct with its chat template: LoRA DPO starts at log 2; a second run
+    (another beta) reuses the reference log-probs cached on disk instead of recomputing them."""
+    from conftest import SAMPLE
+
+    strong, weak = (json.loads((SAMPLE / f"{name}.json").read_text())[:8] for name in ("strong", "weak"))
+    rows = [{"prompt": [{"role": "user", "content": s["instruction"]}],
+             "chosen": [{"role": "assistant", "content": s["output"]}],
+             "rejected": [{"role": "assistant", "content": w["output"]}], "pair_type": "strong>weak"}
+            for s, w in zip(strong, weak, strict=True)]
+    pl.DataFrame(rows).write_parquet(tmp_path / "chat.parquet")
+    settings = dict(model="embedded", pairs=tmp_path / "chat.parquet", batch_size=4, max_steps=2, lr=1e-4,
+                    lora=LoraSettings(r=8, alpha=16), max_length=192)
+    before = set((pairforge_cache / "reference").glob("*.parquet"))
+    first = train(TrainConfig(out=tmp_path / "a", **settings), progress=False)
+    assert first.metrics[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert all(math.isfinite(m["train/loss"]) for m in first.metrics if "train/loss" in m)
+    assert (tmp_path / "a" / "model" / "adapter_config.json").exists()
+    caches = list(set((pairforge_cache / "reference").glob("*.parquet")) - before)
+    assert len(caches) == 1 and pl.read_parquet(caches[0]).height == 8
+    stamp = caches[0].stat().st_mtime_ns
+    train(TrainConfig(out=tmp_path / "b", beta=0.3, **settings), progress=False)
+    assert caches[0].stat().st_mtime_ns == stamp  # nothing new to compute, nothing rewritten
