@@ -181,13 +181,17 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def _relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Paths inside a recipe are relative to the recipe's folder, so a recipe runs from anywhere."""
-    pairs = data.get("pairs")
-    if isinstance(pairs, dict):
-        if isinstance(pairs.get("inputs"), list):
-            pairs["inputs"] = [str(base / p) if isinstance(p, str) else p for p in pairs["inputs"]]
-        filters = pairs.get("filters")
-        if isinstance(filters, dict) and isinstance(filters.get("decontaminate"), list):
-            filters["decontaminate"] = [str(base / p) if isinstance(p, str) else p for p in filters["decontaminate"]]
+    def rebase(section: Any, key: str) -> None:
+        if isinstance(section, dict) and isinstance(section.get(key), str):
+            section[key] = str(base / section[key])
+        elif isinstance(section, dict) and isinstance(section.get(key), list):
+            section[key] = [str(base / p) if isinstance(p, str) else p for p in section[key]]
+
+    pairs, train = data.get("pairs"), data.get("train")
+    rebase(pairs, "inputs")
+    rebase(pairs.get("filters") if isinstance(pairs, dict) else None, "decontaminate")
+    rebase(train, "pairs")
+    rebase(train, "eval_pairs")
     return data
 
 
