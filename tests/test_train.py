@@ -186,3 +186,32 @@ def test_embedded_smollm2_lora_dpo_on_chat_pairs_and_cached_reference(tmp_path, 
     stamp = caches[0].stat().st_mtime_ns
     train(TrainConfig(out=tmp_path / "b", beta=0.3, **settings), progress=False)
     assert caches[0].stat().st_mtime_ns == stamp  # nothing new to compute, nothing rewritten
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_rerun_finishes_the_same_curve(tiny_model_dir, pairs_file, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--model", str(tiny_model_dir), "--pairs", str(pairs_file), "--lr", "5e-3", "--epochs", "12",
+            "--batch-size", "8"]
+    command = [sys.executable, "-m", "pairforge", "train", *args, "--out", str(tmp_path / "cut")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics_file = tmp_path / "cut" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics_file.exists() and metrics_file.read_text().count("\n") >= 3):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "checkpoint saved" in stderr
+    stopped_at = len(metrics(tmp_path / "cut"))
+    assert 3 <= stopped_at < 72
+    assert run_train(*args, "--out", tmp_path / "cut").exit_code == 0
+    assert run_train(*args, "--out", tmp_path / "whole").exit_code == 0
+
+    def losses(out: Path) -> list[float]:
+        return [round(m["train/loss"], 5) for m in metrics(out) if "train/loss" in m]
+
+    assert losses(tmp_path / "cut") == losses(tmp_path / "whole")

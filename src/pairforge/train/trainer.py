@@ -91,7 +91,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             eval_reference = reference_logps(model, eval_pairs, tokenizer.pad_token_id, cache,
                                              chunk_tokens=cfg.chunk_tokens)
     if cfg.lora is not None:
-        model = _with_lora(model, cfg)
+        model = _with_lora(model, cfg, task="SEQ_CLS" if reward_model else "CAUSAL_LM")
 
     # --- optimisation ------------------------------------------------------------------------------
     mine = _my_micro_batches(train_pairs, cfg, accelerator.process_index, accelerator.num_processes)
@@ -241,12 +241,12 @@ def _disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
-def _with_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+def _with_lora(model: torch.nn.Module, cfg: TrainConfig, task: str) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
     assert cfg.lora is not None
     config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                        target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+                        target_modules=cfg.lora.target_modules, task_type=task)
     return get_peft_model(model, config)
 
 
