@@ -72,3 +72,16 @@ def test_missing_columns_and_empty_file(embedded_tokenizer):
     with pytest.raises(InputError, match="empty"):
         tokenize_pairs(pl.DataFrame({"prompt": [], "chosen": [], "rejected": []}, schema={
             "prompt": pl.String, "chosen": pl.String, "rejected": pl.String}), embedded_tokenizer, max_length=64)
+
+
+def test_pre_templated_text_with_a_bos_adding_tokenizer_has_one_bos(embedded_tokenizer):
+    import copy
+
+    adds_bos = copy.deepcopy(embedded_tokenizer)
+    adds_bos.add_bos_token = True  # like Llama tokenizers; the prompt text already starts with the BOS text
+    bos = adds_bos.bos_token_id
+    prompt = f"{adds_bos.bos_token}user\nhi{adds_bos.eos_token}\n{adds_bos.bos_token}assistant\n"
+    assert adds_bos(prompt)["input_ids"][:2] == [bos, bos]  # the trap
+    seq = encode(adds_bos, prompt, "Hello")
+    assert seq.ids[0] == bos and seq.ids[1] != bos
+    assert adds_bos.decode(seq.ids[seq.answer_start:]) == "Hello" + adds_bos.eos_token

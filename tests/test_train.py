@@ -215,3 +215,28 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_finishes_the_same_curve(tiny_mo
         return [round(m["train/loss"], 5) for m in metrics(out) if "train/loss" in m]
 
     assert losses(tmp_path / "cut") == losses(tmp_path / "whole")
+
+
+def test_gradient_checkpointing_weights_and_merge(tiny_model_dir, pairs_file, tmp_path):
+    """Gradient checkpointing changes memory, not numbers; a zero-weight pair teaches nothing; a merged
+    LoRA run saves a plain model folder."""
+    from transformers import AutoModelForCausalLM
+
+    def curve(out: Path, **overrides) -> list[float]:
+        rows = train(config(tiny_model_dir, pairs_file, out, max_steps=3, **overrides), progress=False).metrics
+        return [round(m["train/loss"], 5) for m in rows if "train/loss" in m]
+
+    assert curve(tmp_path / "plain") == curve(tmp_path / "checkpointed", gradient_checkpointing=True)
+
+    weighted = pl.read_parquet(pairs_file).with_columns(pl.lit(1.0).alias("weight"))
+    flipped = weighted.with_columns(pl.col("rejected").alias("chosen"), pl.col("chosen").alias("rejected"),
+                                    pl.lit(0.0).alias("weight"))
+    pl.concat([weighted, flipped]).write_parquet(tmp_path / "weighted.parquet")
+    (tmp_path / "weighted.eval.parquet").write_bytes(pairs_file.with_name("pairs.eval.parquet").read_bytes())
+    result = train(config(tiny_model_dir, tmp_path / "weighted.parquet", tmp_path / "w", epochs=2), progress=False)
+    assert [m for m in result.metrics if "eval/loss" in m][-1]["eval/rewards/accuracies"] > 0.9
+
+    train(config(tiny_model_dir, pairs_file, tmp_path / "merged", max_steps=2,
+                 lora=LoraSettings(r=4, alpha=8, merge=True)), progress=False)
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged" / "model"))
+    assert not any("lora" in name for name, _ in merged.named_parameters())
