@@ -88,6 +88,51 @@ class LoraSettings(Section):
     merge: bool = Field(False, description="save the merged model instead of the adapter")
 
 
+class Stage(Section):
+    """One stage of a staged curriculum: which pairs, and how many passes over them."""
+
+    pair_types: list[str] | None = Field(None, description="pair types in this stage")
+    difficulty: tuple[float, float] | None = Field(None, description="or: difficulty range [low, high)")
+    epochs: int = Field(1, ge=1, description="passes over this stage's pairs")
+    restart_lr: bool = Field(False, description="restart warmup + decay at this stage's start")
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> Stage:
+        if (self.pair_types is None) == (self.difficulty is None):
+            raise ValueError("a stage names either pair_types or a difficulty range [low, high)")
+        return self
+
+
+class CurriculumConfig(Section):
+    """The order pairs are trained in (the `curriculum` part of a train section)."""
+
+    difficulty: str = Field("strength-gap", description="strength-gap | score-margin | reference-margin | "
+                            "embedding-similarity | column:NAME (higher = harder)")
+    schedule: Literal["random", "staged", "sorted", "anti", "buckets", "pacing"] = "sorted"
+    stages: list[Stage] = Field(default_factory=list, description="staged: the stages, in order")
+    buckets: int = Field(3, ge=1, description="buckets: how many difficulty buckets")
+    pacing: Literal["root", "linear"] = Field("root", description="pacing: growth of the pool of allowed pairs")
+    start_fraction: float = Field(0.2, gt=0, le=1, description="pacing: share of easiest pairs allowed at step 0")
+    full_at: float = Field(0.5, gt=0, le=1, description="pacing: share of training after which all pairs are allowed")
+    drop_hardest: float = Field(0.0, ge=0, lt=1, description="share of the hardest pairs left out (Selective DPO)")
+    shuffle_within: bool = Field(True, description="shuffle inside a stage / bucket / equal difficulty (seeded)")
+    embedding_model: str = Field("embedded", description="sentence-transformers model for embedding-similarity")
+
+    @field_validator("difficulty")
+    @classmethod
+    def _known_difficulty(cls, value: str) -> str:
+        known = ("strength-gap", "score-margin", "reference-margin", "embedding-similarity")
+        if value not in known and not (value.startswith("column:") and len(value) > 7):
+            raise ValueError(f"unknown difficulty '{value}': expected one of {', '.join(known)} or column:NAME")
+        return value
+
+    @model_validator(mode="after")
+    def _stages_for_staged(self) -> CurriculumConfig:
+        if self.schedule == "staged" and not self.stages:
+            raise ValueError("the staged schedule needs `stages`")
+        return self
+
+
 class TrainConfig(Section):
     """Contrastive post-training (the `train` section of a recipe)."""
 
@@ -127,6 +172,8 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
     eval_steps: int | None = Field(None, ge=1)
     chunk_tokens: int = Field(2048, ge=16, description="answer tokens per fp32 log-softmax chunk")
+    curriculum: CurriculumConfig | None = Field(None, description="train in a difficulty order (default: "
+                                                "seeded random order, grouped by length)")
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="trackers, "
                                                               "besides metrics.jsonl (need their package)")
 

