@@ -10,17 +10,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import polars as pl
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from pairforge.config import PairsConfig, TrainConfig, load_recipe
+from pairforge.config import CurriculumConfig, PairsConfig, TrainConfig, load_recipe
 from pairforge.errors import EXIT_BAD_INPUT, InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 pairs_app = typer.Typer(no_args_is_help=True, help="Build preference pairs from answers of several models.")
 app.add_typer(pairs_app, name="pairs")
+curriculum_app = typer.Typer(no_args_is_help=True, help="Inspect a curriculum before training on it.")
+app.add_typer(curriculum_app, name="curriculum")
 console = Console(stderr=True)
 
 T = TypeVar("T")
@@ -156,6 +159,63 @@ def train_command(
                       f"{result.out / 'metrics.jsonl'}", highlight=False)
 
     _fail_cleanly(run)
+
+
+@curriculum_app.command("show")
+def curriculum_show(
+    pairs: Path = typer.Argument(..., help="pairs file"),
+    difficulty: str | None = typer.Option(None, help="strength-gap | score-margin | embedding-similarity | "
+                                           "column:NAME"),
+    schedule: str | None = typer.Option(None, help="random | staged | sorted | anti | buckets | pacing"),
+    batch_size: int = typer.Option(8, help="pairs per batch (the global batch when training on several processes)"),
+    epochs: int = typer.Option(1, help="epochs"),
+    seed: int = typer.Option(0, help="seed"),
+    config: Path | None = typer.Option(None, help="recipe YAML; its train.curriculum gives the defaults"),
+    out: Path = typer.Option(Path("."), help="folder for curriculum.png"),
+) -> None:
+    """Print a curriculum's stages or buckets with their sizes and difficulty, and plot difficulty by step."""
+    def run() -> None:
+        from pairforge.pairs.curriculum import difficulty_of, plan, write_plot
+
+        base = (load_recipe(config).train.curriculum if config else None) or CurriculumConfig()
+        cfg = _validated(CurriculumConfig, base, {"difficulty": difficulty, "schedule": schedule})
+        if epochs < 1 or batch_size < 1:
+            raise InputError("--epochs" if epochs < 1 else "--batch-size", "expected a positive number")
+        frame = _read_pairs_frame(pairs)
+        values = difficulty_of(frame, cfg.difficulty, str(pairs), cfg.embedding_model)
+        types = frame["pair_type"].cast(pl.String).to_list() if "pair_type" in frame.columns else ["all"] * len(values)
+        result = plan(values, types, cfg, batch_size, epochs, seed)
+        table = Table(title=f"curriculum: {cfg.schedule} by {cfg.difficulty}", title_justify="left")
+        for column in ("stage", "batches", "pairs", "difficulty mean", "min", "max", "histogram (0..1)"):
+            table.add_column(column, justify="left" if column in ("stage", "histogram (0..1)") else "right")
+        for number, name in enumerate(result.stage_names):
+            rows = [i for b, s in zip(result.batches, result.stages, strict=True) if s == number for i in b]
+            if not rows:
+                continue
+            d = values[rows]
+            table.add_row(name, str(sum(s == number for s in result.stages)), str(len(rows)), f"{d.mean():.3f}",
+                          f"{d.min():.3f}", f"{d.max():.3f}", _sparkline(d))
+        console.print(table)
+        if result.dropped:
+            console.print(f"left out (drop_hardest): {result.dropped} pairs", highlight=False)
+        console.print(f"wrote {write_plot(result, values, out / 'curriculum.png')}", highlight=False)
+
+    _fail_cleanly(run)
+
+
+def _read_pairs_frame(path: Path) -> pl.DataFrame:
+    from pairforge.io import read_records
+
+    records = read_records(path)
+    return records.frame if records.frame is not None else pl.DataFrame(records.rows)
+
+
+def _sparkline(values: Any) -> str:
+    import numpy as np
+
+    counts, _ = np.histogram(np.clip(values, 0, 1), bins=10, range=(0, 1))
+    bars = " ▁▂▃▄▅▆▇█"
+    return "".join(bars[round(8 * c / counts.max())] if counts.max() else " " for c in counts)
 
 
 def _parse_method(text: str) -> str | dict[str, float]:

@@ -1,0 +1,139 @@
+"""Curriculum difficulty scores and schedules: orders that follow the configuration, and clear errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from pairforge.cli import app
+from pairforge.config import CurriculumConfig
+from pairforge.errors import InputError
+from pairforge.pairs.curriculum import difficulty_of, pacing_pool, plan
+
+RNG = np.random.default_rng(0)
+DIFFICULTY = np.round(RNG.random(60), 1)  # many ties, so tie shuffling matters
+TYPES = ["gpt-4>davinci" if d < 0.5 else "gpt-4>chatgpt" for d in DIFFICULTY]
+
+
+def flat(batches: list[list[int]]) -> list[int]:
+    return [i for b in batches for i in b]
+
+
+def rows_of_stage(result, stage: int) -> list[int]:
+    return [i for b, s in zip(result.batches, result.stages, strict=True) if s == stage for i in b]
+
+
+def make(schedule: str, epochs: int = 1, **settings):
+    return plan(DIFFICULTY, TYPES, CurriculumConfig(schedule=schedule, **settings), 8, epochs, seed=3)
+
+
+def test_sorted_and_anti_follow_difficulty_every_epoch_with_seeded_ties():
+    for schedule, sign in (("sorted", 1), ("anti", -1)):
+        result = make(schedule, epochs=2)
+        order = flat(result.batches)
+        assert sorted(order[:60]) == list(range(60)) and sorted(order[60:]) == list(range(60))
+        for epoch in (order[:60], order[60:]):
+            assert all(sign * (DIFFICULTY[a] - DIFFICULTY[b]) <= 0 for a, b in zip(epoch, epoch[1:], strict=False))
+        assert order[:60] != order[60:]  # ties reshuffled per epoch
+        assert make(schedule, epochs=2).batches == result.batches  # and by seed, reproducibly
+
+
+def test_random_is_a_seeded_permutation_per_epoch():
+    first, again = make("random", epochs=2), make("random", epochs=2)
+    assert first.batches == again.batches
+    order = flat(first.batches)
+    assert sorted(order[:60]) == list(range(60)) and order[:60] != sorted(order[:60])
+
+
+def test_buckets_are_in_order_and_shuffled_inside():
+    result = make("buckets", buckets=3)
+    assert result.stage_names == ["bucket 1", "bucket 2", "bucket 3"]
+    per_bucket = [rows_of_stage(result, k) for k in range(3)]
+    assert [len(b) for b in per_bucket] == [20, 20, 20]
+    assert max(DIFFICULTY[per_bucket[0]]) <= min(DIFFICULTY[per_bucket[1]])
+    assert max(DIFFICULTY[per_bucket[1]]) <= min(DIFFICULTY[per_bucket[2]])
+
+
+def test_staged_pair_types_epochs_and_restarts():
+    stages = [{"pair_types": ["gpt-4>davinci"], "epochs": 2}, {"pair_types": ["gpt-4>chatgpt"], "restart_lr": True}]
+    result = make("staged", stages=stages)
+    easy = [i for i, t in enumerate(TYPES) if t == "gpt-4>davinci"]
+    stage_rows = [rows_of_stage(result, k) for k in (0, 1)]
+    assert sorted(stage_rows[0]) == sorted(easy * 2) and all(TYPES[i] == "gpt-4>chatgpt" for i in stage_rows[1])
+    assert result.stages == sorted(result.stages)  # stage 1 entirely before stage 2, batches never mixed
+    assert result.restarts == [result.stages.index(1)]
+
+
+def test_staged_by_difficulty_range_and_drop_hardest():
+    result = make("staged", stages=[{"difficulty": [0.0, 0.5]}, {"difficulty": [0.5, 1.01]}], drop_hardest=0.25)
+    used = flat(result.batches)
+    assert result.dropped == 15 and len(used) == 45
+    assert max(DIFFICULTY[used]) <= sorted(DIFFICULTY)[44]
+
+
+@pytest.mark.parametrize("pacing", ["root", "linear"])
+def test_pacing_pool_follows_its_function(pacing):
+    result = make("pacing", epochs=4, pacing=pacing, start_fraction=0.2, full_at=0.5)
+    total = 4 * math.ceil(60 / 8)
+    power = 0.5 if pacing == "root" else 1.0
+    expected = [min(60, max(8, math.ceil(min(1.0, 0.2 + 0.8 * min(1.0, t / (0.5 * total)) ** power) * 60)))
+                for t in range(total)]
+    assert result.pool_sizes == expected and expected[0] == 12 and expected[-1] == 60
+    easiest = sorted(range(60), key=lambda i: DIFFICULTY[i])
+    for batch, pool in zip(result.batches, result.pool_sizes, strict=True):
+        assert max(DIFFICULTY[batch]) <= DIFFICULTY[easiest[pool - 1]]
+    assert pacing_pool(0, 10, 100, 8, CurriculumConfig(schedule="pacing", start_fraction=0.01)) == 8
+
+
+def test_difficulty_from_columns():
+    frame = pl.DataFrame({"margin": [2.0, 1.0], "chosen_score": [9.0, 6.0], "rejected_score": [1.0, 4.0],
+                          "custom": [0.3, 0.7]})
+    assert difficulty_of(frame, "strength-gap").tolist() == [0.0, 0.5]
+    assert difficulty_of(frame, "score-margin").tolist() == [0.0, 0.75]
+    assert difficulty_of(frame, "column:custom").tolist() == [0.3, 0.7]
+
+
+@pytest.mark.slow
+def test_embedding_similarity_with_the_embedded_minilm():
+    frame = pl.DataFrame({"chosen": ["The capital of France is Paris.", "Water boils at 100 degrees Celsius."],
+                          "rejected": ["Paris is the capital of France.", "I like turtles."]})
+    near, far = difficulty_of(frame, "embedding-similarity")
+    assert near > 0.9 > 0.3 > far
+
+
+def test_bad_curriculum_input(tmp_path):
+    frame = pl.DataFrame({"prompt": ["p"] * 4, "chosen": ["a"] * 4, "rejected": ["b"] * 4,
+                          "pair_type": ["x>y"] * 4, "margin": [1.0] * 4, "score": [1.0, float("nan"), 2.0, 3.0]})
+    with pytest.raises(InputError, match="pair type 'x>z' is not in the data"):
+        plan(np.zeros(4), ["x>y"] * 4, CurriculumConfig(schedule="staged", stages=[{"pair_types": ["x>z"]}]), 2, 1, 0)
+    with pytest.raises(InputError, match="selects no pairs"):
+        plan(np.zeros(4), ["x>y"] * 4, CurriculumConfig(schedule="staged", stages=[{"difficulty": [0.5, 1]}]), 2, 1, 0)
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        CurriculumConfig(schedule="staged", stages=[{"pair_types": ["x>y"], "epochs": 0}])
+    frame.write_parquet(tmp_path / "p.parquet")
+    for args, message in ((["--difficulty", "column:nope"], "no column 'nope'"),
+                          (["--difficulty", "column:score"], "row 2, field 'score': expected finite numbers"),
+                          (["--difficulty", "hardness"], "unknown difficulty 'hardness'")):
+        result = CliRunner().invoke(app, ["curriculum", "show", str(tmp_path / "p.parquet"), *args])
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_curriculum_show_prints_stages_and_writes_a_plot(tmp_path):
+    from conftest import SAMPLE
+
+    answers = [str(SAMPLE / f"{name}.json") for name in ("strong", "medium", "weak")]
+    result = CliRunner().invoke(app, ["pairs", "build", *answers, "--rank", "strong > medium > weak",
+                                      "--out", str(tmp_path / "p.parquet")])
+    assert result.exit_code == 0
+    shown = CliRunner().invoke(app, ["curriculum", "show", str(tmp_path / "p.parquet"), "--schedule", "buckets",
+                                     "--out", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    assert "bucket 1" in shown.stderr and "bucket 3" in shown.stderr
+    png = (tmp_path / "curriculum.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
