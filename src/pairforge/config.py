@@ -171,7 +171,7 @@ class TrainConfig(Section):
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N optimiser steps")
     keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
     eval_steps: int | None = Field(None, ge=1)
-    chunk_tokens: int = Field(2048, ge=16, description="answer tokens per fp32 log-softmax chunk")
+    chunk_tokens: int = Field(512, ge=16, description="answer tokens per fp32 log-softmax chunk")
     curriculum: CurriculumConfig | None = Field(None, description="train in a difficulty order (default: "
                                                 "seeded random order, grouped by length)")
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="trackers, "

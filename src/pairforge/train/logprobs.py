@@ -56,7 +56,7 @@ def collate(pairs: list[TokenizedPair], pad_id: int, with_targets: bool) -> Batc
                  torch.tensor([p.weight for p in pairs], dtype=torch.float32), [p.index for p in pairs])
 
 
-def answer_logps(model: torch.nn.Module, batch: Batch, chunk_tokens: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+def answer_logps(model: torch.nn.Module, batch: Batch, chunk_tokens: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of answer-token log-probs per row, answer-token count per row), in fp32."""
     decoder = model.get_decoder()
     hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)[0]
@@ -80,7 +80,7 @@ class AnswerLogps(torch.nn.Module):
     """A causal LM whose forward returns answer log-probs, so DDP/FSDP wrap the whole computation
     (calling the decoder of a wrapped model directly would bypass gradient synchronisation)."""
 
-    def __init__(self, lm: torch.nn.Module, chunk_tokens: int = 2048) -> None:
+    def __init__(self, lm: torch.nn.Module, chunk_tokens: int = 512) -> None:
         super().__init__()
         self.lm = lm
         self.chunk_tokens = chunk_tokens

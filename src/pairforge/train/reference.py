@@ -42,7 +42,7 @@ def pair_key(pair: TokenizedPair) -> str:
 @torch.inference_mode()
 def reference_logps(
     model: torch.nn.Module, pairs: list[TokenizedPair], pad_id: int, cache: Path | None, batch_size: int = 16,
-    chunk_tokens: int = 2048,
+    chunk_tokens: int = 512,
 ) -> dict[int, tuple[float, float]]:
     """{pair index: (ref log p(chosen), ref log p(rejected))}; reads and extends the on-disk cache."""
     keys = {p.index: pair_key(p) for p in pairs}
