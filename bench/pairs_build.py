@@ -15,14 +15,13 @@ import json
 import re
 import resource
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _child import run_child
 
 SOURCES = ["s0", "s1", "s2", "s3"]
 RANK = " > ".join(SOURCES)
@@ -127,15 +126,7 @@ def child(kind: str, src: str, dst: str) -> None:
 
 
 def measure(kind: str, src: Path, repeat: int) -> list[dict]:
-    runs = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        done = subprocess.run([sys.executable, __file__, "--child", kind, str(src), str(OUT / f"{kind}.parquet")],
-                              capture_output=True, text=True, check=True)
-        report = json.loads(done.stdout.strip().splitlines()[-1])
-        report["process_seconds"] = time.perf_counter() - start  # interpreter start and imports included
-        runs.append(report)
-    return runs
+    return [run_child(__file__, [kind, str(src), str(OUT / f"{kind}.parquet")], kind) for _ in range(repeat)]
 
 
 def main() -> None:

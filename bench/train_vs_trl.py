@@ -19,11 +19,11 @@ import json
 import random
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _child import run_child
 
 WORDS = ("model data answer question system training value result method paper language time people "
          "example number point problem word order level change study source pair reward policy").split()
@@ -113,11 +113,7 @@ def measure(kind: str, pairs: Path, repeat: int) -> list[dict]:
     runs = []
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as work:
-            done = subprocess.run([sys.executable, __file__, "--child", kind, str(pairs), work],
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                raise SystemExit(f"{kind} failed:\n{done.stderr[-3000:]}")
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            runs.append(run_child(__file__, [kind, str(pairs), work], kind))
     return runs
 
 

@@ -215,3 +215,16 @@ def test_sample_set_gives_every_paper_pair():
     result = build_pairs(responses_from_files(records), PairsConfig(rank="strong > medium > weak"))
     assert result.summary["pairs"]["train"] == {"medium>weak": 50, "strong>medium": 50, "strong>weak": 50}
     assert result.summary["dropped_answers"] == {} and result.summary["dropped_pairs"] == {}
+
+
+def test_pairs_from_response_records_built_in_python():
+    from pairforge.formats import responses_frame
+    from pairforge.schema import Response
+
+    answers = [Response(prompt="Capital of France?", source="big", response="Paris.", score=9.0),
+               Response(prompt="Capital of France?", source="small", response="Lyon.", score=2.0),
+               Response(prompt="Capital of France?", source="small", response="Maybe Paris.", sample=1, score=5.0)]
+    result = build_pairs(responses_frame(answers), PairsConfig(strategy="scored", scored_mode="all"))
+    assert sorted(zip(result.train["chosen"], result.train["rejected"], strict=True)) == [
+        ("Maybe Paris.", "Lyon."), ("Paris.", "Lyon."), ("Paris.", "Maybe Paris.")]
+    assert result.train["prompt_id"][0] == answers[0].prompt_id

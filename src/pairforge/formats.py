@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -85,6 +86,14 @@ def responses_from_files(
         frame = adapt(records, columns or {})
         frames.append(frame.with_columns(pl.lit(file_index, pl.Int32).alias("_file")))
     return _finalise(frames, inputs)
+
+
+def responses_frame(responses: list[S.Response]) -> pl.DataFrame:
+    """Records built in Python (by a generator, a notebook, a test) -> the same validated frame."""
+    rows = [{"prompt": r.prompt, "source": r.source, "response": r.response, "sample": r.sample,
+             "finish_reason": r.finish_reason, "score": r.score, "system": r.system, "prompt_id": r.prompt_id}
+            for r in responses]
+    return responses_from_files([Records(Path("<responses>"), rows=rows)], "long")
 
 
 # --- flat shapes: type-check, then adapt column-wise -------------------------------------------------

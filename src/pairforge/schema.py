@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
 
 import polars as pl
 
@@ -36,21 +35,21 @@ RESPONSE_COLUMNS = (PROMPT_ID, PROMPT, SOURCE, SAMPLE, RESPONSE, FINISH_REASON, 
 
 # --- pairs: TRL's columns first, then provenance ------------------------------------------------
 PAIR_COLUMNS = (
-    "pair_id",
+    "pair_id",  # prompt_id:chosen_source.sample>rejected_source.sample
     "prompt_id",
-    "prompt",
-    "chosen",
+    "prompt",  # str (TRL standard) or [{role, content}] (TRL conversational)
+    "chosen",  # str, or [{"role": "assistant", "content": ...}] when the prompt is conversational
     "rejected",
     "chosen_source",
     "rejected_source",
     "chosen_sample",
     "rejected_sample",
-    "chosen_score",
+    "chosen_score",  # null unless the answers had scores
     "rejected_score",
-    "pair_type",
-    "margin",
-    "difficulty",
-    "stage",
+    "pair_type",  # "gpt-4>chatgpt"
+    "margin",  # the evidence's size, > 0: strength-level gap (ranked, verified) or score gap (scored)
+    "difficulty",  # 1 - margin / span in [0, 1); span = largest gap possible in the input; 1 = hardest
+    "stage",  # curriculum stage, null until one is assigned
 )
 
 
@@ -70,32 +69,6 @@ class Response:
     def __post_init__(self) -> None:
         if not self.prompt_id:
             object.__setattr__(self, "prompt_id", prompt_id_of(to_messages(self.prompt, self.system)))
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One preference pair: `chosen` is preferred to `rejected` on `prompt`, with its evidence.
-
-    `margin` is the evidence's size (strength-rank gap or score gap, always > 0); `difficulty`
-    is ``1 - margin / span`` in [0, 1), where span is the largest gap possible in the input
-    (number of ranks - 1, or max score - min score): small gap = hard pair, close to 1.
-    """
-
-    pair_id: str
-    prompt_id: str
-    prompt: Prompt
-    chosen: Any
-    rejected: Any
-    chosen_source: str
-    rejected_source: str
-    pair_type: str
-    margin: float
-    difficulty: float
-    chosen_sample: int = 0
-    rejected_sample: int = 0
-    chosen_score: float | None = None
-    rejected_score: float | None = None
-    stage: int | None = None
 
 
 def to_messages(prompt: Prompt, system: str | None = None) -> list[Message]:
