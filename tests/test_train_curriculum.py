@@ -117,3 +117,17 @@ def test_staged_sft_and_dpo_runs_work(tiny_model_dir, curriculum_pairs, tmp_path
                        progress=False)
         losses = [m["train/loss"] for m in result.metrics if "train/loss" in m]
         assert len(losses) == 20 and all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_curriculum_from_the_command_line(tiny_model_dir, curriculum_pairs, tmp_path):
+    from typer.testing import CliRunner
+
+    from pairforge.cli import app
+
+    args = ["train", "--model", str(tiny_model_dir), "--pairs", str(curriculum_pairs), "--out", str(tmp_path / "r"),
+            "--batch-size", "4", "--epochs", "1", "--seed", "1", "--curriculum", "sorted"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    order = [i for batch in consumed(tmp_path / "r") for i in batch]
+    margins = pl.read_parquet(curriculum_pairs)["margin"].to_list()
+    assert [margins[i] for i in order] == sorted(margins, reverse=True)  # big gap = easy = first

@@ -132,6 +132,10 @@ def train_command(
     merge: bool = typer.Option(False, "--merge", help="with --lora: save the merged model"),
     save_steps: int | None = typer.Option(None, help="checkpoint every N steps"),
     seed: int | None = typer.Option(None, help="seed (0)"),
+    curriculum: str | None = typer.Option(None, help="order by difficulty: sorted | anti | buckets | pacing | "
+                                          "random (staged needs stages: use a recipe)"),
+    difficulty: str | None = typer.Option(None, help="with --curriculum: strength-gap | score-margin | "
+                                          "reference-margin | embedding-similarity | column:NAME"),
     config: Path | None = typer.Option(None, help="recipe YAML; its `train:` section gives the defaults"),
 ) -> None:
     """Post-train a model on preference pairs (SFT, DPO and relatives, SLiC-HF); resumes from its checkpoints."""
@@ -144,6 +148,10 @@ def train_command(
                  "grad_accum": grad_accum, "epochs": epochs, "max_steps": max_steps, "max_length": max_length,
                  "target": target, "save_steps": save_steps, "seed": seed,
                  "lora": {"merge": merge} if lora else None}
+        if curriculum or difficulty:
+            order = base.curriculum.model_dump() if base.curriculum else {}
+            order.update({k: v for k, v in {"schedule": curriculum, "difficulty": difficulty}.items() if v})
+            flags["curriculum"] = order
         cfg = _validated(TrainConfig, base, flags)
         if cfg.pairs is None:
             raise InputError("--pairs", "expected a pairs file (or `pairs:` in the recipe's train section)")
