@@ -1,4 +1,5 @@
-"""Chunked fp32 answer log-probs equal the plain full-logits computation, values and gradients."""
+"""Answer log-probs from both batch layouts (one row per answer; one row per pair with the prompt
+shared) equal an independent per-sequence full-logits computation — values and gradients."""
 
 from __future__ import annotations
 
@@ -11,12 +12,6 @@ from pairforge.train.tokenize import Sequence, TokenizedPair
 pytestmark = pytest.mark.slow
 
 
-def naive_logps(model, batch):
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
-    logps = logits[:, :-1].log_softmax(-1).gather(2, batch.input_ids[:, 1:].unsqueeze(2)).squeeze(2)
-    return (logps * batch.answer_mask[:, 1:]).sum(1)
-
-
 @pytest.fixture
 def tiny(tiny_model_dir):
     from transformers import AutoModelForCausalLM
@@ -24,21 +19,56 @@ def tiny(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
 
 
-def test_chunked_equals_full_logits(tiny):
+def random_pairs(with_target: bool) -> list[TokenizedPair]:
     torch.manual_seed(1)
-    pairs = [TokenizedPair(i, Sequence(torch.randint(3, 500, (n,)).tolist(), 3),
-                           Sequence(torch.randint(3, 500, (n + 4,)).tolist(), 2), None, "t", 1.0)
-             for i, n in enumerate((6, 11, 17))]
-    batch = collate(pairs, pad_id=2, with_targets=False)
-    expected = naive_logps(tiny, batch)
+    pairs = []
+    for i, (prompt, chosen, rejected) in enumerate(((6, 3, 7), (11, 9, 2), (4, 15, 12))):
+        head = torch.randint(3, 500, (prompt,)).tolist()
+        # in pair 0 the rejected answer starts like the chosen one: sharing must stop at the prompt's end
+        first = torch.randint(3, 500, (chosen,)).tolist()
+        second = (first[:2] if i == 0 else []) + torch.randint(3, 500, (rejected,)).tolist()
+        target = Sequence(head + torch.randint(3, 500, (5,)).tolist(), prompt) if with_target else None
+        pairs.append(TokenizedPair(i, Sequence(head + first, prompt), Sequence(head + second, prompt), target,
+                                   "t", 1.0))
+    return pairs
+
+
+def naive(model, pairs: list[TokenizedPair], with_target: bool) -> torch.Tensor:
+    sequences = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    sequences += [p.target for p in pairs] if with_target else []
+    sums = []
+    for seq in sequences:
+        ids = torch.tensor([seq.ids])
+        logps = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+        sums.append(logps.gather(1, ids[0, 1:, None]).squeeze(1)[seq.answer_start - 1 :].sum())
+    return torch.stack(sums)
+
+
+@pytest.mark.parametrize("with_target", [False, True])
+@pytest.mark.parametrize("share_prompt", [False, True])
+def test_both_layouts_equal_per_sequence_log_probs(tiny, share_prompt, with_target):
+    pairs = random_pairs(with_target)
+    expected = naive(tiny, pairs, with_target)
     expected.sum().backward()
     expected_grad = tiny.model.embed_tokens.weight.grad.clone()
     tiny.zero_grad()
+    batch = collate(pairs, pad_id=2, with_targets=with_target, share_prompt=share_prompt)
     for chunk in (1, 7, 4096):
         sums, counts = answer_logps(tiny, batch, chunk_tokens=chunk)
         torch.testing.assert_close(sums, expected, rtol=1e-6, atol=1e-5)
-        assert counts.tolist() == [3, 8, 14, 8, 13, 19]
+        answer_lengths = [len(s.ids) - s.answer_start for p in pairs for s in (p.chosen,)] + \
+            [len(p.rejected.ids) - p.rejected.answer_start for p in pairs]
+        assert counts.tolist()[: 2 * len(pairs)] == answer_lengths
         sums.sum().backward()
         grad = tiny.model.embed_tokens.weight.grad  # tied with the output head: both paths' gradients
         assert (grad - expected_grad).norm() / expected_grad.norm() < 1e-5  # fp32 summation order only
         tiny.zero_grad()
+
+
+def test_shared_layout_pushes_each_prompt_once():
+    pairs = random_pairs(with_target=False)
+    separate = collate(pairs, pad_id=2, with_targets=False)
+    shared = collate(pairs, pad_id=2, with_targets=False, share_prompt=True)
+    prompts = sum(p.chosen.answer_start for p in pairs)
+    assert separate.tokens - shared.tokens == prompts  # answers that start alike still get their own tokens
+    assert shared.input_ids.shape[0] == len(pairs) and separate.input_ids.shape[0] == 2 * len(pairs)

@@ -1,7 +1,8 @@
 """Our losses and gradients equal TRL's DPOTrainer on the same batch (fp32), for every loss both have.
 
 Policy and reference are two different tiny random Llamas, so the losses are not at their trivial
-step-0 values; TRL's own data pipeline and `compute_loss` produce its side.
+step-0 values; TRL's own data pipeline and `compute_loss` produce its side. Our side runs both batch
+layouts (one row per answer, and one row per pair with the prompt pushed through once).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def tiny_llama(tokenizer, seed: int):
     ("sigmoid", "dpo", 0.0), ("ipo", "ipo", 0.0), ("hinge", "hinge", 0.0), ("robust", "robust", 0.2),
     ("apo_zero", "apo_zero", 0.0), ("apo_down", "apo_down", 0.0),
 ])
-def test_loss_and_gradients_equal_trl(tmp_path, embedded_tokenizer, trl_name, ours, smoothing):
+@pytest.mark.parametrize("share_prompt", [False, True])
+def test_loss_and_gradients_equal_trl(tmp_path, embedded_tokenizer, trl_name, ours, smoothing, share_prompt):
     from trl import DPOConfig, DPOTrainer
 
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in preference_rows(4)]
@@ -49,7 +51,7 @@ def test_loss_and_gradients_equal_trl(tmp_path, embedded_tokenizer, trl_name, ou
     trl_loss.backward()
 
     pairs, _ = tokenize_pairs(pl.DataFrame(rows), embedded_tokenizer, max_length=128)
-    batch = collate(pairs, embedded_tokenizer.pad_token_id, with_targets=False)
+    batch = collate(pairs, embedded_tokenizer.pad_token_id, with_targets=False, share_prompt=share_prompt)
     sums, counts = answer_logps(policy, batch)
     with torch.no_grad():
         ref_sums, _ = answer_logps(reference, batch)

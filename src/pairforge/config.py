@@ -172,6 +172,8 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
     eval_steps: int | None = Field(None, ge=1)
     chunk_tokens: int = Field(512, ge=16, description="answer tokens per fp32 log-softmax chunk")
+    share_prompt: bool = Field(True, description="push each prompt through the model once for both answers "
+                               "(one row per pair with a block mask); off: one row per answer")
     curriculum: CurriculumConfig | None = Field(None, description="train in a difficulty order (default: "
                                                 "seeded random order, grouped by length)")
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="trackers, "

@@ -1,9 +1,13 @@
 """Batches of sequences and their answer log-probs, in fp32 and in chunks.
 
-A batch stacks every sequence of its pairs as rows, right-padded: all chosen answers, then all
-rejected ones, then the likelihood targets when they differ from the chosen answer. The model runs
-once over all rows; the vocabulary projection then runs only on answer positions, a chunk of tokens
-at a time, each chunk re-computed in backward (activation checkpointing) — so a [rows, length, vocab]
+Two layouts, one scoring rule. Unshared: every sequence is its own right-padded row — all chosen
+answers, then all rejected ones, then the likelihood targets when they differ from the chosen answer.
+Shared prompt (`share_prompt`): one row per pair, [prompt, chosen, rejected(, target)], where each
+answer sees the prompt and itself but not the other answers (a 4D attention mask, positions restarting
+after the prompt) — the prompt is pushed through the model once instead of twice.
+Either way a batch lists the answer tokens to score as (predicting state, target token, sequence);
+the model runs once over all rows, and the vocabulary projection runs only on those states, a chunk at
+a time, each chunk re-computed in backward (activation checkpointing) — so a [rows, length, vocab]
 logits tensor never exists, and log-softmax is always taken in fp32.
 """
 
@@ -21,58 +25,124 @@ from pairforge.train.tokenize import Sequence, TokenizedPair
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # [rows, length]
-    attention_mask: torch.Tensor
-    answer_mask: torch.Tensor  # 1 where the token is part of an answer (is predicted and scored)
-    pairs: int  # rows [0, pairs) chosen, [pairs, 2 pairs) rejected, then targets if `has_targets`
+    attention_mask: torch.Tensor  # [rows, length] (unshared) or [rows, 1, length, length] bool (shared)
+    position_ids: torch.Tensor | None
+    score_states: torch.Tensor  # flat index (row * length + position) of the state predicting each token
+    score_targets: torch.Tensor  # the token predicted
+    score_sequences: torch.Tensor  # which sequence it belongs to: chosen i -> i, rejected i -> n+i, target 2n+i
+    sequences: int
+    pairs: int
     has_targets: bool
     pair_types: list[str]
     weights: torch.Tensor  # [pairs]
     indices: list[int]  # rows of the pairs file
+    real_tokens: int  # tokens that are not padding
 
     def to(self, device: torch.device) -> Batch:
-        for name in ("input_ids", "attention_mask", "answer_mask", "weights"):
-            setattr(self, name, getattr(self, name).to(device))
+        for name in ("input_ids", "attention_mask", "position_ids", "score_states", "score_targets",
+                     "score_sequences", "weights"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
         return self
 
     @property
     def tokens(self) -> int:
-        return int(self.attention_mask.sum())
+        return self.real_tokens
 
 
-def collate(pairs: list[TokenizedPair], pad_id: int, with_targets: bool) -> Batch:
-    sequences: list[Sequence] = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+def collate(pairs: list[TokenizedPair], pad_id: int, with_targets: bool, share_prompt: bool = False) -> Batch:
     has_targets = with_targets and any(p.target is not None for p in pairs)
-    if has_targets:
-        sequences += [p.target or p.chosen for p in pairs]
-    width = max(len(s.ids) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(sequences), width), dtype=torch.long)
-    answer = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
-        attention[row, : len(seq.ids)] = 1
-        answer[row, seq.answer_start : len(seq.ids)] = 1
-    return Batch(input_ids, attention, answer, len(pairs), has_targets, [p.pair_type for p in pairs],
-                 torch.tensor([p.weight for p in pairs], dtype=torch.float32), [p.index for p in pairs])
+    branches = [[p.chosen, p.rejected] + ([p.target or p.chosen] if has_targets else []) for p in pairs]
+    layout = _shared_rows(branches) if share_prompt else _separate_rows(branches)
+    rows, positions, allowed, scored = layout
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row)
+    if share_prompt:
+        mask = torch.zeros((len(rows), 1, width, width), dtype=torch.bool)
+        mask[:, 0] = torch.eye(width, dtype=torch.bool)  # padding attends to itself only (no empty softmax)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (pos, allow) in enumerate(zip(positions, allowed, strict=True)):
+            mask[i, 0, : len(pos), : len(pos)] = allow
+            position_ids[i, : len(pos)] = torch.tensor(pos)
+    else:
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            mask[i, : len(row)] = 1
+        position_ids = None
+    states, targets, sequences = (torch.tensor([s[k] for s in scored], dtype=torch.long) for k in range(3))
+    states = states + torch.tensor([s[3] for s in scored], dtype=torch.long) * width  # row offset
+    n = len(pairs)
+    return Batch(input_ids, mask, position_ids, states, targets, sequences, n * len(branches[0]), n, has_targets,
+                 [p.pair_type for p in pairs], torch.tensor([p.weight for p in pairs], dtype=torch.float32),
+                 [p.index for p in pairs], sum(len(r) for r in rows))
+
+
+Layout = tuple[list[list[int]], list[list[int]], list[torch.Tensor], list[tuple[int, int, int, int]]]
+
+
+def _separate_rows(branches: list[list[Sequence]]) -> Layout:
+    """Each sequence its own row, rows ordered branch by branch (all chosen, all rejected, ...)."""
+    n = len(branches)
+    rows, scored = [], []
+    for b in range(len(branches[0])):
+        for i, pair in enumerate(branches):
+            seq, row = pair[b], len(rows)
+            rows.append(seq.ids)
+            scored += [(t - 1, seq.ids[t], b * n + i, row) for t in range(max(seq.answer_start, 1), len(seq.ids))]
+    return rows, [], [], scored
+
+
+def _shared_rows(branches: list[list[Sequence]]) -> Layout:
+    """One row per pair: the shared prompt once, then each answer, each seeing the prompt and itself."""
+    n = len(branches)
+    rows, positions, allowed, scored = [], [], [], []
+    for i, pair in enumerate(branches):
+        shared = min(min(s.answer_start for s in pair), _common_prefix([s.ids for s in pair]))
+        row, pos, owner = list(pair[0].ids[:shared]), list(range(shared)), [-1] * shared
+        for b, seq in enumerate(pair):
+            offset = len(row)
+            row += seq.ids[shared:]
+            pos += list(range(shared, len(seq.ids)))
+            owner += [b] * (len(seq.ids) - shared)
+            for t in range(max(seq.answer_start, 1), len(seq.ids)):
+                state = t - 1 if t - 1 < shared else offset + (t - 1 - shared)
+                scored.append((state, seq.ids[t], b * n + i, i))
+        rows.append(row)
+        positions.append(pos)
+        owners = torch.tensor(owner)
+        causal = torch.tril(torch.ones(len(row), len(row), dtype=torch.bool))
+        same_branch = (owners[:, None] == owners[None, :]) | (owners[None, :] == -1)
+        allowed.append(causal & same_branch)
+    return rows, positions, allowed, scored
+
+
+def _common_prefix(sequences: list[list[int]]) -> int:
+    n = 0
+    for column in zip(*sequences, strict=False):
+        if any(token != column[0] for token in column):
+            break
+        n += 1
+    return n
 
 
 def answer_logps(model: torch.nn.Module, batch: Batch, chunk_tokens: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of answer-token log-probs per row, answer-token count per row), in fp32."""
+    """(sum of answer-token log-probs per sequence, answer-token count per sequence), in fp32."""
     decoder = model.get_decoder()
-    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)[0]
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                     position_ids=batch.position_ids, use_cache=False)[0]
     head = model.get_output_embeddings()
-    # position t predicts token t+1: score the tokens whose answer_mask is 1 (never the first token)
-    scored = batch.answer_mask[:, 1:].bool()
-    rows = torch.nonzero(scored, as_tuple=True)[0]
-    states = hidden[:, :-1][scored]
-    targets = batch.input_ids[:, 1:][scored]
+    states = hidden.reshape(-1, hidden.shape[-1])[batch.score_states]
+    targets = batch.score_targets
     token_logps = torch.cat([
         _chunk_logps(states[i : i + chunk_tokens], targets[i : i + chunk_tokens], head.weight, head.bias)
         for i in range(0, len(targets), chunk_tokens)
     ]) if len(targets) else hidden.new_zeros(0, dtype=torch.float32)
-    sums = torch.zeros(batch.input_ids.shape[0], dtype=torch.float32, device=hidden.device).index_add(
-        0, rows, token_logps)
-    counts = scored.sum(dim=1).to(torch.float32)
+    sums = torch.zeros(batch.sequences, dtype=torch.float32, device=hidden.device).index_add(
+        0, batch.score_sequences, token_logps)
+    counts = torch.bincount(batch.score_sequences, minlength=batch.sequences).to(torch.float32)
     return sums, counts
 
 
@@ -91,19 +161,22 @@ class AnswerLogps(torch.nn.Module):
 
 class SequenceScores(torch.nn.Module):
     """A sequence-classification model (1 output) scoring each row at its last real token: the reward
-    model. Returns (scores, answer-token counts) like `AnswerLogps`, so the same loop trains it.
-    The last token is found from the attention mask, not from pad ids (pad == EOS in many tokenizers)."""
+    model. Returns (scores, answer-token counts) like `AnswerLogps`, so the same loop trains it; it needs
+    the unshared layout (one sequence per row). The last token is found from the attention mask, not
+    from pad ids (pad == EOS in many tokenizers)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        assert batch.attention_mask.dim() == 2, "the reward model scores one sequence per row"
         hidden = self.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                        use_cache=False)[0]
         last = batch.attention_mask.sum(dim=1) - 1
         scores = self.model.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
-        return scores.squeeze(-1).float(), batch.answer_mask[:, 1:].sum(dim=1).to(torch.float32)
+        counts = torch.bincount(batch.score_sequences, minlength=batch.sequences).to(torch.float32)
+        return scores.squeeze(-1).float(), counts
 
 
 def _chunk_logps(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,

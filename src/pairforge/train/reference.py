@@ -42,7 +42,7 @@ def pair_key(pair: TokenizedPair) -> str:
 @torch.inference_mode()
 def reference_logps(
     model: torch.nn.Module, pairs: list[TokenizedPair], pad_id: int, cache: Path | None, batch_size: int = 16,
-    chunk_tokens: int = 512,
+    chunk_tokens: int = 512, share_prompt: bool = False,
 ) -> dict[int, tuple[float, float]]:
     """{pair index: (ref log p(chosen), ref log p(rejected))}; reads and extends the on-disk cache."""
     keys = {p.index: pair_key(p) for p in pairs}
@@ -55,7 +55,7 @@ def reference_logps(
     device = next(model.parameters()).device
     for start in range(0, len(missing), batch_size):
         chunk = missing[start : start + batch_size]
-        batch = collate(chunk, pad_id, with_targets=False).to(device)
+        batch = collate(chunk, pad_id, with_targets=False, share_prompt=share_prompt).to(device)
         sums, _ = answer_logps(model, batch, chunk_tokens)
         for i, pair in enumerate(chunk):
             known[keys[pair.index]] = (float(sums[i]), float(sums[len(chunk) + i]))

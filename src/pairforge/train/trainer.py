@@ -73,6 +73,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     eval_path = cfg.eval_pairs or _default_eval_path(cfg.pairs)
     eval_frame = _read_pairs(eval_path, target, required=cfg.eval_pairs is not None)
     reward_model = L.REWARD_MODEL in weights
+    share = cfg.share_prompt and not reward_model
     model, tokenizer = load_causal_lm(cfg.model, cfg.dtype, reward_head=reward_model)
     train_pairs, token_stats = _tokenize(train_frame, tokenizer, cfg, target, str(cfg.pairs))
     eval_pairs, _ = _tokenize(eval_frame, tokenizer, cfg, target, str(eval_path))
@@ -90,14 +91,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         cache = cache_dir() / "reference" / f"{model_fingerprint(model)}.parquet"
         with accelerator.main_process_first():
             cached_reference = reference_logps(model, train_pairs, tokenizer.pad_token_id, cache,
-                                               chunk_tokens=cfg.chunk_tokens)
+                                               chunk_tokens=cfg.chunk_tokens, share_prompt=share)
             eval_reference = reference_logps(model, eval_pairs, tokenizer.pad_token_id, cache,
-                                             chunk_tokens=cfg.chunk_tokens)
+                                             chunk_tokens=cfg.chunk_tokens, share_prompt=share)
 
     # --- order: a curriculum plan, or seeded random batches grouped by length -----------------------
     schedule = _training_plan(train_frame, train_pairs, cfg, accelerator.num_processes, cached_reference,
                               lambda: reference_logps(model, train_pairs, tokenizer.pad_token_id, None,
-                                                      chunk_tokens=cfg.chunk_tokens))
+                                                      chunk_tokens=cfg.chunk_tokens, share_prompt=share))
     mine = _my_share(schedule, cfg.batch_size, accelerator.process_index, accelerator.num_processes)
     if cfg.lora is not None:
         model = _with_lora(model, cfg, task="SEQ_CLS" if reward_model else "CAUSAL_LM")
@@ -164,7 +165,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     with interrupted, bar:
         for micro, stage in mine[consumed : total_steps * cfg.grad_accum]:
             batch = collate([train_pairs[i] for i in micro], tokenizer.pad_token_id,
-                            bool(weights.keys() & L.NEEDS_TARGET)).to(accelerator.device)
+                            bool(weights.keys() & L.NEEDS_TARGET), share).to(accelerator.device)
             _append_jsonl(consumed_file, {"micro": consumed, "stage": stage, "rows": batch.indices})
             with accelerator.accumulate(policy):
                 per_pair, numbers = forward(batch, cached_reference)
@@ -197,14 +198,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                     accelerator.log(row, step=step)
             if cfg.eval_steps and step % cfg.eval_steps == 0 and eval_pairs:
                 history.append(_evaluate(policy, eval_pairs, eval_reference, forward, cfg, tokenizer, accelerator,
-                                         step, metrics_file))
+                                         step, metrics_file, share))
             if (cfg.save_steps and step % cfg.save_steps == 0) or interrupted.requested:
                 _save_checkpoint(accelerator, checkpoints, step, consumed, cfg.keep_checkpoints)
             if interrupted.requested:
                 raise KeyboardInterrupt
     if eval_pairs:
         history.append(_evaluate(policy, eval_pairs, eval_reference, forward, cfg, tokenizer, accelerator, step,
-                                 metrics_file))
+                                 metrics_file, share))
     _save_checkpoint(accelerator, checkpoints, step, consumed, cfg.keep_checkpoints)
     _save_model(accelerator, model, tokenizer, out, cfg)  # `model` is the LM inside the prepared wrapper
     accelerator.end_training()
@@ -394,13 +395,13 @@ def _summarise(values: dict[str, torch.Tensor], types: list[str], prefix: str) -
 
 
 @torch.no_grad()
-def _evaluate(model, pairs, reference_table, forward, cfg, tokenizer, accelerator, step, metrics_file):
+def _evaluate(model, pairs, reference_table, forward, cfg, tokenizer, accelerator, step, metrics_file, share):
     model.eval()
     values: dict[str, list[torch.Tensor]] = defaultdict(list)
     types: list[str] = []
     for start in range(0, len(pairs), cfg.batch_size):
         chunk = pairs[start : start + cfg.batch_size]
-        batch = collate(chunk, tokenizer.pad_token_id, bool(cfg.loss_weights.keys() & L.NEEDS_TARGET))
+        batch = collate(chunk, tokenizer.pad_token_id, bool(cfg.loss_weights.keys() & L.NEEDS_TARGET), share)
         _, numbers = forward(batch.to(accelerator.device), reference_table)
         for name, value in numbers.items():
             values[name].append(value.float().cpu())
