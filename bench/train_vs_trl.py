@@ -59,20 +59,21 @@ def run_ours(pairs: Path, work: Path) -> dict:
 
 
 def _token_counts(out: Path, pairs: Path) -> dict:
-    """Tokens needed (prompt once + both answers, per pair) vs pushed (rows x padded width)."""
+    """Tokens needed (each prompt once + both answers) vs pushed (rows x padded width of our batches)."""
     import polars as pl
 
     from pairforge.models import load_tokenizer
+    from pairforge.train.logprobs import collate
     from pairforge.train.tokenize import tokenize_pairs
 
-    tokenized, _ = tokenize_pairs(pl.read_parquet(pairs), load_tokenizer("embedded"), max_length=512)
+    tokenizer = load_tokenizer("embedded")
+    tokenized, _ = tokenize_pairs(pl.read_parquet(pairs), tokenizer, max_length=512)
     by_row = {p.index: p for p in tokenized}
     needed = pushed = 0
     for line in (out / "consumed-0.jsonl").read_text().splitlines():
         batch = [by_row[i] for i in json.loads(line)["rows"]]
-        width = max(len(s.ids) for p in batch for s in (p.chosen, p.rejected))
-        pushed += 2 * len(batch) * width
         needed += sum(len(p.chosen.ids) + p.rejected.answer_tokens for p in batch)
+        pushed += collate(batch, tokenizer.pad_token_id, with_targets=False, share_prompt=True).input_ids.numel()
     return {"tokens": needed, "pushed": pushed}
 
 
