@@ -45,7 +45,14 @@ class TokenizedPair:
 
     @property
     def length(self) -> int:
+        """The longest of its sequences (its width in a one-row-per-answer batch)."""
         return max(len(self.chosen.ids), len(self.rejected.ids), len(self.target.ids) if self.target else 0)
+
+    @property
+    def packed_length(self) -> int:
+        """Its width in a shared-prompt batch: the prompt once, then every answer."""
+        extra = self.target.answer_tokens if self.target else 0
+        return len(self.chosen.ids) + self.rejected.answer_tokens + extra
 
 
 @dataclass

@@ -267,7 +267,8 @@ def _training_plan(frame: pl.DataFrame, pairs: list[TokenizedPair], cfg: TrainCo
     """Global micro-batches (batch_size x processes pairs) in training order, with their stages."""
     size = cfg.batch_size * world
     if cfg.curriculum is None:
-        batches = _micro_batches(pairs, size, cfg.seed, cfg.epochs)
+        width = (lambda p: p.packed_length) if cfg.share_prompt else (lambda p: p.length)
+        batches = _micro_batches(pairs, size, cfg.seed, cfg.epochs, width)
         return Plan(batches, [0] * len(batches), ["all"])
     method = cfg.curriculum.difficulty
     if method == "reference-margin":
@@ -313,7 +314,8 @@ def _lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total: int,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _micro_batches(pairs: list[TokenizedPair], batch_size: int, seed: int, epochs: int) -> list[list[int]]:
+def _micro_batches(pairs: list[TokenizedPair], batch_size: int, seed: int, epochs: int,
+                   width: Callable[[TokenizedPair], int]) -> list[list[int]]:
     """Seeded order, epoch after epoch: shuffle, group pairs of similar length into micro-batches
     (less padding), then shuffle the micro-batches so lengths do not trend within an epoch."""
     order: list[list[int]] = []
@@ -324,7 +326,7 @@ def _micro_batches(pairs: list[TokenizedPair], batch_size: int, seed: int, epoch
         group = batch_size * 16
         batches = []
         for start in range(0, len(indices), group):
-            chunk = sorted(indices[start : start + group], key=lambda i: pairs[i].length)
+            chunk = sorted(indices[start : start + group], key=lambda i: width(pairs[i]))
             batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
         rng.shuffle(batches)
         order += batches
