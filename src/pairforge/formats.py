@@ -32,7 +32,6 @@ from pairforge import schema as S
 from pairforge.errors import InputError, describe
 from pairforge.io import Records
 
-FORMATS = ("auto", "long", "wide", "ultrafeedback", "nectar", "sharegpt")
 MESSAGES = S.MESSAGES
 _ALIASES = {
     "prompt": ("prompt", "instruction", "question"),

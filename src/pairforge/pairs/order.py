@@ -14,8 +14,6 @@ from graphlib import CycleError, TopologicalSorter
 
 from pairforge.errors import InputError
 
-PAIR_TYPE_PRESETS = ("all", "adjacent", "extremes")
-
 
 @dataclass(frozen=True)
 class StrengthOrder:

@@ -131,7 +131,6 @@ LOSSES: dict[str, LossFunction] = {
 REWARD_MODEL = "reward-model"
 REFERENCE_FREE = frozenset({"simpo", "slic", "sft", REWARD_MODEL})
 NEEDS_TARGET = frozenset({"slic", "sft"})
-PAIRWISE = frozenset(LOSSES) - {"sft"}
 
 
 def needs_reference(weights: dict[str, float]) -> bool:
