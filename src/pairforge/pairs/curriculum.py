@@ -10,7 +10,8 @@ Difficulty scores, higher = harder, one number per pair:
   embedding-similarity  cosine similarity of chosen and rejected sentence embeddings: alike = harder.
   column:NAME           any numeric column.
 
-Schedules produce a `Plan`: global micro-batches in order, each tagged with its stage.
+Schedules produce a `Plan`: global micro-batches in order, each tagged with its stage; without a
+curriculum the trainer uses `length_grouped` (seeded random order, similar lengths batched together).
   random   seeded shuffle per epoch (the baseline).          sorted   easy -> hard, every epoch.
   anti     hard -> easy (ablations).                          buckets  k difficulty buckets in order.
   staged   the paper: explicit stages (pair types or difficulty ranges), each with its own epochs and
@@ -100,6 +101,22 @@ def plan(difficulty: np.ndarray, pair_types: list[str], cfg: CurriculumConfig, b
         result = _ordered(difficulty, kept, cfg, batch_size, epochs, seed)
     result.dropped = dropped
     return result
+
+
+def length_grouped(widths: list[int], batch_size: int, epochs: int, seed: int) -> Plan:
+    """The order without a curriculum: seeded shuffle per epoch, pairs of similar width grouped into
+    batches (less padding) within windows of 16 batches, then the batches shuffled so that lengths do
+    not trend within an epoch."""
+    batches: list[list[int]] = []
+    for epoch in range(epochs):
+        rng = random.Random(seed * 1_000_003 + epoch)
+        order = _shuffled(list(range(len(widths))), rng, True)
+        window = batch_size * 16
+        grouped = [batch for start in range(0, len(order), window)
+                   for batch in _chunks(sorted(order[start : start + window], key=widths.__getitem__), batch_size)]
+        rng.shuffle(grouped)
+        batches += grouped
+    return Plan(batches, [0] * len(batches), ["all"])
 
 
 def _ordered(difficulty: np.ndarray, kept: list[int], cfg: CurriculumConfig, batch_size: int, epochs: int,

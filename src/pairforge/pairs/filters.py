@@ -62,7 +62,7 @@ def word_sets(texts: pl.Series) -> pl.Series:
 def answer_drop_reasons(cfg: FilterConfig) -> list[tuple[str, pl.Expr]]:
     """(reason, condition) for answers, in the order they are checked."""
     text = pl.col(S.RESPONSE)
-    reasons = [("empty answer", text.str.strip_chars().str.len_chars() == 0)]
+    reasons = [("empty answer", pl.col(N_WORDS) == 0)]
     if cfg.drop_truncated:
         reasons.append(("truncated (finish_reason=length)", pl.col(S.FINISH_REASON).fill_null("") == "length"))
     if cfg.role_markers:

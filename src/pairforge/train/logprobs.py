@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from pairforge.train.tokenize import Sequence, TokenizedPair
+from pairforge.train.tokenize import Sequence, TokenizedPair, common_prefix
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Batch:
     pair_types: list[str]
     weights: torch.Tensor  # [pairs]
     indices: list[int]  # rows of the pairs file
-    real_tokens: int  # tokens that are not padding
+    tokens: int  # tokens pushed through the model that are not padding
 
     def to(self, device: torch.device) -> Batch:
         for name in ("input_ids", "attention_mask", "position_ids", "score_states", "score_targets",
@@ -45,10 +45,6 @@ class Batch:
             if value is not None:
                 setattr(self, name, value.to(device))
         return self
-
-    @property
-    def tokens(self) -> int:
-        return self.real_tokens
 
 
 def collate(pairs: list[TokenizedPair], pad_id: int, with_targets: bool, share_prompt: bool = False) -> Batch:
@@ -100,7 +96,7 @@ def _shared_rows(branches: list[list[Sequence]]) -> Layout:
     n = len(branches)
     rows, positions, allowed, scored = [], [], [], []
     for i, pair in enumerate(branches):
-        shared = min(min(s.answer_start for s in pair), _common_prefix([s.ids for s in pair]))
+        shared = min(min(s.answer_start for s in pair), common_prefix([s.ids for s in pair]))
         row, pos, owner = list(pair[0].ids[:shared]), list(range(shared)), [-1] * shared
         for b, seq in enumerate(pair):
             offset = len(row)
@@ -117,15 +113,6 @@ def _shared_rows(branches: list[list[Sequence]]) -> Layout:
         same_branch = (owners[:, None] == owners[None, :]) | (owners[None, :] == -1)
         allowed.append(causal & same_branch)
     return rows, positions, allowed, scored
-
-
-def _common_prefix(sequences: list[list[int]]) -> int:
-    n = 0
-    for column in zip(*sequences, strict=False):
-        if any(token != column[0] for token in column):
-            break
-        n += 1
-    return n
 
 
 def answer_logps(model: torch.nn.Module, batch: Batch, chunk_tokens: int = 512) -> tuple[torch.Tensor, torch.Tensor]:

@@ -137,7 +137,7 @@ def encode(tokenizer: Any, prompt: Any, answer: Any) -> Sequence:
     bos = tokenizer.bos_token_id
     if bos is not None and len(full) > 1 and full[0] == full[1] == bos:  # template BOS + tokenizer BOS
         full, prompt_ids = full[1:], prompt_ids[1:] if prompt_ids[:2] == [bos, bos] else prompt_ids
-    start = _common_prefix(prompt_ids, full)
+    start = common_prefix([prompt_ids, full])
     answer_ids = full[start:]
     eos = tokenizer.eos_token_id
     if eos in answer_ids:
@@ -163,10 +163,11 @@ def _chat_ids(tokenizer: Any, messages: list[dict[str, str]], add_generation_pro
     return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(sequences: list[list[int]]) -> int:
+    """How many leading tokens all the sequences share."""
     n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
+    for column in zip(*sequences, strict=False):
+        if any(token != column[0] for token in column):
             break
         n += 1
     return n

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import random
 import shutil
 import signal
 import time
@@ -38,7 +37,7 @@ from pairforge.config import TrainConfig
 from pairforge.errors import InputError
 from pairforge.io import read_records, write_json
 from pairforge.models import cache_dir, load_causal_lm
-from pairforge.pairs.curriculum import Plan, difficulty_of, plan, reference_margin
+from pairforge.pairs.curriculum import Plan, difficulty_of, length_grouped, plan, reference_margin
 from pairforge.train import losses as L
 from pairforge.train.logprobs import AnswerLogps, Batch, SequenceScores, answer_logps, collate
 from pairforge.train.reference import model_fingerprint, reference_logps
@@ -267,9 +266,8 @@ def _training_plan(frame: pl.DataFrame, pairs: list[TokenizedPair], cfg: TrainCo
     """Global micro-batches (batch_size x processes pairs) in training order, with their stages."""
     size = cfg.batch_size * world
     if cfg.curriculum is None:
-        width = (lambda p: p.packed_length) if cfg.share_prompt else (lambda p: p.length)
-        batches = _micro_batches(pairs, size, cfg.seed, cfg.epochs, width)
-        return Plan(batches, [0] * len(batches), ["all"])
+        widths = [p.packed_length if cfg.share_prompt else p.length for p in pairs]
+        return length_grouped(widths, size, cfg.epochs, cfg.seed)
     method = cfg.curriculum.difficulty
     if method == "reference-margin":
         table = reference or compute_reference()
@@ -312,25 +310,6 @@ def _lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total: int,
         return 1.0 - progress if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _micro_batches(pairs: list[TokenizedPair], batch_size: int, seed: int, epochs: int,
-                   width: Callable[[TokenizedPair], int]) -> list[list[int]]:
-    """Seeded order, epoch after epoch: shuffle, group pairs of similar length into micro-batches
-    (less padding), then shuffle the micro-batches so lengths do not trend within an epoch."""
-    order: list[list[int]] = []
-    for epoch in range(epochs):
-        rng = random.Random(seed * 1_000_003 + epoch)
-        indices = list(range(len(pairs)))
-        rng.shuffle(indices)
-        group = batch_size * 16
-        batches = []
-        for start in range(0, len(indices), group):
-            chunk = sorted(indices[start : start + group], key=lambda i: width(pairs[i]))
-            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-        rng.shuffle(batches)
-        order += batches
-    return order
 
 
 def _reference(batch: Batch, table: dict[int, tuple[float, float]], reference: torch.nn.Module | None,
