@@ -6,6 +6,7 @@ command line win). Bad input ends with one line on stderr and exit code 2, never
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -165,6 +166,36 @@ def train_command(
             raise typer.Exit(130) from None
         console.print(f"trained {result.steps} steps; model in {result.out / 'model'}, metrics in "
                       f"{result.out / 'metrics.jsonl'}", highlight=False)
+
+    _fail_cleanly(run)
+
+
+@app.command("generate")
+def generate_command(
+    recipe: Path = typer.Argument(..., help="recipe YAML with `prompts:` and `sources:`"),
+    out: Path = typer.Option(Path("."), help="folder for responses.parquet and the cache store.sqlite"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="try again the requests that failed before"),
+    source: list[str] | None = typer.Option(None, help="only this source (repeatable)"),
+) -> None:
+    """Answer the prompts with every source; resumes where it stopped (cached in <out>/store.sqlite)."""
+    def run() -> None:
+        from pairforge.generate.run import generate
+
+        result = generate(load_recipe(recipe), out, retry_failed, source)
+        table = Table(title="generate", title_justify="left")
+        for column in ("source", "answers", "cached", "new", "failed", "retries", "tok/s"):
+            table.add_column(column, justify="left" if column == "source" else "right")
+        for name, t in result.tallies.items():
+            table.add_row(name, str(t.total), str(t.cached), str(t.done), str(t.failed + t.failed_before),
+                          str(t.retries), f"{t.tokens_per_s:.1f}" if t.done else "-")
+        console.print(table)
+        console.print(f"wrote {result.exported} answers to {result.responses}", highlight=False)
+        if result.failed:
+            reasons = Counter(r for t in result.tallies.values() for r in t.reasons.elements())
+            detail = f" ({', '.join(f'{r}: {n}' for r, n in reasons.most_common(3))})" if reasons else ""
+            console.print(f"[bold red]{result.failed} requests failed{detail}[/]; they are kept in the store and not "
+                          "exported: run again with --retry-failed", highlight=False)
+            raise typer.Exit(1)
 
     _fail_cleanly(run)
 

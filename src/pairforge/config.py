@@ -61,6 +61,8 @@ class PairsConfig(Section):
         None, description="ranked: declared strength order; scored: by scores; verified: order kept where scores "
         "agree. Default: ranked when `rank` is set, else scored")
     rank: str | None = Field(None, description="strength order, strongest first: 'gpt-4 > chatgpt > davinci'")
+    rank_from: Path | None = Field(None, description="or: a ranking.json from `pairforge rank`; only the orders it "
+                                   "found significant make pairs")
     pair_types: str = Field("all", description="'all', 'adjacent', 'extremes' or 'a>b,c>d' (ranked, verified)")
     scored_mode: Literal["best-worst", "best-random", "all"] = Field("best-worst", description="scored strategy")
     min_margin: float = Field(0.0, ge=0, description="scored: smallest score gap that makes a pair (ties never do)")
@@ -71,13 +73,15 @@ class PairsConfig(Section):
 
     @model_validator(mode="after")
     def _strategy_needs_rank(self) -> PairsConfig:
-        if self.strategy in ("ranked", "verified") and not self.rank:
+        if self.rank and self.rank_from:
+            raise ValueError("give either `rank` or `rank_from`, not both")
+        if self.strategy in ("ranked", "verified") and not (self.rank or self.rank_from):
             raise ValueError(f"strategy '{self.strategy}' needs 'rank' (a strength order)")
         return self
 
     @property
     def resolved_strategy(self) -> str:
-        return self.strategy or ("ranked" if self.rank else "scored")
+        return self.strategy or ("ranked" if self.rank or self.rank_from else "scored")
 
 
 class LoraSettings(Section):
@@ -197,11 +201,97 @@ class TrainConfig(Section):
         return {self.method: 1.0} if isinstance(self.method, str) else dict(self.method)
 
 
+class SourceConfig(Section):
+    """One model that answers the prompts (an entry of `sources`), or the model behind an LLM judge.
+
+    Settings that change the answers (model, endpoint, sampling, system prompt, stop) key the cache;
+    the rest (where the server is, concurrency, retries) can change between runs without redoing work.
+    """
+
+    name: str = Field("", description="the source's name in responses and pair types ('gpt-4')")
+    backend: Literal["transformers", "openai", "vllm"] = Field("transformers", description="transformers: "
+                                                               "local; openai: any OpenAI-compatible server; "
+                                                               "vllm: offline GPU engine")
+    model: str = Field("embedded", description="'embedded', a model folder or hub id, or the server's model name")
+    endpoint: Literal["chat", "completions"] = Field("chat", description="chat: chat template / chat API; "
+                                                     "completions: the prompt as plain text, no template")
+    temperature: float = Field(0.7, ge=0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(256, ge=1)
+    seed: int = 0
+    system: str | None = Field(None, description="system prompt put before every prompt")
+    stop: list[str] = Field(default_factory=list, description="stop strings (not included in the answer)")
+    base_url: str | None = Field(None, description="openai: the server's URL ('http://127.0.0.1:8000/v1')")
+    api_key_env: str | None = Field(None, description="openai: name of the environment variable holding the key "
+                                    "(the key itself never goes in a recipe, log or output)")
+    concurrency: int = Field(4, ge=1, description="openai: requests in flight")
+    timeout: float = Field(120.0, gt=0, description="openai: seconds per request")
+    max_retries: int = Field(6, ge=0, description="openai: retries on 429 / 5xx / timeouts / dropped connections")
+    batch_size: int = Field(8, ge=1, description="transformers: prompts per generate() call")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="transformers / vllm weights")
+
+    def cache_settings(self) -> dict[str, Any]:
+        """What determines the answers: the cache key's settings part."""
+        return self.model_dump(include={"backend", "model", "endpoint", "temperature", "top_p", "max_new_tokens",
+                                        "seed", "system", "stop", "dtype"})
+
+
+class JudgeConfig(Section):
+    """How answers are judged (the `judge` section): a score per answer, or pairwise verdicts."""
+
+    kind: Literal["reward-model", "llm-pairwise", "similarity"] = Field("similarity", description="reward-model: "
+                                                                        "an HF sequence-classification model; "
+                                                                        "llm-pairwise: an LLM compares two answers "
+                                                                        "(both orders); similarity: cosine to a "
+                                                                        "reference answer")
+    model: str = Field("embedded", description="reward-model: folder or hub id; similarity: sentence-transformers "
+                       "model ('embedded' = MiniLM)")
+    llm: SourceConfig | None = Field(None, description="llm-pairwise: the judge model and its backend")
+    reference: str | None = Field(None, description="a source whose answers are the reference (similarity: "
+                                  "required; llm-pairwise: compare every source with it instead of all pairs)")
+    max_prompts: int | None = Field(None, ge=1, description="judge a seeded sample of this many prompts")
+    batch_size: int = Field(8, ge=1, description="reward-model / similarity batch size")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _needs(self) -> JudgeConfig:
+        if self.kind == "llm-pairwise" and self.llm is None:
+            raise ValueError("llm-pairwise needs `llm` (the judge model: backend, model, ...)")
+        if self.kind == "similarity" and not self.reference:
+            raise ValueError("similarity needs `reference` (the source whose answers are the reference)")
+        return self
+
+
+class RankingConfig(Section):
+    """Source strength from pairwise judgments (the `ranking` section): Bradley-Terry with bootstrap."""
+
+    bootstrap: int = Field(1000, ge=10, description="bootstrap resamples of prompts for the intervals")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="interval level, and the probability an order "
+                              "must reach to count as significant")
+    seed: int = 0
+
+
 class Recipe(Section):
     """A whole recipe; stages not configured yet are simply absent."""
 
+    prompts: Path | None = Field(None, description="prompts to answer: JSONL/JSON/Parquet rows with prompt (or "
+                                 "instruction [+ input], or chat messages)")
+    sources: list[SourceConfig] = Field(default_factory=list, description="the models that answer, any order")
+    samples_per_source: int = Field(1, ge=1, description="answers per prompt and source")
+    judge: JudgeConfig | None = None
+    ranking: RankingConfig = Field(default_factory=RankingConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _named_sources(self) -> Recipe:
+        names = [s.name for s in self.sources]
+        if any(not n for n in names):
+            raise ValueError(f"every source needs a `name` (source {names.index('') + 1} has none)")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"source name '{twice[0]}' is used twice")
+        return self
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -237,7 +327,9 @@ def _relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             section[key] = [str(base / p) if isinstance(p, str) else p for p in section[key]]
 
     pairs, train = data.get("pairs"), data.get("train")
+    rebase(data, "prompts")
     rebase(pairs, "inputs")
+    rebase(pairs, "rank_from")
     rebase(pairs.get("filters") if isinstance(pairs, dict) else None, "decontaminate")
     rebase(train, "pairs")
     rebase(train, "eval_pairs")

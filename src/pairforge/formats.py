@@ -95,6 +95,41 @@ def responses_frame(responses: list[S.Response]) -> pl.DataFrame:
     return responses_from_files([Records(Path("<responses>"), rows=rows)], "long")
 
 
+def prompts_from_file(path: Path) -> pl.DataFrame:
+    """Prompts to answer: distinct (prompt_id, prompt, dataset) rows in file order.
+
+    Any file whose rows carry a prompt works: `prompt` / `instruction` (+ Alpaca's `input`) / `question`,
+    as text or chat messages, with optional `system`, `prompt_id` and `dataset`; so a responses file or
+    AlpacaEval's eval set is a prompt file too. A prompt that appears again is answered once.
+    """
+    from pairforge.io import read_records
+
+    records = read_records(path)
+    keys = set(records.columns)
+    prompt_key = _pick(keys, "prompt")
+    if prompt_key is None:
+        raise InputError(str(path), "missing field: expected prompt (or instruction, question)", row="row 1")
+    fields = [Field(prompt_key, "prompt"), *[f for f in _optional_fields(keys) if f.key in ("system", "prompt_id")],
+              *[Field(k, "text", required=False) for k in ("input", "dataset") if k in keys]]
+    frame = _checked_frame(records, fields)
+    frame = frame.select(_alpaca_prompt(frame, prompt_key).alias(S.PROMPT),
+                         *(pl.col(k) if k in frame.columns else pl.lit(None, pl.String).alias(k)
+                           for k in ("system", S.PROMPT_ID, "dataset")))
+    if frame.schema[S.PROMPT] == MESSAGES or frame["system"].is_not_null().any():
+        frame = frame.with_columns(_chat_prompt(frame))
+    ids = pl.coalesce(pl.col(S.PROMPT_ID), S.prompt_ids(frame[S.PROMPT]))
+    return frame.select(ids.alias(S.PROMPT_ID), S.PROMPT, "dataset").unique(S.PROMPT_ID, maintain_order=True)
+
+
+def _alpaca_prompt(frame: pl.DataFrame, prompt_key: str) -> pl.Expr:
+    """The prompt column; Alpaca's instruction + input joined by a blank line when input is non-empty."""
+    prompt = pl.col(prompt_key)
+    if "input" in frame.columns and prompt_key == "instruction":
+        has_input = pl.col("input").fill_null("").str.strip_chars() != ""
+        prompt = pl.when(has_input).then(prompt + "\n\n" + pl.col("input")).otherwise(prompt)
+    return prompt
+
+
 # --- flat shapes: type-check, then adapt column-wise -------------------------------------------------
 
 def _long(records: Records, _: dict[str, str]) -> pl.DataFrame:
@@ -109,10 +144,7 @@ def _long(records: Records, _: dict[str, str]) -> pl.DataFrame:
     if "input" in keys and prompt_key == "instruction":
         fields.append(Field("input", "text", required=False))
     frame = _checked_frame(records, fields)
-    prompt = pl.col(prompt_key)
-    if "input" in frame.columns and prompt_key == "instruction":  # Alpaca: instruction + input
-        has_input = pl.col("input").fill_null("").str.strip_chars() != ""
-        prompt = pl.when(has_input).then(prompt + "\n\n" + pl.col("input")).otherwise(prompt)
+    prompt = _alpaca_prompt(frame, prompt_key)
     source = pl.col(source_key) if source_key else pl.lit(records.path.stem)
     return _canonical(frame, prompt, source.alias(S.SOURCE), pl.col(response_key).alias(S.RESPONSE))
 

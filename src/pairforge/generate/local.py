@@ -1,0 +1,90 @@
+"""Generation with transformers on this machine: batched, left-padded, chat template or plain text.
+
+Requests are sorted by prompt length and answered `batch_size` at a time (left padding, so every
+row's answer starts right after its own prompt). Sampling is seeded per batch from the first
+request's seed: the same requests in the same run configuration give the same answers. An answer ends
+at EOS or at the first stop string (which is cut off); one that hits max_new_tokens is 'length'.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pairforge.config import SourceConfig
+from pairforge.generate.base import Completion, Reporter, Request, plain_text
+from pairforge.models import load_causal_lm
+
+
+class TransformersBackend:
+    def __init__(self, cfg: SourceConfig) -> None:
+        self.cfg = cfg
+        self.model, self.tokenizer = load_causal_lm(cfg.model, cfg.dtype)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
+        self.tokenizer.padding_side = "left"
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = (set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}) - {None}
+
+    def run(self, requests: list[Request], report: Reporter) -> None:
+        encoded = {r.key: self._encode(r.messages) for r in requests}
+        ordered = sorted(requests, key=lambda r: len(encoded[r.key]))
+        for start in range(0, len(ordered), self.cfg.batch_size):
+            batch = ordered[start:start + self.cfg.batch_size]
+            try:
+                completions = self._generate(batch, [encoded[r.key] for r in batch])
+            except (RuntimeError, ValueError) as exc:  # e.g. out of memory: record, go on with the rest
+                for request in batch:
+                    report.failed(request, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+                continue
+            for request, completion in zip(batch, completions, strict=True):
+                report.completed(request, completion)
+
+    def _encode(self, messages: list[dict[str, str]]) -> list[int]:
+        if self.cfg.endpoint == "completions":
+            return self.tokenizer(plain_text(messages), add_special_tokens=True)["input_ids"]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]  # the template has its own BOS
+
+    @torch.inference_mode()
+    def _generate(self, batch: list[Request], prompts: list[list[int]]) -> list[Completion]:
+        cfg = self.cfg
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        top_k = max(r.top_logprobs for r in batch)
+        options: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": pad,
+                                   "do_sample": cfg.temperature > 0, "return_dict_in_generate": True,
+                                   "output_logits": top_k > 0}
+        if cfg.temperature > 0:
+            options.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
+        else:
+            options.update(temperature=None, top_p=None, top_k=None)
+        if cfg.stop:
+            options.update(stop_strings=cfg.stop, tokenizer=self.tokenizer)
+        torch.manual_seed(batch[0].seed)
+        out = self.model.generate(input_ids=input_ids, attention_mask=attention, **options)
+        first = torch.log_softmax(out.logits[0].float(), dim=-1) if top_k else None
+        completions = []
+        for row, request in enumerate(batch):
+            completion = self._finish(out.sequences[row, width:].tolist())
+            if first is not None and request.top_logprobs:
+                values, ids = first[row].topk(request.top_logprobs)
+                completion.first_token_logprobs = {self.tokenizer.decode([i]): v for i, v in
+                                                   zip(ids.tolist(), values.tolist(), strict=True)}
+            completions.append(completion)
+        return completions
+
+    def _finish(self, ids: list[int]) -> Completion:
+        """Cut at EOS or the first stop string; 'length' when neither ended the answer."""
+        end = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
+        if end is not None:
+            ids = ids[:end]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        cuts = [text.find(s) for s in self.cfg.stop if s in text]
+        if cuts:
+            return Completion(text[:min(cuts)], "stop", len(ids))
+        stopped = end is not None or len(ids) < self.cfg.max_new_tokens
+        return Completion(text, "stop" if stopped else "length", len(ids))

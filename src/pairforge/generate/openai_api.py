@@ -1,0 +1,136 @@
+"""Generation through any OpenAI-compatible server (OpenAI, vLLM's server, llama.cpp, TGI, ...).
+
+Uses the official `openai` client (async), `concurrency` requests in flight. Retries are ours, not the
+client's, so they can be counted: 429, 408/409, 5xx, timeouts, dropped connections and unreadable
+responses are retried with exponential backoff and full jitter (a server's Retry-After is honoured);
+other 4xx are final. The API key is read from the environment variable the recipe names and is
+scrubbed from every error message, so it never reaches the store, the logs or an output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from typing import Any
+
+from pairforge.config import SourceConfig
+from pairforge.errors import InputError
+from pairforge.generate.base import Completion, Reporter, Request, plain_text
+
+_RETRYABLE_STATUS = {408, 409, 429}
+_BACKOFF_BASE_S, _BACKOFF_CAP_S = 0.5, 30.0
+
+
+class MalformedResponse(Exception):
+    """The server answered, but not with a completion (garbage, an empty choice list, ...)."""
+
+
+class OpenAIBackend:
+    def __init__(self, cfg: SourceConfig) -> None:
+        try:
+            import openai  # noqa: F401
+        except ImportError:
+            raise InputError(f"source '{cfg.name}'", "backend openai needs the openai package: "
+                             "pip install openai") from None
+        self.cfg = cfg
+        self.api_key = "not-needed"  # local servers accept anything
+        if cfg.api_key_env:
+            key = os.environ.get(cfg.api_key_env)
+            if not key:
+                raise InputError(f"source '{cfg.name}'", f"the environment variable {cfg.api_key_env} (api_key_env) "
+                                 "is not set; it should hold the API key")
+            self.api_key = key
+
+    def run(self, requests: list[Request], report: Reporter) -> None:
+        asyncio.run(self._run_all(requests, report))
+
+    async def _run_all(self, requests: list[Request], report: Reporter) -> None:
+        import openai
+
+        client = openai.AsyncOpenAI(api_key=self.api_key, base_url=self.cfg.base_url, max_retries=0,
+                                    timeout=self.cfg.timeout)
+        queue: asyncio.Queue[Request] = asyncio.Queue()
+        for request in requests:
+            queue.put_nowait(request)
+
+        async def worker() -> None:
+            while not queue.empty():
+                await self._answer(client, queue.get_nowait(), report)
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(self.cfg.concurrency, len(requests)))))
+        finally:
+            await client.close()
+
+    async def _answer(self, client: Any, request: Request, report: Reporter) -> None:
+        for attempt in range(self.cfg.max_retries + 1):
+            try:
+                completion = await self._call(client, request)
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded with its reason, never raised
+                reason, retryable, wait = self._classify(exc)
+                if not retryable or attempt == self.cfg.max_retries:
+                    report.failed(request, reason)
+                    return
+                report.retried(request, reason)
+                backoff = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** attempt)
+                await asyncio.sleep(max(wait or 0.0, random.uniform(0, backoff)))
+                continue
+            report.completed(request, completion)
+            return
+
+    async def _call(self, client: Any, request: Request) -> Completion:
+        cfg = self.cfg
+        common: dict[str, Any] = {"model": cfg.model, "temperature": cfg.temperature, "top_p": cfg.top_p,
+                                  "max_tokens": cfg.max_new_tokens, "seed": request.seed, "stop": cfg.stop or None}
+        messages = request.messages
+        if cfg.endpoint == "chat":
+            if request.top_logprobs:
+                common.update(logprobs=True, top_logprobs=request.top_logprobs)
+            response = await client.chat.completions.create(messages=messages, **common)
+            choice = _first_choice(response)
+            text = choice.message.content if choice.message is not None else None
+            logprobs = choice.logprobs.content[0].top_logprobs if choice.logprobs and choice.logprobs.content else []
+            first = {item.token: item.logprob for item in logprobs}
+        else:
+            if request.top_logprobs:
+                common["logprobs"] = request.top_logprobs
+            response = await client.completions.create(prompt=plain_text(messages), **common)
+            choice = _first_choice(response)
+            text = choice.text
+            tops = choice.logprobs.top_logprobs if choice.logprobs and choice.logprobs.top_logprobs else [{}]
+            first = dict(tops[0] or {})
+        if text is None or choice.finish_reason is None:
+            raise MalformedResponse("the server's choice has no text or no finish_reason")
+        usage = getattr(response, "usage", None)
+        tokens = usage.completion_tokens if usage is not None and usage.completion_tokens is not None else 0
+        return Completion(text, "length" if choice.finish_reason == "length" else "stop", tokens, first)
+
+    def _classify(self, exc: Exception) -> tuple[str, bool, float | None]:
+        """(reason without the key, whether to retry, seconds the server asked us to wait)."""
+        import openai
+
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        if self.api_key != "not-needed":
+            reason = reason.replace(self.api_key, "***")
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            wait = _retry_after(exc.response.headers.get("retry-after"))
+            return reason, status in _RETRYABLE_STATUS or status >= 500, wait
+        retryable = (openai.APIConnectionError, openai.APIResponseValidationError, MalformedResponse, ValueError,
+                     TypeError, AttributeError)  # connection resets, timeouts (a subclass), garbage bodies
+        return reason, isinstance(exc, retryable), None
+
+
+def _first_choice(response: Any) -> Any:
+    choices = getattr(response, "choices", None)
+    if not choices:
+        raise MalformedResponse(f"expected a completion with choices, found {type(response).__name__}")
+    return choices[0]
+
+
+def _retry_after(header: str | None) -> float | None:
+    try:
+        return min(_BACKOFF_CAP_S, float(header)) if header else None
+    except ValueError:
+        return None

@@ -1,0 +1,83 @@
+"""The crash-safe cache of generations and judgments: one SQLite file, one row per finished request.
+
+Every outcome is committed in its own transaction the moment it is known, so `kill -9` at any point
+loses only the requests in flight. A row is keyed by its cache key (primary key: never a duplicate);
+a success is never overwritten by a later failure; a failure keeps its reason and how often it was
+tried, and is replaced by the first success. WAL journaling lets a reader (export, `sqlite3` by hand)
+look while a run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    key      TEXT PRIMARY KEY,
+    kind     TEXT NOT NULL,             -- 'generation' | 'judgment' | 'score'
+    value    TEXT,                      -- JSON of the result; NULL while only failures are known
+    error    TEXT,                      -- the last failure's reason; NULL once it succeeded
+    attempts INTEGER NOT NULL DEFAULT 1,
+    updated  REAL NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    value: dict[str, Any] | None
+    error: str | None
+    attempts: int
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+
+class Store:
+    """A SQLite file of results by key. Open one per process; it is not shared across threads."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
+        self.db.execute(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def put(self, key: str, kind: str, value: dict[str, Any]) -> None:
+        """Record a success (replaces an earlier failure; keeps an earlier success: the first one wins)."""
+        self.db.execute(
+            "INSERT INTO results (key, kind, value, error, updated) VALUES (?, ?, ?, NULL, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, error = NULL, attempts = attempts + 1, "
+            "updated = excluded.updated WHERE results.value IS NULL",
+            (key, kind, json.dumps(value, ensure_ascii=False), time.time()))
+
+    def put_failure(self, key: str, kind: str, reason: str) -> None:
+        """Record a failure with its reason; never touches a success."""
+        self.db.execute(
+            "INSERT INTO results (key, kind, value, error, updated) VALUES (?, ?, NULL, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET error = excluded.error, attempts = attempts + 1, "
+            "updated = excluded.updated WHERE results.value IS NULL",
+            (key, kind, reason, time.time()))
+
+    def get(self, keys: Iterable[str]) -> dict[str, Entry]:
+        """The entries known for these keys (absent keys are simply missing)."""
+        found: dict[str, Entry] = {}
+        keys = list(keys)
+        for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
+            chunk = keys[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            for key, value, error, attempts in self.db.execute(
+                    f"SELECT key, value, error, attempts FROM results WHERE key IN ({marks})", chunk):
+                found[key] = Entry(json.loads(value) if value is not None else None, error, attempts)
+        return found

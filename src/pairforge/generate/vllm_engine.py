@@ -1,0 +1,49 @@
+"""Generation with vLLM's offline engine (GPU; the optional extra `pairforge[vllm]`).
+
+All requests go to the engine in chunks, so answers are committed to the store chunk by chunk while
+vLLM batches continuously inside each chunk. Per-request seeds make sampling reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pairforge.config import SourceConfig
+from pairforge.errors import InputError
+from pairforge.generate.base import Completion, Reporter, Request, plain_text
+from pairforge.models import model_path
+
+_CHUNK = 512
+
+
+class VLLMBackend:
+    def __init__(self, cfg: SourceConfig) -> None:
+        try:
+            import vllm
+        except ImportError:
+            raise InputError(f"source '{cfg.name}'", "backend vllm needs the vllm package and a GPU: "
+                             "pip install 'pairforge[vllm]' (or use backend transformers / openai)") from None
+        self.cfg = cfg
+        self.vllm = vllm
+        self.llm = vllm.LLM(model=model_path(cfg.model), dtype=cfg.dtype, seed=cfg.seed)
+
+    def run(self, requests: list[Request], report: Reporter) -> None:
+        cfg = self.cfg
+        for start in range(0, len(requests), _CHUNK):
+            chunk = requests[start:start + _CHUNK]
+            params = [self.vllm.SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
+                                               max_tokens=cfg.max_new_tokens, seed=r.seed, stop=cfg.stop or None,
+                                               logprobs=r.top_logprobs or None) for r in chunk]
+            if cfg.endpoint == "chat":
+                outputs = self.llm.chat([r.messages for r in chunk], params, use_tqdm=False)
+            else:
+                outputs = self.llm.generate([plain_text(r.messages) for r in chunk], params, use_tqdm=False)
+            for request, output in zip(chunk, outputs, strict=True):
+                report.completed(request, self._completion(output.outputs[0]))
+
+    def _completion(self, output: Any) -> Completion:
+        first: dict[str, float] = {}
+        if output.logprobs:
+            first = {item.decoded_token: item.logprob for item in output.logprobs[0].values()}
+        reason = "length" if output.finish_reason == "length" else "stop"
+        return Completion(output.text, reason, len(output.token_ids), first)
