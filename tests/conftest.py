@@ -76,3 +76,16 @@ def preference_rows(n: int, offset: int = 0) -> list[dict[str, Any]]:
     return [{"prompt": f"Question {i}: is {i} a number?", "chosen": " Yes, it is a number.",
              "rejected": " No idea, sorry.", "pair_type": "easy" if i % 2 else "hard"}
             for i in range(offset, offset + n)]
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real llama.cpp server (llama-cpp-python[server]) serving the embedded SmolLM2 GGUF on 127.0.0.1."""
+    from servers import LlamaServer
+
+    from pairforge.models import embedded_gguf
+
+    server = LlamaServer(embedded_gguf())
+    server.start()
+    yield server
+    server.stop()

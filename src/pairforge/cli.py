@@ -15,6 +15,7 @@ import polars as pl
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pairforge.config import CurriculumConfig, PairsConfig, TrainConfig, load_recipe
@@ -35,7 +36,7 @@ def _fail_cleanly(run: Callable[[], T]) -> T:
     try:
         return run()
     except InputError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 

@@ -7,10 +7,13 @@ bad request: they report it as failed with a reason, and the runner records it f
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from pairforge.config import SourceConfig
+from pairforge.errors import InputError
 from pairforge.schema import Message
 
 
@@ -52,8 +55,30 @@ def plain_text(messages: list[Message]) -> str:
     return "\n\n".join(m["content"] for m in messages)
 
 
+def check_source(cfg: SourceConfig) -> None:
+    """Fail before any work when a source cannot run here: a missing package or API key is one clear line."""
+    needs = {"openai": ("openai", "pip install openai"),
+             "vllm": ("vllm", "pip install 'pairforge[vllm]' on a GPU machine (or use backend transformers / openai)")}
+    if cfg.backend in needs:
+        package, hint = needs[cfg.backend]
+        if importlib.util.find_spec(package) is None:
+            raise InputError(f"source '{cfg.name}'", f"backend {cfg.backend} needs the {package} package: {hint}")
+    api_key(cfg)
+
+
+def api_key(cfg: SourceConfig) -> str:
+    """The key from the environment variable the recipe names ('not-needed' for servers that want none)."""
+    if not cfg.api_key_env:
+        return "not-needed"
+    key = os.environ.get(cfg.api_key_env)
+    if not key:
+        raise InputError(f"source '{cfg.name}'", f"the environment variable {cfg.api_key_env} (api_key_env) is not "
+                         "set; it should hold the API key")
+    return key
+
+
 def make_backend(cfg: SourceConfig) -> Backend:
-    """The backend a source asks for; a missing optional package is one clear line."""
+    """The backend a source asks for (after `check_source`)."""
     if cfg.backend == "openai":
         from pairforge.generate.openai_api import OpenAIBackend
 

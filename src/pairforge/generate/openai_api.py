@@ -10,13 +10,11 @@ scrubbed from every error message, so it never reaches the store, the logs or an
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 from typing import Any
 
 from pairforge.config import SourceConfig
-from pairforge.errors import InputError
-from pairforge.generate.base import Completion, Reporter, Request, plain_text
+from pairforge.generate.base import Completion, Reporter, Request, api_key, plain_text
 
 _RETRYABLE_STATUS = {408, 409, 429}
 _BACKOFF_BASE_S, _BACKOFF_CAP_S = 0.5, 30.0
@@ -28,19 +26,8 @@ class MalformedResponse(Exception):
 
 class OpenAIBackend:
     def __init__(self, cfg: SourceConfig) -> None:
-        try:
-            import openai  # noqa: F401
-        except ImportError:
-            raise InputError(f"source '{cfg.name}'", "backend openai needs the openai package: "
-                             "pip install openai") from None
         self.cfg = cfg
-        self.api_key = "not-needed"  # local servers accept anything
-        if cfg.api_key_env:
-            key = os.environ.get(cfg.api_key_env)
-            if not key:
-                raise InputError(f"source '{cfg.name}'", f"the environment variable {cfg.api_key_env} (api_key_env) "
-                                 "is not set; it should hold the API key")
-            self.api_key = key
+        self.api_key = api_key(cfg)
 
     def run(self, requests: list[Request], report: Reporter) -> None:
         asyncio.run(self._run_all(requests, report))

@@ -26,7 +26,7 @@ from pairforge import schema as S
 from pairforge.config import Recipe, SourceConfig
 from pairforge.errors import InputError
 from pairforge.formats import prompts_from_file
-from pairforge.generate.base import Backend, Completion, Request, make_backend
+from pairforge.generate.base import Backend, Completion, Request, check_source, make_backend
 from pairforge.generate.store import Store
 from pairforge.io import write_table
 
@@ -137,6 +137,9 @@ def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: li
     if unknown:
         raise InputError("--source", f"no source named '{unknown[0]}' in the recipe "
                          f"(found {', '.join(s.name for s in recipe.sources)})")
+    for source in recipe.sources:
+        if not only or source.name in only:
+            check_source(source)
     prompts = prompts_from_file(recipe.prompts)
     if prompts.is_empty():
         raise InputError(str(recipe.prompts), "no prompts in the file")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from pairforge.config import SourceConfig
-from pairforge.errors import InputError
 from pairforge.generate.base import Completion, Reporter, Request, plain_text
 from pairforge.models import model_path
 
@@ -18,11 +17,8 @@ _CHUNK = 512
 
 class VLLMBackend:
     def __init__(self, cfg: SourceConfig) -> None:
-        try:
-            import vllm
-        except ImportError:
-            raise InputError(f"source '{cfg.name}'", "backend vllm needs the vllm package and a GPU: "
-                             "pip install 'pairforge[vllm]' (or use backend transformers / openai)") from None
+        import vllm
+
         self.cfg = cfg
         self.vllm = vllm
         self.llm = vllm.LLM(model=model_path(cfg.model), dtype=cfg.dtype, seed=cfg.seed)
