@@ -20,6 +20,7 @@ from rich.table import Table
 
 from pairforge.config import CurriculumConfig, PairsConfig, TrainConfig, load_recipe
 from pairforge.errors import EXIT_BAD_INPUT, InputError
+from pairforge.io import write_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 pairs_app = typer.Typer(no_args_is_help=True, help="Build preference pairs from answers of several models.")
@@ -44,6 +45,7 @@ def _fail_cleanly(run: Callable[[], T]) -> T:
 def pairs_build(
     inputs: list[Path] = typer.Argument(None, help="answer files: JSONL, JSON, Parquet or a saved HF dataset folder"),
     rank: str | None = typer.Option(None, help="strength order, strongest first: 'gpt-4 > chatgpt > davinci'"),
+    rank_from: Path | None = typer.Option(None, help="or a ranking.json from `pairforge rank` (significant orders)"),
     pair_types: str | None = typer.Option(None, help="'all' (default), 'adjacent', 'extremes' or 'a>b,c>d'"),
     strategy: str | None = typer.Option(None, help="ranked | scored | verified (default: ranked if --rank)"),
     scored_mode: str | None = typer.Option(None, help="scored: best-worst | best-random | all"),
@@ -67,7 +69,8 @@ def pairs_build(
 ) -> None:
     """Turn answers of models of different strength into a TRL-ready pairs file and a summary."""
     def run() -> None:
-        flags = {"inputs": inputs or None, "rank": rank, "pair_types": pair_types, "strategy": strategy,
+        flags = {"inputs": inputs or None, "rank": rank, "rank_from": rank_from, "pair_types": pair_types,
+                 "strategy": strategy,
                  "scored_mode": scored_mode, "min_margin": min_margin, "format": format, "out": out,
                  "eval_fraction": eval_fraction, "seed": seed, "columns": _parse_columns(columns) if columns else None}
         filter_flags = {"drop_truncated": False if keep_truncated else None,
@@ -199,6 +202,83 @@ def generate_command(
             raise typer.Exit(1)
 
     _fail_cleanly(run)
+
+
+@app.command("judge")
+def judge_command(
+    recipe: Path = typer.Argument(..., help="recipe YAML with a `judge:` section"),
+    out: Path = typer.Option(Path("."), help="run folder: reads responses.parquet, writes responses.scored.parquet"),
+    responses: Path | None = typer.Option(None, help="answers to judge (default: <out>/responses.parquet)"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="ask the judge again where it failed before"),
+) -> None:
+    """Score answers (reward model, similarity) or compare them pairwise with an LLM judge, both orders."""
+    def run() -> None:
+        from pairforge.judge.run import judge
+
+        result = judge(load_recipe(recipe), out, responses, retry_failed)
+        summary = result.summary
+        table = Table(title=f"judge: {summary['judge']}", title_justify="left")
+        for column in ("source", "answers", "scored", "mean score" if summary["judge"] != "llm-pairwise" else
+                       "win rate", "std"):
+            table.add_column(column, justify="left" if column == "source" else "right")
+        for name, s in summary["per_source"].items():
+            table.add_row(name, str(s["answers"]), str(s["scored"]), _number(s["mean"]), _number(s["std"]))
+        console.print(table)
+        if summary["judge"] == "llm-pairwise":
+            bias = summary["p_first_shown_wins"]
+            console.print(f"{summary['comparisons']} comparisons, {summary['unreadable']} unreadable (left out), "
+                          f"{summary['verdicts_from_logprobs']} verdicts from log-probs; the answer shown first "
+                          f"wins {_number(bias)} of the time (0.5 = no position bias)", highlight=False)
+        written = [result.scored, *([result.judgments] if result.judgments else [])]
+        console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
+        if summary.get("failed_requests"):
+            console.print(f"[bold red]{summary['failed_requests']} judge requests failed[/]; run again with "
+                          "--retry-failed", highlight=False)
+            raise typer.Exit(1)
+
+    _fail_cleanly(run)
+
+
+@app.command("rank")
+def rank_command(
+    recipe: Path = typer.Argument(..., help="recipe YAML (its `ranking:` section, optional)"),
+    out: Path = typer.Option(Path("."), help="run folder: reads judgments.parquet (or responses.scored.parquet)"),
+) -> None:
+    """Estimate source strength (Bradley-Terry, bootstrap intervals) from the judge's verdicts."""
+    def run() -> None:
+        from pairforge.judge.ranking import comparisons_from_scores, fit
+        from pairforge.judge.run import JUDGMENTS_FILE, SCORED_FILE
+
+        cfg = load_recipe(recipe).ranking
+        if (out / JUDGMENTS_FILE).exists():
+            source, comparisons = out / JUDGMENTS_FILE, pl.read_parquet(out / JUDGMENTS_FILE)
+        elif (out / SCORED_FILE).exists():
+            source, comparisons = out / SCORED_FILE, comparisons_from_scores(pl.read_parquet(out / SCORED_FILE))
+        else:
+            raise InputError(str(out), f"no {JUDGMENTS_FILE} or {SCORED_FILE}: run `pairforge judge` first")
+        ranking = fit(comparisons, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.min_win_probability)
+        table = Table(title=f"source strength (Bradley-Terry, {ranking.prompts} prompts, "
+                      f"{ranking.comparisons} comparisons from {source.name})", title_justify="left")
+        for column in ("rank", "source", "strength", f"{cfg.confidence:.0%} interval", "P(above next)",
+                       "P(beats next)"):
+            table.add_column(column, justify="left" if column == "source" else "right")
+        for i, name in enumerate(ranking.sources):
+            nxt = i + 1 < len(ranking.sources)
+            above = f"{ranking.stronger[i, i + 1]:.3f}" + (" *" if ranking.significant(i, i + 1) else "") if nxt else ""
+            table.add_row(str(i + 1), name, f"{ranking.strength[i]:+.3f}",
+                          f"[{ranking.low[i]:+.3f}, {ranking.high[i]:+.3f}]", above,
+                          f"{ranking.win_probability(i, i + 1):.3f}" if nxt else "")
+        console.print(table)
+        console.print(f"significant order (* : P >= {cfg.confidence} and P(beats) >= {cfg.min_win_probability}): "
+                      f"{ranking.rank or '(none)'}", highlight=False)
+        console.print(f"wrote {write_json(ranking.to_json(), out / 'ranking.json')}; use it with "
+                      "`pairs build --rank-from`", highlight=False)
+
+    _fail_cleanly(run)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 @curriculum_app.command("show")

@@ -251,7 +251,8 @@ class JudgeConfig(Section):
                                   "required; llm-pairwise: compare every source with it instead of all pairs)")
     max_prompts: int | None = Field(None, ge=1, description="judge a seeded sample of this many prompts")
     batch_size: int = Field(8, ge=1, description="reward-model / similarity batch size")
-    seed: int = 0
+    max_length: int = Field(1024, ge=8, description="reward-model: tokens of prompt + answer (longer: truncated)")
+    seed: int = Field(0, description="seed of the prompt sample")
 
     @model_validator(mode="after")
     def _needs(self) -> JudgeConfig:
@@ -268,6 +269,8 @@ class RankingConfig(Section):
     bootstrap: int = Field(1000, ge=10, description="bootstrap resamples of prompts for the intervals")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="interval level, and the probability an order "
                               "must reach to count as significant")
+    min_win_probability: float = Field(0.55, ge=0.5, lt=1, description="and the smallest fitted P(stronger beats "
+                                       "weaker) that counts: a tiny but consistent edge is not a strength gap")
     seed: int = 0
 
 

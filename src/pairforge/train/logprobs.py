@@ -158,12 +158,15 @@ class SequenceScores(torch.nn.Module):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         assert batch.attention_mask.dim() == 2, "the reward model scores one sequence per row"
-        hidden = self.model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                       use_cache=False)[0]
-        last = batch.attention_mask.sum(dim=1) - 1
-        scores = self.model.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
         counts = torch.bincount(batch.score_sequences, minlength=batch.sequences).to(torch.float32)
-        return scores.squeeze(-1).float(), counts
+        return last_token_scores(self.model, batch.input_ids, batch.attention_mask), counts
+
+
+def last_token_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """A sequence-classification model's 1-output score at each row's last real token (right padding)."""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+    last = attention_mask.sum(dim=1) - 1
+    return model.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last]).squeeze(-1).float()
 
 
 def _chunk_logps(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,

@@ -1,0 +1,122 @@
+"""Source strength from judgments: a Bradley-Terry model over sources, with bootstrap intervals.
+
+Each comparison contributes P(a beats b) as fractional wins (a tie or an uncertain judge gives
+halves). Strengths are fitted by the MM algorithm (Hunter, 2004) with half a pseudo-win each way per
+pair of sources, which keeps an unbeaten source finite. Uncertainty comes from resampling prompts with
+replacement: intervals are percentiles of the log-strengths, and P(x stronger than y) is the share of
+resamples in which x's strength exceeds y's. An order counts as significant when P >= confidence and
+the fitted probability that x beats y is at least `min_win_probability` (a position-biased judge gives
+verdicts near 0.5 whose tiny edge can be "significant" without meaning anything). `rank` is those
+orders in the `--rank` syntax, so the pairs stage makes pairs only between sources whose order is
+established.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pairforge import schema as S
+from pairforge.errors import InputError
+
+_PSEUDO_WINS = 0.5
+
+
+@dataclass
+class Ranking:
+    sources: list[str]  # strongest first
+    strength: np.ndarray  # log-strength, mean 0, in `sources` order
+    low: np.ndarray
+    high: np.ndarray
+    stronger: np.ndarray  # [i, j] = P(sources[i] stronger than sources[j]) over resamples
+    confidence: float
+    min_win_probability: float
+    comparisons: int
+    prompts: int
+
+    def win_probability(self, i: int, j: int) -> float:
+        """Fitted P(sources[i] beats sources[j])."""
+        return float(1 / (1 + np.exp(self.strength[j] - self.strength[i])))
+
+    def significant(self, i: int, j: int) -> bool:
+        return bool(self.stronger[i, j] >= self.confidence and self.win_probability(i, j) >= self.min_win_probability)
+
+    @property
+    def rank(self) -> str:
+        """The significant orders as a strength order: 'a > b, a > c' ('' when none is significant)."""
+        k = len(self.sources)
+        return ", ".join(f"{self.sources[i]} > {self.sources[j]}" for i in range(k) for j in range(i + 1, k)
+                         if self.significant(i, j))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank, "confidence": self.confidence, "min_win_probability": self.min_win_probability,
+            "comparisons": self.comparisons,
+            "prompts": self.prompts,
+            "sources": [{"name": s, "strength": float(self.strength[i]), "low": float(self.low[i]),
+                         "high": float(self.high[i])} for i, s in enumerate(self.sources)],
+            "adjacent": [{"stronger": self.sources[i], "weaker": self.sources[i + 1],
+                          "probability": float(self.stronger[i, i + 1]),
+                          "win_probability": self.win_probability(i, i + 1), "significant": self.significant(i, i + 1)}
+                         for i in range(len(self.sources) - 1)],
+        }
+
+
+def comparisons_from_scores(scored: pl.DataFrame) -> pl.DataFrame:
+    """Pointwise scores as comparisons: per prompt, each two sources' sample-0 answers (win 1, tie 0.5)."""
+    rows = scored.filter((pl.col(S.SAMPLE) == 0) & pl.col(S.SCORE).is_not_null()).select(S.PROMPT_ID, S.SOURCE,
+                                                                                           S.SCORE)
+    pairs = rows.join(rows, on=S.PROMPT_ID, suffix="_b").filter(pl.col(S.SOURCE) < pl.col(f"{S.SOURCE}_b"))
+    p_a = pl.when(pl.col(S.SCORE) > pl.col(f"{S.SCORE}_b")).then(1.0).when(
+        pl.col(S.SCORE) < pl.col(f"{S.SCORE}_b")).then(0.0).otherwise(0.5)
+    return pairs.select(S.PROMPT_ID, pl.col(S.SOURCE).alias("source_a"), pl.col(f"{S.SOURCE}_b").alias("source_b"),
+                        p_a.alias("p_a"))
+
+
+def fit(comparisons: pl.DataFrame, bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0,
+        min_win_probability: float = 0.55) -> Ranking:
+    """Bradley-Terry strengths with percentile intervals over `bootstrap` resamples of prompts."""
+    usable = comparisons.filter(pl.col("p_a").is_not_null())
+    sources = sorted(set(usable["source_a"]) | set(usable["source_b"]))
+    if len(sources) < 2 or usable.is_empty():
+        raise InputError("rank", "expected comparisons between at least two sources (judge the answers first)")
+    index = {s: i for i, s in enumerate(sources)}
+    prompt_ids = usable[S.PROMPT_ID].unique(maintain_order=True).to_list()
+    row_of = {p: i for i, p in enumerate(prompt_ids)}
+    k = len(sources)
+    wins = np.zeros((len(prompt_ids), k, k))  # per prompt: wins[p, i, j] = fractional wins of i over j
+    for prompt_id, a, b, p in usable.select(S.PROMPT_ID, "source_a", "source_b", "p_a").iter_rows():
+        wins[row_of[prompt_id], index[a], index[b]] += p
+        wins[row_of[prompt_id], index[b], index[a]] += 1 - p
+    compared = (wins.sum(axis=0) + wins.sum(axis=0).T) > 0
+    strength = _bradley_terry(wins.sum(axis=0), compared)
+    rng = np.random.default_rng(seed)
+    draws = np.empty((bootstrap, k))
+    for b in range(bootstrap):
+        counts = np.bincount(rng.integers(0, len(prompt_ids), len(prompt_ids)), minlength=len(prompt_ids))
+        draws[b] = _bradley_terry(np.tensordot(counts, wins, axes=1), compared)
+    order = np.argsort(-strength, kind="stable")
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail], axis=0)
+    stronger = (draws[:, :, None] > draws[:, None, :]).mean(axis=0)
+    return Ranking([sources[i] for i in order], strength[order], low[order], high[order],
+                   stronger[np.ix_(order, order)], confidence, min_win_probability, usable.height, len(prompt_ids))
+
+
+def _bradley_terry(wins: np.ndarray, compared: np.ndarray, iterations: int = 500, tol: float = 1e-9) -> np.ndarray:
+    """MM updates for log-strengths (mean 0) from a wins matrix, with pseudo-wins between compared sources."""
+    w = wins + _PSEUDO_WINS * compared
+    games = w + w.T
+    pi = np.ones(len(w))
+    for _ in range(iterations):
+        denominator = (games / (pi[:, None] + pi[None, :])).sum(axis=1)
+        updated = w.sum(axis=1) / denominator
+        updated /= np.exp(np.log(updated).mean())
+        if np.max(np.abs(updated - pi)) < tol:
+            pi = updated
+            break
+        pi = updated
+    return np.log(pi)
