@@ -117,7 +117,8 @@ def _pointwise(frame: pl.DataFrame, cfg: JudgeConfig, store: Store,
                 store.put(keys[i], "score", {"score": value})  # type: ignore[arg-type]
     entries = store.get(k for k in keys if k)
     scores = [entries[k].value["score"] if k else None for k in keys]  # type: ignore[index]
-    return scores, {"cached": len(rows) - len(todo), "without_reference": sum(1 for k in keys if k is None)}
+    return scores, {"cached": sum(1 for k in keys if k and k in known),
+                    "without_reference": sum(1 for k in keys if k is None)}
 
 
 def _judge_llm(cfg: JudgeConfig) -> SourceConfig:
