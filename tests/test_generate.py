@@ -291,3 +291,24 @@ def test_server_killed_and_restarted_mid_run(tmp_path: Path, pairforge_cache: Pa
     frame = pl.read_parquet(out / "responses.parquet")
     assert frame.height == 16 and frame["prompt_id"].n_unique() == 16
     assert sqlite3.connect(out / "store.sqlite").execute("SELECT COUNT(*) FROM results").fetchone() == (16,)
+
+
+def test_local_first_token_logprobs_are_the_models_own(tiny_model_dir: Path) -> None:
+    """What the LLM judge reads from the transformers backend: log-softmax of the first answer position."""
+    import torch
+
+    from pairforge.generate.local import TransformersBackend
+
+    backend = TransformersBackend(SourceConfig(name="j", model=str(tiny_model_dir), temperature=0, max_new_tokens=2))
+    messages = [{"role": "user", "content": "Answer A or B."}]
+    collect = Collect()
+    backend.run([Request("k", messages, top_logprobs=5), Request("short", [{"role": "user", "content": "Hi"}])],
+                collect)
+    got = collect.done["k"].first_token_logprobs
+    ids = torch.tensor([backend._encode(messages)])
+    with torch.no_grad():
+        expected = torch.log_softmax(backend.model(ids).logits[0, -1].float(), dim=-1).topk(5)
+    want = {backend.tokenizer.decode([i]): v for i, v in zip(expected.indices.tolist(), expected.values.tolist(),
+                                                              strict=True)}
+    assert got.keys() == want.keys()
+    assert all(abs(got[k] - want[k]) < 1e-4 for k in want)
