@@ -57,11 +57,7 @@ def judge(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_fa
     frame = _sampled_prompts(frame, cfg)
     store = Store(out_dir / STORE_FILE)
     try:
-        if cfg.kind == "llm-pairwise":
-            scores, judgments, summary = _pairwise(frame, cfg, store, retry_failed, show_progress)
-        else:
-            scores, summary = _pointwise(frame, cfg, store, show_progress)
-            judgments = None
+        scores, judgments, summary = judge_frame(frame, cfg, store, retry_failed, show_progress)
     finally:
         store.close()
     scored = frame.with_columns(pl.Series(S.SCORE, scores, dtype=pl.Float64))
@@ -71,6 +67,15 @@ def judge(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_fa
     scored_path = write_table(scored, out_dir / SCORED_FILE)
     write_json(summary, out_dir / SUMMARY_FILE)
     return JudgeResult(scored_path, judgments_path, summary)
+
+
+def judge_frame(frame: pl.DataFrame, cfg: JudgeConfig, store: Store, retry_failed: bool = False,
+                show_progress: bool = True) -> tuple[list[float | None], pl.DataFrame | None, dict[str, Any]]:
+    """Scores for every row of a responses frame (in row order), the pairwise judgments if any, a summary."""
+    if cfg.kind == "llm-pairwise":
+        return _pairwise(frame, cfg, store, retry_failed, show_progress)
+    scores, summary = _pointwise(frame, cfg, store, show_progress)
+    return scores, None, summary
 
 
 def _sampled_prompts(frame: pl.DataFrame, cfg: JudgeConfig) -> pl.DataFrame:

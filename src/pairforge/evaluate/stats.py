@@ -1,0 +1,78 @@
+"""Win rates and what they hide: bootstrap intervals, a length-controlled win rate, paired tests.
+
+Verdicts are probabilities that the model's answer beats the reference's (1 win, 0 loss, 0.5 tie, or a
+judge's soft probability); the win rate is their mean, so ties count half.
+
+Length-controlled win rate (after AlpacaEval 2.0's idea, in its simplest form): fit
+P(win) = sigmoid(a + b * z) by maximum likelihood on the soft verdicts, where z is the length difference
+(model - reference, in words) divided by its standard deviation (not centred: z = 0 means equal
+length), and report sigmoid(a) — the win rate the model would have if its answers were as long as the
+reference's. A model that wins only by being longer falls to about 50%.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_RIDGE = 1e-3  # keeps the fit finite when every verdict is a win (separable data)
+
+
+@dataclass(frozen=True)
+class Interval:
+    value: float
+    low: float
+    high: float
+
+
+def win_rate(verdicts: np.ndarray, bootstrap: int = 1000, seed: int = 0, level: float = 0.95) -> Interval:
+    """Mean verdict with a percentile bootstrap interval over prompts."""
+    draws = _resample_means(verdicts, bootstrap, seed)
+    return _interval(float(verdicts.mean()), draws, level)
+
+
+def length_controlled_win_rate(verdicts: np.ndarray, model_lengths: np.ndarray, reference_lengths: np.ndarray,
+                               bootstrap: int = 1000, seed: int = 0, level: float = 0.95) -> Interval:
+    """sigmoid(intercept) of a logistic fit of the verdict on the standardised length difference."""
+    difference = (model_lengths - reference_lengths).astype(float)
+    scale = difference.std() or 1.0
+    z = difference / scale
+    value = _lc(verdicts, z)
+    rng = np.random.default_rng(seed)
+    draws = np.array([_lc(verdicts[i], z[i]) for i in (rng.integers(0, len(z), len(z)) for _ in range(bootstrap))])
+    return _interval(value, draws, level)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, bootstrap: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Win-rate difference of two models judged on the same prompts, and its two-sided bootstrap p-value."""
+    difference = a - b
+    draws = _resample_means(difference, bootstrap, seed)
+    p = 2 * min((draws <= 0).mean(), (draws >= 0).mean())
+    return float(difference.mean()), float(min(1.0, p))
+
+
+def _lc(verdicts: np.ndarray, z: np.ndarray, iterations: int = 50) -> float:
+    """Newton's method for the two-parameter logistic regression with soft labels."""
+    x = np.stack([np.ones_like(z), z], axis=1)
+    w = np.zeros(2)
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-(x @ w)))
+        gradient = x.T @ (p - verdicts) + _RIDGE * w
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + _RIDGE * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(1 / (1 + np.exp(-w[0])))
+
+
+def _resample_means(values: np.ndarray, bootstrap: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return values[rng.integers(0, len(values), (bootstrap, len(values)))].mean(axis=1)
+
+
+def _interval(value: float, draws: np.ndarray, level: float) -> Interval:
+    tail = (1 - level) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return Interval(value, float(low), float(high))
