@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pairforge.config import CurriculumConfig, PairsConfig, TrainConfig, load_recipe
+from pairforge.config import CurriculumConfig, JudgeConfig, PairsConfig, TrainConfig, load_recipe
 from pairforge.errors import EXIT_BAD_INPUT, InputError
 from pairforge.io import write_json
 
@@ -275,6 +275,74 @@ def rank_command(
                       "`pairs build --rank-from`", highlight=False)
 
     _fail_cleanly(run)
+
+
+@app.command("eval")
+def eval_command(
+    models: list[str] | None = typer.Option(None, help="model folders or training runs to answer the prompts "
+                                            "(NAME=PATH to name one); repeatable"),
+    outputs: list[Path] | None = typer.Option(None, help="existing model_outputs.json files; repeatable"),
+    reference: Path = typer.Option(..., help="reference answers (AlpacaEval shape: instruction, output)"),
+    prompts: Path | None = typer.Option(None, help="eval prompts (default: the reference's instructions)"),
+    judge: str = typer.Option("similarity", help="a recipe YAML (its judge: section), 'similarity', or "
+                              "'reward-model:PATH'"),
+    out: Path = typer.Option(Path("eval"), help="folder: leaderboard.json, eval.parquet, *.model_outputs.json"),
+    max_new_tokens: int = typer.Option(256, help="--models: answer length limit"),
+    temperature: float = typer.Option(0.0, help="--models: 0 = greedy"),
+    bootstrap: int = typer.Option(1000, help="bootstrap resamples for intervals and paired tests"),
+) -> None:
+    """Judge models against reference answers: win rate, interval, length-controlled win rate, leaderboard."""
+    def run() -> None:
+        from pairforge.evaluate.run import EvalSettings, evaluate
+
+        result = evaluate(models or [], outputs or [], reference, _judge_config(judge), out, prompts,
+                          EvalSettings(max_new_tokens=max_new_tokens, temperature=temperature, bootstrap=bootstrap))
+        print_leaderboard(result)
+        console.print(f"wrote {out / 'leaderboard.json'}, {out / 'eval.parquet'}", highlight=False)
+
+    _fail_cleanly(run)
+
+
+def _judge_config(text: str) -> JudgeConfig:
+    if text.endswith((".yaml", ".yml")):
+        cfg = load_recipe(Path(text)).judge
+        if cfg is None:
+            raise InputError(text, "expected a `judge:` section")
+        return cfg
+    kind, _, model = text.partition(":")
+    if kind == "similarity":
+        return JudgeConfig(kind="similarity", reference="reference", model=model or "embedded")
+    if kind == "reward-model" and model:
+        return JudgeConfig(kind="reward-model", model=model)
+    raise InputError("--judge", f"expected a recipe .yaml, 'similarity' or 'reward-model:PATH', found '{text}'")
+
+
+def print_leaderboard(result: dict[str, Any]) -> None:
+    """The leaderboard: win rate with interval, length-controlled win rate, lengths, test vs the next row."""
+    pairwise = result["judge"] != "similarity"
+    table = Table(title=f"{result['judge']} vs reference, {result['prompts']} prompts", title_justify="left")
+    columns = ["model", "win rate [95%]", "LC win rate [95%]"] if pairwise else ["model", "similarity [95%]"]
+    for column in [*columns, "mean score" if pairwise else None, "words (ref)", "unjudged", "vs next (p)"]:
+        if column:
+            table.add_column(column, justify="left" if column == "model" else "right")
+    for entry in result["models"]:
+        cells = [entry["model"]]
+        keys = ("win_rate", "length_controlled_win_rate", "score") if pairwise else ("score",)
+        cells += [_interval(entry.get(k)) for k in keys]
+        cells += [f"{entry['mean_length']:.0f} ({entry['reference_length']:.0f})", str(entry["unjudged"])]
+        nxt = entry.get("vs_next")
+        cells.append(f"{nxt['difference']:+.3f} (p={nxt['p_value']:.3f})" if nxt else "")
+        table.add_row(*cells)
+    console.print(table)
+    for entry in result["models"]:
+        nxt = entry.get("vs_next")
+        if nxt and nxt["p_value"] >= 0.05:
+            console.print(f"{entry['model']} vs {nxt['model']}: not significant at this size (p = "
+                          f"{nxt['p_value']:.2f}, {nxt['prompts']} prompts)", highlight=False)
+
+
+def _interval(value: dict[str, float] | None) -> str:
+    return "-" if not value else f"{value['value']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
 
 
 def _number(value: float | None) -> str:

@@ -1,0 +1,203 @@
+"""The `eval` stage: each model's answers to the eval prompts, judged against reference answers.
+
+Answers come from model folders (generated greedily through the transformers backend, cached in the
+run's store.sqlite like every generation) or from existing outputs files. Both are written / read in
+AlpacaEval's model_outputs.json shape (instruction, output, generator, dataset), so the official
+alpaca_eval can judge the same files. Each model is judged against the reference answer of every
+prompt: llm-pairwise in both orders (verdict = P(model better)); reward-model as a win (1), tie (0.5) or
+loss (0) on the rewards, with the mean reward; similarity as the mean similarity to the reference
+(it has no notion of winning). Per model: win rate with a bootstrap interval, the length-controlled win
+rate, mean length, a per-dataset breakdown, and a paired bootstrap test against the next row of the
+leaderboard. Verdicts the judge could not give are counted and left out, never guessed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pairforge import schema as S
+from pairforge.config import JudgeConfig, SourceConfig
+from pairforge.errors import InputError
+from pairforge.evaluate.stats import length_controlled_win_rate, paired_difference, win_rate
+from pairforge.formats import prompts_from_file, responses_from_files
+from pairforge.generate.base import check_source, make_backend
+from pairforge.generate.run import STORE_FILE, answer_all, progress_bar, source_requests
+from pairforge.generate.store import Store
+from pairforge.io import read_records, write_json, write_table
+from pairforge.judge.run import judge_frame
+
+REFERENCE = "reference"
+LEADERBOARD_FILE = "leaderboard.json"
+VERDICTS_FILE = "eval.parquet"
+_TIE = 1e-4  # rewards closer than this are a tie
+
+
+@dataclass
+class EvalSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    batch_size: int = 8
+    bootstrap: int = 1000
+    seed: int = 0
+
+
+def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg: JudgeConfig, out_dir: Path,
+             prompts_path: Path | None = None, settings: EvalSettings | None = None,
+             show_progress: bool = True) -> dict[str, Any]:
+    settings = settings or EvalSettings()
+    if not models and not outputs:
+        raise InputError("eval", "expected --models (model folders) or --outputs (model_outputs.json files)")
+    prompts = prompts_from_file(prompts_path or reference)
+    if prompts.is_empty():
+        raise InputError(str(prompts_path or reference), "no eval prompts: the file is empty")
+    reference_answers = _answers_for(reference, prompts, "reference")
+    answers = {REFERENCE: reference_answers}
+    store = Store(out_dir / STORE_FILE)
+    try:
+        answers |= {name: _answers_for(path, prompts, "outputs") for name, path in _named(outputs, "outputs")}
+        for name, model in _named(models, "models"):
+            answers[name] = _generate(name, model, prompts, settings, store, show_progress)
+            _write_model_outputs(answers[name], prompts, name, out_dir / f"{name}.model_outputs.json")
+        frame = _responses(answers, prompts)
+        cfg = judge_cfg.model_copy(update={"reference": REFERENCE, "max_prompts": None})
+        scores, judgments, judge_summary = judge_frame(frame, cfg, store, show_progress=show_progress)
+    finally:
+        store.close()
+    verdicts = _verdicts(frame.with_columns(pl.Series(S.SCORE, scores, dtype=pl.Float64)), judgments, cfg.kind)
+    verdicts = verdicts.join(prompts.select(S.PROMPT_ID, "dataset"), on=S.PROMPT_ID, how="left")
+    write_table(verdicts, out_dir / VERDICTS_FILE)
+    board = _leaderboard(verdicts, cfg.kind, settings)
+    result = {"judge": cfg.kind, "prompts": prompts.height, "reference": str(reference), "models": board,
+              "judge_summary": {k: v for k, v in judge_summary.items() if k != "per_source"}}
+    write_json(result, out_dir / LEADERBOARD_FILE)
+    return result
+
+
+def _named(items: list[Any], option: str) -> list[tuple[str, Any]]:
+    """NAME=PATH or PATH (named after the folder / file, a training run's folder for run/model)."""
+    named = []
+    for item in items:
+        text = str(item)
+        name, _, path = text.partition("=") if "=" in text else ("", "", text)
+        if not name:
+            p = Path(path)
+            name = p.parent.name if p.name == "model" else p.name.removesuffix(".json").removesuffix(".model_outputs")
+        named.append((name, path if option == "models" else Path(path)))
+    names = [n for n, _ in named]
+    twice = sorted({n for n in names if names.count(n) > 1 or n == REFERENCE})
+    if twice:
+        raise InputError(f"--{option}", f"two models are named '{twice[0]}' (or it is reserved): name them "
+                         "NAME=PATH")
+    return named
+
+
+def _answers_for(path: Path, prompts: pl.DataFrame, what: str) -> dict[str, str]:
+    """prompt_id -> answer from an outputs file; every eval prompt must be answered."""
+    frame = responses_from_files([read_records(path)], "long")
+    answers = dict(zip(frame[S.PROMPT_ID], frame[S.RESPONSE], strict=True))
+    missing = [p for p in prompts[S.PROMPT_ID] if p not in answers]
+    if missing:
+        example = prompts.filter(pl.col(S.PROMPT_ID) == missing[0])[S.PROMPT].to_list()[0]
+        raise InputError(str(path), f"the {what} file answers {len(prompts) - len(missing)} of the "
+                         f"{len(prompts)} eval instructions; {len(missing)} are missing, e.g. {str(example)[:80]!r}")
+    return answers
+
+
+def _generate(name: str, model: str, prompts: pl.DataFrame, settings: EvalSettings, store: Store,
+              show_progress: bool) -> dict[str, str]:
+    path = Path(model)
+    if (path / "model" / "config.json").exists() or (path / "model" / "adapter_config.json").exists():
+        model = str(path / "model")  # a training run's folder
+    source = SourceConfig(name=name, model=model, temperature=settings.temperature, batch_size=settings.batch_size,
+                          max_new_tokens=settings.max_new_tokens, seed=settings.seed)
+    check_source(source)
+    requests = source_requests(source, prompts, 1)
+    with progress_bar(show_progress) as progress:
+        tally = answer_all(requests, lambda: make_backend(source), store, "generation", name, progress)
+    if tally.failed or tally.failed_before:
+        raise InputError(f"--models {name}", f"{tally.failed + tally.failed_before} answers failed to generate "
+                         f"({', '.join(tally.reasons)})")
+    entries = store.get(r.key for r in requests)
+    return {pid: entries[r.key].value["text"] for pid, r in zip(prompts[S.PROMPT_ID], requests, strict=True)}  # type: ignore[index]
+
+
+def _write_model_outputs(answers: dict[str, str], prompts: pl.DataFrame, name: str, path: Path) -> None:
+    rows = [{"instruction": _instruction_text(prompt), "output": answers[pid], "generator": name,
+             "dataset": dataset or "pairforge"}
+            for pid, prompt, dataset in prompts.select(S.PROMPT_ID, S.PROMPT, "dataset").iter_rows()]
+    write_json(rows, path)
+
+
+def _instruction_text(prompt: Any) -> Any:
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"] if len(prompt) == 1 else prompt
+
+
+def _responses(answers: dict[str, dict[str, str]], prompts: pl.DataFrame) -> pl.DataFrame:
+    rows = [{S.PROMPT_ID: pid, S.PROMPT: prompt, S.SOURCE: name, S.RESPONSE: by_prompt[pid]}
+            for name, by_prompt in answers.items()
+            for pid, prompt in zip(prompts[S.PROMPT_ID], prompts[S.PROMPT].to_list(), strict=True)]
+    frame = pl.DataFrame(rows, schema={S.PROMPT_ID: pl.String, S.PROMPT: prompts.schema[S.PROMPT],
+                                       S.SOURCE: pl.String, S.RESPONSE: pl.String})
+    return frame.with_columns(pl.lit(0, pl.Int64).alias(S.SAMPLE))
+
+
+def _verdicts(scored: pl.DataFrame, judgments: pl.DataFrame | None, kind: str) -> pl.DataFrame:
+    """One row per (model, prompt): verdict (P(model beats reference), null if unknown), score, lengths."""
+    words = pl.col(S.RESPONSE).str.split(" ").list.eval(pl.element().filter(pl.element() != "")).list.len()
+    rows = scored.select(S.PROMPT_ID, pl.col(S.SOURCE).alias("model"), words.alias("length"), S.SCORE)
+    ref = rows.filter(pl.col("model") == REFERENCE).select(S.PROMPT_ID, pl.col("length").alias("reference_length"),
+                                                           pl.col(S.SCORE).alias("reference_score"))
+    rows = rows.filter(pl.col("model") != REFERENCE).join(ref, on=S.PROMPT_ID, how="left", maintain_order="left")
+    if kind == "llm-pairwise":
+        assert judgments is not None
+        rows = rows.join(judgments.select(S.PROMPT_ID, pl.col("source_a").alias("model"),
+                                          pl.col("p_a").alias("verdict")), on=[S.PROMPT_ID, "model"], how="left")
+    elif kind == "reward-model":
+        versus = pl.col(S.SCORE) - pl.col("reference_score")  # equal within float noise of batching: a tie
+        rows = rows.with_columns(pl.when(versus > _TIE).then(1.0).when(versus < -_TIE).then(0.0)
+                                 .when(versus.is_not_null()).then(0.5).otherwise(None).alias("verdict"))
+    else:
+        rows = rows.with_columns(pl.lit(None, pl.Float64).alias("verdict"))
+    return rows
+
+
+def _leaderboard(verdicts: pl.DataFrame, kind: str, settings: EvalSettings) -> list[dict[str, Any]]:
+    board = []
+    for model in verdicts["model"].unique(maintain_order=True):
+        rows = verdicts.filter(pl.col("model") == model)
+        entry: dict[str, Any] = {"model": model, "prompts": rows.height, "mean_length": float(rows["length"].mean()),
+                                 "reference_length": float(rows["reference_length"].mean())}
+        scores = rows[S.SCORE].drop_nulls().to_numpy()
+        if len(scores):
+            entry["score"] = _as_dict(win_rate(scores, settings.bootstrap, settings.seed))
+        usable = rows.filter(pl.col("verdict").is_not_null())
+        entry["unjudged"] = rows.height - (usable.height if kind != "similarity" else len(scores))
+        if kind != "similarity" and usable.height:
+            v = usable["verdict"].to_numpy()
+            entry["win_rate"] = _as_dict(win_rate(v, settings.bootstrap, settings.seed))
+            entry["length_controlled_win_rate"] = _as_dict(length_controlled_win_rate(
+                v, usable["length"].to_numpy(), usable["reference_length"].to_numpy(), settings.bootstrap,
+                settings.seed))
+            entry["per_dataset"] = {d or "-": float(g["verdict"].mean()) for (d,), g in
+                                    usable.group_by("dataset", maintain_order=True)}
+        board.append(entry)
+    key = "win_rate" if kind != "similarity" else "score"
+    board.sort(key=lambda e: -e[key]["value"] if key in e else np.inf)
+    column = "verdict" if key == "win_rate" else S.SCORE
+    for upper, lower in zip(board, board[1:], strict=False):
+        both = verdicts.filter(pl.col("model").is_in([upper["model"], lower["model"]])).pivot(
+            on="model", index=S.PROMPT_ID, values=column).drop_nulls()
+        if both.height:
+            gap, p = paired_difference(both[upper["model"]].to_numpy(), both[lower["model"]].to_numpy(),
+                                       settings.bootstrap, settings.seed)
+            upper["vs_next"] = {"model": lower["model"], "difference": gap, "p_value": p, "prompts": both.height}
+    return board
+
+
+def _as_dict(interval: Any) -> dict[str, float]:
+    return {"value": interval.value, "low": interval.low, "high": interval.high}
