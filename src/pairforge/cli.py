@@ -20,6 +20,7 @@ from rich.table import Table
 
 from pairforge.config import CurriculumConfig, JudgeConfig, PairsConfig, TrainConfig, load_recipe
 from pairforge.errors import EXIT_BAD_INPUT, InputError
+from pairforge.formatting import interval, number
 from pairforge.io import write_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -222,13 +223,13 @@ def judge_command(
                        "win rate", "std"):
             table.add_column(column, justify="left" if column == "source" else "right")
         for name, s in summary["per_source"].items():
-            table.add_row(name, str(s["answers"]), str(s["scored"]), _number(s["mean"]), _number(s["std"]))
+            table.add_row(name, str(s["answers"]), str(s["scored"]), number(s["mean"]), number(s["std"]))
         console.print(table)
         if summary["judge"] == "llm-pairwise":
             bias = summary["p_first_shown_wins"]
             console.print(f"{summary['comparisons']} comparisons, {summary['unreadable']} unreadable (left out), "
                           f"{summary['verdicts_from_logprobs']} verdicts from log-probs; the answer shown first "
-                          f"wins {_number(bias)} of the time (0.5 = no position bias)", highlight=False)
+                          f"wins {number(bias)} of the time (0.5 = no position bias)", highlight=False)
         written = [result.scored, *([result.judgments] if result.judgments else [])]
         console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
         if summary.get("failed_requests"):
@@ -328,7 +329,7 @@ def print_leaderboard(result: dict[str, Any]) -> None:
     for entry in result["models"]:
         cells = [entry["model"]]
         keys = ("win_rate", "length_controlled_win_rate", "score") if pairwise else ("score",)
-        cells += [_interval(entry.get(k)) for k in keys]
+        cells += [interval(entry.get(k)) for k in keys]
         cells += [f"{entry['mean_length']:.0f} ({entry['reference_length']:.0f})", str(entry["unjudged"])]
         nxt = entry.get("vs_next")
         cells.append(f"{nxt['difference']:+.3f} (p={nxt['p_value']:.3f})" if nxt else "")
@@ -341,12 +342,21 @@ def print_leaderboard(result: dict[str, Any]) -> None:
                           f"{nxt['p_value']:.2f}, {nxt['prompts']} prompts)", highlight=False)
 
 
-def _interval(value: dict[str, float] | None) -> str:
-    return "-" if not value else f"{value['value']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+@app.command("report")
+def report_command(
+    paths: list[Path] = typer.Argument(..., help="run folders / files: pairs summaries, training runs, judge and "
+                                       "eval outputs"),
+    out: Path = typer.Option(Path("report.html"), help="the HTML page; the Markdown twin and PNGs go beside it"),
+) -> None:
+    """One self-contained HTML report (and a Markdown twin) of pairs, sources, training and evaluation."""
+    def run() -> None:
+        from pairforge.report import build_report
 
+        sections = build_report(paths, out)
+        console.print(f"wrote {out} and {out.with_suffix('.md')} ({', '.join(s.title for s in sections)})",
+                      highlight=False)
 
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+    _fail_cleanly(run)
 
 
 @curriculum_app.command("show")
@@ -376,12 +386,12 @@ def curriculum_show(
         table = Table(title=f"curriculum: {cfg.schedule} by {cfg.difficulty}", title_justify="left")
         for column in ("stage", "batches", "pairs", "difficulty mean", "min", "max", "histogram (0..1)"):
             table.add_column(column, justify="left" if column in ("stage", "histogram (0..1)") else "right")
-        for number, name in enumerate(result.stage_names):
-            rows = [i for b, s in zip(result.batches, result.stages, strict=True) if s == number for i in b]
+        for stage, name in enumerate(result.stage_names):
+            rows = [i for b, s in zip(result.batches, result.stages, strict=True) if s == stage for i in b]
             if not rows:
                 continue
             d = values[rows]
-            table.add_row(name, str(sum(s == number for s in result.stages)), str(len(rows)), f"{d.mean():.3f}",
+            table.add_row(name, str(sum(s == stage for s in result.stages)), str(len(rows)), f"{d.mean():.3f}",
                           f"{d.min():.3f}", f"{d.max():.3f}", _sparkline(d))
         console.print(table)
         if result.dropped:
