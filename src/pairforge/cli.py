@@ -336,6 +336,9 @@ def print_leaderboard(result: dict[str, Any]) -> None:
         table.add_row(*cells)
     console.print(table)
     for entry in result["models"]:
+        if entry["unjudged"]:
+            console.print(f"{entry['model']}: {entry['unjudged']} of {entry['prompts']} prompts got no usable verdict "
+                          "and are left out of its numbers", highlight=False)
         nxt = entry.get("vs_next")
         if nxt and nxt["p_value"] >= 0.05:
             console.print(f"{entry['model']} vs {nxt['model']}: not significant at this size (p = "

@@ -241,7 +241,7 @@ def _significance(models: list[dict[str, Any]]) -> str:
 
 def _reproduce(files: list[Path]) -> Section:
     section = Section("reproduce", "Settings and versions")
-    configs = {str(f): _json(f).get("config") for f in files if f.name in ("run.json",) or
+    configs = {str(f): _json(f).get("config") for f in files if f.name in ("run.json", "leaderboard.json") or
                f.name.endswith(".summary.json")}
     section.paragraphs.append("<pre>" + html.escape(json.dumps({k: v for k, v in configs.items() if v}, indent=1))
                               + "</pre>")

@@ -73,7 +73,9 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
     write_table(verdicts, out_dir / VERDICTS_FILE)
     board = _leaderboard(verdicts, cfg.kind, settings)
     result = {"judge": cfg.kind, "prompts": prompts.height, "reference": str(reference), "models": board,
-              "judge_summary": {k: v for k, v in judge_summary.items() if k != "per_source"}}
+              "judge_summary": {k: v for k, v in judge_summary.items() if k != "per_source"},
+              "config": {"judge": cfg.model_dump(mode="json"), "settings": settings.__dict__,
+                         "models": [str(m) for m in models], "outputs": [str(o) for o in outputs]}}
     write_json(result, out_dir / LEADERBOARD_FILE)
     return result
 
