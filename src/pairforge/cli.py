@@ -6,6 +6,8 @@ command line win). Bad input ends with one line on stderr and exit code 2, never
 
 from __future__ import annotations
 
+import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -360,6 +362,61 @@ def report_command(
                       highlight=False)
 
     _fail_cleanly(run)
+
+
+@app.command("run")
+def run_command(
+    recipe: Path = typer.Argument(..., help="recipe YAML: prompts, sources, judge, pairs, runs, eval"),
+    from_stage: str | None = typer.Option(None, "--from", help="run this stage and every later one again "
+                                          "(generate, judge, rank, pairs, train, train:NAME, eval, report)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate, check the input files, print the plan; run "
+                                 "nothing"),
+    quick: bool = typer.Option(False, "--quick", help="a smoke test: few prompts, short answers, 2 steps per run"),
+) -> None:
+    """The whole recipe end to end in one run folder; finished stages are skipped, so a re-run resumes."""
+    def run() -> None:
+        from pairforge import pipeline
+
+        cfg, run_dir = pipeline.load(recipe, quick)
+        the_plan = pipeline.plan(cfg, run_dir)
+        warnings = pipeline.preflight(cfg)
+        table = Table(title=f"plan: {recipe.name}{' (quick)' if quick else ''} -> {run_dir}", title_justify="left")
+        for column in ("stage", "what", "size", "estimate"):
+            table.add_column(column, justify="right" if column == "estimate" else "left")
+        for stage in the_plan.stages:
+            table.add_row(stage.name, stage.what, stage.size, _duration(stage.estimate_s))
+        known = [s.estimate_s for s in the_plan.stages if s.estimate_s is not None]
+        table.add_row("[bold]total", "", "", ("~" if len(known) < len(the_plan.stages) else "") +
+                      _duration(sum(known)) + " (rough, 2-core CPU)")
+        console.print(table)
+        for line in warnings:
+            console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
+        if dry_run:
+            console.print("dry run: the recipe is valid and its inputs read; nothing was run", highlight=False)
+            return
+        if warnings:
+            raise InputError(str(recipe), warnings[0])
+        started = time.perf_counter()
+        done = pipeline.run(the_plan, from_stage,
+                            lambda name, message: console.print(f"[bold]{name}[/]: {message}", highlight=False))
+        summary = Table(title=f"done in {_duration(time.perf_counter() - started)}", title_justify="left")
+        for column in ("stage", "status", "time"):
+            summary.add_column(column)
+        for entry in done:
+            summary.add_row(entry["stage"], entry["status"], _duration(entry.get("seconds")))
+        console.print(summary)
+        board = run_dir / "eval" / "leaderboard.json"
+        if board.exists():
+            print_leaderboard(json.loads(board.read_text()))
+        console.print(f"report: {run_dir / 'report.html'}", highlight=False)
+
+    _fail_cleanly(run)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 @curriculum_app.command("show")

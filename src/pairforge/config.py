@@ -7,6 +7,7 @@ errors (a typo must not silently fall back to a default), reported with the key'
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,8 +62,8 @@ class PairsConfig(Section):
         None, description="ranked: declared strength order; scored: by scores; verified: order kept where scores "
         "agree. Default: ranked when `rank` is set, else scored")
     rank: str | None = Field(None, description="strength order, strongest first: 'gpt-4 > chatgpt > davinci'")
-    rank_from: Path | None = Field(None, description="or: a ranking.json from `pairforge rank`; only the orders it "
-                                   "found significant make pairs")
+    rank_from: Path | None = Field(None, description="or: a ranking.json from `pairforge rank` ('ranking' in a "
+                                   "pipeline: its own); only the orders it found significant make pairs")
     pair_types: str = Field("all", description="'all', 'adjacent', 'extremes' or 'a>b,c>d' (ranked, verified)")
     scored_mode: Literal["best-worst", "best-random", "all"] = Field("best-worst", description="scored strategy")
     min_margin: float = Field(0.0, ge=0, description="scored: smallest score gap that makes a pair (ties never do)")
@@ -209,9 +210,11 @@ class SourceConfig(Section):
     """
 
     name: str = Field("", description="the source's name in responses and pair types ('gpt-4')")
-    backend: Literal["transformers", "openai", "vllm"] = Field("transformers", description="transformers: "
-                                                               "local; openai: any OpenAI-compatible server; "
-                                                               "vllm: offline GPU engine")
+    backend: Literal["transformers", "openai", "vllm", "file"] = Field(
+        "transformers", description="transformers: local; openai: any OpenAI-compatible server; vllm: offline GPU "
+        "engine; file: answers that already exist (`path`)")
+    path: Path | None = Field(None, description="file: an answers file (AlpacaEval outputs, long, ...) to take "
+                              "this source's answers from")
     model: str = Field("embedded", description="'embedded', a model folder or hub id, or the server's model name")
     endpoint: Literal["chat", "completions"] = Field("chat", description="chat: chat template / chat API; "
                                                      "completions: the prompt as plain text, no template")
@@ -229,6 +232,12 @@ class SourceConfig(Section):
     max_retries: int = Field(6, ge=0, description="openai: retries on 429 / 5xx / timeouts / dropped connections")
     batch_size: int = Field(8, ge=1, description="transformers: prompts per generate() call")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="transformers / vllm weights")
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> SourceConfig:
+        if (self.backend == "file") != (self.path is not None):
+            raise ValueError("backend file needs `path` (and `path` is only for backend file)")
+        return self
 
     def cache_settings(self) -> dict[str, Any]:
         """What determines the answers: the cache key's settings part."""
@@ -274,9 +283,42 @@ class RankingConfig(Section):
     seed: int = 0
 
 
+class RunConfig(TrainConfig):
+    """One training run of a pipeline (an entry of `runs`): a train section with a name."""
+
+    name: str = Field(..., description="the run's name: its folder, and its name in the evaluation")
+    after: str | None = Field(None, description="start from this earlier run's model (e.g. sft) instead of `model`")
+
+
+class EvalConfig(Section):
+    """The pipeline's evaluation (the `eval` section): every run's answers judged against references."""
+
+    prompts: Literal["held-out"] | Path = Field("held-out", description="'held-out' (the pairs' eval split) or "
+                                                "a prompts file")
+    reference: Path | None = Field(None, description="reference answers (AlpacaEval shape; default: a file source "
+                                   "named by `reference_source`)")
+    reference_source: str | None = Field(None, description="or: the source whose answers are the reference")
+    judge: JudgeConfig = Field(default_factory=lambda: JudgeConfig(kind="similarity", reference="reference"),
+                               description="default: similarity to the reference (offline)")
+    base: bool = Field(True, description="also evaluate the starting model, untrained")
+    max_new_tokens: int = Field(128, ge=1)
+    bootstrap: int = Field(1000, ge=10)
+
+
+class QuickConfig(Section):
+    """What `pairforge run --quick` shrinks, for a smoke test of a whole recipe in about a minute."""
+
+    prompts: int = Field(12, ge=2, description="use only the first N prompts")
+    max_new_tokens: int = Field(16, ge=1, description="cap on every source's and the evaluation's answers")
+    max_steps: int = Field(2, ge=1, description="cap on every run's optimiser steps")
+    bootstrap: int = Field(100, ge=10)
+
+
 class Recipe(Section):
     """A whole recipe; stages not configured yet are simply absent."""
 
+    run_dir: Path | None = Field(None, description="where `pairforge run` writes every stage (default: "
+                                 "runs/<recipe name> beside the recipe)")
     prompts: Path | None = Field(None, description="prompts to answer: JSONL/JSON/Parquet rows with prompt (or "
                                  "instruction [+ input], or chat messages)")
     sources: list[SourceConfig] = Field(default_factory=list, description="the models that answer, any order")
@@ -285,6 +327,21 @@ class Recipe(Section):
     ranking: RankingConfig = Field(default_factory=RankingConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    runs: list[RunConfig] = Field(default_factory=list, description="`pairforge run`: training runs in order "
+                                  "(sft, then dpo / slic after it, ...)")
+    eval: EvalConfig | None = None
+    quick: QuickConfig = Field(default_factory=QuickConfig)
+
+    @model_validator(mode="after")
+    def _named_runs(self) -> Recipe:
+        seen: list[str] = []
+        for run in self.runs:
+            if run.name in seen:
+                raise ValueError(f"run name '{run.name}' is used twice")
+            if run.after is not None and run.after not in seen:
+                raise ValueError(f"run '{run.name}' starts after '{run.after}', which is not an earlier run")
+            seen.append(run.name)
+        return self
 
     @model_validator(mode="after")
     def _named_sources(self) -> Recipe:
@@ -325,14 +382,24 @@ def _relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Paths inside a recipe are relative to the recipe's folder, so a recipe runs from anywhere."""
     def rebase(section: Any, key: str) -> None:
         if isinstance(section, dict) and isinstance(section.get(key), str):
-            section[key] = str(base / section[key])
+            section[key] = os.path.normpath(base / section[key])
         elif isinstance(section, dict) and isinstance(section.get(key), list):
-            section[key] = [str(base / p) if isinstance(p, str) else p for p in section[key]]
+            section[key] = [os.path.normpath(base / p) if isinstance(p, str) else p for p in section[key]]
 
     pairs, train = data.get("pairs"), data.get("train")
     rebase(data, "prompts")
+    rebase(data, "run_dir")
+    for source in data.get("sources") or []:
+        rebase(source, "path")
+    for run in data.get("runs") or []:
+        rebase(run, "pairs")
+        rebase(run, "eval_pairs")
+    if isinstance(data.get("eval"), dict) and data["eval"].get("prompts") != "held-out":
+        rebase(data["eval"], "prompts")
+    rebase(data.get("eval"), "reference")
     rebase(pairs, "inputs")
-    rebase(pairs, "rank_from")
+    if isinstance(pairs, dict) and pairs.get("rank_from") != "ranking":  # 'ranking': the run's own ranking.json
+        rebase(pairs, "rank_from")
     rebase(pairs.get("filters") if isinstance(pairs, dict) else None, "decontaminate")
     rebase(train, "pairs")
     rebase(train, "eval_pairs")

@@ -59,6 +59,8 @@ def check_source(cfg: SourceConfig) -> None:
     """Fail before any work when a source cannot run here: a missing package or API key is one clear line."""
     needs = {"openai": ("openai", "pip install openai"),
              "vllm": ("vllm", "pip install 'pairforge[vllm]' on a GPU machine (or use backend transformers / openai)")}
+    if cfg.backend == "file" and not (cfg.path and cfg.path.exists()):
+        raise InputError(f"source '{cfg.name}'", f"backend file: no such answers file {cfg.path}")
     if cfg.backend in needs:
         package, hint = needs[cfg.backend]
         if importlib.util.find_spec(package) is None:

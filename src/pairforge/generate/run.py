@@ -25,10 +25,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pairforge import schema as S
 from pairforge.config import Recipe, SourceConfig
 from pairforge.errors import InputError
-from pairforge.formats import prompts_from_file
+from pairforge.formats import prompts_from_file, responses_from_files
 from pairforge.generate.base import Backend, Completion, Request, check_source, make_backend
 from pairforge.generate.store import Store
-from pairforge.io import write_table
+from pairforge.io import read_records, write_table
 
 RESPONSES_FILE = "responses.parquet"
 STORE_FILE = "store.sqlite"
@@ -148,12 +148,16 @@ def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: li
     try:
         with progress_bar(show_progress) as progress:
             for source in recipe.sources:
-                if only and source.name not in only:
+                if only and source.name not in only or source.backend == "file":
                     continue
                 requests = source_requests(source, prompts, recipe.samples_per_source)
                 tallies[source.name] = answer_all(requests, lambda s=source: make_backend(s), store, "generation",
                                                   source.name, progress, retry_failed)
         frame = exported_responses(store, recipe, prompts)
+        for source in recipe.sources:
+            if source.backend == "file" and (not only or source.name in only):
+                found = frame.filter(pl.col(S.SOURCE) == source.name).height
+                tallies[source.name] = Tally(total=prompts.height * recipe.samples_per_source, cached=found)
     finally:
         store.close()
     path = write_table(frame, out_dir / RESPONSES_FILE)
@@ -171,11 +175,32 @@ def source_requests(source: SourceConfig, prompts: pl.DataFrame, samples: int) -
     return requests
 
 
+_ANSWER_SCHEMA = {S.PROMPT_ID: pl.String, "_index": pl.Int64, S.SOURCE: pl.String, S.SAMPLE: pl.Int64,
+                  S.RESPONSE: pl.String, S.FINISH_REASON: pl.String}
+
+
+def file_answers(source: SourceConfig, prompts: pl.DataFrame, samples: int) -> pl.DataFrame:
+    """A file source's answers to the recipe's prompts (those it has; the pairs stage counts the rest)."""
+    assert source.path is not None
+    frame = responses_from_files([read_records(source.path)], "auto")
+    found = frame[S.SOURCE].unique().to_list()
+    if len(found) > 1:
+        raise InputError(str(source.path), f"source '{source.name}' takes one model's answers, but the file has "
+                         f"answers from {len(found)} ({', '.join(sorted(found)[:4])}); split it per model")
+    index = prompts.select(S.PROMPT_ID).with_row_index("_index").with_columns(pl.col("_index").cast(pl.Int64))
+    return (frame.filter(pl.col(S.SAMPLE) < samples).join(index, on=S.PROMPT_ID)
+            .select(S.PROMPT_ID, "_index", pl.lit(source.name).alias(S.SOURCE), S.SAMPLE, S.RESPONSE,
+                    pl.col(S.FINISH_REASON).fill_null("stop")))
+
+
 def exported_responses(store: Store, recipe: Recipe, prompts: pl.DataFrame) -> pl.DataFrame:
     """The responses records of every successful answer of the recipe's sources, in prompt order."""
     rows: dict[str, list[Any]] = {c: [] for c in (S.PROMPT_ID, "_index", S.SOURCE, S.SAMPLE, S.RESPONSE,
                                                    S.FINISH_REASON)}
+    files = [file_answers(s, prompts, recipe.samples_per_source) for s in recipe.sources if s.backend == "file"]
     for source in recipe.sources:
+        if source.backend == "file":
+            continue
         settings = source.cache_settings()
         keys = {cache_key("gen", settings, source.name, pid, sample): (index, pid, sample)
                 for index, pid in enumerate(prompts[S.PROMPT_ID]) for sample in range(recipe.samples_per_source)}
@@ -185,8 +210,7 @@ def exported_responses(store: Store, recipe: Recipe, prompts: pl.DataFrame) -> p
                 for column, value in zip(rows, (pid, index, source.name, sample, entry.value["text"],  # type: ignore[index]
                                                 entry.value["finish_reason"]), strict=True):  # type: ignore[index]
                     rows[column].append(value)
-    answers = pl.DataFrame(rows, schema={S.PROMPT_ID: pl.String, "_index": pl.Int64, S.SOURCE: pl.String,
-                                         S.SAMPLE: pl.Int64, S.RESPONSE: pl.String, S.FINISH_REASON: pl.String})
+    answers = pl.concat([pl.DataFrame(rows, schema=_ANSWER_SCHEMA), *files])
     return (answers.join(prompts.select(S.PROMPT_ID, S.PROMPT, "dataset"), on=S.PROMPT_ID, how="left")
             .with_columns(pl.lit(None, pl.Float64).alias(S.SCORE))
             .sort("_index", S.SOURCE, S.SAMPLE).select(*S.RESPONSE_COLUMNS, "dataset"))

@@ -1,0 +1,351 @@
+"""`pairforge run RECIPE`: every stage of a recipe in order, in one run folder, resumable.
+
+Stages: generate -> judge (when the recipe has a judge) -> rank (judge given and at least two judged
+sources) -> pairs -> one stage per training run -> eval (when the recipe has an eval section) -> report.
+A stage whose outputs exist and whose settings and input files are unchanged (one fingerprint,
+kept in <run_dir>/stages/<stage>.json) is skipped; `--from STAGE` runs that stage and everything after
+it again. Inside a stage, the work is resumable too (the generation store, training checkpoints).
+`--dry-run` validates the recipe, checks a few rows of every input file, and prints the plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pairforge import schema as S
+from pairforge.config import Recipe, RunConfig, load_recipe
+from pairforge.errors import InputError
+from pairforge.io import write_json
+
+# Seconds per unit of work for the embedded model on the project's 2-core CPU (measured on the
+# quickstart; a rough guide, printed as such; other models get no estimate).
+_SECONDS_PER_LOCAL_TOKEN = 1 / 60
+_SECONDS_PER_PAIR_PASS = 0.5
+
+
+@dataclass
+class Stage:
+    name: str
+    what: str
+    size: str
+    estimate_s: float | None
+    run: Callable[[], list[Path]]
+    inputs: list[Path] = field(default_factory=list)
+    settings: Any = None
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode())
+        for path in self.inputs:
+            digest.update(_file_digest(path).encode())
+        return digest.hexdigest()
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    run_dir: Path
+    stages: list[Stage]
+
+
+def load(recipe_path: Path, quick: bool = False) -> tuple[Recipe, Path]:
+    recipe = load_recipe(recipe_path)
+    run_dir = recipe.run_dir or recipe_path.parent / "runs" / recipe_path.stem
+    if quick:
+        run_dir = run_dir.with_name(run_dir.name + "-quick")
+        recipe = _quick(recipe, run_dir)
+    return recipe, run_dir
+
+
+def plan(recipe: Recipe, run_dir: Path) -> Plan:
+    """The stages this recipe needs, with sizes and rough time estimates; checks inputs, runs nothing."""
+    from pairforge.formats import prompts_from_file
+    from pairforge.generate.run import RESPONSES_FILE
+    from pairforge.judge.run import SCORED_FILE
+
+    if recipe.prompts is None or not recipe.sources:
+        raise InputError("recipe", "`pairforge run` needs `prompts:` and `sources:`")
+    prompts = prompts_from_file(recipe.prompts)
+    n_prompts = prompts.height
+    answers = n_prompts * recipe.samples_per_source
+    stages = [Stage("generate", f"{len(recipe.sources)} sources answer {n_prompts} prompts",
+                    f"{answers * len(recipe.sources)} answers",
+                    _generation_estimate(recipe, answers), lambda: _generate(recipe, run_dir),
+                    [recipe.prompts, *[s.path for s in recipe.sources if s.path]],
+                    [recipe.samples_per_source, [s.model_dump(mode="json", exclude={"api_key_env"})
+                                                 for s in recipe.sources]])]
+    responses = run_dir / RESPONSES_FILE
+    if recipe.judge is not None:
+        judge_estimate = 10 if recipe.judge.kind == "similarity" else None
+        stages.append(Stage("judge", f"{recipe.judge.kind} judge", f"{answers * len(recipe.sources)} answers",
+                            judge_estimate,
+                            lambda: _judge(recipe, run_dir), [responses], recipe.judge.model_dump(mode="json")))
+        stages.append(Stage("rank", "Bradley-Terry source strength", f"{len(recipe.sources)} sources", 5,
+                            lambda: _rank(recipe, run_dir), [run_dir / SCORED_FILE],
+                            recipe.ranking.model_dump(mode="json")))
+    pairs_input = run_dir / SCORED_FILE if recipe.judge is not None else responses
+    pairs_cfg = _pairs_config(recipe, run_dir, pairs_input)
+    stages.append(Stage("pairs", f"pairs ({pairs_cfg.resolved_strategy}, {pairs_cfg.pair_types})",
+                        f"<= {n_prompts * len(recipe.sources) ** 2 // 2} pairs", 5,
+                        lambda: _pairs(pairs_cfg), [pairs_input], pairs_cfg.model_dump(mode="json")))
+    for run in recipe.runs:
+        cfg = _run_config(run, run_dir)
+        passes = n_prompts * max(1, len(recipe.sources) - 1) * cfg.epochs
+        steps = f"<= {cfg.max_steps} steps" if cfg.max_steps else f"~{passes} pair passes"
+        stages.append(Stage(f"train:{run.name}", f"{_method(cfg.method)}" + (f" after {run.after}" if run.after
+                                                                                else "") +
+                            (f", curriculum {cfg.curriculum.schedule}" if cfg.curriculum else ""), steps,
+                            _train_estimate(cfg, passes), lambda c=cfg: _train(c),
+                            [cfg.pairs, *([run_dir / "train" / run.after / "model" / "config.json"]
+                                          if run.after else [])], cfg.model_dump(mode="json")))
+    if recipe.eval is not None:
+        models = (["base"] if recipe.eval.base else []) + [r.name for r in recipe.runs]
+        eval_prompts = "held-out prompts" if recipe.eval.prompts == "held-out" else str(recipe.eval.prompts)
+        stages.append(Stage("eval", f"{recipe.eval.judge.kind} vs reference on {eval_prompts}",
+                            f"{len(models)} models", _eval_estimate(recipe, len(models)),
+                            lambda: _evaluate(recipe, run_dir), [pairs_cfg.out, *[run_dir / "train" / r.name / "model"
+                                                                                   / "config.json" for r in
+                                                                                   recipe.runs]],
+                            [recipe.eval.model_dump(mode="json"), models]))
+    stages.append(Stage("report", "HTML + Markdown report", "1 page", 10, lambda: _report(run_dir), [], None))
+    return Plan(recipe, run_dir, stages)
+
+
+def preflight(recipe: Recipe) -> list[str]:
+    """What would stop a real run although the recipe is valid (a missing key, package or file), as lines;
+    every answers file is read and checked now, so a format problem fails the dry run."""
+    from pairforge.formats import responses_from_files
+    from pairforge.generate.base import check_source
+    from pairforge.io import read_records
+
+    problems = []
+    for source in recipe.sources:
+        try:
+            check_source(source)
+        except InputError as exc:
+            problems.append(str(exc))
+        if source.backend == "file" and source.path is not None and source.path.exists():
+            responses_from_files([read_records(source.path)], "auto")
+    if recipe.eval is not None and recipe.eval.reference is not None:
+        responses_from_files([read_records(recipe.eval.reference)], "auto")
+    return problems
+
+
+def run(plan_: Plan, start: str | None = None, progress: Callable[[str, str], None] = lambda s, m: None
+        ) -> list[dict[str, Any]]:
+    """Run the plan's stages; skip finished ones (unless at or after `start`). Returns what each did."""
+    names = [s.name for s in plan_.stages]
+    if start is not None and not any(n == start or n.split(":")[0] == start for n in names):
+        raise InputError("--from", f"no stage '{start}' in this recipe (stages: {', '.join(names)})")
+    forced = False
+    done = []
+    for stage in plan_.stages:
+        forced = forced or stage.name == start or stage.name.split(":")[0] == start
+        marker = plan_.run_dir / "stages" / f"{stage.name.replace(':', '-')}.json"
+        fingerprint = stage.fingerprint()
+        if not forced and stage.name != "report" and _finished(marker, fingerprint):
+            progress(stage.name, "skipped (finished, inputs and settings unchanged)")
+            done.append({"stage": stage.name, "status": "skipped"})
+            continue
+        progress(stage.name, f"running: {stage.what}")
+        began = time.perf_counter()
+        outputs = stage.run()
+        seconds = time.perf_counter() - began
+        write_json({"fingerprint": stage.fingerprint(), "outputs": [str(p) for p in outputs], "seconds": seconds},
+                   marker)
+        done.append({"stage": stage.name, "status": "ran", "seconds": seconds, "outputs": [str(p) for p in outputs]})
+    return done
+
+
+def _finished(marker: Path, fingerprint: str) -> bool:
+    if not marker.exists():
+        return False
+    info = json.loads(marker.read_text())
+    return info.get("fingerprint") == fingerprint and all(Path(p).exists() for p in info.get("outputs", []))
+
+
+def _file_digest(path: Path) -> str:
+    """Content hash of a file (a folder: of its files' names and contents); '-' when it does not exist yet."""
+    if not path.exists():
+        return "-"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+# --- the stages --------------------------------------------------------------------------------------
+
+def _generate(recipe: Recipe, run_dir: Path) -> list[Path]:
+    from pairforge.generate.run import generate
+
+    result = generate(recipe, run_dir)
+    if result.failed:
+        raise InputError("generate", f"{result.failed} requests failed; run again (they are retried with "
+                         "`pairforge generate RECIPE --retry-failed --out RUN_DIR`)")
+    return [result.responses]
+
+
+def _judge(recipe: Recipe, run_dir: Path) -> list[Path]:
+    from pairforge.judge.run import judge
+
+    result = judge(recipe, run_dir)
+    return [result.scored, *([result.judgments] if result.judgments else [])]
+
+
+def _rank(recipe: Recipe, run_dir: Path) -> list[Path]:
+    from pairforge.judge.ranking import comparisons_from_scores, fit
+    from pairforge.judge.run import JUDGMENTS_FILE, SCORED_FILE
+
+    path = run_dir / JUDGMENTS_FILE
+    comparisons = pl.read_parquet(path) if path.exists() else comparisons_from_scores(
+        pl.read_parquet(run_dir / SCORED_FILE))
+    cfg = recipe.ranking
+    ranking = fit(comparisons, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.min_win_probability)
+    return [write_json(ranking.to_json(), run_dir / "ranking.json")]
+
+
+def _pairs_config(recipe: Recipe, run_dir: Path, responses: Path):  # -> PairsConfig
+    cfg = recipe.pairs
+    update: dict[str, Any] = {"inputs": [responses], "out": run_dir / "pairs.parquet"}
+    if cfg.rank_from is not None and str(cfg.rank_from) == "ranking":
+        update["rank_from"] = run_dir / "ranking.json"
+    return cfg.model_copy(update=update)
+
+
+def _pairs(cfg: Any) -> list[Path]:
+    from pairforge.pairs.run import build_from_files
+
+    result = build_from_files(cfg)
+    if not sum(result.summary["pairs"]["train"].values()):
+        drops = {**result.summary["dropped_answers"], **result.summary["dropped_prompts"]}
+        raise InputError("pairs", "no training pairs were built (dropped: " + ", ".join(
+            f"{reason}: {n}" for reason, n in drops.items() if n) + ")")
+    return result.written
+
+
+def _run_config(run: RunConfig, run_dir: Path) -> RunConfig:
+    update: dict[str, Any] = {"out": run_dir / "train" / run.name}
+    if run.pairs is None:
+        update["pairs"] = run_dir / "pairs.parquet"
+    if run.after is not None:
+        update["model"] = str(run_dir / "train" / run.after / "model")
+    return run.model_copy(update=update)
+
+
+def _train(cfg: RunConfig) -> list[Path]:
+    from pairforge.train.trainer import train
+
+    result = train(cfg)
+    return [result.out / "model", result.out / "metrics.jsonl"]
+
+
+def _evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
+    from pairforge.evaluate.run import EvalSettings, evaluate
+
+    cfg = recipe.eval
+    assert cfg is not None
+    prompts = cfg.prompts if cfg.prompts != "held-out" else _held_out_prompts(run_dir)
+    reference = cfg.reference or _reference_file(recipe, run_dir, cfg.reference_source)
+    base = recipe.runs[0].model if recipe.runs else recipe.train.model
+    models = ([f"base={base}"] if cfg.base else []) + [f"{r.name}={run_dir / 'train' / r.name}" for r in recipe.runs]
+    evaluate(models, [], reference, cfg.judge, run_dir / "eval", prompts,
+             EvalSettings(max_new_tokens=cfg.max_new_tokens, bootstrap=cfg.bootstrap))
+    return [run_dir / "eval" / "leaderboard.json"]
+
+
+def _held_out_prompts(run_dir: Path) -> Path:
+    held_out = run_dir / "pairs.eval.parquet"
+    if not held_out.exists():
+        raise InputError("eval.prompts", "'held-out' needs the pairs' eval split: set pairs.eval_fraction > 0")
+    frame = pl.read_parquet(held_out).select(S.PROMPT_ID, S.PROMPT).unique(S.PROMPT_ID, maintain_order=True)
+    path = run_dir / "eval" / "prompts.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(path)
+    return path
+
+
+def _reference_file(recipe: Recipe, run_dir: Path, source: str | None) -> Path:
+    """A source's answers (from responses.parquet) as the reference outputs file."""
+    if source is None:
+        raise InputError("eval", "expected `reference` (an answers file) or `reference_source` (a source name)")
+    from pairforge.generate.run import RESPONSES_FILE
+
+    frame = pl.read_parquet(run_dir / RESPONSES_FILE).filter((pl.col(S.SOURCE) == source) & (pl.col(S.SAMPLE) == 0))
+    if frame.is_empty():
+        raise InputError("eval.reference_source", f"no answers from source '{source}'")
+    path = run_dir / "eval" / "reference.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.select(S.PROMPT_ID, S.PROMPT, S.SOURCE, S.RESPONSE).write_parquet(path)
+    return path
+
+
+def _report(run_dir: Path) -> list[Path]:
+    from pairforge.report import build_report
+
+    out = run_dir / "report.html"
+    build_report([run_dir], out)
+    return [out]
+
+
+# --- estimates and --quick ---------------------------------------------------------------------------
+
+def _generation_estimate(recipe: Recipe, answers: int) -> float | None:
+    local = [s for s in recipe.sources if s.backend == "transformers" and s.model == "embedded"]
+    if len(local) + sum(s.backend == "file" for s in recipe.sources) < len(recipe.sources):
+        return None
+    return sum(answers * s.max_new_tokens * _SECONDS_PER_LOCAL_TOKEN for s in local)
+
+
+def _train_estimate(cfg: RunConfig, passes: int) -> float | None:
+    if cfg.model != "embedded" and cfg.after is None:
+        return None
+    if cfg.max_steps:
+        passes = min(passes, cfg.max_steps * cfg.batch_size * cfg.grad_accum)
+    return passes * _SECONDS_PER_PAIR_PASS
+
+
+def _eval_estimate(recipe: Recipe, models: int) -> float | None:
+    assert recipe.eval is not None
+    share = recipe.pairs.eval_fraction if recipe.eval.prompts == "held-out" else 1.0
+    prompts = 50 * share  # a rough count: the prompt file is read at run time
+    return models * prompts * recipe.eval.max_new_tokens * _SECONDS_PER_LOCAL_TOKEN
+
+
+def _method(method: Any) -> str:
+    return method if isinstance(method, str) else "+".join(f"{w}*{n}" for n, w in method.items())
+
+
+def _quick(recipe: Recipe, run_dir: Path) -> Recipe:
+    """The recipe shrunk for a smoke test: the first prompts, short answers, a few steps."""
+    from pairforge.formats import prompts_from_file
+
+    q = recipe.quick
+    if recipe.prompts is None:
+        raise InputError("recipe", "`pairforge run` needs `prompts:`")
+    small = recipe.model_copy(deep=True)
+    prompts = prompts_from_file(recipe.prompts).head(q.prompts)
+    path = run_dir / "quick-prompts.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prompts.select(S.PROMPT_ID, S.PROMPT).write_parquet(path)
+    small.prompts = path
+    for source in small.sources:
+        source.max_new_tokens = min(source.max_new_tokens, q.max_new_tokens)
+    for run in small.runs:
+        run.max_steps = min(run.max_steps or q.max_steps, q.max_steps)
+    if small.eval is not None:
+        small.eval.max_new_tokens = min(small.eval.max_new_tokens, q.max_new_tokens)
+        small.eval.bootstrap = q.bootstrap
+    small.ranking.bootstrap = min(small.ranking.bootstrap, q.bootstrap)
+    return small
