@@ -412,10 +412,17 @@ def run_command(
         for entry in done:
             summary.add_row(entry["stage"], entry["status"], _duration(entry.get("seconds")))
         console.print(summary)
+        ranking = run_dir / "ranking.json"
+        check = json.loads(ranking.read_text()).get("declared_check") if ranking.exists() else None
+        if check:
+            console.print(f"declared order {check['declared']}: the judge's ranking confirms "
+                          f"{', '.join(check['confirmed']) or 'nothing'}" + (f"; not confirmed: "
+                          f"{', '.join(check['not_confirmed'])}" if check["not_confirmed"] else ""), highlight=False)
         board = run_dir / "eval" / "leaderboard.json"
         if board.exists():
             print_leaderboard(json.loads(board.read_text()))
-        console.print(f"report: {run_dir / 'report.html'}", highlight=False)
+        if (run_dir / "report.html").exists():
+            console.print(f"report: {run_dir / 'report.html'}", highlight=False)
 
     _fail_cleanly(run)
 

@@ -250,7 +250,16 @@ def _rank(recipe: Recipe, run_dir: Path) -> list[Path]:
         pl.read_parquet(run_dir / SCORED_FILE))
     cfg = recipe.ranking
     ranking = fit(comparisons, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.min_win_probability)
-    return [write_json(ranking.to_json(), run_dir / "ranking.json")]
+    result = ranking.to_json()
+    if recipe.pairs.rank:  # the declared order, checked against the judge's
+        from pairforge.pairs.order import parse_rank
+
+        found = set(result["rank"].split(", ")) if result["rank"] else set()
+        declared = sorted(f"{a} > {b}" for a, b in parse_rank(recipe.pairs.rank).beats)
+        result["declared_check"] = {"declared": recipe.pairs.rank,
+                                    "confirmed": [d for d in declared if d in found],
+                                    "not_confirmed": [d for d in declared if d not in found]}
+    return [write_json(result, run_dir / "ranking.json")]
 
 
 def _pairs_config(recipe: Recipe, run_dir: Path, responses: Path):  # -> PairsConfig

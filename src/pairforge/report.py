@@ -124,6 +124,11 @@ def _sources(files: list[Path]) -> Section | None:
                                  else ""] for s, a in zip(ranking["sources"], [*ranking["adjacent"], None],
                                                           strict=True)]))
         section.paragraphs.append(f"Significant order: {ranking['rank'] or 'none'} ({ranking['prompts']} prompts).")
+        check = ranking.get("declared_check")
+        if check:
+            section.paragraphs.append(f"Declared order {check['declared']}: confirmed "
+                                      f"{', '.join(check['confirmed']) or 'nothing'}; not confirmed: "
+                                      f"{', '.join(check['not_confirmed']) or 'nothing'}.")
         fig, ax = plt.subplots(figsize=(6, 0.6 + 0.5 * len(ranking["sources"])))
         strengths = ranking["sources"][::-1]
         ax.errorbar([s["strength"] for s in strengths], range(len(strengths)),
