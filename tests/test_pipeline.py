@@ -81,7 +81,7 @@ def test_dry_run_validates_checks_inputs_and_runs_nothing(tmp_path: Path) -> Non
     recipe = relocated(QUICKSTART, tmp_path)
     result = pairforge("run", str(recipe), "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert "dry run" in result.stderr and "train:dpo-curriculum" in result.stderr.replace("…", "")
+    assert "dry run" in result.stderr and "train:dpo-curriculum" in result.stderr
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.parquet"))
 
 

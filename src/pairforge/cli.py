@@ -387,7 +387,8 @@ def run_command(
         the_plan = pipeline.plan(cfg, run_dir)
         warnings = pipeline.preflight(cfg)
         table = Table(title=f"plan: {recipe.name}{' (quick)' if quick else ''} -> {run_dir}", title_justify="left")
-        for column in ("stage", "what", "size", "estimate"):
+        table.add_column("stage", no_wrap=True, min_width=max(len(s.name) for s in the_plan.stages))
+        for column in ("what", "size", "estimate"):
             table.add_column(column, justify="right" if column == "estimate" else "left")
         for stage in the_plan.stages:
             table.add_row(stage.name, stage.what, stage.size, _duration(stage.estimate_s))
