@@ -107,3 +107,11 @@ def test_docs_pages_list_every_recipe_field_as_validated() -> None:
         page = REPO / "docs" / f"{stage}.md"
         stale = f"{page} is stale: run python -m pairforge.recipe_docs docs"
         assert page.read_text(encoding="utf-8") == render(stage), stale
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes" / "paper").glob("*.yaml")), ids=lambda p: p.stem)
+def test_paper_recipes_pass_a_dry_run(recipe: Path) -> None:
+    """Valid, their data formats checked on the shipped samples, a plan printed; no GPU, data or key here."""
+    result = pairforge("run", str(recipe), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "dry run: the recipe is valid" in result.stderr and "format on alpaca_data.sample.json" in result.stderr

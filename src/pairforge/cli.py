@@ -397,7 +397,7 @@ def run_command(
                       _duration(sum(known)) + " (rough, 2-core CPU)")
         console.print(table)
         for line in [*notes, *warnings]:
-            console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
+            console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
         if dry_run:
             console.print("dry run: the recipe is valid and its inputs read; nothing was run", highlight=False)
             return
