@@ -30,7 +30,7 @@ pairs_app = typer.Typer(no_args_is_help=True, help="Build preference pairs from 
 app.add_typer(pairs_app, name="pairs")
 curriculum_app = typer.Typer(no_args_is_help=True, help="Inspect a curriculum before training on it.")
 app.add_typer(curriculum_app, name="curriculum")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one line per message, however narrow the terminal
 
 T = TypeVar("T")
 
