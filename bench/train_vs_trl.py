@@ -7,17 +7,21 @@ gradient checkpointing off on both. TRL runs twice: default, and with precompute
 its own child process, so peak RSS is its own. Printed: pairs/s, tokens/s, peak RSS, loss at step 1,
 and our useful-token fraction (tokens that had to be computed / tokens pushed through the model; padding
 and the prompt repeated for the rejected answer count as waste). Medians over --repeat runs; the ratio
-ours/TRL is computed from the medians.
+ours/TRL is computed from the medians. Ours computes its reference log-probs in every run (the on-disk
+cache is cleared first), as TRL's precompute does, and cuts each batch of 4 into forwards of at most
+--forward-tokens (rows x width; gradients summed: the same step, less activation memory, no padding).
 
-    .venv/bin/python bench/train_vs_trl.py [--pairs 64] [--repeat 3]
+    .venv/bin/python bench/train_vs_trl.py [--pairs 64] [--repeat 3] [--forward-tokens 512]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -45,26 +49,30 @@ def make_pairs(n: int, path: Path, seed: int = 0) -> None:
 
 def run_ours(pairs: Path, work: Path) -> dict:
     from pairforge.config import TrainConfig
-    from pairforge.models import load_tokenizer
+    from pairforge.models import cache_dir, load_tokenizer
     from pairforge.train.trainer import train
 
     load_tokenizer("embedded")  # warm the conversion cache outside the timing, as TRL gets a ready folder
+    shutil.rmtree(cache_dir() / "reference", ignore_errors=True)  # reference log-probs computed in every run
+    forward_tokens = int(os.environ["BENCH_FORWARD_TOKENS"]) or None
     start = time.perf_counter()
     result = train(TrainConfig(model="embedded", pairs=pairs, out=work / "ours", method="dpo", batch_size=4,
+                               forward_tokens=forward_tokens,
                                epochs=1, lr=1e-6, beta=0.1, max_length=512, warmup_ratio=0.0,
                                precompute_reference=True), progress=False)
     seconds = time.perf_counter() - start
     first = result.metrics[0]
-    return {"seconds": seconds, "loss1": first["train/loss"], **_token_counts(work / "ours", pairs)}
+    return {"seconds": seconds, "loss1": first["train/loss"], **_token_counts(work / "ours", pairs, forward_tokens)}
 
 
-def _token_counts(out: Path, pairs: Path) -> dict:
-    """Tokens needed (each prompt once + both answers) vs pushed (rows x padded width of our batches)."""
+def _token_counts(out: Path, pairs: Path, forward_tokens: int | None) -> dict:
+    """Tokens needed (each prompt once + both answers) vs pushed (rows x padded width of every forward)."""
     import polars as pl
 
     from pairforge.models import load_tokenizer
     from pairforge.train.logprobs import collate
     from pairforge.train.tokenize import tokenize_pairs
+    from pairforge.train.trainer import forward_pieces
 
     tokenizer = load_tokenizer("embedded")
     tokenized, _ = tokenize_pairs(pl.read_parquet(pairs), tokenizer, max_length=512)
@@ -73,7 +81,8 @@ def _token_counts(out: Path, pairs: Path) -> dict:
     for line in (out / "consumed-0.jsonl").read_text().splitlines():
         batch = [by_row[i] for i in json.loads(line)["rows"]]
         needed += sum(len(p.chosen.ids) + p.rejected.answer_tokens for p in batch)
-        pushed += collate(batch, tokenizer.pad_token_id, with_targets=False, share_prompt=True).input_ids.numel()
+        for piece in forward_pieces(batch, forward_tokens, share=True):
+            pushed += collate(piece, tokenizer.pad_token_id, with_targets=False, share_prompt=True).input_ids.numel()
     return {"tokens": needed, "pushed": pushed}
 
 
@@ -122,10 +131,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--forward-tokens", type=int, default=512, help="ours: tokens per forward (0: whole batch)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
+    os.environ["BENCH_FORWARD_TOKENS"] = str(args.forward_tokens)
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)
     pairs = out / f"bench-pairs-{args.pairs}.parquet"

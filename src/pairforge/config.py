@@ -183,6 +183,10 @@ class TrainConfig(Section):
     eval_steps: int | None = Field(None, ge=1, description="evaluate on the eval pairs every N steps (and at the "
                                    "end)")
     chunk_tokens: int = Field(512, ge=16, description="answer tokens per fp32 log-softmax chunk")
+    forward_tokens: int | None = Field(None, ge=16, description="most tokens (rows x width) in one forward pass: a "
+                                       "larger batch is cut into pieces whose gradients add up to the batch's "
+                                       "(same loss and step, less activation memory, less padding); null: one "
+                                       "forward per batch")
     share_prompt: bool = Field(True, description="push each prompt through the model once for both answers "
                                "(one row per pair with a block mask); off: one row per answer")
     curriculum: CurriculumConfig | None = Field(None, description="train in a difficulty order (default: "

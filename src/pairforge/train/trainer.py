@@ -15,6 +15,7 @@ written at optimiser-step boundaries, so this never arises from our own checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -110,7 +111,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         raise InputError(str(cfg.pairs), f"{len(train_pairs)} pairs make no full optimiser step with batch_size "
                          f"{cfg.batch_size} x grad_accum {cfg.grad_accum} x {accelerator.num_processes} processes")
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False)
     scheduler = _lr_schedule(optimizer, cfg, total_steps, [r // cfg.grad_accum for r in schedule.restarts])
     scorer = SequenceScores(model) if reward_model else AnswerLogps(model, cfg.chunk_tokens)
     policy, optimizer = accelerator.prepare(scorer, optimizer)
@@ -163,17 +164,25 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     policy.train()
     with interrupted, bar:
         for micro, stage in mine[consumed : total_steps * cfg.grad_accum]:
-            batch = collate([train_pairs[i] for i in micro], tokenizer.pad_token_id,
-                            bool(weights.keys() & L.NEEDS_TARGET), share).to(accelerator.device)
-            _append_jsonl(consumed_file, {"micro": consumed, "stage": stage, "rows": batch.indices})
+            pairs = [train_pairs[i] for i in micro]
+            _append_jsonl(consumed_file, {"micro": consumed, "stage": stage, "rows": [p.index for p in pairs]})
+            total_weight = sum(p.weight for p in pairs)
             with accelerator.accumulate(policy):
-                per_pair, numbers = forward(batch, cached_reference)
-                loss = (per_pair * batch.weights).sum() / batch.weights.sum()
-                if not torch.isfinite(loss):
-                    path = _save_checkpoint(accelerator, checkpoints, step, consumed, cfg.keep_checkpoints)
-                    raise TrainingStopped(f"loss is {loss.item()} at step {step + 1} (pairs {batch.indices}); "
-                                          f"the last good state is in {path}")
-                accelerator.backward(loss)
+                pieces = forward_pieces(pairs, cfg.forward_tokens, share)
+                for number, piece in enumerate(pieces):  # gradients of the pieces add up to the batch's
+                    batch = collate(piece, tokenizer.pad_token_id, bool(weights.keys() & L.NEEDS_TARGET),
+                                    share).to(accelerator.device)
+                    per_pair, numbers = forward(batch, cached_reference)
+                    piece_loss = (per_pair * batch.weights).sum() / total_weight
+                    if not torch.isfinite(piece_loss):
+                        path = _save_checkpoint(accelerator, checkpoints, step, consumed, cfg.keep_checkpoints)
+                        raise TrainingStopped(f"loss is {piece_loss.item()} at step {step + 1} (pairs "
+                                              f"{batch.indices}); the last good state is in {path}")
+                    last = number == len(pieces) - 1
+                    with contextlib.nullcontext() if last else accelerator.no_sync(policy):
+                        accelerator.backward(piece_loss)
+                    if not last:
+                        window.add(batch, numbers, None, stage)
                 grad_norm = None
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -290,6 +299,23 @@ def _my_share(schedule: Plan, batch_size: int, rank: int, world: int) -> list[tu
             continue
         share.append((batch[rank * batch_size : (rank + 1) * batch_size], stage))
     return share
+
+
+def forward_pieces(pairs: list[TokenizedPair], forward_tokens: int | None, share: bool) -> list[list[TokenizedPair]]:
+    """The batch cut into consecutive pieces of at most `forward_tokens` (rows x padded width; a single
+    pair larger than the budget is a piece of its own)."""
+    if forward_tokens is None:
+        return [pairs]
+    pieces: list[list[TokenizedPair]] = [[]]
+    for pair in pairs:
+        piece = [*pieces[-1], pair]
+        rows = len(piece) if share else 2 * len(piece)
+        width = max(p.packed_length if share else p.length for p in piece)
+        if pieces[-1] and rows * width > forward_tokens:
+            pieces.append([pair])
+        else:
+            pieces[-1] = piece
+    return pieces
 
 
 def _lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total: int,
