@@ -240,3 +240,27 @@ def test_gradient_checkpointing_weights_and_merge(tiny_model_dir, pairs_file, tm
                  lora=LoraSettings(r=4, alpha=8, merge=True)), progress=False)
     merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged" / "model"))
     assert not any("lora" in name for name, _ in merged.named_parameters())
+
+
+def test_forward_pieces_train_exactly_like_whole_batches(tiny_model_dir, pairs_file, tmp_path):
+    """forward_tokens only changes how a batch is pushed through the model: the same losses, margins and
+    steps as one forward per batch (gradients of the pieces add up to the batch's)."""
+    from pairforge.train.trainer import forward_pieces
+
+    whole = train(config(tiny_model_dir, pairs_file, tmp_path / "whole", max_steps=4), progress=False)
+    pieces = train(config(tiny_model_dir, pairs_file, tmp_path / "pieces", max_steps=4, forward_tokens=40),
+                   progress=False)
+    rows = [(a, b) for a, b in zip(whole.metrics, pieces.metrics, strict=True) if "train/loss" in a]
+    assert len(rows) == 4
+    for a, b in rows:
+        for key in ("train/loss", "train/rewards/margins", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], abs=1e-5), (key, a["step"])
+
+    from pairforge.models import load_tokenizer
+    from pairforge.train.tokenize import tokenize_pairs
+
+    tokenized, _ = tokenize_pairs(pl.DataFrame(preference_rows(8)), load_tokenizer(str(tiny_model_dir)),
+                                  max_length=64)
+    split = forward_pieces(tokenized, 40, share=True)
+    assert [p for piece in split for p in piece] == tokenized and len(split) > 1
+    assert all(len(piece) == 1 or len(piece) * max(p.packed_length for p in piece) <= 40 for piece in split)
