@@ -35,6 +35,14 @@ def write_recipe(folder: Path, prompts: list[str], sources: list[dict[str, Any]]
     return recipe
 
 
+def stored_rows(db: Path) -> int:
+    """Rows in a run's store while another process writes it (0 until the file and its table exist)."""
+    try:
+        return sqlite3.connect(db).execute("SELECT COUNT(*) FROM results").fetchone()[0] if db.exists() else 0
+    except sqlite3.OperationalError:
+        return 0
+
+
 def prompts(n: int) -> list[str]:
     return [f"Write one sentence about the number {i}." for i in range(n)]
 
@@ -146,13 +154,9 @@ def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(tmp_path: Path, tin
     deadline = time.monotonic() + 300
     done_before = 0
     while time.monotonic() < deadline and process.poll() is None:
-        if db_path.exists():
-            try:
-                done_before = sqlite3.connect(db_path).execute("SELECT COUNT(*) FROM results").fetchone()[0]
-            except sqlite3.OperationalError:
-                done_before = 0
-            if done_before >= 5:
-                break
+        done_before = stored_rows(db_path)
+        if done_before >= 5:
+            break
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -276,10 +280,7 @@ def test_server_killed_and_restarted_mid_run(tmp_path: Path, pairforge_cache: Pa
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            db = out / "store.sqlite"
-            if db.exists() and sqlite3.connect(db).execute("SELECT COUNT(*) FROM results").fetchone()[0] >= 4:
-                break
+        while time.monotonic() < deadline and stored_rows(out / "store.sqlite") < 4:
             time.sleep(0.1)
         server.stop()
         time.sleep(2)
