@@ -62,7 +62,9 @@ def run_ours(pairs: Path, work: Path) -> dict:
                                precompute_reference=True), progress=False)
     seconds = time.perf_counter() - start
     first = result.metrics[0]
-    return {"seconds": seconds, "loss1": first["train/loss"], **_token_counts(work / "ours", pairs, forward_tokens)}
+    counts = _token_counts(work / "ours", pairs, forward_tokens)
+    return {"seconds": seconds, "loss1": first["train/loss"], **counts,
+            "model_mb": _memory_model(counts["largest_forward"])}
 
 
 def _token_counts(out: Path, pairs: Path, forward_tokens: int | None) -> dict:
@@ -77,13 +79,29 @@ def _token_counts(out: Path, pairs: Path, forward_tokens: int | None) -> dict:
     tokenizer = load_tokenizer("embedded")
     tokenized, _ = tokenize_pairs(pl.read_parquet(pairs), tokenizer, max_length=512)
     by_row = {p.index: p for p in tokenized}
-    needed = pushed = 0
+    needed = pushed = largest = 0
     for line in (out / "consumed-0.jsonl").read_text().splitlines():
         batch = [by_row[i] for i in json.loads(line)["rows"]]
         needed += sum(len(p.chosen.ids) + p.rejected.answer_tokens for p in batch)
         for piece in forward_pieces(batch, forward_tokens, share=True):
-            pushed += collate(piece, tokenizer.pad_token_id, with_targets=False, share_prompt=True).input_ids.numel()
-    return {"tokens": needed, "pushed": pushed}
+            size = collate(piece, tokenizer.pad_token_id, with_targets=False, share_prompt=True).input_ids.numel()
+            pushed += size
+            largest = max(largest, size)
+    return {"tokens": needed, "pushed": pushed, "largest_forward": largest}
+
+
+def _memory_model(largest_forward: int) -> float:
+    """The memory model's expected peak (MB) for this run: full fine-tuning, fp32, precomputed reference."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from pairforge.models import embedded_model_dir
+    from pairforge.train.memory import estimate
+
+    config = AutoConfig.from_pretrained(str(embedded_model_dir()))
+    with torch.device("meta"):  # shapes only: no memory
+        parameters = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    return estimate(config, parameters, parameters, largest_forward, chunk_tokens=512).total / 2**20
 
 
 def run_trl(pairs: Path, work: Path, precompute: bool) -> dict:
@@ -157,6 +175,7 @@ def main() -> None:
         tail = f"{a / b:9.2f}x{a / c:10.2f}x" if ratio else f"  |d|={max(abs(a - b), abs(a - c)):.1e}"
         print(f"{label:24}{a:12.4g}{b:12.4g}{c:13.4g}{tail}")
     print(f"{'useful-token fraction':24}{ours['tokens'] / ours['pushed']:12.3f}")
+    print(f"{'memory model (MB)':24}{ours['model_mb']:12.4g}   (ours' expected peak; measured above)")
 
 
 if __name__ == "__main__":

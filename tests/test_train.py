@@ -264,3 +264,22 @@ def test_forward_pieces_train_exactly_like_whole_batches(tiny_model_dir, pairs_f
     split = forward_pieces(tokenized, 40, share=True)
     assert [p for piece in split for p in piece] == tokenized and len(split) > 1
     assert all(len(piece) == 1 or len(piece) * max(p.packed_length for p in piece) <= 40 for piece in split)
+
+
+def test_memory_model_counts_what_each_setting_keeps(tiny_model_dir):
+    from transformers import AutoConfig
+
+    from pairforge.train.memory import estimate
+
+    config = AutoConfig.from_pretrained(str(tiny_model_dir))
+    full = estimate(config, parameters=1000, trainable=1000, forward_tokens=100, chunk_tokens=16)
+    lora = estimate(config, parameters=1000, trainable=10, forward_tokens=100, chunk_tokens=16)
+    live = estimate(config, parameters=1000, trainable=1000, forward_tokens=100, chunk_tokens=16,
+                    live_reference_copy=True)
+    assert (full.weights, full.gradients, full.optimizer) == (4000, 4000, 8000)  # fp32 weights, grads, 2 moments
+    assert (lora.gradients, lora.optimizer) == (40, 80) and lora.weights == full.weights
+    assert live.total - full.total == 4000  # a frozen copy of the weights
+    per_token = config.num_hidden_layers * (9 * 32 + 3 * 16 + 4 * 64) * 4  # hidden 32, kv 16, intermediate 64
+    assert full.activations == 100 * per_token
+    halved = estimate(config, 1000, 1000, forward_tokens=50, chunk_tokens=16)
+    assert halved.activations * 2 == full.activations
