@@ -177,7 +177,7 @@ def test_kill_9_mid_run_loses_nothing_and_duplicates_nothing(tmp_path: Path, tin
 
 def test_vllm_missing_is_one_clear_line(tmp_path: Path) -> None:
     if importlib.util.find_spec("vllm") is not None:  # a GPU extra; not on the CPU machines
-        pytest.skip("vllm is installed here")
+        pytest.skip("vllm is installed here, so the message for a missing vllm cannot appear")
     recipe = write_recipe(tmp_path, prompts(1), [{"name": "big", "backend": "vllm", "model": "some/model"}])
     result = run_cli("generate", str(recipe), "--out", str(tmp_path / "out"))
     assert result.returncode == 2

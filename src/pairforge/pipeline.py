@@ -79,8 +79,7 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
                     f"{answers * len(recipe.sources)} answers",
                     _generation_estimate(recipe, answers), lambda: _generate(recipe, run_dir),
                     [recipe.prompts, *[s.path for s in recipe.sources if s.path]],
-                    [recipe.samples_per_source, [s.model_dump(mode="json", exclude={"api_key_env"})
-                                                 for s in recipe.sources]])]
+                    [recipe.samples_per_source, [{"name": s.name, **s.cache_settings()} for s in recipe.sources]])]
     responses = run_dir / RESPONSES_FILE
     if recipe.judge is not None:
         judge_estimate = 10 if recipe.judge.kind == "similarity" else None
@@ -103,16 +102,15 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
                                                                                 else "") +
                             (f", curriculum {cfg.curriculum.schedule}" if cfg.curriculum else ""), steps,
                             _train_estimate(cfg, passes), lambda c=cfg: _train(c),
-                            [cfg.pairs, *([run_dir / "train" / run.after / "model" / "config.json"]
-                                          if run.after else [])], cfg.model_dump(mode="json")))
+                            [cfg.pairs, *([marker(run_dir, f"train:{run.after}")] if run.after else [])],
+                            cfg.model_dump(mode="json")))
     if recipe.eval is not None:
         models = (["base"] if recipe.eval.base else []) + [r.name for r in recipe.runs]
         eval_prompts = "held-out prompts" if recipe.eval.prompts == "held-out" else str(recipe.eval.prompts)
         stages.append(Stage("eval", f"{recipe.eval.judge.kind} vs reference on {eval_prompts}",
                             f"{len(models)} models", _eval_estimate(recipe, len(models)),
-                            lambda: _evaluate(recipe, run_dir), [pairs_cfg.out, *[run_dir / "train" / r.name / "model"
-                                                                                   / "config.json" for r in
-                                                                                   recipe.runs]],
+                            lambda: _evaluate(recipe, run_dir),
+                            [pairs_cfg.out, *[marker(run_dir, f"train:{r.name}") for r in recipe.runs]],
                             [recipe.eval.model_dump(mode="json"), models]))
     stages.append(Stage("report", "HTML + Markdown report", "1 page", 10, lambda: _report(run_dir), [], None))
     return Plan(recipe, run_dir, stages)
@@ -124,10 +122,10 @@ def preflight(recipe: Recipe) -> list[str]:
     from pairforge.formats import responses_from_files
     from pairforge.generate.base import check_source
     from pairforge.io import read_records
+    from pairforge.judge.run import judge_llm
 
     problems = []
-    judges = [j.llm.model_copy(update={"name": j.llm.name or "judge"})
-              for j in (recipe.judge, recipe.eval.judge if recipe.eval else None) if j and j.llm]
+    judges = [judge_llm(j) for j in (recipe.judge, recipe.eval.judge if recipe.eval else None) if j and j.llm]
     for source in [*recipe.sources, *judges]:
         try:
             check_source(source)
@@ -180,9 +178,9 @@ def run(plan_: Plan, start: str | None = None, progress: Callable[[str, str], No
     done = []
     for stage in plan_.stages[:last + 1]:
         forced = forced or _is(stage.name, start)
-        marker = plan_.run_dir / "stages" / f"{stage.name.replace(':', '-')}.json"
+        done_file = marker(plan_.run_dir, stage.name)
         fingerprint = stage.fingerprint()
-        if not forced and stage.name != "report" and _finished(marker, fingerprint):
+        if not forced and stage.name != "report" and _finished(done_file, fingerprint):
             progress(stage.name, "skipped (finished, inputs and settings unchanged)")
             done.append({"stage": stage.name, "status": "skipped"})
             continue
@@ -191,9 +189,15 @@ def run(plan_: Plan, start: str | None = None, progress: Callable[[str, str], No
         outputs = stage.run()
         seconds = time.perf_counter() - began
         write_json({"fingerprint": stage.fingerprint(), "outputs": [str(p) for p in outputs], "seconds": seconds},
-                   marker)
+                   done_file)
         done.append({"stage": stage.name, "status": "ran", "seconds": seconds, "outputs": [str(p) for p in outputs]})
     return done
+
+
+def marker(run_dir: Path, stage: str) -> Path:
+    """The file that records a finished stage; later stages take it as an input, so redoing a stage
+    (a new marker) makes the stages that use its outputs run again."""
+    return run_dir / "stages" / f"{stage.replace(':', '-')}.json"
 
 
 def _is(stage: str, name: str | None) -> bool:

@@ -89,12 +89,15 @@ def _pairs(files: list[Path]) -> Section | None:
 
 
 def _pair_distributions(path: Path) -> bytes:
+    from pairforge.pairs.filters import word_count
+
     frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_ndjson(path)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
     for column, color in (("chosen", _COLORS[2]), ("rejected", _COLORS[3])):
-        text = frame[column] if frame.schema[column] == pl.String else frame[column].list.last().struct.field(
+        text = pl.col(column) if frame.schema[column] == pl.String else pl.col(column).list.last().struct.field(
             "content")
-        axes[0].hist(text.str.split(" ").list.len().to_numpy(), bins=30, alpha=0.6, color=color, label=column)
+        axes[0].hist(frame.select(word_count(text)).to_series().to_numpy(), bins=30, alpha=0.6, color=color,
+                     label=column)
     axes[0].set_title("answer length (words)")
     axes[0].legend()
     for ax, column in zip(axes[1:], ("margin", "difficulty"), strict=True):

@@ -13,7 +13,7 @@ leaderboard. Verdicts the judge could not give are counted and left out, never g
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from pairforge.generate.run import STORE_FILE, answer_all, progress_bar, source_
 from pairforge.generate.store import Store
 from pairforge.io import read_records, write_json, write_table
 from pairforge.judge.run import judge_frame
+from pairforge.pairs.filters import word_count
 
 REFERENCE = "reference"
 LEADERBOARD_FILE = "leaderboard.json"
@@ -150,8 +151,8 @@ def _responses(answers: dict[str, dict[str, str]], prompts: pl.DataFrame) -> pl.
 
 def _verdicts(scored: pl.DataFrame, judgments: pl.DataFrame | None, kind: str) -> pl.DataFrame:
     """One row per (model, prompt): verdict (P(model beats reference), null if unknown), score, lengths."""
-    words = pl.col(S.RESPONSE).str.split(" ").list.eval(pl.element().filter(pl.element() != "")).list.len()
-    rows = scored.select(S.PROMPT_ID, pl.col(S.SOURCE).alias("model"), words.alias("length"), S.SCORE)
+    rows = scored.select(S.PROMPT_ID, pl.col(S.SOURCE).alias("model"), word_count(pl.col(S.RESPONSE)).alias("length"),
+                         S.SCORE)
     ref = rows.filter(pl.col("model") == REFERENCE).select(S.PROMPT_ID, pl.col("length").alias("reference_length"),
                                                            pl.col(S.SCORE).alias("reference_score"))
     rows = rows.filter(pl.col("model") != REFERENCE).join(ref, on=S.PROMPT_ID, how="left", maintain_order="left")
@@ -176,13 +177,13 @@ def _leaderboard(verdicts: pl.DataFrame, kind: str, settings: EvalSettings) -> l
                                  "reference_length": float(rows["reference_length"].mean())}
         scores = rows[S.SCORE].drop_nulls().to_numpy()
         if len(scores):
-            entry["score"] = _as_dict(win_rate(scores, settings.bootstrap, settings.seed))
+            entry["score"] = asdict(win_rate(scores, settings.bootstrap, settings.seed))
         usable = rows.filter(pl.col("verdict").is_not_null())
         entry["unjudged"] = rows.height - (usable.height if kind != "similarity" else len(scores))
         if kind != "similarity" and usable.height:
             v = usable["verdict"].to_numpy()
-            entry["win_rate"] = _as_dict(win_rate(v, settings.bootstrap, settings.seed))
-            entry["length_controlled_win_rate"] = _as_dict(length_controlled_win_rate(
+            entry["win_rate"] = asdict(win_rate(v, settings.bootstrap, settings.seed))
+            entry["length_controlled_win_rate"] = asdict(length_controlled_win_rate(
                 v, usable["length"].to_numpy(), usable["reference_length"].to_numpy(), settings.bootstrap,
                 settings.seed))
             entry["per_dataset"] = {d or "-": float(g["verdict"].mean()) for (d,), g in
@@ -199,7 +200,3 @@ def _leaderboard(verdicts: pl.DataFrame, kind: str, settings: EvalSettings) -> l
                                        settings.bootstrap, settings.seed)
             upper["vs_next"] = {"model": lower["model"], "difference": gap, "p_value": p, "prompts": both.height}
     return board
-
-
-def _as_dict(interval: Any) -> dict[str, float]:
-    return {"value": interval.value, "low": interval.low, "high": interval.high}

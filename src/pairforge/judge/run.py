@@ -126,7 +126,7 @@ def _pointwise(frame: pl.DataFrame, cfg: JudgeConfig, store: Store,
                     "without_reference": sum(1 for k in keys if k is None)}
 
 
-def _judge_llm(cfg: JudgeConfig) -> SourceConfig:
+def judge_llm(cfg: JudgeConfig) -> SourceConfig:
     """The judge model's settings; greedy and short unless the recipe says otherwise."""
     assert cfg.llm is not None
     defaults = {"name": "judge", "temperature": 0.0, "max_new_tokens": 8}
@@ -135,7 +135,7 @@ def _judge_llm(cfg: JudgeConfig) -> SourceConfig:
 
 def _pairwise(frame: pl.DataFrame, cfg: JudgeConfig, store: Store, retry_failed: bool,
               show_progress: bool) -> tuple[list[float | None], pl.DataFrame, dict[str, Any]]:
-    llm = _judge_llm(cfg)
+    llm = judge_llm(cfg)
     check_source(llm)
     settings = {**llm.cache_settings(), "template": pairwise.TEMPLATE_VERSION}
     first = frame.filter(pl.col(S.SAMPLE) == 0)

@@ -52,6 +52,11 @@ def with_answer_features(responses: pl.DataFrame, cfg: FilterConfig) -> pl.DataF
     return query.drop("_collapsed").collect()
 
 
+def word_count(text: pl.Expr) -> pl.Expr:
+    """Whitespace-separated words of a text column: the N_WORDS count, for the stages that report lengths."""
+    return text.str.count_matches(r"\S+").cast(pl.Int64)
+
+
 def word_sets(texts: pl.Series) -> pl.Series:
     """Each text's set of lowercase words (punctuation dropped), as hashes."""
     words = pl.col("text").str.to_lowercase().str.replace_all(_PUNCT_OR_SPACE_RUN, " ").str.strip_chars().str.split(" ")
