@@ -72,9 +72,8 @@ def _token_counts(out: Path, pairs: Path, forward_tokens: int | None) -> dict:
     import polars as pl
 
     from pairforge.models import load_tokenizer
-    from pairforge.train.logprobs import collate
+    from pairforge.train.logprobs import forward_pieces, row_width
     from pairforge.train.tokenize import tokenize_pairs
-    from pairforge.train.trainer import forward_pieces
 
     tokenizer = load_tokenizer("embedded")
     tokenized, _ = tokenize_pairs(pl.read_parquet(pairs), tokenizer, max_length=512)
@@ -84,10 +83,18 @@ def _token_counts(out: Path, pairs: Path, forward_tokens: int | None) -> dict:
         batch = [by_row[i] for i in json.loads(line)["rows"]]
         needed += sum(len(p.chosen.ids) + p.rejected.answer_tokens for p in batch)
         for piece in forward_pieces(batch, forward_tokens, share=True):
-            size = collate(piece, tokenizer.pad_token_id, with_targets=False, share_prompt=True).input_ids.numel()
+            size = _pushed(piece, tokenizer.pad_token_id)
             pushed += size
             largest = max(largest, size)
-    return {"tokens": needed, "pushed": pushed, "largest_forward": largest}
+    by_width = sorted(tokenized, key=lambda p: row_width(p, share=True))  # as reference_logps batches them
+    reference = sum(_pushed(piece, tokenizer.pad_token_id) for piece in forward_pieces(by_width, 4096, share=True))
+    return {"tokens": needed, "pushed": pushed, "reference_pushed": reference, "largest_forward": largest}
+
+
+def _pushed(pairs: list, pad_id: int) -> int:
+    from pairforge.train.logprobs import collate
+
+    return collate(pairs, pad_id, with_targets=False, share_prompt=True).input_ids.numel()
 
 
 def _memory_model(largest_forward: int) -> float:
@@ -125,7 +132,9 @@ def run_trl(pairs: Path, work: Path, precompute: bool) -> dict:
     trainer.train()
     seconds = time.perf_counter() - start
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-    return {"seconds": seconds, "loss1": losses[0]}
+    # rows x padded width of each batch (prompt in both rows): what its policy pass pushes, and again its reference
+    pushed = sum(batch["input_ids"].numel() for batch in trainer.get_train_dataloader())
+    return {"seconds": seconds, "loss1": losses[0], "pushed": pushed}
 
 
 def child(kind: str, pairs: str, work: str) -> None:
@@ -142,6 +151,7 @@ def measure(kind: str, pairs: Path, repeat: int) -> list[dict]:
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as work:
             runs.append(run_child(__file__, [kind, str(pairs), work], kind))
+        print(kind, json.dumps(runs[-1]), flush=True)  # each run as it ends: a cut-short session keeps them
     return runs
 
 
@@ -174,7 +184,13 @@ def main() -> None:
         a, b, c = (value(k) for k in ("ours", "trl", "trl-precompute"))
         tail = f"{a / b:9.2f}x{a / c:10.2f}x" if ratio else f"  |d|={max(abs(a - b), abs(a - c)):.1e}"
         print(f"{label:24}{a:12.4g}{b:12.4g}{c:13.4g}{tail}")
-    print(f"{'useful-token fraction':24}{ours['tokens'] / ours['pushed']:12.3f}")
+    trl = results["trl"][0]
+    print(f"{'tokens pushed per pass':24}{ours['pushed']:12,}{trl['pushed']:12,}{trl['pushed']:13,}"
+          f"   (policy pass; the reference pass pushes the same again: ours {ours['reference_pushed']:,})")
+    print(f"{'useful-token fraction':24}{2 * ours['tokens'] / (ours['pushed'] + ours['reference_pushed']):12.3f}"
+          f"{2 * ours['tokens'] / (2 * trl['pushed']):12.3f}   (needed / pushed, policy + reference passes)")
+    print(f"{'TRL work / ours':24}{trl['pushed'] / ours['pushed']:12.2f}x  (pushed tokens: the speed-up that fewer "
+          f"FLOPs alone explain)")
     print(f"{'memory model (MB)':24}{ours['model_mb']:12.4g}   (ours' expected peak; measured above)")
 
 

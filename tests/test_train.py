@@ -245,7 +245,7 @@ def test_gradient_checkpointing_weights_and_merge(tiny_model_dir, pairs_file, tm
 def test_forward_pieces_train_exactly_like_whole_batches(tiny_model_dir, pairs_file, tmp_path):
     """forward_tokens only changes how a batch is pushed through the model: the same losses, margins and
     steps as one forward per batch (gradients of the pieces add up to the batch's)."""
-    from pairforge.train.trainer import forward_pieces
+    from pairforge.train.logprobs import forward_pieces
 
     whole = train(config(tiny_model_dir, pairs_file, tmp_path / "whole", max_steps=4), progress=False)
     pieces = train(config(tiny_model_dir, pairs_file, tmp_path / "pieces", max_steps=4, forward_tokens=40),
@@ -279,7 +279,9 @@ def test_memory_model_counts_what_each_setting_keeps(tiny_model_dir):
     assert (full.weights, full.gradients, full.optimizer) == (4000, 4000, 8000)  # fp32 weights, grads, 2 moments
     assert (lora.gradients, lora.optimizer) == (40, 80) and lora.weights == full.weights
     assert live.total - full.total == 4000  # a frozen copy of the weights
-    per_token = config.num_hidden_layers * (9 * 32 + 3 * 16 + 4 * 64) * 4  # hidden 32, kv 16, intermediate 64
-    assert full.activations == 100 * per_token
+    per_token = config.num_hidden_layers * (7 * 32 + 3 * 16 + 2 * 64) * 4  # hidden 32, kv 16, intermediate 64
+    assert full.activations == 100 * per_token  # lean blocks (the default); tests/test_lean.py checks the counts
+    plain = estimate(config, 1000, 1000, forward_tokens=100, chunk_tokens=16, lean=False)
+    assert plain.activations == 100 * config.num_hidden_layers * (9 * 32 + 3 * 16 + 4 * 64) * 4
     halved = estimate(config, 1000, 1000, forward_tokens=50, chunk_tokens=16)
     assert halved.activations * 2 == full.activations

@@ -7,17 +7,18 @@ answer sees the prompt and itself but not the other answers (a 4D attention mask
 after the prompt) — the prompt is pushed through the model once instead of twice.
 Either way a batch lists the answer tokens to score as (predicting state, target token, sequence);
 the model runs once over all rows, and the vocabulary projection runs only on those states, a chunk at
-a time, each chunk re-computed in backward (activation checkpointing) — so a [rows, length, vocab]
-logits tensor never exists, and log-softmax is always taken in fp32.
+a time, each chunk's logits re-computed in backward and turned in place into their gradient (`_HeadLogps`)
+— so a [rows, length, vocab] logits tensor never exists, one [chunk, vocab] buffer is alive at a time,
+and log-softmax is always taken in fp32.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from pairforge.train.tokenize import Sequence, TokenizedPair, common_prefix
 
@@ -74,6 +75,30 @@ def collate(pairs: list[TokenizedPair], pad_id: int, with_targets: bool, share_p
     return Batch(input_ids, mask, position_ids, states, targets, sequences, n * len(branches[0]), n, has_targets,
                  [p.pair_type for p in pairs], torch.tensor([p.weight for p in pairs], dtype=torch.float32),
                  [p.index for p in pairs], sum(len(r) for r in rows))
+
+
+def row_width(pair: TokenizedPair, share: bool) -> int:
+    """The width of the pair's row: prompt once and both answers (shared), else its longer sequence."""
+    return pair.packed_length if share else pair.length
+
+
+def forward_pieces(pairs: list[TokenizedPair], forward_tokens: int | None, share: bool) -> list[list[TokenizedPair]]:
+    """The batch cut into consecutive pieces of at most `forward_tokens` (rows x padded width; a single
+    pair larger than the budget is a piece of its own)."""
+    if not pairs:
+        return []
+    if forward_tokens is None:
+        return [pairs]
+    pieces: list[list[TokenizedPair]] = [[]]
+    for pair in pairs:
+        piece = [*pieces[-1], pair]
+        rows = len(piece) if share else 2 * len(piece)
+        width = max(row_width(p, share) for p in piece)
+        if pieces[-1] and rows * width > forward_tokens:
+            pieces.append([pair])
+        else:
+            pieces[-1] = piece
+    return pieces
 
 
 Layout = tuple[list[list[int]], list[list[int]], list[torch.Tensor], list[tuple[int, int, int, int]]]
@@ -171,12 +196,44 @@ def last_token_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention
 
 def _chunk_logps(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
                  bias: torch.Tensor | None) -> torch.Tensor:
-    if states.requires_grad:
-        return checkpoint(_token_logps, states, targets, weight, bias, use_reentrant=False)
-    return _token_logps(states, targets, weight, bias)
+    return _HeadLogps.apply(states, weight, bias, targets)
 
 
-def _token_logps(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
-                 bias: torch.Tensor | None) -> torch.Tensor:
-    logits = F.linear(states, weight, bias).float()
-    return logits.log_softmax(dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+class _HeadLogps(torch.autograd.Function):
+    """log softmax(states @ W^T + b)[target] in fp32 with one [chunk, vocab] buffer alive at a time.
+
+    Forward keeps the states and one log-sum-exp per token; backward recomputes the logits and turns
+    them in place into the gradient (softmax minus one-hot, times the upstream gradient). Autograd's
+    log_softmax would keep logits and log-probs and add two more buffers of that size in backward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(states, weight, bias)
+        ctx.compute_dtype = logits.dtype  # bf16 under autocast: backward must match it
+        logits = logits.to(_at_least_fp32(logits.dtype))
+        picked = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+        top = logits.amax(dim=1, keepdim=True)
+        log_sum_exp = logits.sub_(top).exp_().sum(dim=1).log_().add_(top.squeeze(1))
+        ctx.save_for_backward(states, weight, bias, targets, log_sum_exp)
+        return picked - log_sum_exp
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        states, weight, bias, targets, log_sum_exp = ctx.saved_tensors
+        dtype = ctx.compute_dtype
+        w = weight.to(dtype)
+        grad_logits = F.linear(states.to(dtype), w, None if bias is None else bias.to(dtype))
+        grad_logits = grad_logits.to(_at_least_fp32(dtype))
+        grad_logits.sub_(log_sum_exp.unsqueeze(1)).exp_().mul_(-grad.unsqueeze(1))  # -softmax * grad
+        grad_logits.scatter_add_(1, targets.unsqueeze(1), grad.unsqueeze(1))  # + one-hot * grad
+        grad_logits = grad_logits.to(dtype)
+        grad_states = (grad_logits @ w).to(states.dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = (grad_logits.t() @ states.to(dtype)).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        grad_bias = grad_logits.sum(0).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
+        return grad_states, grad_weight, grad_bias, None
+
+
+def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)

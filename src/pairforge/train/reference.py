@@ -17,7 +17,7 @@ import polars as pl
 import torch
 
 from pairforge.io import write_table
-from pairforge.train.logprobs import answer_logps, collate
+from pairforge.train.logprobs import answer_logps, collate, forward_pieces, row_width
 from pairforge.train.tokenize import TokenizedPair
 
 
@@ -41,20 +41,21 @@ def pair_key(pair: TokenizedPair) -> str:
 
 @torch.inference_mode()
 def reference_logps(
-    model: torch.nn.Module, pairs: list[TokenizedPair], pad_id: int, cache: Path | None, batch_size: int = 16,
-    chunk_tokens: int = 512, share_prompt: bool = False,
+    model: torch.nn.Module, pairs: list[TokenizedPair], pad_id: int, cache: Path | None,
+    chunk_tokens: int = 512, share_prompt: bool = False, forward_tokens: int = 4096,
 ) -> dict[int, tuple[float, float]]:
-    """{pair index: (ref log p(chosen), ref log p(rejected))}; reads and extends the on-disk cache."""
+    """{pair index: (ref log p(chosen), ref log p(rejected))}; reads and extends the on-disk cache.
+    Missing pairs go through the model sorted by length, in forwards of at most `forward_tokens` (rows x
+    width): inference keeps no activations, so the budget is large, and sorting leaves next to no padding."""
     keys = {p.index: pair_key(p) for p in pairs}
     known: dict[str, tuple[float, float]] = {}
     if cache is not None and cache.exists():
         known = {k: (c, r) for k, c, r in pl.read_parquet(cache).iter_rows()}
-    missing = sorted((p for p in pairs if keys[p.index] not in known), key=lambda p: p.length)
+    missing = sorted((p for p in pairs if keys[p.index] not in known), key=lambda p: row_width(p, share_prompt))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    for start in range(0, len(missing), batch_size):
-        chunk = missing[start : start + batch_size]
+    for chunk in forward_pieces(missing, forward_tokens, share_prompt):  # sorted by width: no padding
         batch = collate(chunk, pad_id, with_targets=False, share_prompt=share_prompt).to(device)
         sums, _ = answer_logps(model, batch, chunk_tokens)
         for i, pair in enumerate(chunk):

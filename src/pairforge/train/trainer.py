@@ -40,7 +40,9 @@ from pairforge.io import read_records, write_json
 from pairforge.models import cache_dir, load_causal_lm
 from pairforge.pairs.curriculum import Plan, difficulty_of, length_grouped, plan, reference_margin
 from pairforge.train import losses as L
-from pairforge.train.logprobs import AnswerLogps, Batch, SequenceScores, answer_logps, collate
+from pairforge.train.lean import use_lean_blocks
+from pairforge.train.logprobs import AnswerLogps, Batch, SequenceScores, answer_logps, collate, forward_pieces
+from pairforge.train.memory import return_freed_memory
 from pairforge.train.reference import model_fingerprint, reference_logps
 from pairforge.train.tokenize import TokenizedPair, TokenizeStats, check_pairs_frame, tokenize_pairs
 
@@ -80,6 +82,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
 
     # --- models: policy, and the reference (LoRA: adapter off; full: frozen copy) -------------------
     _disable_dropout(model)
+    if cfg.lean_blocks:
+        use_lean_blocks(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reference = None
@@ -111,7 +115,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         raise InputError(str(cfg.pairs), f"{len(train_pairs)} pairs make no full optimiser step with batch_size "
                          f"{cfg.batch_size} x grad_accum {cfg.grad_accum} x {accelerator.num_processes} processes")
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False)
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     scheduler = _lr_schedule(optimizer, cfg, total_steps, [r // cfg.grad_accum for r in schedule.restarts])
     scorer = SequenceScores(model) if reward_model else AnswerLogps(model, cfg.chunk_tokens)
     policy, optimizer = accelerator.prepare(scorer, optimizer)
@@ -181,6 +185,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                     last = number == len(pieces) - 1
                     with contextlib.nullcontext() if last else accelerator.no_sync(policy):
                         accelerator.backward(piece_loss)
+                    return_freed_memory()
                     if not last:
                         window.add(batch, numbers, None, stage)
                 grad_norm = None
@@ -299,23 +304,6 @@ def _my_share(schedule: Plan, batch_size: int, rank: int, world: int) -> list[tu
             continue
         share.append((batch[rank * batch_size : (rank + 1) * batch_size], stage))
     return share
-
-
-def forward_pieces(pairs: list[TokenizedPair], forward_tokens: int | None, share: bool) -> list[list[TokenizedPair]]:
-    """The batch cut into consecutive pieces of at most `forward_tokens` (rows x padded width; a single
-    pair larger than the budget is a piece of its own)."""
-    if forward_tokens is None:
-        return [pairs]
-    pieces: list[list[TokenizedPair]] = [[]]
-    for pair in pairs:
-        piece = [*pieces[-1], pair]
-        rows = len(piece) if share else 2 * len(piece)
-        width = max(p.packed_length if share else p.length for p in piece)
-        if pieces[-1] and rows * width > forward_tokens:
-            pieces.append([pair])
-        else:
-            pieces[-1] = piece
-    return pieces
 
 
 def _lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total: int,
