@@ -242,12 +242,14 @@ def test_gradient_checkpointing_weights_and_merge(tiny_model_dir, pairs_file, tm
     assert not any("lora" in name for name, _ in merged.named_parameters())
 
 
-def test_forward_pieces_train_exactly_like_whole_batches(tiny_model_dir, pairs_file, tmp_path):
-    """forward_tokens only changes how a batch is pushed through the model: the same losses, margins and
-    steps as one forward per batch (gradients of the pieces add up to the batch's)."""
+def test_the_optimised_path_trains_like_the_plain_one(tiny_model_dir, pairs_file, tmp_path):
+    """forward pieces, lean blocks and the cached reference only change how the work is done: the same
+    losses, margins and gradient norms as one forward per batch through the plain modules with a live
+    reference copy (gradients of the pieces add up to the batch's)."""
     from pairforge.train.logprobs import forward_pieces
 
-    whole = train(config(tiny_model_dir, pairs_file, tmp_path / "whole", max_steps=4), progress=False)
+    whole = train(config(tiny_model_dir, pairs_file, tmp_path / "whole", max_steps=4, lean_blocks=False,
+                         precompute_reference=False), progress=False)
     pieces = train(config(tiny_model_dir, pairs_file, tmp_path / "pieces", max_steps=4, forward_tokens=40),
                    progress=False)
     rows = [(a, b) for a, b in zip(whole.metrics, pieces.metrics, strict=True) if "train/loss" in a]
