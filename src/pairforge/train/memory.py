@@ -9,8 +9,9 @@
   precomputed reference log-probs, costs none; LoRA's reference is the adapter switched off);
 - activations: what a Llama-style decoder layer keeps for backward, per token, about
   9 x hidden + 3 x kv_width + 4 x intermediate values (norm inputs/outputs, q/k/v, rotary q/k, attention
-  and MLP intermediates; 47.6 KB per token and layer on SmolLM2-135M in fp32, as measured), or
-  7 x hidden + 3 x kv_width + 2 x intermediate with `lean_blocks` (train/lean.py; 35.6 KB), times layers
+  and MLP intermediates; 47.6 KB per token and layer on SmolLM2-135M in fp32, 44.8 KB counted with
+  saved-tensor hooks), or 7 x hidden + 3 x kv_width + 2 x intermediate with `lean_blocks` (train/lean.py;
+  30.7 KB, 27.8 KB counted) — an upper bound by design, tests/test_lean.py checks it — times layers
   and the tokens of the largest forward (rows x width; see `forward_tokens`);
 - the head: one [chunk of answer tokens, vocabulary] buffer in fp32 (train/logprobs.py `_HeadLogps`);
 - runtime: Python, torch and the libraries, ~0.45 GB on CPU (measured).
