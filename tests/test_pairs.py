@@ -17,7 +17,10 @@ PAPER_RANK = "gpt-4 > chatgpt > davinci"
 
 
 def build(path: Path, **settings):
+    """Pairs in TRL's standard (string) format, so tests compare answers as text; the default
+    conversational format has its own tests."""
     filters = settings.pop("filters", {})
+    settings.setdefault("prompt_format", "text")
     cfg = PairsConfig(filters=FilterConfig(**filters), **settings)
     return build_pairs(responses_from_files([read_records(path)]), cfg)
 
@@ -62,10 +65,30 @@ def test_chat_prompts_give_trl_conversational_pairs(jsonl):
     prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]
     rows = [{"prompt": prompt, "source": "strong", "response": "Paris."},
             {"prompt": prompt, "source": "weak", "response": "Lyon, probably."}]
-    pair = build(jsonl("a.jsonl", rows), rank="strong > weak").train.row(0, named=True)
+    pair = build(jsonl("a.jsonl", rows), rank="strong > weak", prompt_format="chat").train.row(0, named=True)
     assert pair["prompt"] == prompt
     assert pair["chosen"] == [{"role": "assistant", "content": "Paris."}]
     assert pair["rejected"] == [{"role": "assistant", "content": "Lyon, probably."}]
+
+
+def test_plain_prompts_are_conversational_by_default_because_answers_were_asked_through_a_template(jsonl):
+    rows = [{"instruction": "Capital of France?", "output": "Paris.", "generator": "strong"},
+            {"instruction": "Capital of France?", "output": "Lyon.", "generator": "weak"}]
+    pairs = build_pairs(responses_from_files([read_records(jsonl("a.jsonl", rows))]), PairsConfig(rank="strong > weak"))
+    pair = pairs.train.row(0, named=True)
+    assert pair["prompt"] == [{"role": "user", "content": "Capital of France?"}]
+    assert pair["chosen"] == [{"role": "assistant", "content": "Paris."}]
+
+
+def test_text_format_gives_chat_prompts_as_the_completions_endpoint_saw_them(jsonl):
+    from pairforge.prompting import plain_text
+
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]
+    rows = [{"prompt": prompt, "source": "strong", "response": "Paris."},
+            {"prompt": prompt, "source": "weak", "response": "Lyon, probably."}]
+    pair = build(jsonl("a.jsonl", rows), rank="strong > weak", prompt_format="text").train.row(0, named=True)
+    assert pair["prompt"] == plain_text(prompt) == "Be brief.\n\nCapital of France?"
+    assert (pair["chosen"], pair["rejected"]) == ("Paris.", "Lyon, probably.")
 
 
 # --- scored ------------------------------------------------------------------------------------------
@@ -224,7 +247,8 @@ def test_pairs_from_response_records_built_in_python():
     answers = [Response(prompt="Capital of France?", source="big", response="Paris.", score=9.0),
                Response(prompt="Capital of France?", source="small", response="Lyon.", score=2.0),
                Response(prompt="Capital of France?", source="small", response="Maybe Paris.", sample=1, score=5.0)]
-    result = build_pairs(responses_frame(answers), PairsConfig(strategy="scored", scored_mode="all"))
+    result = build_pairs(responses_frame(answers), PairsConfig(strategy="scored", scored_mode="all",
+                                                               prompt_format="text"))
     assert sorted(zip(result.train["chosen"], result.train["rejected"], strict=True)) == [
         ("Maybe Paris.", "Lyon."), ("Paris.", "Lyon."), ("Paris.", "Maybe Paris.")]
     assert result.train["prompt_id"][0] == answers[0].prompt_id

@@ -25,7 +25,8 @@ answer = st.fixed_dictionaries({
 })
 
 
-def normalised(text: str) -> str:
+def normalised(answer: str | list[dict]) -> str:
+    text = answer if isinstance(answer, str) else "".join(turn["content"] for turn in answer)  # conversational
     return " ".join(text.lower().split())
 
 

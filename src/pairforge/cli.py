@@ -57,6 +57,9 @@ def pairs_build(
     columns: str | None = typer.Option(None, help="wide format: source=column pairs, 'gpt4=out_gpt4,chatgpt=out2'"),
     out: Path | None = typer.Option(None, help="output .parquet or .jsonl (default pairs.parquet)"),
     eval_fraction: float | None = typer.Option(None, help="share of prompts held out into <out>.eval.*"),
+    prompt_format: str | None = typer.Option(None, help="chat (default: conversational records, trained through "
+                                             "the chat template) | text (plain strings, for answers that "
+                                             "continued the prompt as plain text)"),
     seed: int | None = typer.Option(None, help="seed for best-random"),
     keep_truncated: bool = typer.Option(False, "--keep-truncated", help="keep answers with finish_reason=length"),
     no_role_marker_filter: bool = typer.Option(False, "--no-role-marker-filter", help="keep answers with role markers"),
@@ -75,7 +78,8 @@ def pairs_build(
         flags = {"inputs": inputs or None, "rank": rank, "rank_from": rank_from, "pair_types": pair_types,
                  "strategy": strategy,
                  "scored_mode": scored_mode, "min_margin": min_margin, "format": format, "out": out,
-                 "eval_fraction": eval_fraction, "seed": seed, "columns": _parse_columns(columns) if columns else None}
+                 "eval_fraction": eval_fraction, "prompt_format": prompt_format, "seed": seed,
+                 "columns": _parse_columns(columns) if columns else None}
         filter_flags = {"drop_truncated": False if keep_truncated else None,
                         "role_markers": "" if no_role_marker_filter else None,
                         "near_duplicate": _parse_threshold(near_duplicate), "min_length": min_length,
@@ -138,6 +142,7 @@ def train_command(
     target: str | None = typer.Option(None, help="sft/slic likelihood target column (chosen)"),
     lora: bool = typer.Option(False, "--lora", help="train a LoRA adapter; reference = adapter disabled"),
     merge: bool = typer.Option(False, "--merge", help="with --lora: save the merged model"),
+    prompt_format: str | None = typer.Option(None, help="auto (follow the records) | chat | text"),
     save_steps: int | None = typer.Option(None, help="checkpoint every N steps"),
     seed: int | None = typer.Option(None, help="seed (0)"),
     curriculum: str | None = typer.Option(None, help="order by difficulty: sorted | anti | buckets | pacing | "
@@ -156,7 +161,7 @@ def train_command(
         flags = {"method": _parse_method(method) if method else None, "model": model, "pairs": pairs,
                  "eval_pairs": eval_pairs, "out": out, "beta": beta, "lr": lr, "batch_size": batch_size,
                  "grad_accum": grad_accum, "epochs": epochs, "max_steps": max_steps, "max_length": max_length,
-                 "target": target, "save_steps": save_steps, "seed": seed,
+                 "target": target, "save_steps": save_steps, "seed": seed, "prompt_format": prompt_format,
                  "lora": {"merge": merge} if lora else None}
         if curriculum or difficulty:
             order = base.curriculum.model_dump() if base.curriculum else {}

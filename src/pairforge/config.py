@@ -70,6 +70,10 @@ class PairsConfig(Section):
     min_margin: float = Field(0.0, ge=0, description="scored: smallest score gap that makes a pair (ties never do)")
     seed: int = Field(0, description="seed of best-random")
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="share of prompts (by prompt_id hash) held out")
+    prompt_format: Literal["auto", "chat", "text"] = Field(
+        "auto", description="chat: conversational records (TRL's [{role, content}]), trained through the chat "
+        "template the answers were asked with; text: plain strings, for answers that continued the prompt as "
+        "plain text. auto: chat, or text when every generating source of the recipe used endpoint completions")
     out: Path = Field(Path("pairs.parquet"), description=".parquet or .jsonl; eval split and summary go beside it")
     filters: FilterConfig = Field(default_factory=FilterConfig, description="what makes an answer or a pair "
                                   "unusable (see pairs.filters)")
@@ -166,6 +170,10 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
     max_length: int = Field(1024, ge=8, description="tokens of prompt + answer")
     max_prompt_length: int | None = Field(None, ge=1, description="truncate: prompt tokens kept (its end) at most")
+    prompt_format: Literal["auto", "chat", "text"] = Field(
+        "auto", description="how prompts are shown to the model: chat (its chat template; an instruction template "
+        "for a model without one), text (prompt + answer as plain text, TRL's rule for string prompts); auto "
+        "follows the records: conversational pairs as chat, string prompts as text")
     too_long: Literal["truncate", "drop", "error"] = Field("truncate", description="what happens to a pair longer "
                                                           "than max_length (counted in run.json)")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with a linear warmup")

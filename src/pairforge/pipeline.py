@@ -269,6 +269,10 @@ def _rank(recipe: Recipe, run_dir: Path) -> list[Path]:
 def _pairs_config(recipe: Recipe, run_dir: Path, responses: Path):  # -> PairsConfig
     cfg = recipe.pairs
     update: dict[str, Any] = {"inputs": [responses], "out": run_dir / "pairs.parquet"}
+    generating = [s for s in recipe.sources if s.backend != "file"]
+    if cfg.prompt_format == "auto":  # pairs are trained in the format their answers were asked in
+        plain = generating and all(s.endpoint == "completions" for s in generating)
+        update["prompt_format"] = "text" if plain else "chat"
     if cfg.rank_from is not None and str(cfg.rank_from) == "ranking":
         update["rank_from"] = run_dir / "ranking.json"
     return cfg.model_copy(update=update)
@@ -302,7 +306,7 @@ def _train(cfg: RunConfig) -> list[Path]:
 
 
 def _evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
-    from pairforge.evaluate.run import EvalSettings, evaluate
+    from pairforge.evaluate.run import EvalSettings, evaluate, trained_endpoint
 
     cfg = recipe.eval
     assert cfg is not None
@@ -310,8 +314,10 @@ def _evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
     reference = cfg.reference or _reference_file(recipe, run_dir, cfg.reference_source)
     base = recipe.runs[0].model if recipe.runs else recipe.train.model
     models = ([f"base={base}"] if cfg.base else []) + [f"{r.name}={run_dir / 'train' / r.name}" for r in recipe.runs]
+    trained = [trained_endpoint(run_dir / "train" / r.name / "model") for r in recipe.runs]
+    endpoint = next((e for e in trained if e), "chat")  # the base is asked as the runs were trained
     evaluate(models, [], reference, cfg.judge, run_dir / "eval", prompts,
-             EvalSettings(max_new_tokens=cfg.max_new_tokens, bootstrap=cfg.bootstrap))
+             EvalSettings(endpoint=endpoint, max_new_tokens=cfg.max_new_tokens, bootstrap=cfg.bootstrap))
     return [run_dir / "eval" / "leaderboard.json"]
 
 

@@ -1,7 +1,8 @@
 """The `eval` stage: each model's answers to the eval prompts, judged against reference answers.
 
 Answers come from model folders (generated greedily through the transformers backend, cached in the
-run's store.sqlite like every generation) or from existing outputs files. Both are written / read in
+run's store.sqlite like every generation; a model pairforge trained is asked in the prompt format it was
+trained in) or from existing outputs files. Both are written / read in
 AlpacaEval's model_outputs.json shape (instruction, output, generator, dataset), so the official
 alpaca_eval can judge the same files. Each model is judged against the reference answer of every
 prompt: llm-pairwise in both orders (verdict = P(model better)); reward-model as a win (1), tie (0.5) or
@@ -13,9 +14,10 @@ leaderboard. Verdicts the judge could not give are counted and left out, never g
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -31,6 +33,7 @@ from pairforge.generate.store import Store
 from pairforge.io import read_records, write_json, write_table
 from pairforge.judge.run import judge_frame
 from pairforge.pairs.filters import word_count
+from pairforge.prompting import endpoint_of
 
 REFERENCE = "reference"
 LEADERBOARD_FILE = "leaderboard.json"
@@ -40,6 +43,7 @@ _TIE = 1e-4  # rewards closer than this are a tie
 
 @dataclass
 class EvalSettings:
+    endpoint: Literal["chat", "completions"] = "chat"  # for models that are not training runs (a run: as trained)
     max_new_tokens: int = 256
     temperature: float = 0.0
     batch_size: int = 8
@@ -117,7 +121,8 @@ def _generate(name: str, model: str, prompts: pl.DataFrame, settings: EvalSettin
     if (path / "model" / "config.json").exists() or (path / "model" / "adapter_config.json").exists():
         model = str(path / "model")  # a training run's folder
     source = SourceConfig(name=name, model=model, temperature=settings.temperature, batch_size=settings.batch_size,
-                          max_new_tokens=settings.max_new_tokens, seed=settings.seed)
+                          max_new_tokens=settings.max_new_tokens, seed=settings.seed,
+                          endpoint=trained_endpoint(Path(model)) or settings.endpoint)
     check_source(source)
     requests = source_requests(source, prompts, 1)
     with progress_bar(show_progress) as progress:
@@ -127,6 +132,16 @@ def _generate(name: str, model: str, prompts: pl.DataFrame, settings: EvalSettin
                          f"({', '.join(tally.reasons)})")
     entries = store.get(r.key for r in requests)
     return {pid: entries[r.key].value["text"] for pid, r in zip(prompts[S.PROMPT_ID], requests, strict=True)}  # type: ignore[index]
+
+
+def trained_endpoint(model: Path) -> Literal["chat", "completions"] | None:
+    """How a model trained by pairforge must be asked: in the prompt format it was trained in (its run.json,
+    beside the model folder); None for any other model."""
+    run_json = model.parent / "run.json" if model.name == "model" else model / "run.json"
+    if not run_json.exists():
+        return None
+    trained = json.loads(run_json.read_text(encoding="utf-8")).get("prompt_format")
+    return endpoint_of(trained) if trained in ("chat", "text") else None
 
 
 def _write_model_outputs(answers: dict[str, str], prompts: pl.DataFrame, name: str, path: Path) -> None:

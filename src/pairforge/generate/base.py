@@ -50,11 +50,6 @@ class Backend(Protocol):
     def run(self, requests: list[Request], report: Reporter) -> None: ...
 
 
-def plain_text(messages: list[Message]) -> str:
-    """A prompt without any chat template: its turns' text, blank-line separated (completions endpoint)."""
-    return "\n\n".join(m["content"] for m in messages)
-
-
 def check_source(cfg: SourceConfig) -> None:
     """Fail before any work when a source cannot run here: a missing package or API key is one clear line."""
     needs = {"openai": ("openai", "pip install openai"),

@@ -1,4 +1,5 @@
-"""Generation with transformers on this machine: batched, left-padded, chat template or plain text.
+"""Generation with transformers on this machine: batched, left-padded, chat template or plain text
+(`prompting` says how a prompt is rendered; training renders it the same way).
 
 Requests are sorted by prompt length and answered `batch_size` at a time (left padding, so every
 row's answer starts right after its own prompt). Sampling is seeded per batch from the first
@@ -13,8 +14,9 @@ from typing import Any
 import torch
 
 from pairforge.config import SourceConfig
-from pairforge.generate.base import Completion, Reporter, Request, plain_text
+from pairforge.generate.base import Completion, Reporter, Request
 from pairforge.models import load_causal_lm
+from pairforge.prompting import has_chat_template, plain_text, templated_prompt
 
 
 class TransformersBackend:
@@ -44,6 +46,8 @@ class TransformersBackend:
     def _encode(self, messages: list[dict[str, str]]) -> list[int]:
         if self.cfg.endpoint == "completions":
             return self.tokenizer(plain_text(messages), add_special_tokens=True)["input_ids"]
+        if not has_chat_template(self.tokenizer):  # a base model: the instruction template training uses too
+            return self.tokenizer(templated_prompt(messages), add_special_tokens=True)["input_ids"]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]  # the template has its own BOS
 

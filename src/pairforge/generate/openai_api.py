@@ -14,7 +14,8 @@ import random
 from typing import Any
 
 from pairforge.config import SourceConfig
-from pairforge.generate.base import Completion, Reporter, Request, api_key, plain_text
+from pairforge.generate.base import Completion, Reporter, Request, api_key
+from pairforge.prompting import plain_text
 
 _RETRYABLE_STATUS = {408, 409, 429}
 _BACKOFF_BASE_S, _BACKOFF_CAP_S = 0.5, 30.0

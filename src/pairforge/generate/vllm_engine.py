@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from pairforge.config import SourceConfig
-from pairforge.generate.base import Completion, Reporter, Request, plain_text
+from pairforge.generate.base import Completion, Reporter, Request
 from pairforge.models import model_path
+from pairforge.prompting import plain_text
 
 _CHUNK = 512
 

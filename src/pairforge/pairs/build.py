@@ -2,7 +2,8 @@
 
 Order of work: lengths -> answer filters -> decontamination -> strategy -> pair filters -> margin and
 difficulty -> invariants -> train/eval split. The output's first columns are TRL's (prompt, chosen,
-rejected; conversational when the prompts are chat messages), followed by provenance (see
+rejected; conversational unless `prompt_format: text`, because answers asked through a chat template are
+trained through it: see `prompting`), followed by provenance (see
 `schema.PAIR_COLUMNS`), so the file trains in pairforge and, unchanged, in TRL.
 
 difficulty = 1 - margin / span, in [0, 1): span is the largest margin possible in this input (the
@@ -73,7 +74,7 @@ def build_pairs(responses: pl.DataFrame, cfg: PairsConfig) -> PairSet:
         pairs = filters.with_word_overlap(pairs, answers, cfg.filters.near_duplicate)
     pairs, dropped = filters.apply(pairs, filters.pair_drop_reasons(cfg.filters))
     summary["dropped_pairs"] = _count(dropped, [filters.DROP, "pair_type"])
-    pairs = _finish(pairs, answers, candidates.span)
+    pairs = _finish(pairs, answers, candidates.span, chat=cfg.prompt_format != "text")
     check_invariants(pairs, order)
 
     in_eval = _eval_mask(cfg.eval_fraction)
@@ -99,11 +100,17 @@ def _resolve_order(
     return order, order.pair_types(cfg.pair_types)
 
 
-def _finish(pairs: pl.DataFrame, answers: pl.DataFrame, span: float) -> pl.DataFrame:
-    """Attach prompts, ids, difficulty and TRL's formats; order columns as `schema.PAIR_COLUMNS`.
-    Rows keep the input's order (chosen answer, then pair type), so the same input gives the same file."""
+def _finish(pairs: pl.DataFrame, answers: pl.DataFrame, span: float, chat: bool) -> pl.DataFrame:
+    """Attach prompts, ids, difficulty and TRL's format (conversational when `chat`, else standard); order
+    columns as `schema.PAIR_COLUMNS`. Rows keep the input's order (chosen answer, then pair type), so the
+    same input gives the same file."""
     prompts = answers.select(S.PROMPT_ID, S.PROMPT).unique(S.PROMPT_ID)
-    chat = prompts.schema[S.PROMPT] == MESSAGES
+    messages = prompts.schema[S.PROMPT] == MESSAGES
+    if chat and not messages:
+        prompts = prompts.with_columns(pl.concat_list(pl.struct(role=pl.lit("user"), content=S.PROMPT)).alias(S.PROMPT))
+    elif not chat and messages:  # the text the completions endpoint was given (prompting.plain_text)
+        text = pl.col(S.PROMPT).list.eval(pl.element().struct.field("content")).list.join("\n\n")
+        prompts = prompts.with_columns(text.alias(S.PROMPT))
     pair_id = pl.concat_str(S.PROMPT_ID, pl.lit(":"), "chosen_source", pl.lit("."), "chosen_sample",
                             pl.lit(">"), "rejected_source", pl.lit("."), "rejected_sample")
     pairs = pairs.join(prompts, on=S.PROMPT_ID, maintain_order="left").with_columns(

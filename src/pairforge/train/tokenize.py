@@ -1,7 +1,7 @@
 """Pairs -> token ids, with the prompt/answer boundary found on token ids, never by slicing characters.
 
-For each answer we tokenize the prompt alone and prompt + answer (through the chat template when the
-pair is conversational, as plain text otherwise, like TRL); the answer starts where the two token
+For each answer we tokenize the prompt alone and prompt + answer in the pair's prompt format (see
+`prompting`: the chat template, or plain text like TRL's standard records); the answer starts where the two token
 sequences first differ, so a token that merges the prompt's last characters with the answer's first
 ones counts as answer. The answer always ends with exactly one EOS: appended when missing, and
 anything a chat template renders after the end-of-turn EOS (a newline) is cut. A doubled leading BOS
@@ -20,6 +20,8 @@ from typing import Any
 import polars as pl
 
 from pairforge.errors import InputError
+from pairforge.prompting import PromptFormat, has_chat_template, plain_text, templated_prompt
+from pairforge.schema import to_messages
 
 
 @dataclass
@@ -74,8 +76,9 @@ def tokenize_pairs(
     too_long: str = "truncate",
     target_column: str | None = None,
     source: str = "pairs",
+    prompt_format: PromptFormat | None = None,
 ) -> tuple[list[TokenizedPair], TokenizeStats]:
-    """Tokenize every pair; `source` names the file in errors."""
+    """Tokenize every pair; `source` names the file in errors; `prompt_format` None follows each record."""
     check_pairs_frame(frame, target_column, source)
     max_prompt = max_prompt_length or max_length // 2
     stats = TokenizeStats()
@@ -88,7 +91,7 @@ def tokenize_pairs(
         sequences: dict[str, Sequence] = {}
         truncated = False
         for name, answer in answers.items():
-            seq = encode(tokenizer, row["prompt"], answer)
+            seq = encode(tokenizer, row["prompt"], answer, prompt_format)
             if len(seq.ids) > max_length:
                 if too_long == "error":
                     raise InputError(source, f"prompt + {name} is {len(seq.ids)} tokens, more than max_length "
@@ -125,15 +128,22 @@ def check_pairs_frame(frame: pl.DataFrame, target_column: str | None, source: st
         raise InputError(source, "no pairs: the file is empty")
 
 
-def encode(tokenizer: Any, prompt: Any, answer: Any) -> Sequence:
-    """Token ids of prompt + answer and the index where the answer begins (see the module docstring)."""
-    if isinstance(prompt, list):  # conversational (TRL): answer is [{"role": "assistant", ...}]
-        answer_turns = answer if isinstance(answer, list) else [{"role": "assistant", "content": answer}]
-        prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
-        full = _chat_ids(tokenizer, [*prompt, *answer_turns], add_generation_prompt=False)
+def encode(tokenizer: Any, prompt: Any, answer: Any, prompt_format: PromptFormat | None = None) -> Sequence:
+    """Token ids of prompt + answer and the index where the answer begins (see the module docstring).
+    The format defaults to the record's own: conversational prompts as chat, plain-text prompts as text."""
+    prompt_format = prompt_format or ("chat" if isinstance(prompt, list) else "text")
+    answer_turns = answer if isinstance(answer, list) else [{"role": "assistant", "content": answer}]
+    if prompt_format == "chat" and has_chat_template(tokenizer):
+        messages = to_messages(prompt)
+        prompt_ids = _chat_ids(tokenizer, messages, add_generation_prompt=True)
+        full = _chat_ids(tokenizer, [*messages, *answer_turns], add_generation_prompt=False)
     else:
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        full = tokenizer(prompt + answer)["input_ids"]
+        if prompt_format == "chat":  # a model without a chat template: the instruction template
+            text = templated_prompt(to_messages(prompt))
+        else:
+            text = prompt if isinstance(prompt, str) else plain_text(prompt)
+        prompt_ids = tokenizer(text)["input_ids"]
+        full = tokenizer(text + "".join(turn["content"] for turn in answer_turns))["input_ids"]
     bos = tokenizer.bos_token_id
     if bos is not None and len(full) > 1 and full[0] == full[1] == bos:  # template BOS + tokenizer BOS
         full, prompt_ids = full[1:], prompt_ids[1:] if prompt_ids[:2] == [bos, bos] else prompt_ids
@@ -157,8 +167,6 @@ def truncate(seq: Sequence, max_length: int, max_prompt: int) -> Sequence:
 
 
 def _chat_ids(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
-    if not getattr(tokenizer, "chat_template", None):
-        raise InputError("tokenizer", "conversational pairs need a tokenizer with a chat template; this one has none")
     ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
     return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 

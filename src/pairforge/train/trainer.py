@@ -33,12 +33,14 @@ import polars as pl
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
+from rich.console import Console
 
 from pairforge.config import TrainConfig
 from pairforge.errors import InputError
 from pairforge.io import read_records, write_json
 from pairforge.models import cache_dir, load_causal_lm
 from pairforge.pairs.curriculum import Plan, difficulty_of, length_grouped, plan, reference_margin
+from pairforge.prompting import PromptFormat, has_chat_template, prompt_format_of
 from pairforge.train import losses as L
 from pairforge.train.lean import use_lean_blocks
 from pairforge.train.logprobs import AnswerLogps, Batch, SequenceScores, answer_logps, collate, forward_pieces
@@ -77,8 +79,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     reward_model = L.REWARD_MODEL in weights
     share = cfg.share_prompt and not reward_model
     model, tokenizer = load_causal_lm(cfg.model, cfg.dtype, reward_head=reward_model)
-    train_pairs, token_stats = _tokenize(train_frame, tokenizer, cfg, target, str(cfg.pairs))
-    eval_pairs, _ = _tokenize(eval_frame, tokenizer, cfg, target, str(eval_path))
+    prompt_format = _prompt_format(train_frame, cfg, tokenizer, progress and accelerator.is_main_process)
+    train_pairs, token_stats = _tokenize(train_frame, tokenizer, cfg, target, str(cfg.pairs), prompt_format)
+    eval_pairs, _ = _tokenize(eval_frame, tokenizer, cfg, target, str(eval_path), prompt_format)
 
     # --- models: policy, and the reference (LoRA: adapter off; full: frozen copy) -------------------
     _disable_dropout(model)
@@ -137,7 +140,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     _truncate_jsonl(consumed_file, lambda r: r["micro"] < consumed)
     if accelerator.is_main_process:
-        write_json({"config": cfg.model_dump(mode="json"), "tokenize": token_stats.__dict__,
+        write_json({"config": cfg.model_dump(mode="json"), "prompt_format": prompt_format,
+                    "tokenize": token_stats.__dict__,
                     "pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "total_steps": total_steps,
                     "stages": schedule.stage_names, "curriculum_dropped": schedule.dropped}, out / "run.json")
         _truncate_jsonl(metrics_file, lambda r: r["step"] <= step)
@@ -247,12 +251,25 @@ def _read_pairs(path: Path | None, target: str | None, required: bool) -> pl.Dat
     return frame
 
 
+def _prompt_format(frame: pl.DataFrame, cfg: TrainConfig, tokenizer: Any, say: bool) -> PromptFormat:
+    """The format every pair is trained in (and the trained model is later asked in); said once when a
+    chat model trains on plain-text prompts, since that is rarely what one wants by accident."""
+    conversational = isinstance(frame.schema["prompt"], pl.List)
+    prompt_format = prompt_format_of(conversational, cfg.prompt_format)
+    if say and prompt_format == "text" and has_chat_template(tokenizer) and cfg.prompt_format == "auto":
+        Console(stderr=True, soft_wrap=True).print(
+            f"note: {cfg.pairs} has plain-text prompts, so they train as raw prompt + answer text without the "
+            "model's chat template (TRL's rule); set train.prompt_format: chat to train through the template",
+            highlight=False)
+    return prompt_format
+
+
 def _tokenize(frame: pl.DataFrame | None, tokenizer: Any, cfg: TrainConfig, target: str | None,
-              source: str) -> tuple[list[TokenizedPair], TokenizeStats]:
+              source: str, prompt_format: PromptFormat) -> tuple[list[TokenizedPair], TokenizeStats]:
     if frame is None:
         return [], TokenizeStats()
     return tokenize_pairs(frame, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-                          too_long=cfg.too_long, target_column=target, source=source)
+                          too_long=cfg.too_long, target_column=target, source=source, prompt_format=prompt_format)
 
 
 def _default_eval_path(pairs: Path | None) -> Path | None:

@@ -1,0 +1,46 @@
+"""How a prompt becomes the text a model sees: one rule shared by generation, training and evaluation.
+
+Two prompt formats exist, and a pair is trained in the one its answers were asked in:
+  chat  the model's chat template with the generation prompt (TRL's conversational records). A model
+        without a chat template (a base model such as the paper's LLaMA-7B) gets `TEXT_TEMPLATE`, an
+        Alpaca-style instruction template, everywhere instead.
+  text  the prompt's text as it is, the answer continuing it (TRL's standard records; the
+        `completions` endpoint of a source).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pairforge.schema import Message
+
+PromptFormat = Literal["chat", "text"]
+
+TEXT_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                 "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+
+
+def plain_text(messages: list[Message]) -> str:
+    """A prompt without any chat template: its turns' text, blank-line separated (completions endpoint)."""
+    return "\n\n".join(m["content"] for m in messages)
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def templated_prompt(messages: list[Message]) -> str:
+    """The instruction template a model without a chat template is asked (and trained) with."""
+    return TEXT_TEMPLATE.format(instruction=plain_text(messages))
+
+
+def prompt_format_of(prompts_are_messages: bool, requested: str) -> PromptFormat:
+    """'auto' follows the records: conversational prompts train as chat, plain-text prompts as text."""
+    if requested in ("chat", "text"):
+        return requested  # type: ignore[return-value]
+    return "chat" if prompts_are_messages else "text"
+
+
+def endpoint_of(prompt_format: PromptFormat) -> Literal["chat", "completions"]:
+    """The generation endpoint that asks a prompt in this format."""
+    return "chat" if prompt_format == "chat" else "completions"
