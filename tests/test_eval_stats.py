@@ -40,7 +40,9 @@ def test_length_controlled_win_rate_keeps_a_real_advantage() -> None:
 def test_paired_difference_tells_a_real_gap_from_noise() -> None:
     rng = np.random.default_rng(2)
     better, worse = (rng.random(300) < 0.7).astype(float), (rng.random(300) < 0.4).astype(float)
-    gap, p = paired_difference(better, worse)
-    assert gap > 0.2 and p < 0.01
+    real = paired_difference(better, worse)
+    assert real.value > 0.2 and real.p_value < 0.01
+    assert 0 < real.low < real.value < real.high and real.significant
     same_a, same_b = (rng.random(300) < 0.5).astype(float), (rng.random(300) < 0.5).astype(float)
-    assert paired_difference(same_a, same_b)[1] > 0.05
+    noise = paired_difference(same_a, same_b)
+    assert noise.p_value > 0.05 and noise.low < 0 < noise.high and not noise.significant

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from pairforge.config import CurriculumConfig, JudgeConfig, PairsConfig, TrainConfig, load_recipe
 from pairforge.errors import EXIT_BAD_INPUT, InputError
-from pairforge.formatting import interval, number
+from pairforge.formatting import difference, interval, number, significance
 from pairforge.io import write_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -328,11 +328,14 @@ def _judge_config(text: str) -> JudgeConfig:
 
 
 def print_leaderboard(result: dict[str, Any]) -> None:
-    """The leaderboard: win rate with interval, length-controlled win rate, lengths, test vs the next row."""
+    """The leaderboard: score or win rate with interval, lengths, paired tests against the next row and
+    against the baseline (the untrained base), and a line per model saying whether it beats the baseline."""
     pairwise = result["judge"] != "similarity"
+    against = next((e["vs_baseline"]["model"] for e in result["models"] if "vs_baseline" in e), None)
     table = Table(title=f"{result['judge']} vs reference, {result['prompts']} prompts", title_justify="left")
     columns = ["model", "win rate [95%]", "LC win rate [95%]"] if pairwise else ["model", "similarity [95%]"]
-    for column in [*columns, "mean score" if pairwise else None, "words (ref)", "unjudged", "vs next (p)"]:
+    for column in [*columns, "mean score" if pairwise else None, "words (ref)", "unjudged", "vs next (p)",
+                   f"vs {against} [95%]" if against else None]:
         if column:
             table.add_column(column, justify="left" if column == "model" else "right")
     for entry in result["models"]:
@@ -342,14 +345,18 @@ def print_leaderboard(result: dict[str, Any]) -> None:
         cells += [f"{entry['mean_length']:.0f} ({entry['reference_length']:.0f})", str(entry["unjudged"])]
         nxt = entry.get("vs_next")
         cells.append(f"{nxt['difference']:+.3f} (p={nxt['p_value']:.3f})" if nxt else "")
+        if against:
+            cells.append(difference(entry["vs_baseline"]) if "vs_baseline" in entry else "")
         table.add_row(*cells)
     console.print(table)
     for entry in result["models"]:
         if entry["unjudged"]:
             console.print(f"{entry['model']}: {entry['unjudged']} of {entry['prompts']} prompts got no usable verdict "
                           "and are left out of its numbers", highlight=False)
+        if "vs_baseline" in entry:
+            console.print(significance(entry["model"], entry["vs_baseline"]), highlight=False)
         nxt = entry.get("vs_next")
-        if nxt and nxt["p_value"] >= 0.05:
+        if not against and nxt and nxt["p_value"] >= 0.05:
             console.print(f"{entry['model']} vs {nxt['model']}: not significant at this size (p = "
                           f"{nxt['p_value']:.2f}, {nxt['prompts']} prompts)", highlight=False)
 
@@ -423,7 +430,9 @@ def run_command(
         if check:
             console.print(f"declared order {check['declared']}: the judge's ranking confirms "
                           f"{', '.join(check['confirmed']) or 'nothing'}" + (f"; not confirmed: "
-                          f"{', '.join(check['not_confirmed'])}" if check["not_confirmed"] else ""), highlight=False)
+                          f"{', '.join(check['not_confirmed'])}" if check["not_confirmed"] else "") +
+                          (f"; not judged (the judge's reference): {', '.join(check['not_judged'])}"
+                           if check.get("not_judged") else ""), highlight=False)
         board = run_dir / "eval" / "leaderboard.json"
         if board.exists():
             print_leaderboard(json.loads(board.read_text()))

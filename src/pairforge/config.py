@@ -7,6 +7,8 @@ errors (a typo must not silently fall back to a default), reported with the key'
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +23,13 @@ ROLE_MARKERS = (
     r"|<\|im_start\|>|<\|im_end\|>|<\|endoftext\|>|<\|eot_id\|>|<\|start_header_id\|>|\[/?INST\]"
     r"|<\|user\|>|<\|assistant\|>|<\|system\|>"
 )
+
+
+def folder_stamp(folder: Path) -> str:
+    """Cheap identity of a folder's files (names, sizes, modification times): changes when any is rewritten."""
+    files = sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in folder.rglob("*") if f.is_file())
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
 
 
 class Section(BaseModel):
@@ -262,9 +271,13 @@ class SourceConfig(Section):
         return self
 
     def cache_settings(self) -> dict[str, Any]:
-        """What determines the answers: the cache key's settings part."""
-        return self.model_dump(include={"backend", "model", "endpoint", "temperature", "top_p", "max_new_tokens",
-                                        "seed", "system", "stop", "dtype"})
+        """What determines the answers: the cache key's settings part. A local model folder also adds the
+        stamp of its files, so a model retrained in the same folder never reuses the old model's answers."""
+        settings = self.model_dump(include={"backend", "model", "endpoint", "temperature", "top_p",
+                                            "max_new_tokens", "seed", "system", "stop", "dtype"})
+        if self.backend in ("transformers", "vllm") and Path(self.model).is_dir():
+            settings["model_files"] = folder_stamp(Path(self.model))
+        return settings
 
 
 class JudgeConfig(Section):
@@ -324,6 +337,10 @@ class EvalConfig(Section):
                                description="default: similarity to the reference (offline)")
     base: bool = Field(True, description="also evaluate the starting model, untrained")
     max_new_tokens: int = Field(128, ge=1, description="answer length limit of the evaluated models (greedy)")
+    batch_size: int = Field(8, ge=1, description="prompts per generate() call of the evaluated models")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the evaluated models' "
+                                                             "weights while answering (bfloat16: ~2x faster on "
+                                                             "CPUs with AVX512-BF16 / AMX and on GPUs)")
     bootstrap: int = Field(1000, ge=10, description="bootstrap resamples for intervals and paired tests")
 
 

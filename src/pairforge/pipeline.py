@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class Stage:
     run: Callable[[], list[Path]]
     inputs: list[Path] = field(default_factory=list)
     settings: Any = None
+    work_dir: Path | None = None  # partial work (checkpoints) a rerun of the same settings resumes from
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode())
@@ -103,7 +105,7 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
                             (f", curriculum {cfg.curriculum.schedule}" if cfg.curriculum else ""), steps,
                             _train_estimate(cfg, passes), lambda c=cfg: _train(c),
                             [cfg.pairs, *([marker(run_dir, f"train:{run.after}")] if run.after else [])],
-                            cfg.model_dump(mode="json")))
+                            cfg.model_dump(mode="json"), work_dir=cfg.out))
     if recipe.eval is not None:
         models = (["base"] if recipe.eval.base else []) + [r.name for r in recipe.runs]
         eval_prompts = "held-out prompts" if recipe.eval.prompts == "held-out" else str(recipe.eval.prompts)
@@ -185,6 +187,7 @@ def run(plan_: Plan, start: str | None = None, progress: Callable[[str, str], No
             done.append({"stage": stage.name, "status": "skipped"})
             continue
         progress(stage.name, f"running: {stage.what}")
+        _start_fresh_unless_resuming(stage, done_file, fingerprint)
         began = time.perf_counter()
         outputs = stage.run()
         seconds = time.perf_counter() - began
@@ -192,6 +195,20 @@ def run(plan_: Plan, start: str | None = None, progress: Callable[[str, str], No
                    done_file)
         done.append({"stage": stage.name, "status": "ran", "seconds": seconds, "outputs": [str(p) for p in outputs]})
     return done
+
+
+def _start_fresh_unless_resuming(stage: Stage, done_file: Path, fingerprint: str) -> None:
+    """A stage's partial work is resumed only when it was begun with the same settings and never finished;
+    otherwise (settings changed, or a finished stage run again) its work folder starts empty, so a
+    checkpoint made under other settings is never taken for this run's."""
+    if stage.work_dir is None:
+        return
+    started = done_file.with_suffix(".started")
+    finished_before = done_file.exists() and json.loads(done_file.read_text()).get("fingerprint") == fingerprint
+    if stage.work_dir.exists() and (finished_before or not started.exists() or started.read_text() != fingerprint):
+        shutil.rmtree(stage.work_dir)
+    started.parent.mkdir(parents=True, exist_ok=True)
+    started.write_text(fingerprint)
 
 
 def marker(run_dir: Path, stage: str) -> Path:
@@ -259,10 +276,14 @@ def _rank(recipe: Recipe, run_dir: Path) -> list[Path]:
         from pairforge.pairs.order import parse_rank
 
         found = set(result["rank"].split(", ")) if result["rank"] else set()
-        declared = sorted(f"{a} > {b}" for a, b in parse_rank(recipe.pairs.rank).beats)
+        judged = {s["name"] for s in result["sources"]}  # a judge's own reference is not judged against itself
+        beats = sorted(parse_rank(recipe.pairs.rank).beats)
+        checkable = [f"{a} > {b}" for a, b in beats if a in judged and b in judged]
         result["declared_check"] = {"declared": recipe.pairs.rank,
-                                    "confirmed": [d for d in declared if d in found],
-                                    "not_confirmed": [d for d in declared if d not in found]}
+                                    "confirmed": [d for d in checkable if d in found],
+                                    "not_confirmed": [d for d in checkable if d not in found],
+                                    "not_judged": [f"{a} > {b}" for a, b in beats
+                                                   if a not in judged or b not in judged]}
     return [write_json(result, run_dir / "ranking.json")]
 
 
@@ -317,7 +338,8 @@ def _evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
     trained = [trained_endpoint(run_dir / "train" / r.name / "model") for r in recipe.runs]
     endpoint = next((e for e in trained if e), "chat")  # the base is asked as the runs were trained
     evaluate(models, [], reference, cfg.judge, run_dir / "eval", prompts,
-             EvalSettings(endpoint=endpoint, max_new_tokens=cfg.max_new_tokens, bootstrap=cfg.bootstrap))
+             EvalSettings(endpoint=endpoint, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                          dtype=cfg.dtype, baseline="base" if cfg.base else None, bootstrap=cfg.bootstrap))
     return [run_dir / "eval" / "leaderboard.json"]
 
 

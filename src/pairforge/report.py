@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
 from pairforge.errors import InputError  # noqa: E402
-from pairforge.formatting import interval, number  # noqa: E402
+from pairforge.formatting import difference, interval, number, significance  # noqa: E402
 from pairforge.io import write_atomically  # noqa: E402
 
 _COLORS = ("#1f6fb4", "#e6862a", "#2f9e44", "#c92a2a", "#7048e8", "#868e96")
@@ -206,9 +206,10 @@ def _evaluation(files: list[Path]) -> Section | None:
                 cells.append(interval(m.get("length_controlled_win_rate")))
             nxt = m.get("vs_next")
             cells += [f"{m['mean_length']:.0f} ({m['reference_length']:.0f})", str(m["unjudged"]),
-                      f"{nxt['difference']:+.3f}, p = {nxt['p_value']:.3f}" if nxt else ""]
+                      f"{nxt['difference']:+.3f}, p = {nxt['p_value']:.3f}" if nxt else "",
+                      difference(m["vs_baseline"]) if "vs_baseline" in m else ""]
             rows.append(cells)
-        section.tables.append(([*header, "words (reference)", "unjudged", "vs next row"], rows))
+        section.tables.append(([*header, "words (reference)", "unjudged", "vs next row", "vs base [95%]"], rows))
         section.paragraphs.append(f"{board['judge']} judge against {Path(board['reference']).name}, "
                                   f"{board['prompts']} prompts; ties count half. " + _significance(models))
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
@@ -238,7 +239,7 @@ def _evaluation(files: list[Path]) -> Section | None:
 
 
 def _significance(models: list[dict[str, Any]]) -> str:
-    notes = []
+    notes = [significance(m["model"], m["vs_baseline"]) for m in models if "vs_baseline" in m]
     for m in models:
         if m.get("vs_next"):
             p = m["vs_next"]["p_value"]

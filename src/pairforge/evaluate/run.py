@@ -8,8 +8,10 @@ alpaca_eval can judge the same files. Each model is judged against the reference
 prompt: llm-pairwise in both orders (verdict = P(model better)); reward-model as a win (1), tie (0.5) or
 loss (0) on the rewards, with the mean reward; similarity as the mean similarity to the reference
 (it has no notion of winning). Per model: win rate with a bootstrap interval, the length-controlled win
-rate, mean length, a per-dataset breakdown, and a paired bootstrap test against the next row of the
-leaderboard. Verdicts the judge could not give are counted and left out, never guessed.
+rate, mean length, a per-dataset breakdown, and paired bootstrap tests against the next row of the
+leaderboard and against the baseline (the untrained base in a pipeline): the difference, its 95% interval
+and p-value; a difference is significant when its interval excludes 0. Verdicts the judge could not give
+are counted and left out, never guessed.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class EvalSettings:
     max_new_tokens: int = 256
     temperature: float = 0.0
     batch_size: int = 8
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    baseline: str | None = None  # every other model is tested against this one (difference + interval)
     bootstrap: int = 1000
     seed: int = 0
 
@@ -76,7 +80,7 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
     verdicts = _verdicts(frame.with_columns(pl.Series(S.SCORE, scores, dtype=pl.Float64)), judgments, cfg.kind)
     verdicts = verdicts.join(prompts.select(S.PROMPT_ID, "dataset"), on=S.PROMPT_ID, how="left")
     write_table(verdicts, out_dir / VERDICTS_FILE)
-    board = _leaderboard(verdicts, cfg.kind, settings)
+    board = _leaderboard(verdicts, cfg.kind, settings, settings.baseline)
     result = {"judge": cfg.kind, "prompts": prompts.height, "reference": str(reference), "models": board,
               "judge_summary": {k: v for k, v in judge_summary.items() if k != "per_source"},
               "config": {"judge": cfg.model_dump(mode="json"), "settings": settings.__dict__,
@@ -121,7 +125,7 @@ def _generate(name: str, model: str, prompts: pl.DataFrame, settings: EvalSettin
     if (path / "model" / "config.json").exists() or (path / "model" / "adapter_config.json").exists():
         model = str(path / "model")  # a training run's folder
     source = SourceConfig(name=name, model=model, temperature=settings.temperature, batch_size=settings.batch_size,
-                          max_new_tokens=settings.max_new_tokens, seed=settings.seed,
+                          max_new_tokens=settings.max_new_tokens, seed=settings.seed, dtype=settings.dtype,
                           endpoint=trained_endpoint(Path(model)) or settings.endpoint)
     check_source(source)
     requests = source_requests(source, prompts, 1)
@@ -184,7 +188,10 @@ def _verdicts(scored: pl.DataFrame, judgments: pl.DataFrame | None, kind: str) -
     return rows
 
 
-def _leaderboard(verdicts: pl.DataFrame, kind: str, settings: EvalSettings) -> list[dict[str, Any]]:
+def _leaderboard(verdicts: pl.DataFrame, kind: str, settings: EvalSettings,
+                 baseline: str | None) -> list[dict[str, Any]]:
+    """Models best first, each with its interval, its paired test against the next row, and against the
+    baseline model (the untrained base, say) with the difference's 95% interval."""
     board = []
     for model in verdicts["model"].unique(maintain_order=True):
         rows = verdicts.filter(pl.col("model") == model)
@@ -207,11 +214,21 @@ def _leaderboard(verdicts: pl.DataFrame, kind: str, settings: EvalSettings) -> l
     key = "win_rate" if kind != "similarity" else "score"
     board.sort(key=lambda e: -e[key]["value"] if key in e else np.inf)
     column = "verdict" if key == "win_rate" else S.SCORE
-    for upper, lower in zip(board, board[1:], strict=False):
-        both = verdicts.filter(pl.col("model").is_in([upper["model"], lower["model"]])).pivot(
+
+    def versus(model: str, other: str) -> dict[str, Any] | None:
+        both = verdicts.filter(pl.col("model").is_in([model, other])).pivot(
             on="model", index=S.PROMPT_ID, values=column).drop_nulls()
-        if both.height:
-            gap, p = paired_difference(both[upper["model"]].to_numpy(), both[lower["model"]].to_numpy(),
-                                       settings.bootstrap, settings.seed)
-            upper["vs_next"] = {"model": lower["model"], "difference": gap, "p_value": p, "prompts": both.height}
+        if not both.height:
+            return None
+        gap = paired_difference(both[model].to_numpy(), both[other].to_numpy(), settings.bootstrap, settings.seed)
+        return {"model": other, "difference": gap.value, "low": gap.low, "high": gap.high, "p_value": gap.p_value,
+                "significant": gap.significant, "prompts": both.height}
+
+    for upper, lower in zip(board, board[1:], strict=False):
+        if (found := versus(upper["model"], lower["model"])) is not None:
+            upper["vs_next"] = found
+    names = [entry["model"] for entry in board]
+    for entry in board:
+        if baseline in names and entry["model"] != baseline and (found := versus(entry["model"], baseline)):
+            entry["vs_baseline"] = found
     return board

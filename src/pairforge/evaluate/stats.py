@@ -44,12 +44,29 @@ def length_controlled_win_rate(verdicts: np.ndarray, model_lengths: np.ndarray, 
     return _interval(value, draws, level)
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray, bootstrap: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """Win-rate difference of two models judged on the same prompts, and its two-sided bootstrap p-value."""
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean per-prompt difference of two models judged on the same prompts, its percentile bootstrap
+    interval, and the two-sided bootstrap p-value of "no difference"."""
+
+    value: float
+    low: float
+    high: float
+    p_value: float
+
+    @property
+    def significant(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, bootstrap: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> PairedDifference:
+    """How much better a is than b on the same prompts (resampling prompts keeps the pairing)."""
     difference = a - b
     draws = _resample_means(difference, bootstrap, seed)
     p = 2 * min((draws <= 0).mean(), (draws >= 0).mean())
-    return float(difference.mean()), float(min(1.0, p))
+    spread = _interval(float(difference.mean()), draws, level)
+    return PairedDifference(spread.value, spread.low, spread.high, float(min(1.0, p)))
 
 
 def _lc(verdicts: np.ndarray, z: np.ndarray, iterations: int = 50) -> float:
