@@ -3,7 +3,7 @@
 Errors (exit 2): malformed JSON, a non-object line, wrong types, missing prompt/response, NaN or
 infinite scores, an empty file, a file that is not UTF-8, an unknown source in --rank or
 --pair-types, a rank with a cycle or a source twice, the same (prompt, source, sample) twice, an
-unknown recipe key. Skipped and counted instead: a prompt with only one source (see test_pairs.py).
+unknown recipe key, an unknown --prompt-format or a bad train.prompt_format / eval.dtype / eval.batch_size. Skipped and counted instead: a prompt with only one source (see test_pairs.py).
 """
 
 from __future__ import annotations
@@ -142,3 +142,21 @@ def test_console_script_exit_code_and_stderr(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "line 1" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_unknown_prompt_format_flag(jsonl, long_rows):
+    assert_one_line_error(run_cli(jsonl("a.jsonl", long_rows), *RANK, "--prompt-format", "xml"), "--prompt-format",
+                          "'auto', 'chat' or 'text'")
+
+
+@pytest.mark.parametrize(("section", "line"), [("train:\n  prompt_format: html\n", "train.prompt_format"),
+                                               ("eval:\n  dtype: float8\n", "eval.dtype"),
+                                               ("eval:\n  batch_size: 0\n", "eval.batch_size")])
+def test_bad_recipe_values_of_the_format_and_eval_options(tmp_path, section, line):
+    from pairforge.config import load_recipe
+    from pairforge.errors import InputError
+
+    (tmp_path / "recipe.yaml").write_text(section)
+    with pytest.raises(InputError) as error:
+        load_recipe(tmp_path / "recipe.yaml")
+    assert line in str(error.value) and "line 2" in str(error.value) and "\n" not in str(error.value)

@@ -26,10 +26,17 @@ from pairforge.config import Recipe, RunConfig, load_recipe
 from pairforge.errors import InputError
 from pairforge.io import write_json
 
-# Seconds per unit of work for the embedded model on the project's 2-core CPU (measured on the
-# quickstart; a rough guide, printed as such; other models get no estimate).
-_SECONDS_PER_LOCAL_TOKEN = 1 / 60
-_SECONDS_PER_PAIR_PASS = 0.5
+# Work rates of the embedded model on the project's 2-core CPU (AVX512-BF16), measured on the quickstart
+# in 2026-11; a rough guide, printed as such; other models get no estimate.
+_TOKENS_PER_S_AT_10_ROWS = 80.0  # float32 generation, 10 prompts per generate() call
+_SECONDS_PER_PAIR_PASS = 1.0  # float32 training, LoRA, ~150-token rows
+_BF16_SPEED_UP = 2.2
+
+
+def _local_tokens_per_s(batch_size: int, dtype: str) -> float:
+    """More rows per step use the cores better, up to ~2.4x at 64 rows."""
+    return _TOKENS_PER_S_AT_10_ROWS * min(2.4, (batch_size / 10) ** 0.5) * (_BF16_SPEED_UP if dtype == "bfloat16"
+                                                                           else 1.0)
 
 
 @dataclass
@@ -383,7 +390,7 @@ def _generation_estimate(recipe: Recipe, answers: int) -> float | None:
     local = [s for s in recipe.sources if s.backend == "transformers" and s.model == "embedded"]
     if len(local) + sum(s.backend == "file" for s in recipe.sources) < len(recipe.sources):
         return None
-    return sum(answers * s.max_new_tokens * _SECONDS_PER_LOCAL_TOKEN for s in local)
+    return sum(answers * s.max_new_tokens / _local_tokens_per_s(s.batch_size, s.dtype) for s in local)
 
 
 def _train_estimate(cfg: RunConfig, passes: int) -> float | None:
@@ -391,14 +398,15 @@ def _train_estimate(cfg: RunConfig, passes: int) -> float | None:
         return None
     if cfg.max_steps:
         passes = min(passes, cfg.max_steps * cfg.batch_size * cfg.grad_accum)
-    return passes * _SECONDS_PER_PAIR_PASS
+    return passes * _SECONDS_PER_PAIR_PASS / (_BF16_SPEED_UP if cfg.dtype == "bfloat16" else 1.0)
 
 
 def _eval_estimate(recipe: Recipe, models: int) -> float | None:
     assert recipe.eval is not None
     share = recipe.pairs.eval_fraction if recipe.eval.prompts == "held-out" else 1.0
     prompts = 50 * share  # a rough count: the prompt file is read at run time
-    return models * prompts * recipe.eval.max_new_tokens * _SECONDS_PER_LOCAL_TOKEN
+    rate = _local_tokens_per_s(recipe.eval.batch_size, recipe.eval.dtype)
+    return models * prompts * recipe.eval.max_new_tokens / rate
 
 
 def _method(method: Any) -> str:
