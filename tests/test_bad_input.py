@@ -3,7 +3,8 @@
 Errors (exit 2): malformed JSON, a non-object line, wrong types, missing prompt/response, NaN or
 infinite scores, an empty file, a file that is not UTF-8, an unknown source in --rank or
 --pair-types, a rank with a cycle or a source twice, the same (prompt, source, sample) twice, an
-unknown recipe key, an unknown --prompt-format or a bad train.prompt_format / eval.dtype / eval.batch_size. Skipped and counted instead: a prompt with only one source (see test_pairs.py).
+unknown recipe key, an unknown --prompt-format or a bad train.prompt_format / eval.dtype /
+eval.batch_size. Skipped and counted instead: a prompt with only one source (see test_pairs.py).
 """
 
 from __future__ import annotations
