@@ -100,3 +100,32 @@ def test_an_empty_eval_set_is_refused(tmp_path: Path) -> None:
     result = run_cli("eval", "--outputs", str(tmp_path / "ref.json"), "--reference", str(tmp_path / "ref.json"),
                      "--out", str(tmp_path / "e"))
     assert result.returncode == 2 and "ref.json: file is empty: expected at least one record" in result.stderr
+
+
+@pytest.mark.slow
+def test_every_model_is_tested_against_the_baseline_with_an_interval(tmp_path: Path) -> None:
+    """`copy` answers exactly as the reference does, so it must be significantly better than the weak
+    answers; for every model the difference is the gap of the scores, lies inside its interval, and the
+    sentence the CLI prints follows from the interval."""
+    result = run_cli("eval", "--outputs", f"copy={SAMPLE / 'strong.json'}", "--outputs",
+                     f"medium={SAMPLE / 'medium.json'}", "--outputs", f"weak={SAMPLE / 'weak.json'}", "--reference",
+                     str(SAMPLE / "strong.json"), "--baseline", "weak", "--out", str(tmp_path), "--bootstrap", "500")
+    assert result.returncode == 0, result.stderr
+    board = {m["model"]: m for m in json.loads((tmp_path / "leaderboard.json").read_text())["models"]}
+    assert "vs_baseline" not in board["weak"]
+    for name in ("copy", "medium"):
+        versus = board[name]["vs_baseline"]
+        gap = board[name]["score"]["value"] - board["weak"]["score"]["value"]
+        assert versus["model"] == "weak" and abs(versus["difference"] - gap) < 1e-9
+        assert versus["low"] <= versus["difference"] <= versus["high"]
+        words = ("significantly better than" if versus["low"] > 0 else "significantly worse than"
+                 if versus["high"] < 0 else "not significantly different from")
+        assert f"{name} is {words} weak" in result.stderr
+    assert board["copy"]["vs_baseline"]["low"] > 0 and board["copy"]["vs_baseline"]["significant"]
+
+
+def test_an_unknown_baseline_is_refused_before_any_work(tmp_path: Path) -> None:
+    result = run_cli("eval", "--outputs", str(SAMPLE / "weak.json"), "--reference", str(SAMPLE / "strong.json"),
+                     "--baseline", "base", "--out", str(tmp_path / "e"))
+    assert result.returncode == 2 and "--baseline: no model named 'base' (models: weak)" in result.stderr
+    assert not (tmp_path / "e").exists()

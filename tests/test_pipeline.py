@@ -44,22 +44,27 @@ def test_quickstart_quick_makes_every_artifact_then_resumes(tmp_path: Path, pair
     first = pairforge("run", str(recipe), "--quick")
     assert first.returncode == 0, first.stderr[-3000:]
     run = tmp_path / "run-quick"
-    runs = ("sft", "dpo-curriculum", "dpo-random", "slic")
+    runs = ("sft", "dpo")
     responses = pl.read_parquet(run / "responses.parquet")
-    assert responses.height == 48 and set(responses["source"]) == {"strong", "medium", "weak", "reference"}
+    assert responses.height == 36 and set(responses["source"]) == {"smollm", "plain", "reference"}
     assert (run / "store.sqlite").exists() and (run / "responses.scored.parquet").exists()
     ranking = json.loads((run / "ranking.json").read_text())
-    assert {s["name"] for s in ranking["sources"]} == {"strong", "medium", "weak"}  # the reference is not ranked
+    assert {s["name"] for s in ranking["sources"]} == {"smollm", "plain"}  # the judge's reference is not ranked
+    assert ranking["declared_check"]["not_judged"] == ["reference > plain", "reference > smollm"]
     pairs = pl.read_parquet(run / "pairs.parquet")
-    assert set(pairs["pair_type"]) <= {"strong>weak", "strong>medium"} and pairs.height > 0
+    assert set(pairs["pair_type"]) <= {"reference>plain", "reference>smollm"} and pairs.height > 0
+    assert pairs["prompt"][0].to_list()[-1]["role"] == "user"  # asked through the chat template: conversational
+    trained = {json.loads((run / "train" / name / "run.json").read_text())["prompt_format"] for name in runs}
+    assert trained == {"chat"}
     for name in runs:
         assert (run / "train" / name / "model" / "config.json").exists(), name  # merged LoRA: a plain model
         assert (run / "train" / name / "metrics.jsonl").read_text().strip()
-    rows = [json.loads(line) for line in (run / "train" / "dpo-curriculum" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / "train" / "dpo" / "metrics.jsonl").read_text().splitlines()]
     stages = [r["stage"] for r in rows if "stage" in r]
-    assert stages[0] == 0 and stages == sorted(stages)  # easy pairs (strong>weak) first, never back
+    assert stages[0] == 0 and stages == sorted(stages)  # easy pairs (reference>plain) first, never back
     board = json.loads((run / "eval" / "leaderboard.json").read_text())
     assert {m["model"] for m in board["models"]} == {"base", *runs}
+    assert all(m["vs_baseline"]["model"] == "base" for m in board["models"] if m["model"] != "base")
     assert all((run / "eval" / f"{name}.model_outputs.json").exists() for name in ("base", *runs))
     page = (run / "report.html").read_text()
     assert all(f"<section id='{s}'>" in page for s in ("pairs", "sources", "training", "evaluation", "reproduce"))
@@ -68,20 +73,20 @@ def test_quickstart_quick_makes_every_artifact_then_resumes(tmp_path: Path, pair
     again = pairforge("run", str(recipe), "--quick")  # everything finished: only the report is redone
     assert again.returncode == 0, again.stderr[-3000:]
     skipped = [line for line in again.stderr.splitlines() if "skipped (finished" in line]
-    assert len(skipped) == 9, again.stderr[-3000:]
+    assert len(skipped) == 7, again.stderr[-3000:]
 
-    rerun = pairforge("run", str(recipe), "--quick", "--from", "train:slic")
+    rerun = pairforge("run", str(recipe), "--quick", "--from", "train:dpo")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     ran = [line.split(":")[0] + (":" + line.split(":")[1] if line.startswith("train") else "")
            for line in rerun.stderr.splitlines() if ": running:" in line]
-    assert ran == ["train:slic", "eval", "report"], ran
+    assert ran == ["train:dpo", "eval", "report"], ran
 
 
 def test_dry_run_validates_checks_inputs_and_runs_nothing(tmp_path: Path) -> None:
     recipe = relocated(QUICKSTART, tmp_path)
     result = pairforge("run", str(recipe), "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert "dry run" in result.stderr and "train:dpo-curriculum" in result.stderr
+    assert "dry run" in result.stderr and "train:dpo" in result.stderr
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.parquet"))
 
 

@@ -300,13 +300,22 @@ def eval_command(
     max_new_tokens: int = typer.Option(256, help="--models: answer length limit"),
     temperature: float = typer.Option(0.0, help="--models: 0 = greedy"),
     bootstrap: int = typer.Option(1000, help="bootstrap resamples for intervals and paired tests"),
+    baseline: str | None = typer.Option(None, help="test every other model against this one (e.g. base): "
+                                        "difference with its 95% interval"),
+    batch_size: int = typer.Option(8, help="--models: prompts per generate() call"),
+    dtype: str = typer.Option("float32", help="--models: float32 | bfloat16 | float16 while answering"),
 ) -> None:
     """Judge models against reference answers: win rate, interval, length-controlled win rate, leaderboard."""
     def run() -> None:
         from pairforge.evaluate.run import EvalSettings, evaluate
 
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise InputError("--dtype", f"expected float32, bfloat16 or float16, found '{dtype}'")
+        if batch_size < 1:
+            raise InputError("--batch-size", f"expected a positive number of prompts per call, found {batch_size}")
         result = evaluate(models or [], outputs or [], reference, _judge_config(judge), out, prompts,
-                          EvalSettings(max_new_tokens=max_new_tokens, temperature=temperature, bootstrap=bootstrap))
+                          EvalSettings(max_new_tokens=max_new_tokens, temperature=temperature, bootstrap=bootstrap,
+                                       baseline=baseline, batch_size=batch_size, dtype=dtype))  # type: ignore[arg-type]
         print_leaderboard(result)
         console.print(f"wrote {out / 'leaderboard.json'}, {out / 'eval.parquet'}", highlight=False)
 

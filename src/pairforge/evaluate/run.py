@@ -64,6 +64,9 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
     prompts = prompts_from_file(prompts_path or reference)
     if prompts.is_empty():
         raise InputError(str(prompts_path or reference), "no eval prompts: the file is empty")
+    names = [name for name, _ in _named(outputs, "outputs") + _named(models, "models")]
+    if settings.baseline is not None and settings.baseline not in names:
+        raise InputError("--baseline", f"no model named '{settings.baseline}' (models: {', '.join(names)})")
     reference_answers = _answers_for(reference, prompts, "reference")
     answers = {REFERENCE: reference_answers}
     store = Store(out_dir / STORE_FILE)
