@@ -120,3 +120,30 @@ def test_paper_recipes_pass_a_dry_run(recipe: Path) -> None:
     result = pairforge("run", str(recipe), "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "dry run: the recipe is valid" in result.stderr and "format on alpaca_data.sample.json" in result.stderr
+
+
+def test_a_train_stage_resumes_only_its_own_unfinished_work(tmp_path: Path) -> None:
+    """Checkpoints survive a crash and are resumed with the same settings; they are wiped when the settings
+    changed or when a finished stage is run again (--from), so no run resumes another's checkpoint."""
+    from pairforge.pipeline import Plan, Stage, run
+
+    work = tmp_path / "train" / "x"
+    seen: list[bool] = []
+
+    def stage(settings: dict[str, Any], crash: bool = False) -> Plan:
+        def train() -> list[Path]:
+            seen.append((work / "checkpoint").exists())
+            work.mkdir(parents=True, exist_ok=True)
+            (work / "checkpoint").write_text("state")
+            if crash:
+                raise KeyboardInterrupt
+            (work / "model").write_text("weights")
+            return [work / "model"]
+        return Plan(None, tmp_path, [Stage("train:x", "t", "1", None, train, [], settings, work_dir=work)])  # type: ignore[arg-type]
+
+    with pytest.raises(KeyboardInterrupt):
+        run(stage({"lr": 1}, crash=True))
+    run(stage({"lr": 1}))  # same settings after a crash: resumes from the checkpoint
+    run(stage({"lr": 2}))  # settings changed: starts empty
+    run(stage({"lr": 2}), start="train:x")  # finished, run again on purpose: starts empty
+    assert seen == [False, True, False, False]
