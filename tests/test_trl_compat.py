@@ -41,8 +41,9 @@ def test_pairs_file_trains_in_trl_dpo(tmp_path, jsonl, long_rows, embedded_token
 
     rows = long_rows if shape == "standard" else conversational_rows(long_rows)
     out = tmp_path / "pairs.parquet"
+    prompt_format = "text" if shape == "standard" else "chat"
     result = CliRunner().invoke(app, ["pairs", "build", str(jsonl("a.jsonl", rows)), "--rank",
-                                      "gpt-4 > chatgpt > davinci", "--out", str(out)])
+                                      "gpt-4 > chatgpt > davinci", "--out", str(out), "--prompt-format", prompt_format])
     assert result.exit_code == 0, result.output
 
     dataset = load_dataset("parquet", data_files=str(out), split="train")
