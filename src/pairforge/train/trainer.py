@@ -8,6 +8,8 @@ scheduler, RNG and data position; resume from the latest checkpoint; Ctrl-C save
 before exiting; a NaN/inf loss stops the run with the last good state saved.
 Devices: one loop; `accelerate launch` / `torchrun` decides how many processes. Each process takes
 every world-size-th micro-batch of one global, seeded order.
+Every pair is tokenised in one prompt format (`prompting`: the records' own unless `prompt_format` says
+otherwise), written to run.json so that evaluation asks the trained model the same way.
 Assumed: dropout is switched off in policy and reference (so policy == reference gives rewards 0).
 Not supported yet: resuming in the middle of a gradient-accumulation window (checkpoints are only
 written at optimiser-step boundaries, so this never arises from our own checkpoints).
