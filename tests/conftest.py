@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -89,3 +90,15 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory):
     server.start()
     yield server
     server.stop()
+
+
+def rewind(out: Path, step: int) -> None:
+    """Leave `out` as a kill -9 right after the checkpoint of `step` would: later checkpoints, the model and
+    the finished mark gone; metrics and consumed rows of later steps still on disk (as a crash leaves them)."""
+    for later in sorted((out / "checkpoints").glob("step-*")):
+        if int(later.name.split("-")[1]) > step:
+            shutil.rmtree(later)
+    shutil.rmtree(out / "model")
+    run = json.loads((out / "run.json").read_text())
+    del run["finished_step"]
+    (out / "run.json").write_text(json.dumps(run))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import preference_rows
+from conftest import preference_rows, rewind
 from pairforge.cli import app
 from pairforge.config import LoraSettings, TrainConfig
 from pairforge.train.trainer import TrainingStopped, train
@@ -46,6 +46,19 @@ def test_dpo_starts_at_log2_with_zero_rewards(tiny_model_dir, pairs_file, tmp_pa
     assert abs(first["train/rewards/chosen"]) <= tolerance and abs(first["train/rewards/rejected"]) <= tolerance
 
 
+@pytest.mark.parametrize("reference", ["precomputed", "live", "lora"])
+def test_bf16_dpo_starts_at_log2_on_every_reference_path(tiny_model_dir, pairs_file, tmp_path, reference):
+    """The reference pass runs where the policy runs, under the same autocast: with bf16 the first step is
+    exactly policy == reference (loss ln 2, rewards 0), whichever way the reference is computed."""
+    extra = {"precomputed": {"precompute_reference": True}, "live": {"precompute_reference": False},
+             "lora": {"precompute_reference": False, "lora": LoraSettings(r=4, alpha=8)}}[reference]
+    result = train(config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=1, dtype="bfloat16", **extra),
+                   progress=False)
+    first = result.metrics[0]
+    assert first["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert first["train/rewards/chosen"] == 0.0 and first["train/rewards/rejected"] == 0.0
+
+
 def test_short_dpo_run_learns_held_out_preferences(tiny_model_dir, pairs_file, tmp_path):
     out = tmp_path / "run"
     result = train(config(tiny_model_dir, pairs_file, out, epochs=3), progress=False)
@@ -61,20 +74,55 @@ def test_short_dpo_run_learns_held_out_preferences(tiny_model_dir, pairs_file, t
 
 
 def test_resume_continues_the_same_loss_curve(tiny_model_dir, pairs_file, tmp_path):
-    settings = dict(epochs=2, save_steps=3, grad_accum=2, batch_size=4, keep_checkpoints=5)
+    settings = dict(epochs=2, save_steps=3, grad_accum=2, batch_size=4, keep_checkpoints=5, save_final_state=True)
     whole = train(config(tiny_model_dir, pairs_file, tmp_path / "whole", **settings), progress=False)
     cut = tmp_path / "cut"
     train(config(tiny_model_dir, pairs_file, cut, **settings), progress=False)
-    for later in sorted((cut / "checkpoints").glob("step-*"))[1:]:  # as if killed right after step 3
-        for item in sorted(later.rglob("*"), reverse=True):
-            item.unlink() if item.is_file() else item.rmdir()
-        later.rmdir()
+    consumed_before = (cut / "consumed-0.jsonl").read_text().splitlines()
+    rewind(cut, 3)
     resumed = train(config(tiny_model_dir, pairs_file, cut, **settings), progress=False)
+
     def losses(out: Path) -> list[tuple[int, float]]:
         return [(m["step"], round(m["train/loss"], 6)) for m in metrics(out) if "train/loss" in m]
 
-    assert losses(cut) == losses(tmp_path / "whole")
-    assert resumed.steps == whole.steps == 12
+    assert losses(cut) == losses(tmp_path / "whole") and resumed.steps == whole.steps == 12
+    assert [m["step"] for m in resumed.metrics if "train/loss" in m] == list(range(4, 13))  # only after step 3
+    assert (cut / "consumed-0.jsonl").read_text().splitlines()[:6] == consumed_before[:6]  # 3 steps x 2 micro
+    optimizer = torch.load(cut / "checkpoints" / "step-000012" / "optimizer.bin", weights_only=False)
+    assert {float(v["step"]) for v in optimizer["state"].values()} == {12.0}  # Adam's count went on from 3
+
+
+def test_the_final_save_is_the_model_and_a_finished_run_is_not_trained_again(tiny_model_dir, pairs_file, tmp_path):
+    out = tmp_path / "run"
+    args = ["--model", tiny_model_dir, "--pairs", pairs_file, "--out", out, "--batch-size", "8", "--max-steps", "2"]
+    first = run_train(*args)
+    assert first.exit_code == 0 and "trained 2 steps" in first.output, first.output
+    assert (out / "model" / "model.safetensors").exists() and not (out / "checkpoints").exists()
+    logged = (out / "metrics.jsonl").read_text()
+    again = run_train(*args)
+    assert again.exit_code == 0 and "already trained" in again.output, again.output
+    assert (out / "metrics.jsonl").read_text() == logged  # no second eval row, nothing retrained
+
+
+def test_a_resume_with_other_data_or_settings_is_refused_until_fresh(tiny_model_dir, pairs_file, tmp_path):
+    out = tmp_path / "run"
+    common = ["--model", tiny_model_dir, "--out", out, "--batch-size", "8", "--max-length", "64", "--save-steps", "2"]
+    assert run_train("--pairs", pairs_file, "--lr", "5e-3", *common, "--max-steps", "4").exit_code == 0
+    rewind(out, 2)
+    other = tmp_path / "other.parquet"
+    pl.DataFrame(preference_rows(48, offset=500)).write_parquet(other)
+    cases = [(["--pairs", other, "--lr", "5e-3", "--max-steps", "4"], "the pairs file's contents"),
+             (["--pairs", pairs_file, "--lr", "5e-4", "--max-steps", "4"], "lr 0.005 -> 0.0005"),
+             (["--pairs", pairs_file, "--lr", "5e-3", "--max-steps", "5"], "max_steps 4 -> 5")]
+    for args, change in cases:
+        result = run_train(*args, *common)
+        assert result.exit_code == 2 and change in result.stderr and "--fresh" in result.stderr, result.output
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert json.loads((out / "run.json").read_text())["config"]["lr"] == 5e-3  # nothing rewritten
+    fresh = run_train("--pairs", pairs_file, "--lr", "5e-4", *common, "--max-steps", "5", "--fresh")
+    assert fresh.exit_code == 0, fresh.output
+    assert [m["step"] for m in metrics(out) if "train/loss" in m] == [1, 2, 3, 4, 5]
+    assert json.loads((out / "run.json").read_text())["config"]["lr"] == 5e-4
 
 
 def test_lora_reference_is_the_untouched_base(tiny_model_dir, pairs_file, tmp_path):

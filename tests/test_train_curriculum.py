@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 import torch
 
-from conftest import preference_rows
+from conftest import preference_rows, rewind
 from pairforge.config import CurriculumConfig, TrainConfig
 from pairforge.pairs.curriculum import difficulty_of, plan
 from pairforge.train.trainer import train
@@ -65,9 +65,9 @@ def test_order_survives_resume_mid_stage(tiny_model_dir, curriculum_pairs, tmp_p
     out = tmp_path / "run"
     cfg = settings(tiny_model_dir, curriculum_pairs, out, STAGED, save_steps=3, keep_checkpoints=10)
     train(cfg, progress=False)
-    for later in sorted((out / "checkpoints").glob("step-*"))[1:]:  # back to step 3, inside stage 1
-        subprocess.run(["rm", "-r", str(later)], check=True)
-    train(cfg, progress=False)
+    rewind(out, 3)  # back to step 3, inside stage 1
+    resumed = train(cfg, progress=False)
+    assert resumed.metrics[0]["step"] == 4 and resumed.metrics[0]["stage_name"] == "stage 1: easy"
     assert consumed(out) == expected(curriculum_pairs, STAGED, 4)
 
 

@@ -144,6 +144,8 @@ def train_command(
     merge: bool = typer.Option(False, "--merge", help="with --lora: save the merged model"),
     prompt_format: str | None = typer.Option(None, help="auto (follow the records) | chat | text"),
     save_steps: int | None = typer.Option(None, help="checkpoint every N steps"),
+    fresh: bool = typer.Option(False, "--fresh", help="delete an earlier run in --out (checkpoints, model, "
+                               "metrics) and start over; without it a run resumes, and only with the same settings"),
     seed: int | None = typer.Option(None, help="seed (0)"),
     curriculum: str | None = typer.Option(None, help="order by difficulty: sorted | anti | buckets | pacing | "
                                           "random (staged needs stages: use a recipe)"),
@@ -171,14 +173,15 @@ def train_command(
         if cfg.pairs is None:
             raise InputError("--pairs", "expected a pairs file (or `pairs:` in the recipe's train section)")
         try:
-            result = train(cfg)
+            result = train(cfg, fresh=fresh)
         except TrainingStopped as exc:
             console.print(f"[bold red]stopped:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             console.print("interrupted: checkpoint saved; run the same command again to resume", highlight=False)
             raise typer.Exit(130) from None
-        console.print(f"trained {result.steps} steps; model in {result.out / 'model'}, metrics in "
+        done = "already trained (same data and settings; --fresh trains again)" if result.already_trained else "trained"
+        console.print(f"{done} {result.steps} steps; model in {result.out / 'model'}, metrics in "
                       f"{result.out / 'metrics.jsonl'}", highlight=False)
 
     _fail_cleanly(run)

@@ -197,6 +197,8 @@ class TrainConfig(Section):
     logging_steps: int = Field(1, ge=1, description="a metrics.jsonl row every N steps")
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N optimiser steps")
     keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
+    save_final_state: bool = Field(False, description="also save the full training state (optimiser: ~3x the "
+                                   "model) at the end; the trained model itself is always saved")
     eval_steps: int | None = Field(None, ge=1, description="evaluate on the eval pairs every N steps (and at the "
                                    "end)")
     chunk_tokens: int = Field(512, ge=16, description="answer tokens per fp32 log-softmax chunk")

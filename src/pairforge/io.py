@@ -10,6 +10,7 @@ bad row never leaves a half-written output, and an existing good file is replace
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -168,3 +169,17 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def file_digest(path: Path) -> str:
+    """Content hash of a file (a folder: of its files' names and contents); '-' when it does not exist yet."""
+    if not path.exists():
+        return "-"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

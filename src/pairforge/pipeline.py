@@ -24,7 +24,7 @@ import polars as pl
 from pairforge import schema as S
 from pairforge.config import Recipe, RunConfig, load_recipe
 from pairforge.errors import InputError
-from pairforge.io import write_json
+from pairforge.io import file_digest, write_json
 
 # Work rates of the embedded model on the project's 2-core CPU (AVX512-BF16), measured on the quickstart
 # in 2026-11; a rough guide, printed as such; other models get no estimate.
@@ -53,7 +53,7 @@ class Stage:
     def fingerprint(self) -> str:
         digest = hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode())
         for path in self.inputs:
-            digest.update(_file_digest(path).encode())
+            digest.update(file_digest(path).encode())
         return digest.hexdigest()
 
 
@@ -234,20 +234,6 @@ def _finished(marker: Path, fingerprint: str) -> bool:
         return False
     info = json.loads(marker.read_text())
     return info.get("fingerprint") == fingerprint and all(Path(p).exists() for p in info.get("outputs", []))
-
-
-def _file_digest(path: Path) -> str:
-    """Content hash of a file (a folder: of its files' names and contents); '-' when it does not exist yet."""
-    if not path.exists():
-        return "-"
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode())
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 # --- the stages --------------------------------------------------------------------------------------

@@ -3,9 +3,10 @@
 Supported: full fine-tuning (frozen reference copy, eval mode) or LoRA (reference = the same model
 with the adapter disabled); reference log-probs precomputed once and cached on disk, or computed live;
 gradient accumulation, clipping, warmup + linear/cosine schedule, gradient checkpointing; metrics
-overall and per pair_type as JSONL; checkpoints every N steps and at the end with model, optimiser,
-scheduler, RNG and data position; resume from the latest checkpoint; Ctrl-C saves a checkpoint
-before exiting; a NaN/inf loss stops the run with the last good state saved.
+overall and per pair_type as JSONL; checkpoints (model, optimiser, scheduler, RNG and data position) every N
+steps, on Ctrl-C and, when asked, at the end, where the trained model is always saved; resume from the latest
+checkpoint, refused when it was made with other data or settings; a NaN/inf loss stops the run with the last
+good state saved.
 Devices: one loop; `accelerate launch` / `torchrun` decides how many processes. Each process takes
 every world-size-th micro-batch of one global, seeded order.
 Every pair is tokenised in one prompt format (`prompting`: the records' own unless `prompt_format` says
@@ -39,7 +40,7 @@ from rich.console import Console
 
 from pairforge.config import TrainConfig
 from pairforge.errors import InputError
-from pairforge.io import read_records, write_json
+from pairforge.io import file_digest, read_records, write_json
 from pairforge.models import cache_dir, load_causal_lm
 from pairforge.pairs.curriculum import Plan, difficulty_of, length_grouped, plan, reference_margin
 from pairforge.prompting import PromptFormat, has_chat_template, prompt_format_of
@@ -60,14 +61,22 @@ class TrainResult:
     out: Path
     steps: int
     metrics: list[dict[str, Any]]
+    already_trained: bool = False  # a finished run of the same settings, returned without training
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    # cpu=True on a machine without CUDA: accelerate then runs `torchrun` processes as MULTI_CPU (gloo)
+def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> TrainResult:
+    """Train, resuming this folder's checkpoint when it was made with the same data and settings (any other
+    is refused unless `fresh`, which deletes the earlier run first); a finished run is returned as it is."""
     _check_trackers(cfg.report_to)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available(),
-                              mixed_precision="bf16" if cfg.dtype == "bfloat16" else "no",
-                              log_with=list(cfg.report_to) or None, project_dir=str(cfg.out))
+    accelerator = _accelerator(cfg)
+    out = Path(cfg.out)
+    identity = _identity(cfg)
+    if fresh and accelerator.is_main_process:
+        _clear_run(out)
+    accelerator.wait_for_everyone()
+    finished = _finished_run(out, identity)
+    if finished is not None:
+        return finished
     set_seed(cfg.seed)
     weights = cfg.loss_weights
     settings = L.LossSettings(beta=cfg.beta, label_smoothing=cfg.label_smoothing, gamma=cfg.gamma,
@@ -91,6 +100,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         use_lean_blocks(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(accelerator.device)  # every reference pass runs where, and in the precision, the policy trains
     reference = None
     if L.needs_reference(weights) and cfg.lora is None and not cfg.precompute_reference:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
@@ -98,7 +108,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     eval_reference: dict[int, tuple[float, float]] = {}
     if L.needs_reference(weights) and cfg.precompute_reference:
         cache = cache_dir() / "reference" / f"{model_fingerprint(model)}.parquet"
-        with accelerator.main_process_first():
+        with accelerator.main_process_first(), accelerator.autocast():
             cached_reference = reference_logps(model, train_pairs, tokenizer.pad_token_id, cache,
                                                chunk_tokens=cfg.chunk_tokens, share_prompt=share)
             eval_reference = reference_logps(model, eval_pairs, tokenizer.pad_token_id, cache,
@@ -106,8 +116,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
 
     # --- order: a curriculum plan, or seeded random batches grouped by length -----------------------
     schedule = _training_plan(train_frame, train_pairs, cfg, accelerator.num_processes, cached_reference,
-                              lambda: reference_logps(model, train_pairs, tokenizer.pad_token_id, None,
-                                                      chunk_tokens=cfg.chunk_tokens, share_prompt=share))
+                              lambda: _under(accelerator.autocast(), reference_logps, model, train_pairs,
+                                             tokenizer.pad_token_id, None, chunk_tokens=cfg.chunk_tokens,
+                                             share_prompt=share))
     mine = _my_share(schedule, cfg.batch_size, accelerator.process_index, accelerator.num_processes)
     if cfg.lora is not None:
         model = _with_lora(model, cfg, task="SEQ_CLS" if reward_model else "CAUSAL_LM")
@@ -129,7 +140,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     if reference is not None:
         reference = reference.to(accelerator.device)
 
-    out = Path(cfg.out)
     checkpoints = out / "checkpoints"
     step, consumed = 0, 0
     latest = _latest_checkpoint(checkpoints)
@@ -142,7 +152,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     _truncate_jsonl(consumed_file, lambda r: r["micro"] < consumed)
     if accelerator.is_main_process:
-        write_json({"config": cfg.model_dump(mode="json"), "prompt_format": prompt_format,
+        write_json({"config": cfg.model_dump(mode="json"), "identity": identity, "prompt_format": prompt_format,
                     "tokenize": token_stats.__dict__,
                     "pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "total_steps": total_steps,
                     "stages": schedule.stage_names, "curriculum_dropped": schedule.dropped}, out / "run.json")
@@ -160,7 +170,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             rows = slice(2 * n, 3 * n) if batch.has_targets else slice(0, n)
             x.target_nll = -sums[rows] / counts[rows].clamp(min=1)
         if L.needs_reference(weights):
-            x.ref_chosen, x.ref_rejected = _reference(batch, ref_table, reference, model, cfg.chunk_tokens)
+            with accelerator.autocast():  # the policy's forward is autocast by `prepare`: the same numbers
+                x.ref_chosen, x.ref_rejected = _reference(batch, ref_table, reference, model, cfg.chunk_tokens)
         per_pair = L.combined(weights, x, settings)
         reward_c, reward_r = L.rewards(x, settings, scores=reward_model)
         return per_pair, {"loss": per_pair.detach(), "rewards/chosen": reward_c, "rewards/rejected": reward_r,
@@ -225,13 +236,85 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     if eval_pairs:
         history.append(_evaluate(policy, eval_pairs, eval_reference, forward, cfg, tokenizer, accelerator, step,
                                  metrics_file, share))
-    _save_checkpoint(accelerator, checkpoints, step, consumed, cfg.keep_checkpoints)
+    if cfg.save_final_state:
+        _save_checkpoint(accelerator, checkpoints, step, consumed, cfg.keep_checkpoints)
     _save_model(accelerator, model, tokenizer, out, cfg)  # `model` is the LM inside the prepared wrapper
+    if accelerator.is_main_process:
+        write_json({**json.loads((out / "run.json").read_text()), "finished_step": step}, out / "run.json")
     accelerator.end_training()
     return TrainResult(out=out, steps=step, metrics=history)
 
 
 # --- pieces of the loop, in the order they are used ---------------------------------------------------
+
+def _accelerator(cfg: TrainConfig) -> Accelerator:
+    """accelerate keeps its settings in a process-wide singleton that refuses a second precision; a
+    second `train()` in one process (a notebook, a pipeline of fp32 and bf16 runs) gets its own, while
+    the process group (PartialState) is kept."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    # cpu=True on a machine without CUDA: accelerate then runs `torchrun` processes as MULTI_CPU (gloo)
+    return Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available(),
+                       mixed_precision="bf16" if cfg.dtype == "bfloat16" else "no",
+                       log_with=list(cfg.report_to) or None, project_dir=str(cfg.out))
+
+
+# settings that change how a run is carried out, not what it trains: a resume may change them
+_FREE_ON_RESUME = {"out", "logging_steps", "save_steps", "keep_checkpoints", "save_final_state", "eval_steps",
+                   "eval_pairs", "report_to", "chunk_tokens", "forward_tokens", "lean_blocks", "gradient_checkpointing",
+                   "share_prompt", "precompute_reference"}
+
+
+def _identity(cfg: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint was trained on and with: the settings that decide the trained model, and the
+    pairs file's contents."""
+    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _FREE_ON_RESUME}
+    return {**settings, "pairs": file_digest(Path(cfg.pairs)) if cfg.pairs else "-"}
+
+
+def _finished_run(out: Path, identity: dict[str, Any]) -> TrainResult | None:
+    """A finished run with the same identity (returned as it is), None when there is nothing to resume or
+    a checkpoint of the same identity; an InputError naming what differs otherwise."""
+    run_file = out / "run.json"
+    if not run_file.exists():
+        return None
+    earlier = json.loads(run_file.read_text())
+    finished = "finished_step" in earlier
+    if not finished and _latest_checkpoint(out / "checkpoints") is None:
+        return None
+    before = earlier.get("identity", {})
+    changed = [_change(key, before.get(key), identity.get(key)) for key in sorted(before.keys() | identity.keys())
+               if before.get(key) != identity.get(key)]
+    if changed:
+        what = "a finished run" if finished else "a checkpoint"
+        raise InputError(str(out), f"holds {what} trained with other settings ({'; '.join(changed)}); pass --fresh "
+                         "to delete it and start over, or choose another --out")
+    if not finished:
+        return None
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return TrainResult(out=out, steps=earlier["finished_step"], metrics=rows, already_trained=True)
+
+
+def _change(key: str, before: Any, now: Any) -> str:
+    if key == "pairs":
+        return "the pairs file's contents"
+    return f"{key} {json.dumps(before)} -> {json.dumps(now)}"
+
+
+def _clear_run(out: Path) -> None:
+    """--fresh: forget an earlier run in this folder (its checkpoints, model, metrics and position)."""
+    for name in ("checkpoints", "model"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for file in [out / "run.json", out / "metrics.jsonl", *out.glob("consumed-*.jsonl")]:
+        file.unlink(missing_ok=True)
+
+
+def _under(context: contextlib.AbstractContextManager, function: Callable[..., Any], *args: Any,
+           **kwargs: Any) -> Any:
+    with context:
+        return function(*args, **kwargs)
+
 
 def _check_trackers(names: list[str]) -> None:
     from accelerate.utils import is_tensorboard_available, is_wandb_available

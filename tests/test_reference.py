@@ -1,0 +1,54 @@
+"""The reference cache: its key names exactly one set of weights, and a second run reuses it without a forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pairforge.models import load_causal_lm
+from pairforge.train.reference import model_fingerprint, reference_logps
+from pairforge.train.tokenize import tokenize_pairs
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_key_is_the_same_for_the_same_weights_and_differs_for_one_changed_value(tiny_model_dir, tmp_path):
+    model, _ = load_causal_lm(str(tiny_model_dir))
+    again, _ = load_causal_lm(str(tiny_model_dir))
+    assert model_fingerprint(model) == model_fingerprint(again)
+    with torch.no_grad():  # one value of one tensor, the smallest step bf16 can take away from it
+        weight = again.model.layers[1].mlp.down_proj.weight
+        weight[7, 3] = torch.nextafter(weight[7, 3], torch.tensor(1.0))
+    assert model_fingerprint(model) != model_fingerprint(again)
+    again.save_pretrained(str(tmp_path / "changed"))
+    load_causal_lm(str(tiny_model_dir))[1].save_pretrained(str(tmp_path / "changed"))
+    reloaded, _ = load_causal_lm(str(tmp_path / "changed"))
+    assert model_fingerprint(reloaded) == model_fingerprint(again)
+    assert model_fingerprint(load_causal_lm(str(tiny_model_dir), "bfloat16")[0]) != model_fingerprint(model)
+
+
+def test_two_swapped_values_change_the_key(tiny_model_dir):
+    """A plain sum of the bits would not see a permutation; the position-weighted one must."""
+    model, _ = load_causal_lm(str(tiny_model_dir))
+    before = model_fingerprint(model)
+    with torch.no_grad():
+        weight = model.model.layers[0].self_attn.q_proj.weight
+        weight[[0, 1]] = weight[[1, 0]].clone()
+    assert model_fingerprint(model) != before
+
+
+def test_a_cached_reference_is_read_back_without_running_the_model(tiny_model_dir, tmp_path):
+    import polars as pl
+
+    from conftest import preference_rows
+
+    model, tokenizer = load_causal_lm(str(tiny_model_dir))
+    pairs, _ = tokenize_pairs(pl.DataFrame(preference_rows(6)), tokenizer, max_length=64, max_prompt_length=None,
+                              too_long="truncate", target_column=None, source="pairs", prompt_format="text")
+    cache = tmp_path / f"{model_fingerprint(model)}.parquet"
+    first = reference_logps(model, pairs, tokenizer.pad_token_id, cache)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    assert reference_logps(model, pairs, tokenizer.pad_token_id, cache) == first
+    assert calls == [] and len(pl.read_parquet(cache)) == 6
+    assert all(c < 0 and r < 0 for c, r in first.values())
