@@ -59,3 +59,50 @@ def test_scores_become_comparisons_with_ties_as_halves() -> None:
                            "sample": [0, 0, 0, 0, 0], "score": [2.0, 1.0, 2.0, None, 3.0]})
     got = {(r["source_a"], r["source_b"]): r["p_a"] for r in comparisons_from_scores(scored).to_dicts()}
     assert got == {("a", "b"): 1.0, ("a", "c"): 0.5, ("b", "c"): 0.0}
+
+
+def scored_file(path, scores: list[float]) -> None:
+    pl.DataFrame({"prompt_id": [f"p{i // 2}" for i in range(len(scores))],
+                  "source": ["strong", "weak"] * (len(scores) // 2), "sample": [0] * len(scores),
+                  "score": scores}).write_parquet(path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_rank_refuses_scores_that_are_not_numbers(tmp_path, bad) -> None:
+    """polars sorts NaN above every number: a NaN score would rank its source first, silently."""
+    from typer.testing import CliRunner
+
+    from pairforge.cli import app
+
+    (tmp_path / "recipe.yaml").write_text("ranking: {bootstrap: 10}\n")
+    scored_file(tmp_path / "responses.scored.parquet", [0.9, 0.1, 0.8, 0.2, 0.7, bad])
+    result = CliRunner().invoke(app, ["rank", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "responses.scored.parquet row 6, field 'score': expected a finite number" in result.stderr
+    assert not (tmp_path / "ranking.json").exists()
+
+
+def test_rank_says_what_is_wrong_with_an_unreadable_judge_output(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from pairforge.cli import app
+
+    (tmp_path / "recipe.yaml").write_text("ranking: {bootstrap: 10}\n")
+    scored = tmp_path / "responses.scored.parquet"
+    scored.write_bytes(b"PAR1 this is not parquet")
+    no_score = tmp_path / "no_score"
+    no_score.mkdir()
+    pl.DataFrame({"prompt_id": ["p"], "source": ["a"], "sample": [0]}).write_parquet(
+        no_score / "responses.scored.parquet")
+    bad_p = tmp_path / "bad_p"
+    bad_p.mkdir()
+    pl.DataFrame({"prompt_id": ["p", "q"], "source_a": ["a", "a"], "source_b": ["b", "b"], "p_a": [1.0, 1.5]}
+                 ).write_parquet(bad_p / "judgments.parquet")
+    cases = [(tmp_path, "responses.scored.parquet: not a readable Parquet file"),
+             (no_score, "missing column(s) score: expected the judge's output"),
+             (bad_p, "judgments.parquet row 2, field 'p_a': expected a probability in [0, 1], found 1.5"),
+             (tmp_path / "empty", "no judgments.parquet or responses.scored.parquet: run `pairforge judge` first")]
+    for folder, message in cases:
+        result = CliRunner().invoke(app, ["rank", str(tmp_path / "recipe.yaml"), "--out", str(folder)])
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+        assert message in result.stderr, result.stderr

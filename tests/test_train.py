@@ -178,6 +178,52 @@ def test_train_cli_bad_input(tiny_model_dir, pairs_file, tmp_path):
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_train_refuses_wrong_pairs_before_loading_a_model(tiny_model_dir, pairs_file, tmp_path):
+    """Wrong types, NaN or negative weights and bad loss weights are one line each, checked at read time
+    (the model folder given here does not even exist); identical pairs are left out and counted."""
+    good = pl.read_parquet(pairs_file)
+    files = {
+        "number_chosen.jsonl": [{"prompt": "p", "chosen": 3, "rejected": "r"}],
+        "null_chosen.jsonl": [{"prompt": "p", "chosen": "c", "rejected": "r"}, {"prompt": "p", "chosen": None,
+                                                                                   "rejected": "r"}],
+        "string_weight.jsonl": [{"prompt": "p", "chosen": "c", "rejected": "r", "weight": "high"}],
+    }
+    for name, rows in files.items():
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    good.with_columns(pl.lit(float("nan")).alias("weight")).write_parquet(tmp_path / "nan_weight.parquet")
+    good.with_columns(pl.lit(-1.0).alias("weight")).write_parquet(tmp_path / "negative_weight.parquet")
+    missing = ["--model", tmp_path / "no-such-model", "--out", tmp_path / "run"]
+    cases = [
+        ("number_chosen.jsonl", [], "line 1, field 'chosen': expected a string or a list of {role, content} "
+                                    "messages, found number 3"),
+        ("null_chosen.jsonl", [], "line 2, field 'chosen': expected a string or a list of chat messages, found "
+                                  "nothing"),
+        ("string_weight.jsonl", [], "line 1, field 'weight': expected a number, found string 'high'"),
+        ("nan_weight.parquet", [], "row 1, field 'weight': expected a finite number, found number nan"),
+        ("negative_weight.parquet", [], "row 1, field 'weight': expected a weight >= 0, found -1.0"),
+        ("nan_weight.parquet", ["--method", "dpo=-1,sft=nan"], "expected finite loss weights >= 0"),
+    ]
+    for name, extra, message in cases:
+        result = run_train("--pairs", tmp_path / name, *missing, *extra)
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, (name, result.output)
+        assert message.split(": expected")[0] in result.stderr and message.split(", found")[0].split(": ")[-1] \
+            in result.stderr, (name, result.stderr)
+    assert not (tmp_path / "run").exists()
+
+    same = good.with_columns(pl.when(pl.int_range(pl.len()) < 40).then(pl.col("chosen")).otherwise(
+        pl.col("rejected")).alias("rejected"))
+    same.write_parquet(tmp_path / "same.parquet")
+    result = run_train("--pairs", tmp_path / "same.parquet", "--model", tiny_model_dir, "--out", tmp_path / "run2",
+                       "--batch-size", "4", "--max-steps", "1")
+    assert result.exit_code == 0 and "left out of" in result.output and "40 chosen == rejected" in result.output
+    run = json.loads((tmp_path / "run2" / "run.json").read_text())
+    assert run["pairs"] == 8 and run["tokenize"]["dropped"] == {"chosen == rejected (no signal)": 40}
+    every = good.with_columns(pl.col("chosen").alias("rejected"))
+    every.write_parquet(tmp_path / "all_same.parquet")
+    result = run_train("--pairs", tmp_path / "all_same.parquet", "--model", tiny_model_dir, "--out", tmp_path / "r3")
+    assert result.exit_code == 2 and "no pair left to train on (48 chosen == rejected" in result.stderr
+
+
 def test_two_cpu_processes_follow_the_one_process_curve(tiny_model_dir, pairs_file, tmp_path):
     """torchrun starts 2 gloo processes (accelerate's MULTI_CPU); with half the batch each they must
     see the same global batches, gradients and learning-rate schedule as 1 process with the full batch."""

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pairforge.config import CurriculumConfig, JudgeConfig, PairsConfig, TrainConfig, load_recipe
+from pairforge.config import CurriculumConfig, EvalConfig, JudgeConfig, PairsConfig, TrainConfig, load_recipe
 from pairforge.errors import EXIT_BAD_INPUT, InputError
 from pairforge.formatting import difference, interval, number, significance
 from pairforge.io import write_json
@@ -259,16 +259,11 @@ def rank_command(
 ) -> None:
     """Estimate source strength (Bradley-Terry, bootstrap intervals) from the judge's verdicts."""
     def run() -> None:
-        from pairforge.judge.ranking import comparisons_from_scores, fit
+        from pairforge.judge.ranking import fit, read_comparisons
         from pairforge.judge.run import JUDGMENTS_FILE, SCORED_FILE
 
         cfg = load_recipe(recipe).ranking
-        if (out / JUDGMENTS_FILE).exists():
-            source, comparisons = out / JUDGMENTS_FILE, pl.read_parquet(out / JUDGMENTS_FILE)
-        elif (out / SCORED_FILE).exists():
-            source, comparisons = out / SCORED_FILE, comparisons_from_scores(pl.read_parquet(out / SCORED_FILE))
-        else:
-            raise InputError(str(out), f"no {JUDGMENTS_FILE} or {SCORED_FILE}: run `pairforge judge` first")
+        source, comparisons = read_comparisons(out / JUDGMENTS_FILE, out / SCORED_FILE)
         ranking = fit(comparisons, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.min_win_probability)
         table = Table(title=f"source strength (Bradley-Terry, {ranking.prompts} prompts, "
                       f"{ranking.comparisons} comparisons from {source.name})", title_justify="left")
@@ -312,13 +307,12 @@ def eval_command(
     def run() -> None:
         from pairforge.evaluate.run import EvalSettings, evaluate
 
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise InputError("--dtype", f"expected float32, bfloat16 or float16, found '{dtype}'")
-        if batch_size < 1:
-            raise InputError("--batch-size", f"expected a positive number of prompts per call, found {batch_size}")
+        cfg = _validated(EvalConfig, EvalConfig(), {"max_new_tokens": max_new_tokens, "temperature": temperature,
+                                                    "bootstrap": bootstrap, "batch_size": batch_size, "dtype": dtype})
         result = evaluate(models or [], outputs or [], reference, _judge_config(judge), out, prompts,
-                          EvalSettings(max_new_tokens=max_new_tokens, temperature=temperature, bootstrap=bootstrap,
-                                       baseline=baseline, batch_size=batch_size, dtype=dtype))  # type: ignore[arg-type]
+                          EvalSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                       bootstrap=cfg.bootstrap, baseline=baseline, batch_size=cfg.batch_size,
+                                       dtype=cfg.dtype))
         print_leaderboard(result)
         console.print(f"wrote {out / 'leaderboard.json'}, {out / 'eval.parquet'}", highlight=False)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -226,6 +227,10 @@ class TrainConfig(Section):
             raise ValueError(f"unknown method {', '.join(unknown) or '(none)'}: expected one of {', '.join(LOSSES)}")
         if "reward-model" in names and len(names) > 1:
             raise ValueError("reward-model trains a score head and cannot be mixed with other losses")
+        if isinstance(value, dict):
+            bad = {n: w for n, w in value.items() if not (math.isfinite(w) and w >= 0)}
+            if bad or not any(value.values()):
+                raise ValueError(f"expected finite loss weights >= 0, not all zero, found {bad or value}")
         return value
 
     @property
@@ -338,7 +343,8 @@ class EvalConfig(Section):
     judge: JudgeConfig = Field(default_factory=lambda: JudgeConfig(kind="similarity", reference="reference"),
                                description="default: similarity to the reference (offline)")
     base: bool = Field(True, description="also evaluate the starting model, untrained")
-    max_new_tokens: int = Field(128, ge=1, description="answer length limit of the evaluated models (greedy)")
+    max_new_tokens: int = Field(128, ge=1, description="answer length limit of the evaluated models")
+    temperature: float = Field(0.0, ge=0, description="sampling temperature of the evaluated models (0: greedy)")
     batch_size: int = Field(8, ge=1, description="prompts per generate() call of the evaluated models")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the evaluated models' "
                                                              "weights while answering (bfloat16: ~2x faster on "

@@ -189,15 +189,22 @@ def _canonical(frame: pl.DataFrame, prompt: pl.Expr, source: pl.Expr, response: 
     )
 
 
-def _checked_frame(records: Records, fields: list[Field]) -> pl.DataFrame:
-    """The file's fields as a typed frame, after checking every row (JSON) or column (Parquet)."""
+def check_fields(records: Records, fields: list[Field]) -> None:
+    """Every row (JSON) or column (Parquet) holds the kind each field expects; one clear line otherwise."""
     if records.frame is not None:
         _check_columns(records, fields)
-        return records.frame.select([f.key for f in fields])
-    rows = records.rows or []
-    for index, row in enumerate(rows):
+        return
+    for index, row in enumerate(records.rows or []):
         for f in fields:
             _check_value(row.get(f.key), f, records, index)
+
+
+def _checked_frame(records: Records, fields: list[Field]) -> pl.DataFrame:
+    """The file's fields as a typed frame, after checking every row (JSON) or column (Parquet)."""
+    check_fields(records, fields)
+    if records.frame is not None:
+        return records.frame.select([f.key for f in fields])
+    rows = records.rows or []
     chat = any(isinstance(row.get(f.key), list) for row in rows for f in fields if f.kind == "prompt")
     data = {f.key: [_as_chat(row.get(f.key)) if f.kind == "prompt" and chat else row.get(f.key) for row in rows]
             for f in fields}

@@ -256,12 +256,10 @@ def _judge(recipe: Recipe, run_dir: Path) -> list[Path]:
 
 
 def _rank(recipe: Recipe, run_dir: Path) -> list[Path]:
-    from pairforge.judge.ranking import comparisons_from_scores, fit
+    from pairforge.judge.ranking import fit, read_comparisons
     from pairforge.judge.run import JUDGMENTS_FILE, SCORED_FILE
 
-    path = run_dir / JUDGMENTS_FILE
-    comparisons = pl.read_parquet(path) if path.exists() else comparisons_from_scores(
-        pl.read_parquet(run_dir / SCORED_FILE))
+    _, comparisons = read_comparisons(run_dir / JUDGMENTS_FILE, run_dir / SCORED_FILE)
     cfg = recipe.ranking
     ranking = fit(comparisons, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.min_win_probability)
     result = ranking.to_json()
@@ -331,8 +329,9 @@ def _evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
     trained = [trained_endpoint(run_dir / "train" / r.name / "model") for r in recipe.runs]
     endpoint = next((e for e in trained if e), "chat")  # the base is asked as the runs were trained
     evaluate(models, [], reference, cfg.judge, run_dir / "eval", prompts,
-             EvalSettings(endpoint=endpoint, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                          dtype=cfg.dtype, baseline="base" if cfg.base else None, bootstrap=cfg.bootstrap))
+             EvalSettings(endpoint=endpoint, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                          batch_size=cfg.batch_size, dtype=cfg.dtype,
+                          baseline="base" if cfg.base else None, bootstrap=cfg.bootstrap))
     return [run_dir / "eval" / "leaderboard.json"]
 
 

@@ -14,6 +14,7 @@ established.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,8 @@ import polars as pl
 
 from pairforge import schema as S
 from pairforge.errors import InputError
+from pairforge.formats import Field, check_fields
+from pairforge.io import Records, read_records
 
 _PSEUDO_WINS = 0.5
 
@@ -63,6 +66,36 @@ class Ranking:
                           "win_probability": self.win_probability(i, i + 1), "significant": self.significant(i, i + 1)}
                          for i in range(len(self.sources) - 1)],
         }
+
+
+def read_comparisons(judgments: Path, scored: Path) -> tuple[Path, pl.DataFrame]:
+    """The judge's comparisons from a run folder: its pairwise verdicts when there are any, else its pointwise
+    scores as comparisons; every column checked (a NaN score must not rank above every number)."""
+    if judgments.exists():
+        records = read_records(judgments)
+        check_pairs = [Field(S.PROMPT_ID, "text"), Field("source_a", "text"), Field("source_b", "text"),
+                       Field("p_a", "number", required=False)]
+        frame = _checked(records, check_pairs)
+        outside = frame.select(pl.arg_where((pl.col("p_a") < 0) | (pl.col("p_a") > 1)).first()).item()
+        if outside is not None:
+            raise InputError(str(judgments), f"expected a probability in [0, 1], found {frame['p_a'][outside]}",
+                             row=records.label(outside), field="p_a")
+        return judgments, frame
+    if scored.exists():
+        records = read_records(scored)
+        fields = [Field(S.PROMPT_ID, "text"), Field(S.SOURCE, "text"), Field(S.SAMPLE, "int"),
+                  Field(S.SCORE, "number", required=False)]
+        return scored, comparisons_from_scores(_checked(records, fields))
+    raise InputError(str(judgments.parent), f"no {judgments.name} or {scored.name}: run `pairforge judge` first")
+
+
+def _checked(records: Records, fields: list[Field]) -> pl.DataFrame:
+    missing = [f.key for f in fields if f.key not in records.columns]
+    if missing:
+        raise InputError(str(records.path), f"missing column(s) {', '.join(missing)}: expected the judge's output "
+                         f"(found {', '.join(records.columns)})")
+    check_fields(records, fields)
+    return records.frame if records.frame is not None else pl.DataFrame(records.rows, infer_schema_length=None)
 
 
 def comparisons_from_scores(scored: pl.DataFrame) -> pl.DataFrame:

@@ -3,20 +3,30 @@
 Every loss takes a `SequenceLogps` (log-probs SUMMED over answer tokens, token counts, and, for
 reference-based losses, the reference's log-probs) and `LossSettings`, and returns one loss per pair;
 the trainer averages (optionally weighted per pair) and adds weighted sums of several losses
-(`{"dpo": 1.0, "sft": 0.2}`). With D = logp - ref and delta = Dc - Dr:
+(`{"dpo": 1.0, "sft": 0.2}`). With D = logp - ref, delta = Dc - Dr and e = label_smoothing:
 
-  dpo / sigmoid  -logsig(b delta)                             (Rafailov et al.)
-  robust         [-(1-e) logsig(b delta) + e logsig(-b delta)] / (1-2e)   (cDPO, label noise e)
+  dpo / sigmoid  -logsig(b delta)                             (Rafailov et al. 2023)
+  cdpo           -(1-e) logsig(b delta) - e logsig(-b delta)   (conservative DPO, Mitchell 2023; TRL's sigmoid
+                 loss with label_smoothing): cross-entropy against the soft label 1-e, flat at sig(b delta) = 1-e
+  robust         [-(1-e) logsig(b delta) + e logsig(-b delta)] / (1-2e)   (rDPO, Chowdhury et al. 2024,
+                 "Provably Robust DPO"; TRL's robust): unbiased, its mean over labels flipped with probability e
+                 is the clean -logsig(b delta)
   hinge          relu(1 - b delta)                            (reference-based, as TRL)
   ipo            (Dc/|yc| - Dr/|yr| - 1/(2b))^2                (length-normalised, as TRL)
   apo_zero       (1 - sig(b Dc)) + sig(b Dr)
   apo_down       sig(b Dc) + (1 - sig(b delta))
   simpo          -logsig(b logp_c/|yc| - b logp_r/|yr| - gamma)   (reference-free)
-  r-dpo          -logsig(b delta - alpha (|yc| - |yr|))        (length-regularised)
-  slic           relu(delta_m - (logp_c - logp_r)) + lambda * NLL(y_ref)   (SLiC-HF, reference-free)
-  sft            NLL(target): token-mean negative log-likelihood of the target answer
+  r-dpo          -logsig(b delta + alpha (|yc| - |yr|))        (R-DPO, Park et al. 2024, arXiv 2403.19159)
+  slic           relu(delta_m - (logp_c - logp_r)) - lambda log P(y_ref|x)   (SLiC-HF, Zhao et al. 2023,
+                 reference-free; the NLL is a sum over y_ref's tokens, `slic_nll="mean"` divides it by |y_ref|)
+  sft            NLL(target): token-mean negative log-likelihood of the target answer (TRL's SFT)
   reward-model   -logsig(r(y+) - r(y-)) where `chosen`/`rejected` hold a score head's outputs, not
                  log-probs (Bradley-Terry; the paper's RLHF baseline component and a judge)
+
+r-dpo's sign is the paper's: it is DPO for max E[r - alpha |y|] - b KL, so r = b log(pi/ref) + alpha |y| and the
+length share of a preference is credited to alpha |y| instead of being learnt by the policy. A longer chosen
+answer therefore LOWERS the loss and its gradient (less push towards length) and a shorter one raises them;
+`- alpha (|yc| - |yr|)` would do the opposite and reward length.
 
 Rewards reported with them are b * (logp - ref) (b * logp / |y| for reference-free losses).
 """
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,16 +52,22 @@ class SequenceLogps:
     ref_chosen: torch.Tensor | None = None  # the same under the reference model
     ref_rejected: torch.Tensor | None = None
     target_nll: torch.Tensor | None = None  # token-mean NLL of the likelihood target (sft, slic)
+    target_tokens: torch.Tensor | None = None  # its answer tokens: target_nll * target_tokens = -log P(target)
 
 
 @dataclass(frozen=True)
 class LossSettings:
     beta: float = 0.1
-    label_smoothing: float = 0.0  # robust: assumed share of flipped labels, in [0, 0.5)
+    label_smoothing: float = 0.0  # cdpo, robust: assumed share of flipped labels, in [0, 0.5)
     gamma: float = 0.5  # simpo: target reward margin
-    alpha: float = 0.0  # r-dpo: length penalty per token of difference
+    alpha: float = 0.0  # r-dpo: length regulariser per token of |y+| - |y-|
     delta: float = 1.0  # slic: hinge margin on log p(y+) - log p(y-)
     lam: float = 0.1  # slic: weight of the NLL regulariser on y_ref
+    slic_nll: Literal["sum", "mean"] = "sum"  # slic: -log P(y_ref|x) as in the paper, or its token mean
+
+    def __post_init__(self) -> None:
+        if self.slic_nll not in ("sum", "mean"):
+            raise ValueError(f"slic_nll must be 'sum' or 'mean', not {self.slic_nll!r}")
 
 
 LossFunction = Callable[[SequenceLogps, LossSettings], torch.Tensor]
@@ -67,7 +84,16 @@ def dpo(x: SequenceLogps, s: LossSettings) -> torch.Tensor:
     return -F.logsigmoid(s.beta * (chosen - rejected))
 
 
+def cdpo(x: SequenceLogps, s: LossSettings) -> torch.Tensor:
+    """Conservative DPO: trusts each label with probability 1 - e, so it stops pushing at a finite margin."""
+    chosen, rejected = _ratios(x)
+    z = s.beta * (chosen - rejected)
+    e = s.label_smoothing
+    return -(1 - e) * F.logsigmoid(z) - e * F.logsigmoid(-z)
+
+
 def robust(x: SequenceLogps, s: LossSettings) -> torch.Tensor:
+    """rDPO: de-biases the loss for labels flipped with probability e; unbounded below, unlike cdpo."""
     chosen, rejected = _ratios(x)
     z = s.beta * (chosen - rejected)
     e = s.label_smoothing
@@ -102,12 +128,15 @@ def simpo(x: SequenceLogps, s: LossSettings) -> torch.Tensor:
 
 
 def r_dpo(x: SequenceLogps, s: LossSettings) -> torch.Tensor:
+    """Length-regularised DPO: `+ alpha (|yc| - |yr|)` credits length, not the policy, with a long chosen answer."""
     chosen, rejected = _ratios(x)
-    return -F.logsigmoid(s.beta * (chosen - rejected) - s.alpha * (x.chosen_tokens - x.rejected_tokens))
+    return -F.logsigmoid(s.beta * (chosen - rejected) + s.alpha * (x.chosen_tokens - x.rejected_tokens))
 
 
 def slic(x: SequenceLogps, s: LossSettings) -> torch.Tensor:
-    return torch.relu(s.delta - (x.chosen - x.rejected)) + s.lam * _target_nll(x)
+    """SLiC-HF; the paper's regulariser is the sequence NLL, a token mean would scale lambda by 1/|y_ref|."""
+    nll = _target_nll(x) if s.slic_nll == "mean" else _target_sequence_nll(x)
+    return torch.relu(s.delta - (x.chosen - x.rejected)) + s.lam * nll
 
 
 def sft(x: SequenceLogps, s: LossSettings) -> torch.Tensor:
@@ -124,8 +153,16 @@ def _target_nll(x: SequenceLogps) -> torch.Tensor:
     return x.target_nll
 
 
+def _target_sequence_nll(x: SequenceLogps) -> torch.Tensor:
+    """-log P(target): the token mean times the token count (an empty target gives 0)."""
+    nll = _target_nll(x)
+    if x.target_tokens is None:
+        raise ValueError("this loss needs the likelihood target's token count (target_tokens) for its sequence NLL")
+    return nll * x.target_tokens
+
+
 LOSSES: dict[str, LossFunction] = {
-    "dpo": dpo, "sigmoid": dpo, "robust": robust, "hinge": hinge, "ipo": ipo, "apo_zero": apo_zero,
+    "dpo": dpo, "sigmoid": dpo, "cdpo": cdpo, "robust": robust, "hinge": hinge, "ipo": ipo, "apo_zero": apo_zero,
     "apo_down": apo_down, "simpo": simpo, "r-dpo": r_dpo, "slic": slic, "sft": sft, "reward-model": bradley_terry,
 }
 REWARD_MODEL = "reward-model"

@@ -79,7 +79,7 @@ def tokenize_pairs(
     prompt_format: PromptFormat | None = None,
 ) -> tuple[list[TokenizedPair], TokenizeStats]:
     """Tokenize every pair; `source` names the file in errors; `prompt_format` None follows each record."""
-    check_pairs_frame(frame, target_column, source)
+    check_pairs_frame(frame.columns, target_column, source)
     max_prompt = max_prompt_length or max_length // 2
     stats = TokenizeStats()
     out: list[TokenizedPair] = []
@@ -103,8 +103,11 @@ def tokenize_pairs(
         if len(sequences) < len(answers):
             stats.dropped["longer than max_length"] = stats.dropped.get("longer than max_length", 0) + 1
             continue
-        if any(s.answer_tokens == 0 for s in sequences.values()):
-            stats.dropped["no answer tokens left"] = stats.dropped.get("no answer tokens left", 0) + 1
+        reason = ("no answer tokens left" if any(s.answer_tokens == 0 for s in sequences.values())
+                  else "chosen == rejected (no signal)" if sequences["chosen"].ids == sequences["rejected"].ids
+                  else None)
+        if reason:
+            stats.dropped[reason] = stats.dropped.get(reason, 0) + 1
             continue
         stats.truncated += truncated
         out.append(TokenizedPair(
@@ -116,16 +119,14 @@ def tokenize_pairs(
     return out, stats
 
 
-def check_pairs_frame(frame: pl.DataFrame, target_column: str | None, source: str) -> None:
-    """Columns and size, checked before any model is loaded."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+def check_pairs_frame(columns: list[str], target_column: str | None, source: str) -> None:
+    """Columns, checked before any model is loaded (`read_records` refuses an empty file)."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise InputError(source, f"missing column(s) {', '.join(missing)}: expected TRL's prompt/chosen/rejected "
-                         f"(found {', '.join(frame.columns)})")
-    if target_column and target_column not in frame.columns:
+                         f"(found {', '.join(columns)})")
+    if target_column and target_column not in columns:
         raise InputError(source, f"the likelihood target column '{target_column}' is not in the file")
-    if frame.height == 0:
-        raise InputError(source, "no pairs: the file is empty")
 
 
 def encode(tokenizer: Any, prompt: Any, answer: Any, prompt_format: PromptFormat | None = None) -> Sequence:

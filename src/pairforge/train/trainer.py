@@ -40,6 +40,7 @@ from rich.console import Console
 
 from pairforge.config import TrainConfig
 from pairforge.errors import InputError
+from pairforge.formats import Field, check_fields
 from pairforge.io import file_digest, read_records, write_json
 from pairforge.models import cache_dir, load_causal_lm
 from pairforge.pairs.curriculum import Plan, difficulty_of, length_grouped, plan, reference_margin
@@ -92,6 +93,7 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
     model, tokenizer = load_causal_lm(cfg.model, cfg.dtype, reward_head=reward_model)
     prompt_format = _prompt_format(train_frame, cfg, tokenizer, progress and accelerator.is_main_process)
     train_pairs, token_stats = _tokenize(train_frame, tokenizer, cfg, target, str(cfg.pairs), prompt_format)
+    _say_drops(token_stats, cfg, progress and accelerator.is_main_process)
     eval_pairs, _ = _tokenize(eval_frame, tokenizer, cfg, target, str(eval_path), prompt_format)
 
     # --- models: policy, and the reference (LoRA: adapter off; full: frozen copy) -------------------
@@ -331,8 +333,16 @@ def _read_pairs(path: Path | None, target: str | None, required: bool) -> pl.Dat
             raise InputError(str(path or "--pairs"), "no such pairs file")
         return None
     records = read_records(path)
-    frame = records.frame if records.frame is not None else pl.DataFrame(records.rows)
-    check_pairs_frame(frame, target, str(path))
+    check_pairs_frame(records.columns, target, str(path))
+    optional = [Field("weight", "number", required=False), Field("pair_type", "text", required=False)]
+    check_fields(records, [Field("prompt", "prompt"), Field("chosen", "prompt"), Field("rejected", "prompt"),
+                           *([Field(target, "prompt")] if target else []),
+                           *(f for f in optional if f.key in records.columns)])
+    frame = records.frame if records.frame is not None else pl.DataFrame(records.rows, infer_schema_length=None)
+    if "weight" in frame.columns and (negative := frame.select(pl.arg_where(pl.col("weight") < 0).first()).item()) \
+            is not None:
+        raise InputError(str(path), f"expected a weight >= 0, found {frame['weight'][negative]}",
+                         row=records.label(negative), field="weight")
     return frame
 
 
@@ -355,6 +365,15 @@ def _tokenize(frame: pl.DataFrame | None, tokenizer: Any, cfg: TrainConfig, targ
         return [], TokenizeStats()
     return tokenize_pairs(frame, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                           too_long=cfg.too_long, target_column=target, source=source, prompt_format=prompt_format)
+
+
+def _say_drops(stats: TokenizeStats, cfg: TrainConfig, say: bool) -> None:
+    """Pairs left out are said once (and kept in run.json); none left is an error before any training."""
+    dropped = ", ".join(f"{n} {reason}" for reason, n in stats.dropped.items())
+    if stats.pairs == 0:
+        raise InputError(str(cfg.pairs), f"no pair left to train on ({dropped})")
+    if say and dropped:
+        Console(stderr=True, soft_wrap=True).print(f"note: left out of {cfg.pairs}: {dropped}", highlight=False)
 
 
 def _default_eval_path(pairs: Path | None) -> Path | None:
