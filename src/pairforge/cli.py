@@ -23,7 +23,7 @@ from rich.table import Table
 from pairforge.config import CurriculumConfig, EvalConfig, JudgeConfig, PairsConfig, TrainConfig, load_recipe
 from pairforge.errors import EXIT_BAD_INPUT, InputError
 from pairforge.formatting import difference, interval, number, significance
-from pairforge.io import write_json
+from pairforge.io import check_output, write_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 pairs_app = typer.Typer(no_args_is_help=True, help="Build preference pairs from answers of several models.")
@@ -126,7 +126,7 @@ def _validated(model: type[S], base: S, flags: dict[str, Any]) -> S:
 
 @app.command("train")
 def train_command(
-    method: str | None = typer.Option(None, help="dpo | robust | hinge | ipo | apo_zero | apo_down | simpo | "
+    method: str | None = typer.Option(None, help="dpo | cdpo | robust | hinge | ipo | apo_zero | apo_down | simpo | "
                                          "r-dpo | slic | sft, or a weighted sum 'dpo=1,sft=0.2'"),
     model: str | None = typer.Option(None, help="'embedded' (default), a model folder or a hub id"),
     pairs: Path | None = typer.Option(None, help="pairs file (ours or TRL prompt/chosen/rejected)"),
@@ -263,6 +263,7 @@ def rank_command(
         from pairforge.judge.run import JUDGMENTS_FILE, SCORED_FILE
 
         cfg = load_recipe(recipe).ranking
+        check_output(out / "ranking.json", "file", "--out")
         source, comparisons = read_comparisons(out / JUDGMENTS_FILE, out / SCORED_FILE)
         ranking = fit(comparisons, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.min_win_probability)
         table = Table(title=f"source strength (Bradley-Terry, {ranking.prompts} prompts, "
@@ -403,6 +404,8 @@ def run_command(
         if dry_run:
             cfg, notes = pipeline.with_format_samples(cfg)
         the_plan = pipeline.plan(cfg, run_dir)
+        pipeline.check_stage_names(the_plan, from_stage, to_stage)
+        check_output(run_dir, "folder", "run_dir")
         warnings = pipeline.preflight(cfg)
         table = Table(title=f"plan: {recipe.name}{' (quick)' if quick else ''} -> {run_dir}", title_justify="left")
         table.add_column("stage", no_wrap=True, min_width=max(len(s.name) for s in the_plan.stages))
@@ -492,6 +495,7 @@ def curriculum_show(
         cfg = _validated(CurriculumConfig, base, {"difficulty": difficulty, "schedule": schedule})
         if epochs < 1 or batch_size < 1:
             raise InputError("--epochs" if epochs < 1 else "--batch-size", "expected a positive number")
+        check_output(out / "curriculum.png", "file", "--out")
         frame = _read_pairs_frame(pairs)
         values = difficulty_of(frame, cfg.difficulty, str(pairs), cfg.embedding_model)
         types = frame["pair_type"].cast(pl.String).to_list() if "pair_type" in frame.columns else ["all"] * len(values)

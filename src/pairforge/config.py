@@ -159,7 +159,7 @@ class CurriculumConfig(Section):
 class TrainConfig(Section):
     """Contrastive post-training (the `train` section of a recipe)."""
 
-    method: str | dict[str, float] = Field("dpo", description="a loss name (dpo, robust, hinge, ipo, apo_zero, "
+    method: str | dict[str, float] = Field("dpo", description="a loss name (dpo, cdpo, robust, hinge, ipo, apo_zero, "
                                            "apo_down, simpo, r-dpo, slic, sft, reward-model) or a weighted sum "
                                            "{dpo: 1, sft: 0.2}")
     model: str = Field("embedded", description="'embedded', a model folder, or a hub id")
@@ -167,11 +167,14 @@ class TrainConfig(Section):
     eval_pairs: Path | None = Field(None, description="held-out pairs for eval metrics (default: <pairs>.eval.*)")
     out: Path = Field(Path("runs/train"), description="output folder: model, checkpoints, metrics.jsonl")
     beta: float = Field(0.1, gt=0, description="strength of the reference (DPO family) / reward scale")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="robust: assumed share of flipped labels")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cdpo / robust: assumed share of flipped "
+                                   "labels")
     gamma: float = Field(0.5, description="simpo: target margin")
-    alpha: float = Field(0.0, description="r-dpo: length penalty")
+    alpha: float = Field(0.0, description="r-dpo: length regulariser per token of |y+| - |y-| (Park et al. 2024)")
     delta: float = Field(1.0, description="slic: hinge margin on log p(y+) - log p(y-)")
-    lam: float = Field(0.1, ge=0, description="slic: weight of NLL(y_ref)")
+    lam: float = Field(0.1, ge=0, description="slic: weight of NLL(y_ref), summed over its tokens (see slic_nll)")
+    slic_nll: Literal["sum", "mean"] = Field("sum", description="slic: NLL(y_ref) as the paper's sum over tokens, "
+                                             "or their mean (lam / |y_ref|)")
     target: str = Field("chosen", description="sft/slic likelihood target column (e.g. the SFT reference answer)")
     lr: float = Field(5e-7, gt=0, description="peak learning rate (AdamW)")
     epochs: int = Field(1, ge=1, description="passes over the pairs (a staged curriculum sets its own per stage)")

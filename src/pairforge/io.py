@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,3 +183,24 @@ def file_digest(path: Path) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def check_output(path: Path, kind: str, option: str, inputs: Sequence[Path] = ()) -> None:
+    """Before any work: `path` can be written as a `kind` ("file" | "folder") and is none of `inputs`, so a
+    command never fails at its end or overwrites what it reads. Nothing is created here."""
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise InputError(option, f"{path} is a folder: expected a file path")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise InputError(option, f"{path} is a file: expected a folder")
+    for given in inputs:
+        if Path(given).exists() and path.exists() and path.resolve() == Path(given).resolve():
+            raise InputError(option, f"{path} is also an input: it would be overwritten (choose another output)")
+    existing = path if path.exists() else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(option, f"{path} cannot be created: {existing} is a file, not a folder")
+    target = path if path.exists() else existing
+    if not os.access(target, os.W_OK) or (path.exists() and kind == "file" and not os.access(path.parent, os.W_OK)):
+        raise InputError(option, f"{path} cannot be written: no permission to write in {existing}")

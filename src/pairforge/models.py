@@ -46,7 +46,7 @@ def load_tokenizer(name: str = EMBEDDED):  # -> transformers.PreTrainedTokenizer
 
     if name != EMBEDDED:
         try:
-            return AutoTokenizer.from_pretrained(name)
+            return AutoTokenizer.from_pretrained(model_path(name))
         except (OSError, ValueError) as exc:
             raise InputError(name, f"cannot load a tokenizer from it ({str(exc).splitlines()[0]})") from None
     saved = cache_dir() / "embedded" / "tokenizer"
@@ -84,8 +84,13 @@ def embedded_model_dir() -> Path:
 
 
 def model_path(name: str) -> str:
-    """'embedded' -> the cached converted folder; anything else (folder or hub id) as given."""
-    return str(embedded_model_dir()) if name == EMBEDDED else name
+    """'embedded' -> the cached converted folder; anything else (folder or hub id) as given. A name written
+    as a path (absolute, ./ or ../, ~) must be an existing folder: the hub's error for it would be misleading."""
+    if name == EMBEDDED:
+        return str(embedded_model_dir())
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+        raise InputError(name, "no such model folder (expected a folder with config.json, 'embedded' or a hub id)")
+    return name
 
 
 def load_causal_lm(name: str, dtype: str = "float32", reward_head: bool = False):  # -> (model, tokenizer)

@@ -178,10 +178,8 @@ def run(plan_: Plan, start: str | None = None, progress: Callable[[str, str], No
         stop: str | None = None) -> list[dict[str, Any]]:
     """Run the plan's stages from the first up to `stop` (the last one named so); skip finished ones unless
     at or after `start`. Returns what each did."""
+    check_stage_names(plan_, start, stop)
     names = [s.name for s in plan_.stages]
-    for option, name in (("--from", start), ("--to", stop)):
-        if name is not None and not any(_is(n, name) for n in names):
-            raise InputError(option, f"no stage '{name}' in this recipe (stages: {', '.join(names)})")
     last = max(i for i, n in enumerate(names) if _is(n, stop)) if stop else len(names) - 1
     forced = False
     done = []
@@ -202,6 +200,14 @@ def run(plan_: Plan, start: str | None = None, progress: Callable[[str, str], No
                    done_file)
         done.append({"stage": stage.name, "status": "ran", "seconds": seconds, "outputs": [str(p) for p in outputs]})
     return done
+
+
+def check_stage_names(plan_: Plan, start: str | None, stop: str | None) -> None:
+    """--from / --to name stages of this recipe (checked by --dry-run too)."""
+    names = [s.name for s in plan_.stages]
+    for option, name in (("--from", start), ("--to", stop)):
+        if name is not None and not any(_is(n, name) for n in names):
+            raise InputError(option, f"no stage '{name}' in this recipe (stages: {', '.join(names)})")
 
 
 def _start_fresh_unless_resuming(stage: Stage, done_file: Path, fingerprint: str) -> None:

@@ -26,7 +26,7 @@ import polars as pl  # noqa: E402
 
 from pairforge.errors import InputError  # noqa: E402
 from pairforge.formatting import difference, interval, number, significance  # noqa: E402
-from pairforge.io import write_atomically  # noqa: E402
+from pairforge.io import check_output, write_atomically  # noqa: E402
 
 _COLORS = ("#1f6fb4", "#e6862a", "#2f9e44", "#c92a2a", "#7048e8", "#868e96")
 
@@ -45,6 +45,10 @@ def build_report(paths: list[Path], out: Path) -> list[Section]:
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise InputError(str(missing[0]), "no such file or folder")
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise InputError("--out", f"{out}: expected a name ending in .html (the Markdown twin is written beside it)")
+    for page in (out, out.with_suffix(".md")):
+        check_output(page, "file", "--out", paths)
     files = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()})
     sections = [s for s in (_pairs(files), _sources(files), _training(files), _evaluation(files)) if s]
     if not sections:

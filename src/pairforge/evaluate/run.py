@@ -31,9 +31,9 @@ from pairforge.evaluate.stats import length_controlled_win_rate, paired_differen
 from pairforge.formats import prompts_from_file, responses_from_files
 from pairforge.generate.base import check_source, make_backend
 from pairforge.generate.run import STORE_FILE, answer_all, progress_bar, source_requests
-from pairforge.generate.store import Store
-from pairforge.io import read_records, write_json, write_table
-from pairforge.judge.run import judge_frame
+from pairforge.generate.store import Store, opened
+from pairforge.io import check_output, read_records, write_json, write_table
+from pairforge.judge.run import check_judge, judge_frame
 from pairforge.pairs.filters import word_count
 from pairforge.prompting import endpoint_of
 
@@ -59,6 +59,7 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
              prompts_path: Path | None = None, settings: EvalSettings | None = None,
              show_progress: bool = True) -> dict[str, Any]:
     settings = settings or EvalSettings()
+    check_output(out_dir, "folder", "--out")
     if not models and not outputs:
         raise InputError("eval", "expected --models (model folders) or --outputs (model_outputs.json files)")
     prompts = prompts_from_file(prompts_path or reference)
@@ -69,17 +70,15 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
         raise InputError("--baseline", f"no model named '{settings.baseline}' (models: {', '.join(names)})")
     reference_answers = _answers_for(reference, prompts, "reference")
     answers = {REFERENCE: reference_answers}
-    store = Store(out_dir / STORE_FILE)
-    try:
-        answers |= {name: _answers_for(path, prompts, "outputs") for name, path in _named(outputs, "outputs")}
+    answers |= {name: _answers_for(path, prompts, "outputs") for name, path in _named(outputs, "outputs")}
+    check_judge(judge_cfg)
+    with opened(out_dir / STORE_FILE) as store:
         for name, model in _named(models, "models"):
             answers[name] = _generate(name, model, prompts, settings, store, show_progress)
             _write_model_outputs(answers[name], prompts, name, out_dir / f"{name}.model_outputs.json")
         frame = _responses(answers, prompts)
         cfg = judge_cfg.model_copy(update={"reference": REFERENCE, "max_prompts": None})
         scores, judgments, judge_summary = judge_frame(frame, cfg, store, show_progress=show_progress)
-    finally:
-        store.close()
     verdicts = _verdicts(frame.with_columns(pl.Series(S.SCORE, scores, dtype=pl.Float64)), judgments, cfg.kind)
     verdicts = verdicts.join(prompts.select(S.PROMPT_ID, "dataset"), on=S.PROMPT_ID, how="left")
     write_table(verdicts, out_dir / VERDICTS_FILE)

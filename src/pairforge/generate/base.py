@@ -14,6 +14,7 @@ from typing import Protocol
 
 from pairforge.config import SourceConfig
 from pairforge.errors import InputError
+from pairforge.models import model_path
 from pairforge.schema import Message
 
 
@@ -56,6 +57,8 @@ def check_source(cfg: SourceConfig) -> None:
              "vllm": ("vllm", "pip install 'pairforge[vllm]' on a GPU machine (or use backend transformers / openai)")}
     if cfg.backend == "file" and not (cfg.path and cfg.path.exists()):
         raise InputError(f"source '{cfg.name}'", f"backend file: no such answers file {cfg.path}")
+    if cfg.backend in ("transformers", "vllm") and cfg.model:
+        model_path(cfg.model)  # a model folder that does not exist, before the first request
     if cfg.backend in needs:
         package, hint = needs[cfg.backend]
         if importlib.util.find_spec(package) is None:

@@ -27,8 +27,8 @@ from pairforge.config import Recipe, SourceConfig
 from pairforge.errors import InputError
 from pairforge.formats import prompts_from_file, responses_from_files
 from pairforge.generate.base import Backend, Completion, Request, check_source, make_backend
-from pairforge.generate.store import Store
-from pairforge.io import read_records, write_table
+from pairforge.generate.store import Store, opened
+from pairforge.io import check_output, read_records, write_table
 
 RESPONSES_FILE = "responses.parquet"
 STORE_FILE = "store.sqlite"
@@ -129,6 +129,7 @@ class GenerateResult:
 def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: list[str] | None = None,
              show_progress: bool = True) -> GenerateResult:
     """Answer the recipe's prompts with its sources; export every success to <out_dir>/responses.parquet."""
+    check_output(out_dir, "folder", "--out")
     if recipe.prompts is None:
         raise InputError("recipe", "expected `prompts:` (a file of prompts to answer)")
     if not recipe.sources:
@@ -143,9 +144,8 @@ def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: li
     prompts = prompts_from_file(recipe.prompts)
     if prompts.is_empty():
         raise InputError(str(recipe.prompts), "no prompts in the file")
-    store = Store(out_dir / STORE_FILE)
     tallies: dict[str, Tally] = {}
-    try:
+    with opened(out_dir / STORE_FILE) as store:
         with progress_bar(show_progress) as progress:
             for source in recipe.sources:
                 if only and source.name not in only or source.backend == "file":
@@ -158,8 +158,6 @@ def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: li
             if source.backend == "file" and (not only or source.name in only):
                 found = frame.filter(pl.col(S.SOURCE) == source.name).height
                 tallies[source.name] = Tally(total=prompts.height * recipe.samples_per_source, cached=found)
-    finally:
-        store.close()
     path = write_table(frame, out_dir / RESPONSES_FILE)
     return GenerateResult(tallies, path, frame.height)
 

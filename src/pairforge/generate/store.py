@@ -9,13 +9,17 @@ look while a run writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pairforge.errors import InputError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -40,6 +44,29 @@ class Entry:
         return self.value is not None
 
 
+@contextmanager
+def opened(path: Path) -> Iterator[Store]:
+    """A store for the length of a command. When the command stops on bad input (a model that does not load,
+    a missing file) before anything was stored, a store it created is removed again, with the folders made
+    for it: a failed check leaves nothing behind."""
+    made = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+    created = not path.exists()
+    store = Store(path)
+    try:
+        yield store
+    except InputError:
+        store.close()
+        if created and store.is_empty():
+            for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                file.unlink(missing_ok=True)
+            for folder in made:  # innermost first; only those still empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        raise
+    finally:
+        store.close()
+
+
 class Store:
     """A SQLite file of results by key. Open one per process; it is not shared across threads."""
 
@@ -53,6 +80,10 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    def is_empty(self) -> bool:
+        with contextlib.closing(sqlite3.connect(str(self.path))) as db:
+            return db.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
 
     def put(self, key: str, kind: str, value: dict[str, Any]) -> None:
         """Record a success (replaces an earlier failure; keeps an earlier success: the first one wins)."""

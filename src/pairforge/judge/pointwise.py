@@ -27,7 +27,7 @@ from pairforge.train.tokenize import encode, truncate
 def reward_scores(cfg: JudgeConfig, prompts: list[Any], answers: list[str],
                   advance: Callable[[int], None] = lambda n: None) -> list[float]:
     """One reward per (prompt, answer); `advance(n)` after each batch of n."""
-    _check_reward_model(cfg.model)
+    check_reward_model(cfg.model)
     model, tokenizer = load_causal_lm(cfg.model, reward_head=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
@@ -47,7 +47,7 @@ def reward_scores(cfg: JudgeConfig, prompts: list[Any], answers: list[str],
     return scores
 
 
-def _check_reward_model(name: str) -> None:
+def check_reward_model(name: str) -> None:
     """A causal LM would load with a random score head and give noise: refuse it with a hint."""
     config = Path(model_path(name)) / "config.json"
     if not config.exists():

@@ -25,10 +25,10 @@ from pairforge.errors import InputError
 from pairforge.formats import responses_from_files
 from pairforge.generate.base import Request, check_source, make_backend
 from pairforge.generate.run import RESPONSES_FILE, STORE_FILE, answer_all, cache_key, progress_bar, request_seed
-from pairforge.generate.store import Store
-from pairforge.io import read_records, write_json, write_table
+from pairforge.generate.store import Store, opened
+from pairforge.io import check_output, read_records, write_json, write_table
 from pairforge.judge import pairwise
-from pairforge.judge.pointwise import reward_scores, similarity_scores
+from pairforge.judge.pointwise import check_reward_model, reward_scores, similarity_scores
 
 SCORED_FILE = "responses.scored.parquet"
 JUDGMENTS_FILE = "judgments.parquet"
@@ -44,6 +44,7 @@ class JudgeResult:
 
 def judge(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_failed: bool = False,
           show_progress: bool = True) -> JudgeResult:
+    check_output(out_dir, "folder", "--out")
     cfg = recipe.judge
     if cfg is None:
         raise InputError("recipe", "expected a `judge:` section (kind: reward-model | llm-pairwise | similarity)")
@@ -55,11 +56,9 @@ def judge(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_fa
         raise InputError("judge.reference", f"no answers from source '{cfg.reference}' in {path} "
                          f"(sources: {', '.join(sorted(set(frame[S.SOURCE])))})")
     frame = _sampled_prompts(frame, cfg)
-    store = Store(out_dir / STORE_FILE)
-    try:
+    check_judge(cfg)
+    with opened(out_dir / STORE_FILE) as store:
         scores, judgments, summary = judge_frame(frame, cfg, store, retry_failed, show_progress)
-    finally:
-        store.close()
     scored = frame.with_columns(pl.Series(S.SCORE, scores, dtype=pl.Float64))
     summary = {"judge": cfg.kind, "answers": frame.height, "scored": int(scored[S.SCORE].is_not_null().sum()),
                **summary, "per_source": _per_source(scored)}
@@ -126,6 +125,14 @@ def _pointwise(frame: pl.DataFrame, cfg: JudgeConfig, store: Store,
                     "without_reference": sum(1 for k in keys if k is None)}
 
 
+def check_judge(cfg: JudgeConfig) -> None:
+    """Fail before any work when the judge cannot run: a missing package or key, a causal LM as reward model."""
+    if cfg.kind == "llm-pairwise":
+        check_source(judge_llm(cfg))
+    elif cfg.kind == "reward-model":
+        check_reward_model(cfg.model)
+
+
 def judge_llm(cfg: JudgeConfig) -> SourceConfig:
     """The judge model's settings; greedy and short unless the recipe says otherwise."""
     assert cfg.llm is not None
@@ -136,7 +143,6 @@ def judge_llm(cfg: JudgeConfig) -> SourceConfig:
 def _pairwise(frame: pl.DataFrame, cfg: JudgeConfig, store: Store, retry_failed: bool,
               show_progress: bool) -> tuple[list[float | None], pl.DataFrame, dict[str, Any]]:
     llm = judge_llm(cfg)
-    check_source(llm)
     settings = {**llm.cache_settings(), "template": pairwise.TEMPLATE_VERSION}
     first = frame.filter(pl.col(S.SAMPLE) == 0)
     by_prompt: dict[str, dict[str, str]] = {}

@@ -9,6 +9,7 @@ untouched.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from pairforge.config import PairsConfig
 from pairforge.errors import InputError
 from pairforge.formats import detect_format, responses_from_files
-from pairforge.io import read_records, write_json, write_table
+from pairforge.io import check_output, read_records, write_json, write_table
 from pairforge.pairs.build import build_pairs
 
 
@@ -33,15 +34,21 @@ def output_paths(out: Path) -> dict[str, Path]:
 
 
 def build_from_files(cfg: PairsConfig) -> StageResult:
+    paths = output_paths(cfg.out)
+    if paths["train"].suffix not in (".parquet", ".jsonl"):
+        raise InputError("--out", f"{cfg.out}: expected a name ending in .parquet or .jsonl")
+    for path in paths.values():
+        check_output(path, "file", "--out", [*cfg.inputs, *([cfg.rank_from] if cfg.rank_from else [])])
     if cfg.rank_from is not None:
         cfg = cfg.model_copy(update={"rank": rank_from_file(cfg.rank_from)})
     records = [read_records(path) for path in cfg.inputs]
     columns = cfg.columns or None
     responses = responses_from_files(records, cfg.format, columns)
     result = build_pairs(responses, cfg)
-    paths = output_paths(cfg.out)
-    if paths["train"].suffix not in (".parquet", ".jsonl"):  # fail before writing anything
-        write_table(result.train.head(0), paths["train"])
+    if result.train.is_empty():
+        dropped = [result.summary.get(k, {}) for k in ("dropped_answers", "dropped_prompts", "dropped_pairs")]
+        raise InputError(", ".join(map(str, cfg.inputs)), f"no pair for training could be built from "
+                         f"{responses.height} answers (left out: {_said(dropped) or 'nothing'})")
     written = [write_table(result.train, paths["train"])]
     if cfg.eval_fraction > 0:
         written.append(write_table(result.eval, paths["eval"]))
@@ -69,3 +76,12 @@ def rank_from_file(path: Path) -> str:
         raise InputError(str(path), f"no source order is significant at {data.get('confidence', 0.95):.0%}: judge "
                          "more prompts, or declare the order with --rank")
     return rank
+
+
+def _said(counts: list[dict[str, Any]]) -> str:
+    """Drop counts ({reason: n} or {reason: {pair_type: n}}) summed by reason, as 'reason n, ...'."""
+    total: Counter[str] = Counter()
+    for by_reason in counts:
+        for reason, n in by_reason.items():
+            total[reason] += sum(n.values()) if isinstance(n, dict) else n
+    return ", ".join(f"{reason} {n}" for reason, n in total.items() if n)

@@ -41,7 +41,7 @@ from rich.console import Console
 from pairforge.config import TrainConfig
 from pairforge.errors import InputError
 from pairforge.formats import Field, check_fields
-from pairforge.io import file_digest, read_records, write_json
+from pairforge.io import check_output, file_digest, read_records, write_json
 from pairforge.models import cache_dir, load_causal_lm
 from pairforge.pairs.curriculum import Plan, difficulty_of, length_grouped, plan, reference_margin
 from pairforge.prompting import PromptFormat, has_chat_template, prompt_format_of
@@ -71,6 +71,7 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
     _check_trackers(cfg.report_to)
     accelerator = _accelerator(cfg)
     out = Path(cfg.out)
+    check_output(out, "folder", "--out", [p for p in (cfg.pairs, cfg.eval_pairs) if p])
     identity = _identity(cfg)
     if fresh and accelerator.is_main_process:
         _clear_run(out)
@@ -81,7 +82,7 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
     set_seed(cfg.seed)
     weights = cfg.loss_weights
     settings = L.LossSettings(beta=cfg.beta, label_smoothing=cfg.label_smoothing, gamma=cfg.gamma,
-                              alpha=cfg.alpha, delta=cfg.delta, lam=cfg.lam)
+                              alpha=cfg.alpha, delta=cfg.delta, lam=cfg.lam, slic_nll=cfg.slic_nll)
 
     # --- data --------------------------------------------------------------------------------------
     target = cfg.target if weights.keys() & L.NEEDS_TARGET else None
@@ -171,6 +172,7 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
         if weights.keys() & L.NEEDS_TARGET:
             rows = slice(2 * n, 3 * n) if batch.has_targets else slice(0, n)
             x.target_nll = -sums[rows] / counts[rows].clamp(min=1)
+            x.target_tokens = counts[rows]
         if L.needs_reference(weights):
             with accelerator.autocast():  # the policy's forward is autocast by `prepare`: the same numbers
                 x.ref_chosen, x.ref_rejected = _reference(batch, ref_table, reference, model, cfg.chunk_tokens)
