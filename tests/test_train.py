@@ -104,6 +104,26 @@ def test_the_final_save_is_the_model_and_a_finished_run_is_not_trained_again(tin
     assert (out / "metrics.jsonl").read_text() == logged  # no second eval row, nothing retrained
 
 
+def test_a_torn_last_log_line_from_a_crash_is_tolerated_and_repaired(tiny_model_dir, pairs_file, tmp_path):
+    out = tmp_path / "run"
+    args = ["--model", tiny_model_dir, "--pairs", pairs_file, "--out", out, "--batch-size", "8", "--max-steps", "4",
+            "--save-steps", "2"]
+    assert run_train(*args).exit_code == 0
+    rewind(out, 2)
+    for log in ("metrics.jsonl", "consumed-0.jsonl"):
+        with (out / log).open("a") as handle:
+            handle.write('{"step": 3, "train/lo')  # killed in the middle of an append
+    report = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "report.html")])
+    assert report.exit_code == 0, report.output
+    resumed = run_train(*args)
+    assert resumed.exit_code == 0, resumed.output
+    assert [m["step"] for m in metrics(out) if "train/loss" in m] == [1, 2, 3, 4]  # every line parses again
+    assert [json.loads(line)["micro"] for line in (out / "consumed-0.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
+    (out / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, broken\n{"step": 3}\n')
+    damaged = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "report.html")])
+    assert damaged.exit_code == 2 and "metrics.jsonl line 2: not valid JSON" in damaged.stderr
+
+
 def test_a_resume_with_other_data_or_settings_is_refused_until_fresh(tiny_model_dir, pairs_file, tmp_path):
     out = tmp_path / "run"
     common = ["--model", tiny_model_dir, "--out", out, "--batch-size", "8", "--max-length", "64", "--save-steps", "2"]

@@ -196,11 +196,26 @@ def check_output(path: Path, kind: str, option: str, inputs: Sequence[Path] = ()
     for given in inputs:
         if Path(given).exists() and path.exists() and path.resolve() == Path(given).resolve():
             raise InputError(option, f"{path} is also an input: it would be overwritten (choose another output)")
-    existing = path if path.exists() else path.parent
+    existing = path if kind == "folder" and path.exists() else path.parent  # where new files are made
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise InputError(option, f"{path} cannot be created: {existing} is a file, not a folder")
-    target = path if path.exists() else existing
-    if not os.access(target, os.W_OK) or (path.exists() and kind == "file" and not os.access(path.parent, os.W_OK)):
+    if not os.access(existing, os.W_OK) or (path.is_file() and not os.access(path, os.W_OK)):
         raise InputError(option, f"{path} cannot be written: no permission to write in {existing}")
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines log that is only ever appended to. A crash mid-append can leave a torn last
+    line: it is left out (the next resume rewrites the file without it); a broken line before the last is
+    damage, said with its line number."""
+    lines = [(n, line) for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    rows = []
+    for position, (number, line) in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if position == len(lines) - 1:
+                break
+            raise InputError(str(path), f"not valid JSON: {exc.msg} (a damaged log)", row=f"line {number}") from None
+    return rows

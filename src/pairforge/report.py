@@ -26,7 +26,7 @@ import polars as pl  # noqa: E402
 
 from pairforge.errors import InputError  # noqa: E402
 from pairforge.formatting import difference, interval, number, significance  # noqa: E402
-from pairforge.io import check_output, write_atomically  # noqa: E402
+from pairforge.io import check_output, read_log, write_atomically  # noqa: E402
 
 _COLORS = ("#1f6fb4", "#e6862a", "#2f9e44", "#c92a2a", "#7048e8", "#868e96")
 
@@ -156,7 +156,7 @@ def _training(files: list[Path]) -> Section | None:
     rows = []
     for run in runs:
         info = _json(run / "run.json")
-        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        metrics = read_log(run / "metrics.jsonl")
         train = [m for m in metrics if "train/loss" in m]
         evals = [m for m in metrics if "eval/loss" in m]
         method = info["config"]["method"]

@@ -41,7 +41,7 @@ from rich.console import Console
 from pairforge.config import TrainConfig
 from pairforge.errors import InputError
 from pairforge.formats import Field, check_fields
-from pairforge.io import check_output, file_digest, read_records, write_json
+from pairforge.io import check_output, file_digest, read_log, read_records, write_json
 from pairforge.models import cache_dir, load_causal_lm
 from pairforge.pairs.curriculum import Plan, difficulty_of, length_grouped, plan, reference_margin
 from pairforge.prompting import PromptFormat, has_chat_template, prompt_format_of
@@ -296,8 +296,8 @@ def _finished_run(out: Path, identity: dict[str, Any]) -> TrainResult | None:
                          "to delete it and start over, or choose another --out")
     if not finished:
         return None
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return TrainResult(out=out, steps=earlier["finished_step"], metrics=rows, already_trained=True)
+    return TrainResult(out=out, steps=earlier["finished_step"], metrics=read_log(out / "metrics.jsonl"),
+                       already_trained=True)
 
 
 def _change(key: str, before: Any, now: Any) -> str:
@@ -565,11 +565,10 @@ def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
 
 
 def _truncate_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
-    """On resume, forget lines written after the checkpoint we resume from."""
+    """On resume, forget lines written after the checkpoint we resume from (and a torn last line)."""
     if not path.exists():
         return
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
+    path.write_text("".join(json.dumps(r) + "\n" for r in read_log(path) if keep(r)))
 
 
 class _CatchInterrupt:
