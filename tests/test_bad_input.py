@@ -161,3 +161,20 @@ def test_bad_recipe_values_of_the_format_and_eval_options(tmp_path, section, lin
     with pytest.raises(InputError) as error:
         load_recipe(tmp_path / "recipe.yaml")
     assert line in str(error.value) and "line 2" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_prompt_longer_than_the_context_fails_alone_before_generation(tmp_path, tiny_model_dir):
+    """The tiny model's context is 512 tokens: the long prompt is a recorded failure with its reason (exit 1,
+    --retry-failed to try again), the short one is answered."""
+    import yaml
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Say hi."}) + "\n" + json.dumps({"prompt": "word " * 600}) + "\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"prompts": str(prompts), "sources": [
+        {"name": "tiny", "model": str(tiny_model_dir), "max_new_tokens": 4}]}))
+    result = CliRunner().invoke(app, ["generate", str(recipe), "--out", str(tmp_path / "gen")])
+    assert result.exit_code == 1 and "1 requests failed" in result.output, result.output
+    assert "more than the model's context of 512 tokens" in result.output
+    answers = pl.read_parquet(tmp_path / "gen" / "responses.parquet")
+    assert answers["prompt"].to_list() == ["Say hi."]

@@ -19,13 +19,34 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
+
+try:
+    from typer._click.exceptions import UsageError  # typer >= 0.2x vendors click and exports no public name
+except ImportError:
+    from click import UsageError
 
 from pairforge.config import CurriculumConfig, EvalConfig, JudgeConfig, PairsConfig, TrainConfig, load_recipe
 from pairforge.errors import EXIT_BAD_INPUT, InputError
 from pairforge.formatting import difference, interval, number, significance
 from pairforge.io import check_output, write_json
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+
+class _OneLineUsageErrors(TyperGroup):
+    """An option of the wrong type ('--bootstrap x') or an unknown option is bad input like any other: one
+    line and exit 2, instead of click's usage box."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "pairforge"
+            console.print(f"[bold red]error:[/] {escape(exc.format_message())} (see {command} --help)",
+                          highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+app = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 pairs_app = typer.Typer(no_args_is_help=True, help="Build preference pairs from answers of several models.")
 app.add_typer(pairs_app, name="pairs")
 curriculum_app = typer.Typer(no_args_is_help=True, help="Inspect a curriculum before training on it.")
@@ -489,6 +510,7 @@ def curriculum_show(
 ) -> None:
     """Print a curriculum's stages or buckets with their sizes and difficulty, and plot difficulty by step."""
     def run() -> None:
+        from pairforge.formats import read_pairs
         from pairforge.pairs.curriculum import difficulty_of, plan, write_plot
 
         base = (load_recipe(config).train.curriculum if config else None) or CurriculumConfig()
@@ -496,7 +518,7 @@ def curriculum_show(
         if epochs < 1 or batch_size < 1:
             raise InputError("--epochs" if epochs < 1 else "--batch-size", "expected a positive number")
         check_output(out / "curriculum.png", "file", "--out")
-        frame = _read_pairs_frame(pairs)
+        frame = read_pairs(pairs)
         values = difficulty_of(frame, cfg.difficulty, str(pairs), cfg.embedding_model)
         types = frame["pair_type"].cast(pl.String).to_list() if "pair_type" in frame.columns else ["all"] * len(values)
         result = plan(values, types, cfg, batch_size, epochs, seed)
@@ -516,13 +538,6 @@ def curriculum_show(
         console.print(f"wrote {write_plot(result, values, out / 'curriculum.png')}", highlight=False)
 
     _fail_cleanly(run)
-
-
-def _read_pairs_frame(path: Path) -> pl.DataFrame:
-    from pairforge.io import read_records
-
-    records = read_records(path)
-    return records.frame if records.frame is not None else pl.DataFrame(records.rows)
 
 
 def _sparkline(values: Any) -> str:

@@ -30,7 +30,7 @@ import polars as pl
 
 from pairforge import schema as S
 from pairforge.errors import InputError, describe
-from pairforge.io import Records
+from pairforge.io import Records, read_records
 
 MESSAGES = S.MESSAGES
 _ALIASES = {
@@ -431,3 +431,36 @@ def _as_chat(prompt: Any) -> Any:
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     return [{"role": m["role"], "content": m["content"]} for m in prompt] if isinstance(prompt, list) else prompt
+
+
+# --- pairs files (the pairs stage's output, the trainer's and `curriculum show`'s input) -----------------
+
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def check_pair_columns(columns: list[str], target_column: str | None, source: str) -> None:
+    """TRL's three columns (and the likelihood target, when one is named) are there."""
+    missing = [c for c in PAIR_COLUMNS if c not in columns]
+    if missing:
+        raise InputError(source, f"missing column(s) {', '.join(missing)}: expected TRL's prompt/chosen/rejected "
+                         f"(found {', '.join(columns)})")
+    if target_column and target_column not in columns:
+        raise InputError(source, f"the likelihood target column '{target_column}' is not in the file")
+
+
+def read_pairs(path: Path, target_column: str | None = None) -> pl.DataFrame:
+    """A pairs file (ours or any TRL prompt/chosen/rejected file), every value checked at read time: texts or
+    chat messages where answers belong, a finite weight >= 0, a text pair_type."""
+    records = read_records(path)
+    check_pair_columns(records.columns, target_column, str(path))
+    optional = [Field("weight", "number", required=False), Field("pair_type", "text", required=False)]
+    check_fields(records, [*(Field(c, "prompt") for c in PAIR_COLUMNS),
+                           *([Field(target_column, "prompt")] if target_column else []),
+                           *(f for f in optional if f.key in records.columns)])
+    frame = records.frame if records.frame is not None else pl.DataFrame(records.rows, infer_schema_length=None,
+                                                                          strict=False)
+    negative = frame.select(pl.arg_where(pl.col("weight") < 0).first()).item() if "weight" in frame.columns else None
+    if negative is not None:
+        raise InputError(str(path), f"expected a weight >= 0, found {frame['weight'][negative]}",
+                         row=records.label(negative), field="weight")
+    return frame

@@ -31,7 +31,16 @@ class TransformersBackend:
 
     def run(self, requests: list[Request], report: Reporter) -> None:
         encoded = {r.key: self._encode(r.messages) for r in requests}
-        ordered = sorted(requests, key=lambda r: len(encoded[r.key]))
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        fitting = []
+        for request in requests:  # a prompt the context cannot hold fails alone, before any generation
+            size = len(encoded[request.key])
+            if context and size + self.cfg.max_new_tokens > context:
+                report.failed(request, f"prompt + max_new_tokens more than the model's context of {context} "
+                              f"tokens: the prompt is {size}, max_new_tokens {self.cfg.max_new_tokens}")
+            else:
+                fitting.append(request)
+        ordered = sorted(fitting, key=lambda r: len(encoded[r.key]))
         for start in range(0, len(ordered), self.cfg.batch_size):
             batch = ordered[start:start + self.cfg.batch_size]
             try:

@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from pairforge.errors import InputError
+from pairforge.formats import check_pair_columns
 from pairforge.prompting import PromptFormat, has_chat_template, plain_text, templated_prompt
 from pairforge.schema import to_messages
 
@@ -64,9 +65,6 @@ class TokenizeStats:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
-
-
 def tokenize_pairs(
     frame: pl.DataFrame,
     tokenizer: Any,
@@ -79,7 +77,7 @@ def tokenize_pairs(
     prompt_format: PromptFormat | None = None,
 ) -> tuple[list[TokenizedPair], TokenizeStats]:
     """Tokenize every pair; `source` names the file in errors; `prompt_format` None follows each record."""
-    check_pairs_frame(frame.columns, target_column, source)
+    check_pair_columns(frame.columns, target_column, source)
     max_prompt = max_prompt_length or max_length // 2
     stats = TokenizeStats()
     out: list[TokenizedPair] = []
@@ -117,16 +115,6 @@ def tokenize_pairs(
         ))
     stats.pairs = len(out)
     return out, stats
-
-
-def check_pairs_frame(columns: list[str], target_column: str | None, source: str) -> None:
-    """Columns, checked before any model is loaded (`read_records` refuses an empty file)."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise InputError(source, f"missing column(s) {', '.join(missing)}: expected TRL's prompt/chosen/rejected "
-                         f"(found {', '.join(columns)})")
-    if target_column and target_column not in columns:
-        raise InputError(source, f"the likelihood target column '{target_column}' is not in the file")
 
 
 def encode(tokenizer: Any, prompt: Any, answer: Any, prompt_format: PromptFormat | None = None) -> Sequence:

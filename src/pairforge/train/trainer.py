@@ -40,8 +40,8 @@ from rich.console import Console
 
 from pairforge.config import TrainConfig
 from pairforge.errors import InputError
-from pairforge.formats import Field, check_fields
-from pairforge.io import check_output, file_digest, read_log, read_records, write_json
+from pairforge.formats import read_pairs
+from pairforge.io import check_output, file_digest, read_log, write_json
 from pairforge.models import cache_dir, load_causal_lm
 from pairforge.pairs.curriculum import Plan, difficulty_of, length_grouped, plan, reference_margin
 from pairforge.prompting import PromptFormat, has_chat_template, prompt_format_of
@@ -50,7 +50,7 @@ from pairforge.train.lean import use_lean_blocks
 from pairforge.train.logprobs import AnswerLogps, Batch, SequenceScores, answer_logps, collate, forward_pieces
 from pairforge.train.memory import return_freed_memory
 from pairforge.train.reference import model_fingerprint, reference_logps
-from pairforge.train.tokenize import TokenizedPair, TokenizeStats, check_pairs_frame, tokenize_pairs
+from pairforge.train.tokenize import TokenizedPair, TokenizeStats, tokenize_pairs
 
 
 class TrainingStopped(Exception):
@@ -334,18 +334,7 @@ def _read_pairs(path: Path | None, target: str | None, required: bool) -> pl.Dat
         if required:
             raise InputError(str(path or "--pairs"), "no such pairs file")
         return None
-    records = read_records(path)
-    check_pairs_frame(records.columns, target, str(path))
-    optional = [Field("weight", "number", required=False), Field("pair_type", "text", required=False)]
-    check_fields(records, [Field("prompt", "prompt"), Field("chosen", "prompt"), Field("rejected", "prompt"),
-                           *([Field(target, "prompt")] if target else []),
-                           *(f for f in optional if f.key in records.columns)])
-    frame = records.frame if records.frame is not None else pl.DataFrame(records.rows, infer_schema_length=None)
-    if "weight" in frame.columns and (negative := frame.select(pl.arg_where(pl.col("weight") < 0).first()).item()) \
-            is not None:
-        raise InputError(str(path), f"expected a weight >= 0, found {frame['weight'][negative]}",
-                         row=records.label(negative), field="weight")
-    return frame
+    return read_pairs(path, target)
 
 
 def _prompt_format(frame: pl.DataFrame, cfg: TrainConfig, tokenizer: Any, say: bool) -> PromptFormat:
