@@ -12,6 +12,15 @@ cache is cleared first), as TRL's precompute does, and cuts each batch of 4 into
 --forward-tokens (rows x width; gradients summed: the same step, less activation memory, no padding).
 
     .venv/bin/python bench/train_vs_trl.py [--pairs 64] [--repeat 3] [--forward-tokens 512]
+
+GPU mode (`--device cuda --size 135m|1.7b`): a random-init Llama in SmolLM2's shapes is made on the spot
+from its config (no download; the embedded tokenizer), saved once in bf16, and trained by both sides in
+bf16 weights + bf16 autocast, batch 8, max_length 1024, one epoch of 256 (135m) / 384 (1.7b) pairs, wall
+time including model load and saving the trained model. Printed besides: peak GPU memory (allocated),
+the step-1 loss (ln 2 = 0.693147 when the reference pass matches the policy's), and our per-phase
+seconds from run.json. `--size tiny` runs the same path on a CPU in seconds (a check of the script).
+
+    python bench/train_vs_trl.py --device cuda --size 1.7b --repeat 1
 """
 
 from __future__ import annotations
@@ -47,24 +56,66 @@ def make_pairs(n: int, path: Path, seed: int = 0) -> None:
     pl.DataFrame(rows).write_parquet(path)
 
 
+# SmolLM2's shapes (config.json of HuggingFaceTB/SmolLM2-*), for random-init models made on the spot
+SHAPES = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2),
+    "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                 num_key_value_heads=3, rope_theta=100000.0),
+    "1.7b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+                 num_key_value_heads=32, rope_theta=130000.0),
+}
+GPU_PAIRS = {"tiny": 32, "135m": 256, "1.7b": 384}
+
+
+def setting() -> dict:
+    """What the parent chose, handed to the children through the environment."""
+    return json.loads(os.environ["BENCH_SETTING"])
+
+
+def make_model(size: str, folder: Path) -> None:
+    """A random-init Llama in SmolLM2's shapes, in bf16, with the embedded tokenizer: no weights travel."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pairforge.models import load_tokenizer
+
+    tokenizer = load_tokenizer("embedded")
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=8192, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **SHAPES[size])
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+
+
 def run_ours(pairs: Path, work: Path) -> dict:
     from pairforge.config import TrainConfig
     from pairforge.models import cache_dir, load_tokenizer
     from pairforge.train.trainer import train
 
+    s = setting()
     load_tokenizer("embedded")  # warm the conversion cache outside the timing, as TRL gets a ready folder
     shutil.rmtree(cache_dir() / "reference", ignore_errors=True)  # reference log-probs computed in every run
-    forward_tokens = int(os.environ["BENCH_FORWARD_TOKENS"]) or None
     start = time.perf_counter()
-    result = train(TrainConfig(model="embedded", pairs=pairs, out=work / "ours", method="dpo", batch_size=4,
-                               forward_tokens=forward_tokens,
-                               epochs=1, lr=1e-6, beta=0.1, max_length=512, warmup_ratio=0.0,
+    result = train(TrainConfig(model=s["model"], pairs=pairs, out=work / "ours", method="dpo",
+                               batch_size=s["batch"], forward_tokens=s["forward_tokens"] or None, dtype=s["dtype"],
+                               epochs=1, lr=1e-6, beta=0.1, max_length=s["max_length"], warmup_ratio=0.0,
                                precompute_reference=True), progress=False)
     seconds = time.perf_counter() - start
     first = result.metrics[0]
-    counts = _token_counts(work / "ours", pairs, forward_tokens)
-    return {"seconds": seconds, "loss1": first["train/loss"], **counts,
-            "model_mb": _memory_model(counts["largest_forward"])}
+    report = {"seconds": seconds, "loss1": first["train/loss"], **_device_peak(),
+              "phases": json.loads((work / "ours" / "run.json").read_text())["seconds"]}
+    if s["device"] == "cpu" and s["model"] == "embedded":
+        counts = _token_counts(work / "ours", pairs, s["forward_tokens"] or None)
+        report.update(counts, model_mb=_memory_model(counts["largest_forward"]))
+    return report
+
+
+def _device_peak() -> dict:
+    import torch
+
+    return {"gpu_mb": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}
 
 
 def _token_counts(out: Path, pairs: Path, forward_tokens: int | None) -> dict:
@@ -119,22 +170,26 @@ def run_trl(pairs: Path, work: Path, precompute: bool) -> dict:
 
     from pairforge.models import embedded_model_dir, load_tokenizer
 
-    folder = embedded_model_dir()
+    s = setting()
+    folder = embedded_model_dir() if s["model"] == "embedded" else Path(s["model"])
     tokenizer = load_tokenizer("embedded")
     dataset = datasets.load_dataset("parquet", data_files=str(pairs), split="train").remove_columns(["pair_type"])
+    bf16 = s["dtype"] == "bfloat16"
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-    args = DPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=4, num_train_epochs=1,
-                     learning_rate=1e-6, beta=0.1, max_length=512, gradient_checkpointing=False, bf16=False,
-                     use_cpu=True, report_to=[], save_strategy="no", logging_steps=1, lr_scheduler_type="constant",
-                     precompute_ref_log_probs=precompute, dataloader_num_workers=0, seed=0)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16 if bf16 else torch.float32)
+    args = DPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=s["batch"], num_train_epochs=1,
+                     learning_rate=1e-6, beta=0.1, max_length=s["max_length"], gradient_checkpointing=False,
+                     bf16=bf16, use_cpu=s["device"] == "cpu", report_to=[], save_strategy="no", logging_steps=1,
+                     lr_scheduler_type="constant", precompute_ref_log_probs=precompute, dataloader_num_workers=0,
+                     seed=0)
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
+    trainer.save_model(str(work / "trl" / "model"))  # as ours saves its trained model
     seconds = time.perf_counter() - start
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     # rows x padded width of each batch (prompt in both rows): what its policy pass pushes, and again its reference
     pushed = sum(batch["input_ids"].numel() for batch in trainer.get_train_dataloader())
-    return {"seconds": seconds, "loss1": losses[0], "pushed": pushed}
+    return {"seconds": seconds, "loss1": losses[0], "pushed": pushed, **_device_peak()}
 
 
 def child(kind: str, pairs: str, work: str) -> None:
@@ -157,26 +212,44 @@ def measure(kind: str, pairs: Path, repeat: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--pairs", type=int, default=None, help="default: 64 (CPU), 256 / 384 (GPU sizes)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--forward-tokens", type=int, default=512, help="ours: tokens per forward (0: whole batch)")
+    parser.add_argument("--forward-tokens", type=int, default=None, help="ours: tokens per forward (0: whole "
+                        "batch; default 512 on CPU, 0 on GPU)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--size", choices=["embedded", *SHAPES], default="embedded",
+                        help="embedded: SmolLM2-135M's real weights in fp32 (CPU); else random init in bf16")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
-    os.environ["BENCH_FORWARD_TOKENS"] = str(args.forward_tokens)
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)
-    pairs = out / f"bench-pairs-{args.pairs}.parquet"
-    make_pairs(args.pairs, pairs)
+    if args.size == "embedded":
+        model, batch, max_length, dtype, n = "embedded", 4, 512, "float32", args.pairs or 64
+    else:
+        model, batch, max_length, dtype, n = str(out / f"random-{args.size}"), 8, 1024, "bfloat16", \
+            args.pairs or GPU_PAIRS[args.size]
+        if not (Path(model) / "config.json").exists():
+            make_model(args.size, Path(model))
+    forward_tokens = args.forward_tokens if args.forward_tokens is not None else (512 if args.device == "cpu" else 0)
+    os.environ["BENCH_SETTING"] = json.dumps({"model": model, "batch": batch, "max_length": max_length,
+                                              "dtype": dtype, "device": args.device, "forward_tokens": forward_tokens})
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # both sides on the CPU even where a GPU exists
+    pairs = out / f"bench-pairs-{n}.parquet"
+    make_pairs(n, pairs)
+    print(_versions(), flush=True)
     results = {kind: measure(kind, pairs, args.repeat) for kind in ("ours", "trl", "trl-precompute")}
+    if args.size != "embedded":
+        return print_device_table(results, args.size, args.device, n, batch, max_length)
     med = {kind: {key: statistics.median(r[key] for r in runs) for key in ("seconds", "rss_mb", "loss1")}
            for kind, runs in results.items()}
     ours = results["ours"][0]
-    print(f"\nDPO, SmolLM2-135M fp32 CPU, {args.pairs} pairs, batch 4, max_length 512; "
+    print(f"\nDPO, SmolLM2-135M fp32 CPU, {n} pairs, batch 4, max_length 512; "
           f"medians of {args.repeat} runs")
     print(f"{'':24}{'pairforge':>12}{'TRL':>12}{'TRL precomp':>13}{'ours/TRL':>10}{'ours/TRLp':>11}")
-    rows = [("pairs/s", lambda k: args.pairs / med[k]["seconds"], True),
+    rows = [("pairs/s", lambda k: n / med[k]["seconds"], True),
             ("tokens/s (needed)", lambda k: ours["tokens"] / med[k]["seconds"], True),
             ("peak RSS (MB)", lambda k: med[k]["rss_mb"], True),
             ("loss at step 1", lambda k: med[k]["loss1"], False)]
@@ -192,6 +265,34 @@ def main() -> None:
     print(f"{'TRL work / ours':24}{trl['pushed'] / ours['pushed']:12.2f}x  (pushed tokens: the speed-up that fewer "
           f"FLOPs alone explain)")
     print(f"{'memory model (MB)':24}{ours['model_mb']:12.4g}   (ours' expected peak; measured above)")
+
+
+def print_device_table(results: dict[str, list[dict]], size: str, device: str, n: int, batch: int,
+                       max_length: int) -> None:
+    """The issue's table: seconds, pairs/s, peak device memory and step-1 loss per run, then our phases."""
+    print(f"\nDPO, random-init SmolLM2-{size} shapes, bf16 weights + autocast, {device}, {n} pairs, batch {batch}, "
+          f"max_length {max_length}; medians of {len(results['ours'])} runs (wall time incl. load and save)")
+    print(f"{'run':28}{'seconds':>9}{'pairs/s':>9}{'peak GPU MB':>13}{'loss at step 1':>16}")
+    names = {"ours": "pairforge (precompute ref)", "trl": "TRL DPOTrainer default", "trl-precompute":
+             "TRL precompute_ref_log_probs"}
+    med = {}
+    for kind, runs in results.items():
+        med[kind] = {key: statistics.median(r.get(key, float("nan")) for r in runs) for key in
+                     ("seconds", "gpu_mb", "loss1")}
+        m = med[kind]
+        print(f"{names[kind]:28}{m['seconds']:9.1f}{n / m['seconds']:9.2f}{m['gpu_mb']:13,.0f}{m['loss1']:16.6f}")
+    print(f"{'ours / TRL default':28}{'':9}{med['trl']['seconds'] / med['ours']['seconds']:8.2f}x"
+          f"{med['ours']['gpu_mb'] / med['trl']['gpu_mb']:12.2f}x{abs(med['ours']['loss1'] - 0.6931472):>12.1e} "
+          "from ln 2")
+    phases = results["ours"][0]["phases"]
+    print("pairforge phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
+
+
+def _versions() -> str:
+    import importlib.metadata as metadata
+
+    names = ("torch", "transformers", "accelerate", "trl", "pairforge")
+    return "versions: " + ", ".join(f"{n} {metadata.version(n)}" for n in names)
 
 
 if __name__ == "__main__":

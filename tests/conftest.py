@@ -102,3 +102,24 @@ def rewind(out: Path, step: int) -> None:
     run = json.loads((out / "run.json").read_text())
     del run["finished_step"]
     (out / "run.json").write_text(json.dumps(run))
+
+
+def answer_failed_judge_requests(store: Path, reply: Callable[[str, str, str], dict[str, Any]]) -> int:
+    """Give each judge request that only failed so far in a run's store.sqlite the judge's reply, written through
+    the real store as a finished request would be. `reply(prompt_id, shown_first, shown_second)` returns the reply's
+    text (and first-token log-probs); the sources are read from the readable cache key
+    judge:<prompt_id>:<source shown first>:<source shown second>:<hash of the texts>:<hash of the settings>."""
+    import sqlite3
+
+    from pairforge.generate.store import Store
+
+    db = sqlite3.connect(store)
+    keys = [key for (key,) in db.execute("SELECT key FROM results WHERE kind = 'judgment' AND value IS NULL")]
+    db.close()
+    writer = Store(store)
+    for key in keys:
+        _, prompt_id, first, second, *_ = key.split(":")
+        writer.put(key, "judgment", {"finish_reason": "stop", "tokens": 1, "first_token_logprobs": {},
+                                     **reply(prompt_id, first, second)})
+    writer.close()
+    return len(keys)

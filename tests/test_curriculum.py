@@ -74,20 +74,38 @@ def test_staged_by_difficulty_range_and_drop_hardest():
     used = flat(result.batches)
     assert result.dropped == 15 and len(used) == 45
     assert max(DIFFICULTY[used]) <= sorted(DIFFICULTY)[44]
+    easy, rest = rows_of_stage(result, 0), rows_of_stage(result, 1)
+    assert sorted(easy) == [i for i in range(60) if DIFFICULTY[i] < 0.5]  # every pair of the first range, once
+    assert len(rest) == 45 - len(easy) and all(0.5 <= DIFFICULTY[i] < 1.01 for i in rest)
+    assert used[:len(easy)] == easy  # the first range is trained first
+    assert result.stage_names == ["stage 1: difficulty [0.0, 0.5)", "stage 2: difficulty [0.5, 1.01)"]
+
+
+# c(t) = c0 + (1 - c0) * (t / T)^p with c0 = 0.2 and T = full_at * steps = 0.5 * 32 = 16; the pool is c(t) of the
+# 60 pairs, rounded up. Worked by hand at steps where (t / 16)^p is exact:
+#   root   (p = 1/2): t=1 -> 0.2 + 0.8 * 1/4 = 0.4 -> 24 pairs; t=9 -> 0.2 + 0.8 * 3/4 = 0.8 -> 48
+#   linear (p = 1):   t=4 -> 0.2 + 0.8 * 1/4 = 0.4 -> 24 pairs; t=12 -> 0.2 + 0.8 * 3/4 = 0.8 -> 48
+PACING_BY_HAND = {"root": {0: 12, 1: 24, 9: 48, 16: 60}, "linear": {0: 12, 4: 24, 12: 48, 16: 60}}
 
 
 @pytest.mark.parametrize("pacing", ["root", "linear"])
 def test_pacing_pool_follows_its_function(pacing):
     result = make("pacing", epochs=4, pacing=pacing, start_fraction=0.2, full_at=0.5)
-    total = 4 * math.ceil(60 / 8)
-    power = 0.5 if pacing == "root" else 1.0
-    expected = [min(60, max(8, math.ceil(min(1.0, 0.2 + 0.8 * min(1.0, t / (0.5 * total)) ** power) * 60)))
-                for t in range(total)]
-    assert result.pool_sizes == expected and expected[0] == 12 and expected[-1] == 60
+    pools = result.pool_sizes
+    assert len(pools) == len(result.batches) == 4 * math.ceil(60 / 8)
+    assert {t: pools[t] for t in PACING_BY_HAND[pacing]} == PACING_BY_HAND[pacing]
+    assert pools == sorted(pools) and pools[15] < 60 and set(pools[16:]) == {60}  # all pairs from T = 16 on
+    assert 12 < pools[1] < pools[2] and (pools[3] > 24 if pacing == "root" else pools[3] < 24)  # root grows faster
     easiest = sorted(range(60), key=lambda i: DIFFICULTY[i])
     for batch, pool in zip(result.batches, result.pool_sizes, strict=True):
         assert max(DIFFICULTY[batch]) <= DIFFICULTY[easiest[pool - 1]]
-    assert pacing_pool(0, 10, 100, 8, CurriculumConfig(schedule="pacing", start_fraction=0.01)) == 8
+    assert pacing_pool(0, 10, 100, 8, CurriculumConfig(schedule="pacing", start_fraction=0.01)) == 8  # one batch
+
+
+@pytest.mark.parametrize("pacing, step", [("root", 4), ("linear", 8)])
+def test_pacing_pool_is_exact_where_the_share_is_a_whole_number_of_pairs(pacing, step):
+    cfg = CurriculumConfig(schedule="pacing", pacing=pacing, start_fraction=0.2, full_at=0.5)
+    assert pacing_pool(step, 32, 60, 8, cfg) == 36  # c = 0.2 + 0.8 * 1/2 = 0.6 of 60 pairs
 
 
 def test_difficulty_from_columns():

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import polars as pl
 import pytest
+from servers import FaultProxy, free_port
 
-from conftest import SAMPLE
+from conftest import SAMPLE, answer_failed_judge_requests
 from pairforge.config import JudgeConfig, SourceConfig
 from pairforge.evaluate.run import EvalSettings, evaluate
+from pairforge.schema import prompt_id_of, to_messages
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -38,30 +43,72 @@ def test_outputs_files_ranked_by_similarity_with_intervals(tmp_path: Path) -> No
     assert close["vs_next"]["model"] == "weak" and 0 <= close["vs_next"]["p_value"] <= 1
 
 
+def linked_model(model: Path, folder: Path) -> Path:
+    """The model's files, linked into a folder of this test's own (no copy of the weights)."""
+    folder.mkdir()
+    for file in model.iterdir():
+        (folder / file.name).symlink_to(file)
+    return folder
+
+
+def spoil_weights(folder: Path) -> None:
+    """Zeros instead of the weights, with the same name, size and time: the cache key (which stamps the folder's
+    files by name, size and time) is unchanged, but a model loaded from the folder fails."""
+    weights = folder / "model.safetensors"
+    stat = weights.stat()
+    weights.unlink()
+    with weights.open("wb") as f:
+        f.truncate(stat.st_size)  # sparse: takes no disk
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
 @pytest.mark.slow
-def test_models_answer_in_alpaca_eval_shape_and_unreadable_verdicts_are_counted(tmp_path: Path,
-                                                                               tiny_model_dir: Path) -> None:
-    """A model folder answers the prompts (AlpacaEval's model_outputs.json), an LLM judge compares it with
-    the reference in both orders; a random tiny judge gives unreadable verdicts: counted, left out."""
+def test_models_answer_in_alpaca_eval_shape_and_known_verdicts_give_the_win_rate(tmp_path: Path,
+                                                                                 tiny_model_dir: Path) -> None:
+    """A model folder answers the prompts (AlpacaEval's model_outputs.json); an LLM judge compares it with the
+    reference in both orders. A judge that gives no verdict gives no win rate; the verdicts it did give, written
+    to the run's store, make the win rate exactly, in the right direction; a rerun asks neither the model nor
+    the judge again."""
     questions = [f"Name a fruit number {i}." for i in range(4)]
     reference = outputs_file(tmp_path / "ref.json", [(q, "An apple.") for q in questions], "ref-model")
-    judge = JudgeConfig(kind="llm-pairwise", llm=SourceConfig(model=str(tiny_model_dir), max_new_tokens=3))
-    result = evaluate([f"tiny={tiny_model_dir}"], [], reference, judge, tmp_path / "eval",
-                      settings=EvalSettings(max_new_tokens=6, bootstrap=100), show_progress=False)
-    outputs = pd.read_json(tmp_path / "eval" / "tiny.model_outputs.json")  # what alpaca_eval's loader does
-    assert {"instruction", "output", "generator", "dataset"} <= set(outputs.columns)
-    assert outputs["instruction"].tolist() == questions and set(outputs["generator"]) == {"tiny"}
-    assert outputs["output"].map(lambda o: isinstance(o, str)).all()
-    entry = result["models"][0]
-    summary = result["judge_summary"]
-    assert summary["comparisons"] == 4 and entry["unjudged"] == summary["unreadable"]
-    if entry["unjudged"] < 4:
-        assert 0 <= entry["win_rate"]["value"] <= 1
-    else:
-        assert "win_rate" not in entry  # nothing usable: no number invented
-    again = evaluate([f"tiny={tiny_model_dir}"], [], reference, judge, tmp_path / "eval",
-                     settings=EvalSettings(max_new_tokens=6, bootstrap=100), show_progress=False)
-    assert again["models"] == result["models"]  # answers and verdicts come from the store
+    model = linked_model(tiny_model_dir, tmp_path / "tiny")
+    failing = FaultProxy(free_port(), every=1)  # a judge server that fails every request (counted)
+    judge = JudgeConfig(kind="llm-pairwise", llm=SourceConfig(backend="openai", model="judge",
+                                                              base_url=failing.base_url, max_retries=0))
+    settings = EvalSettings(max_new_tokens=6, bootstrap=100)
+    try:
+        result = evaluate([f"tiny={model}"], [], reference, judge, tmp_path / "eval", settings=settings,
+                          show_progress=False)
+        outputs = pd.read_json(tmp_path / "eval" / "tiny.model_outputs.json")  # what alpaca_eval's loader does
+        assert {"instruction", "output", "generator", "dataset"} <= set(outputs.columns)
+        assert outputs["instruction"].tolist() == questions and set(outputs["generator"]) == {"tiny"}
+        assert outputs["output"].map(lambda o: isinstance(o, str)).all()
+        entry = result["models"][0]
+        assert failing.requests == 8 and result["judge_summary"]["failed_requests"] == 8  # 4 prompts, both orders
+        assert entry["unjudged"] == 4 and "win_rate" not in entry  # no verdict: no number invented
+        ids = {q: prompt_id_of(to_messages(q)) for q in questions}
+        better = {ids[questions[0]]: "tiny", ids[questions[1]]: "tiny", ids[questions[2]]: "reference"}
+
+        def reply(prompt_id: str, first: str, second: str) -> dict[str, Any]:
+            if prompt_id not in better:  # the last prompt: one order gives no usable verdict
+                return {"text": "A" if first == "tiny" else "Both are fine."}
+            return {"text": "A" if better[prompt_id] == first else "B"}
+
+        assert answer_failed_judge_requests(tmp_path / "eval" / "store.sqlite", reply) == 8
+        spoil_weights(model)
+        again = evaluate([f"tiny={model}"], [], reference, judge, tmp_path / "eval", settings=settings,
+                         show_progress=False)
+        assert failing.requests == 8  # verdicts and answers come from the store (a model load would fail)
+    finally:
+        failing.close()
+    entry = again["models"][0]
+    assert entry["win_rate"]["value"] == pytest.approx(2 / 3)  # better on 2 of the 3 prompts with a verdict
+    assert entry["per_dataset"] == pytest.approx({"toy": 2 / 3}) and entry["unjudged"] == 1
+    verdicts = pl.read_parquet(tmp_path / "eval" / "eval.parquet")
+    assert dict(zip(verdicts["prompt_id"], verdicts["verdict"], strict=True)) == {
+        ids[questions[0]]: 1.0, ids[questions[1]]: 1.0, ids[questions[2]]: 0.0, ids[questions[3]]: None}
+    assert again["judge_summary"]["unreadable"] == 1 and again["judge_summary"]["failed_requests"] == 0
+    assert pd.read_json(tmp_path / "eval" / "tiny.model_outputs.json")["output"].tolist() == outputs["output"].tolist()
 
 
 def test_reward_model_judge_gives_win_rates_and_length_control(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -7,12 +7,14 @@ fault-injecting proxy where the test is about failures.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +211,15 @@ def test_missing_prompt_field_names_file_and_row(tmp_path: Path) -> None:
 
 # --- against a real llama.cpp server ---------------------------------------------------------------------
 
+def raw_completion(base_url: str, prompt: str, max_tokens: int) -> tuple[str, str]:
+    """(text, finish_reason) of the server's greedy plain-text completion of `prompt`, asked over bare HTTP."""
+    body = json.dumps({"model": "smollm2", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).encode()
+    request = urllib.request.Request(f"{base_url}/completions", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        choice = json.loads(answer.read())["choices"][0]
+    return choice["text"], choice["finish_reason"]
+
+
 def openai_source(base_url: str, **settings: Any) -> dict[str, Any]:
     return {"name": "served", "backend": "openai", "model": "smollm2", "base_url": base_url, "temperature": 0.7,
             "max_new_tokens": 16, **settings}
@@ -218,13 +229,18 @@ def openai_source(base_url: str, **settings: Any) -> dict[str, Any]:
 def test_openai_backend_chat_and_completions_without_leaking_the_key(tmp_path: Path, llama_server: Any) -> None:
     secret = "sk-pairforge-test-secret-0123456789"
     sources = [openai_source(llama_server.base_url, api_key_env="PF_TEST_KEY"),
-               openai_source(llama_server.base_url, name="plain", endpoint="completions", max_new_tokens=4)]
+               openai_source(llama_server.base_url, name="plain", endpoint="completions", max_new_tokens=4,
+                             temperature=0)]
     recipe = write_recipe(tmp_path, prompts(4), sources)
     result = run_cli("generate", str(recipe), "--out", str(tmp_path / "out"), env={"PF_TEST_KEY": secret})
     assert result.returncode == 0, result.stderr
     frame = pl.read_parquet(tmp_path / "out" / "responses.parquet")
     assert frame.height == 8 and set(frame["source"]) == {"served", "plain"}
-    assert set(frame.filter(pl.col("source") == "plain")["finish_reason"]) <= {"length", "stop"}
+    plain = frame.filter(pl.col("source") == "plain").sort("prompt")
+    # the completions endpoint continues the prompt's own text, no chat template: what the server's
+    # /v1/completions gives for the bare prompt, greedily, cut at 4 tokens
+    expected = [raw_completion(llama_server.base_url, p, max_tokens=4) for p in plain["prompt"]]
+    assert list(zip(plain["response"], plain["finish_reason"], strict=True)) == expected
     assert frame.filter(pl.col("source") == "served")["response"].str.len_chars().min() > 0
     for path in [*(tmp_path / "out").iterdir(), tmp_path / "recipe.yaml"]:
         assert secret.encode() not in path.read_bytes(), path
@@ -283,11 +299,13 @@ def test_server_killed_and_restarted_mid_run(tmp_path: Path, pairforge_cache: Pa
         while time.monotonic() < deadline and stored_rows(out / "store.sqlite") < 4:
             time.sleep(0.1)
         server.stop()
+        at_kill = stored_rows(out / "store.sqlite")  # rows stored once the server is gone: none can be added now
         time.sleep(2)
         server.start()
         _, stderr = process.communicate(timeout=300)
     finally:
         server.stop()
+    assert 4 <= at_kill < 16, f"the server should be killed mid-run ({at_kill} of 16 answers stored)"
     assert process.returncode == 0, stderr
     frame = pl.read_parquet(out / "responses.parquet")
     assert frame.height == 16 and frame["prompt_id"].n_unique() == 16

@@ -7,14 +7,16 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 import yaml
+from servers import FaultProxy, free_port
 
-from conftest import preference_rows
+from conftest import answer_failed_judge_requests, preference_rows
 from pairforge.config import JudgeConfig, SourceConfig, load_recipe
 from pairforge.judge.pairwise import Verdict, both_orders, read_verdict
 from pairforge.judge.run import judge
@@ -146,18 +148,85 @@ def test_llm_pairwise_judge_on_a_real_llama_cpp_server(tmp_path: Path, llama_ser
     answers = {"strong": ["The capital of France is Paris.", "A spider has eight legs.", "The sky is blue."],
                "weak": ["", "legs", "Bananas."], "mid": ["Paris.", "Eight.", "Blue."]}
     path = responses_file(tmp_path, answers, PROMPTS)
-    llm = SourceConfig(backend="openai", model="smollm2", base_url=llama_server.base_url)
-    recipe = load_recipe(recipe_file(tmp_path, judge=JudgeConfig(kind="llm-pairwise", llm=llm).model_dump(
-        mode="json", exclude_unset=True)))
-    result = judge(recipe, tmp_path, responses=path, show_progress=False)
+    counter = FaultProxy(llama_server.port, every=10**9)  # faults off: forwards every request and counts it
+    try:
+        llm = SourceConfig(backend="openai", model="smollm2", base_url=counter.base_url)
+        recipe = load_recipe(recipe_file(tmp_path, judge=JudgeConfig(kind="llm-pairwise", llm=llm).model_dump(
+            mode="json", exclude_unset=True)))
+        result = judge(recipe, tmp_path, responses=path, show_progress=False)
+        judgments = pl.read_parquet(result.judgments)
+        assert judgments.height == 9  # 3 prompts x 3 source pairs, each asked in both orders
+        assert counter.requests == 18 and result.summary["failed_requests"] == 0
+        assert set(judgments["method_ab"]) | set(judgments["method_ba"]) <= {"logprobs", "text", "unparseable"}
+        assert (judgments["method_ab"] == "logprobs").sum() > 0  # llama.cpp returns log-probs: used first
+        assert judgments["p_a"].drop_nulls().is_between(0, 1).all()
+        assert 0 <= result.summary["p_first_shown_wins"] <= 1
+        scored = pl.read_parquet(result.scored)
+        assert scored["score"].drop_nulls().is_between(0, 1).all()
+        again = judge(recipe, tmp_path, responses=path, show_progress=False)
+        assert counter.requests == 18  # all verdicts come from the store: no request reached the server
+        assert pl.read_parquet(again.judgments).equals(judgments)
+    finally:
+        counter.close()
+
+
+STRENGTH = {"strong": 0, "mid": 1, "weak": 2}
+
+
+def known_reply(prompt_ids: dict[str, str]) -> Callable[[str, str, str], dict[str, Any]]:
+    """A judge whose verdicts are known: on the first prompt it answers the letter of the stronger answer; on the
+    second it gives log-probs, 0.8 for the stronger answer's letter, except when weak is shown before mid, where
+    it gives no usable verdict."""
+    def reply(prompt_id: str, first: str, second: str) -> dict[str, Any]:
+        stronger_first = STRENGTH[first] < STRENGTH[second]
+        if prompt_id == prompt_ids[PROMPTS[0]]:
+            return {"text": "A" if stronger_first else "B"}
+        if (first, second) == ("weak", "mid"):
+            return {"text": "Both are fine."}
+        p_a = 0.8 if stronger_first else 0.2
+        return {"text": "A" if stronger_first else "B",
+                "first_token_logprobs": {"A": math.log(p_a), "B": math.log(1 - p_a), "The": math.log(0.01)}}
+    return reply
+
+
+def test_known_verdicts_give_exact_probabilities_scores_and_direction(tmp_path: Path) -> None:
+    """Verdicts the judge gave (written to the run's store) come out as P(source_a better), averaged over both
+    orders; each answer's score is its mean P(beating) the answers it was compared with, unreadable ones left out.
+    The judge's server fails every request and counts it, so a second run that asked it again would be seen."""
+    answers = {"strong": ["The capital of France is Paris.", "A spider has eight legs."],
+               "mid": ["Paris.", "Eight."], "weak": ["Bananas.", "Legs."]}
+    path = responses_file(tmp_path, answers, PROMPTS[:2])
+    failing = FaultProxy(free_port(), every=1)  # answers every request itself, with an error, and counts it
+    try:
+        llm = SourceConfig(backend="openai", model="judge", base_url=failing.base_url, max_retries=0)
+        recipe = load_recipe(recipe_file(tmp_path, judge=JudgeConfig(kind="llm-pairwise", llm=llm).model_dump(
+            mode="json", exclude_unset=True)))
+        failed = judge(recipe, tmp_path, responses=path, show_progress=False)
+        scored = pl.read_parquet(failed.scored)
+        assert failing.requests == 12 and failed.summary["failed_requests"] == 12  # 2 prompts x 3 pairs x 2 orders
+        assert failed.summary["unreadable"] == 6 and scored["score"].is_null().all()  # no verdict, no score
+        prompt_ids = dict(zip(scored["prompt"], scored["prompt_id"], strict=True))
+        assert answer_failed_judge_requests(tmp_path / "store.sqlite", known_reply(prompt_ids)) == 12
+        result = judge(recipe, tmp_path, responses=path, show_progress=False)
+        assert failing.requests == 12  # answered from the store
+    finally:
+        failing.close()
+    first, second = (prompt_ids[p] for p in PROMPTS[:2])
     judgments = pl.read_parquet(result.judgments)
-    assert judgments.height == 9  # 3 prompts x 3 source pairs, each asked in both orders
-    assert set(judgments["method_ab"]) | set(judgments["method_ba"]) <= {"logprobs", "text", "unparseable"}
-    assert (judgments["method_ab"] == "logprobs").sum() > 0  # llama.cpp returns log-probs: used first
-    readable = judgments.filter(pl.col("p_a").is_not_null())
-    assert readable["p_a"].is_between(0, 1).all() and result.summary["unreadable"] == judgments.height - readable.height
-    assert 0 <= result.summary["p_first_shown_wins"] <= 1
-    scored = pl.read_parquet(result.scored)
-    assert scored["score"].drop_nulls().is_between(0, 1).all()
-    again = judge(recipe, tmp_path, responses=path, show_progress=False)  # all verdicts come from the store
-    assert pl.read_parquet(again.judgments).equals(judgments)
+    got = {(r["prompt_id"], r["source_a"], r["source_b"]): r["p_a"] for r in judgments.iter_rows(named=True)}
+    # first prompt: the stronger answer's letter in both orders; second: (0.8 + 1 - 0.2) / 2 or (0.2 + 1 - 0.8) / 2
+    assert got == pytest.approx({(first, "mid", "strong"): 0.0, (first, "mid", "weak"): 1.0,
+                                 (first, "strong", "weak"): 1.0, (second, "mid", "strong"): 0.2,
+                                 (second, "mid", "weak"): None, (second, "strong", "weak"): 0.8})
+    scores = pl.read_parquet(result.scored)
+    by_answer = {(r["prompt_id"], r["source"]): r["score"] for r in scores.iter_rows(named=True)}
+    assert by_answer == pytest.approx({(first, "strong"): 1.0, (first, "mid"): 0.5, (first, "weak"): 0.0,
+                                       (second, "strong"): 0.8, (second, "mid"): 0.2, (second, "weak"): 0.2})
+    summary = result.summary
+    assert {s: v["mean"] for s, v in summary["per_source"].items()} == pytest.approx(
+        {"strong": 0.9, "mid": 0.35, "weak": 0.1})
+    assert list(summary["per_source"]) == ["strong", "mid", "weak"]  # best first: the judge's direction
+    assert (summary["comparisons"], summary["unreadable"], summary["failed_requests"]) == (6, 1, 0)
+    assert summary["verdicts_from_logprobs"] == 5
+    # shown first and won: 3 x 1 and 3 x 0 on the first prompt, 3 x 0.8 and 2 x 0.2 on the second (11 readable)
+    assert summary["p_first_shown_wins"] == pytest.approx(5.8 / 11)

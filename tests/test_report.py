@@ -53,8 +53,13 @@ def test_report_has_every_section_and_renders_in_chromium(run_dir: Path, tmp_pat
         assert f"<section id='{section}'>" in page
     assert page.count("data:image/png;base64,") >= 5  # self-contained: every plot embedded
     assert "strong&gt;weak" in page and "dpo-curriculum" in page
-    evaluation = page.split("<section id='evaluation'>")[1]
-    assert "medium vs weak: " in evaluation and "significant" in evaluation  # says whether the gap is real
+    evaluation = page.split("<section id='evaluation'>")[1].split("</section>")[0]
+    board = json.loads((run_dir / "eval" / "leaderboard.json").read_text())
+    medium = next(m for m in board["models"] if m["model"] == "medium")
+    p = medium["vs_next"]["p_value"]
+    assert medium["vs_next"]["model"] == "weak"
+    verdict = "significant" if p < 0.05 else "not significant at this size"  # says whether the gap is real
+    assert f"medium vs weak: {verdict} (p = {p:.3f})" in evaluation
     markdown = (tmp_path / "report.md").read_text()
     pictures = sorted((tmp_path / "report_files").glob("*.png"))
     assert len(pictures) >= 5 and all(f"report_files/{p.name}" in markdown for p in pictures)

@@ -1,14 +1,28 @@
 """prompt_id is the join key between stages: it must be stable and mean 'the same prompt'."""
 
+import hashlib
+
 import polars as pl
 
 from pairforge.schema import Response, prompt_id_of, prompt_ids, to_messages
 
 
+def documented_id(*turns: tuple[str, str]) -> str:
+    """DESIGN.md: SHA-256 (16 hex) of "role\x1fcontent" turns joined by "\x1e" (content NFC, LF, stripped)."""
+    return hashlib.sha256("\x1e".join(f"{role}\x1f{content}" for role, content in turns).encode()).hexdigest()[:16]
+
+
 def test_prompt_id_is_stable_across_versions():
-    # A fixed value: if this changes, responses generated earlier no longer join with new ones.
+    # The documented definition, not whatever the code computes today: if the id changes, responses generated
+    # earlier no longer join with new ones.
     assert prompt_id_of(to_messages("Hello")) == Response(prompt="Hello", source="a", response="x").prompt_id
-    assert prompt_id_of(to_messages("Hello")) == "4aed057b5e644535"
+    assert prompt_id_of(to_messages("Hello")) == documented_id(("user", "Hello"))
+    assert prompt_id_of(to_messages("  Name a color.\r\n", system="Be brief.")) == documented_id(
+        ("system", "Be brief."), ("user", "Name a color."))
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+             {"role": "user", "content": "Caf\u0065\u0301?"}]
+    assert prompt_id_of(turns) == documented_id(("user", "Hi"), ("assistant", "Hello!"), ("user", "Caf\u00e9?"))
+    assert prompt_ids(pl.Series(["Hello"])).to_list() == [documented_id(("user", "Hello"))]  # the text column path
 
 
 def test_plain_prompt_and_single_user_turn_are_the_same_prompt():

@@ -66,12 +66,14 @@ def test_too_long_drop_and_error(embedded_tokenizer):
         tokenize_pairs(long_pair(100), embedded_tokenizer, max_length=64, too_long="error", source="p.parquet")
 
 
-def test_missing_columns_and_empty_file(embedded_tokenizer):
+def test_missing_columns_and_no_rows(embedded_tokenizer):
+    """A missing column is an error here; an empty file is refused when it is read (`read_records`), and
+    no pair to train on is the trainer's error (test_train.py) — here it is simply no pairs."""
     with pytest.raises(InputError, match="missing column\\(s\\) rejected"):
         tokenize_pairs(pl.DataFrame({"prompt": ["p"], "chosen": ["c"]}), embedded_tokenizer, max_length=64)
-    with pytest.raises(InputError, match="empty"):
-        tokenize_pairs(pl.DataFrame({"prompt": [], "chosen": [], "rejected": []}, schema={
-            "prompt": pl.String, "chosen": pl.String, "rejected": pl.String}), embedded_tokenizer, max_length=64)
+    pairs, stats = tokenize_pairs(pl.DataFrame({"prompt": [], "chosen": [], "rejected": []}, schema={
+        "prompt": pl.String, "chosen": pl.String, "rejected": pl.String}), embedded_tokenizer, max_length=64)
+    assert pairs == [] and stats.pairs == 0
 
 
 def test_pre_templated_text_with_a_bos_adding_tokenizer_has_one_bos(embedded_tokenizer):

@@ -98,6 +98,8 @@ def test_the_final_save_is_the_model_and_a_finished_run_is_not_trained_again(tin
     first = run_train(*args)
     assert first.exit_code == 0 and "trained 2 steps" in first.output, first.output
     assert (out / "model" / "model.safetensors").exists() and not (out / "checkpoints").exists()
+    seconds = json.loads((out / "run.json").read_text())["seconds"]  # where the run's time went
+    assert list(seconds) == ["load", "reference", "setup", "train", "eval", "save"] and min(seconds.values()) >= 0
     logged = (out / "metrics.jsonl").read_text()
     again = run_train(*args)
     assert again.exit_code == 0 and "already trained" in again.output, again.output

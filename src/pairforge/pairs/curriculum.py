@@ -189,7 +189,8 @@ def pacing_pool(step: int, total_steps: int, pairs: int, batch_size: int, cfg: C
     progress = min(1.0, step / max(cfg.full_at * total_steps, 1e-9))
     power = 0.5 if cfg.pacing == "root" else 1.0
     competence = min(1.0, cfg.start_fraction + (1 - cfg.start_fraction) * progress**power)
-    return min(pairs, max(batch_size, math.ceil(competence * pairs)))
+    # rounded first: 0.2 + 0.8 * 0.5 is 0.6000000000000001, and 0.6 of 60 pairs must be 36, not 37
+    return min(pairs, max(batch_size, math.ceil(round(competence * pairs, 9))))
 
 
 def _drop_hardest(difficulty: np.ndarray, share: float) -> list[int]:

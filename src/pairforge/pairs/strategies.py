@@ -4,8 +4,9 @@ Every strategy returns candidate pairs with the same columns (see `SIDE_COLUMNS`
 `margin`), built with joins, not a loop over prompts:
   ranked    the paper's: a declared strength order; the stronger source's answer is chosen. One pair
             per pair type and prompt (every sample combination when sources have several samples).
-  scored    by the answers' scores (judge or input): best-vs-worst, best-vs-random (seeded), or all
-            pairs with a gap >= min_margin. Equal scores never make a pair.
+  scored    by the answers' scores (judge or input): best-vs-worst, best-vs-random (seeded, drawn among
+            the answers at least min_margin below the best), or all pairs; every pair has a gap >=
+            min_margin. Equal scores never make a pair.
   verified  ranked, kept only where the scores agree (chosen score > rejected score); the rest is
             reported per pair type as contradicted or tied.
 `margin` is the evidence's size: the strength-level gap (ranked, verified) or the score gap (scored).
@@ -103,11 +104,12 @@ def scored(responses: pl.DataFrame, mode: str, min_margin: float, seed: int) -> 
         best = side(ranked_answers.group_by(S.PROMPT_ID, maintain_order=True).first(), "chosen")
         if mode == "best-worst":
             rest = ranked_answers.group_by(S.PROMPT_ID, maintain_order=True).last()
-        else:  # best-random: a seeded draw among the answers scored strictly below the best
+        else:  # best-random: a seeded draw among the answers far enough below the best to make a pair
             draw = np.random.default_rng(seed).random(ranked_answers.height)
             lower = ranked_answers.with_columns(pl.Series("_draw", draw)).join(
                 best.select(S.PROMPT_ID, "chosen_score"), on=S.PROMPT_ID
-            ).filter(pl.col(S.SCORE) < pl.col("chosen_score"))
+            ).filter((pl.col(S.SCORE) < pl.col("chosen_score"))
+                     & (pl.col("chosen_score") - pl.col(S.SCORE) >= min_margin))
             rest = lower.sort("_draw").group_by(S.PROMPT_ID).first()
         pairs = best.join(side(rest, "rejected"), on=S.PROMPT_ID, maintain_order="left")
     pairs = pairs.with_columns((pl.col("chosen_score") - pl.col("rejected_score")).alias("margin"))

@@ -84,6 +84,8 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
     settings = L.LossSettings(beta=cfg.beta, label_smoothing=cfg.label_smoothing, gamma=cfg.gamma,
                               alpha=cfg.alpha, delta=cfg.delta, lam=cfg.lam, slic_nll=cfg.slic_nll)
 
+    laps = _Laps()
+
     # --- data --------------------------------------------------------------------------------------
     target = cfg.target if weights.keys() & L.NEEDS_TARGET else None
     train_frame = _read_pairs(cfg.pairs, target, required=True)
@@ -96,6 +98,7 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
     train_pairs, token_stats = _tokenize(train_frame, tokenizer, cfg, target, str(cfg.pairs), prompt_format)
     _say_drops(token_stats, cfg, progress and accelerator.is_main_process)
     eval_pairs, _ = _tokenize(eval_frame, tokenizer, cfg, target, str(eval_path), prompt_format)
+    laps.lap("load")
 
     # --- models: policy, and the reference (LoRA: adapter off; full: frozen copy) -------------------
     _disable_dropout(model)
@@ -123,6 +126,7 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
                                              tokenizer.pad_token_id, None, chunk_tokens=cfg.chunk_tokens,
                                              share_prompt=share))
     mine = _my_share(schedule, cfg.batch_size, accelerator.process_index, accelerator.num_processes)
+    laps.lap("reference")
     if cfg.lora is not None:
         model = _with_lora(model, cfg, task="SEQ_CLS" if reward_model else "CAUSAL_LM")
 
@@ -181,6 +185,8 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
         return per_pair, {"loss": per_pair.detach(), "rewards/chosen": reward_c, "rewards/rejected": reward_r,
                           "logps/chosen": x.chosen.detach(), "logps/rejected": x.rejected.detach()}
 
+    laps.lap("setup")
+
     # --- the loop ----------------------------------------------------------------------------------
     window = _Window()
     history: list[dict[str, Any]] = []
@@ -237,14 +243,18 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
                 _save_checkpoint(accelerator, checkpoints, step, consumed, cfg.keep_checkpoints)
             if interrupted.requested:
                 raise KeyboardInterrupt
+    laps.lap("train")
     if eval_pairs:
         history.append(_evaluate(policy, eval_pairs, eval_reference, forward, cfg, tokenizer, accelerator, step,
                                  metrics_file, share))
+    laps.lap("eval")
     if cfg.save_final_state:
         _save_checkpoint(accelerator, checkpoints, step, consumed, cfg.keep_checkpoints)
     _save_model(accelerator, model, tokenizer, out, cfg)  # `model` is the LM inside the prepared wrapper
+    laps.lap("save")
     if accelerator.is_main_process:
-        write_json({**json.loads((out / "run.json").read_text()), "finished_step": step}, out / "run.json")
+        write_json({**json.loads((out / "run.json").read_text()), "finished_step": step, "seconds": laps.seconds},
+                   out / "run.json")
     accelerator.end_training()
     return TrainResult(out=out, steps=step, metrics=history)
 
@@ -451,6 +461,20 @@ def _reference(batch: Batch, table: dict[int, tuple[float, float]], reference: t
             with model.disable_adapter():
                 sums, _ = answer_logps(model, batch, chunk_tokens)
     return sums[: batch.pairs], sums[batch.pairs : 2 * batch.pairs]
+
+
+class _Laps:
+    """Wall seconds per phase of this process (load, reference, setup, train, eval, save), kept in run.json:
+    where a run's time went, e.g. whether fixed costs eat a fast loop."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._last, 3)
+        self._last = now
 
 
 class _Window:
