@@ -94,6 +94,11 @@ def test_dry_run_validates_checks_inputs_and_runs_nothing(tmp_path: Path) -> Non
     ({"runs": [{"name": "dpo", "after": "sft"}]}, "starts after 'sft', which is not an earlier run"),
     ({"runs": [{"name": "a"}, {"name": "a"}]}, "run name 'a' is used twice"),
     ({"eval": {"prompts": "held-out", "judge": {"kind": "vibes"}}}, "eval.judge.kind"),
+    ({"eval": {"judge_run": "dpo"}}, "eval.judge_run 'dpo' must name a run with method: reward-model and split: judge"),
+    ({"runs": [{"name": "rm", "method": "reward-model", "split": "judge"}]},
+     "run 'rm' trains on the judge split: set pairs.judge_fraction > 0"),
+    ({"pairs": {"rank": "a > b", "eval_fraction": 0.5, "judge_fraction": 0.5}},
+     "eval_fraction + judge_fraction must leave prompts to train on"),
 ])
 def test_bad_pipeline_recipes_are_one_line(tmp_path: Path, changes: dict[str, Any], expected: str) -> None:
     result = pairforge("run", str(relocated(QUICKSTART, tmp_path, **changes)), "--dry-run")
@@ -147,3 +152,33 @@ def test_a_train_stage_resumes_only_its_own_unfinished_work(tmp_path: Path) -> N
     run(stage({"lr": 2}))  # settings changed: starts empty
     run(stage({"lr": 2}), start="train:x")  # finished, run again on purpose: starts empty
     assert seen == [False, True, False, False]
+
+
+@pytest.mark.slow
+def test_a_reward_model_judge_trained_on_pairs_kept_apart_scores_the_runs_again(tmp_path: Path,
+                                                                               tiny_model_dir: Path) -> None:
+    """pairs.judge_fraction keeps prompts apart from training and from the eval split; a reward-model run
+    trains on them only, is not evaluated as a policy, and scores every evaluated model's answers again."""
+    sample = REPO / "data" / "sample"
+    tiny = {"model": str(tiny_model_dir), "max_steps": 2, "batch_size": 4, "max_length": 64}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"), "prompts": str(sample / "strong.json"),
+        "sources": [{"name": n, "backend": "file", "path": str(sample / f"{n}.json")} for n in ("strong", "weak")],
+        "pairs": {"rank": "strong > weak", "eval_fraction": 0.3, "judge_fraction": 0.3},
+        "runs": [{"name": "rm", "method": "reward-model", "split": "judge", **tiny},
+                 {"name": "dpo", "method": "dpo", **tiny}],
+        "eval": {"reference": str(sample / "strong.json"), "judge_run": "rm", "max_new_tokens": 4, "bootstrap": 50},
+    }))
+    result = pairforge("run", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    ids = {split: set(pl.read_parquet(run / f"pairs{split}.parquet")["prompt_id"]) for split in ("", ".eval", ".judge")}
+    assert all(ids.values()) and not (ids[""] & ids[".eval"] or ids[""] & ids[".judge"] or ids[".eval"] & ids[".judge"])
+    assert json.loads((run / "train" / "rm" / "run.json").read_text())["config"]["pairs"] == str(
+        run / "pairs.judge.parquet")
+    first = json.loads((run / "eval" / "leaderboard.json").read_text())
+    second = json.loads((run / "eval" / "rm" / "leaderboard.json").read_text())
+    assert {m["model"] for m in first["models"]} == {"base", "dpo"}  # the judge is not evaluated as a policy
+    assert second["judge"] == "reward-model" and {m["model"] for m in second["models"]} == {"base", "dpo"}
+    assert all(m["prompts"] == len(ids[".eval"]) and "vs_baseline" in m for m in second["models"] if m["model"] != "base")

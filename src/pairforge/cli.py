@@ -492,8 +492,8 @@ def _train_section(config: Path | None, run_name: str | None) -> TrainConfig:
     runs = {r.name: r for r in recipe.runs}
     if run_name not in runs:
         raise InputError("--run", f"no run '{run_name}' in {config} (runs: {', '.join(runs) or 'none'})")
-    return TrainConfig.model_validate(pipeline.run_config(runs[run_name], run_dir).model_dump(exclude={"name",
-                                                                                                       "after"}))
+    run = pipeline.run_config(runs[run_name], run_dir)
+    return TrainConfig.model_validate(run.model_dump(exclude={"name", "after", "split"}))
 
 
 @curriculum_app.command("show")
@@ -562,12 +562,12 @@ def print_summary(summary: dict[str, Any]) -> None:
     """The summary as tables: pairs per type, drops by reason, verification, lengths."""
     table = Table(title=f"pairs ({summary['strategy']})", title_justify="left")
     table.add_column("pair type", no_wrap=True)
-    table.add_column("train", justify="right")
-    table.add_column("eval", justify="right")
-    train, held_out = summary["pairs"]["train"], summary["pairs"]["eval"]
-    for pair_type in sorted(set(train) | set(held_out)):
-        table.add_row(pair_type, str(train.get(pair_type, 0)), str(held_out.get(pair_type, 0)))
-    table.add_row("[bold]total", f"[bold]{sum(train.values())}", f"[bold]{sum(held_out.values())}")
+    splits = summary["pairs"]  # train, eval and, when kept apart, judge
+    for split in splits:
+        table.add_column(split, justify="right")
+    for pair_type in sorted(set().union(*splits.values())):
+        table.add_row(pair_type, *(str(counts.get(pair_type, 0)) for counts in splits.values()))
+    table.add_row("[bold]total", *(f"[bold]{sum(counts.values())}" for counts in splits.values()))
     console.print(table)
 
     drops = Table(title="dropped", title_justify="left")

@@ -80,6 +80,9 @@ class PairsConfig(Section):
     min_margin: float = Field(0.0, ge=0, description="scored: smallest score gap that makes a pair (ties never do)")
     seed: int = Field(0, description="seed of best-random")
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="share of prompts (by prompt_id hash) held out")
+    judge_fraction: float = Field(0.0, ge=0, lt=1, description="share of prompts kept apart from both training and "
+                                  "the eval split, in <out>.judge.*: pairs to train a reward-model judge on (a run "
+                                  "with method reward-model and split: judge, named by eval.judge_run)")
     prompt_format: Literal["auto", "chat", "text"] = Field(
         "auto", description="chat: conversational records (TRL's [{role, content}]), trained through the chat "
         "template the answers were asked with; text: plain strings, for answers that continued the prompt as "
@@ -94,6 +97,8 @@ class PairsConfig(Section):
             raise ValueError("give either `rank` or `rank_from`, not both")
         if self.strategy in ("ranked", "verified") and not (self.rank or self.rank_from):
             raise ValueError(f"strategy '{self.strategy}' needs 'rank' (a strength order)")
+        if self.eval_fraction + self.judge_fraction >= 1:
+            raise ValueError("eval_fraction + judge_fraction must leave prompts to train on (expected a sum < 1)")
         return self
 
     @property
@@ -333,6 +338,9 @@ class RunConfig(TrainConfig):
 
     name: str = Field(..., description="the run's name: its folder, and its name in the evaluation")
     after: str | None = Field(None, description="start from this earlier run's model (e.g. sft) instead of `model`")
+    split: Literal["train", "judge"] = Field("train", description="which pairs it trains on: the training split, "
+                                             "or the judge split kept apart from it (pairs.judge_fraction; for a "
+                                             "reward-model judge)")
 
 
 class EvalConfig(Section):
@@ -353,6 +361,8 @@ class EvalConfig(Section):
                                                              "weights while answering (bfloat16: ~2x faster on "
                                                              "CPUs with AVX512-BF16 / AMX and on GPUs)")
     bootstrap: int = Field(1000, ge=10, description="bootstrap resamples for intervals and paired tests")
+    judge_run: str | None = Field(None, description="a run with method reward-model trained on the judge split: "
+                                  "it scores every answer again as a second, independent judge (eval/<run>/)")
 
 
 class QuickConfig(Section):
@@ -391,6 +401,17 @@ class Recipe(Section):
             if run.after is not None and run.after not in seen:
                 raise ValueError(f"run '{run.name}' starts after '{run.after}', which is not an earlier run")
             seen.append(run.name)
+        judge_run = self.eval.judge_run if self.eval else None
+        if judge_run is not None:
+            run = next((r for r in self.runs if r.name == judge_run), None)
+            if run is None or run.method != "reward-model" or run.split != "judge":
+                raise ValueError(f"eval.judge_run '{judge_run}' must name a run with method: reward-model and split: "
+                                 "judge (a judge trained on pairs kept apart from the policies' training pairs)")
+            if self.pairs.judge_fraction <= 0:
+                raise ValueError("eval.judge_run needs pairs.judge_fraction > 0 (the pairs its judge trains on)")
+        for run in self.runs:
+            if run.split == "judge" and self.pairs.judge_fraction <= 0:
+                raise ValueError(f"run '{run.name}' trains on the judge split: set pairs.judge_fraction > 0")
         return self
 
     @model_validator(mode="after")

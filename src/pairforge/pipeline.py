@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 
 from pairforge import schema as S
-from pairforge.config import Recipe, RunConfig, load_recipe
+from pairforge.config import JudgeConfig, Recipe, RunConfig, load_recipe
 from pairforge.errors import InputError
 from pairforge.io import file_digest, write_json
 
@@ -114,9 +114,11 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
                             [cfg.pairs, *([marker(run_dir, f"train:{run.after}")] if run.after else [])],
                             cfg.model_dump(mode="json"), work_dir=cfg.out))
     if recipe.eval is not None:
-        models = (["base"] if recipe.eval.base else []) + [r.name for r in recipe.runs]
+        models = (["base"] if recipe.eval.base else []) + [r.name for r in _policies(recipe)]
         eval_prompts = "held-out prompts" if recipe.eval.prompts == "held-out" else str(recipe.eval.prompts)
-        stages.append(Stage("eval", f"{recipe.eval.judge.kind} vs reference on {eval_prompts}",
+        judges = recipe.eval.judge.kind + (f" and the {recipe.eval.judge_run} reward model" if recipe.eval.judge_run
+                                           else "")
+        stages.append(Stage("eval", f"{judges} vs reference on {eval_prompts}",
                             f"{len(models)} models", _eval_estimate(recipe, len(models)),
                             lambda: _evaluate(recipe, run_dir),
                             [pairs_cfg.out, *[marker(run_dir, f"train:{r.name}") for r in recipe.runs]],
@@ -299,18 +301,13 @@ def _pairs_config(recipe: Recipe, run_dir: Path, responses: Path):  # -> PairsCo
 def _pairs(cfg: Any) -> list[Path]:
     from pairforge.pairs.run import build_from_files
 
-    result = build_from_files(cfg)
-    if not sum(result.summary["pairs"]["train"].values()):
-        drops = {**result.summary["dropped_answers"], **result.summary["dropped_prompts"]}
-        raise InputError("pairs", "no training pairs were built (dropped: " + ", ".join(
-            f"{reason}: {n}" for reason, n in drops.items() if n) + ")")
-    return result.written
+    return build_from_files(cfg).written  # no pair at all is its error
 
 
 def run_config(run: RunConfig, run_dir: Path) -> RunConfig:
     update: dict[str, Any] = {"out": run_dir / "train" / run.name}
     if run.pairs is None:
-        update["pairs"] = run_dir / "pairs.parquet"
+        update["pairs"] = run_dir / ("pairs.judge.parquet" if run.split == "judge" else "pairs.parquet")
     if run.after is not None:
         update["model"] = str(run_dir / "train" / run.after / "model")
     return run.model_copy(update=update)
@@ -330,15 +327,29 @@ def _evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
     assert cfg is not None
     prompts = cfg.prompts if cfg.prompts != "held-out" else _held_out_prompts(run_dir)
     reference = cfg.reference or _reference_file(recipe, run_dir, cfg.reference_source)
-    base = recipe.runs[0].model if recipe.runs else recipe.train.model
-    models = ([f"base={base}"] if cfg.base else []) + [f"{r.name}={run_dir / 'train' / r.name}" for r in recipe.runs]
-    trained = [trained_endpoint(run_dir / "train" / r.name / "model") for r in recipe.runs]
+    policies = _policies(recipe)
+    base = policies[0].model if policies else recipe.train.model
+    models = ([f"base={base}"] if cfg.base else []) + [f"{r.name}={run_dir / 'train' / r.name}" for r in policies]
+    trained = [trained_endpoint(run_dir / "train" / r.name / "model") for r in policies]
     endpoint = next((e for e in trained if e), "chat")  # the base is asked as the runs were trained
-    evaluate(models, [], reference, cfg.judge, run_dir / "eval", prompts,
-             EvalSettings(endpoint=endpoint, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                          batch_size=cfg.batch_size, dtype=cfg.dtype,
-                          baseline="base" if cfg.base else None, bootstrap=cfg.bootstrap))
-    return [run_dir / "eval" / "leaderboard.json"]
+    settings = EvalSettings(endpoint=endpoint, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                            batch_size=cfg.batch_size, dtype=cfg.dtype, baseline="base" if cfg.base else None,
+                            bootstrap=cfg.bootstrap)
+    out = run_dir / "eval"
+    result = evaluate(models, [], reference, cfg.judge, out, prompts, settings)
+    written = [out / "leaderboard.json"]
+    if cfg.judge_run:  # the same answers, scored again by a judge trained on pairs kept apart from training
+        answers = [f"{e['model']}={out / (e['model'] + '.model_outputs.json')}" for e in result["models"]]
+        judge = JudgeConfig(kind="reward-model", model=str(run_dir / "train" / cfg.judge_run / "model"),
+                            batch_size=cfg.batch_size)
+        evaluate([], answers, reference, judge, out / cfg.judge_run, prompts, settings)
+        written.append(out / cfg.judge_run / "leaderboard.json")
+    return written
+
+
+def _policies(recipe: Recipe) -> list[RunConfig]:
+    """The runs that train a model to answer (a reward-model run trains a judge: it is not evaluated)."""
+    return [r for r in recipe.runs if r.method != "reward-model"]
 
 
 def _held_out_prompts(run_dir: Path) -> Path:

@@ -69,12 +69,13 @@ def _pairs(files: list[Path]) -> Section | None:
         return None
     section = Section("pairs", "Pairs")
     for path, summary in summaries:
-        train, held_out = summary["pairs"]["train"], summary["pairs"]["eval"]
-        types = sorted(set(train) | set(held_out))
-        section.tables.append((["pair type", "train", "eval"], [[t, str(train.get(t, 0)), str(held_out.get(t, 0))]
-                                                                for t in types]))
-        section.paragraphs.append(f"{path.name}: {sum(train.values())} train and {sum(held_out.values())} eval pairs "
-                                  f"({summary['strategy']}).")
+        splits = summary["pairs"]  # train, eval and, when kept apart, judge
+        train, held_out = splits["train"], splits["eval"]
+        types = sorted(set().union(*splits.values()))
+        section.tables.append((["pair type", *splits], [[t, *(str(c.get(t, 0)) for c in splits.values())]
+                                                         for t in types]))
+        section.paragraphs.append(f"{path.name}: " + ", ".join(f"{sum(c.values())} {split}" for split, c in
+                                                              splits.items()) + f" pairs ({summary['strategy']}).")
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
         axes[0].bar(types, [train.get(t, 0) for t in types], color=_COLORS[0], label="train")
         axes[0].bar(types, [held_out.get(t, 0) for t in types], bottom=[train.get(t, 0) for t in types],

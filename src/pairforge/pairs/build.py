@@ -33,6 +33,7 @@ class PairSet:
     train: pl.DataFrame
     eval: pl.DataFrame
     summary: dict[str, Any]
+    judge: pl.DataFrame | None = None  # kept apart from both, to train a judge on (judge_fraction)
 
 
 def build_pairs(responses: pl.DataFrame, cfg: PairsConfig) -> PairSet:
@@ -77,12 +78,16 @@ def build_pairs(responses: pl.DataFrame, cfg: PairsConfig) -> PairSet:
     pairs = _finish(pairs, answers, candidates.span, chat=cfg.prompt_format != "text")
     check_invariants(pairs, order)
 
-    in_eval = _eval_mask(cfg.eval_fraction)
-    train, held_out = pairs.filter(~in_eval), pairs.filter(in_eval)
+    bucket = _prompt_bucket()
+    in_eval = bucket < cfg.eval_fraction
+    in_judge = (bucket >= cfg.eval_fraction) & (bucket < cfg.eval_fraction + cfg.judge_fraction)
+    train, held_out, judge = pairs.filter(~in_eval & ~in_judge), pairs.filter(in_eval), pairs.filter(in_judge)
     summary["pairs"] = {"train": _per_type(train), "eval": _per_type(held_out)}
+    if cfg.judge_fraction > 0:
+        summary["pairs"]["judge"] = _per_type(judge)
     summary["lengths"] = {"unit": cfg.filters.length_unit, **length_stats(pairs)}
-    return PairSet(train.drop("chosen_length", "rejected_length"), held_out.drop("chosen_length", "rejected_length"),
-                   summary)
+    lengths = ("chosen_length", "rejected_length")
+    return PairSet(train.drop(*lengths), held_out.drop(*lengths), summary, judge.drop(*lengths))
 
 
 def _resolve_order(
@@ -141,12 +146,10 @@ def check_invariants(pairs: pl.DataFrame, order: StrengthOrder | None) -> None:
         raise AssertionError("internal error: a scored pair's chosen answer does not outscore the rejected one")
 
 
-def _eval_mask(fraction: float) -> pl.Expr:
-    """Held out by prompt: the first 8 hex digits of prompt_id as a number in [0, 1)."""
-    if fraction <= 0:
-        return pl.lit(False)
-    bucket = pl.col(S.PROMPT_ID).str.slice(0, 8).str.to_integer(base=16, strict=False).fill_null(0) / 2**32
-    return bucket < fraction
+def _prompt_bucket() -> pl.Expr:
+    """Splits are by prompt: the first 8 hex digits of prompt_id as a number in [0, 1); eval takes the lowest
+    buckets, the judge split the next ones, training the rest."""
+    return pl.col(S.PROMPT_ID).str.slice(0, 8).str.to_integer(base=16, strict=False).fill_null(0) / 2**32
 
 
 def length_stats(pairs: pl.DataFrame) -> dict[str, Any]:

@@ -30,6 +30,7 @@ class StageResult:
 def output_paths(out: Path) -> dict[str, Path]:
     """Where the stage writes, derived from `out`."""
     return {"train": out, "eval": out.with_name(f"{out.stem}.eval{out.suffix}"),
+            "judge": out.with_name(f"{out.stem}.judge{out.suffix}"),
             "summary": out.with_name(f"{out.stem}.summary.json")}
 
 
@@ -49,14 +50,14 @@ def build_from_files(cfg: PairsConfig) -> StageResult:
         dropped = [result.summary.get(k, {}) for k in ("dropped_answers", "dropped_prompts", "dropped_pairs")]
         raise InputError(", ".join(map(str, cfg.inputs)), f"no pair for training could be built from "
                          f"{responses.height} answers (left out: {_said(dropped) or 'nothing'})")
-    written = [write_table(result.train, paths["train"])]
-    if cfg.eval_fraction > 0:
-        written.append(write_table(result.eval, paths["eval"]))
+    splits = {"train": result.train, "eval": result.eval if cfg.eval_fraction > 0 else None,
+              "judge": result.judge if cfg.judge_fraction > 0 else None}
+    written = [write_table(frame, paths[name]) for name, frame in splits.items() if frame is not None]
     summary = {
         "inputs": [{"file": str(r.path), "records": len(r),
                     "format": cfg.format if cfg.format != "auto" else detect_format(r, columns)} for r in records],
         **result.summary,
-        "outputs": {name: str(path) for name, path in paths.items() if name != "eval" or cfg.eval_fraction > 0},
+        "outputs": {name: str(path) for name, path in paths.items() if splits.get(name, True) is not None},
         "config": cfg.model_dump(mode="json"),
     }
     written.append(write_json(summary, paths["summary"]))
