@@ -178,3 +178,27 @@ def test_a_prompt_longer_than_the_context_fails_alone_before_generation(tmp_path
     assert "more than the model's context of 512 tokens" in result.output
     answers = pl.read_parquet(tmp_path / "gen" / "responses.parquet")
     assert answers["prompt"].to_list() == ["Say hi."]
+
+
+def test_no_pair_at_all_is_an_error_that_says_what_was_left_out(jsonl, tmp_path):
+    rows = [{"prompt": f"q{i}", "source": s, "response": "same answer"} for i in range(3) for s in ("a", "b")]
+    out = tmp_path / "pairs.parquet"
+    assert_one_line_error(run_cli(jsonl("same.jsonl", rows), "--rank", "a > b", "--out", out),
+                          "no pair for training could be built from 6 answers", "chosen == rejected 3")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--bootstrap", "0", "--bootstrap: Input should be greater than or equal to 10"),
+    ("--bootstrap", "-5", "--bootstrap: Input should be greater than or equal to 10"),
+    ("--max-new-tokens", "0", "--max-new-tokens: Input should be greater than or equal to 1"),
+    ("--temperature", "-1", "--temperature: Input should be greater than or equal to 0"),
+    ("--batch-size", "x", "Invalid value for '--batch-size'"),
+])
+def test_eval_option_values_are_checked_before_any_work(tmp_path, option, value, message):
+    reference = tmp_path / "reference.json"
+    reference.write_text(json.dumps([{"instruction": "Say hi.", "output": "Hi."}]))
+    result = CliRunner().invoke(app, ["eval", "--outputs", str(reference), "--reference", str(reference),
+                                      option, value, "--out", str(tmp_path / "eval")])
+    assert_one_line_error(result, message)
+    assert not (tmp_path / "eval").exists()
