@@ -244,7 +244,7 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
             if interrupted.requested:
                 raise KeyboardInterrupt
     laps.lap("train")
-    if eval_pairs:
+    if eval_pairs and not (cfg.eval_steps and step % cfg.eval_steps == 0):  # the last step's eval, once
         history.append(_evaluate(policy, eval_pairs, eval_reference, forward, cfg, tokenizer, accelerator, step,
                                  metrics_file, share))
     laps.lap("eval")
