@@ -141,8 +141,18 @@ def _validated(model: type[S], base: S, flags: dict[str, Any]) -> S:
         return model.model_validate(merged)
     except ValidationError as exc:
         error = exc.errors()[0]
-        option = "--" + str(error["loc"][0] if error["loc"] else "options").replace("_", "-")
-        raise InputError(option, error["msg"].removeprefix("Value error, ")) from None
+        message = error["msg"].removeprefix("Value error, ")
+        raise InputError("--" + _flag_of(error["loc"], message, flags).replace("_", "-"), message) from None
+
+
+def _flag_of(location: tuple[Any, ...], message: str, flags: dict[str, Any]) -> str:
+    """The flag an error is about: the innermost field named in its location (filters.near_duplicate ->
+    near_duplicate), or, for a check across fields, the first flag given that the message names."""
+    names = [part for part in location if isinstance(part, str)]
+    if names:
+        return names[-1]
+    named = sorted((message.find(f"`{k}`"), k) for k, v in flags.items() if v is not None and f"`{k}`" in message)
+    return named[0][1] if named else "options"
 
 
 @app.command("train")

@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 
 from pairforge import schema as S
-from pairforge.config import JudgeConfig, Recipe, RunConfig, load_recipe
+from pairforge.config import EvalConfig, JudgeConfig, Recipe, RunConfig, load_recipe
 from pairforge.errors import InputError
 from pairforge.io import file_digest, write_json
 
@@ -102,7 +102,9 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
     pairs_cfg = _pairs_config(recipe, run_dir, pairs_input)
     stages.append(Stage("pairs", f"pairs ({pairs_cfg.resolved_strategy}, {pairs_cfg.pair_types})",
                         f"<= {n_prompts * len(recipe.sources) ** 2 // 2} pairs", 5,
-                        lambda: _pairs(pairs_cfg), [pairs_input], pairs_cfg.model_dump(mode="json")))
+                        lambda: _pairs(pairs_cfg),
+                        [pairs_input, *([pairs_cfg.rank_from] if pairs_cfg.rank_from else []),
+                         *pairs_cfg.filters.decontaminate], pairs_cfg.model_dump(mode="json")))
     for run in recipe.runs:
         cfg = run_config(run, run_dir)
         passes = n_prompts * max(1, len(recipe.sources) - 1) * cfg.epochs
@@ -121,7 +123,8 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
         stages.append(Stage("eval", f"{judges} vs reference on {eval_prompts}",
                             f"{len(models)} models", _eval_estimate(recipe, len(models)),
                             lambda: _evaluate(recipe, run_dir),
-                            [pairs_cfg.out, *[marker(run_dir, f"train:{r.name}") for r in recipe.runs]],
+                            [pairs_cfg.out, *[marker(run_dir, f"train:{r.name}") for r in recipe.runs],
+                             *_eval_files(recipe.eval, responses)],
                             [recipe.eval.model_dump(mode="json"), models]))
     stages.append(Stage("report", "HTML + Markdown report", "1 page", 10, lambda: _report(run_dir), [], None))
     return Plan(recipe, run_dir, stages)
@@ -345,6 +348,13 @@ def _evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
         evaluate([], answers, reference, judge, out / cfg.judge_run, prompts, settings)
         written.append(out / cfg.judge_run / "leaderboard.json")
     return written
+
+
+def _eval_files(cfg: EvalConfig, responses: Path) -> list[Path]:
+    """The files an evaluation reads besides the runs: its reference and prompts files, or the answers a
+    reference source's come from — by content, so an edited file reruns the evaluation."""
+    files = [cfg.reference] if cfg.reference else [responses] if cfg.reference_source else []
+    return files + ([cfg.prompts] if isinstance(cfg.prompts, Path) else [])
 
 
 def _policies(recipe: Recipe) -> list[RunConfig]:

@@ -66,6 +66,10 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
     if prompts.is_empty():
         raise InputError(str(prompts_path or reference), "no eval prompts: the file is empty")
     names = [name for name, _ in _named(outputs, "outputs") + _named(models, "models")]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError("--models", f"two models are named '{twice[0]}' (an --outputs file and a --models folder): "
+                         "name them NAME=PATH")
     if settings.baseline is not None and settings.baseline not in names:
         raise InputError("--baseline", f"no model named '{settings.baseline}' (models: {', '.join(names)})")
     reference_answers = _answers_for(reference, prompts, "reference")
