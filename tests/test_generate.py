@@ -331,3 +331,31 @@ def test_local_first_token_logprobs_are_the_models_own(tiny_model_dir: Path) -> 
                                                               strict=True)}
     assert got.keys() == want.keys()
     assert all(abs(got[k] - want[k]) < 1e-4 for k in want)
+
+
+@pytest.mark.parametrize("temperature, top_p", [(0.7, 1.0), (1.3, 1.0), (1.0, 0.8)])
+def test_the_local_sampler_draws_from_the_tempered_nucleus_distribution(temperature, top_p):
+    """The transformers backend's sampler (one uniform draw per row against the cumulative distribution)
+    must give exactly softmax(logits / T) within the top_p nucleus: frequencies over 200k draws."""
+    import torch
+
+    from pairforge.generate.local import InverseCdfSampler
+
+    logits = torch.tensor([2.0, 1.0, 0.5, -1.0, 0.0])
+    probs = torch.softmax(logits / temperature, dim=-1)
+    order = probs.argsort(descending=True)
+    kept = torch.zeros_like(probs, dtype=torch.bool)
+    mass = 0.0
+    for i in order.tolist():  # the smallest set of most likely tokens whose mass reaches top_p
+        kept[i] = True
+        mass += float(probs[i])
+        if mass >= top_p:
+            break
+    expected = torch.where(kept, probs, 0.0)
+    expected /= expected.sum()
+    torch.manual_seed(0)
+    n = 200_000
+    picked = InverseCdfSampler(temperature, top_p)(torch.zeros(n, 1), logits.repeat(n, 1)).argmax(-1)
+    frequencies = torch.bincount(picked, minlength=5).float() / n
+    assert torch.allclose(frequencies, expected, atol=0.004), (frequencies, expected)
+    assert (frequencies[~kept] == 0).all()

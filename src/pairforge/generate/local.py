@@ -5,6 +5,9 @@ Requests are sorted by prompt length and answered `batch_size` at a time (left p
 row's answer starts right after its own prompt). Sampling is seeded per batch from the first
 request's seed: the same requests in the same run configuration give the same answers. An answer ends
 at EOS or at the first stop string (which is cut off); one that hits max_new_tokens is 'length'.
+Sampling draws one uniform number per row against the cumulative distribution (`InverseCdfSampler`)
+instead of transformers' multinomial, whose exponential draw over the whole vocabulary took a third of
+every decoding step on a CPU (SmolLM2-135M, 64 rows, 49k tokens).
 """
 
 from __future__ import annotations
@@ -12,11 +15,36 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import LogitsProcessorList
 
 from pairforge.config import SourceConfig
 from pairforge.generate.base import Completion, Reporter, Request
 from pairforge.models import load_causal_lm
 from pairforge.prompting import has_chat_template, plain_text, templated_prompt
+
+
+class InverseCdfSampler:
+    """A logits processor that samples the next token from softmax(logits / temperature), restricted to the
+    top_p nucleus, and leaves only that token for greedy decoding to pick. Exact (the same distribution as
+    transformers' sampling), with one random number per row instead of one per vocabulary entry."""
+
+    def __init__(self, temperature: float, top_p: float = 1.0) -> None:
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        order = None
+        if self.top_p < 1.0:  # the smallest set of most likely tokens whose mass reaches top_p
+            probs, order = probs.sort(dim=-1, descending=True)
+            before = probs.cumsum(-1) - probs
+            probs = probs.masked_fill(before >= self.top_p, 0.0)
+        cdf = probs.cumsum(-1)
+        draw = torch.rand(cdf.shape[0], 1, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+        picked = torch.searchsorted(cdf, draw, right=True).clamp(max=cdf.shape[1] - 1)
+        if order is not None:
+            picked = order.gather(1, picked)
+        chosen = torch.full_like(scores, float("-inf"))
+        return chosen.scatter_(1, picked, 0.0)
 
 
 class TransformersBackend:
@@ -68,13 +96,11 @@ class TransformersBackend:
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         top_k = max(r.top_logprobs for r in batch)
-        options: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": pad,
-                                   "do_sample": cfg.temperature > 0, "return_dict_in_generate": True,
-                                   "output_logits": top_k > 0}
-        if cfg.temperature > 0:
-            options.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
-        else:
-            options.update(temperature=None, top_p=None, top_k=None)
+        options: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": pad, "do_sample": False,
+                                   "return_dict_in_generate": True, "output_logits": top_k > 0,
+                                   "temperature": None, "top_p": None, "top_k": None}
+        if cfg.temperature > 0:  # sampled by the processor; decoding then takes its one remaining token
+            options["logits_processor"] = LogitsProcessorList([InverseCdfSampler(cfg.temperature, cfg.top_p)])
         if cfg.stop:
             options.update(stop_strings=cfg.stop, tokenizer=self.tokenizer)
         torch.manual_seed(batch[0].seed)
