@@ -38,7 +38,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from rich.console import Console
 
-from pairforge.config import TrainConfig
+from pairforge.config import TrainConfig, folder_stamp
 from pairforge.errors import InputError
 from pairforge.formats import read_pairs
 from pairforge.io import check_output, file_digest, read_log, write_json
@@ -284,7 +284,8 @@ def _identity(cfg: TrainConfig) -> dict[str, Any]:
     """What a checkpoint was trained on and with: the settings that decide the trained model, and the
     pairs file's contents."""
     settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _FREE_ON_RESUME}
-    return {**settings, "pairs": file_digest(Path(cfg.pairs)) if cfg.pairs else "-"}
+    model_files = folder_stamp(Path(cfg.model)) if Path(cfg.model).is_dir() else None  # a retrained start model
+    return {**settings, "pairs": file_digest(Path(cfg.pairs)) if cfg.pairs else "-", "model_files": model_files}
 
 
 def _finished_run(out: Path, identity: dict[str, Any]) -> TrainResult | None:
@@ -311,8 +312,8 @@ def _finished_run(out: Path, identity: dict[str, Any]) -> TrainResult | None:
 
 
 def _change(key: str, before: Any, now: Any) -> str:
-    if key == "pairs":
-        return "the pairs file's contents"
+    if key in ("pairs", "model_files"):
+        return "the pairs file's contents" if key == "pairs" else "the model folder's files"
     return f"{key} {json.dumps(before)} -> {json.dumps(now)}"
 
 
