@@ -52,7 +52,7 @@ def test_quickstart_quick_makes_every_artifact_then_resumes(tmp_path: Path, pair
     assert {s["name"] for s in ranking["sources"]} == {"smollm", "plain"}  # the judge's reference is not ranked
     assert ranking["declared_check"]["not_judged"] == ["reference > plain", "reference > smollm"]
     pairs = pl.read_parquet(run / "pairs.parquet")
-    assert set(pairs["pair_type"]) <= {"reference>plain", "reference>smollm"} and pairs.height > 0
+    assert set(pairs["pair_type"]) <= {"reference>plain", "smollm>plain", "reference>smollm"} and pairs.height > 0
     assert pairs["prompt"][0].to_list()[-1]["role"] == "user"  # asked through the chat template: conversational
     trained = {json.loads((run / "train" / name / "run.json").read_text())["prompt_format"] for name in runs}
     assert trained == {"chat"}
