@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
@@ -185,7 +185,7 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_output(path: Path, kind: str, option: str, inputs: Sequence[Path] = ()) -> None:
+def check_output(path: Path, kind: Literal["file", "folder"], option: str, inputs: Sequence[Path] = ()) -> None:
     """Before any work: `path` can be written as a `kind` ("file" | "folder") and is none of `inputs`, so a
     command never fails at its end or overwrites what it reads. Nothing is created here."""
     path = Path(path)
