@@ -8,6 +8,7 @@ The proxy sits between pairforge and the real server and, on every `every`-th re
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import subprocess
 import sys
@@ -58,7 +59,33 @@ class LlamaServer:
             self.process.wait()
 
 
-class FaultProxy:
+class QuietHandler(BaseHTTPRequestHandler):
+    """Keep-alive HTTP/1.1, and no access log on the test's stderr."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class LocalServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port) serving `handler` until `close()`."""
+
+    def start(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FaultProxy(LocalServer):
     """An HTTP proxy in front of `upstream` that misbehaves on every `every`-th POST, cycling the faults."""
 
     FAULTS = ("429", "500", "drop", "garbage")
@@ -70,12 +97,7 @@ class FaultProxy:
         self.served: Counter[str] = Counter()
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 self._forward(b"")
 
@@ -117,14 +139,28 @@ class FaultProxy:
                 self.wfile.write(payload)
                 upstream.close()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.start(Handler)
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+class StatusServer(LocalServer):
+    """Answers every POST with one status and an OpenAI-style error body, counting what it was asked (a real
+    peer for the client's status handling)."""
+
+    def __init__(self, status: int) -> None:
+        self.posts = 0
+        server = self
+
+        class Handler(QuietHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                server.posts += 1
+                body = json.dumps({"error": {"message": f"status {status}", "type": "invalid_request_error"}}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                if status == 429:
+                    self.send_header("Retry-After", "0")
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.start(Handler)

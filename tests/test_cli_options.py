@@ -13,16 +13,14 @@ import math
 import sqlite3
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 import yaml
-from servers import FaultProxy, free_port
+from servers import FaultProxy, StatusServer, free_port
 from typer.testing import CliRunner
 
 from conftest import SAMPLE, answer_failed_judge_requests, write_jsonl
@@ -397,41 +395,6 @@ def test_file_source_errors_are_one_line_and_write_nothing(tmp_path: Path) -> No
     torn.write_text('{"instruction": "Hi", "output": "Hello"}\n{"instruction": "Bye", "output": 3}\n')
     bad_row = generation_recipe(tmp_path, [{"name": "torn", "backend": "file", "path": str(torn)}])
     one_line_error(cli("generate", bad_row, "--out", tmp_path / "out"), "torn.jsonl", "line 2", "output")
-
-
-class StatusServer:
-    """An HTTP server on 127.0.0.1 that answers every POST with one status and an OpenAI-style error body,
-    counting what it was asked (a real peer for the client's status handling)."""
-
-    def __init__(self, status: int) -> None:
-        self.posts = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                server.posts += 1
-                body = json.dumps({"error": {"message": f"status {status}", "type": "invalid_request_error"}}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                if status == 429:
-                    self.send_header("Retry-After", "0")
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
 
 
 @pytest.mark.parametrize("status, error, final", [
