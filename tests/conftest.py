@@ -111,7 +111,7 @@ def answer_failed_judge_requests(store: Path, reply: Callable[[str, str, str], d
     judge:<prompt_id>:<source shown first>:<source shown second>:<hash of the texts>:<hash of the settings>."""
     import sqlite3
 
-    from pairforge.generate.store import Store
+    from pairforge.requests.store import Store
 
     db = sqlite3.connect(store)
     keys = [key for (key,) in db.execute("SELECT key FROM results WHERE kind = 'judgment' AND value IS NULL")]

@@ -154,8 +154,8 @@ def test_unknown_prompt_format_flag(jsonl, long_rows):
                                                ("eval:\n  dtype: float8\n", "eval.dtype"),
                                                ("eval:\n  batch_size: 0\n", "eval.batch_size")])
 def test_bad_recipe_values_of_the_format_and_eval_options(tmp_path, section, line):
-    from pairforge.config import load_recipe
     from pairforge.errors import InputError
+    from pairforge.recipe import load_recipe
 
     (tmp_path / "recipe.yaml").write_text(section)
     with pytest.raises(InputError) as error:

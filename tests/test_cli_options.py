@@ -25,9 +25,9 @@ from typer.testing import CliRunner
 
 from conftest import SAMPLE, answer_failed_judge_requests, write_jsonl
 from pairforge.cli import app
-from pairforge.config import load_recipe
 from pairforge.generate.run import generate
 from pairforge.judge.run import judge
+from pairforge.recipe import load_recipe
 
 
 def cli(*args: Any) -> Any:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import polars as pl
 
-from pairforge.formats import MESSAGES, responses_from_files
-from pairforge.io import read_records
+from pairforge.files import read_records
+from pairforge.records import MESSAGES, responses_from_files
 from pairforge.schema import prompt_id_of, to_messages
 
 

@@ -23,10 +23,11 @@ import pytest
 import yaml
 from servers import FaultProxy
 
-from pairforge.config import SourceConfig, load_recipe
-from pairforge.generate.base import Request
+from pairforge.config import SourceConfig
 from pairforge.generate.run import generate
-from pairforge.generate.store import Store
+from pairforge.recipe import load_recipe
+from pairforge.requests.backends.base import Request
+from pairforge.requests.store import Store
 
 
 def write_recipe(folder: Path, prompts: list[str], sources: list[dict[str, Any]], **extra: Any) -> Path:
@@ -87,7 +88,7 @@ def test_store_keeps_the_first_success_and_never_a_duplicate(tmp_path: Path) -> 
 
 def test_batched_greedy_generation_equals_one_at_a_time(tiny_model_dir: Path) -> None:
     """Left padding done right: a prompt's answer does not depend on what it was batched with."""
-    from pairforge.generate.local import TransformersBackend
+    from pairforge.requests.backends.local import TransformersBackend
 
     texts = ["Hi.", "Tell me a long story about a dragon and a knight who meet.", "Why?", "List three fruits."]
     requests = [Request(f"k{i}", [{"role": "user", "content": t}]) for i, t in enumerate(texts)]
@@ -104,7 +105,7 @@ def test_batched_greedy_generation_equals_one_at_a_time(tiny_model_dir: Path) ->
 
 @pytest.mark.slow
 def test_embedded_model_stops_at_stop_strings_and_eos(pairforge_cache: Path) -> None:
-    from pairforge.generate.local import TransformersBackend
+    from pairforge.requests.backends.local import TransformersBackend
 
     backend = TransformersBackend(SourceConfig(name="s", temperature=0, max_new_tokens=40, stop=[","]))
     collect = Collect()
@@ -316,7 +317,7 @@ def test_local_first_token_logprobs_are_the_models_own(tiny_model_dir: Path) -> 
     """What the LLM judge reads from the transformers backend: log-softmax of the first answer position."""
     import torch
 
-    from pairforge.generate.local import TransformersBackend
+    from pairforge.requests.backends.local import TransformersBackend
 
     backend = TransformersBackend(SourceConfig(name="j", model=str(tiny_model_dir), temperature=0, max_new_tokens=2))
     messages = [{"role": "user", "content": "Answer A or B."}]
@@ -339,7 +340,7 @@ def test_the_local_sampler_draws_from_the_tempered_nucleus_distribution(temperat
     must give exactly softmax(logits / T) within the top_p nucleus: frequencies over 200k draws."""
     import torch
 
-    from pairforge.generate.local import InverseCdfSampler
+    from pairforge.requests.backends.local import InverseCdfSampler
 
     logits = torch.tensor([2.0, 1.0, 0.5, -1.0, 0.0])
     probs = torch.softmax(logits / temperature, dim=-1)

@@ -17,9 +17,10 @@ import yaml
 from servers import FaultProxy, free_port
 
 from conftest import answer_failed_judge_requests, preference_rows
-from pairforge.config import JudgeConfig, SourceConfig, load_recipe
+from pairforge.config import JudgeConfig, SourceConfig
 from pairforge.judge.pairwise import Verdict, both_orders, read_verdict
 from pairforge.judge.run import judge
+from pairforge.recipe import load_recipe
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -100,7 +100,7 @@ def test_modules_with_other_maths_are_left_alone():
 
 
 def test_head_log_probs_match_log_softmax_and_their_gradients_are_exact():
-    from pairforge.train.logprobs import _HeadLogps
+    from pairforge.sequences.logprobs import _HeadLogps
 
     torch.manual_seed(0)
     states, weight, bias = torch.randn(7, 5), torch.randn(40, 5), torch.randn(40)

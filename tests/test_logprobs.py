@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pairforge.train.logprobs import answer_logps, collate
-from pairforge.train.tokenize import Sequence, TokenizedPair
+from pairforge.sequences.logprobs import answer_logps, collate
+from pairforge.sequences.tokenize import Sequence, TokenizedPair
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ import pytest
 
 from conftest import SAMPLE, write_jsonl
 from pairforge.config import FilterConfig, PairsConfig
-from pairforge.formats import responses_from_files
-from pairforge.io import read_records
+from pairforge.files import read_records
 from pairforge.pairs.build import build_pairs
+from pairforge.records import responses_from_files
 
 PAPER_RANK = "gpt-4 > chatgpt > davinci"
 
@@ -241,7 +241,7 @@ def test_sample_set_gives_every_paper_pair():
 
 
 def test_pairs_from_response_records_built_in_python():
-    from pairforge.formats import responses_frame
+    from pairforge.records import responses_frame
     from pairforge.schema import Response
 
     answers = [Response(prompt="Capital of France?", source="big", response="Paris.", score=9.0),

@@ -130,6 +130,7 @@ def test_paper_recipes_pass_a_dry_run(recipe: Path) -> None:
 def test_a_train_stage_resumes_only_its_own_unfinished_work(tmp_path: Path) -> None:
     """Checkpoints survive a crash and are resumed with the same settings; they are wiped when the settings
     changed or when a finished stage is run again (--from), so no run resumes another's checkpoint."""
+    from pairforge.layout import RunDir
     from pairforge.pipeline import Plan, Stage, run
 
     work = tmp_path / "train" / "x"
@@ -144,7 +145,7 @@ def test_a_train_stage_resumes_only_its_own_unfinished_work(tmp_path: Path) -> N
                 raise KeyboardInterrupt
             (work / "model").write_text("weights")
             return [work / "model"]
-        return Plan(None, tmp_path, [Stage("train:x", "t", "1", None, train, [], settings, work_dir=work)])  # type: ignore[arg-type]
+        return Plan(None, RunDir(tmp_path), [Stage("train:x", "t", "1", None, train, [], settings, work_dir=work)])  # type: ignore[arg-type]
 
     with pytest.raises(KeyboardInterrupt):
         run(stage({"lr": 1}, crash=True))

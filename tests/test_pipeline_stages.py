@@ -187,7 +187,7 @@ def test_prompts_of_several_chat_turns_go_from_generate_through_pairs_to_train(t
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pairforge.train.tokenize import tokenize_pairs
+    from pairforge.sequences.tokenize import tokenize_pairs
 
     conversations = [[{"role": "system", "content": "You answer in one short sentence."},
                       {"role": "user", "content": f"Pick a number near {i}."},

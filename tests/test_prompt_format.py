@@ -12,12 +12,12 @@ import torch
 from conftest import preference_rows
 from pairforge.config import JudgeConfig, SourceConfig, TrainConfig
 from pairforge.evaluate.run import EvalSettings, evaluate
-from pairforge.generate.base import Request
-from pairforge.generate.local import TransformersBackend
 from pairforge.generate.run import source_requests
-from pairforge.generate.store import Store
 from pairforge.prompting import TEXT_TEMPLATE
-from pairforge.train.tokenize import encode
+from pairforge.requests.backends.base import Request
+from pairforge.requests.backends.local import TransformersBackend
+from pairforge.requests.store import Store
+from pairforge.sequences.tokenize import encode
 from pairforge.train.trainer import train
 
 pytestmark = pytest.mark.slow
@@ -119,7 +119,7 @@ def test_eval_asks_a_trained_model_in_the_format_it_was_trained_in(tiny_model_di
     evaluate([f"{n}={p}" for n, p in runs.items()], [], reference, JudgeConfig(kind="similarity", reference="r"),
              tmp_path / "eval", None, settings, show_progress=False)
 
-    from pairforge.formats import prompts_from_file
+    from pairforge.records import prompts_from_file
 
     prompts = prompts_from_file(reference)
     store = Store(tmp_path / "eval" / "store.sqlite")

@@ -12,10 +12,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pairforge.config import PairsConfig
-from pairforge.formats import responses_from_files
-from pairforge.io import Records
+from pairforge.files import Records
 from pairforge.pairs.build import build_pairs
 from pairforge.pairs.order import parse_rank
+from pairforge.records import responses_from_files
 
 SOURCES = ["s0", "s1", "s2", "s3"]
 # few distinct words and case/space variants, so identical and near-identical answers are common

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pairforge.models import load_causal_lm
+from pairforge.sequences.tokenize import tokenize_pairs
 from pairforge.train.reference import model_fingerprint, reference_logps
-from pairforge.train.tokenize import tokenize_pairs
 
 pytestmark = pytest.mark.slow
 

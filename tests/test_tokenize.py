@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from pairforge.errors import InputError
-from pairforge.train.tokenize import encode, tokenize_pairs
+from pairforge.sequences.tokenize import encode, tokenize_pairs
 
 pytestmark = pytest.mark.slow  # the real tokenizer (converted from the embedded GGUF once per session)
 

@@ -362,7 +362,7 @@ def test_the_optimised_path_trains_like_the_plain_one(tiny_model_dir, pairs_file
     """forward pieces, lean blocks and the cached reference only change how the work is done: the same
     losses, margins and gradient norms as one forward per batch through the plain modules with a live
     reference copy (gradients of the pieces add up to the batch's)."""
-    from pairforge.train.logprobs import forward_pieces
+    from pairforge.sequences.logprobs import forward_pieces
 
     whole = train(config(tiny_model_dir, pairs_file, tmp_path / "whole", max_steps=4, lean_blocks=False,
                          precompute_reference=False), progress=False)
@@ -375,7 +375,7 @@ def test_the_optimised_path_trains_like_the_plain_one(tiny_model_dir, pairs_file
             assert b[key] == pytest.approx(a[key], abs=1e-5), (key, a["step"])
 
     from pairforge.models import load_tokenizer
-    from pairforge.train.tokenize import tokenize_pairs
+    from pairforge.sequences.tokenize import tokenize_pairs
 
     tokenized, _ = tokenize_pairs(pl.DataFrame(preference_rows(8)), load_tokenizer(str(tiny_model_dir)),
                                   max_length=64)

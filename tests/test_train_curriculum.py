@@ -14,7 +14,7 @@ import torch
 
 from conftest import preference_rows, rewind
 from pairforge.config import CurriculumConfig, TrainConfig
-from pairforge.pairs.curriculum import difficulty_of, plan
+from pairforge.train.curriculum import difficulty_of, plan
 from pairforge.train.trainer import train
 
 pytestmark = pytest.mark.slow
@@ -87,7 +87,7 @@ def test_two_processes_each_take_their_share_in_order(tiny_model_dir, curriculum
 def test_reference_margin_matches_an_independent_computation(tiny_model_dir, curriculum_pairs, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pairforge.train.tokenize import encode
+    from pairforge.sequences.tokenize import encode
 
     curriculum = {"schedule": "sorted", "difficulty": "reference-margin", "shuffle_within": False}
     out = tmp_path / "run"

@@ -119,7 +119,7 @@ def step_one(tiny_model_dir: Path, frame: pl.DataFrame, rows: list[int], method:
     from transformers import AutoModelForCausalLM
 
     from pairforge.models import load_tokenizer
-    from pairforge.train.tokenize import tokenize_pairs
+    from pairforge.sequences.tokenize import tokenize_pairs
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     target = cfg.target if cfg.target != "chosen" else None
@@ -333,7 +333,7 @@ def test_default_order_is_length_grouped_and_seeded(tiny_model_dir, tmp_path):
     """pairs.curriculum.length_grouped: per epoch a seeded shuffle, pairs of similar width grouped into batches
     (within windows of 16 batches: here one window holds every pair), the batches then shuffled."""
     from pairforge.models import load_tokenizer
-    from pairforge.train.tokenize import tokenize_pairs
+    from pairforge.sequences.tokenize import tokenize_pairs
 
     rows = [{**row, "prompt": f"Question {i}:" + " why" * (i * 7 % 23) + " is it a number?"}
             for i, row in enumerate(preference_rows(32))]

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from conftest import preference_rows
+from pairforge.sequences.logprobs import answer_logps, collate
+from pairforge.sequences.tokenize import tokenize_pairs
 from pairforge.train import losses as L
-from pairforge.train.logprobs import answer_logps, collate
-from pairforge.train.tokenize import tokenize_pairs
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,6 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from typer.core import TyperGroup
 
 try:
@@ -26,10 +25,12 @@ try:
 except ImportError:
     from click import UsageError
 
-from pairforge.config import CurriculumConfig, EvalConfig, JudgeConfig, PairsConfig, TrainConfig, load_recipe
+from pairforge import render
+from pairforge.config import CurriculumConfig, EvalConfig, JudgeConfig, PairsConfig, TrainConfig
 from pairforge.errors import EXIT_BAD_INPUT, InputError
-from pairforge.formatting import difference, interval, number, significance
-from pairforge.io import check_output, write_json
+from pairforge.files import check_output
+from pairforge.layout import RunDir
+from pairforge.recipe import load_recipe
 
 
 class _OneLineUsageErrors(TyperGroup):
@@ -54,6 +55,16 @@ app.add_typer(curriculum_app, name="curriculum")
 console = Console(stderr=True, soft_wrap=True)  # one line per message, however narrow the terminal
 
 T = TypeVar("T")
+
+
+def _show(*grids: render.Grid | None) -> None:
+    for grid in grids:
+        if grid is not None:
+            console.print(render.terminal(grid))
+
+
+def _say(line: str) -> None:
+    console.print(line, highlight=False, soft_wrap=True)
 
 
 def _fail_cleanly(run: Callable[[], T]) -> T:
@@ -126,7 +137,7 @@ def _run_pairs_build(config: Path | None, flags: dict[str, Any], filter_flags: d
     if not cfg.inputs:
         raise InputError("pairs build", "expected at least one input file (or `inputs:` in the recipe)")
     result = build_from_files(cfg)
-    print_summary(result.summary)
+    _show(*render.pairs_summary(result.summary))
     console.print(f"wrote {', '.join(str(p) for p in result.written)}", highlight=False)
 
 
@@ -230,13 +241,7 @@ def generate_command(
         from pairforge.generate.run import generate
 
         result = generate(load_recipe(recipe), out, retry_failed, source)
-        table = Table(title="generate", title_justify="left")
-        for column in ("source", "answers", "cached", "new", "failed", "retries", "tok/s"):
-            table.add_column(column, justify="left" if column == "source" else "right")
-        for name, t in result.tallies.items():
-            table.add_row(name, str(t.total), str(t.cached), str(t.done), str(t.failed + t.failed_before),
-                          str(t.retries), f"{t.tokens_per_s:.1f}" if t.done else "-")
-        console.print(table)
+        _show(render.generation(result.tallies))
         console.print(f"wrote {result.exported} answers to {result.responses}", highlight=False)
         if result.failed:
             reasons = Counter(r for t in result.tallies.values() for r in t.reasons.elements())
@@ -261,18 +266,9 @@ def judge_command(
 
         result = judge(load_recipe(recipe), out, responses, retry_failed)
         summary = result.summary
-        table = Table(title=f"judge: {summary['judge']}", title_justify="left")
-        for column in ("source", "answers", "scored", "mean score" if summary["judge"] != "llm-pairwise" else
-                       "win rate", "std"):
-            table.add_column(column, justify="left" if column == "source" else "right")
-        for name, s in summary["per_source"].items():
-            table.add_row(name, str(s["answers"]), str(s["scored"]), number(s["mean"]), number(s["std"]))
-        console.print(table)
+        _show(render.judge_summary(summary))
         if summary["judge"] == "llm-pairwise":
-            bias = summary["p_first_shown_wins"]
-            console.print(f"{summary['comparisons']} comparisons, {summary['unreadable']} unreadable (left out), "
-                          f"{summary['verdicts_from_logprobs']} verdicts from log-probs; the answer shown first "
-                          f"wins {number(bias)} of the time (0.5 = no position bias)", highlight=False)
+            _say(render.position_bias(summary))
         written = [result.scored, *([result.judgments] if result.judgments else [])]
         console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
         if summary.get("failed_requests"):
@@ -290,29 +286,13 @@ def rank_command(
 ) -> None:
     """Estimate source strength (Bradley-Terry, bootstrap intervals) from the judge's verdicts."""
     def run() -> None:
-        from pairforge.judge.ranking import fit, read_comparisons
-        from pairforge.judge.run import JUDGMENTS_FILE, SCORED_FILE
+        from pairforge import stages
 
-        cfg = load_recipe(recipe).ranking
-        check_output(out / "ranking.json", "file", "--out")
-        source, comparisons = read_comparisons(out / JUDGMENTS_FILE, out / SCORED_FILE)
-        ranking = fit(comparisons, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.min_win_probability)
-        table = Table(title=f"source strength (Bradley-Terry, {ranking.prompts} prompts, "
-                      f"{ranking.comparisons} comparisons from {source.name})", title_justify="left")
-        for column in ("rank", "source", "strength", f"{cfg.confidence:.0%} interval", "P(above next)",
-                       "P(beats next)"):
-            table.add_column(column, justify="left" if column == "source" else "right")
-        for i, name in enumerate(ranking.sources):
-            nxt = i + 1 < len(ranking.sources)
-            above = f"{ranking.stronger[i, i + 1]:.3f}" + (" *" if ranking.significant(i, i + 1) else "") if nxt else ""
-            table.add_row(str(i + 1), name, f"{ranking.strength[i]:+.3f}",
-                          f"[{ranking.low[i]:+.3f}, {ranking.high[i]:+.3f}]", above,
-                          f"{ranking.win_probability(i, i + 1):.3f}" if nxt else "")
-        console.print(table)
-        console.print(f"significant order (* : P >= {cfg.confidence} and P(beats) >= {cfg.min_win_probability}): "
-                      f"{ranking.rank or '(none)'}", highlight=False)
-        console.print(f"wrote {write_json(ranking.to_json(), out / 'ranking.json')}; use it with "
-                      "`pairs build --rank-from`", highlight=False)
+        ranked = stages.rank(load_recipe(recipe), RunDir(out))
+        result = ranked.ranking.to_json()
+        _show(render.ranking(result, ranked.evidence.name))
+        _say(render.significant_order(result))
+        _say(f"wrote {ranked.written}; use it with `pairs build --rank-from`")
 
     _fail_cleanly(run)
 
@@ -345,7 +325,7 @@ def eval_command(
                           EvalSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                        bootstrap=cfg.bootstrap, baseline=baseline, batch_size=cfg.batch_size,
                                        dtype=cfg.dtype))
-        print_leaderboard(result)
+        _show_leaderboard(result)
         console.print(f"wrote {out / 'leaderboard.json'}, {out / 'eval.parquet'}", highlight=False)
 
     _fail_cleanly(run)
@@ -365,38 +345,10 @@ def _judge_config(text: str) -> JudgeConfig:
     raise InputError("--judge", f"expected a recipe .yaml, 'similarity' or 'reward-model:PATH', found '{text}'")
 
 
-def print_leaderboard(result: dict[str, Any]) -> None:
-    """The leaderboard: score or win rate with interval, lengths, paired tests against the next row and
-    against the baseline (the untrained base), and a line per model saying whether it beats the baseline."""
-    pairwise = result["judge"] != "similarity"
-    against = next((e["vs_baseline"]["model"] for e in result["models"] if "vs_baseline" in e), None)
-    table = Table(title=f"{result['judge']} vs reference, {result['prompts']} prompts", title_justify="left")
-    columns = ["model", "win rate [95%]", "LC win rate [95%]"] if pairwise else ["model", "similarity [95%]"]
-    for column in [*columns, "mean score" if pairwise else None, "words (ref)", "unjudged", "vs next (p)",
-                   f"vs {against} [95%]" if against else None]:
-        if column:
-            table.add_column(column, justify="left" if column == "model" else "right")
-    for entry in result["models"]:
-        cells = [entry["model"]]
-        keys = ("win_rate", "length_controlled_win_rate", "score") if pairwise else ("score",)
-        cells += [interval(entry.get(k)) for k in keys]
-        cells += [f"{entry['mean_length']:.0f} ({entry['reference_length']:.0f})", str(entry["unjudged"])]
-        nxt = entry.get("vs_next")
-        cells.append(f"{nxt['difference']:+.3f} (p={nxt['p_value']:.3f})" if nxt else "")
-        if against:
-            cells.append(difference(entry["vs_baseline"]) if "vs_baseline" in entry else "")
-        table.add_row(*cells)
-    console.print(table)
-    for entry in result["models"]:
-        if entry["unjudged"]:
-            console.print(f"{entry['model']}: {entry['unjudged']} of {entry['prompts']} prompts got no usable verdict "
-                          "and are left out of its numbers", highlight=False)
-        if "vs_baseline" in entry:
-            console.print(significance(entry["model"], entry["vs_baseline"]), highlight=False)
-        nxt = entry.get("vs_next")
-        if not against and nxt and nxt["p_value"] >= 0.05:
-            console.print(f"{entry['model']} vs {nxt['model']}: not significant at this size (p = "
-                          f"{nxt['p_value']:.2f}, {nxt['prompts']} prompts)", highlight=False)
+def _show_leaderboard(board: dict[str, Any]) -> None:
+    _show(render.leaderboard(board))
+    for note in render.leaderboard_notes(board):
+        _say(note)
 
 
 @app.command("report")
@@ -438,16 +390,7 @@ def run_command(
         pipeline.check_stage_names(the_plan, from_stage, to_stage)
         check_output(run_dir, "folder", "run_dir")
         warnings = pipeline.preflight(cfg)
-        table = Table(title=f"plan: {recipe.name}{' (quick)' if quick else ''} -> {run_dir}", title_justify="left")
-        table.add_column("stage", no_wrap=True, min_width=max(len(s.name) for s in the_plan.stages))
-        for column in ("what", "size", "estimate"):
-            table.add_column(column, justify="right" if column == "estimate" else "left")
-        for stage in the_plan.stages:
-            table.add_row(stage.name, stage.what, stage.size, _duration(stage.estimate_s))
-        known = [s.estimate_s for s in the_plan.stages if s.estimate_s is not None]
-        table.add_row("[bold]total", "", "", ("~" if len(known) < len(the_plan.stages) else "") +
-                      _duration(sum(known)) + " (rough, 2-core CPU)")
-        console.print(table)
+        _show(render.plan(f"plan: {recipe.name}{' (quick)' if quick else ''} -> {run_dir}", the_plan.stages))
         for line in [*notes, *warnings]:
             console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
         if dry_run:
@@ -459,33 +402,17 @@ def run_command(
         done = pipeline.run(the_plan, from_stage,
                             lambda name, message: console.print(f"[bold]{name}[/]: {message}", highlight=False),
                             to_stage)
-        summary = Table(title=f"done in {_duration(time.perf_counter() - started)}", title_justify="left")
-        for column in ("stage", "status", "time"):
-            summary.add_column(column)
-        for entry in done:
-            summary.add_row(entry["stage"], entry["status"], _duration(entry.get("seconds")))
-        console.print(summary)
-        ranking = run_dir / "ranking.json"
-        check = json.loads(ranking.read_text()).get("declared_check") if ranking.exists() else None
+        _show(render.finished(done, time.perf_counter() - started))
+        folder = RunDir(run_dir)
+        check = json.loads(folder.ranking.read_text()).get("declared_check") if folder.ranking.exists() else None
         if check:
-            console.print(f"declared order {check['declared']}: the judge's ranking confirms "
-                          f"{', '.join(check['confirmed']) or 'nothing'}" + (f"; not confirmed: "
-                          f"{', '.join(check['not_confirmed'])}" if check["not_confirmed"] else "") +
-                          (f"; not judged (the judge's reference): {', '.join(check['not_judged'])}"
-                           if check.get("not_judged") else ""), highlight=False)
-        board = run_dir / "eval" / "leaderboard.json"
-        if board.exists():
-            print_leaderboard(json.loads(board.read_text()))
-        if (run_dir / "report.html").exists():
-            console.print(f"report: {run_dir / 'report.html'}", highlight=False)
+            _say(render.declared_check(check))
+        if folder.leaderboard.exists():
+            _show_leaderboard(json.loads(folder.leaderboard.read_text()))
+        if folder.report.exists():
+            _say(f"report: {folder.report}")
 
     _fail_cleanly(run)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _train_section(config: Path | None, run_name: str | None) -> TrainConfig:
@@ -496,13 +423,13 @@ def _train_section(config: Path | None, run_name: str | None) -> TrainConfig:
         return TrainConfig()
     if run_name is None:
         return load_recipe(config).train
-    from pairforge import pipeline
+    from pairforge import pipeline, stages
 
     recipe, run_dir = pipeline.load(config)
     runs = {r.name: r for r in recipe.runs}
     if run_name not in runs:
         raise InputError("--run", f"no run '{run_name}' in {config} (runs: {', '.join(runs) or 'none'})")
-    run = pipeline.run_config(runs[run_name], run_dir)
+    run = stages.run_config(runs[run_name], RunDir(run_dir))
     return TrainConfig.model_validate(run.model_dump(exclude={"name", "after", "split"}))
 
 
@@ -520,8 +447,8 @@ def curriculum_show(
 ) -> None:
     """Print a curriculum's stages or buckets with their sizes and difficulty, and plot difficulty by step."""
     def run() -> None:
-        from pairforge.formats import read_pairs
-        from pairforge.pairs.curriculum import difficulty_of, plan, write_plot
+        from pairforge.records import read_pairs
+        from pairforge.train.curriculum import difficulty_of, plan, write_plot
 
         base = (load_recipe(config).train.curriculum if config else None) or CurriculumConfig()
         cfg = _validated(CurriculumConfig, base, {"difficulty": difficulty, "schedule": schedule})
@@ -532,30 +459,13 @@ def curriculum_show(
         values = difficulty_of(frame, cfg.difficulty, str(pairs), cfg.embedding_model)
         types = frame["pair_type"].cast(pl.String).to_list() if "pair_type" in frame.columns else ["all"] * len(values)
         result = plan(values, types, cfg, batch_size, epochs, seed)
-        table = Table(title=f"curriculum: {cfg.schedule} by {cfg.difficulty}", title_justify="left")
-        for column in ("stage", "batches", "pairs", "difficulty mean", "min", "max", "histogram (0..1)"):
-            table.add_column(column, justify="left" if column in ("stage", "histogram (0..1)") else "right")
-        for stage, name in enumerate(result.stage_names):
-            rows = [i for b, s in zip(result.batches, result.stages, strict=True) if s == stage for i in b]
-            if not rows:
-                continue
-            d = values[rows]
-            table.add_row(name, str(sum(s == stage for s in result.stages)), str(len(rows)), f"{d.mean():.3f}",
-                          f"{d.min():.3f}", f"{d.max():.3f}", _sparkline(d))
-        console.print(table)
+        _show(render.curriculum(f"curriculum: {cfg.schedule} by {cfg.difficulty}", result.stage_names,
+                                result.batches, result.stages, values))
         if result.dropped:
             console.print(f"left out (drop_hardest): {result.dropped} pairs", highlight=False)
         console.print(f"wrote {write_plot(result, values, out / 'curriculum.png')}", highlight=False)
 
     _fail_cleanly(run)
-
-
-def _sparkline(values: Any) -> str:
-    import numpy as np
-
-    counts, _ = np.histogram(np.clip(values, 0, 1), bins=10, range=(0, 1))
-    bars = " ▁▂▃▄▅▆▇█"
-    return "".join(bars[round(8 * c / counts.max())] if counts.max() else " " for c in counts)
 
 
 def _parse_method(text: str) -> str | dict[str, float]:
@@ -566,50 +476,6 @@ def _parse_method(text: str) -> str | dict[str, float]:
         return {name: float(weight) for name, weight in pairs}
     except ValueError:
         raise InputError("--method", f"expected 'name=weight,...' with numeric weights, found '{text}'") from None
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    """The summary as tables: pairs per type, drops by reason, verification, lengths."""
-    table = Table(title=f"pairs ({summary['strategy']})", title_justify="left")
-    table.add_column("pair type", no_wrap=True)
-    splits = summary["pairs"]  # train, eval and, when kept apart, judge
-    for split in splits:
-        table.add_column(split, justify="right")
-    for pair_type in sorted(set().union(*splits.values())):
-        table.add_row(pair_type, *(str(counts.get(pair_type, 0)) for counts in splits.values()))
-    table.add_row("[bold]total", *(f"[bold]{sum(counts.values())}" for counts in splits.values()))
-    console.print(table)
-
-    drops = Table(title="dropped", title_justify="left")
-    for column in ("what", "reason", "count"):
-        drops.add_column(column, justify="right" if column == "count" else "left")
-    for reason, n in summary["dropped_answers"].items():
-        drops.add_row("answers", reason, str(n))
-    for reason, n in summary["dropped_prompts"].items():
-        if n:
-            drops.add_row("pairs" if reason.startswith("pairs") else "prompts", reason, str(n))
-    for reason, per_type in summary["dropped_pairs"].items():
-        drops.add_row("pairs", reason, ", ".join(f"{t}: {n}" for t, n in per_type.items()))
-    console.print(drops if drops.row_count else "dropped: nothing")
-
-    if "verification" in summary:
-        verify = Table(title="verification (scores vs declared order)", title_justify="left")
-        for column in ("pair type", "candidates", "agree", "contradicted", "tied", "unscored", "disagreement"):
-            verify.add_column(column, justify="left" if column == "pair type" else "right")
-        for pair_type, s in summary["verification"].items():
-            verify.add_row(pair_type, *(str(s[k]) for k in ("candidates", "agree", "contradicted", "tied", "unscored")),
-                           f"{s['disagreement_rate']:.1%}")
-        console.print(verify)
-
-    lengths = summary["lengths"]
-    table = Table(title=f"length ({lengths['unit']}): chosen vs rejected", title_justify="left")
-    table.add_column("pair type", no_wrap=True)
-    for column in ("pairs", "chosen mean / p90", "rejected mean / p90", "chosen longer"):
-        table.add_column(column, justify="right")
-    for name, s in [*lengths["per_pair_type"].items(), ("all", lengths["all"])]:
-        table.add_row(name, str(s["pairs"]), f"{s['chosen']['mean']:.1f} / {s['chosen']['p90']:.0f}",
-                      f"{s['rejected']['mean']:.1f} / {s['rejected']['p90']:.0f}", f"{s['chosen_longer_rate']:.0%}")
-    console.print(table)
 
 
 def _parse_columns(text: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ import importlib.util
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pairforge.errors import InputError
 
@@ -138,3 +139,13 @@ def load_sentence_model(name: str, where: str):  # -> sentence_transformers.Sent
     hf_logging.disable_progress_bar()
     path = embedded_embedding_model() if name == EMBEDDED else name
     return SentenceTransformer(str(path), device="cpu")
+
+
+def cosine_similarities(name: str, where: str, left: list[str], right: list[str], batch_size: int = 64) -> Any:
+    """Cosine similarity of each left text to the right text at the same position, under a sentence model
+    (the similarity judge: answer vs reference; the embedding-similarity curriculum: chosen vs rejected)."""
+    import numpy as np
+
+    model = load_sentence_model(name, where)
+    a, b = (model.encode(texts, normalize_embeddings=True, batch_size=batch_size) for texts in (left, right))
+    return np.sum(a * b, axis=1).astype(np.float64)

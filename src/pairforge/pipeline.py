@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
 from pairforge import schema as S
-from pairforge.config import EvalConfig, JudgeConfig, Recipe, RunConfig, load_recipe
+from pairforge import stages
+from pairforge.config import RunConfig
 from pairforge.errors import InputError
-from pairforge.io import file_digest, write_json
+from pairforge.files import file_digest, write_json
+from pairforge.layout import RunDir
+from pairforge.recipe import Recipe, load_recipe
 
 # Work rates of the embedded model on the project's 2-core CPU (AVX512-BF16), measured on the quickstart
 # in 2026-11; a rough guide, printed as such; other models get no estimate.
@@ -60,7 +61,7 @@ class Stage:
 @dataclass
 class Plan:
     recipe: Recipe
-    run_dir: Path
+    run: RunDir
     stages: list[Stage]
 
 
@@ -75,68 +76,65 @@ def load(recipe_path: Path, quick: bool = False) -> tuple[Recipe, Path]:
 
 def plan(recipe: Recipe, run_dir: Path) -> Plan:
     """The stages this recipe needs, with sizes and rough time estimates; checks inputs, runs nothing."""
-    from pairforge.formats import prompts_from_file
-    from pairforge.generate.run import RESPONSES_FILE
-    from pairforge.judge.run import SCORED_FILE
+    from pairforge.records import prompts_from_file
 
     if recipe.prompts is None or not recipe.sources:
         raise InputError("recipe", "`pairforge run` needs `prompts:` and `sources:`")
     prompts = prompts_from_file(recipe.prompts)
     n_prompts = prompts.height
     answers = n_prompts * recipe.samples_per_source
-    stages = [Stage("generate", f"{len(recipe.sources)} sources answer {n_prompts} prompts",
+    folder = RunDir(run_dir)
+    plan_ = [Stage("generate", f"{len(recipe.sources)} sources answer {n_prompts} prompts",
                     f"{answers * len(recipe.sources)} answers",
-                    _generation_estimate(recipe, answers), lambda: _generate(recipe, run_dir),
+                    _generation_estimate(recipe, answers), lambda: stages.generate(recipe, folder),
                     [recipe.prompts, *[s.path for s in recipe.sources if s.path]],
                     [recipe.samples_per_source, [{"name": s.name, **s.cache_settings()} for s in recipe.sources]])]
-    responses = run_dir / RESPONSES_FILE
     if recipe.judge is not None:
         judge_estimate = 10 if recipe.judge.kind == "similarity" else None
-        stages.append(Stage("judge", f"{recipe.judge.kind} judge", f"{answers * len(recipe.sources)} answers",
-                            judge_estimate,
-                            lambda: _judge(recipe, run_dir), [responses], recipe.judge.model_dump(mode="json")))
-        stages.append(Stage("rank", "Bradley-Terry source strength", f"{len(recipe.sources)} sources", 5,
-                            lambda: _rank(recipe, run_dir), [run_dir / SCORED_FILE],
+        plan_.append(Stage("judge", f"{recipe.judge.kind} judge", f"{answers * len(recipe.sources)} answers",
+                           judge_estimate, lambda: stages.judge(recipe, folder), [folder.responses],
+                           recipe.judge.model_dump(mode="json")))
+        plan_.append(Stage("rank", "Bradley-Terry source strength", f"{len(recipe.sources)} sources", 5,
+                            lambda: [stages.rank(recipe, folder).written], [folder.scored],
                             recipe.ranking.model_dump(mode="json")))
-    pairs_input = run_dir / SCORED_FILE if recipe.judge is not None else responses
-    pairs_cfg = _pairs_config(recipe, run_dir, pairs_input)
-    stages.append(Stage("pairs", f"pairs ({pairs_cfg.resolved_strategy}, {pairs_cfg.pair_types})",
+    pairs_cfg = stages.pairs_config(recipe, folder)
+    plan_.append(Stage("pairs", f"pairs ({pairs_cfg.resolved_strategy}, {pairs_cfg.pair_types})",
                         f"<= {n_prompts * len(recipe.sources) ** 2 // 2} pairs", 5,
-                        lambda: _pairs(pairs_cfg),
-                        [pairs_input, *([pairs_cfg.rank_from] if pairs_cfg.rank_from else []),
+                        lambda: stages.pairs(pairs_cfg),
+                        [*pairs_cfg.inputs, *([pairs_cfg.rank_from] if pairs_cfg.rank_from else []),
                          *pairs_cfg.filters.decontaminate], pairs_cfg.model_dump(mode="json")))
-    for run in recipe.runs:
-        cfg = run_config(run, run_dir)
+    for entry in recipe.runs:
+        cfg = stages.run_config(entry, folder)
         passes = n_prompts * max(1, len(recipe.sources) - 1) * cfg.epochs
         steps = f"<= {cfg.max_steps} steps" if cfg.max_steps else f"~{passes} pair passes"
-        stages.append(Stage(f"train:{run.name}", f"{_method(cfg.method)}" + (f" after {run.after}" if run.after
-                                                                                else "") +
+        plan_.append(Stage(f"train:{entry.name}", f"{_method(cfg.method)}" + (f" after {entry.after}" if entry.after
+                                                                                  else "") +
                             (f", curriculum {cfg.curriculum.schedule}" if cfg.curriculum else ""), steps,
-                            _train_estimate(cfg, passes), lambda c=cfg: _train(c),
-                            [cfg.pairs, *([marker(run_dir, f"train:{run.after}")] if run.after else [])],
+                            _train_estimate(cfg, passes), lambda c=cfg: stages.train(c),
+                            [cfg.pairs, *([folder.marker(f"train:{entry.after}")] if entry.after else [])],
                             cfg.model_dump(mode="json"), work_dir=cfg.out))
     if recipe.eval is not None:
-        models = (["base"] if recipe.eval.base else []) + [r.name for r in _policies(recipe)]
+        models = (["base"] if recipe.eval.base else []) + [r.name for r in stages.policies(recipe)]
         eval_prompts = "held-out prompts" if recipe.eval.prompts == "held-out" else str(recipe.eval.prompts)
         judges = recipe.eval.judge.kind + (f" and the {recipe.eval.judge_run} reward model" if recipe.eval.judge_run
                                            else "")
-        stages.append(Stage("eval", f"{judges} vs reference on {eval_prompts}",
+        plan_.append(Stage("eval", f"{judges} vs reference on {eval_prompts}",
                             f"{len(models)} models", _eval_estimate(recipe, len(models)),
-                            lambda: _evaluate(recipe, run_dir),
-                            [pairs_cfg.out, *[marker(run_dir, f"train:{r.name}") for r in recipe.runs],
-                             *_eval_files(recipe.eval, responses)],
+                            lambda: stages.evaluate(recipe, folder),
+                            [pairs_cfg.out, *[folder.marker(f"train:{r.name}") for r in recipe.runs],
+                             *stages.eval_files(recipe.eval, folder)],
                             [recipe.eval.model_dump(mode="json"), models]))
-    stages.append(Stage("report", "HTML + Markdown report", "1 page", 10, lambda: _report(run_dir), [], None))
-    return Plan(recipe, run_dir, stages)
+    plan_.append(Stage("report", "HTML + Markdown report", "1 page", 10, lambda: stages.report(folder), [], None))
+    return Plan(recipe, folder, plan_)
 
 
 def preflight(recipe: Recipe) -> list[str]:
     """What would stop a real run although the recipe is valid (a missing key, package or file), as lines;
     every answers file is read and checked now, so a format problem fails the dry run."""
-    from pairforge.formats import responses_from_files
-    from pairforge.generate.base import check_source
-    from pairforge.io import read_records
+    from pairforge.files import read_records
     from pairforge.judge.run import judge_llm
+    from pairforge.records import responses_from_files
+    from pairforge.requests.backends.base import check_source
 
     problems = []
     judges = [judge_llm(j) for j in (recipe.judge, recipe.eval.judge if recipe.eval else None) if j and j.llm]
@@ -190,7 +188,7 @@ def run(plan_: Plan, start: str | None = None, progress: Callable[[str, str], No
     done = []
     for stage in plan_.stages[:last + 1]:
         forced = forced or _is(stage.name, start)
-        done_file = marker(plan_.run_dir, stage.name)
+        done_file = plan_.run.marker(stage.name)
         fingerprint = stage.fingerprint()
         if not forced and stage.name != "report" and _finished(done_file, fingerprint):
             progress(stage.name, "skipped (finished, inputs and settings unchanged)")
@@ -229,12 +227,6 @@ def _start_fresh_unless_resuming(stage: Stage, done_file: Path, fingerprint: str
     started.write_text(fingerprint)
 
 
-def marker(run_dir: Path, stage: str) -> Path:
-    """The file that records a finished stage; later stages take it as an input, so redoing a stage
-    (a new marker) makes the stages that use its outputs run again."""
-    return run_dir / "stages" / f"{stage.replace(':', '-')}.json"
-
-
 def _is(stage: str, name: str | None) -> bool:
     """'train' names every train:RUN stage; any other name names one stage."""
     return name is not None and (stage == name or stage.split(":")[0] == name)
@@ -245,155 +237,6 @@ def _finished(marker: Path, fingerprint: str) -> bool:
         return False
     info = json.loads(marker.read_text())
     return info.get("fingerprint") == fingerprint and all(Path(p).exists() for p in info.get("outputs", []))
-
-
-# --- the stages --------------------------------------------------------------------------------------
-
-def _generate(recipe: Recipe, run_dir: Path) -> list[Path]:
-    from pairforge.generate.run import generate
-
-    result = generate(recipe, run_dir)
-    if result.failed:
-        raise InputError("generate", f"{result.failed} requests failed; run again (they are retried with "
-                         "`pairforge generate RECIPE --retry-failed --out RUN_DIR`)")
-    return [result.responses]
-
-
-def _judge(recipe: Recipe, run_dir: Path) -> list[Path]:
-    from pairforge.judge.run import judge
-
-    result = judge(recipe, run_dir)
-    return [result.scored, *([result.judgments] if result.judgments else [])]
-
-
-def _rank(recipe: Recipe, run_dir: Path) -> list[Path]:
-    from pairforge.judge.ranking import fit, read_comparisons
-    from pairforge.judge.run import JUDGMENTS_FILE, SCORED_FILE
-
-    _, comparisons = read_comparisons(run_dir / JUDGMENTS_FILE, run_dir / SCORED_FILE)
-    cfg = recipe.ranking
-    ranking = fit(comparisons, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.min_win_probability)
-    result = ranking.to_json()
-    if recipe.pairs.rank:  # the declared order, checked against the judge's
-        from pairforge.pairs.order import parse_rank
-
-        found = set(result["rank"].split(", ")) if result["rank"] else set()
-        judged = {s["name"] for s in result["sources"]}  # a judge's own reference is not judged against itself
-        beats = sorted(parse_rank(recipe.pairs.rank).beats)
-        checkable = [f"{a} > {b}" for a, b in beats if a in judged and b in judged]
-        result["declared_check"] = {"declared": recipe.pairs.rank,
-                                    "confirmed": [d for d in checkable if d in found],
-                                    "not_confirmed": [d for d in checkable if d not in found],
-                                    "not_judged": [f"{a} > {b}" for a, b in beats
-                                                   if a not in judged or b not in judged]}
-    return [write_json(result, run_dir / "ranking.json")]
-
-
-def _pairs_config(recipe: Recipe, run_dir: Path, responses: Path):  # -> PairsConfig
-    cfg = recipe.pairs
-    update: dict[str, Any] = {"inputs": [responses], "out": run_dir / "pairs.parquet"}
-    generating = [s for s in recipe.sources if s.backend != "file"]
-    if cfg.prompt_format == "auto":  # pairs are trained in the format their answers were asked in
-        plain = generating and all(s.endpoint == "completions" for s in generating)
-        update["prompt_format"] = "text" if plain else "chat"
-    if cfg.rank_from is not None and str(cfg.rank_from) == "ranking":
-        update["rank_from"] = run_dir / "ranking.json"
-    return cfg.model_copy(update=update)
-
-
-def _pairs(cfg: Any) -> list[Path]:
-    from pairforge.pairs.run import build_from_files
-
-    return build_from_files(cfg).written  # no pair at all is its error
-
-
-def run_config(run: RunConfig, run_dir: Path) -> RunConfig:
-    update: dict[str, Any] = {"out": run_dir / "train" / run.name}
-    if run.pairs is None:
-        update["pairs"] = run_dir / ("pairs.judge.parquet" if run.split == "judge" else "pairs.parquet")
-    if run.after is not None:
-        update["model"] = str(run_dir / "train" / run.after / "model")
-    return run.model_copy(update=update)
-
-
-def _train(cfg: RunConfig) -> list[Path]:
-    from pairforge.train.trainer import train
-
-    result = train(cfg)
-    return [result.out / "model", result.out / "metrics.jsonl"]
-
-
-def _evaluate(recipe: Recipe, run_dir: Path) -> list[Path]:
-    from pairforge.evaluate.run import EvalSettings, evaluate, trained_endpoint
-
-    cfg = recipe.eval
-    assert cfg is not None
-    prompts = cfg.prompts if cfg.prompts != "held-out" else _held_out_prompts(run_dir)
-    reference = cfg.reference or _reference_file(recipe, run_dir, cfg.reference_source)
-    policies = _policies(recipe)
-    base = policies[0].model if policies else recipe.train.model
-    models = ([f"base={base}"] if cfg.base else []) + [f"{r.name}={run_dir / 'train' / r.name}" for r in policies]
-    trained = [trained_endpoint(run_dir / "train" / r.name / "model") for r in policies]
-    endpoint = next((e for e in trained if e), "chat")  # the base is asked as the runs were trained
-    settings = EvalSettings(endpoint=endpoint, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                            batch_size=cfg.batch_size, dtype=cfg.dtype, baseline="base" if cfg.base else None,
-                            bootstrap=cfg.bootstrap)
-    out = run_dir / "eval"
-    result = evaluate(models, [], reference, cfg.judge, out, prompts, settings)
-    written = [out / "leaderboard.json"]
-    if cfg.judge_run:  # the same answers, scored again by a judge trained on pairs kept apart from training
-        answers = [f"{e['model']}={out / (e['model'] + '.model_outputs.json')}" for e in result["models"]]
-        judge = JudgeConfig(kind="reward-model", model=str(run_dir / "train" / cfg.judge_run / "model"),
-                            batch_size=cfg.batch_size)
-        evaluate([], answers, reference, judge, out / cfg.judge_run, prompts, settings)
-        written.append(out / cfg.judge_run / "leaderboard.json")
-    return written
-
-
-def _eval_files(cfg: EvalConfig, responses: Path) -> list[Path]:
-    """The files an evaluation reads besides the runs: its reference and prompts files, or the answers a
-    reference source's come from — by content, so an edited file reruns the evaluation."""
-    files = [cfg.reference] if cfg.reference else [responses] if cfg.reference_source else []
-    return files + ([cfg.prompts] if isinstance(cfg.prompts, Path) else [])
-
-
-def _policies(recipe: Recipe) -> list[RunConfig]:
-    """The runs that train a model to answer (a reward-model run trains a judge: it is not evaluated)."""
-    return [r for r in recipe.runs if r.method != "reward-model"]
-
-
-def _held_out_prompts(run_dir: Path) -> Path:
-    held_out = run_dir / "pairs.eval.parquet"
-    if not held_out.exists():
-        raise InputError("eval.prompts", "'held-out' needs the pairs' eval split: set pairs.eval_fraction > 0")
-    frame = pl.read_parquet(held_out).select(S.PROMPT_ID, S.PROMPT).unique(S.PROMPT_ID, maintain_order=True)
-    path = run_dir / "eval" / "prompts.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.write_parquet(path)
-    return path
-
-
-def _reference_file(recipe: Recipe, run_dir: Path, source: str | None) -> Path:
-    """A source's answers (from responses.parquet) as the reference outputs file."""
-    if source is None:
-        raise InputError("eval", "expected `reference` (an answers file) or `reference_source` (a source name)")
-    from pairforge.generate.run import RESPONSES_FILE
-
-    frame = pl.read_parquet(run_dir / RESPONSES_FILE).filter((pl.col(S.SOURCE) == source) & (pl.col(S.SAMPLE) == 0))
-    if frame.is_empty():
-        raise InputError("eval.reference_source", f"no answers from source '{source}'")
-    path = run_dir / "eval" / "reference.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.select(S.PROMPT_ID, S.PROMPT, S.SOURCE, S.RESPONSE).write_parquet(path)
-    return path
-
-
-def _report(run_dir: Path) -> list[Path]:
-    from pairforge.report import build_report
-
-    out = run_dir / "report.html"
-    build_report([run_dir], out)
-    return [out]
 
 
 # --- estimates and --quick ---------------------------------------------------------------------------
@@ -427,14 +270,14 @@ def _method(method: Any) -> str:
 
 def _quick(recipe: Recipe, run_dir: Path) -> Recipe:
     """The recipe shrunk for a smoke test: the first prompts, short answers, a few steps."""
-    from pairforge.formats import prompts_from_file
+    from pairforge.records import prompts_from_file
 
     q = recipe.quick
     if recipe.prompts is None:
         raise InputError("recipe", "`pairforge run` needs `prompts:`")
     small = recipe.model_copy(deep=True)
     prompts = prompts_from_file(recipe.prompts).head(q.prompts)
-    path = run_dir / "quick-prompts.parquet"
+    path = RunDir(run_dir).quick_prompts
     path.parent.mkdir(parents=True, exist_ok=True)
     prompts.select(S.PROMPT_ID, S.PROMPT).write_parquet(path)
     small.prompts = path

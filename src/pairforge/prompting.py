@@ -13,16 +13,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pairforge.schema import Message
+from pairforge.text import prompt_text
 
 PromptFormat = Literal["chat", "text"]
 
 TEXT_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes "
                  "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
-
-
-def plain_text(messages: list[Message]) -> str:
-    """A prompt without any chat template: its turns' text, blank-line separated (completions endpoint)."""
-    return "\n\n".join(m["content"] for m in messages)
 
 
 def has_chat_template(tokenizer: Any) -> bool:
@@ -31,7 +27,7 @@ def has_chat_template(tokenizer: Any) -> bool:
 
 def templated_prompt(messages: list[Message]) -> str:
     """The instruction template a model without a chat template is asked (and trained) with."""
-    return TEXT_TEMPLATE.format(instruction=plain_text(messages))
+    return TEXT_TEMPLATE.format(instruction=prompt_text(messages))
 
 
 def prompt_format_of(prompts_are_messages: bool, requested: str) -> PromptFormat:

@@ -14,10 +14,11 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from pairforge import config as C
+from pairforge import recipe as R
 
 PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
     "generate": ("Generate: prompts answered by every source, cached in store.sqlite (`pairforge generate`).",
-                 [("(top level)", C.Recipe), ("sources[]", C.SourceConfig)]),
+                 [("(top level)", R.Recipe), ("sources[]", C.SourceConfig)]),
     "judge": ("Judge and rank: scores or pairwise verdicts, then Bradley-Terry strength (`pairforge judge`, "
               "`pairforge rank`).", [("judge", C.JudgeConfig), ("judge.llm", C.SourceConfig),
                                       ("ranking", C.RankingConfig)]),
@@ -29,7 +30,7 @@ PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
     "eval": ("Eval: every run judged against reference answers (`pairforge eval`; `eval` in a pipeline).",
              [("eval", C.EvalConfig)]),
     "run": ("Run: the whole recipe end to end (`pairforge run`), resumable; `--quick` shrinks it.",
-            [("quick", C.QuickConfig)]),
+            [("quick", R.QuickConfig)]),
 }
 
 
@@ -41,7 +42,7 @@ def render(stage: str) -> str:
         lines += [f"## {title}", "", (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "), "",
                   "| field | type | default | meaning |", "|---|---|---|---|"]
         for name, info in model.model_fields.items():
-            if model is C.Recipe and name not in ("run_dir", "prompts", "sources", "samples_per_source"):
+            if model is R.Recipe and name not in ("run_dir", "prompts", "sources", "samples_per_source"):
                 continue  # the other top-level keys are sections with their own pages
             lines.append(f"| `{name}` | {_type(info.annotation)} | {_default(info)} | "
                          f"{(info.description or '').replace('|', '/')} |")

@@ -24,9 +24,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
+from pairforge import render  # noqa: E402
 from pairforge.errors import InputError  # noqa: E402
-from pairforge.formatting import difference, interval, number, significance  # noqa: E402
-from pairforge.io import check_output, read_log, write_atomically  # noqa: E402
+from pairforge.files import check_output, read_log, write_atomically  # noqa: E402
+from pairforge.render import Grid  # noqa: E402
+from pairforge.text import answer_text  # noqa: E402
 
 _COLORS = ("#1f6fb4", "#e6862a", "#2f9e44", "#c92a2a", "#7048e8", "#868e96")
 
@@ -37,7 +39,7 @@ class Section:
     title: str
     paragraphs: list[str] = field(default_factory=list)
     figures: list[tuple[str, bytes]] = field(default_factory=list)  # (name, PNG bytes)
-    tables: list[tuple[list[str], list[list[str]]]] = field(default_factory=list)
+    tables: list[Grid] = field(default_factory=list)
 
 
 def build_report(paths: list[Path], out: Path) -> list[Section]:
@@ -72,8 +74,7 @@ def _pairs(files: list[Path]) -> Section | None:
         splits = summary["pairs"]  # train, eval and, when kept apart, judge
         train, held_out = splits["train"], splits["eval"]
         types = sorted(set().union(*splits.values()))
-        section.tables.append((["pair type", *splits], [[t, *(str(c.get(t, 0)) for c in splits.values())]
-                                                         for t in types]))
+        section.tables.append(render.pair_counts(summary))
         section.paragraphs.append(f"{path.name}: " + ", ".join(f"{sum(c.values())} {split}" for split, c in
                                                               splits.items()) + f" pairs ({summary['strategy']}).")
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
@@ -94,14 +95,11 @@ def _pairs(files: list[Path]) -> Section | None:
 
 
 def _pair_distributions(path: Path) -> bytes:
-    from pairforge.pairs.filters import word_count
-
     frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_ndjson(path)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
     for column, color in (("chosen", _COLORS[2]), ("rejected", _COLORS[3])):
-        text = pl.col(column) if frame.schema[column] == pl.String else pl.col(column).list.last().struct.field(
-            "content")
-        axes[0].hist(frame.select(word_count(text)).to_series().to_numpy(), bins=30, alpha=0.6, color=color,
+        words = [len(answer_text(answer).split()) for answer in frame[column].to_list()]
+        axes[0].hist(words, bins=30, alpha=0.6, color=color,
                      label=column)
     axes[0].set_title("answer length (words)")
     axes[0].legend()
@@ -119,24 +117,14 @@ def _sources(files: list[Path]) -> Section | None:
         return None
     section = Section("sources", "Sources: judge and strength")
     for summary in judged:
-        section.tables.append((["source", "answers", "scored", f"mean ({summary['judge']})"],
-                               [[name, str(s["answers"]), str(s["scored"]), number(s["mean"])]
-                                for name, s in summary["per_source"].items()]))
+        section.tables.append(render.judge_summary(summary))
         if summary.get("p_first_shown_wins") is not None:
-            section.paragraphs.append(f"The answer shown first won {summary['p_first_shown_wins']:.2f} of the time "
-                                      "(0.5 = no position bias); every comparison was asked in both orders.")
+            section.paragraphs.append(render.position_bias(summary) + "; every comparison was asked in both orders.")
     for ranking in ranked:
-        section.tables.append((["source", "strength", "interval", "P(above next)", "significant"],
-                               [[s["name"], f"{s['strength']:+.3f}", f"[{s['low']:+.3f}, {s['high']:+.3f}]",
-                                 number(a["probability"]) if a else "", ("yes" if a["significant"] else "no") if a
-                                 else ""] for s, a in zip(ranking["sources"], [*ranking["adjacent"], None],
-                                                          strict=True)]))
-        section.paragraphs.append(f"Significant order: {ranking['rank'] or 'none'} ({ranking['prompts']} prompts).")
-        check = ranking.get("declared_check")
-        if check:
-            section.paragraphs.append(f"Declared order {check['declared']}: confirmed "
-                                      f"{', '.join(check['confirmed']) or 'nothing'}; not confirmed: "
-                                      f"{', '.join(check['not_confirmed']) or 'nothing'}.")
+        section.tables.append(render.ranking(ranking, "the judge's verdicts"))
+        section.paragraphs.append(render.significant_order(ranking))
+        if check := ranking.get("declared_check"):
+            section.paragraphs.append(render.declared_check(check))
         fig, ax = plt.subplots(figsize=(6, 0.6 + 0.5 * len(ranking["sources"])))
         strengths = ranking["sources"][::-1]
         ax.errorbar([s["strength"] for s in strengths], range(len(strengths)),
@@ -162,12 +150,13 @@ def _training(files: list[Path]) -> Section | None:
         evals = [m for m in metrics if "eval/loss" in m]
         method = info["config"]["method"]
         final = evals[-1] if evals else {}
-        rows.append([run.name, str(method), str(train[-1]["step"] if train else 0), number(train[0]["train/loss"])
-                     if train else "-", number(train[-1]["train/loss"]) if train else "-",
-                     number(final.get("eval/rewards/accuracies"))])
+        first, last = (train[0]["train/loss"], train[-1]["train/loss"]) if train else (None, None)
+        rows.append([run.name, str(method), str(train[-1]["step"] if train else 0), render.number(first),
+                     render.number(last), render.number(final.get("eval/rewards/accuracies"))])
         if train:
             section.figures.append((f"training-{run.name}", _training_plot(run.name, train, evals)))
-    section.tables.insert(0, (["run", "method", "steps", "first loss", "last loss", "eval accuracy"], rows))
+    section.tables.insert(0, Grid("training runs", ["run", "method", "steps", "first loss", "last loss",
+                                                    "eval accuracy"], rows))
     section.paragraphs.append("Loss, reward margin and accuracy per pair type; dashed lines mark curriculum stages.")
     return section
 
@@ -203,20 +192,10 @@ def _evaluation(files: list[Path]) -> Section | None:
         models = board["models"]
         pairwise = board["judge"] != "similarity"
         key = "win_rate" if pairwise else "score"
-        header = ["model", "win rate [95%]", "LC win rate [95%]"] if pairwise else ["model", "similarity [95%]"]
-        rows = []
-        for m in models:
-            cells = [m["model"], interval(m.get(key))]
-            if pairwise:
-                cells.append(interval(m.get("length_controlled_win_rate")))
-            nxt = m.get("vs_next")
-            cells += [f"{m['mean_length']:.0f} ({m['reference_length']:.0f})", str(m["unjudged"]),
-                      f"{nxt['difference']:+.3f}, p = {nxt['p_value']:.3f}" if nxt else "",
-                      difference(m["vs_baseline"]) if "vs_baseline" in m else ""]
-            rows.append(cells)
-        section.tables.append(([*header, "words (reference)", "unjudged", "vs next row", "vs base [95%]"], rows))
+        section.tables.append(render.leaderboard(board))
         section.paragraphs.append(f"{board['judge']} judge against {Path(board['reference']).name}, "
-                                  f"{board['prompts']} prompts; ties count half. " + _significance(models))
+                                  f"{board['prompts']} prompts; ties count half. " +
+                                  "; ".join(render.leaderboard_notes(board)))
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
         names = [m["model"] for m in models if key in m]
         for offset, (metric, color) in enumerate(((key, _COLORS[0]), ("length_controlled_win_rate", _COLORS[1]))):
@@ -243,16 +222,6 @@ def _evaluation(files: list[Path]) -> Section | None:
     return section
 
 
-def _significance(models: list[dict[str, Any]]) -> str:
-    notes = [significance(m["model"], m["vs_baseline"]) for m in models if "vs_baseline" in m]
-    for m in models:
-        if m.get("vs_next"):
-            p = m["vs_next"]["p_value"]
-            verdict = "significant" if p < 0.05 else "not significant at this size"
-            notes.append(f"{m['model']} vs {m['vs_next']['model']}: {verdict} (p = {p:.3f})")
-    return "; ".join(notes) + "." if notes else ""
-
-
 def _reproduce(files: list[Path]) -> Section:
     section = Section("reproduce", "Settings and versions")
     configs = {str(f): _json(f).get("config") for f in files if f.name in ("run.json", "leaderboard.json") or
@@ -261,7 +230,7 @@ def _reproduce(files: list[Path]) -> Section:
                               + "</pre>")
     versions = [[name, _version(name)] for name in ("pairforge", "torch", "transformers", "accelerate", "peft",
                                                      "polars", "openai")]
-    section.tables.append((["package", "version"], [["python", platform.python_version()], *versions]))
+    section.tables.append(Grid("versions", ["package", "version"], [["python", platform.python_version()], *versions]))
     return section
 
 
@@ -278,9 +247,11 @@ def _write_html(sections: list[Section], out: Path) -> None:
     for s in sections:
         parts.append(f"<section id='{s.id}'><h2>{s.title}</h2>")
         parts += [f"<p>{p if p.startswith('<pre>') else html.escape(p)}</p>" for p in s.paragraphs]
-        for header, rows in s.tables:
-            parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" + "".join(
-                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>")
+        for grid in s.tables:
+            parts.append(f"<table><caption>{html.escape(grid.title)}</caption><tr>" +
+                         "".join(f"<th>{html.escape(h)}</th>" for h in grid.columns) + "</tr>" + "".join(
+                             "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in grid.rows)
+                         + "</table>")
         parts += [f"<img alt='{name}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
                   for name, png in s.figures]
         parts.append("</section>")
@@ -297,9 +268,9 @@ def _write_markdown(sections: list[Section], out: Path) -> None:
         for p in s.paragraphs:
             lines += [p.removeprefix("<pre>").removesuffix("</pre>").join(["```json\n", "\n```"])
                       if p.startswith("<pre>") else p, ""]
-        for header, rows in s.tables:
-            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                      *("| " + " | ".join(row) + " |" for row in rows), ""]
+        for grid in s.tables:
+            lines += [f"**{grid.title}**", "", "| " + " | ".join(grid.columns) + " |", "|" + "---|" * len(grid.columns),
+                      *("| " + " | ".join(row) + " |" for row in grid.rows), ""]
         for name, png in s.figures:
             (images / f"{name}.png").write_bytes(png)
             lines += [f"![{name}]({images.name}/{name}.png)", ""]

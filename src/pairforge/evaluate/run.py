@@ -24,22 +24,22 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from pairforge import layout
 from pairforge import schema as S
 from pairforge.config import JudgeConfig, SourceConfig
 from pairforge.errors import InputError
 from pairforge.evaluate.stats import length_controlled_win_rate, paired_difference, win_rate
-from pairforge.formats import prompts_from_file, responses_from_files
-from pairforge.generate.base import check_source, make_backend
-from pairforge.generate.run import STORE_FILE, answer_all, progress_bar, source_requests
-from pairforge.generate.store import Store, opened
-from pairforge.io import check_output, read_records, write_json, write_table
+from pairforge.files import check_output, read_records, write_json, write_table
+from pairforge.generate.run import source_requests
 from pairforge.judge.run import check_judge, judge_frame
-from pairforge.pairs.filters import word_count
 from pairforge.prompting import endpoint_of
+from pairforge.records import prompts_from_file, responses_from_files
+from pairforge.requests.backends.base import check_source
+from pairforge.requests.engine import answer_all, make_backend, progress_bar
+from pairforge.requests.store import Store, opened
+from pairforge.text import word_count
 
 REFERENCE = "reference"
-LEADERBOARD_FILE = "leaderboard.json"
-VERDICTS_FILE = "eval.parquet"
 _TIE = 1e-4  # rewards closer than this are a tie
 
 
@@ -76,7 +76,7 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
     answers = {REFERENCE: reference_answers}
     answers |= {name: _answers_for(path, prompts, "outputs") for name, path in _named(outputs, "outputs")}
     check_judge(judge_cfg)
-    with opened(out_dir / STORE_FILE) as store:
+    with opened(out_dir / layout.STORE) as store:
         for name, model in _named(models, "models"):
             answers[name] = _generate(name, model, prompts, settings, store, show_progress)
             _write_model_outputs(answers[name], prompts, name, out_dir / f"{name}.model_outputs.json")
@@ -85,13 +85,13 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
         scores, judgments, judge_summary = judge_frame(frame, cfg, store, show_progress=show_progress)
     verdicts = _verdicts(frame.with_columns(pl.Series(S.SCORE, scores, dtype=pl.Float64)), judgments, cfg.kind)
     verdicts = verdicts.join(prompts.select(S.PROMPT_ID, "dataset"), on=S.PROMPT_ID, how="left")
-    write_table(verdicts, out_dir / VERDICTS_FILE)
+    write_table(verdicts, out_dir / layout.VERDICTS)
     board = _leaderboard(verdicts, cfg.kind, settings, settings.baseline)
     result = {"judge": cfg.kind, "prompts": prompts.height, "reference": str(reference), "models": board,
               "judge_summary": {k: v for k, v in judge_summary.items() if k != "per_source"},
               "config": {"judge": cfg.model_dump(mode="json"), "settings": settings.__dict__,
                          "models": [str(m) for m in models], "outputs": [str(o) for o in outputs]}}
-    write_json(result, out_dir / LEADERBOARD_FILE)
+    write_json(result, out_dir / layout.LEADERBOARD)
     return result
 
 
@@ -147,7 +147,7 @@ def _generate(name: str, model: str, prompts: pl.DataFrame, settings: EvalSettin
 def trained_endpoint(model: Path) -> Literal["chat", "completions"] | None:
     """How a model trained by pairforge must be asked: in the prompt format it was trained in (its run.json,
     beside the model folder); None for any other model."""
-    run_json = model.parent / "run.json" if model.name == "model" else model / "run.json"
+    run_json = (model.parent if model.name == layout.MODEL else model) / layout.RUN_INFO
     if not run_json.exists():
         return None
     trained = json.loads(run_json.read_text(encoding="utf-8")).get("prompt_format")

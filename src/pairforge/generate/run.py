@@ -1,118 +1,28 @@
 """The `generate` stage: every (prompt, source, sample) answered once, committed as it completes.
 
-`answer_all` is the loop shared with the LLM judge: requests whose key is already in the store are
-skipped (failures too, unless `retry_failed`), the rest go to the backend, and each outcome is written
-to the store the moment it arrives, with a live progress line (done/total, tokens/s, errors, retries,
-ETA). `generate` builds the requests from a recipe and exports the successes to `responses.parquet`
-atomically; failures are never exported as answers, they wait in the store for `--retry-failed`.
+`generate` builds one request per (prompt, source, sample) from a recipe, has the request engine
+answer those not yet in the store, and exports the successes to `responses.parquet` atomically; failures
+are never exported as answers, they wait in the store for `--retry-failed`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from pairforge import layout
 from pairforge import schema as S
-from pairforge.config import Recipe, SourceConfig
+from pairforge.config import SourceConfig
 from pairforge.errors import InputError
-from pairforge.formats import prompts_from_file, responses_from_files
-from pairforge.generate.base import Backend, Completion, Request, check_source, make_backend
-from pairforge.generate.store import Store, opened
-from pairforge.io import check_output, read_records, write_table
-
-RESPONSES_FILE = "responses.parquet"
-STORE_FILE = "store.sqlite"
-
-
-@dataclass
-class Tally:
-    """What happened to one source's (or judge's) requests in this run."""
-
-    total: int = 0
-    cached: int = 0  # done in an earlier run
-    done: int = 0  # done now
-    failed: int = 0  # failed now (kept in the store with the reason)
-    failed_before: int = 0  # failed in an earlier run and not retried
-    retries: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-    reasons: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds if self.seconds else 0.0
-
-
-class _StoreReporter:
-    """Commits each outcome to the store and advances the progress line."""
-
-    def __init__(self, store: Store, kind: str, tally: Tally, progress: Progress, task: Any) -> None:
-        self.store, self.kind, self.tally, self.progress, self.task = store, kind, tally, progress, task
-        self.started = time.perf_counter()
-
-    def completed(self, request: Request, completion: Completion) -> None:
-        self.store.put(request.key, self.kind, {"text": completion.text, "finish_reason": completion.finish_reason,
-                                                "tokens": completion.tokens,
-                                                "first_token_logprobs": completion.first_token_logprobs})
-        self.tally.done += 1
-        self.tally.tokens += completion.tokens
-        self._advance()
-
-    def failed(self, request: Request, reason: str) -> None:
-        self.store.put_failure(request.key, self.kind, reason)
-        self.tally.failed += 1
-        self.tally.reasons[reason.split(":")[0]] += 1
-        self._advance()
-
-    def retried(self, request: Request, reason: str) -> None:
-        self.tally.retries += 1
-        self._advance(0)
-
-    def _advance(self, step: int = 1) -> None:
-        t = self.tally
-        t.seconds = time.perf_counter() - self.started
-        self.progress.update(self.task, advance=step, stats=f"{t.tokens_per_s:6.1f} tok/s  errors {t.failed}  "
-                                                            f"retries {t.retries}")
-
-
-def progress_bar(enabled: bool = True) -> Progress:
-    return Progress(TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=Console(stderr=True),
-                    disable=not enabled)
-
-
-def answer_all(requests: list[Request], backend: Callable[[], Backend], store: Store, kind: str, label: str,
-               progress: Progress, retry_failed: bool = False) -> Tally:
-    """Answer the requests not yet in the store; the backend is only built when something is left to do."""
-    known = store.get(r.key for r in requests)
-    tally = Tally(total=len(requests))
-    tally.cached = sum(1 for e in known.values() if e.ok)
-    tally.failed_before = sum(1 for e in known.values() if not e.ok) if not retry_failed else 0
-    todo = [r for r in requests if r.key not in known or (retry_failed and not known[r.key].ok)]
-    task = progress.add_task(label, total=len(requests), completed=len(requests) - len(todo), stats="")
-    if todo:
-        backend().run(todo, _StoreReporter(store, kind, tally, progress, task))
-    return tally
-
-
-def cache_key(kind: str, settings: dict[str, Any], *parts: Any) -> str:
-    """A readable, stable key: kind:part:...:hash-of-settings."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    return ":".join([kind, *map(str, parts), digest])
-
-
-def request_seed(seed: int, key: str) -> int:
-    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16)
+from pairforge.files import check_output, read_records, write_table
+from pairforge.recipe import Recipe
+from pairforge.records import prompts_from_file, responses_from_files
+from pairforge.requests.backends.base import Request, check_source
+from pairforge.requests.engine import Tally, answer_all, cache_key, make_backend, progress_bar, request_seed
+from pairforge.requests.store import Store, opened
 
 
 @dataclass
@@ -145,7 +55,7 @@ def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: li
     if prompts.is_empty():
         raise InputError(str(recipe.prompts), "no prompts in the file")
     tallies: dict[str, Tally] = {}
-    with opened(out_dir / STORE_FILE) as store:
+    with opened(out_dir / layout.STORE) as store:
         with progress_bar(show_progress) as progress:
             for source in recipe.sources:
                 if only and source.name not in only or source.backend == "file":
@@ -158,7 +68,7 @@ def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: li
             if source.backend == "file" and (not only or source.name in only):
                 found = frame.filter(pl.col(S.SOURCE) == source.name).height
                 tallies[source.name] = Tally(total=prompts.height * recipe.samples_per_source, cached=found)
-    path = write_table(frame, out_dir / RESPONSES_FILE)
+    path = write_table(frame, out_dir / layout.RESPONSES)
     return GenerateResult(tallies, path, frame.height)
 
 

@@ -14,14 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from pairforge.config import JudgeConfig
 from pairforge.errors import InputError
-from pairforge.models import load_causal_lm, load_sentence_model, model_path
-from pairforge.train.logprobs import last_token_scores
-from pairforge.train.tokenize import encode, truncate
+from pairforge.models import cosine_similarities, load_causal_lm, model_path
+from pairforge.sequences.logprobs import last_token_scores
+from pairforge.sequences.tokenize import encode, truncate
 
 
 def reward_scores(cfg: JudgeConfig, prompts: list[Any], answers: list[str],
@@ -61,7 +60,4 @@ def check_reward_model(name: str) -> None:
 
 def similarity_scores(cfg: JudgeConfig, answers: list[str], references: list[str]) -> list[float]:
     """Cosine similarity of each answer to its reference answer."""
-    model = load_sentence_model(cfg.model, "judge.model")
-    a, b = (model.encode(texts, normalize_embeddings=True, batch_size=cfg.batch_size * 8)
-            for texts in (answers, references))
-    return np.sum(a * b, axis=1).astype(float).tolist()
+    return cosine_similarities(cfg.model, "judge.model", answers, references, cfg.batch_size * 8).tolist()

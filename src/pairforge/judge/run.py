@@ -19,20 +19,19 @@ from typing import Any
 
 import polars as pl
 
+from pairforge import layout
 from pairforge import schema as S
-from pairforge.config import JudgeConfig, Recipe, SourceConfig
+from pairforge.config import JudgeConfig, SourceConfig
 from pairforge.errors import InputError
-from pairforge.formats import responses_from_files
-from pairforge.generate.base import Request, check_source, make_backend
-from pairforge.generate.run import RESPONSES_FILE, STORE_FILE, answer_all, cache_key, progress_bar, request_seed
-from pairforge.generate.store import Store, opened
-from pairforge.io import check_output, read_records, write_json, write_table
+from pairforge.files import check_output, read_records, write_json, write_table
 from pairforge.judge import pairwise
 from pairforge.judge.pointwise import check_reward_model, reward_scores, similarity_scores
-
-SCORED_FILE = "responses.scored.parquet"
-JUDGMENTS_FILE = "judgments.parquet"
-SUMMARY_FILE = "judge.summary.json"
+from pairforge.recipe import Recipe
+from pairforge.records import responses_from_files
+from pairforge.requests.backends.base import Request, check_source
+from pairforge.requests.engine import answer_all, cache_key, make_backend, progress_bar, request_seed
+from pairforge.requests.store import Store, opened
+from pairforge.text import prompt_text
 
 
 @dataclass
@@ -48,7 +47,7 @@ def judge(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_fa
     cfg = recipe.judge
     if cfg is None:
         raise InputError("recipe", "expected a `judge:` section (kind: reward-model | llm-pairwise | similarity)")
-    path = responses or out_dir / RESPONSES_FILE
+    path = responses or out_dir / layout.RESPONSES
     if not path.exists():
         raise InputError(str(path), "no responses to judge: run `pairforge generate` first or pass --responses")
     frame = responses_from_files([read_records(path)], "long")
@@ -57,14 +56,14 @@ def judge(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_fa
                          f"(sources: {', '.join(sorted(set(frame[S.SOURCE])))})")
     frame = _sampled_prompts(frame, cfg)
     check_judge(cfg)
-    with opened(out_dir / STORE_FILE) as store:
+    with opened(out_dir / layout.STORE) as store:
         scores, judgments, summary = judge_frame(frame, cfg, store, retry_failed, show_progress)
     scored = frame.with_columns(pl.Series(S.SCORE, scores, dtype=pl.Float64))
     summary = {"judge": cfg.kind, "answers": frame.height, "scored": int(scored[S.SCORE].is_not_null().sum()),
                **summary, "per_source": _per_source(scored)}
-    judgments_path = write_table(judgments, out_dir / JUDGMENTS_FILE) if judgments is not None else None
-    scored_path = write_table(scored, out_dir / SCORED_FILE)
-    write_json(summary, out_dir / SUMMARY_FILE)
+    judgments_path = write_table(judgments, out_dir / layout.JUDGMENTS) if judgments is not None else None
+    scored_path = write_table(scored, out_dir / layout.SCORED)
+    write_json(summary, out_dir / layout.JUDGE_SUMMARY)
     return JudgeResult(scored_path, judgments_path, summary)
 
 
@@ -149,7 +148,7 @@ def _pairwise(frame: pl.DataFrame, cfg: JudgeConfig, store: Store, retry_failed:
     prompts: dict[str, str] = {}
     for row in first.select(S.PROMPT_ID, S.PROMPT, S.SOURCE, S.RESPONSE).iter_rows(named=True):
         by_prompt.setdefault(row[S.PROMPT_ID], {})[row[S.SOURCE]] = row[S.RESPONSE]
-        prompts[row[S.PROMPT_ID]] = _instruction(row[S.PROMPT])
+        prompts[row[S.PROMPT_ID]] = prompt_text(row[S.PROMPT], with_roles=True)
     comparisons: list[tuple[str, str, str, str, str]] = []  # prompt_id, x, y, key x-first, key y-first
     requests: list[Request] = []
     for prompt_id, answers in by_prompt.items():
@@ -192,13 +191,6 @@ def _matchups(sources: list[str], reference: str | None) -> list[tuple[str, str]
     if reference is None:
         return list(itertools.combinations(sources, 2))
     return [(s, reference) for s in sources if s != reference and reference in sources]
-
-
-def _instruction(prompt: Any) -> str:
-    """A chat prompt shown to the judge as its turns' text (the last user turn is the instruction)."""
-    if isinstance(prompt, str):
-        return prompt
-    return "\n\n".join(f"{m['role']}: {m['content']}" if len(prompt) > 1 else m["content"] for m in prompt)
 
 
 def _verdict(entry: Any) -> pairwise.Verdict:

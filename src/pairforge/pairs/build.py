@@ -21,9 +21,10 @@ import polars as pl
 from pairforge import schema as S
 from pairforge.config import PairsConfig
 from pairforge.errors import InputError
-from pairforge.formats import MESSAGES
 from pairforge.pairs import filters, strategies
 from pairforge.pairs.order import StrengthOrder, parse_rank
+from pairforge.records import MESSAGES
+from pairforge.text import prompt_text_column
 
 
 @dataclass
@@ -113,9 +114,8 @@ def _finish(pairs: pl.DataFrame, answers: pl.DataFrame, span: float, chat: bool)
     messages = prompts.schema[S.PROMPT] == MESSAGES
     if chat and not messages:
         prompts = prompts.with_columns(pl.concat_list(pl.struct(role=pl.lit("user"), content=S.PROMPT)).alias(S.PROMPT))
-    elif not chat and messages:  # the text the completions endpoint was given (prompting.plain_text)
-        text = pl.col(S.PROMPT).list.eval(pl.element().struct.field("content")).list.join("\n\n")
-        prompts = prompts.with_columns(text.alias(S.PROMPT))
+    elif not chat and messages:  # the text the completions endpoint was given (text.prompt_text)
+        prompts = prompts.with_columns(prompt_text_column(pl.col(S.PROMPT)).alias(S.PROMPT))
     pair_id = pl.concat_str(S.PROMPT_ID, pl.lit(":"), "chosen_source", pl.lit("."), "chosen_sample",
                             pl.lit(">"), "rejected_source", pl.lit("."), "rejected_sample")
     pairs = pairs.join(prompts, on=S.PROMPT_ID, maintain_order="left").with_columns(

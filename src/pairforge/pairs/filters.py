@@ -21,8 +21,9 @@ import polars as pl
 from pairforge import schema as S
 from pairforge.config import FilterConfig
 from pairforge.errors import InputError
-from pairforge.io import read_records
+from pairforge.files import read_records
 from pairforge.models import load_tokenizer
+from pairforge.text import prompt_text
 
 LENGTH = "length"  # per-answer length in the configured unit
 NORM = "norm"  # hash of the answer after case and whitespace normalisation
@@ -50,11 +51,6 @@ def with_answer_features(responses: pl.DataFrame, cfg: FilterConfig) -> pl.DataF
         ids = load_tokenizer(cfg.tokenizer)(responses[S.RESPONSE].to_list(), add_special_tokens=False)["input_ids"]
         query = query.with_columns(pl.lit(pl.Series([len(i) for i in ids], dtype=pl.Int64)).alias(LENGTH))
     return query.drop("_collapsed").collect()
-
-
-def word_count(text: pl.Expr) -> pl.Expr:
-    """Whitespace-separated words of a text column: the N_WORDS count, for the stages that report lengths."""
-    return text.str.count_matches(r"\S+").cast(pl.Int64)
 
 
 def word_sets(texts: pl.Series) -> pl.Series:
@@ -131,7 +127,7 @@ def contaminated_prompts(responses: pl.DataFrame, eval_files: list[Path], n: int
     prompts = responses.select(S.PROMPT_ID, S.PROMPT).unique(S.PROMPT_ID)
     return {
         pid for pid, prompt in prompts.iter_rows()
-        if _ngrams(_words(_prompt_text(prompt)), n) & eval_grams
+        if _ngrams(_words(prompt_text(prompt)), n) & eval_grams
     }
 
 
@@ -140,13 +136,7 @@ def _eval_prompt_texts(path: Path) -> list[str]:
     keys = [k for k in ("prompt", "instruction", "question") if k in records.columns]
     if not keys:
         raise InputError(str(path), "eval prompt file: expected a prompt (or instruction) field", row="row 1")
-    return [_prompt_text(row.get(keys[0])) for row in records.as_rows() if row.get(keys[0]) is not None]
-
-
-def _prompt_text(prompt: str | list[dict[str, str]]) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(m["content"] for m in prompt if m["role"] != "assistant")
+    return [prompt_text(row.get(keys[0])) for row in records.as_rows() if row.get(keys[0]) is not None]
 
 
 def _words(text: str) -> tuple[str, ...]:

@@ -16,9 +16,10 @@ from typing import Any
 
 from pairforge.config import PairsConfig
 from pairforge.errors import InputError
-from pairforge.formats import detect_format, responses_from_files
-from pairforge.io import check_output, read_records, write_json, write_table
+from pairforge.files import check_output, read_records, write_json, write_table
+from pairforge.layout import split_path, summary_path
 from pairforge.pairs.build import build_pairs
+from pairforge.records import detect_format, responses_from_files
 
 
 @dataclass
@@ -29,9 +30,7 @@ class StageResult:
 
 def output_paths(out: Path) -> dict[str, Path]:
     """Where the stage writes, derived from `out`."""
-    return {"train": out, "eval": out.with_name(f"{out.stem}.eval{out.suffix}"),
-            "judge": out.with_name(f"{out.stem}.judge{out.suffix}"),
-            "summary": out.with_name(f"{out.stem}.summary.json")}
+    return {**{split: split_path(out, split) for split in ("train", "eval", "judge")}, "summary": summary_path(out)}
 
 
 def build_from_files(cfg: PairsConfig) -> StageResult:

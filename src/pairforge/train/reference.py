@@ -16,9 +16,9 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from pairforge.io import write_table
-from pairforge.train.logprobs import answer_logps, collate, forward_pieces, row_width
-from pairforge.train.tokenize import TokenizedPair
+from pairforge.files import write_table
+from pairforge.sequences.logprobs import answer_logps, collate, forward_pieces, row_width
+from pairforge.sequences.tokenize import TokenizedPair
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pairforge.train.tokenize import Sequence, TokenizedPair, common_prefix
+from pairforge.sequences.tokenize import Sequence, TokenizedPair, common_prefix
 
 
 @dataclass

@@ -75,18 +75,3 @@ def api_key(cfg: SourceConfig) -> str:
         raise InputError(f"source '{cfg.name}'", f"the environment variable {cfg.api_key_env} (api_key_env) is not "
                          "set; it should hold the API key")
     return key
-
-
-def make_backend(cfg: SourceConfig) -> Backend:
-    """The backend a source asks for (after `check_source`)."""
-    if cfg.backend == "openai":
-        from pairforge.generate.openai_api import OpenAIBackend
-
-        return OpenAIBackend(cfg)
-    if cfg.backend == "vllm":
-        from pairforge.generate.vllm_engine import VLLMBackend
-
-        return VLLMBackend(cfg)
-    from pairforge.generate.local import TransformersBackend
-
-    return TransformersBackend(cfg)

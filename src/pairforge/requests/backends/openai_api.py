@@ -14,8 +14,8 @@ import random
 from typing import Any
 
 from pairforge.config import SourceConfig
-from pairforge.generate.base import Completion, Reporter, Request, api_key
-from pairforge.prompting import plain_text
+from pairforge.requests.backends.base import Completion, Reporter, Request, api_key
+from pairforge.text import prompt_text
 
 _RETRYABLE_STATUS = {408, 409, 429}
 _BACKOFF_BASE_S, _BACKOFF_CAP_S = 0.5, 30.0
@@ -83,7 +83,7 @@ class OpenAIBackend:
         else:
             if request.top_logprobs:
                 common["logprobs"] = request.top_logprobs
-            response = await client.completions.create(prompt=plain_text(messages), **common)
+            response = await client.completions.create(prompt=prompt_text(messages), **common)
             choice = _first_choice(response)
             text = choice.text
             tops = choice.logprobs.top_logprobs if choice.logprobs and choice.logprobs.top_logprobs else [{}]

@@ -30,7 +30,7 @@ import polars as pl
 
 from pairforge import schema as S
 from pairforge.errors import InputError, describe
-from pairforge.io import Records, read_records
+from pairforge.files import Records, read_records
 
 MESSAGES = S.MESSAGES
 _ALIASES = {
@@ -102,7 +102,7 @@ def prompts_from_file(path: Path) -> pl.DataFrame:
     as text or chat messages, with optional `system`, `prompt_id` and `dataset`; so a responses file or
     AlpacaEval's eval set is a prompt file too. A prompt that appears again is answered once.
     """
-    from pairforge.io import read_records
+    from pairforge.files import read_records
 
     records = read_records(path)
     keys = set(records.columns)

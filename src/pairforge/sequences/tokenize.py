@@ -20,9 +20,10 @@ from typing import Any
 import polars as pl
 
 from pairforge.errors import InputError
-from pairforge.formats import check_pair_columns
-from pairforge.prompting import PromptFormat, has_chat_template, plain_text, templated_prompt
+from pairforge.prompting import PromptFormat, has_chat_template, templated_prompt
+from pairforge.records import check_pair_columns
 from pairforge.schema import to_messages
+from pairforge.text import prompt_text
 
 
 @dataclass
@@ -130,7 +131,7 @@ def encode(tokenizer: Any, prompt: Any, answer: Any, prompt_format: PromptFormat
         if prompt_format == "chat":  # a model without a chat template: the instruction template
             text = templated_prompt(to_messages(prompt))
         else:
-            text = prompt if isinstance(prompt, str) else plain_text(prompt)
+            text = prompt if isinstance(prompt, str) else prompt_text(prompt)
         prompt_ids = tokenizer(text)["input_ids"]
         full = tokenizer(text + "".join(turn["content"] for turn in answer_turns))["input_ids"]
     bos = tokenizer.bos_token_id

@@ -219,3 +219,10 @@ def read_log(path: Path) -> list[dict[str, Any]]:
                 break
             raise InputError(str(path), f"not valid JSON: {exc.msg} (a damaged log)", row=f"line {number}") from None
     return rows
+
+
+def folder_stamp(folder: Path) -> str:
+    """Cheap identity of a folder's files (names, sizes, modification times): changes when any is rewritten."""
+    files = sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in folder.rglob("*") if f.is_file())
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]

@@ -18,9 +18,10 @@ import torch
 from transformers import LogitsProcessorList
 
 from pairforge.config import SourceConfig
-from pairforge.generate.base import Completion, Reporter, Request
 from pairforge.models import load_causal_lm
-from pairforge.prompting import has_chat_template, plain_text, templated_prompt
+from pairforge.prompting import has_chat_template, templated_prompt
+from pairforge.requests.backends.base import Completion, Reporter, Request
+from pairforge.text import prompt_text
 
 
 class InverseCdfSampler:
@@ -82,7 +83,7 @@ class TransformersBackend:
 
     def _encode(self, messages: list[dict[str, str]]) -> list[int]:
         if self.cfg.endpoint == "completions":
-            return self.tokenizer(plain_text(messages), add_special_tokens=True)["input_ids"]
+            return self.tokenizer(prompt_text(messages), add_special_tokens=True)["input_ids"]
         if not has_chat_template(self.tokenizer):  # a base model: the instruction template training uses too
             return self.tokenizer(templated_prompt(messages), add_special_tokens=True)["input_ids"]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from pairforge.config import SourceConfig
-from pairforge.generate.base import Completion, Reporter, Request
 from pairforge.models import model_path
-from pairforge.prompting import plain_text
+from pairforge.requests.backends.base import Completion, Reporter, Request
+from pairforge.text import prompt_text
 
 _CHUNK = 512
 
@@ -34,7 +34,7 @@ class VLLMBackend:
             if cfg.endpoint == "chat":
                 outputs = self.llm.chat([r.messages for r in chunk], params, use_tqdm=False)
             else:
-                outputs = self.llm.generate([plain_text(r.messages) for r in chunk], params, use_tqdm=False)
+                outputs = self.llm.generate([prompt_text(r.messages) for r in chunk], params, use_tqdm=False)
             for request, output in zip(chunk, outputs, strict=True):
                 report.completed(request, self._completion(output.outputs[0]))
 

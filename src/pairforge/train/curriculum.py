@@ -29,13 +29,13 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
 
 from pairforge.config import CurriculumConfig
 from pairforge.errors import InputError
+from pairforge.text import answer_text
 
 
 @dataclass
@@ -74,12 +74,10 @@ def reference_margin(ref_chosen: np.ndarray, ref_rejected: np.ndarray, chosen_to
 
 def embedding_similarity(frame: pl.DataFrame, model_name: str) -> np.ndarray:
     """Cosine similarity of chosen and rejected answers under a sentence-transformers model."""
-    from pairforge.models import load_sentence_model
+    from pairforge.models import cosine_similarities
 
-    model = load_sentence_model(model_name, "curriculum.difficulty")
-    chosen, rejected = (model.encode([_text(v) for v in frame[c].to_list()], normalize_embeddings=True,
-                                     batch_size=64) for c in ("chosen", "rejected"))
-    return np.sum(chosen * rejected, axis=1).astype(np.float64)
+    chosen, rejected = ([answer_text(v) for v in frame[c].to_list()] for c in ("chosen", "rejected"))
+    return cosine_similarities(model_name, "curriculum.difficulty", chosen, rejected)
 
 
 def plan(difficulty: np.ndarray, pair_types: list[str], cfg: CurriculumConfig, batch_size: int, epochs: int,
@@ -228,12 +226,6 @@ def _numeric(frame: pl.DataFrame, column: str, source: str, hint: str = "") -> n
         raise InputError(source, f"expected finite numbers, found {array[bad[0]]}", row=f"row {bad[0] + 1}",
                          field=column)
     return array
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, list):
-        return "\n".join(m["content"] for m in value if isinstance(m, dict) and m.get("role") == "assistant")
-    return str(value)
 
 
 def write_plot(plan_: Plan, difficulty: np.ndarray, path: Path) -> Path:

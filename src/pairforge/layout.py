@@ -1,0 +1,126 @@
+"""Where every stage's files live: one place for every artifact name, so stages, the pipeline, the CLI
+and the report agree on them.
+
+A run folder (`pairforge run`, or the `--out` of a stage command) holds:
+
+    store.sqlite                every request and its answer or failure (generation, judge, eval)
+    responses.parquet           the answers (generate)
+    responses.scored.parquet    the answers with the judge's scores (judge); judgments.parquet: pairwise
+                                verdicts; judge.summary.json
+    ranking.json                source strength (rank)
+    pairs.parquet               the training pairs; pairs.eval.parquet / pairs.judge.parquet: the held-out
+                                and judge splits (`split_path`); pairs.summary.json
+    train/<run>/                one training run (`TrainDir`)
+    eval/                       leaderboard.json, eval.parquet, <model>.model_outputs.json
+    stages/<stage>.json         the pipeline's record of a finished stage
+    report.html                 the report (and report.md)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+STORE = "store.sqlite"
+RESPONSES = "responses.parquet"
+SCORED = "responses.scored.parquet"
+JUDGMENTS = "judgments.parquet"
+JUDGE_SUMMARY = "judge.summary.json"
+RANKING = "ranking.json"
+LEADERBOARD = "leaderboard.json"
+VERDICTS = "eval.parquet"
+RUN_INFO = "run.json"
+METRICS = "metrics.jsonl"
+MODEL = "model"
+REPORT = "report.html"
+
+
+def split_path(pairs: Path, split: str) -> Path:
+    """A pairs file's split beside it: 'train' is the file itself, any other is `<stem>.<split><suffix>`
+    (pairs.eval.parquet, pairs.judge.parquet, pairs.summary.json with split 'summary' and suffix .json)."""
+    return pairs if split == "train" else pairs.with_name(f"{pairs.stem}.{split}{pairs.suffix}")
+
+
+def summary_path(pairs: Path) -> Path:
+    return pairs.with_name(f"{pairs.stem}.summary.json")
+
+
+@dataclass(frozen=True)
+class TrainDir:
+    """One training run's folder."""
+
+    root: Path
+
+    @property
+    def model(self) -> Path:
+        return self.root / MODEL
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS
+
+    @property
+    def run_info(self) -> Path:
+        return self.root / RUN_INFO
+
+    def consumed(self, process: int) -> Path:
+        """The pairs file rows each micro-batch of this process used, one line per micro-batch."""
+        return self.root / f"consumed-{process}.jsonl"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A pipeline run folder."""
+
+    root: Path
+
+    @property
+    def store(self) -> Path:
+        return self.root / STORE
+
+    @property
+    def responses(self) -> Path:
+        return self.root / RESPONSES
+
+    @property
+    def scored(self) -> Path:
+        return self.root / SCORED
+
+    @property
+    def judgments(self) -> Path:
+        return self.root / JUDGMENTS
+
+    @property
+    def ranking(self) -> Path:
+        return self.root / RANKING
+
+    def pairs(self, split: str = "train") -> Path:
+        return split_path(self.root / "pairs.parquet", split)
+
+    def train(self, run: str) -> TrainDir:
+        return TrainDir(self.root / "train" / run)
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def leaderboard(self) -> Path:
+        return self.eval / LEADERBOARD
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT
+
+    @property
+    def quick_prompts(self) -> Path:
+        return self.root / "quick-prompts.parquet"
+
+    def marker(self, stage: str) -> Path:
+        """The file that records a finished stage; later stages take it as an input, so redoing a stage
+        (a new marker) makes the stages that use its outputs run again."""
+        return self.root / "stages" / f"{stage.replace(':', '-')}.json"

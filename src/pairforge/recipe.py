@@ -1,0 +1,156 @@
+"""A recipe: one YAML file with a section per stage (config.py), read and validated in one go.
+
+Paths inside a recipe are relative to the recipe's folder, so a recipe runs from anywhere. Errors name the
+file, the key path and its line; unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from pairforge.config import (
+    EvalConfig,
+    JudgeConfig,
+    PairsConfig,
+    RankingConfig,
+    RunConfig,
+    Section,
+    SourceConfig,
+    TrainConfig,
+)
+from pairforge.errors import InputError
+
+
+class QuickConfig(Section):
+    """What `pairforge run --quick` shrinks, for a smoke test of a whole recipe in about a minute."""
+
+    prompts: int = Field(12, ge=2, description="use only the first N prompts")
+    max_new_tokens: int = Field(16, ge=1, description="cap on every source's and the evaluation's answers")
+    max_steps: int = Field(2, ge=1, description="cap on every run's optimiser steps")
+    bootstrap: int = Field(100, ge=10, description="bootstrap resamples (ranking, eval)")
+
+
+class Recipe(Section):
+    """A whole recipe; stages not configured yet are simply absent."""
+
+    run_dir: Path | None = Field(None, description="where `pairforge run` writes every stage (default: "
+                                 "runs/<recipe name> beside the recipe)")
+    prompts: Path | None = Field(None, description="prompts to answer: JSONL/JSON/Parquet rows with prompt (or "
+                                 "instruction [+ input], or chat messages)")
+    sources: list[SourceConfig] = Field(default_factory=list, description="the models that answer, any order")
+    samples_per_source: int = Field(1, ge=1, description="answers per prompt and source")
+    judge: JudgeConfig | None = None
+    ranking: RankingConfig = Field(default_factory=RankingConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    runs: list[RunConfig] = Field(default_factory=list, description="`pairforge run`: training runs in order "
+                                  "(sft, then dpo / slic after it, ...)")
+    eval: EvalConfig | None = None
+    quick: QuickConfig = Field(default_factory=QuickConfig)
+
+    @model_validator(mode="after")
+    def _named_runs(self) -> Recipe:
+        seen: list[str] = []
+        for run in self.runs:
+            if run.name in seen:
+                raise ValueError(f"run name '{run.name}' is used twice")
+            if run.after is not None and run.after not in seen:
+                raise ValueError(f"run '{run.name}' starts after '{run.after}', which is not an earlier run")
+            seen.append(run.name)
+        judge_run = self.eval.judge_run if self.eval else None
+        if judge_run is not None:
+            run = next((r for r in self.runs if r.name == judge_run), None)
+            if run is None or run.method != "reward-model" or run.split != "judge":
+                raise ValueError(f"eval.judge_run '{judge_run}' must name a run with method: reward-model and split: "
+                                 "judge (a judge trained on pairs kept apart from the policies' training pairs)")
+            if self.pairs.judge_fraction <= 0:
+                raise ValueError("eval.judge_run needs pairs.judge_fraction > 0 (the pairs its judge trains on)")
+        for run in self.runs:
+            if run.split == "judge" and self.pairs.judge_fraction <= 0:
+                raise ValueError(f"run '{run.name}' trains on the judge split: set pairs.judge_fraction > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _named_sources(self) -> Recipe:
+        names = [s.name for s in self.sources]
+        if any(not n for n in names):
+            raise ValueError(f"every source needs a `name` (source {names.index('') + 1} has none)")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"source name '{twice[0]}' is used twice")
+        return self
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe; errors name the file, the key path and its line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(str(path), f"cannot read the recipe ({exc})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise InputError(str(path), f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                         row=f"line {mark.line + 1}" if mark else None) from None
+    if not isinstance(data, dict):
+        raise InputError(str(path), "expected a mapping of sections (pairs:, ...) at the top level")
+    try:
+        return Recipe.model_validate(_relative_paths(data, path.parent))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(p) for p in error["loc"])
+        line = _line_of(text, error["loc"])
+        raise InputError(str(path), error["msg"].replace("Extra inputs are not permitted", "unknown key"),
+                         row=f"line {line}" if line else None, field=key or None) from None
+
+
+def _relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Paths inside a recipe are relative to the recipe's folder, so a recipe runs from anywhere."""
+    def rebase(section: Any, key: str) -> None:
+        if isinstance(section, dict) and isinstance(section.get(key), str):
+            section[key] = os.path.normpath(base / section[key])
+        elif isinstance(section, dict) and isinstance(section.get(key), list):
+            section[key] = [os.path.normpath(base / p) if isinstance(p, str) else p for p in section[key]]
+
+    pairs, train = data.get("pairs"), data.get("train")
+    rebase(data, "prompts")
+    rebase(data, "run_dir")
+    for source in data.get("sources") or []:
+        rebase(source, "path")
+    for run in data.get("runs") or []:
+        rebase(run, "pairs")
+        rebase(run, "eval_pairs")
+    if isinstance(data.get("eval"), dict) and data["eval"].get("prompts") != "held-out":
+        rebase(data["eval"], "prompts")
+    rebase(data.get("eval"), "reference")
+    rebase(pairs, "inputs")
+    if isinstance(pairs, dict) and pairs.get("rank_from") != "ranking":  # 'ranking': the run's own ranking.json
+        rebase(pairs, "rank_from")
+    rebase(pairs.get("filters") if isinstance(pairs, dict) else None, "decontaminate")
+    rebase(train, "pairs")
+    rebase(train, "eval_pairs")
+    return data
+
+
+def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of a key path in the YAML text (the deepest key that exists)."""
+    node = yaml.compose(text)
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                break
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line

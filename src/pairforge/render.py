@@ -1,0 +1,243 @@
+"""Every table pairforge shows, built once from the stages' JSON outputs, and shown in the terminal (rich)
+and in the report (HTML/Markdown) from the same rows — so the two never disagree.
+
+A `Grid` is a title, column names and rows of strings; `terminal()` turns one into a rich table. Numbers
+look the same everywhere: three decimals, intervals as '0.612 [0.540, 0.690]', differences signed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+
+@dataclass
+class Grid:
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    left: int = 1  # how many leading columns are text (left-aligned); the rest are numbers
+
+
+def terminal(grid: Grid) -> Table:
+    table = Table(title=grid.title, title_justify="left")
+    for i, column in enumerate(grid.columns):
+        table.add_column(column, justify="left" if i < grid.left else "right", no_wrap=i == 0)
+    for row in grid.rows:
+        table.add_row(*row)
+    return table
+
+
+# --- numbers ------------------------------------------------------------------------------------------
+
+def number(value: float | None) -> str:
+    """Three decimals, '-' for a missing value."""
+    return "-" if value is None else f"{value:.3f}"
+
+
+def interval(value: dict[str, float] | None) -> str:
+    """{value, low, high} as '0.612 [0.540, 0.690]', '-' when absent."""
+    return "-" if not value else f"{value['value']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+
+
+def difference(versus: dict[str, float]) -> str:
+    """A paired difference {difference, low, high} as '+0.034 [+0.012, +0.055]'."""
+    return f"{versus['difference']:+.3f} [{versus['low']:+.3f}, {versus['high']:+.3f}]"
+
+
+def significance(model: str, versus: dict[str, Any]) -> str:
+    """One sentence on a paired difference: significant when its 95% interval excludes 0."""
+    verdict = ("significantly better than" if versus["low"] > 0 else "significantly worse than"
+               if versus["high"] < 0 else "not significantly different from")
+    return (f"{model} is {verdict} {versus['model']}: {difference(versus)} (95% interval, p = {versus['p_value']:.3f}, "
+            f"{versus['prompts']} prompts)")
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def sparkline(values: Any) -> str:
+    """A 10-bin histogram of values in [0, 1] as block characters."""
+    counts, _ = np.histogram(np.clip(values, 0, 1), bins=10, range=(0, 1))
+    bars = " ▁▂▃▄▅▆▇█"
+    return "".join(bars[round(8 * c / counts.max())] if counts.max() else " " for c in counts)
+
+
+# --- pairs --------------------------------------------------------------------------------------------
+
+def pair_counts(summary: dict[str, Any]) -> Grid:
+    """Pairs per type in each split (train, eval and, when kept apart, judge)."""
+    splits = summary["pairs"]
+    grid = Grid(f"pairs ({summary['strategy']})", ["pair type", *splits])
+    for pair_type in sorted(set().union(*splits.values())):
+        grid.rows.append([pair_type, *(str(counts.get(pair_type, 0)) for counts in splits.values())])
+    grid.rows.append(["total", *(str(sum(counts.values())) for counts in splits.values())])
+    return grid
+
+
+def pair_drops(summary: dict[str, Any]) -> Grid:
+    grid = Grid("dropped", ["what", "reason", "count"], left=2)
+    grid.rows += [["answers", reason, str(n)] for reason, n in summary["dropped_answers"].items()]
+    grid.rows += [["pairs" if reason.startswith("pairs") else "prompts", reason, str(n)]
+                  for reason, n in summary["dropped_prompts"].items() if n]
+    grid.rows += [["pairs", reason, ", ".join(f"{t}: {n}" for t, n in per_type.items())]
+                  for reason, per_type in summary["dropped_pairs"].items()]
+    return grid
+
+
+def pair_verification(summary: dict[str, Any]) -> Grid | None:
+    if "verification" not in summary:
+        return None
+    keys = ("candidates", "agree", "contradicted", "tied", "unscored")
+    grid = Grid("verification (scores vs declared order)", ["pair type", *keys, "disagreement"])
+    grid.rows += [[pair_type, *(str(s[k]) for k in keys), f"{s['disagreement_rate']:.1%}"]
+                  for pair_type, s in summary["verification"].items()]
+    return grid
+
+
+def pair_lengths(summary: dict[str, Any]) -> Grid:
+    lengths = summary["lengths"]
+    grid = Grid(f"length ({lengths['unit']}): chosen vs rejected",
+                ["pair type", "pairs", "chosen mean / p90", "rejected mean / p90", "chosen longer"])
+    for name, s in [*lengths["per_pair_type"].items(), ("all", lengths["all"])]:
+        chosen, rejected = s["chosen"], s["rejected"]
+        grid.rows.append([name, str(s["pairs"]), f"{chosen['mean']:.1f} / {chosen['p90']:.0f}",
+                          f"{rejected['mean']:.1f} / {rejected['p90']:.0f}", f"{s['chosen_longer_rate']:.0%}"])
+    return grid
+
+
+def pairs_summary(summary: dict[str, Any]) -> list[Grid]:
+    """The summary of `pairs build`: counts, drops (when any), verification (when verified), lengths."""
+    drops = pair_drops(summary)
+    return [g for g in (pair_counts(summary), drops if drops.rows else None, pair_verification(summary),
+                        pair_lengths(summary)) if g is not None]
+
+
+# --- evaluation -----------------------------------------------------------------------------------------
+
+def leaderboard(board: dict[str, Any]) -> Grid:
+    """Score or win rate with interval, lengths, the paired test against the next row and against the
+    baseline (the untrained base) when there is one."""
+    pairwise = board["judge"] != "similarity"
+    against = next((e["vs_baseline"]["model"] for e in board["models"] if "vs_baseline" in e), None)
+    keys = ("win_rate", "length_controlled_win_rate", "score") if pairwise else ("score",)
+    headers = ["win rate [95%]", "LC win rate [95%]", "mean score"] if pairwise else ["similarity [95%]"]
+    grid = Grid(f"{board['judge']} vs reference, {board['prompts']} prompts",
+                ["model", *headers, "words (ref)", "unjudged", "vs next (p)",
+                 *([f"vs {against} [95%]"] if against else [])])
+    for entry in board["models"]:
+        nxt = entry.get("vs_next")
+        cells = [entry["model"], *(interval(entry.get(k)) for k in keys),
+                 f"{entry['mean_length']:.0f} ({entry['reference_length']:.0f})", str(entry["unjudged"]),
+                 f"{nxt['difference']:+.3f} (p={nxt['p_value']:.3f})" if nxt else ""]
+        if against:
+            cells.append(difference(entry["vs_baseline"]) if "vs_baseline" in entry else "")
+        grid.rows.append(cells)
+    return grid
+
+
+def leaderboard_notes(board: dict[str, Any]) -> list[str]:
+    """What the leaderboard's numbers mean, one sentence each: prompts left unjudged, each model against the
+    baseline, and whether each gap to the next row is significant."""
+    notes = []
+    for entry in board["models"]:
+        if entry["unjudged"]:
+            notes.append(f"{entry['model']}: {entry['unjudged']} of {entry['prompts']} prompts got no usable verdict "
+                         "and are left out of its numbers")
+    notes += [significance(e["model"], e["vs_baseline"]) for e in board["models"] if "vs_baseline" in e]
+    for entry in board["models"]:
+        if nxt := entry.get("vs_next"):
+            verdict = "significant" if nxt["p_value"] < 0.05 else "not significant at this size"
+            notes.append(f"{entry['model']} vs {nxt['model']}: {verdict} (p = {nxt['p_value']:.3f})")
+    return notes
+
+
+# --- sources ----------------------------------------------------------------------------------------------
+
+def judge_summary(summary: dict[str, Any]) -> Grid:
+    pairwise = summary["judge"] == "llm-pairwise"
+    grid = Grid(f"judge: {summary['judge']}", ["source", "answers", "scored", "win rate" if pairwise else "mean score",
+                                                "std"])
+    grid.rows += [[name, str(s["answers"]), str(s["scored"]), number(s["mean"]), number(s["std"])]
+                  for name, s in summary["per_source"].items()]
+    return grid
+
+
+def position_bias(summary: dict[str, Any]) -> str:
+    return (f"{summary['comparisons']} comparisons, {summary['unreadable']} unreadable (left out), "
+            f"{summary['verdicts_from_logprobs']} verdicts from log-probs; the answer shown first wins "
+            f"{number(summary['p_first_shown_wins'])} of the time (0.5 = no position bias)")
+
+
+def ranking(result: dict[str, Any], evidence: str) -> Grid:
+    """Source strength from ranking.json: rank, strength with interval, P(above next), P(beats next)."""
+    grid = Grid(f"source strength (Bradley-Terry, {result['prompts']} prompts, {result['comparisons']} comparisons "
+                f"from {evidence})", ["rank", "source", "strength", f"{result['confidence']:.0%} interval",
+                                      "P(above next)", "P(beats next)"], left=2)
+    below = [*result["adjacent"], None]
+    for i, (s, nxt) in enumerate(zip(result["sources"], below, strict=True)):
+        grid.rows.append([str(i + 1), s["name"], f"{s['strength']:+.3f}", f"[{s['low']:+.3f}, {s['high']:+.3f}]",
+                          f"{nxt['probability']:.3f}" + (" *" if nxt["significant"] else "") if nxt else "",
+                          f"{nxt['win_probability']:.3f}" if nxt else ""])
+    return grid
+
+
+def significant_order(result: dict[str, Any]) -> str:
+    return (f"significant order (* : P >= {result['confidence']} and P(beats) >= {result['min_win_probability']}): "
+            f"{result['rank'] or '(none)'}")
+
+
+def declared_check(check: dict[str, Any]) -> str:
+    """Which of the recipe's declared strength orders the judge's ranking confirms."""
+    confirmed = ", ".join(check["confirmed"]) or "nothing"
+    line = f"declared order {check['declared']}: the judge's ranking confirms {confirmed}"
+    if check["not_confirmed"]:
+        line += f"; not confirmed: {', '.join(check['not_confirmed'])}"
+    if check.get("not_judged"):
+        line += f"; not judged (the judge's reference): {', '.join(check['not_judged'])}"
+    return line
+
+
+def generation(tallies: dict[str, Any]) -> Grid:
+    """What happened to each source's requests (`requests.engine.Tally` per source)."""
+    grid = Grid("generate", ["source", "answers", "cached", "new", "failed", "retries", "tok/s"])
+    grid.rows += [[name, str(t.total), str(t.cached), str(t.done), str(t.failed + t.failed_before), str(t.retries),
+                   f"{t.tokens_per_s:.1f}" if t.done else "-"] for name, t in tallies.items()]
+    return grid
+
+
+# --- the pipeline and the curriculum ------------------------------------------------------------------
+
+def plan(title: str, stages: list[Any]) -> Grid:
+    """The stages of `pairforge run` (`pipeline.Stage`) with their sizes and rough estimates."""
+    grid = Grid(title, ["stage", "what", "size", "estimate"], left=3)
+    grid.rows += [[s.name, s.what, s.size, duration(s.estimate_s)] for s in stages]
+    known = [s.estimate_s for s in stages if s.estimate_s is not None]
+    grid.rows.append(["total", "", "", ("~" if len(known) < len(stages) else "") + duration(sum(known)) +
+                      " (rough, 2-core CPU)"])
+    return grid
+
+
+def finished(done: list[dict[str, Any]], seconds: float) -> Grid:
+    grid = Grid(f"done in {duration(seconds)}", ["stage", "status", "time"], left=3)
+    grid.rows += [[entry["stage"], entry["status"], duration(entry.get("seconds"))] for entry in done]
+    return grid
+
+
+def curriculum(title: str, stage_names: list[str], batches: list[list[int]], stages: list[int],
+               difficulty: np.ndarray) -> Grid:
+    """Each curriculum stage (or bucket): its batches, pairs and difficulty spread."""
+    grid = Grid(title, ["stage", "batches", "pairs", "difficulty mean", "min", "max", "histogram (0..1)"])
+    for stage, name in enumerate(stage_names):
+        rows = [i for batch, s in zip(batches, stages, strict=True) if s == stage for i in batch]
+        if rows:
+            d = difficulty[rows]
+            grid.rows.append([name, str(stages.count(stage)), str(len(rows)), f"{d.mean():.3f}", f"{d.min():.3f}",
+                              f"{d.max():.3f}", sparkline(d)])
+    return grid

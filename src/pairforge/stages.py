@@ -1,0 +1,185 @@
+"""Every stage of a recipe as one function of (the recipe, its run folder) -> the files it wrote.
+
+`pairforge run` (pipeline.py) calls these in order; the stage commands of the CLI call the same ones, so
+a stage is wired once. Each function reads its inputs from the run folder (`layout.RunDir`), raises
+`InputError` on bad input, and returns the paths the next stages take as inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pairforge import schema as S
+from pairforge.config import EvalConfig, JudgeConfig, PairsConfig, RunConfig
+from pairforge.errors import InputError
+from pairforge.files import check_output, write_json
+from pairforge.layout import LEADERBOARD, RunDir, TrainDir
+from pairforge.recipe import Recipe
+
+
+def generate(recipe: Recipe, run: RunDir) -> list[Path]:
+    from pairforge.generate.run import generate as answer_prompts
+
+    result = answer_prompts(recipe, run.root)
+    if result.failed:
+        raise InputError("generate", f"{result.failed} requests failed; run again (they are retried with "
+                         "`pairforge generate RECIPE --retry-failed --out RUN_DIR`)")
+    return [result.responses]
+
+
+def judge(recipe: Recipe, run: RunDir) -> list[Path]:
+    from pairforge.judge.run import judge as judge_answers
+
+    result = judge_answers(recipe, run.root)
+    return [result.scored, *([result.judgments] if result.judgments else [])]
+
+
+@dataclass
+class Ranked:
+    ranking: Any  # judge.ranking.Ranking
+    evidence: Path  # the file the comparisons came from
+    written: Path
+
+
+def rank(recipe: Recipe, run: RunDir) -> Ranked:
+    """Source strength from the judge's verdicts (or scores), and the declared order checked against it."""
+    from pairforge.judge.ranking import fit, read_comparisons
+
+    check_output(run.ranking, "file", "--out")
+    evidence, comparisons = read_comparisons(run.judgments, run.scored)
+    cfg = recipe.ranking
+    ranking = fit(comparisons, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.min_win_probability)
+    result = ranking.to_json()
+    if recipe.pairs.rank:
+        result["declared_check"] = _declared_check(recipe.pairs.rank, result)
+    return Ranked(ranking, evidence, write_json(result, run.ranking))
+
+
+def _declared_check(declared: str, ranking: dict[str, Any]) -> dict[str, Any]:
+    """Which of the declared 'a > b' the judge's significant order confirms."""
+    from pairforge.pairs.order import parse_rank
+
+    found = set(ranking["rank"].split(", ")) if ranking["rank"] else set()
+    judged = {s["name"] for s in ranking["sources"]}  # a judge's own reference is not judged against itself
+    beats = sorted(parse_rank(declared).beats)
+    checkable = [f"{a} > {b}" for a, b in beats if a in judged and b in judged]
+    return {"declared": declared, "confirmed": [d for d in checkable if d in found],
+            "not_confirmed": [d for d in checkable if d not in found],
+            "not_judged": [f"{a} > {b}" for a, b in beats if a not in judged or b not in judged]}
+
+
+def pairs_input(recipe: Recipe, run: RunDir) -> Path:
+    """The answers the pairs are built from: scored when the recipe has a judge."""
+    return run.scored if recipe.judge is not None else run.responses
+
+
+def pairs_config(recipe: Recipe, run: RunDir) -> PairsConfig:
+    """The recipe's pairs section placed in the run folder."""
+    cfg = recipe.pairs
+    update: dict[str, Any] = {"inputs": [pairs_input(recipe, run)], "out": run.pairs()}
+    generating = [s for s in recipe.sources if s.backend != "file"]
+    if cfg.prompt_format == "auto":  # pairs are trained in the format their answers were asked in
+        plain = generating and all(s.endpoint == "completions" for s in generating)
+        update["prompt_format"] = "text" if plain else "chat"
+    if cfg.rank_from is not None and str(cfg.rank_from) == "ranking":
+        update["rank_from"] = run.ranking
+    return cfg.model_copy(update=update)
+
+
+def pairs(cfg: PairsConfig) -> list[Path]:
+    from pairforge.pairs.run import build_from_files
+
+    return build_from_files(cfg).written  # no pair at all is its error
+
+
+def run_config(entry: RunConfig, run: RunDir) -> RunConfig:
+    """A training run of the recipe placed in the run folder (its pairs split, the model it starts from)."""
+    update: dict[str, Any] = {"out": run.train(entry.name).root}
+    if entry.pairs is None:
+        update["pairs"] = run.pairs("judge" if entry.split == "judge" else "train")
+    if entry.after is not None:
+        update["model"] = str(run.train(entry.after).model)
+    return entry.model_copy(update=update)
+
+
+def train(cfg: RunConfig) -> list[Path]:
+    from pairforge.train.trainer import train as train_model
+
+    out = TrainDir(train_model(cfg).out)
+    return [out.model, out.metrics]
+
+
+def policies(recipe: Recipe) -> list[RunConfig]:
+    """The runs that train a model to answer (a reward-model run trains a judge: it is not evaluated)."""
+    return [r for r in recipe.runs if r.method != "reward-model"]
+
+
+def evaluate(recipe: Recipe, run: RunDir) -> list[Path]:
+    """The base and every trained policy answer the eval prompts; the judge compares them with the
+    reference; with `judge_run`, a reward model trained on pairs kept apart scores the same answers again."""
+    from pairforge.evaluate.run import EvalSettings, trained_endpoint
+    from pairforge.evaluate.run import evaluate as judge_models
+
+    cfg = recipe.eval
+    assert cfg is not None
+    prompts = cfg.prompts if cfg.prompts != "held-out" else _held_out_prompts(run)
+    reference = cfg.reference or _reference_file(run, cfg.reference_source)
+    trained = policies(recipe)
+    base = trained[0].model if trained else recipe.train.model
+    models = ([f"base={base}"] if cfg.base else []) + [f"{r.name}={run.train(r.name).root}" for r in trained]
+    endpoints = [trained_endpoint(run.train(r.name).model) for r in trained]
+    endpoint = next((e for e in endpoints if e), "chat")  # the base is asked as the runs were trained
+    settings = EvalSettings(endpoint=endpoint, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                            batch_size=cfg.batch_size, dtype=cfg.dtype, baseline="base" if cfg.base else None,
+                            bootstrap=cfg.bootstrap)
+    result = judge_models(models, [], reference, cfg.judge, run.eval, prompts, settings)
+    written = [run.leaderboard]
+    if cfg.judge_run:
+        answers = [f"{e['model']}={run.eval / (e['model'] + '.model_outputs.json')}" for e in result["models"]]
+        judge_cfg = JudgeConfig(kind="reward-model", model=str(run.train(cfg.judge_run).model),
+                                batch_size=cfg.batch_size)
+        judge_models([], answers, reference, judge_cfg, run.eval / cfg.judge_run, prompts, settings)
+        written.append(run.eval / cfg.judge_run / LEADERBOARD)
+    return written
+
+
+def eval_files(cfg: EvalConfig, run: RunDir) -> list[Path]:
+    """The files an evaluation reads besides the runs: its reference and prompts files, or the answers a
+    reference source's come from — by content, so an edited file reruns the evaluation."""
+    files = [cfg.reference] if cfg.reference else [run.responses] if cfg.reference_source else []
+    return files + ([cfg.prompts] if isinstance(cfg.prompts, Path) else [])
+
+
+def _held_out_prompts(run: RunDir) -> Path:
+    held_out = run.pairs("eval")
+    if not held_out.exists():
+        raise InputError("eval.prompts", "'held-out' needs the pairs' eval split: set pairs.eval_fraction > 0")
+    frame = pl.read_parquet(held_out).select(S.PROMPT_ID, S.PROMPT).unique(S.PROMPT_ID, maintain_order=True)
+    return _write(frame, run.eval / "prompts.parquet")
+
+
+def _reference_file(run: RunDir, source: str | None) -> Path:
+    """A source's answers (from responses.parquet) as the reference outputs file."""
+    if source is None:
+        raise InputError("eval", "expected `reference` (an answers file) or `reference_source` (a source name)")
+    frame = pl.read_parquet(run.responses).filter((pl.col(S.SOURCE) == source) & (pl.col(S.SAMPLE) == 0))
+    if frame.is_empty():
+        raise InputError("eval.reference_source", f"no answers from source '{source}'")
+    return _write(frame.select(S.PROMPT_ID, S.PROMPT, S.SOURCE, S.RESPONSE), run.eval / "reference.parquet")
+
+
+def _write(frame: pl.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(path)
+    return path
+
+
+def report(run: RunDir) -> list[Path]:
+    from pairforge.report import build_report
+
+    build_report([run.root], run.report)
+    return [run.report]

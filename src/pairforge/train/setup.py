@@ -1,0 +1,294 @@
+"""Everything a training run needs before its first step, built in named steps (torchtune's `_setup_*`):
+the accelerator, the pairs tokenised in one prompt format, the model (and its reference), the order of
+the batches (a curriculum plan or length-grouped random), LoRA, the optimiser and the schedule."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from accelerate import Accelerator
+from rich.console import Console
+
+from pairforge.config import TrainConfig
+from pairforge.errors import InputError
+from pairforge.layout import split_path
+from pairforge.models import cache_dir, load_causal_lm
+from pairforge.prompting import PromptFormat, has_chat_template, prompt_format_of
+from pairforge.records import read_pairs
+from pairforge.sequences.logprobs import AnswerLogps, SequenceScores
+from pairforge.sequences.tokenize import TokenizedPair, TokenizeStats, tokenize_pairs
+from pairforge.train import losses as L
+from pairforge.train.curriculum import Plan, difficulty_of, length_grouped, plan, reference_margin
+from pairforge.train.lean import use_lean_blocks
+from pairforge.train.objective import PairObjective, ReferenceTable
+from pairforge.train.reference import model_fingerprint, reference_logps
+
+
+@dataclass
+class Data:
+    """The pairs of a run, tokenised in the format they train in."""
+
+    frame: pl.DataFrame  # the training pairs file as read
+    train: list[TokenizedPair]
+    eval: list[TokenizedPair]
+    stats: TokenizeStats
+    prompt_format: PromptFormat
+
+
+@dataclass
+class Setup:
+    """The state the loop runs on."""
+
+    accelerator: Accelerator
+    data: Data
+    model: torch.nn.Module  # the language model (LoRA-wrapped when training an adapter)
+    tokenizer: Any
+    objective: PairObjective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    trainable: list[torch.nn.Parameter]
+    reference: ReferenceTable  # precomputed reference log-probs of the training pairs (empty when live)
+    eval_reference: ReferenceTable
+    schedule: Plan  # every global micro-batch in order, with its curriculum stage
+    mine: list[tuple[list[int], int]]  # this process's (micro-batch, stage) share
+    total_steps: int
+
+
+def accelerator_for(cfg: TrainConfig) -> Accelerator:
+    """accelerate keeps its settings in a process-wide singleton that refuses a second precision; a
+    second `train()` in one process (a notebook, a pipeline of fp32 and bf16 runs) gets its own, while
+    the process group (PartialState) is kept."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    # cpu=True on a machine without CUDA: accelerate then runs `torchrun` processes as MULTI_CPU (gloo)
+    return Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available(),
+                       mixed_precision="bf16" if cfg.dtype == "bfloat16" else "no",
+                       log_with=list(cfg.report_to) or None, project_dir=str(cfg.out))
+
+
+def check_trackers(names: list[str]) -> None:
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
+    for name in names:
+        if not available[name]:
+            raise InputError("report_to", f"{name} is not installed (pip install {name})")
+
+
+class Laps:
+    """Wall seconds per phase of this process (load, reference, setup, train, eval, save), kept in run.json:
+    where a run's time went, e.g. whether fixed costs eat a fast loop."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._last, 3)
+        self._last = now
+
+
+def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> Setup:
+    """Read the pairs, load the model, tokenise, compute the reference, plan the order, build the
+    optimiser — in that order, since each needs the one before."""
+    weights = cfg.loss_weights
+    reward_model = L.REWARD_MODEL in weights
+    share = cfg.share_prompt and not reward_model
+    files = _read(cfg)  # before loading the model: a bad pairs file fails fast
+    model, tokenizer = load_causal_lm(cfg.model, cfg.dtype, reward_head=reward_model)
+    data = _data(files, cfg, tokenizer, say)
+    laps.lap("load")
+    _prepare_model(model, cfg, accelerator)
+    frozen = None
+    if L.needs_reference(weights) and cfg.lora is None and not cfg.precompute_reference:
+        frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    reference, eval_reference = {}, {}
+    if L.needs_reference(weights) and cfg.precompute_reference:
+        cache = cache_dir() / "reference" / f"{model_fingerprint(model)}.parquet"
+        with accelerator.main_process_first(), accelerator.autocast():
+            reference, eval_reference = (reference_logps(model, pairs, tokenizer.pad_token_id, cache,
+                                                         chunk_tokens=cfg.chunk_tokens, share_prompt=share)
+                                         for pairs in (data.train, data.eval))
+
+    def compute_reference() -> ReferenceTable:
+        with accelerator.autocast():
+            return reference_logps(model, data.train, tokenizer.pad_token_id, None, chunk_tokens=cfg.chunk_tokens,
+                                   share_prompt=share)
+
+    schedule = _training_plan(data, cfg, accelerator.num_processes, reference, compute_reference)
+    mine = _my_share(schedule, cfg.batch_size, accelerator.process_index, accelerator.num_processes)
+    laps.lap("reference")
+    if cfg.lora is not None:
+        model = _with_lora(model, cfg, task="SEQ_CLS" if reward_model else "CAUSAL_LM")
+    total_steps = _total_steps(cfg, len(mine), len(data.train), accelerator.num_processes)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    scheduler = _lr_schedule(optimizer, cfg, total_steps, [r // cfg.grad_accum for r in schedule.restarts])
+    scorer = SequenceScores(model) if reward_model else AnswerLogps(model, cfg.chunk_tokens)
+    policy, optimizer = accelerator.prepare(scorer, optimizer)
+    # not prepared: accelerate would step it once per process per step; our step count is already global
+    accelerator.register_for_checkpointing(scheduler)
+    settings = L.LossSettings(beta=cfg.beta, label_smoothing=cfg.label_smoothing, gamma=cfg.gamma,
+                              alpha=cfg.alpha, delta=cfg.delta, lam=cfg.lam, slic_nll=cfg.slic_nll)
+    objective = PairObjective(policy, model, frozen.to(accelerator.device) if frozen is not None else None, weights,
+                              settings, accelerator, cfg.chunk_tokens, reward_model)
+    return Setup(accelerator, data, model, tokenizer, objective, optimizer, scheduler, trainable, reference,
+                 eval_reference, schedule, mine, total_steps)
+
+
+@dataclass
+class _Files:
+    train: pl.DataFrame
+    eval: pl.DataFrame | None
+    eval_path: Path
+    target: str | None  # the likelihood target column, when a loss term needs one
+
+
+def _read(cfg: TrainConfig) -> _Files:
+    """The training and held-out pairs (`<pairs>.eval.*` unless `eval_pairs` names a file), checked."""
+    target = cfg.target if cfg.loss_weights.keys() & L.NEEDS_TARGET else None
+    frame = _read_pairs(cfg.pairs, target, required=True)
+    assert frame is not None and cfg.pairs is not None
+    eval_path = cfg.eval_pairs or split_path(Path(cfg.pairs), "eval")
+    return _Files(frame, _read_pairs(eval_path, target, required=cfg.eval_pairs is not None), eval_path, target)
+
+
+def _data(files: _Files, cfg: TrainConfig, tokenizer: Any, say: bool) -> Data:
+    prompt_format = _prompt_format(files.train, cfg, tokenizer, say)
+    train, stats = _tokenize(files.train, tokenizer, cfg, files.target, str(cfg.pairs), prompt_format)
+    _say_drops(stats, cfg, say)
+    held_out, _ = _tokenize(files.eval, tokenizer, cfg, files.target, str(files.eval_path), prompt_format)
+    return Data(files.train, train, held_out, stats, prompt_format)
+
+
+def _read_pairs(path: Path | None, target: str | None, required: bool) -> pl.DataFrame | None:
+    if path is None or not Path(path).exists():
+        if required:
+            raise InputError(str(path or "--pairs"), "no such pairs file")
+        return None
+    return read_pairs(path, target)
+
+
+def _prompt_format(frame: pl.DataFrame, cfg: TrainConfig, tokenizer: Any, say: bool) -> PromptFormat:
+    """The format every pair is trained in (and the trained model is later asked in); said once when a
+    chat model trains on plain-text prompts, since that is rarely what one wants by accident."""
+    conversational = isinstance(frame.schema["prompt"], pl.List)
+    prompt_format = prompt_format_of(conversational, cfg.prompt_format)
+    if say and prompt_format == "text" and has_chat_template(tokenizer) and cfg.prompt_format == "auto":
+        Console(stderr=True, soft_wrap=True).print(
+            f"note: {cfg.pairs} has plain-text prompts, so they train as raw prompt + answer text without the "
+            "model's chat template (TRL's rule); set train.prompt_format: chat to train through the template",
+            highlight=False)
+    return prompt_format
+
+
+def _tokenize(frame: pl.DataFrame | None, tokenizer: Any, cfg: TrainConfig, target: str | None,
+              source: str, prompt_format: PromptFormat) -> tuple[list[TokenizedPair], TokenizeStats]:
+    if frame is None:
+        return [], TokenizeStats()
+    return tokenize_pairs(frame, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                          too_long=cfg.too_long, target_column=target, source=source, prompt_format=prompt_format)
+
+
+def _say_drops(stats: TokenizeStats, cfg: TrainConfig, say: bool) -> None:
+    """Pairs left out are said once (and kept in run.json); none left is an error before any training."""
+    dropped = ", ".join(f"{n} {reason}" for reason, n in stats.dropped.items())
+    if stats.pairs == 0:
+        raise InputError(str(cfg.pairs), f"no pair left to train on ({dropped})")
+    if say and dropped:
+        Console(stderr=True, soft_wrap=True).print(f"note: left out of {cfg.pairs}: {dropped}", highlight=False)
+
+
+def _prepare_model(model: torch.nn.Module, cfg: TrainConfig, accelerator: Accelerator) -> None:
+    """Dropout off (policy == reference must give rewards 0), lean blocks, checkpointing, on the device: every
+    reference pass runs where, and in the precision, the policy trains."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    if cfg.lean_blocks:
+        use_lean_blocks(model)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.to(accelerator.device)
+
+
+def _with_lora(model: torch.nn.Module, cfg: TrainConfig, task: str) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    assert cfg.lora is not None
+    config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                        target_modules=cfg.lora.target_modules, task_type=task)
+    return get_peft_model(model, config)
+
+
+def _training_plan(data: Data, cfg: TrainConfig, world: int, reference: ReferenceTable,
+                   compute_reference: Callable[[], ReferenceTable]) -> Plan:
+    """Global micro-batches (batch_size x processes pairs) in training order, with their stages."""
+    size = cfg.batch_size * world
+    pairs = data.train
+    if cfg.curriculum is None:
+        widths = [p.packed_length if cfg.share_prompt else p.length for p in pairs]
+        return length_grouped(widths, size, cfg.epochs, cfg.seed)
+    method = cfg.curriculum.difficulty
+    if method == "reference-margin":
+        table = reference or compute_reference()
+        ref = np.array([table[p.index] for p in pairs])
+        tokens = np.array([[p.chosen.answer_tokens, p.rejected.answer_tokens] for p in pairs], dtype=np.float64)
+        difficulty = reference_margin(ref[:, 0], ref[:, 1], tokens[:, 0], tokens[:, 1])
+    else:
+        per_row = difficulty_of(data.frame, method, str(cfg.pairs), cfg.curriculum.embedding_model)
+        difficulty = per_row[[p.index for p in pairs]]
+    return plan(difficulty, [p.pair_type for p in pairs], cfg.curriculum, size, cfg.epochs, cfg.seed)
+
+
+def _my_share(schedule: Plan, batch_size: int, rank: int, world: int) -> list[tuple[list[int], int]]:
+    """This process's (micro-batch, stage) list: every global batch is cut into `world` equal slices, so N
+    processes see exactly the pairs one process would with an N times larger batch. With several
+    processes an incomplete global batch is left out."""
+    share = []
+    for batch, stage in zip(schedule.batches, schedule.stages, strict=True):
+        if world > 1 and len(batch) < batch_size * world:
+            continue
+        share.append((batch[rank * batch_size : (rank + 1) * batch_size], stage))
+    return share
+
+
+def _total_steps(cfg: TrainConfig, micro_batches: int, pairs: int, world: int) -> int:
+    total = micro_batches // cfg.grad_accum
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    if total == 0:
+        raise InputError(str(cfg.pairs), f"{pairs} pairs make no full optimiser step with batch_size "
+                         f"{cfg.batch_size} x grad_accum {cfg.grad_accum} x {world} processes")
+    return total
+
+
+def _lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total: int,
+                 restarts: list[int]) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warmup then linear/cosine decay (or constant), restarted at each curriculum restart step."""
+    bounds = [0, *sorted({r for r in restarts if 0 < r < total}), total]
+
+    def factor(step: int) -> float:
+        start = max(b for b in bounds[:-1] if b <= step)
+        end = min(b for b in bounds[1:] if b > start)
+        length, position = end - start, step - start
+        warmup = int(cfg.warmup_ratio * length)
+        if position < warmup:
+            return (position + 1) / (warmup + 1)
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (position - warmup) / max(length - warmup, 1)
+        return 1.0 - progress if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
