@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from pairforge.config import SourceConfig
-from pairforge.generate.base import Completion, Request
-from pairforge.generate.local import TransformersBackend
+from pairforge.requests.backends.base import Completion, Request
+from pairforge.requests.backends.local import TransformersBackend
 
 PROMPTS = Path(__file__).resolve().parents[1] / "data" / "quickstart" / "reference.json"
 SETTINGS = {"before": {"dtype": "float32", "batch_size": 10}, "after": {"dtype": "bfloat16", "batch_size": 64}}

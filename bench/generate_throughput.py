@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 from servers import LlamaServer  # noqa: E402
 
 from pairforge.config import SourceConfig  # noqa: E402
-from pairforge.generate.base import Request  # noqa: E402
 from pairforge.models import embedded_gguf  # noqa: E402
+from pairforge.requests.backends.base import Request  # noqa: E402
 
 TOPICS = ("rivers", "prime numbers", "bread", "the moon", "chess", "volcanoes", "bees", "trains", "glass", "rain",
           "maps", "salt")
@@ -53,7 +53,7 @@ class Count:
 
 
 def run_pairforge(cfg: SourceConfig, work: list[Request]) -> tuple[float, int]:
-    from pairforge.generate.openai_api import OpenAIBackend
+    from pairforge.requests.backends.openai_api import OpenAIBackend
 
     count = Count()
     start = time.perf_counter()
@@ -85,7 +85,7 @@ def run_bare(cfg: SourceConfig, work: list[Request]) -> tuple[float, int]:
 
 
 def run_local(batch_size: int, work: list[Request], max_new_tokens: int) -> tuple[float, int]:
-    from pairforge.generate.local import TransformersBackend
+    from pairforge.requests.backends.local import TransformersBackend
 
     backend = TransformersBackend(SourceConfig(name="local", temperature=0, max_new_tokens=max_new_tokens,
                                                batch_size=batch_size))

@@ -123,8 +123,8 @@ def _token_counts(out: Path, pairs: Path, forward_tokens: int | None) -> dict:
     import polars as pl
 
     from pairforge.models import load_tokenizer
-    from pairforge.train.logprobs import forward_pieces, row_width
-    from pairforge.train.tokenize import tokenize_pairs
+    from pairforge.sequences.logprobs import forward_pieces, row_width
+    from pairforge.sequences.tokenize import tokenize_pairs
 
     tokenizer = load_tokenizer("embedded")
     tokenized, _ = tokenize_pairs(pl.read_parquet(pairs), tokenizer, max_length=512)
@@ -143,7 +143,7 @@ def _token_counts(out: Path, pairs: Path, forward_tokens: int | None) -> dict:
 
 
 def _pushed(pairs: list, pad_id: int) -> int:
-    from pairforge.train.logprobs import collate
+    from pairforge.sequences.logprobs import collate
 
     return collate(pairs, pad_id, with_targets=False, share_prompt=True).input_ids.numel()
 

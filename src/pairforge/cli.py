@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import polars as pl
 import typer
-from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
@@ -25,8 +24,8 @@ try:
 except ImportError:
     from click import UsageError
 
-from pairforge import render
-from pairforge.config import CurriculumConfig, EvalConfig, JudgeConfig, PairsConfig, TrainConfig
+from pairforge import options, render
+from pairforge.config import CurriculumConfig, EvalConfig, PairsConfig, TrainConfig
 from pairforge.errors import EXIT_BAD_INPUT, InputError
 from pairforge.files import check_output
 from pairforge.layout import RunDir
@@ -111,12 +110,12 @@ def pairs_build(
                  "strategy": strategy,
                  "scored_mode": scored_mode, "min_margin": min_margin, "format": format, "out": out,
                  "eval_fraction": eval_fraction, "prompt_format": prompt_format, "seed": seed,
-                 "columns": _parse_columns(columns) if columns else None}
+                 "columns": options.parse_columns(columns) if columns else None}
         filter_flags = {"drop_truncated": False if keep_truncated else None,
                         "role_markers": "" if no_role_marker_filter else None,
-                        "near_duplicate": _parse_threshold(near_duplicate), "min_length": min_length,
+                        "near_duplicate": options.parse_threshold(near_duplicate), "min_length": min_length,
                         "max_length": max_length, "length_unit": length_unit, "tokenizer": tokenizer,
-                        "length_ratio": _parse_pair(length_ratio, "--length-ratio") if length_ratio else None,
+                        "length_ratio": options.parse_pair(length_ratio, "--length-ratio") if length_ratio else None,
                         "decontaminate": decontaminate or None, "ngram": ngram}
         _run_pairs_build(config, flags, filter_flags)
 
@@ -133,37 +132,12 @@ def _run_pairs_build(config: Path | None, flags: dict[str, Any], filter_flags: d
         filters["near_duplicate"] = None
     if filters["role_markers"] == "":
         filters["role_markers"] = None
-    cfg = _validated(PairsConfig, base, {**flags, "filters": filters})
+    cfg = options.validated(PairsConfig, base, {**flags, "filters": filters})
     if not cfg.inputs:
         raise InputError("pairs build", "expected at least one input file (or `inputs:` in the recipe)")
     result = build_from_files(cfg)
     _show(*render.pairs_summary(result.summary))
     console.print(f"wrote {', '.join(str(p) for p in result.written)}", highlight=False)
-
-
-S = TypeVar("S", bound=BaseModel)
-
-
-def _validated(model: type[S], base: S, flags: dict[str, Any]) -> S:
-    """A recipe section with the flags given on the command line laid over it; errors name the flag."""
-    merged = base.model_dump()
-    merged.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        return model.model_validate(merged)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        message = error["msg"].removeprefix("Value error, ")
-        raise InputError("--" + _flag_of(error["loc"], message, flags).replace("_", "-"), message) from None
-
-
-def _flag_of(location: tuple[Any, ...], message: str, flags: dict[str, Any]) -> str:
-    """The flag an error is about: the innermost field named in its location (filters.near_duplicate ->
-    near_duplicate), or, for a check across fields, the first flag given that the message names."""
-    names = [part for part in location if isinstance(part, str)]
-    if names:
-        return names[-1]
-    named = sorted((message.find(f"`{k}`"), k) for k, v in flags.items() if v is not None and f"`{k}`" in message)
-    return named[0][1] if named else "options"
 
 
 @app.command("train")
@@ -201,8 +175,8 @@ def train_command(
     def run() -> None:
         from pairforge.train.trainer import TrainingStopped, train
 
-        base = _train_section(config, run_name)
-        flags = {"method": _parse_method(method) if method else None, "model": model, "pairs": pairs,
+        base = options.train_section(config, run_name)
+        flags = {"method": options.parse_method(method) if method else None, "model": model, "pairs": pairs,
                  "eval_pairs": eval_pairs, "out": out, "beta": beta, "lr": lr, "batch_size": batch_size,
                  "grad_accum": grad_accum, "epochs": epochs, "max_steps": max_steps, "max_length": max_length,
                  "target": target, "save_steps": save_steps, "seed": seed, "prompt_format": prompt_format,
@@ -211,7 +185,7 @@ def train_command(
             order = base.curriculum.model_dump() if base.curriculum else {}
             order.update({k: v for k, v in {"schedule": curriculum, "difficulty": difficulty}.items() if v})
             flags["curriculum"] = order
-        cfg = _validated(TrainConfig, base, flags)
+        cfg = options.validated(TrainConfig, base, flags)
         if cfg.pairs is None:
             raise InputError("--pairs", "expected a pairs file (or `pairs:` in the recipe's train section)")
         try:
@@ -319,9 +293,10 @@ def eval_command(
     def run() -> None:
         from pairforge.evaluate.run import EvalSettings, evaluate
 
-        cfg = _validated(EvalConfig, EvalConfig(), {"max_new_tokens": max_new_tokens, "temperature": temperature,
-                                                    "bootstrap": bootstrap, "batch_size": batch_size, "dtype": dtype})
-        result = evaluate(models or [], outputs or [], reference, _judge_config(judge), out, prompts,
+        given = {"max_new_tokens": max_new_tokens, "temperature": temperature, "bootstrap": bootstrap,
+                 "batch_size": batch_size, "dtype": dtype}
+        cfg = options.validated(EvalConfig, EvalConfig(), given)
+        result = evaluate(models or [], outputs or [], reference, options.judge_config(judge), out, prompts,
                           EvalSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                        bootstrap=cfg.bootstrap, baseline=baseline, batch_size=cfg.batch_size,
                                        dtype=cfg.dtype))
@@ -329,20 +304,6 @@ def eval_command(
         console.print(f"wrote {out / 'leaderboard.json'}, {out / 'eval.parquet'}", highlight=False)
 
     _fail_cleanly(run)
-
-
-def _judge_config(text: str) -> JudgeConfig:
-    if text.endswith((".yaml", ".yml")):
-        cfg = load_recipe(Path(text)).judge
-        if cfg is None:
-            raise InputError(text, "expected a `judge:` section")
-        return cfg
-    kind, _, model = text.partition(":")
-    if kind == "similarity":
-        return JudgeConfig(kind="similarity", reference="reference", model=model or "embedded")
-    if kind == "reward-model" and model:
-        return JudgeConfig(kind="reward-model", model=model)
-    raise InputError("--judge", f"expected a recipe .yaml, 'similarity' or 'reward-model:PATH', found '{text}'")
 
 
 def _show_leaderboard(board: dict[str, Any]) -> None:
@@ -415,24 +376,6 @@ def run_command(
     _fail_cleanly(run)
 
 
-def _train_section(config: Path | None, run_name: str | None) -> TrainConfig:
-    """The recipe's `train:` section, or with --run one of its `runs:` placed in the pipeline's run folder."""
-    if config is None:
-        if run_name:
-            raise InputError("--run", "needs --config (the recipe that lists the run)")
-        return TrainConfig()
-    if run_name is None:
-        return load_recipe(config).train
-    from pairforge import pipeline, stages
-
-    recipe, run_dir = pipeline.load(config)
-    runs = {r.name: r for r in recipe.runs}
-    if run_name not in runs:
-        raise InputError("--run", f"no run '{run_name}' in {config} (runs: {', '.join(runs) or 'none'})")
-    run = stages.run_config(runs[run_name], RunDir(run_dir))
-    return TrainConfig.model_validate(run.model_dump(exclude={"name", "after", "split"}))
-
-
 @curriculum_app.command("show")
 def curriculum_show(
     pairs: Path = typer.Argument(..., help="pairs file"),
@@ -451,7 +394,7 @@ def curriculum_show(
         from pairforge.train.curriculum import difficulty_of, plan, write_plot
 
         base = (load_recipe(config).train.curriculum if config else None) or CurriculumConfig()
-        cfg = _validated(CurriculumConfig, base, {"difficulty": difficulty, "schedule": schedule})
+        cfg = options.validated(CurriculumConfig, base, {"difficulty": difficulty, "schedule": schedule})
         if epochs < 1 or batch_size < 1:
             raise InputError("--epochs" if epochs < 1 else "--batch-size", "expected a positive number")
         check_output(out / "curriculum.png", "file", "--out")
@@ -468,40 +411,3 @@ def curriculum_show(
     _fail_cleanly(run)
 
 
-def _parse_method(text: str) -> str | dict[str, float]:
-    if "=" not in text:
-        return text.strip()
-    pairs = [_split_once(part, "=", "--method", "name=weight") for part in text.split(",") if part.strip()]
-    try:
-        return {name: float(weight) for name, weight in pairs}
-    except ValueError:
-        raise InputError("--method", f"expected 'name=weight,...' with numeric weights, found '{text}'") from None
-
-
-def _parse_columns(text: str) -> dict[str, str]:
-    pairs = [_split_once(part, "=", "--columns", "source=column") for part in text.split(",") if part.strip()]
-    return dict(pairs)
-
-
-def _parse_pair(text: str, option: str) -> tuple[float, float]:
-    low, high = _split_once(text, ",", option, "low,high")
-    try:
-        return float(low), float(high)
-    except ValueError:
-        raise InputError(option, f"expected two numbers 'low,high', found '{text}'") from None
-
-
-def _parse_threshold(text: str | None) -> float | str | None:
-    if text is None or text == "off":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise InputError("--near-duplicate", f"expected a number in [0, 1] or 'off', found '{text}'") from None
-
-
-def _split_once(text: str, sep: str, option: str, shape: str) -> tuple[str, str]:
-    left, found, right = text.partition(sep)
-    if not found or not left.strip() or not right.strip():
-        raise InputError(option, f"expected '{shape}', found '{text.strip()}'")
-    return left.strip(), right.strip()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import polars as pl
 
 from pairforge import schema as S
 from pairforge.errors import InputError, describe
+from pairforge.fields import Field, as_chat, check_fields, checked_frame, is_messages
 from pairforge.files import Records, read_records
 
 MESSAGES = S.MESSAGES
@@ -44,15 +44,6 @@ _CANONICAL_SCHEMA = {
     "_file": pl.Int32, "_row": pl.Int64, S.PROMPT_ID: pl.String, "system": pl.String, S.SOURCE: pl.String,
     S.SAMPLE: pl.Int64, S.RESPONSE: pl.String, S.FINISH_REASON: pl.String, S.SCORE: pl.Float64,
 }
-
-
-@dataclass(frozen=True)
-class Field:
-    """One expected field: its key in the input, its kind, and whether a row may lack it."""
-
-    key: str
-    kind: str  # "text" | "prompt" | "number" | "int"
-    required: bool = True
 
 
 def detect_format(records: Records, columns: dict[str, str] | None) -> str:
@@ -111,7 +102,7 @@ def prompts_from_file(path: Path) -> pl.DataFrame:
         raise InputError(str(path), "missing field: expected prompt (or instruction, question)", row="row 1")
     fields = [Field(prompt_key, "prompt"), *[f for f in _optional_fields(keys) if f.key in ("system", "prompt_id")],
               *[Field(k, "text", required=False) for k in ("input", "dataset") if k in keys]]
-    frame = _checked_frame(records, fields)
+    frame = checked_frame(records, fields)
     frame = frame.select(_alpaca_prompt(frame, prompt_key).alias(S.PROMPT),
                          *(pl.col(k) if k in frame.columns else pl.lit(None, pl.String).alias(k)
                            for k in ("system", S.PROMPT_ID, "dataset")))
@@ -143,7 +134,7 @@ def _long(records: Records, _: dict[str, str]) -> pl.DataFrame:
         fields.append(Field(source_key, "text"))
     if "input" in keys and prompt_key == "instruction":
         fields.append(Field("input", "text", required=False))
-    frame = _checked_frame(records, fields)
+    frame = checked_frame(records, fields)
     prompt = _alpaca_prompt(frame, prompt_key)
     source = pl.col(source_key) if source_key else pl.lit(records.path.stem)
     return _canonical(frame, prompt, source.alias(S.SOURCE), pl.col(response_key).alias(S.RESPONSE))
@@ -162,7 +153,7 @@ def _wide(records: Records, columns: dict[str, str]) -> pl.DataFrame:
                              f"file has no such field (found {', '.join(sorted(keys))})")
     fields = [Field(prompt_key, "prompt"), *_optional_fields(keys - {"score", "sample", "finish_reason"}),
               *(Field(column, "text", required=False) for column in columns.values())]
-    frame = _checked_frame(records, fields)
+    frame = checked_frame(records, fields)
     parts = [
         _canonical(frame, pl.col(prompt_key), pl.lit(source).alias(S.SOURCE), pl.col(column).alias(S.RESPONSE))
         .filter(pl.col(S.RESPONSE).is_not_null())  # that source did not answer this prompt
@@ -187,71 +178,6 @@ def _canonical(frame: pl.DataFrame, prompt: pl.Expr, source: pl.Expr, response: 
         pl.col("_row").cast(pl.Int64), prompt.alias(S.PROMPT), optional("system"), source, optional(S.SAMPLE),
         response, optional(S.FINISH_REASON), optional(S.SCORE), optional(S.PROMPT_ID),
     )
-
-
-def check_fields(records: Records, fields: list[Field]) -> None:
-    """Every row (JSON) or column (Parquet) holds the kind each field expects; one clear line otherwise."""
-    if records.frame is not None:
-        _check_columns(records, fields)
-        return
-    for index, row in enumerate(records.rows or []):
-        for f in fields:
-            _check_value(row.get(f.key), f, records, index)
-
-
-def _checked_frame(records: Records, fields: list[Field]) -> pl.DataFrame:
-    """The file's fields as a typed frame, after checking every row (JSON) or column (Parquet)."""
-    check_fields(records, fields)
-    if records.frame is not None:
-        return records.frame.select([f.key for f in fields])
-    rows = records.rows or []
-    chat = any(isinstance(row.get(f.key), list) for row in rows for f in fields if f.kind == "prompt")
-    data = {f.key: [_as_chat(row.get(f.key)) if f.kind == "prompt" and chat else row.get(f.key) for row in rows]
-            for f in fields}
-    kinds = {"text": pl.String, "number": pl.Float64, "int": pl.Int64, "prompt": MESSAGES if chat else pl.String}
-    return pl.DataFrame(data, schema={f.key: kinds[f.kind] for f in fields})
-
-
-def _check_value(value: Any, f: Field, records: Records, index: int) -> None:
-    def fail(expected: str) -> None:
-        found = "nothing (field missing)" if f.key not in (records.rows or [])[index] else describe(value)
-        raise InputError(str(records.path), f"expected {expected}, found {found}", row=records.label(index),
-                         field=f.key)
-
-    if value is None:
-        if f.required:
-            fail({"text": "a string", "prompt": "a string or a list of chat messages"}.get(f.kind, "a number"))
-        return
-    if f.kind == "text" and not isinstance(value, str):
-        fail("a string")
-    elif f.kind == "prompt" and not (isinstance(value, str) or _is_messages(value)):
-        fail("a string or a list of {role, content} messages")
-    elif f.kind in ("number", "int"):
-        wanted = int if f.kind == "int" else (int, float)
-        if isinstance(value, bool) or not isinstance(value, wanted):
-            fail("an integer" if f.kind == "int" else "a number")
-        if isinstance(value, float) and not math.isfinite(value):
-            fail("a finite number")
-
-
-def _check_columns(records: Records, fields: list[Field]) -> None:
-    """Column-wise twin of `_check_value` for typed files: dtype, then the first null or NaN row."""
-    frame = records.frame
-    assert frame is not None
-    for f in fields:
-        dtype = frame.schema[f.key]
-        ok = {"text": dtype == pl.String, "prompt": dtype == pl.String or dtype == MESSAGES,
-              "number": dtype.is_numeric(), "int": dtype.is_integer()}[f.kind]
-        if not ok:
-            raise InputError(str(records.path), f"expected a {f.kind} column, found type {dtype}", field=f.key)
-        bad = pl.col(f.key).is_null() if f.required else pl.lit(False)
-        if dtype.is_float():
-            bad = bad | pl.col(f.key).is_nan() | pl.col(f.key).is_infinite()
-        hits = frame.select(pl.arg_where(bad).first()).item()
-        if hits is not None:
-            value = frame[f.key][hits]
-            raise InputError(str(records.path), f"expected a {'finite number' if dtype.is_float() else f.kind}, "
-                             f"found {describe(value)}", row=records.label(hits), field=f.key)
 
 
 # --- nested shapes: walk each record ------------------------------------------------------------------
@@ -302,7 +228,7 @@ def _nested_frame(rows: Iterator[dict[str, Any]]) -> pl.DataFrame:
     materialised = list(rows)
     chat = any(isinstance(r[S.PROMPT], list) for r in materialised)
     for r in materialised:
-        r[S.PROMPT] = _as_chat(r[S.PROMPT]) if chat else r[S.PROMPT]
+        r[S.PROMPT] = as_chat(r[S.PROMPT]) if chat else r[S.PROMPT]
     schema = {"_row": pl.Int64, S.PROMPT: MESSAGES if chat else pl.String, S.SOURCE: pl.String,
               S.RESPONSE: pl.String, S.SCORE: pl.Float64}
     frame = pl.DataFrame(materialised, schema=schema)
@@ -321,7 +247,7 @@ class _RowReader:
 
     def prompt(self, key: str) -> str | list[S.Message]:
         value = self.row.get(key)
-        if not (isinstance(value, str) or _is_messages(value)):
+        if not (isinstance(value, str) or is_messages(value)):
             self.fail(key, f"expected a string or a list of chat messages, found {describe(value)}")
         return value
 
@@ -419,18 +345,6 @@ def _is_number(text: str) -> bool:
 
 def _pick(keys: set[str], role: str) -> str | None:
     return next((k for k in _ALIASES[role] if k in keys), None)
-
-
-def _is_messages(value: Any) -> bool:
-    return isinstance(value, list) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
-    ) and bool(value)
-
-
-def _as_chat(prompt: Any) -> Any:
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    return [{"role": m["role"], "content": m["content"]} for m in prompt] if isinstance(prompt, list) else prompt
 
 
 # --- pairs files (the pairs stage's output, the trainer's and `curriculum show`'s input) -----------------

@@ -22,8 +22,8 @@ import polars as pl
 
 from pairforge import schema as S
 from pairforge.errors import InputError
+from pairforge.fields import Field, check_fields
 from pairforge.files import Records, read_records
-from pairforge.records import Field, check_fields
 
 _PSEUDO_WINS = 0.5
 

@@ -1,0 +1,109 @@
+"""Command-line flags -> validated config sections: a flag given on the command line is laid over the
+recipe's section, and an error names the flag (`--near-duplicate`), not the internal field path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from pairforge.config import JudgeConfig, TrainConfig
+from pairforge.errors import InputError
+from pairforge.layout import RunDir
+from pairforge.recipe import load_recipe
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def validated(model: type[S], base: S, flags: dict[str, Any]) -> S:
+    """A recipe section with the flags given on the command line laid over it; errors name the flag."""
+    merged = base.model_dump()
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return model.model_validate(merged)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        message = error["msg"].removeprefix("Value error, ")
+        raise InputError("--" + _flag_of(error["loc"], message, flags).replace("_", "-"), message) from None
+
+
+def _flag_of(location: tuple[Any, ...], message: str, flags: dict[str, Any]) -> str:
+    """The flag an error is about: the innermost field named in its location (filters.near_duplicate ->
+    near_duplicate), or, for a check across fields, the first flag given that the message names."""
+    names = [part for part in location if isinstance(part, str)]
+    if names:
+        return names[-1]
+    named = sorted((message.find(f"`{k}`"), k) for k, v in flags.items() if v is not None and f"`{k}`" in message)
+    return named[0][1] if named else "options"
+
+
+def judge_config(text: str) -> JudgeConfig:
+    if text.endswith((".yaml", ".yml")):
+        cfg = load_recipe(Path(text)).judge
+        if cfg is None:
+            raise InputError(text, "expected a `judge:` section")
+        return cfg
+    kind, _, model = text.partition(":")
+    if kind == "similarity":
+        return JudgeConfig(kind="similarity", reference="reference", model=model or "embedded")
+    if kind == "reward-model" and model:
+        return JudgeConfig(kind="reward-model", model=model)
+    raise InputError("--judge", f"expected a recipe .yaml, 'similarity' or 'reward-model:PATH', found '{text}'")
+
+
+def train_section(config: Path | None, run_name: str | None) -> TrainConfig:
+    """The recipe's `train:` section, or with --run one of its `runs:` placed in the pipeline's run folder."""
+    if config is None:
+        if run_name:
+            raise InputError("--run", "needs --config (the recipe that lists the run)")
+        return TrainConfig()
+    if run_name is None:
+        return load_recipe(config).train
+    from pairforge import pipeline, stages
+
+    recipe, run_dir = pipeline.load(config)
+    runs = {r.name: r for r in recipe.runs}
+    if run_name not in runs:
+        raise InputError("--run", f"no run '{run_name}' in {config} (runs: {', '.join(runs) or 'none'})")
+    run = stages.run_config(runs[run_name], RunDir(run_dir))
+    return TrainConfig.model_validate(run.model_dump(exclude={"name", "after", "split"}))
+
+
+def parse_method(text: str) -> str | dict[str, float]:
+    if "=" not in text:
+        return text.strip()
+    pairs = [_split_once(part, "=", "--method", "name=weight") for part in text.split(",") if part.strip()]
+    try:
+        return {name: float(weight) for name, weight in pairs}
+    except ValueError:
+        raise InputError("--method", f"expected 'name=weight,...' with numeric weights, found '{text}'") from None
+
+
+def parse_columns(text: str) -> dict[str, str]:
+    pairs = [_split_once(part, "=", "--columns", "source=column") for part in text.split(",") if part.strip()]
+    return dict(pairs)
+
+
+def parse_pair(text: str, option: str) -> tuple[float, float]:
+    low, high = _split_once(text, ",", option, "low,high")
+    try:
+        return float(low), float(high)
+    except ValueError:
+        raise InputError(option, f"expected two numbers 'low,high', found '{text}'") from None
+
+
+def parse_threshold(text: str | None) -> float | str | None:
+    if text is None or text == "off":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError("--near-duplicate", f"expected a number in [0, 1] or 'off', found '{text}'") from None
+
+
+def _split_once(text: str, sep: str, option: str, shape: str) -> tuple[str, str]:
+    left, found, right = text.partition(sep)
+    if not found or not left.strip() or not right.strip():
+        raise InputError(option, f"expected '{shape}', found '{text.strip()}'")
+    return left.strip(), right.strip()

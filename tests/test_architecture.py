@@ -1,0 +1,132 @@
+"""The house rules of src/pairforge (README, "Architecture"), checked on the code itself: every import runs
+downward through the documented layers (a stage package never imports a sibling stage), there is no import
+loop, no function is longer than 80 lines and no module longer than 450."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pairforge"
+
+# bottom to top; a module imports only from lower layers, or from its own package (train.* from train.*)
+LAYERS = [
+    {"errors", "schema"},
+    {"files", "text", "layout", "models"},
+    {"config", "fields", "prompting"},
+    {"recipe", "records"},
+    {"requests", "sequences", "recipe_docs"},
+    {"generate", "judge", "pairs", "train"},
+    {"evaluate"},
+    {"render"},
+    {"report"},
+    {"stages"},
+    {"pipeline"},
+    {"options"},
+    {"cli"},
+    {"__main__"},
+]
+
+
+def _modules() -> dict[str, Path]:
+    names = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return names
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """The pairforge modules a module imports, at the top or inside functions (lazy imports count)."""
+    package = module.split(".")[:-1] if path.name != "__init__.py" else module.split(".")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(["pairforge", *package[: len(package) - node.level + 1], *([base] if base else [])])
+            if base.startswith("pairforge"):
+                for alias in node.names:
+                    found.add(f"{base}.{alias.name}".removeprefix("pairforge").strip("."))
+        elif isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("pairforge.") for a in node.names if a.name.startswith("pairforge.")}
+    return found
+
+
+def _resolve(name: str, modules: dict[str, Path]) -> str | None:
+    """`train.losses.LOSSES` -> `train.losses`; `config` -> `config`."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    graph = {}
+    for module, path in modules.items():
+        targets = {_resolve(name, modules) for name in _imports(path, module)}
+        graph[module] = {t for t in targets if t and t != module}
+    return graph
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[0]
+    return next(i for i, layer in enumerate(LAYERS) if top in layer)
+
+
+def test_every_module_has_a_layer() -> None:
+    missing = sorted({m.split(".")[0] for m in _graph() if m} - set().union(*LAYERS))
+    assert not missing, f"add these to LAYERS (and README's Architecture): {missing}"
+
+
+def test_imports_run_downward_and_never_to_a_sibling_stage() -> None:
+    wrong = []
+    for module, targets in _graph().items():
+        if not module:
+            continue
+        for target in targets:
+            same_package = target.split(".")[0] == module.split(".")[0]
+            if not same_package and _layer(target) >= _layer(module):
+                wrong.append(f"{module} -> {target}")
+    assert not wrong, wrong
+
+
+def test_there_is_no_import_loop() -> None:
+    graph = _graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                pytest.fail("import loop: " + " -> ".join([*path[path.index(target):], target]))
+            if target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_functions_and_modules_stay_readable() -> None:
+    long_functions, long_modules = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if len(text.splitlines()) > 450:
+            long_modules.append(f"{path.relative_to(PACKAGE)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if length > 80:
+                    long_functions.append(f"{path.relative_to(PACKAGE)}:{node.name}: {length} lines")
+    assert not long_functions and not long_modules, long_functions + long_modules
+
+
+def test_the_layer_rule_would_catch_an_upward_import(tmp_path: Path) -> None:
+    """The checker itself: an import from a higher layer is found."""
+    (tmp_path / "sample.py").write_text("from pairforge.pipeline import plan\nfrom . import losses\n")
+    assert _imports(tmp_path / "sample.py", "train.sample") == {"pipeline.plan", "train.losses"}
+    assert _layer("pipeline") > _layer("train.sample")
