@@ -27,28 +27,15 @@ import time
 from pathlib import Path
 
 import torch
+from _tokens import TokenCount
 
 from pairforge.config import SourceConfig
-from pairforge.requests.backends.base import Completion, Request
+from pairforge.requests.backends.base import Request
 from pairforge.requests.backends.local import TransformersBackend
 
 PROMPTS = Path(__file__).resolve().parents[1] / "data" / "quickstart" / "reference.json"
 SETTINGS = {"before": {"dtype": "float32", "batch_size": 10}, "after": {"dtype": "bfloat16", "batch_size": 64}}
 SOURCES = {"chat": {"endpoint": "chat", "temperature": 0.7}, "plain": {"endpoint": "completions", "temperature": 1.0}}
-
-
-class Count:
-    def __init__(self) -> None:
-        self.tokens = 0
-
-    def completed(self, request: Request, completion: Completion) -> None:
-        self.tokens += completion.tokens
-
-    def failed(self, request: Request, reason: str) -> None:
-        raise SystemExit(f"request failed: {reason}")
-
-    def retried(self, request: Request, reason: str) -> None:
-        pass
 
 
 def run(setting: str, prompts: list[str], max_new_tokens: int) -> tuple[float, int]:
@@ -58,7 +45,7 @@ def run(setting: str, prompts: list[str], max_new_tokens: int) -> tuple[float, i
         cfg = SourceConfig(name=name, max_new_tokens=max_new_tokens, **source, **SETTINGS[setting])
         backend = TransformersBackend(cfg)
         work = [Request(f"{name}{i}", [{"role": "user", "content": p}], seed=i) for i, p in enumerate(prompts)]
-        count = Count()
+        count = TokenCount()
         start = time.perf_counter()
         backend.run(work, count)
         seconds += time.perf_counter() - start

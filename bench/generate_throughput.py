@@ -19,10 +19,10 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' real llama.cpp server
 
+from _tokens import TokenCount  # noqa: E402
 from servers import LlamaServer  # noqa: E402
 
 from pairforge.config import SourceConfig  # noqa: E402
@@ -38,24 +38,10 @@ def requests(n: int) -> list[Request]:
                                                           f"(note {i})."}], seed=i) for i in range(n)]
 
 
-class Count:
-    def __init__(self) -> None:
-        self.tokens = 0
-
-    def completed(self, request: Request, completion: Any) -> None:
-        self.tokens += completion.tokens
-
-    def failed(self, request: Request, reason: str) -> None:
-        raise SystemExit(f"request failed: {reason}")
-
-    def retried(self, request: Request, reason: str) -> None:
-        pass
-
-
 def run_pairforge(cfg: SourceConfig, work: list[Request]) -> tuple[float, int]:
     from pairforge.requests.backends.openai_api import OpenAIBackend
 
-    count = Count()
+    count = TokenCount()
     start = time.perf_counter()
     OpenAIBackend(cfg).run(work, count)
     return time.perf_counter() - start, count.tokens
@@ -89,7 +75,7 @@ def run_local(batch_size: int, work: list[Request], max_new_tokens: int) -> tupl
 
     backend = TransformersBackend(SourceConfig(name="local", temperature=0, max_new_tokens=max_new_tokens,
                                                batch_size=batch_size))
-    count = Count()
+    count = TokenCount()
     start = time.perf_counter()
     backend.run(work, count)
     return time.perf_counter() - start, count.tokens

@@ -286,7 +286,7 @@ def test_judge_exit_code_on_failed_requests_and_retry_failed(tmp_path: Path, lla
         flaky.close()
     assert flaky.requests == 4  # 2 prompts x 1 source pair x 2 orders, no retries
     assert failed.returncode == 1, failed.stderr
-    assert "2 judge requests failed; run again with --retry-failed" in failed.stderr
+    assert "2 judge requests failed; they are kept in the store: run again with --retry-failed" in failed.stderr
     store = sqlite3.connect(out / "store.sqlite")
     assert store.execute("SELECT COUNT(*) FROM results WHERE value IS NULL").fetchone() == (2,)
     store.close()

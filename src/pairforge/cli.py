@@ -66,6 +66,14 @@ def _say(line: str) -> None:
     console.print(line, highlight=False, soft_wrap=True)
 
 
+def _stop_on_failures(failed: int, what: str, detail: str = "") -> None:
+    """Failed requests are kept in the store (never exported as answers): exit 1 and say how to retry them."""
+    if failed:
+        console.print(f"[bold red]{failed} {what} failed{detail}[/]; they are kept in the store: run again with "
+                      "--retry-failed", highlight=False)
+        raise typer.Exit(1)
+
+
 def _fail_cleanly(run: Callable[[], T]) -> T:
     """Run a command; bad input becomes one line and exit 2."""
     try:
@@ -217,12 +225,9 @@ def generate_command(
         result = generate(load_recipe(recipe), out, retry_failed, source)
         _show(render.generation(result.tallies))
         console.print(f"wrote {result.exported} answers to {result.responses}", highlight=False)
-        if result.failed:
-            reasons = Counter(r for t in result.tallies.values() for r in t.reasons.elements())
-            detail = f" ({', '.join(f'{r}: {n}' for r, n in reasons.most_common(3))})" if reasons else ""
-            console.print(f"[bold red]{result.failed} requests failed{detail}[/]; they are kept in the store and not "
-                          "exported: run again with --retry-failed", highlight=False)
-            raise typer.Exit(1)
+        reasons = Counter(r for t in result.tallies.values() for r in t.reasons.elements())
+        _stop_on_failures(result.failed, "requests", f" ({', '.join(f'{r}: {n}' for r, n in reasons.most_common(3))})"
+                          if reasons else "")
 
     _fail_cleanly(run)
 
@@ -245,10 +250,7 @@ def judge_command(
             _say(render.position_bias(summary))
         written = [result.scored, *([result.judgments] if result.judgments else [])]
         console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
-        if summary.get("failed_requests"):
-            console.print(f"[bold red]{summary['failed_requests']} judge requests failed[/]; run again with "
-                          "--retry-failed", highlight=False)
-            raise typer.Exit(1)
+        _stop_on_failures(summary.get("failed_requests", 0), "judge requests")
 
     _fail_cleanly(run)
 

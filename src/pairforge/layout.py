@@ -18,7 +18,6 @@ A run folder (`pairforge run`, or the `--out` of a stage command) holds:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 STORE = "store.sqlite"
@@ -45,80 +44,37 @@ def summary_path(pairs: Path) -> Path:
     return pairs.with_name(f"{pairs.stem}.summary.json")
 
 
-@dataclass(frozen=True)
 class TrainDir:
     """One training run's folder."""
 
-    root: Path
-
-    @property
-    def model(self) -> Path:
-        return self.root / MODEL
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS
-
-    @property
-    def run_info(self) -> Path:
-        return self.root / RUN_INFO
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.model = self.root / MODEL
+        self.checkpoints = self.root / "checkpoints"
+        self.metrics = self.root / METRICS
+        self.run_info = self.root / RUN_INFO
 
     def consumed(self, process: int) -> Path:
         """The pairs file rows each micro-batch of this process used, one line per micro-batch."""
         return self.root / f"consumed-{process}.jsonl"
 
 
-@dataclass(frozen=True)
 class RunDir:
     """A pipeline run folder."""
 
-    root: Path
-
-    @property
-    def store(self) -> Path:
-        return self.root / STORE
-
-    @property
-    def responses(self) -> Path:
-        return self.root / RESPONSES
-
-    @property
-    def scored(self) -> Path:
-        return self.root / SCORED
-
-    @property
-    def judgments(self) -> Path:
-        return self.root / JUDGMENTS
-
-    @property
-    def ranking(self) -> Path:
-        return self.root / RANKING
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.store, self.responses, self.scored = self.root / STORE, self.root / RESPONSES, self.root / SCORED
+        self.judgments, self.ranking, self.report = self.root / JUDGMENTS, self.root / RANKING, self.root / REPORT
+        self.eval = self.root / "eval"
+        self.leaderboard = self.eval / LEADERBOARD
+        self.quick_prompts = self.root / "quick-prompts.parquet"
 
     def pairs(self, split: str = "train") -> Path:
         return split_path(self.root / "pairs.parquet", split)
 
     def train(self, run: str) -> TrainDir:
         return TrainDir(self.root / "train" / run)
-
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval"
-
-    @property
-    def leaderboard(self) -> Path:
-        return self.eval / LEADERBOARD
-
-    @property
-    def report(self) -> Path:
-        return self.root / REPORT
-
-    @property
-    def quick_prompts(self) -> Path:
-        return self.root / "quick-prompts.parquet"
 
     def marker(self, stage: str) -> Path:
         """The file that records a finished stage; later stages take it as an input, so redoing a stage
