@@ -1,4 +1,4 @@
-"""The memory-lean blocks (train/lean.py) and the fused head (train/logprobs.py): the same numbers as the
+"""The memory-lean blocks (train/lean.py) and the fused head (sequences/logprobs.py): the same numbers as the
 plain modules, less kept for backward, and the memory model's activation figure matching what is kept."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Readers return `Records`: either Python rows (JSON, where types vary row by row and an error must
 name the exact line) or a polars frame (Parquet / Arrow, typed by column, read without a Python loop).
-What the rows *mean* (long, wide, UltraFeedback, ...) is `formats.py`'s job, not this module's.
+What the rows *mean* (long, wide, UltraFeedback, ...) is `records.py`'s job, not this module's.
 
 Writers are atomic: they write a temporary file next to the target and rename it, so a crash or a
 bad row never leaves a half-written output, and an existing good file is replaced only by a good one.

@@ -13,7 +13,7 @@
   saved-tensor hooks), or 7 x hidden + 3 x kv_width + 2 x intermediate with `lean_blocks` (train/lean.py;
   30.7 KB, 27.8 KB counted) — an upper bound by design, tests/test_lean.py checks it — times layers
   and the tokens of the largest forward (rows x width; see `forward_tokens`);
-- the head: one [chunk of answer tokens, vocabulary] buffer in fp32 (train/logprobs.py `_HeadLogps`);
+- the head: one [chunk of answer tokens, vocabulary] buffer in fp32 (sequences/logprobs.py `_HeadLogps`);
 - runtime: Python, torch and the libraries, ~0.45 GB on CPU (measured).
 Checked against the measured peak in bench/train_vs_trl.py.
 """
