@@ -72,3 +72,13 @@ def test_shared_layout_pushes_each_prompt_once():
     prompts = sum(p.chosen.answer_start for p in pairs)
     assert separate.tokens - shared.tokens == prompts  # answers that start alike still get their own tokens
     assert shared.input_ids.shape[0] == len(pairs) and separate.input_ids.shape[0] == 2 * len(pairs)
+
+
+def test_the_batch_contract_example_in_its_docstring_holds() -> None:
+    """The documented example of `Batch` (both layouts) is what `collate` builds."""
+    import doctest
+
+    from pairforge.sequences import logprobs
+
+    result = doctest.testmod(logprobs)
+    assert result.attempted >= 5 and result.failed == 0

@@ -100,7 +100,7 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
     pairs_cfg = stages.pairs_config(recipe, folder)
     plan_.append(Stage("pairs", f"pairs ({pairs_cfg.resolved_strategy}, {pairs_cfg.pair_types})",
                         f"<= {n_prompts * len(recipe.sources) ** 2 // 2} pairs", 5,
-                        lambda: stages.pairs(pairs_cfg),
+                        lambda: stages.pairs(recipe, folder),
                         [*pairs_cfg.inputs, *([pairs_cfg.rank_from] if pairs_cfg.rank_from else []),
                          *pairs_cfg.filters.decontaminate], pairs_cfg.model_dump(mode="json")))
     for entry in recipe.runs:
@@ -110,7 +110,7 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
         plan_.append(Stage(f"train:{entry.name}", f"{_method(cfg.method)}" + (f" after {entry.after}" if entry.after
                                                                                   else "") +
                             (f", curriculum {cfg.curriculum.schedule}" if cfg.curriculum else ""), steps,
-                            _train_estimate(cfg, passes), lambda c=cfg: stages.train(c),
+                            _train_estimate(cfg, passes), lambda e=entry: stages.train(e, folder),
                             [cfg.pairs, *([folder.marker(f"train:{entry.after}")] if entry.after else [])],
                             cfg.model_dump(mode="json"), work_dir=cfg.out))
     if recipe.eval is not None:

@@ -1,4 +1,4 @@
-"""Every stage of a recipe as one function of (the recipe, its run folder) -> the files it wrote.
+"""Every stage of a recipe as one function of (its recipe section, the run folder) -> the files it wrote.
 
 `pairforge run` (pipeline.py) calls these in order; the stage commands of the CLI call the same ones, so
 a stage is wired once. Each function reads its inputs from the run folder (`layout.RunDir`), raises
@@ -90,10 +90,10 @@ def pairs_config(recipe: Recipe, run: RunDir) -> PairsConfig:
     return cfg.model_copy(update=update)
 
 
-def pairs(cfg: PairsConfig) -> list[Path]:
+def pairs(recipe: Recipe, run: RunDir) -> list[Path]:
     from pairforge.pairs.run import build_from_files
 
-    return build_from_files(cfg).written  # no pair at all is its error
+    return build_from_files(pairs_config(recipe, run)).written  # no pair at all is its error
 
 
 def run_config(entry: RunConfig, run: RunDir) -> RunConfig:
@@ -106,10 +106,10 @@ def run_config(entry: RunConfig, run: RunDir) -> RunConfig:
     return entry.model_copy(update=update)
 
 
-def train(cfg: RunConfig) -> list[Path]:
+def train(entry: RunConfig, run: RunDir) -> list[Path]:
     from pairforge.train.trainer import train as train_model
 
-    out = TrainDir(train_model(cfg).out)
+    out = TrainDir(train_model(run_config(entry, run)).out)
     return [out.model, out.metrics]
 
 

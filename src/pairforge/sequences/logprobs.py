@@ -25,6 +25,21 @@ from pairforge.sequences.tokenize import Sequence, TokenizedPair, common_prefix
 
 @dataclass
 class Batch:
+    """What the model runs on and which of its predictions are scored. One pair, prompt [5, 6], chosen
+    answer [7], rejected answer [8, 9]:
+
+    >>> from pairforge.sequences.tokenize import Sequence, TokenizedPair
+    >>> pair = TokenizedPair(0, Sequence([5, 6, 7], 2), Sequence([5, 6, 8, 9], 2), None, "a>b", 1.0)
+    >>> batch = collate([pair], pad_id=0, with_targets=False)  # one row per answer
+    >>> batch.input_ids.tolist(), batch.score_states.tolist(), batch.score_targets.tolist()
+    ([[5, 6, 7, 0], [5, 6, 8, 9]], [1, 5, 6], [7, 8, 9])
+    >>> shared = collate([pair], pad_id=0, with_targets=False, share_prompt=True)  # one row per pair
+    >>> shared.input_ids.tolist(), shared.position_ids.tolist(), shared.score_states.tolist()
+    ([[5, 6, 7, 8, 9]], [[0, 1, 2, 2, 3]], [1, 1, 3])
+    >>> shared.score_sequences.tolist()  # chosen i -> i, rejected i -> n + i
+    [0, 1, 1]
+    """
+
     input_ids: torch.Tensor  # [rows, length]
     attention_mask: torch.Tensor  # [rows, length] (unshared) or [rows, 1, length, length] bool (shared)
     position_ids: torch.Tensor | None
