@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +111,71 @@ def test_models_answer_in_alpaca_eval_shape_and_known_verdicts_give_the_win_rate
         ids[questions[0]]: 1.0, ids[questions[1]]: 1.0, ids[questions[2]]: 0.0, ids[questions[3]]: None}
     assert again["judge_summary"]["unreadable"] == 1 and again["judge_summary"]["failed_requests"] == 0
     assert pd.read_json(tmp_path / "eval" / "tiny.model_outputs.json")["output"].tolist() == outputs["output"].tolist()
+
+
+def p_shown_first_from_reply(reply: dict[str, Any]) -> float:
+    """P(the answer shown first is better) from a stored judge reply, as judge/pairwise.py documents it: the
+    first answer token's log-probs of 'A' and 'B', renormalised over the two."""
+    letters: dict[str, float] = {}
+    for token, logprob in reply["first_token_logprobs"].items():
+        if token.strip().upper() in ("A", "B"):
+            letters[token.strip().upper()] = max(letters.get(token.strip().upper(), -math.inf), logprob)
+    assert letters, reply  # llama.cpp returns the first token's top log-probs: the verdict is never a guess
+    a, b = (math.exp(letters.get(letter, -math.inf)) for letter in "AB")
+    return a / (a + b)
+
+
+@pytest.mark.slow
+def test_a_real_llm_judge_gives_win_rates_from_its_stored_verdicts(tmp_path: Path, llama_server: Any) -> None:
+    """The embedded SmolLM2, served by llama.cpp, judges a model's answers against the reference: every prompt
+    in both orders; the win rate, its length-controlled twin and the per-dataset rates follow from the judge's
+    own stored replies; a rerun asks the judge nothing."""
+    rows = [("geo", "What is the capital of France?", "The capital of France is Paris.", "Bananas."),
+            ("geo", "Which ocean lies between Europe and America?", "The Atlantic Ocean.", "The moon, maybe."),
+            ("math", "What is 2 + 2?", "2 + 2 = 4.", "It is 5, I think, or maybe 22."),
+            ("math", "How many legs does a spider have?", "A spider has eight legs.", "Legs.")]
+
+    def answers_file(name: str, column: int) -> Path:
+        records = [{"instruction": r[1], "output": r[column], "generator": name, "dataset": r[0]} for r in rows]
+        (tmp_path / f"{name}.json").write_text(json.dumps(records), encoding="utf-8")
+        return tmp_path / f"{name}.json"
+
+    reference, model = answers_file("ref", 2), answers_file("model", 3)
+    counter = FaultProxy(llama_server.port, every=10**9)  # faults off: forwards to llama.cpp and counts
+    judge = JudgeConfig(kind="llm-pairwise", llm=SourceConfig(backend="openai", model="smollm2", max_new_tokens=4,
+                                                              base_url=counter.base_url, max_retries=0))
+    settings = EvalSettings(bootstrap=200)
+    try:
+        result = evaluate([], [model], reference, judge, tmp_path / "eval", settings=settings, show_progress=False)
+        assert counter.requests == 2 * len(rows)  # every prompt, model shown first and reference shown first
+        again = evaluate([], [model], reference, judge, tmp_path / "eval", settings=settings, show_progress=False)
+        assert counter.requests == 2 * len(rows)  # the rerun reads every verdict from the store
+    finally:
+        counter.close()
+    assert again["models"] == result["models"]
+    assert result["judge_summary"]["failed_requests"] == 0
+
+    # the verdicts again, from the judge's raw replies in the store (key judge:<prompt>:<first>:<second>:...)
+    store = sqlite3.connect(tmp_path / "eval" / "store.sqlite")
+    replies = {tuple(key.split(":")[1:4]): json.loads(value)
+               for key, value in store.execute("SELECT key, value FROM results WHERE kind = 'judgment'")}
+    store.close()
+    ids = {prompt_id_of(to_messages(r[1])): r[0] for r in rows}
+    assert set(replies) == {(p, a, b) for p in ids for a, b in (("model", "reference"), ("reference", "model"))}
+    verdict = {p: (p_shown_first_from_reply(replies[p, "model", "reference"])
+                   + 1 - p_shown_first_from_reply(replies[p, "reference", "model"])) / 2 for p in ids}
+
+    table = pl.read_parquet(tmp_path / "eval" / "eval.parquet")  # one row per prompt: P(model beats reference)
+    assert dict(zip(table["prompt_id"], table["verdict"], strict=True)) == pytest.approx(verdict)
+    entry = result["models"][0]
+    assert entry["model"] == "model" and entry["unjudged"] == 0
+    win = entry["win_rate"]
+    assert 0 <= win["low"] <= win["value"] <= win["high"] <= 1
+    assert win["value"] == pytest.approx(sum(verdict.values()) / len(verdict))
+    controlled = entry["length_controlled_win_rate"]
+    assert 0 <= controlled["low"] <= controlled["value"] <= controlled["high"] <= 1
+    assert entry["per_dataset"] == pytest.approx(
+        {d: sum(v for p, v in verdict.items() if ids[p] == d) / 2 for d in ("geo", "math")})
 
 
 def test_reward_model_judge_gives_win_rates_and_length_control(tmp_path: Path, tiny_model_dir: Path) -> None:

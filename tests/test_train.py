@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -384,22 +385,77 @@ def test_the_optimised_path_trains_like_the_plain_one(tiny_model_dir, pairs_file
     assert all(len(piece) == 1 or len(piece) * max(p.packed_length for p in piece) <= 40 for piece in split)
 
 
-def test_memory_model_counts_what_each_setting_keeps(tiny_model_dir):
-    from transformers import AutoConfig
+def _one_adamw_step(model: torch.nn.Module) -> tuple[int, int]:
+    """Bytes of the gradients and of AdamW's two moments after one real optimiser step, set up as the trainer
+    sets it up (fused AdamW over the parameters that require grad). AdamW's per-tensor step counters (one
+    scalar each) are not moments and are left out."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3, fused=True)
+    ids = torch.arange(1, 17).unsqueeze(0)
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    assert len(optimizer.state) == len(trainable)  # every trained tensor has its state, the frozen ones none
+    gradients = sum(p.grad.nbytes for p in trainable)
+    moments = sum(t.nbytes for state in optimizer.state.values() for key, t in state.items() if key != "step")
+    return gradients, moments
 
+
+def test_memory_model_counts_what_each_setting_keeps(tiny_model_dir):
+    """Each part of the memory model against what torch actually holds on the real tiny model: the weights
+    as the trainer loads them in each dtype, gradients and AdamW state after a real optimiser step (full and
+    LoRA), the frozen copy the trainer makes for a live reference, one fp32 [chunk, vocab] head buffer.
+    The activation counts are measured against saved-tensor hooks in tests/test_lean.py; here, only how
+    they scale."""
+    from peft import LoraConfig, get_peft_model
+
+    from pairforge.models import load_causal_lm
     from pairforge.train.memory import estimate
 
-    config = AutoConfig.from_pretrained(str(tiny_model_dir))
-    full = estimate(config, parameters=1000, trainable=1000, forward_tokens=100, chunk_tokens=16)
-    lora = estimate(config, parameters=1000, trainable=10, forward_tokens=100, chunk_tokens=16)
-    live = estimate(config, parameters=1000, trainable=1000, forward_tokens=100, chunk_tokens=16,
-                    live_reference_copy=True)
-    assert (full.weights, full.gradients, full.optimizer) == (4000, 4000, 8000)  # fp32 weights, grads, 2 moments
-    assert (lora.gradients, lora.optimizer) == (40, 80) and lora.weights == full.weights
-    assert live.total - full.total == 4000  # a frozen copy of the weights
-    per_token = config.num_hidden_layers * (7 * 32 + 3 * 16 + 2 * 64) * 4  # hidden 32, kv 16, intermediate 64
-    assert full.activations == 100 * per_token  # lean blocks (the default); tests/test_lean.py checks the counts
-    plain = estimate(config, 1000, 1000, forward_tokens=100, chunk_tokens=16, lean=False)
-    assert plain.activations == 100 * config.num_hidden_layers * (9 * 32 + 3 * 16 + 4 * 64) * 4
-    halved = estimate(config, 1000, 1000, forward_tokens=50, chunk_tokens=16)
-    assert halved.activations * 2 == full.activations
+    def held(model: torch.nn.Module) -> int:
+        return sum(p.nbytes for p in model.parameters())
+
+    chunk = 16
+    for dtype in ("float32", "bfloat16", "float16"):
+        model, _ = load_causal_lm(str(tiny_model_dir), dtype)  # the trainer's loader
+        parameters = sum(p.numel() for p in model.parameters())
+        precomputed = estimate(model.config, parameters, parameters, forward_tokens=100, chunk_tokens=chunk,
+                               dtype=dtype)
+        live = estimate(model.config, parameters, parameters, forward_tokens=100, chunk_tokens=chunk, dtype=dtype,
+                        live_reference_copy=True)
+        assert precomputed.weights == held(model), dtype
+        assert precomputed.reference == 0  # precomputed reference log-probs: no second model
+        assert live.reference == held(copy.deepcopy(model).eval().requires_grad_(False)), dtype  # as trainer.py
+        # the head: one [chunk, vocab] buffer in fp32 whatever the training dtype (as _HeadLogps keeps it)
+        logits = torch.nn.functional.linear(torch.zeros(chunk, model.config.hidden_size, dtype=model.dtype),
+                                            model.lm_head.weight)
+        assert precomputed.head == logits.float().nbytes, dtype
+
+    # full fine-tuning in fp32: every parameter's gradient and two moments, measured after a real step
+    model, _ = load_causal_lm(str(tiny_model_dir), "float32")
+    parameters = sum(p.numel() for p in model.parameters())
+    full = estimate(model.config, parameters, parameters, forward_tokens=100, chunk_tokens=chunk)
+    full_gradients, full_moments = _one_adamw_step(model)
+    assert (full.gradients, full.optimizer) == (full_gradients, full_moments)
+    head = chunk * model.config.vocab_size * torch.finfo(torch.float32).bits // 8
+    assert full.total == full.runtime + held(model) + full_gradients + full_moments + full.activations + head
+
+    # LoRA (the default all-linear adapter): all weights held, only the adapter's gradients and moments
+    torch.manual_seed(0)
+    base, _ = load_causal_lm(str(tiny_model_dir), "float32")
+    lora_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    trainable = sum(p.numel() for p in lora_model.parameters() if p.requires_grad)
+    lora = estimate(lora_model.config, sum(p.numel() for p in lora_model.parameters()), trainable,
+                    forward_tokens=100, chunk_tokens=chunk)
+    lora_gradients, lora_moments = _one_adamw_step(lora_model)
+    assert lora.weights == held(lora_model)
+    assert (lora.gradients, lora.optimizer) == (lora_gradients, lora_moments)
+    assert lora_gradients + lora_moments < (full_gradients + full_moments) / 10  # what LoRA is for
+
+    # activations: per token of the largest forward and per layer, fewer with lean blocks (counts: test_lean.py)
+    halved = estimate(model.config, parameters, parameters, forward_tokens=50, chunk_tokens=chunk)
+    assert halved.activations * 2 == full.activations > 0
+    deeper = model.config.to_dict() | {"num_hidden_layers": 2 * model.config.num_hidden_layers}
+    doubled = estimate(type(model.config)(**deeper), parameters, parameters, forward_tokens=100, chunk_tokens=chunk)
+    assert doubled.activations == 2 * full.activations
+    plain = estimate(model.config, parameters, parameters, forward_tokens=100, chunk_tokens=chunk, lean=False)
+    assert full.activations < plain.activations
