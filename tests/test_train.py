@@ -430,25 +430,29 @@ def test_memory_model_counts_what_each_setting_keeps(tiny_model_dir):
                                             model.lm_head.weight)
         assert precomputed.head == logits.float().nbytes, dtype
 
-    # full fine-tuning in fp32: every parameter's gradient and two moments, measured after a real step
-    model, _ = load_causal_lm(str(tiny_model_dir), "float32")
-    parameters = sum(p.numel() for p in model.parameters())
-    full = estimate(model.config, parameters, parameters, forward_tokens=100, chunk_tokens=chunk)
-    full_gradients, full_moments = _one_adamw_step(model)
-    assert (full.gradients, full.optimizer) == (full_gradients, full_moments)
+    # full fine-tuning: every parameter's gradient and two moments (in the weights' dtype), measured after a
+    # real step; bfloat16 weights keep bfloat16 gradients and moments
+    for dtype in ("bfloat16", "float32"):
+        model, _ = load_causal_lm(str(tiny_model_dir), dtype)
+        parameters = sum(p.numel() for p in model.parameters())
+        full = estimate(model.config, parameters, parameters, forward_tokens=100, chunk_tokens=chunk, dtype=dtype)
+        full_gradients, full_moments = _one_adamw_step(model)
+        assert (full.gradients, full.optimizer) == (full_gradients, full_moments), dtype
     head = chunk * model.config.vocab_size * torch.finfo(torch.float32).bits // 8
     assert full.total == full.runtime + held(model) + full_gradients + full_moments + full.activations + head
 
-    # LoRA (the default all-linear adapter): all weights held, only the adapter's gradients and moments
-    torch.manual_seed(0)
-    base, _ = load_causal_lm(str(tiny_model_dir), "float32")
-    lora_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    trainable = sum(p.numel() for p in lora_model.parameters() if p.requires_grad)
-    lora = estimate(lora_model.config, sum(p.numel() for p in lora_model.parameters()), trainable,
-                    forward_tokens=100, chunk_tokens=chunk)
-    lora_gradients, lora_moments = _one_adamw_step(lora_model)
-    assert lora.weights == held(lora_model)
-    assert (lora.gradients, lora.optimizer) == (lora_gradients, lora_moments)
+    # LoRA (the default all-linear adapter): all weights held, only the adapter's gradients and moments (peft
+    # keeps the adapter in fp32 on a bfloat16 model)
+    for dtype in ("bfloat16", "float32"):
+        torch.manual_seed(0)
+        base, _ = load_causal_lm(str(tiny_model_dir), dtype)
+        lora_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+        trainable = sum(p.numel() for p in lora_model.parameters() if p.requires_grad)
+        lora = estimate(lora_model.config, sum(p.numel() for p in lora_model.parameters()), trainable,
+                        forward_tokens=100, chunk_tokens=chunk, dtype=dtype)
+        lora_gradients, lora_moments = _one_adamw_step(lora_model)
+        assert lora.weights == held(lora_model), dtype
+        assert (lora.gradients, lora.optimizer) == (lora_gradients, lora_moments), dtype
     assert lora_gradients + lora_moments < (full_gradients + full_moments) / 10  # what LoRA is for
 
     # activations: per token of the largest forward and per layer, fewer with lean blocks (counts: test_lean.py)

@@ -3,8 +3,8 @@
     peak ~ runtime + weights + gradients + AdamW state + frozen reference copy
            + activations of the largest forward + one head chunk
 
-- weights: every parameter at the training dtype; gradients and AdamW's two moments: the trainable ones
-  (all, or only LoRA's) in fp32;
+- weights: every parameter at the training dtype; gradients and AdamW's two moments: the trainable ones,
+  all of them in the weights' dtype (full fine-tuning), or only LoRA's in fp32 (peft keeps adapters in fp32);
 - a frozen reference copy only when the reference is computed live on full fine-tuning (the default,
   precomputed reference log-probs, costs none; LoRA's reference is the adapter switched off);
 - activations: what a Llama-style decoder layer keeps for backward, per token, about
@@ -52,15 +52,16 @@ def estimate(config: Any, parameters: int, trainable: int, forward_tokens: int, 
              dtype: str = "float32", live_reference_copy: bool = False, lean: bool = True) -> MemoryEstimate:
     """The expected peak for a decoder with HF `config`, `parameters` in all, `trainable` of them trained."""
     width = _DTYPE_BYTES[dtype]
+    trained_width = width if trainable == parameters else 4  # peft keeps a LoRA adapter in fp32
     heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", config.num_attention_heads)
     kv_width = config.hidden_size // heads * kv_heads
     hidden, intermediate = (7, 2) if lean else (9, 4)
     per_token_layer = hidden * config.hidden_size + 3 * kv_width + intermediate * config.intermediate_size
     return MemoryEstimate(
         runtime=RUNTIME_BYTES,
-        weights=parameters * width,
-        gradients=trainable * 4,
-        optimizer=2 * trainable * 4,
+        weights=(parameters - trainable) * width + trainable * trained_width,
+        gradients=trainable * trained_width,
+        optimizer=2 * trainable * trained_width,
         reference=parameters * width if live_reference_copy else 0,
         activations=forward_tokens * config.num_hidden_layers * per_token_layer * width,
         head=chunk_tokens * config.vocab_size * 4,
