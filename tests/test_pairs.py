@@ -81,13 +81,13 @@ def test_plain_prompts_are_conversational_by_default_because_answers_were_asked_
 
 
 def test_text_format_gives_chat_prompts_as_the_completions_endpoint_saw_them(jsonl):
-    from pairforge.prompting import plain_text
+    from pairforge.text import prompt_text
 
     prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]
     rows = [{"prompt": prompt, "source": "strong", "response": "Paris."},
             {"prompt": prompt, "source": "weak", "response": "Lyon, probably."}]
     pair = build(jsonl("a.jsonl", rows), rank="strong > weak", prompt_format="text").train.row(0, named=True)
-    assert pair["prompt"] == plain_text(prompt) == "Be brief.\n\nCapital of France?"
+    assert pair["prompt"] == prompt_text(prompt) == "Be brief.\n\nCapital of France?"
     assert (pair["chosen"], pair["rejected"]) == ("Paris.", "Lyon, probably.")
 
 

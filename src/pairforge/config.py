@@ -22,6 +22,9 @@ ROLE_MARKERS = (
 )
 
 
+ROUND_MODEL = "@round"  # a source's model in an iterative recipe: the policy of the current round (rounds.py)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -346,6 +349,8 @@ class EvalConfig(Section):
     judge: JudgeConfig = Field(default_factory=lambda: JudgeConfig(kind="similarity", reference="reference"),
                                description="default: similarity to the reference (offline)")
     base: bool = Field(True, description="also evaluate the starting model, untrained")
+    base_model: str | None = Field(None, description="the model evaluated as 'base' (default: the first run's "
+                                   "starting model; in an iterative recipe, the model round 1 started from)")
     max_new_tokens: int = Field(128, ge=1, description="answer length limit of the evaluated models")
     temperature: float = Field(0.0, ge=0, description="sampling temperature of the evaluated models (0: greedy)")
     batch_size: int = Field(8, ge=1, description="prompts per generate() call of the evaluated models")

@@ -60,11 +60,12 @@ class TrainDir:
 
 
 class RunDir:
-    """A pipeline run folder."""
+    """A pipeline run folder (or one round's folder of an iterative run, with the run's shared `store`)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, store: Path | None = None) -> None:
         self.root = Path(root)
-        self.store, self.responses, self.scored = self.root / STORE, self.root / RESPONSES, self.root / SCORED
+        self.store = store or self.root / STORE
+        self.responses, self.scored = self.root / RESPONSES, self.root / SCORED
         self.judgments, self.ranking, self.report = self.root / JUDGMENTS, self.root / RANKING, self.root / REPORT
         self.eval = self.root / "eval"
         self.leaderboard = self.eval / LEADERBOARD

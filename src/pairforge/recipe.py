@@ -14,6 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from pairforge.config import (
+    ROUND_MODEL,
     EvalConfig,
     JudgeConfig,
     PairsConfig,
@@ -52,6 +53,11 @@ class Recipe(Section):
                                   "(sft, then dpo / slic after it, ...)")
     eval: EvalConfig | None = None
     quick: QuickConfig = Field(default_factory=QuickConfig)
+    rounds: int = Field(1, ge=1, description="iterative rounds of generate -> judge -> pairs -> train; a source "
+                        "with model '@round' is the policy: the base model in round 1, round k's trained model in "
+                        "round k+1 (rounds.py)")
+    round_run: str | None = Field(None, description="the run whose trained model is '@round' in the next round "
+                                  "(default: the last run that trains a policy)")
 
     @model_validator(mode="after")
     def _named_runs(self) -> Recipe:
@@ -73,6 +79,20 @@ class Recipe(Section):
         for run in self.runs:
             if run.split == "judge" and self.pairs.judge_fraction <= 0:
                 raise ValueError(f"run '{run.name}' trains on the judge split: set pairs.judge_fraction > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _rounds(self) -> Recipe:
+        policies = [r.name for r in self.runs if r.method != "reward-model"]
+        if self.round_run is not None and self.round_run not in policies:
+            raise ValueError(f"round_run '{self.round_run}' is not a run that trains a policy (runs: "
+                             f"{', '.join(policies) or 'none'})")
+        if self.rounds > 1 and not policies:
+            raise ValueError(f"rounds: {self.rounds} needs a run that trains a policy (runs:) to answer the next round")
+        for source in self.sources:
+            if source.model == ROUND_MODEL and source.backend not in ("transformers", "vllm"):
+                raise ValueError(f"source '{source.name}': model '@round' needs a local backend (transformers or "
+                                 f"vllm), not {source.backend}")
         return self
 
     @model_validator(mode="after")

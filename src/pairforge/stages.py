@@ -24,7 +24,7 @@ from pairforge.recipe import Recipe
 def generate(recipe: Recipe, run: RunDir) -> list[Path]:
     from pairforge.generate.run import generate as answer_prompts
 
-    result = answer_prompts(recipe, run.root)
+    result = answer_prompts(recipe, run.root, store_path=run.store)
     if result.failed:
         raise InputError("generate", f"{result.failed} requests failed; run again (they are retried with "
                          "`pairforge generate RECIPE --retry-failed --out RUN_DIR`)")
@@ -34,7 +34,7 @@ def generate(recipe: Recipe, run: RunDir) -> list[Path]:
 def judge(recipe: Recipe, run: RunDir) -> list[Path]:
     from pairforge.judge.run import judge as judge_answers
 
-    result = judge_answers(recipe, run.root)
+    result = judge_answers(recipe, run.root, store_path=run.store)
     return [result.scored, *([result.judgments] if result.judgments else [])]
 
 
@@ -129,20 +129,21 @@ def evaluate(recipe: Recipe, run: RunDir) -> list[Path]:
     prompts = cfg.prompts if cfg.prompts != "held-out" else _held_out_prompts(run)
     reference = cfg.reference or _reference_file(run, cfg.reference_source)
     trained = policies(recipe)
-    base = trained[0].model if trained else recipe.train.model
+    base = cfg.base_model or (trained[0].model if trained else recipe.train.model)
     models = ([f"base={base}"] if cfg.base else []) + [f"{r.name}={run.train(r.name).root}" for r in trained]
     endpoints = [trained_endpoint(run.train(r.name).model) for r in trained]
     endpoint = next((e for e in endpoints if e), "chat")  # the base is asked as the runs were trained
     settings = EvalSettings(endpoint=endpoint, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                             batch_size=cfg.batch_size, dtype=cfg.dtype, baseline="base" if cfg.base else None,
                             bootstrap=cfg.bootstrap)
-    result = judge_models(models, [], reference, cfg.judge, run.eval, prompts, settings)
+    result = judge_models(models, [], reference, cfg.judge, run.eval, prompts, settings, store_path=run.store)
     written = [run.leaderboard]
     if cfg.judge_run:
         answers = [f"{e['model']}={run.eval / (e['model'] + '.model_outputs.json')}" for e in result["models"]]
         judge_cfg = JudgeConfig(kind="reward-model", model=str(run.train(cfg.judge_run).model),
                                 batch_size=cfg.batch_size)
-        judge_models([], answers, reference, judge_cfg, run.eval / cfg.judge_run, prompts, settings)
+        judge_models([], answers, reference, judge_cfg, run.eval / cfg.judge_run, prompts, settings,
+                     store_path=run.store)
         written.append(run.eval / cfg.judge_run / LEADERBOARD)
     return written
 

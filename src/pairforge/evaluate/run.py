@@ -57,7 +57,7 @@ class EvalSettings:
 
 def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg: JudgeConfig, out_dir: Path,
              prompts_path: Path | None = None, settings: EvalSettings | None = None,
-             show_progress: bool = True) -> dict[str, Any]:
+             show_progress: bool = True, store_path: Path | None = None) -> dict[str, Any]:
     settings = settings or EvalSettings()
     check_output(out_dir, "folder", "--out")
     if not models and not outputs:
@@ -76,7 +76,7 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
     answers = {REFERENCE: reference_answers}
     answers |= {name: _answers_for(path, prompts, "outputs") for name, path in _named(outputs, "outputs")}
     check_judge(judge_cfg)
-    with opened(out_dir / layout.STORE) as store:
+    with opened(store_path or out_dir / layout.STORE) as store:
         for name, model in _named(models, "models"):
             answers[name] = _generate(name, model, prompts, settings, store, show_progress)
             _write_model_outputs(answers[name], prompts, name, out_dir / f"{name}.model_outputs.json")

@@ -37,7 +37,7 @@ class GenerateResult:
 
 
 def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: list[str] | None = None,
-             show_progress: bool = True) -> GenerateResult:
+             show_progress: bool = True, store_path: Path | None = None) -> GenerateResult:
     """Answer the recipe's prompts with its sources; export every success to <out_dir>/responses.parquet."""
     check_output(out_dir, "folder", "--out")
     if recipe.prompts is None:
@@ -55,7 +55,7 @@ def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: li
     if prompts.is_empty():
         raise InputError(str(recipe.prompts), "no prompts in the file")
     tallies: dict[str, Tally] = {}
-    with opened(out_dir / layout.STORE) as store:
+    with opened(store_path or out_dir / layout.STORE) as store:
         with progress_bar(show_progress) as progress:
             for source in recipe.sources:
                 if only and source.name not in only or source.backend == "file":

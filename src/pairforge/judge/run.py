@@ -42,7 +42,7 @@ class JudgeResult:
 
 
 def judge(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_failed: bool = False,
-          show_progress: bool = True) -> JudgeResult:
+          show_progress: bool = True, store_path: Path | None = None) -> JudgeResult:
     check_output(out_dir, "folder", "--out")
     cfg = recipe.judge
     if cfg is None:
@@ -56,7 +56,7 @@ def judge(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_fa
                          f"(sources: {', '.join(sorted(set(frame[S.SOURCE])))})")
     frame = _sampled_prompts(frame, cfg)
     check_judge(cfg)
-    with opened(out_dir / layout.STORE) as store:
+    with opened(store_path or out_dir / layout.STORE) as store:
         scores, judgments, summary = judge_frame(frame, cfg, store, retry_failed, show_progress)
     scored = frame.with_columns(pl.Series(S.SCORE, scores, dtype=pl.Float64))
     summary = {"judge": cfg.kind, "answers": frame.height, "scored": int(scored[S.SCORE].is_not_null().sum()),
