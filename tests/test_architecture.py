@@ -17,7 +17,7 @@ LAYERS = [
     {"files", "text", "layout", "models"},
     {"config", "fields", "prompting"},
     {"recipe", "records"},
-    {"requests", "sequences", "recipe_docs"},
+    {"requests", "sequences", "recipe_docs", "rounds"},
     {"generate", "judge", "pairs", "train"},
     {"evaluate"},
     {"render"},

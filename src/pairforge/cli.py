@@ -28,8 +28,8 @@ from pairforge import options, render
 from pairforge.config import CurriculumConfig, EvalConfig, PairsConfig, TrainConfig
 from pairforge.errors import EXIT_BAD_INPUT, InputError
 from pairforge.files import check_output
-from pairforge.layout import RunDir
-from pairforge.recipe import load_recipe
+from pairforge.layout import RunDir, summary_path
+from pairforge.recipe import Recipe, load_recipe
 
 
 class _OneLineUsageErrors(TyperGroup):
@@ -51,7 +51,7 @@ pairs_app = typer.Typer(no_args_is_help=True, help="Build preference pairs from 
 app.add_typer(pairs_app, name="pairs")
 curriculum_app = typer.Typer(no_args_is_help=True, help="Inspect a curriculum before training on it.")
 app.add_typer(curriculum_app, name="curriculum")
-console = Console(stderr=True, soft_wrap=True)  # one line per message, however narrow the terminal
+console = Console(stderr=True, soft_wrap=True, emoji=False)  # one line per message; "train:dpo" is no emoji
 
 T = TypeVar("T")
 
@@ -308,6 +308,26 @@ def eval_command(
     _fail_cleanly(run)
 
 
+def _show_outcome(recipe: Recipe, run_dir: Path) -> None:
+    """After `pairforge run`: the declared order checked, the (last round's) leaderboard, every round's scores."""
+    from pairforge.rounds import round_dir
+
+    last = round_dir(run_dir, recipe, recipe.rounds)
+    check = json.loads(last.ranking.read_text()).get("declared_check") if last.ranking.exists() else None
+    if check:
+        _say(render.declared_check(check))
+    if last.leaderboard.exists():
+        _show_leaderboard(json.loads(last.leaderboard.read_text()))
+    boards = [(f"round-{k}", round_dir(run_dir, recipe, k)) for k in range(1, recipe.rounds + 1)]
+    if recipe.rounds > 1 and all(folder.leaderboard.exists() for _, folder in boards):
+        summaries = [json.loads(summary_path(f.pairs()).read_text()) if summary_path(f.pairs()).exists() else None
+                     for _, f in boards]
+        _show(render.rounds([(name, summary, json.loads(folder.leaderboard.read_text()))
+                             for (name, folder), summary in zip(boards, summaries, strict=True)]))
+    if RunDir(run_dir).report.exists():
+        _say(f"report: {RunDir(run_dir).report}")
+
+
 def _show_leaderboard(board: dict[str, Any]) -> None:
     _show(render.leaderboard(board))
     for note in render.leaderboard_notes(board):
@@ -366,14 +386,7 @@ def run_command(
                             lambda name, message: console.print(f"[bold]{name}[/]: {message}", highlight=False),
                             to_stage)
         _show(render.finished(done, time.perf_counter() - started))
-        folder = RunDir(run_dir)
-        check = json.loads(folder.ranking.read_text()).get("declared_check") if folder.ranking.exists() else None
-        if check:
-            _say(render.declared_check(check))
-        if folder.leaderboard.exists():
-            _show_leaderboard(json.loads(folder.leaderboard.read_text()))
-        if folder.report.exists():
-            _say(f"report: {folder.report}")
+        _show_outcome(cfg, run_dir)
 
     _fail_cleanly(run)
 

@@ -26,6 +26,7 @@ from pairforge.errors import InputError
 from pairforge.files import file_digest, write_json
 from pairforge.layout import RunDir
 from pairforge.recipe import Recipe, load_recipe
+from pairforge.rounds import base_model, policy_run, round_dir, round_recipe
 
 # Work rates of the embedded model on the project's 2-core CPU (AVX512-BF16), measured on the quickstart
 # in 2026-11; a rough guide, printed as such; other models get no estimate.
@@ -50,6 +51,7 @@ class Stage:
     inputs: list[Path] = field(default_factory=list)
     settings: Any = None
     work_dir: Path | None = None  # partial work (checkpoints) a rerun of the same settings resumes from
+    marker: Path | None = None  # the record of its last finished run (`RunDir.marker`)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode())
@@ -75,15 +77,38 @@ def load(recipe_path: Path, quick: bool = False) -> tuple[Recipe, Path]:
 
 
 def plan(recipe: Recipe, run_dir: Path) -> Plan:
-    """The stages this recipe needs, with sizes and rough time estimates; checks inputs, runs nothing."""
+    """The stages this recipe needs, with sizes and rough time estimates; checks inputs, runs nothing.
+    An iterative recipe has every stage but the report once per round ('round-2:train:dpo'), each round's
+    first stage taking the previous round's trained policy as an input."""
     from pairforge.records import prompts_from_file
 
     if recipe.prompts is None or not recipe.sources:
         raise InputError("recipe", "`pairforge run` needs `prompts:` and `sources:`")
-    prompts = prompts_from_file(recipe.prompts)
-    n_prompts = prompts.height
+    n_prompts = prompts_from_file(recipe.prompts).height
+    stages_: list[Stage] = []
+    for k in range(1, recipe.rounds + 1):
+        folder = round_dir(run_dir, recipe, k)
+        after = [round_dir(run_dir, recipe, k - 1).marker(f"train:{policy_run(recipe)}")] if k > 1 else []
+        prefix = f"round-{k}:" if recipe.rounds > 1 else ""
+        for stage in _round_stages(round_recipe(recipe, run_dir, k), folder, n_prompts):
+            stage.marker = folder.marker(stage.name)
+            stage.name = prefix + stage.name
+            if stage.name.endswith("generate") and recipe.rounds > 1:
+                # the policy's identity is its round's start model: the base, or the previous round's training
+                # (the marker in `after`), not the trained folder, which does not exist when the plan is made
+                stage.inputs += after
+                stage.settings = [stage.settings[0], base_model(recipe),
+                                  [{"name": s.name, **s.cache_settings()} for s in recipe.sources]]
+            stages_.append(stage)
+    top = RunDir(run_dir)
+    stages_.append(Stage("report", "HTML + Markdown report", "1 page", 10, lambda: stages.report(top), [], None,
+                         marker=top.marker("report")))
+    return Plan(recipe, top, stages_)
+
+
+def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int) -> list[Stage]:
+    """One round's stages (the whole recipe's when it has one round), in order, without the report."""
     answers = n_prompts * recipe.samples_per_source
-    folder = RunDir(run_dir)
     plan_ = [Stage("generate", f"{len(recipe.sources)} sources answer {n_prompts} prompts",
                     f"{answers * len(recipe.sources)} answers",
                     _generation_estimate(recipe, answers), lambda: stages.generate(recipe, folder),
@@ -124,8 +149,7 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
                             [pairs_cfg.out, *[folder.marker(f"train:{r.name}") for r in recipe.runs],
                              *stages.eval_files(recipe.eval, folder)],
                             [recipe.eval.model_dump(mode="json"), models]))
-    plan_.append(Stage("report", "HTML + Markdown report", "1 page", 10, lambda: stages.report(folder), [], None))
-    return Plan(recipe, folder, plan_)
+    return plan_
 
 
 def preflight(recipe: Recipe) -> list[str]:
@@ -136,6 +160,7 @@ def preflight(recipe: Recipe) -> list[str]:
     from pairforge.records import responses_from_files
     from pairforge.requests.backends.base import check_source
 
+    recipe = round_recipe(recipe, Path("."), 1)  # '@round' sources are the base model in round 1
     problems = []
     judges = [judge_llm(j) for j in (recipe.judge, recipe.eval.judge if recipe.eval else None) if j and j.llm]
     for source in [*recipe.sources, *judges]:
@@ -188,7 +213,7 @@ def run(plan_: Plan, start: str | None = None, progress: Callable[[str, str], No
     done = []
     for stage in plan_.stages[:last + 1]:
         forced = forced or _is(stage.name, start)
-        done_file = plan_.run.marker(stage.name)
+        done_file = stage.marker or plan_.run.marker(stage.name)
         fingerprint = stage.fingerprint()
         if not forced and stage.name != "report" and _finished(done_file, fingerprint):
             progress(stage.name, "skipped (finished, inputs and settings unchanged)")
@@ -228,8 +253,12 @@ def _start_fresh_unless_resuming(stage: Stage, done_file: Path, fingerprint: str
 
 
 def _is(stage: str, name: str | None) -> bool:
-    """'train' names every train:RUN stage; any other name names one stage."""
-    return name is not None and (stage == name or stage.split(":")[0] == name)
+    """'train' names every train:RUN stage (of every round), 'round-2' every stage of round 2,
+    'round-2:train' its train stages; any other name names one stage."""
+    if name is None:
+        return False
+    bare = stage.split(":", 1)[1] if stage.startswith("round-") else stage
+    return any(s == name or s.startswith(name + ":") for s in (stage, bare))
 
 
 def _finished(marker: Path, fingerprint: str) -> bool:

@@ -241,3 +241,19 @@ def curriculum(title: str, stage_names: list[str], batches: list[list[int]], sta
             grid.rows.append([name, str(stages.count(stage)), str(len(rows)), f"{d.mean():.3f}", f"{d.min():.3f}",
                               f"{d.max():.3f}", sparkline(d)])
     return grid
+
+
+def rounds(entries: list[tuple[str, dict[str, Any] | None, dict[str, Any]]]) -> Grid:
+    """An iterative run's rounds side by side: (round, its pairs summary, its leaderboard) -> the training
+    pairs of each round and every model's held-out score with its difference to the base."""
+    grid = Grid("rounds", ["round", "pairs", "model", "score [95%]", "vs base [95%]", "p"], left=3)
+    for i, (name, summary, board) in enumerate(entries):
+        pairs = str(sum(summary["pairs"]["train"].values())) if summary else "-"
+        key = "score" if board["judge"] == "similarity" else "win_rate"
+        for entry in board["models"]:
+            if entry["model"] == "base" and i > 0:
+                continue  # the same base every round
+            versus = entry.get("vs_baseline")
+            grid.rows.append([name, pairs, entry["model"], interval(entry.get(key)),
+                              difference(versus) if versus else "", f"{versus['p_value']:.3f}" if versus else ""])
+    return grid

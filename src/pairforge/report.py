@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import platform
+import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +28,7 @@ import polars as pl  # noqa: E402
 from pairforge import render  # noqa: E402
 from pairforge.errors import InputError  # noqa: E402
 from pairforge.files import check_output, read_log, write_atomically  # noqa: E402
+from pairforge.layout import LEADERBOARD  # noqa: E402
 from pairforge.render import Grid  # noqa: E402
 from pairforge.text import answer_text  # noqa: E402
 
@@ -52,7 +54,7 @@ def build_report(paths: list[Path], out: Path) -> list[Section]:
     for page in (out, out.with_suffix(".md")):
         check_output(page, "file", "--out", paths)
     files = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()})
-    sections = [s for s in (_pairs(files), _sources(files), _training(files), _evaluation(files)) if s]
+    sections = [s for s in (_rounds(files), _pairs(files), _sources(files), _training(files), _evaluation(files)) if s]
     if not sections:
         raise InputError(", ".join(map(str, paths)), "nothing to report: expected pairs summaries, training runs "
                          "(run.json + metrics.jsonl), judge/rank or eval outputs")
@@ -219,6 +221,38 @@ def _evaluation(files: list[Path]) -> Section | None:
         axes[1].set_xlabel("mean answer length (words)")
         axes[1].set_title(f"length vs {key.replace('_', ' ')}")
         section.figures.append((f"evaluation-{path.parent.name}", _png(fig)))
+    return section
+
+
+def _rounds(files: list[Path]) -> Section | None:
+    """An iterative run (round-K/ folders): every round's pairs and scores side by side, and the scores by round."""
+    boards = sorted((f for f in files if f.name == LEADERBOARD and f.parent.name == "eval"
+                     and re.fullmatch(r"round-\d+", f.parent.parent.name)),
+                    key=lambda f: int(f.parent.parent.name.split("-")[1]))
+    if not boards:
+        return None
+    entries = []
+    for board in boards:
+        summary = board.parent.parent / "pairs.summary.json"
+        entries.append((board.parent.parent.name, _json(summary) if summary.exists() else None, _json(board)))
+    section = Section("rounds", "Rounds")
+    section.tables.append(render.rounds(entries))
+    section.paragraphs.append("Each round trains on pairs that include the previous round's model's own answers; "
+                              "every round is evaluated on the same held-out prompts against the same base model.")
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    key = "score" if entries[0][2]["judge"] == "similarity" else "win_rate"
+    names = sorted({m["model"] for _, _, b in entries for m in b["models"] if key in m})
+    for color, name in zip(_COLORS * 4, names, strict=False):
+        points = [(i + 1, m[key]) for i, (_, _, b) in enumerate(entries) for m in b["models"]
+                  if m["model"] == name and key in m]
+        ax.errorbar([x for x, _ in points], [v["value"] for _, v in points], yerr=[
+            [v["value"] - v["low"] for _, v in points], [v["high"] - v["value"] for _, v in points]],
+            fmt="o-", capsize=3, color=color, label=name)
+    ax.set_xticks(range(1, len(entries) + 1))
+    ax.set_xlabel("round")
+    ax.set_title(f"{key.replace('_', ' ')} by round (95% intervals)")
+    ax.legend(fontsize=7)
+    section.figures.append(("rounds", _png(fig)))
     return section
 
 

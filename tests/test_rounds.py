@@ -1,0 +1,114 @@
+"""Iterative rounds (`rounds: 2`): the policy answers again in round 2 as the model round 1 trained, round 2
+trains from it, a kill -9 in round 2 resumes there without redoing round 1, and bad round settings are one line.
+
+A tiny random Llama is the policy ("@round"), between two file sources of clearly different quality."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+
+from conftest import SAMPLE, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def recipe(folder: Path, tiny_model_dir: Path, **changes: Any) -> Path:
+    rows = json.loads((SAMPLE / "strong.json").read_text())[:10]
+    prompts = write_jsonl(folder / "prompts.jsonl", [{"instruction": r["instruction"]} for r in rows])
+    tiny = {"model": str(tiny_model_dir), "max_steps": 1, "max_length": 64, "batch_size": 4}
+    data: dict[str, Any] = {
+        "run_dir": str(folder / "run"), "prompts": str(prompts), "rounds": 2,
+        "sources": [{"name": "strong", "backend": "file", "path": str(SAMPLE / "strong.json")},
+                    {"name": "policy", "model": "@round", "max_new_tokens": 4, "batch_size": 16},
+                    {"name": "weak", "backend": "file", "path": str(SAMPLE / "weak.json")}],
+        "judge": {"kind": "similarity", "reference": "strong"},
+        "ranking": {"bootstrap": 20},
+        "pairs": {"rank": "strong > policy > weak", "eval_fraction": 0.3, "filters": {"drop_truncated": False}},
+        "runs": [{"name": "dpo", "method": "dpo", **tiny}],
+        "eval": {"reference_source": "strong", "max_new_tokens": 3, "bootstrap": 20},
+        **changes,
+    }
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def pairforge_run(path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "pairforge", "run", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def said(stderr: str) -> dict[str, str]:
+    import re
+
+    return dict(re.findall(r"^(\S+): (running|skipped)", stderr, flags=re.MULTILINE))
+
+
+def test_round_two_answers_with_round_one_model_and_resumes_after_kill_9(tmp_path: Path, tiny_model_dir: Path) -> None:
+    path = recipe(tmp_path, tiny_model_dir)
+    run = tmp_path / "run"
+    first = pairforge_run(path)
+    generated = run / "round-2" / "stages" / "generate.json"
+    deadline = time.monotonic() + 600
+    while not generated.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert generated.exists(), first.communicate()[1][-3000:]
+    first.send_signal(signal.SIGKILL)  # in round 2, after its generation, before its training
+    first.wait()
+    assert not (run / "round-2" / "stages" / "eval.json").exists(), "the run should be killed inside round 2"
+    round_one = {p.name: p.stat().st_mtime_ns for p in (run / "round-1" / "stages").glob("*.json")}
+    assert set(round_one) == {f"{s}.json" for s in ("generate", "judge", "rank", "pairs", "train-dpo", "eval")}
+
+    again = pairforge_run(path)
+    _, stderr = again.communicate(timeout=900)
+    assert again.returncode == 0, stderr[-3000:]
+    stages = said(stderr)
+    assert all(stages[f"round-1:{s}"] == "skipped" for s in ("generate", "judge", "rank", "pairs", "train:dpo", "eval"))
+    assert stages["round-2:generate"] == "skipped"
+    assert all(stages[f"round-2:{s}"] == "running" for s in ("rank", "pairs", "train:dpo", "eval")), stages
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "round-1" / "stages").glob("*.json")} == round_one
+
+    # round 2: the policy answered as round 1's trained model, and round 2 trained from that model
+    trained_once = run / "round-1" / "train" / "dpo" / "model"
+    config = json.loads((run / "round-2" / "train" / "dpo" / "run.json").read_text())["config"]
+    assert config["model"] == str(trained_once)
+    keys = [k for (k,) in sqlite3.connect(run / "store.sqlite").execute("SELECT key FROM results")]
+    policy = [k for k in keys if k.startswith("gen:policy:")]
+    assert len(policy) == 2 * 10  # ten prompts in each round, the second round under another model's settings
+    assert not (run / "round-1" / "store.sqlite").exists()  # one store for the whole run
+    for k in (1, 2):
+        answers = pl.read_parquet(run / f"round-{k}" / "responses.parquet")
+        assert sorted(answers["source"].unique()) == ["policy", "strong", "weak"]
+    boards = [json.loads((run / f"round-{k}" / "eval" / "leaderboard.json").read_text()) for k in (1, 2)]
+    assert [[m["model"] for m in b["models"]] for b in boards] == [["base", "dpo"]] * 2  # the same base each round
+    base = [next(m for m in b["models"] if m["model"] == "base")["score"] for b in boards]
+    assert base[0] == base[1]  # the base is the original model in both rounds (and its answers were cached)
+    page = (run / "report.html").read_text()
+    assert "<section id='rounds'>" in page and "round-2" in page
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"rounds": 0}, "field 'rounds': Input should be greater than or equal to 1"),
+    ({"round_run": "sft"}, "round_run 'sft' is not a run that trains a policy (runs: dpo)"),
+    ({"sources": [{"name": "api", "backend": "openai", "model": "@round", "base_url": "http://localhost:1/v1"}]},
+     "source 'api': model '@round' needs a local backend (transformers or vllm), not openai"),
+])
+def test_bad_round_settings_are_one_line(tmp_path: Path, tiny_model_dir: Path, changes: dict[str, Any],
+                                         expected: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "pairforge", "run", str(recipe(tmp_path, tiny_model_dir,
+                                                                                   **changes)), "--dry-run"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
