@@ -131,3 +131,23 @@ def test_curriculum_from_the_command_line(tiny_model_dir, curriculum_pairs, tmp_
     order = [i for batch in consumed(tmp_path / "r") for i in batch]
     margins = pl.read_parquet(curriculum_pairs)["margin"].to_list()
     assert [margins[i] for i in order] == sorted(margins, reverse=True)  # big gap = easy = first
+
+
+def test_phased_sft_trains_difficulty_stages_in_order(tiny_model_dir, tmp_path):
+    """Phased instruction tuning: SFT on the chosen answers, staged by a difficulty column (a judge's score of
+    each example, say); the trainer consumes the planned order — every row of the easy stage, then the rest."""
+    rng = np.random.default_rng(3)
+    rows = [{**r, "judged_difficulty": float(rng.uniform())} for r in preference_rows(40)]
+    pairs = tmp_path / "sft.parquet"
+    pl.DataFrame(rows).write_parquet(pairs)
+    phased = {"schedule": "staged", "difficulty": "column:judged_difficulty",
+              "stages": [{"difficulty": [0.0, 0.5]}, {"difficulty": [0.5, 1.0]}]}
+    out = tmp_path / "run"
+    result = train(settings(tiny_model_dir, pairs, out, phased, method="sft", epochs=1), progress=False)
+    order = consumed(out)
+    assert order == expected(pairs, phased, 4, epochs=1)
+    easy = {i for i, r in enumerate(rows) if r["judged_difficulty"] < 0.5}
+    seen = [i for batch in order for i in batch]
+    assert set(seen[: len(easy)]) == easy and set(seen[len(easy):]) == set(range(40)) - easy
+    names = [m["stage_name"] for m in result.metrics if "train/loss" in m]
+    assert names[0].startswith("stage 1") and names[-1].startswith("stage 2")
