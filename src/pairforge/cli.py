@@ -28,7 +28,7 @@ from pairforge import options, render
 from pairforge.config import CurriculumConfig, EvalConfig, PairsConfig, TrainConfig
 from pairforge.errors import EXIT_BAD_INPUT, InputError
 from pairforge.files import check_output
-from pairforge.layout import RunDir, summary_path
+from pairforge.layout import RunDir
 from pairforge.recipe import Recipe, load_recipe
 
 
@@ -318,12 +318,10 @@ def _show_outcome(recipe: Recipe, run_dir: Path) -> None:
         _say(render.declared_check(check))
     if last.leaderboard.exists():
         _show_leaderboard(json.loads(last.leaderboard.read_text()))
-    boards = [(f"round-{k}", round_dir(run_dir, recipe, k)) for k in range(1, recipe.rounds + 1)]
-    if recipe.rounds > 1 and all(folder.leaderboard.exists() for _, folder in boards):
-        summaries = [json.loads(summary_path(f.pairs()).read_text()) if summary_path(f.pairs()).exists() else None
-                     for _, f in boards]
-        _show(render.rounds([(name, summary, json.loads(folder.leaderboard.read_text()))
-                             for (name, folder), summary in zip(boards, summaries, strict=True)]))
+    if recipe.rounds > 1:
+        from pairforge.report import round_entries
+
+        _show(render.rounds(round_entries(sorted(run_dir.glob("round-*/eval/leaderboard.json")))))
     if RunDir(run_dir).report.exists():
         _say(f"report: {RunDir(run_dir).report}")
 

@@ -243,17 +243,29 @@ def curriculum(title: str, stage_names: list[str], batches: list[list[int]], sta
     return grid
 
 
-def rounds(entries: list[tuple[str, dict[str, Any] | None, dict[str, Any]]]) -> Grid:
-    """An iterative run's rounds side by side: (round, its pairs summary, its leaderboard) -> the training
-    pairs of each round and every model's held-out score with its difference to the base."""
-    grid = Grid("rounds", ["round", "pairs", "model", "score [95%]", "vs base [95%]", "p"], left=3)
-    for i, (name, summary, board) in enumerate(entries):
-        pairs = str(sum(summary["pairs"]["train"].values())) if summary else "-"
-        key = "score" if board["judge"] == "similarity" else "win_rate"
-        for entry in board["models"]:
+@dataclass
+class Round:
+    """One round of an iterative run, as its files say: its pairs summary, leaderboard, and each trained run's
+    held-out reward margin at the end of training."""
+
+    name: str
+    summary: dict[str, Any] | None
+    board: dict[str, Any]
+    margins: dict[str, float]
+
+
+def rounds(entries: list[Round]) -> Grid:
+    """An iterative run's rounds side by side: the training pairs of each round, every run's held-out reward
+    margin, and every model's held-out score with its difference to the base."""
+    grid = Grid("rounds", ["round", "pairs", "model", "reward margin", "score [95%]", "vs base [95%]", "p"], left=3)
+    for i, r in enumerate(entries):
+        pairs = str(sum(r.summary["pairs"]["train"].values())) if r.summary else "-"
+        key = "score" if r.board["judge"] == "similarity" else "win_rate"
+        for entry in r.board["models"]:
             if entry["model"] == "base" and i > 0:
                 continue  # the same base every round
             versus = entry.get("vs_baseline")
-            grid.rows.append([name, pairs, entry["model"], interval(entry.get(key)),
-                              difference(versus) if versus else "", f"{versus['p_value']:.3f}" if versus else ""])
+            grid.rows.append([r.name, pairs, entry["model"], number(r.margins.get(entry["model"])),
+                              interval(entry.get(key)), difference(versus) if versus else "",
+                              f"{versus['p_value']:.3f}" if versus else ""])
     return grid

@@ -28,7 +28,7 @@ import polars as pl  # noqa: E402
 from pairforge import render  # noqa: E402
 from pairforge.errors import InputError  # noqa: E402
 from pairforge.files import check_output, read_log, write_atomically  # noqa: E402
-from pairforge.layout import LEADERBOARD  # noqa: E402
+from pairforge.layout import LEADERBOARD, METRICS  # noqa: E402
 from pairforge.render import Grid  # noqa: E402
 from pairforge.text import answer_text  # noqa: E402
 
@@ -224,26 +224,39 @@ def _evaluation(files: list[Path]) -> Section | None:
     return section
 
 
-def _rounds(files: list[Path]) -> Section | None:
-    """An iterative run (round-K/ folders): every round's pairs and scores side by side, and the scores by round."""
+def round_entries(files: list[Path]) -> list[render.Round]:
+    """The rounds of an iterative run (round-K/ folders with a leaderboard), in order."""
     boards = sorted((f for f in files if f.name == LEADERBOARD and f.parent.name == "eval"
                      and re.fullmatch(r"round-\d+", f.parent.parent.name)),
                     key=lambda f: int(f.parent.parent.name.split("-")[1]))
-    if not boards:
-        return None
     entries = []
     for board in boards:
-        summary = board.parent.parent / "pairs.summary.json"
-        entries.append((board.parent.parent.name, _json(summary) if summary.exists() else None, _json(board)))
+        folder = board.parent.parent
+        summary = folder / "pairs.summary.json"
+        margins = {}
+        for metrics in sorted((folder / "train").glob(f"*/{METRICS}")):
+            evals = [m for m in read_log(metrics) if "eval/rewards/margins" in m]
+            if evals:
+                margins[metrics.parent.name] = evals[-1]["eval/rewards/margins"]
+        entries.append(render.Round(folder.name, _json(summary) if summary.exists() else None, _json(board),
+                                    margins))
+    return entries
+
+
+def _rounds(files: list[Path]) -> Section | None:
+    """An iterative run: every round's pairs, margins and scores side by side, and the scores by round."""
+    entries = round_entries(files)
+    if not entries:
+        return None
     section = Section("rounds", "Rounds")
     section.tables.append(render.rounds(entries))
     section.paragraphs.append("Each round trains on pairs that include the previous round's model's own answers; "
                               "every round is evaluated on the same held-out prompts against the same base model.")
     fig, ax = plt.subplots(figsize=(7, 3.4))
-    key = "score" if entries[0][2]["judge"] == "similarity" else "win_rate"
-    names = sorted({m["model"] for _, _, b in entries for m in b["models"] if key in m})
+    key = "score" if entries[0].board["judge"] == "similarity" else "win_rate"
+    names = sorted({m["model"] for r in entries for m in r.board["models"] if key in m})
     for color, name in zip(_COLORS * 4, names, strict=False):
-        points = [(i + 1, m[key]) for i, (_, _, b) in enumerate(entries) for m in b["models"]
+        points = [(i + 1, m[key]) for i, r in enumerate(entries) for m in r.board["models"]
                   if m["model"] == name and key in m]
         ax.errorbar([x for x, _ in points], [v["value"] for _, v in points], yerr=[
             [v["value"] - v["low"] for _, v in points], [v["high"] - v["value"] for _, v in points]],
