@@ -77,7 +77,7 @@ def _pairs(files: list[Path]) -> Section | None:
         train, held_out = splits["train"], splits["eval"]
         types = sorted(set().union(*splits.values()))
         section.tables.append(render.pair_counts(summary))
-        section.paragraphs.append(f"{path.name}: " + ", ".join(f"{sum(c.values())} {split}" for split, c in
+        section.paragraphs.append(f"{_label(path)}: " + ", ".join(f"{sum(c.values())} {split}" for split, c in
                                                               splits.items()) + f" pairs ({summary['strategy']}).")
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
         axes[0].bar(types, [train.get(t, 0) for t in types], color=_COLORS[0], label="train")
@@ -89,10 +89,11 @@ def _pairs(files: list[Path]) -> Section | None:
         drops |= {f"pairs: {k}": sum(v.values()) for k, v in summary["dropped_pairs"].items()}
         axes[1].barh(list(drops) or ["(nothing dropped)"], list(drops.values()) or [0], color=_COLORS[3])
         axes[1].set_title("dropped, by reason")
-        section.figures.append((f"pairs-counts-{path.stem}", _png(fig)))
+        section.figures.append((f"pairs-counts-{_label(path.with_suffix(''))}", _png(fig)))
         pairs_file = Path(summary.get("outputs", {}).get("train", ""))
         if pairs_file.is_file():
-            section.figures.append((f"pairs-distributions-{path.stem}", _pair_distributions(pairs_file)))
+            name = f"pairs-distributions-{_label(path.with_suffix(''))}"
+            section.figures.append((name, _pair_distributions(pairs_file)))
     return section
 
 
@@ -153,10 +154,10 @@ def _training(files: list[Path]) -> Section | None:
         method = info["config"]["method"]
         final = evals[-1] if evals else {}
         first, last = (train[0]["train/loss"], train[-1]["train/loss"]) if train else (None, None)
-        rows.append([run.name, str(method), str(train[-1]["step"] if train else 0), render.number(first),
+        rows.append([_label(run), str(method), str(train[-1]["step"] if train else 0), render.number(first),
                      render.number(last), render.number(final.get("eval/rewards/accuracies"))])
         if train:
-            section.figures.append((f"training-{run.name}", _training_plot(run.name, train, evals)))
+            section.figures.append((f"training-{_label(run)}", _training_plot(_label(run), train, evals)))
     section.tables.insert(0, Grid("training runs", ["run", "method", "steps", "first loss", "last loss",
                                                     "eval accuracy"], rows))
     section.paragraphs.append("Loss, reward margin and accuracy per pair type; dashed lines mark curriculum stages.")
@@ -220,7 +221,7 @@ def _evaluation(files: list[Path]) -> Section | None:
                 axes[1].annotate(m["model"], (m["mean_length"], m[key]["value"]), fontsize=8)
         axes[1].set_xlabel("mean answer length (words)")
         axes[1].set_title(f"length vs {key.replace('_', ' ')}")
-        section.figures.append((f"evaluation-{path.parent.name}", _png(fig)))
+        section.figures.append((f"evaluation-{_label(path.parent)}", _png(fig)))
     return section
 
 
@@ -332,6 +333,13 @@ def _png(fig: Any) -> bytes:
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def _label(path: Path) -> str:
+    """A file's or run's name, with its round when it belongs to one (round-2-dpo): names stay unique in an
+    iterative run, where every round has a pairs file, an sft run, an eval..."""
+    round_ = next((p.name for p in path.parents if re.fullmatch(r"round-\d+", p.name)), None)
+    return f"{round_}-{path.name}" if round_ else path.name
 
 
 def _json(path: Path) -> Any:
