@@ -29,9 +29,11 @@ PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
                                            ("curriculum", C.CurriculumConfig), ("curriculum.stages[]", C.Stage)]),
     "eval": ("Eval: every run judged against reference answers (`pairforge eval`; `eval` in a pipeline).",
              [("eval", C.EvalConfig)]),
-    "run": ("Run: the whole recipe end to end (`pairforge run`), resumable; `--quick` shrinks it.",
-            [("quick", R.QuickConfig)]),
+    "run": ("Run: the whole recipe end to end (`pairforge run`), resumable; `--quick` shrinks it; `rounds` repeats "
+            "it with the trained policy answering again.", [("(top level)", R.Recipe), ("quick", R.QuickConfig)]),
 }
+# the top-level keys each page lists (the others are sections with their own pages)
+_TOP_LEVEL = {"generate": ("run_dir", "prompts", "sources", "samples_per_source"), "run": ("rounds", "round_run")}
 
 
 def render(stage: str) -> str:
@@ -42,8 +44,8 @@ def render(stage: str) -> str:
         lines += [f"## {title}", "", (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "), "",
                   "| field | type | default | meaning |", "|---|---|---|---|"]
         for name, info in model.model_fields.items():
-            if model is R.Recipe and name not in ("run_dir", "prompts", "sources", "samples_per_source"):
-                continue  # the other top-level keys are sections with their own pages
+            if model is R.Recipe and name not in _TOP_LEVEL[stage]:
+                continue
             lines.append(f"| `{name}` | {_type(info.annotation)} | {_default(info)} | "
                          f"{(info.description or '').replace('|', '/')} |")
         lines.append("")
