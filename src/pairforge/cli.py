@@ -71,7 +71,9 @@ def pairs_build(
     rank: str | None = typer.Option(None, help="strength order, strongest first: 'gpt-4 > chatgpt > davinci'"),
     rank_from: Path | None = typer.Option(None, help="or a ranking.json from `pairforge rank` (significant orders)"),
     pair_types: str | None = typer.Option(None, help="'all' (default), 'adjacent', 'extremes' or 'a>b,c>d'"),
-    strategy: str | None = typer.Option(None, help="ranked | scored | verified (default: ranked if --rank)"),
+    strategy: str | None = typer.Option(None, help="ranked | scored | verified (default: ranked if --rank) | revised "
+                                        "(the recipe's pairs.revision; inputs: answers and `pairforge revise`'s "
+                                        "revisions.parquet)"),
     scored_mode: str | None = typer.Option(None, help="scored: best-worst | best-random | all"),
     min_margin: float | None = typer.Option(None, help="scored: smallest score gap that makes a pair"),
     format: str | None = typer.Option(None, "--format", help="auto | long | wide | ultrafeedback | nectar | sharegpt"),
@@ -283,6 +285,37 @@ def judge_command(
     _fail_cleanly(run)
 
 
+@app.command("revise")
+def revise_command(
+    recipe: Path = typer.Argument(..., help="recipe YAML with `pairs: {strategy: revised, revision: ...}`"),
+    out: Path = typer.Option(Path("."), help="run folder: reads responses.parquet, writes revisions.parquet"),
+    responses: Path | None = typer.Option(None, help="answers to revise (default: <out>/responses.parquet)"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="ask the reviser again where it failed before"),
+) -> None:
+    """Have the reviser minimally edit the original source's answers (cached in <out>/store.sqlite, resumable)."""
+    def run() -> None:
+        from pairforge.pairs.edits import sparkline
+        from pairforge.revise import revise
+
+        result = revise(load_recipe(recipe), out, responses, retry_failed)
+        t, d = result.tally, result.edit_distance
+        table = Table(title="revise", title_justify="left")
+        for column in ("answers", "cached", "new", "failed", "retries", "edit distance q1 / median / q3",
+                       "histogram 0..1"):
+            table.add_column(column, justify="right")
+        table.add_row(str(t.total), str(t.cached), str(t.done), str(result.failed), str(t.retries),
+                      " / ".join(f"{d[k]:.3f}" for k in ("q1", "median", "q3")) if d["n"] else "-",
+                      sparkline(d["histogram"]))
+        console.print(table)
+        console.print(f"wrote {result.exported} revisions to {result.revisions}", highlight=False)
+        if result.failed:
+            console.print(f"[bold red]{result.failed} revision requests failed[/]; they are kept in the store and "
+                          "not exported: run again with --retry-failed", highlight=False)
+            raise typer.Exit(1)
+
+    _fail_cleanly(run)
+
+
 @app.command("rank")
 def rank_command(
     recipe: Path = typer.Argument(..., help="recipe YAML (its `ranking:` section, optional)"),
@@ -420,7 +453,7 @@ def report_command(
 def run_command(
     recipe: Path = typer.Argument(..., help="recipe YAML: prompts, sources, judge, pairs, runs, eval"),
     from_stage: str | None = typer.Option(None, "--from", help="run this stage and every later one again "
-                                          "(generate, judge, rank, pairs, train, train:NAME, eval, report)"),
+                                          "(generate, revise, judge, rank, pairs, train, train:NAME, eval, report)"),
     to_stage: str | None = typer.Option(None, "--to", help="stop after this stage (e.g. pairs: data only)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, check the input files, print the plan; run "
                                  "nothing"),
@@ -591,6 +624,17 @@ def print_summary(summary: dict[str, Any]) -> None:
     for reason, per_type in summary["dropped_pairs"].items():
         drops.add_row("pairs", reason, ", ".join(f"{t}: {n}" for t, n in per_type.items()))
     console.print(drops if drops.row_count else "dropped: nothing")
+
+    if "revision" in summary:
+        from pairforge.pairs.edits import revision_table
+
+        title, header, rows = revision_table(summary["revision"])
+        revised = Table(title=title, title_justify="left")
+        for column in header:
+            revised.add_column(column, justify="left" if column in ("revisions", header[-1]) else "right")
+        for row in rows:
+            revised.add_row(*row)
+        console.print(revised)
 
     if "verification" in summary:
         verify = Table(title="verification (scores vs declared order)", title_justify="left")

@@ -1,7 +1,8 @@
 """`pairforge run RECIPE`: every stage of a recipe in order, in one run folder, resumable.
 
-Stages: generate -> judge (when the recipe has a judge) -> rank (judge given and at least two judged
-sources) -> pairs -> one stage per training run -> eval (when the recipe has an eval section) -> report.
+Stages: generate -> revise (strategy revised) -> judge (when the recipe has a judge) -> rank (judge given and
+at least two judged sources) -> pairs -> one stage per training run -> eval (when the recipe has an eval
+section) -> report.
 A stage whose outputs exist and whose settings and input files are unchanged (one fingerprint,
 kept in <run_dir>/stages/<stage>.json) is skipped; `--from STAGE` runs that stage and everything after
 it again. Inside a stage, the work is resumable too (the generation store, training checkpoints).
@@ -84,12 +85,19 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
     prompts = prompts_from_file(recipe.prompts)
     n_prompts = prompts.height
     answers = n_prompts * recipe.samples_per_source
-    stages = [Stage("generate", f"{len(recipe.sources)} sources answer {n_prompts} prompts",
-                    f"{answers * len(recipe.sources)} answers",
+    answering = recipe.answering_sources
+    stages = [Stage("generate", f"{len(answering)} sources answer {n_prompts} prompts",
+                    f"{answers * len(answering)} answers",
                     _generation_estimate(recipe, answers), lambda: _generate(recipe, run_dir),
                     [recipe.prompts, *[s.path for s in recipe.sources if s.path]],
-                    [recipe.samples_per_source, [{"name": s.name, **s.cache_settings()} for s in recipe.sources]])]
+                    [recipe.samples_per_source, [{"name": s.name, **s.cache_settings()} for s in answering]])]
     responses = run_dir / RESPONSES_FILE
+    revision = recipe.pairs.revision
+    if revision is not None:
+        reviser = next(s for s in recipe.sources if s.name == revision.reviser)
+        stages.append(Stage("revise", f"{revision.reviser} revises {revision.original}'s answers",
+                            f"{answers} revisions", None, lambda: _revise(recipe, run_dir), [responses],
+                            [revision.model_dump(mode="json"), reviser.cache_settings()]))
     if recipe.judge is not None:
         judge_estimate = 10 if recipe.judge.kind == "similarity" else None
         stages.append(Stage("judge", f"{recipe.judge.kind} judge", f"{answers * len(recipe.sources)} answers",
@@ -103,7 +111,7 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
     stages.append(Stage("pairs", f"pairs ({pairs_cfg.resolved_strategy}, {pairs_cfg.pair_types})",
                         f"<= {n_prompts * len(recipe.sources) ** 2 // 2} pairs", 5,
                         lambda: _pairs(pairs_cfg),
-                        [pairs_input, *([pairs_cfg.rank_from] if pairs_cfg.rank_from else []),
+                        [*pairs_cfg.inputs, *([pairs_cfg.rank_from] if pairs_cfg.rank_from else []),
                          *pairs_cfg.filters.decontaminate], pairs_cfg.model_dump(mode="json")))
     for run in recipe.runs:
         cfg = run_config(run, run_dir)
@@ -259,6 +267,16 @@ def _generate(recipe: Recipe, run_dir: Path) -> list[Path]:
     return [result.responses]
 
 
+def _revise(recipe: Recipe, run_dir: Path) -> list[Path]:
+    from pairforge.revise import revise
+
+    result = revise(recipe, run_dir)
+    if result.failed:
+        raise InputError("revise", f"{result.failed} revision requests failed; run again (they are retried with "
+                         "`pairforge revise RECIPE --retry-failed --out RUN_DIR`)")
+    return [result.revisions]
+
+
 def _judge(recipe: Recipe, run_dir: Path) -> list[Path]:
     from pairforge.judge.run import judge
 
@@ -291,8 +309,11 @@ def _rank(recipe: Recipe, run_dir: Path) -> list[Path]:
 
 def _pairs_config(recipe: Recipe, run_dir: Path, responses: Path):  # -> PairsConfig
     cfg = recipe.pairs
-    update: dict[str, Any] = {"inputs": [responses], "out": run_dir / "pairs.parquet"}
-    generating = [s for s in recipe.sources if s.backend != "file"]
+    from pairforge.revise import REVISIONS_FILE
+
+    revisions = [run_dir / REVISIONS_FILE] if cfg.revision else []  # read beside the answers they revise
+    update: dict[str, Any] = {"inputs": [responses, *revisions], "out": run_dir / "pairs.parquet"}
+    generating = [s for s in recipe.answering_sources if s.backend != "file"]
     if cfg.prompt_format == "auto":  # pairs are trained in the format their answers were asked in
         plain = generating and all(s.endpoint == "completions" for s in generating)
         update["prompt_format"] = "text" if plain else "chat"

@@ -27,6 +27,7 @@ import polars as pl  # noqa: E402
 from pairforge.errors import InputError  # noqa: E402
 from pairforge.formatting import difference, interval, number, significance  # noqa: E402
 from pairforge.io import check_output, read_log, write_atomically  # noqa: E402
+from pairforge.pairs.edits import revision_table  # noqa: E402
 
 _COLORS = ("#1f6fb4", "#e6862a", "#2f9e44", "#c92a2a", "#7048e8", "#868e96")
 
@@ -76,6 +77,9 @@ def _pairs(files: list[Path]) -> Section | None:
                                                          for t in types]))
         section.paragraphs.append(f"{path.name}: " + ", ".join(f"{sum(c.values())} {split}" for split, c in
                                                               splits.items()) + f" pairs ({summary['strategy']}).")
+        if "revision" in summary:
+            section.paragraphs.append(_revision_paragraph(summary["revision"]))
+            section.tables.append(revision_table(summary["revision"])[1:])
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
         axes[0].bar(types, [train.get(t, 0) for t in types], color=_COLORS[0], label="train")
         axes[0].bar(types, [held_out.get(t, 0) for t in types], bottom=[train.get(t, 0) for t in types],
@@ -91,6 +95,13 @@ def _pairs(files: list[Path]) -> Section | None:
         if pairs_file.is_file():
             section.figures.append((f"pairs-distributions-{path.stem}", _pair_distributions(pairs_file)))
     return section
+
+
+def _revision_paragraph(revision: dict[str, Any]) -> str:
+    return (f"{revision['reviser']} revised {revision['revisions']} of {revision['original']}'s answers: "
+            f"{revision['kept']} kept with a token-level edit distance in ({revision['min_edit']}, "
+            f"{revision['max_edit']}], {revision['no_op']} dropped as no-op, {revision['rewrite']} as rewrites "
+            f"(median edit distance {revision['edit_distance']['all'].get('median', 0):.3f}).")
 
 
 def _pair_distributions(path: Path) -> bytes:
