@@ -147,8 +147,8 @@ class PairsConfig(Section):
         if self.eval_fraction + self.judge_fraction >= 1:
             raise ValueError("eval_fraction + judge_fraction must leave prompts to train on (expected a sum < 1)")
         if (self.strategy == "revised") != (self.revision is not None):
-            raise ValueError("strategy 'revised' and `revision` (reviser, original) go together: expected both or "
-                             "neither")
+            raise ValueError("`strategy` revised needs `revision` (reviser, original), and `revision` is read by "
+                             "strategy revised only: expected both or neither")
         return self
 
     @property

@@ -97,7 +97,8 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
         reviser = next(s for s in recipe.sources if s.name == revision.reviser)
         stages.append(Stage("revise", f"{revision.reviser} revises {revision.original}'s answers",
                             f"{answers} revisions", None, lambda: _revise(recipe, run_dir), [responses],
-                            [revision.model_dump(mode="json"), reviser.cache_settings()]))
+                            [revision.model_dump(include={"reviser", "original", "template"}),
+                             reviser.cache_settings()]))  # the bounds are the pairs stage's
     if recipe.judge is not None:
         judge_estimate = 10 if recipe.judge.kind == "similarity" else None
         stages.append(Stage("judge", f"{recipe.judge.kind} judge", f"{answers * len(recipe.sources)} answers",

@@ -56,7 +56,8 @@ def edit_distance(original: str, revision: str) -> float:
 def distribution(values: Sequence[float]) -> dict[str, Any]:
     """n, min, quartiles, max, mean and a 10-bin histogram over [0, 1] of edit distances."""
     array = np.asarray(values, dtype=np.float64)
-    counts = np.histogram(np.clip(array, 0, 1), bins=BINS, range=(0, 1))[0].tolist()
+    bins = np.minimum(np.floor(np.clip(array, 0, 1) * BINS + 1e-9), BINS - 1).astype(np.int64)  # 3/10 -> [0.3, 0.4)
+    counts = np.bincount(bins, minlength=BINS).tolist()
     if not len(array):
         return {"n": 0, "histogram": counts}
     q1, median, q3 = np.quantile(array, [0.25, 0.5, 0.75])
