@@ -97,6 +97,61 @@ def test_distribution_quartiles_and_histogram() -> None:
     assert distribution([]) == {"n": 0, "histogram": [0] * 10}
 
 
+# --- the revision requests ------------------------------------------------------------------------------------
+
+def test_revision_requests_carry_the_filled_template_and_a_key_that_changes_with_what_changes_the_revision() -> None:
+    from pairforge.config import RevisionConfig, SourceConfig
+    from pairforge.formats import responses_frame
+    from pairforge.revise import revision_requests
+    from pairforge.schema import Response
+
+    originals = responses_frame([Response("What is {answer}?", "base", "It is {instruction}: 5."),
+                                 Response([{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Yo"},
+                                           {"role": "user", "content": "Name a colour."}], "base", "Blue.")])
+    reviser = SourceConfig(name="editor", backend="openai", model="m", base_url="http://a/v1", system="Be brief.")
+    cfg = RevisionConfig(reviser="editor", original="base", template="Q: {instruction}\nA: {answer}\n{json: 1}")
+
+    def keys(source: SourceConfig = reviser, revision: RevisionConfig = cfg,
+             frame: pl.DataFrame = originals) -> list[str]:
+        return [r.key for r in revision_requests(frame, source, revision)]
+
+    first, second = revision_requests(originals, reviser, cfg)
+    asked = "Q: What is {answer}?\nA: It is {instruction}: 5.\n{json: 1}"  # filled once: braces in texts stay
+    assert first.messages == [{"role": "system", "content": "Be brief."},  # the reviser's own system prompt
+                              {"role": "user", "content": asked}]
+    assert second.messages[-1]["content"] == "Q: Hi.\n\nYo\n\nName a colour.\nA: Blue.\n{json: 1}"  # chat turns
+    assert first.key.startswith("revise:editor:base:") and len(set(keys())) == 2
+    moved = reviser.model_copy(update={"base_url": "http://b/v1", "concurrency": 9, "max_retries": 1})
+    assert keys(moved) == keys()  # where the server is and how hard it is pushed: the same revisions
+    assert keys(reviser.model_copy(update={"temperature": 0.0})) != keys()
+    assert keys(revision=cfg.model_copy(update={"template": "{instruction} {answer}"})) != keys()
+    assert keys(revision=cfg.model_copy(update={"max_edit": 0.9})) == keys()  # the bounds only filter pairs
+    edited = originals.with_columns(pl.lit("Four.").alias("response"))
+    assert keys(frame=edited) != keys()  # a new original answer is revised again
+
+
+def test_a_reviser_that_only_revises_answers_no_prompt(tmp_path: Path) -> None:
+    """`generate` asks the answering sources only: the reviser (here a server nobody listens on, which would fail
+    every request) is not asked to answer the prompts; a reviser that revises its own answers still answers."""
+    from servers import free_port
+
+    from pairforge.config import load_recipe
+    from pairforge.generate.run import generate
+
+    written_answers(tmp_path)
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ANSWERS))
+    data = yaml.safe_load(revision_recipe(tmp_path).read_text())
+    data["prompts"] = "prompts.jsonl"
+    data["sources"][1].update(base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(data))
+    recipe = load_recipe(tmp_path / "recipe.yaml")
+    result = generate(recipe, tmp_path / "out", show_progress=False)
+    assert set(result.tallies) == {"base"} and result.failed == 0 and result.exported == len(ANSWERS)
+    itself = recipe.model_copy(update={"pairs": recipe.pairs.model_copy(
+        update={"revision": recipe.pairs.revision.model_copy(update={"original": "editor"})})})  # type: ignore[union-attr]
+    assert [s.name for s in itself.answering_sources] == ["base", "editor"]
+
+
 # --- the strategy on written answers ---------------------------------------------------------------------------
 
 LONG = ("Photosynthesis turns light, water and carbon dioxide into sugar and oxygen inside the chloroplasts of "

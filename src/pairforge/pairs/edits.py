@@ -56,7 +56,7 @@ def edit_distance(original: str, revision: str) -> float:
 def distribution(values: Sequence[float]) -> dict[str, Any]:
     """n, min, quartiles, max, mean and a 10-bin histogram over [0, 1] of edit distances."""
     array = np.asarray(values, dtype=np.float64)
-    bins = np.minimum(np.floor(np.clip(array, 0, 1) * BINS + 1e-9), BINS - 1).astype(np.int64)  # 3/10 -> [0.3, 0.4)
+    bins = np.minimum(np.floor(np.clip(array, 0, 1) * BINS), BINS - 1).astype(np.int64)  # 0.3 -> [0.3, 0.4)
     counts = np.bincount(bins, minlength=BINS).tolist()
     if not len(array):
         return {"n": 0, "histogram": counts}
