@@ -233,6 +233,13 @@ def test_the_report_shows_the_edit_distance_distribution(tmp_path: Path) -> None
     assert "| all | 6 | 0.000 |" in page and "| kept | 3 |" in page
 
 
+def test_the_shipped_recipe_passes_a_dry_run() -> None:
+    recipe = Path(__file__).parents[1] / "recipes" / "revised.yaml"
+    result = pairforge("run", recipe, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "careful revises smollm's answers" in result.stderr and "1 sources answer 290 prompts" in result.stderr
+
+
 # --- bad recipes -----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("revision, fragments", [

@@ -262,9 +262,7 @@ def _generate(recipe: Recipe, run_dir: Path) -> list[Path]:
     from pairforge.generate.run import generate
 
     result = generate(recipe, run_dir)
-    if result.failed:
-        raise InputError("generate", f"{result.failed} requests failed; run again (they are retried with "
-                         "`pairforge generate RECIPE --retry-failed --out RUN_DIR`)")
+    _all_answered(result.failed, "generate")
     return [result.responses]
 
 
@@ -272,10 +270,15 @@ def _revise(recipe: Recipe, run_dir: Path) -> list[Path]:
     from pairforge.revise import revise
 
     result = revise(recipe, run_dir)
-    if result.failed:
-        raise InputError("revise", f"{result.failed} revision requests failed; run again (they are retried with "
-                         "`pairforge revise RECIPE --retry-failed --out RUN_DIR`)")
+    _all_answered(result.failed, "revise")
     return [result.revisions]
+
+
+def _all_answered(failed: int, command: str) -> None:
+    """A stage with failed requests stops; they wait in the store for `pairforge COMMAND --retry-failed`."""
+    if failed:
+        raise InputError(command, f"{failed} requests failed; run again (they are retried with "
+                         f"`pairforge {command} RECIPE --retry-failed --out RUN_DIR`)")
 
 
 def _judge(recipe: Recipe, run_dir: Path) -> list[Path]:
