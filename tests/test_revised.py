@@ -22,29 +22,15 @@ import polars as pl
 import pytest
 import yaml
 from servers import FaultProxy
-from typer.testing import CliRunner
+from test_cli_options import cli, one_line_error
 
 from conftest import write_jsonl
-from pairforge.cli import app
 from pairforge.pairs.edits import distribution, edit_distance, levenshtein, tokens
-
-
-def cli(*args: Any) -> Any:
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def pairforge(*args: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pairforge", *map(str, args)], capture_output=True, text=True,
                           timeout=900)
-
-
-def one_line_error(result: Any, *fragments: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 # --- the edit distance ---------------------------------------------------------------------------------------
