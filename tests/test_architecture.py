@@ -14,11 +14,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pairforge"
 # bottom to top; a module imports only from lower layers, or from its own package (train.* from train.*)
 LAYERS = [
     {"errors", "schema"},
-    {"files", "text", "layout", "models"},
+    {"files", "text", "layout", "models", "edits"},
     {"config", "fields", "prompting"},
     {"recipe", "records"},
     {"requests", "sequences", "recipe_docs", "rounds"},
-    {"generate", "judge", "pairs", "train"},
+    {"generate", "revise", "judge", "pairs", "train"},
     {"evaluate"},
     {"render"},
     {"report"},

@@ -89,7 +89,9 @@ def pairs_build(
     rank: str | None = typer.Option(None, help="strength order, strongest first: 'gpt-4 > chatgpt > davinci'"),
     rank_from: Path | None = typer.Option(None, help="or a ranking.json from `pairforge rank` (significant orders)"),
     pair_types: str | None = typer.Option(None, help="'all' (default), 'adjacent', 'extremes' or 'a>b,c>d'"),
-    strategy: str | None = typer.Option(None, help="ranked | scored | verified (default: ranked if --rank)"),
+    strategy: str | None = typer.Option(None, help="ranked | scored | verified (default: ranked if --rank) | revised "
+                                        "(the recipe's pairs.revision; inputs: answers and `pairforge revise`'s "
+                                        "revisions.parquet)"),
     scored_mode: str | None = typer.Option(None, help="scored: best-worst | best-random | all"),
     min_margin: float | None = typer.Option(None, help="scored: smallest score gap that makes a pair"),
     format: str | None = typer.Option(None, "--format", help="auto | long | wide | ultrafeedback | nectar | sharegpt"),
@@ -255,6 +257,25 @@ def judge_command(
     _fail_cleanly(run)
 
 
+@app.command("revise")
+def revise_command(
+    recipe: Path = typer.Argument(..., help="recipe YAML with `pairs: {strategy: revised, revision: ...}`"),
+    out: Path = typer.Option(Path("."), help="run folder: reads responses.parquet, writes revisions.parquet"),
+    responses: Path | None = typer.Option(None, help="answers to revise (default: <out>/responses.parquet)"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="ask the reviser again where it failed before"),
+) -> None:
+    """Have the reviser minimally edit the original source's answers (cached in <out>/store.sqlite, resumable)."""
+    def run() -> None:
+        from pairforge.revise import revise
+
+        result = revise(load_recipe(recipe), out, responses, retry_failed)
+        _show(render.revising(result.tally, result.edit_distance))
+        _say(f"wrote {result.exported} revisions to {result.revisions}")
+        _stop_on_failures(result.failed, "revision requests")
+
+    _fail_cleanly(run)
+
+
 @app.command("rank")
 def rank_command(
     recipe: Path = typer.Argument(..., help="recipe YAML (its `ranking:` section, optional)"),
@@ -353,7 +374,8 @@ def report_command(
 def run_command(
     recipe: Path = typer.Argument(..., help="recipe YAML: prompts, sources, judge, pairs, runs, eval"),
     from_stage: str | None = typer.Option(None, "--from", help="run this stage and every later one again "
-                                          "(generate, judge, rank, pairs, train, train:NAME, eval, report)"),
+                                          "(generate, revise, judge, rank, pairs, train, train:NAME, eval, report; "
+                                          "iterative: round-2, round-2:train)"),
     to_stage: str | None = typer.Option(None, "--to", help="stop after this stage (e.g. pairs: data only)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, check the input files, print the plan; run "
                                  "nothing"),

@@ -54,6 +54,51 @@ class FilterConfig(Section):
         return value
 
 
+REVISION_TEMPLATE = (
+    "Below is an instruction and an answer to it. Improve the answer with as few changes as possible: fix what is "
+    "wrong, unclear or missing, and keep every part that is already right word for word. Reply with the improved "
+    "answer only, without any comment.\n\n### Instruction:\n{instruction}\n\n### Answer:\n{answer}\n"
+)
+
+
+class RevisionConfig(Section):
+    """The revised strategy: a reviser source minimally edits another source's answers, pair (revision, original).
+
+    A pair is kept when its token-level edit distance (`edits.py`) is in (min_edit, max_edit]; no-ops and
+    rewrites are counted in the summary."""
+
+    reviser: str = Field(..., description="the source (a name in `sources`) that revises: it is asked the template "
+                         "with each prompt and answer, through the same cached request engine as generation")
+    original: str = Field(..., description="the source (a name in `sources`) whose answers are revised")
+    template: str = Field(REVISION_TEMPLATE, description="what the reviser is asked; {instruction} becomes the "
+                          "prompt's text, {answer} the original answer (both required)")
+    min_edit: float = Field(0.0, ge=0, lt=1, description="keep revisions whose edit distance (word and punctuation "
+                            "tokens, Levenshtein / longer length) is above this; 0 drops only no-op revisions")
+    max_edit: float = Field(0.5, gt=0, le=1, description="and at most this: a larger edit rewrote the answer "
+                            "instead of revising it")
+
+    @field_validator("template")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        missing = [p for p in ("{instruction}", "{answer}") if p not in value]
+        if missing:
+            raise ValueError(f"expected the placeholders {{instruction}} and {{answer}} in the template; "
+                             f"{' and '.join(missing)} missing")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RevisionConfig:
+        if self.min_edit >= self.max_edit:
+            raise ValueError(f"expected min_edit < max_edit, found min_edit {self.min_edit} >= max_edit "
+                             f"{self.max_edit}")
+        return self
+
+    @property
+    def revision_source(self) -> str:
+        """The source name the revisions carry in responses and pairs: the original's name + the reviser's."""
+        return f"{self.original}+{self.reviser}"
+
+
 class PairsConfig(Section):
     """How responses become preference pairs (the `pairs` section of a recipe)."""
 
@@ -61,9 +106,9 @@ class PairsConfig(Section):
     format: Literal["auto", "long", "wide", "ultrafeedback", "nectar", "sharegpt"] = Field(
         "auto", description="input shape; auto detects it from the fields")
     columns: dict[str, str] = Field(default_factory=dict, description="wide format: source name -> column")
-    strategy: Literal["ranked", "scored", "verified"] | None = Field(
+    strategy: Literal["ranked", "scored", "verified", "revised"] | None = Field(
         None, description="ranked: declared strength order; scored: by scores; verified: order kept where scores "
-        "agree. Default: ranked when `rank` is set, else scored")
+        "agree; revised: (revision, original) pairs, see `revision`. Default: ranked when `rank` is set, else scored")
     rank: str | None = Field(None, description="strength order, strongest first: 'gpt-4 > chatgpt > davinci'")
     rank_from: Path | None = Field(None, description="or: a ranking.json from `pairforge rank` ('ranking' in a "
                                    "pipeline: its own); only the orders it found significant make pairs")
@@ -82,6 +127,8 @@ class PairsConfig(Section):
     out: Path = Field(Path("pairs.parquet"), description=".parquet or .jsonl; eval split and summary go beside it")
     filters: FilterConfig = Field(default_factory=FilterConfig, description="what makes an answer or a pair "
                                   "unusable (see pairs.filters)")
+    revision: RevisionConfig | None = Field(None, description="strategy revised: who revises whose answers, the "
+                                            "template, the edit-distance bounds (see pairs.revision)")
 
     @model_validator(mode="after")
     def _strategy_needs_rank(self) -> PairsConfig:
@@ -91,6 +138,9 @@ class PairsConfig(Section):
             raise ValueError(f"strategy '{self.strategy}' needs 'rank' (a strength order)")
         if self.eval_fraction + self.judge_fraction >= 1:
             raise ValueError("eval_fraction + judge_fraction must leave prompts to train on (expected a sum < 1)")
+        if (self.strategy == "revised") != (self.revision is not None):
+            raise ValueError("`strategy` revised needs `revision` (reviser, original), and `revision` is read by "
+                             "strategy revised only: expected both or neither")
         return self
 
     @property

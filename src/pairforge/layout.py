@@ -4,7 +4,7 @@ and the report agree on them.
 A run folder (`pairforge run`, or the `--out` of a stage command) holds:
 
     store.sqlite                every request and its answer or failure (generation, judge, eval)
-    responses.parquet           the answers (generate)
+    responses.parquet           the answers (generate); revisions.parquet: a reviser's edits of them (revise)
     responses.scored.parquet    the answers with the judge's scores (judge); judgments.parquet: pairwise
                                 verdicts; judge.summary.json
     ranking.json                source strength (rank)
@@ -22,6 +22,7 @@ from pathlib import Path
 
 STORE = "store.sqlite"
 RESPONSES = "responses.parquet"
+REVISIONS = "revisions.parquet"
 SCORED = "responses.scored.parquet"
 JUDGMENTS = "judgments.parquet"
 JUDGE_SUMMARY = "judge.summary.json"
@@ -66,6 +67,7 @@ class RunDir:
         self.root = Path(root)
         self.store = store or self.root / STORE
         self.responses, self.scored = self.root / RESPONSES, self.root / SCORED
+        self.revisions = self.root / REVISIONS
         self.judgments, self.ranking, self.report = self.root / JUDGMENTS, self.root / RANKING, self.root / REPORT
         self.eval = self.root / "eval"
         self.leaderboard = self.eval / LEADERBOARD

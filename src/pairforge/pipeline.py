@@ -1,7 +1,8 @@
 """`pairforge run RECIPE`: every stage of a recipe in order, in one run folder, resumable.
 
-Stages: generate -> judge (when the recipe has a judge) -> rank (judge given and at least two judged
-sources) -> pairs -> one stage per training run -> eval (when the recipe has an eval section) -> report.
+Stages: generate -> revise (strategy revised) -> judge (when the recipe has a judge) -> rank (judge given and
+at least two judged sources) -> pairs -> one stage per training run -> eval (when the recipe has an eval
+section) -> report.
 A stage whose outputs exist and whose settings and input files are unchanged (one fingerprint,
 kept in <run_dir>/stages/<stage>.json) is skipped; `--from STAGE` runs that stage and everything after
 it again. Inside a stage, the work is resumable too (the generation store, training checkpoints).
@@ -98,7 +99,7 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
                 # (the marker in `after`), not the trained folder, which does not exist when the plan is made
                 stage.inputs += after
                 stage.settings = [stage.settings[0], base_model(recipe),
-                                  [{"name": s.name, **s.cache_settings()} for s in recipe.sources]]
+                                  [{"name": s.name, **s.cache_settings()} for s in recipe.answering_sources]]
             stages_.append(stage)
     top = RunDir(run_dir)
     stages_.append(Stage("report", "HTML + Markdown report", "1 page", 10, lambda: stages.report(top), [], None,
@@ -109,11 +110,19 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
 def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int) -> list[Stage]:
     """One round's stages (the whole recipe's when it has one round), in order, without the report."""
     answers = n_prompts * recipe.samples_per_source
-    plan_ = [Stage("generate", f"{len(recipe.sources)} sources answer {n_prompts} prompts",
-                    f"{answers * len(recipe.sources)} answers",
-                    _generation_estimate(recipe, answers), lambda: stages.generate(recipe, folder),
-                    [recipe.prompts, *[s.path for s in recipe.sources if s.path]],
-                    [recipe.samples_per_source, [{"name": s.name, **s.cache_settings()} for s in recipe.sources]])]
+    answering = recipe.answering_sources
+    plan_ = [Stage("generate", f"{len(answering)} sources answer {n_prompts} prompts",
+                   f"{answers * len(answering)} answers",
+                   _generation_estimate(recipe, answers), lambda: stages.generate(recipe, folder),
+                   [recipe.prompts, *[s.path for s in recipe.sources if s.path]],
+                   [recipe.samples_per_source, [{"name": s.name, **s.cache_settings()} for s in answering]])]
+    revision = recipe.pairs.revision
+    if revision is not None:
+        reviser = next(s for s in recipe.sources if s.name == revision.reviser)
+        plan_.append(Stage("revise", f"{revision.reviser} revises {revision.original}'s answers",
+                           f"{answers} revisions", None, lambda: stages.revise(recipe, folder), [folder.responses],
+                           [revision.model_dump(include={"reviser", "original", "template"}),
+                            reviser.cache_settings()]))  # the bounds are the pairs stage's
     if recipe.judge is not None:
         judge_estimate = 10 if recipe.judge.kind == "similarity" else None
         plan_.append(Stage("judge", f"{recipe.judge.kind} judge", f"{answers * len(recipe.sources)} answers",

@@ -103,7 +103,26 @@ class Recipe(Section):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"source name '{twice[0]}' is used twice")
+        revision = self.pairs.revision
+        for key in ("reviser", "original") if revision else ():
+            name = getattr(revision, key)
+            if name not in names:
+                raise ValueError(f"pairs.revision.{key}: '{name}' is not a source of this recipe (expected one of: "
+                                 f"{', '.join(names) or 'no sources given'})")
+        if revision and next(s for s in self.sources if s.name == revision.reviser).backend == "file":
+            raise ValueError(f"pairs.revision.reviser: '{revision.reviser}' is a file source; expected a model that "
+                             "can be asked (backend transformers, openai or vllm)")
+        if revision and revision.revision_source in names:
+            raise ValueError(f"source name '{revision.revision_source}' is taken by the revisions of "
+                             f"pairs.revision; rename that source")
         return self
+
+    @property
+    def answering_sources(self) -> list[SourceConfig]:
+        """The sources that answer the prompts: all but a reviser that only revises (strategy revised)."""
+        revision = self.pairs.revision
+        only_revises = revision.reviser if revision and revision.reviser != revision.original else None
+        return [s for s in self.sources if s.name != only_revises]
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -23,7 +23,8 @@ PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
               "`pairforge rank`).", [("judge", C.JudgeConfig), ("judge.llm", C.SourceConfig),
                                       ("ranking", C.RankingConfig)]),
     "pairs": ("Pairs: responses to preference pairs (`pairforge pairs build`).",
-              [("pairs", C.PairsConfig), ("pairs.filters", C.FilterConfig)]),
+              [("pairs", C.PairsConfig), ("pairs.filters", C.FilterConfig),
+               ("pairs.revision", C.RevisionConfig)]),
     "train": ("Train: SFT, DPO and relatives, SLiC-HF, reward models, with a curriculum (`pairforge train`; "
               "`runs[]` in a pipeline).", [("train / runs[]", C.RunConfig), ("lora", C.LoraSettings),
                                            ("curriculum", C.CurriculumConfig), ("curriculum.stages[]", C.Stage)]),

@@ -65,8 +65,14 @@ def duration(seconds: float | None) -> str:
 def sparkline(values: Any) -> str:
     """A 10-bin histogram of values in [0, 1] as block characters."""
     counts, _ = np.histogram(np.clip(values, 0, 1), bins=10, range=(0, 1))
-    bars = " ▁▂▃▄▅▆▇█"
-    return "".join(bars[round(8 * c / counts.max())] if counts.max() else " " for c in counts)
+    return bars(counts.tolist())
+
+
+def bars(counts: list[int]) -> str:
+    """A histogram's counts as one line of block characters."""
+    blocks = " ▁▂▃▄▅▆▇█"
+    top = max(counts, default=0)
+    return "".join(blocks[round(8 * c / top)] if top else " " for c in counts)
 
 
 # --- pairs --------------------------------------------------------------------------------------------
@@ -101,6 +107,19 @@ def pair_verification(summary: dict[str, Any]) -> Grid | None:
     return grid
 
 
+def revisions(revision: dict[str, Any]) -> Grid:
+    """The revised strategy's edit distances (all revisions, and those kept) and what was dropped."""
+    title = (f"revisions by {revision['reviser']} of {revision['original']}'s answers: edit distance (tokens); "
+             f"kept in ({revision['min_edit']}, {revision['max_edit']}]: {revision['kept']}, dropped as no-op: "
+             f"{revision['no_op']}, as rewrites: {revision['rewrite']}")
+    grid = Grid(title, ["revisions", "n", "min", "q1", "median", "q3", "max", "histogram 0..1"])
+    for name in ("all", "kept"):
+        d = revision["edit_distance"][name]
+        cells = [f"{d[k]:.3f}" if k in d else "-" for k in ("min", "q1", "median", "q3", "max")]
+        grid.rows.append([name, str(d["n"]), *cells, bars(d["histogram"])])
+    return grid
+
+
 def pair_lengths(summary: dict[str, Any]) -> Grid:
     lengths = summary["lengths"]
     grid = Grid(f"length ({lengths['unit']}): chosen vs rejected",
@@ -115,7 +134,8 @@ def pair_lengths(summary: dict[str, Any]) -> Grid:
 def pairs_summary(summary: dict[str, Any]) -> list[Grid]:
     """The summary of `pairs build`: counts, drops (when any), verification (when verified), lengths."""
     drops = pair_drops(summary)
-    return [g for g in (pair_counts(summary), drops if drops.rows else None, pair_verification(summary),
+    revised = revisions(summary["revision"]) if "revision" in summary else None
+    return [g for g in (pair_counts(summary), drops if drops.rows else None, revised, pair_verification(summary),
                         pair_lengths(summary)) if g is not None]
 
 
@@ -209,6 +229,16 @@ def generation(tallies: dict[str, Any]) -> Grid:
     grid = Grid("generate", ["source", "answers", "cached", "new", "failed", "retries", "tok/s"])
     grid.rows += [[name, str(t.total), str(t.cached), str(t.done), str(t.failed + t.failed_before), str(t.retries),
                    f"{t.tokens_per_s:.1f}" if t.done else "-"] for name, t in tallies.items()]
+    return grid
+
+
+def revising(tally: Any, distances: dict[str, Any]) -> Grid:
+    """What the reviser did (`requests.engine.Tally`) and the edit distances of the revisions that came back."""
+    grid = Grid("revise", ["answers", "cached", "new", "failed", "retries", "edit distance q1 / median / q3",
+                           "histogram 0..1"], left=0)
+    quartiles = " / ".join(f"{distances[k]:.3f}" for k in ("q1", "median", "q3")) if distances["n"] else "-"
+    grid.rows.append([str(tally.total), str(tally.cached), str(tally.done), str(tally.failed + tally.failed_before),
+                      str(tally.retries), quartiles, bars(distances["histogram"])])
     return grid
 
 

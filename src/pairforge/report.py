@@ -79,6 +79,9 @@ def _pairs(files: list[Path]) -> Section | None:
         section.tables.append(render.pair_counts(summary))
         section.paragraphs.append(f"{_label(path)}: " + ", ".join(f"{sum(c.values())} {split}" for split, c in
                                                               splits.items()) + f" pairs ({summary['strategy']}).")
+        if "revision" in summary:
+            section.paragraphs.append(_revision_paragraph(summary["revision"]))
+            section.tables.append(render.revisions(summary["revision"]))
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
         axes[0].bar(types, [train.get(t, 0) for t in types], color=_COLORS[0], label="train")
         axes[0].bar(types, [held_out.get(t, 0) for t in types], bottom=[train.get(t, 0) for t in types],
@@ -95,6 +98,13 @@ def _pairs(files: list[Path]) -> Section | None:
             name = f"pairs-distributions-{_label(path.with_suffix(''))}"
             section.figures.append((name, _pair_distributions(pairs_file)))
     return section
+
+
+def _revision_paragraph(revision: dict[str, Any]) -> str:
+    return (f"{revision['reviser']} revised {revision['revisions']} of {revision['original']}'s answers: "
+            f"{revision['kept']} kept with a token-level edit distance in ({revision['min_edit']}, "
+            f"{revision['max_edit']}], {revision['no_op']} dropped as no-op, {revision['rewrite']} as rewrites "
+            f"(median edit distance {revision['edit_distance']['all'].get('median', 0):.3f}).")
 
 
 def _pair_distributions(path: Path) -> bytes:

@@ -25,10 +25,24 @@ def generate(recipe: Recipe, run: RunDir) -> list[Path]:
     from pairforge.generate.run import generate as answer_prompts
 
     result = answer_prompts(recipe, run.root, store_path=run.store)
-    if result.failed:
-        raise InputError("generate", f"{result.failed} requests failed; run again (they are retried with "
-                         "`pairforge generate RECIPE --retry-failed --out RUN_DIR`)")
+    _all_answered(result.failed, "generate")
     return [result.responses]
+
+
+def revise(recipe: Recipe, run: RunDir) -> list[Path]:
+    """A reviser's minimal edits of one source's answers (strategy revised)."""
+    from pairforge.revise import revise as revise_answers
+
+    result = revise_answers(recipe, run.root, store_path=run.store)
+    _all_answered(result.failed, "revise")
+    return [result.revisions]
+
+
+def _all_answered(failed: int, command: str) -> None:
+    """A stage with failed requests stops; they wait in the store for `pairforge COMMAND --retry-failed`."""
+    if failed:
+        raise InputError(command, f"{failed} requests failed; run again (they are retried with "
+                         f"`pairforge {command} RECIPE --retry-failed --out RUN_DIR`)")
 
 
 def judge(recipe: Recipe, run: RunDir) -> list[Path]:
@@ -80,8 +94,9 @@ def pairs_input(recipe: Recipe, run: RunDir) -> Path:
 def pairs_config(recipe: Recipe, run: RunDir) -> PairsConfig:
     """The recipe's pairs section placed in the run folder."""
     cfg = recipe.pairs
-    update: dict[str, Any] = {"inputs": [pairs_input(recipe, run)], "out": run.pairs()}
-    generating = [s for s in recipe.sources if s.backend != "file"]
+    revisions = [run.revisions] if cfg.revision else []  # read beside the answers they revise
+    update: dict[str, Any] = {"inputs": [pairs_input(recipe, run), *revisions], "out": run.pairs()}
+    generating = [s for s in recipe.answering_sources if s.backend != "file"]
     if cfg.prompt_format == "auto":  # pairs are trained in the format their answers were asked in
         plain = generating and all(s.endpoint == "completions" for s in generating)
         update["prompt_format"] = "text" if plain else "chat"

@@ -48,6 +48,7 @@ def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: li
     if unknown:
         raise InputError("--source", f"no source named '{unknown[0]}' in the recipe "
                          f"(found {', '.join(s.name for s in recipe.sources)})")
+    only = only or [s.name for s in recipe.answering_sources]  # a reviser that only revises answers nothing
     for source in recipe.sources:
         if not only or source.name in only:
             check_source(source)

@@ -62,6 +62,9 @@ def build_pairs(responses: pl.DataFrame, cfg: PairsConfig) -> PairSet:
     answers = answers.with_row_index(filters.ANSWER)
     if strategy == "scored":
         candidates = strategies.scored(answers, cfg.scored_mode, cfg.min_margin, cfg.seed)
+    elif strategy == "revised":
+        assert cfg.revision is not None
+        candidates = strategies.revised(answers, cfg.revision)
     else:
         assert order is not None
         pick = strategies.ranked if strategy == "ranked" else strategies.verified
@@ -70,11 +73,15 @@ def build_pairs(responses: pl.DataFrame, cfg: PairsConfig) -> PairSet:
     summary["dropped_prompts"] = dropped_prompts
     if candidates.verification:
         summary["verification"] = candidates.verification
+    pair_filters = cfg.filters
+    if candidates.revision:  # a minimal edit is a near-duplicate by design: min_edit / max_edit decide instead
+        summary["revision"] = candidates.revision
+        pair_filters = pair_filters.model_copy(update={"near_duplicate": None})
 
     pairs = candidates.pairs
-    if cfg.filters.near_duplicate is not None:
-        pairs = filters.with_word_overlap(pairs, answers, cfg.filters.near_duplicate)
-    pairs, dropped = filters.apply(pairs, filters.pair_drop_reasons(cfg.filters))
+    if pair_filters.near_duplicate is not None:
+        pairs = filters.with_word_overlap(pairs, answers, pair_filters.near_duplicate)
+    pairs, dropped = filters.apply(pairs, filters.pair_drop_reasons(pair_filters))
     summary["dropped_pairs"] = _count(dropped, [filters.DROP, "pair_type"])
     pairs = _finish(pairs, answers, candidates.span, chat=cfg.prompt_format != "text")
     check_invariants(pairs, order)
@@ -94,7 +101,7 @@ def build_pairs(responses: pl.DataFrame, cfg: PairsConfig) -> PairSet:
 def _resolve_order(
     responses: pl.DataFrame, cfg: PairsConfig, strategy: str
 ) -> tuple[StrengthOrder | None, list[tuple[str, str]]]:
-    if strategy == "scored":
+    if strategy in ("scored", "revised"):
         return None, []
     assert cfg.rank is not None
     order = parse_rank(cfg.rank)
@@ -125,7 +132,8 @@ def _finish(pairs: pl.DataFrame, answers: pl.DataFrame, span: float, chat: bool)
     )
     if chat:
         pairs = pairs.with_columns(*(_assistant_turn(c) for c in ("chosen", "rejected")))
-    return pairs.select(*S.PAIR_COLUMNS, "chosen_length", "rejected_length")
+    extra = [c for c in ("edit_distance",) if c in pairs.columns]  # revised pairs: how much the revision changed
+    return pairs.select(*S.PAIR_COLUMNS, *extra, "chosen_length", "rejected_length")
 
 
 def _assistant_turn(column: str) -> pl.Expr:

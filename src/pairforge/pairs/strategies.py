@@ -9,17 +9,24 @@ Every strategy returns candidate pairs with the same columns (see `SIDE_COLUMNS`
             min_margin. Equal scores never make a pair.
   verified  ranked, kept only where the scores agree (chosen score > rejected score); the rest is
             reported per pair type as contradicted or tied.
-`margin` is the evidence's size: the strength-level gap (ranked, verified) or the score gap (scored).
+  revised   a reviser's minimal edit of an answer against that answer (same prompt and sample), pair type
+            `revision`, kept when the token-level edit distance (`edits.py`) is in (min_edit, max_edit];
+            no-ops and rewrites are counted.
+`margin` is the evidence's size: the strength-level gap (ranked, verified), the score gap (scored) or the
+edit distance (revised: a small edit is a hard pair, as a small strength gap is).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from pairforge import schema as S
+from pairforge.config import RevisionConfig
+from pairforge.edits import distribution, edit_distance
 from pairforge.pairs.filters import ANSWER, LENGTH, N_WORDS, NORM
 from pairforge.pairs.order import StrengthOrder
 
@@ -34,6 +41,7 @@ class Candidates:
     span: float  # the largest margin possible in this input (for difficulty)
     set_aside: dict[str, int] = field(default_factory=dict)  # "prompts with ...", "pairs with ..." -> count
     verification: dict[str, dict[str, float]] = field(default_factory=dict)
+    revision: dict[str, Any] = field(default_factory=dict)  # revised: counts and edit-distance distributions
 
 
 def side(responses: pl.DataFrame, role: str) -> pl.DataFrame:
@@ -118,3 +126,28 @@ def scored(responses: pl.DataFrame, mode: str, min_margin: float, seed: int) -> 
         set_aside[f"pairs with a score gap below {min_margin}"] = pairs.filter(pl.col("margin") < min_margin).height
         pairs = pairs.filter(pl.col("margin") >= min_margin)
     return Candidates(_with_type(pairs), span=span or 1.0, set_aside=set_aside)
+
+
+def revised(responses: pl.DataFrame, cfg: RevisionConfig) -> Candidates:
+    """Each revision (source `cfg.revision_source`) against the original answer it revised (same prompt and
+    sample); the edit distance decides: no-op (<= min_edit) and rewrite (> max_edit) pairs are set aside."""
+    def answers_of(source: str, role: str) -> pl.DataFrame:
+        rows = responses.filter(pl.col(S.SOURCE) == source)
+        return side(rows, role).with_columns(pl.col(f"{role}_{S.SAMPLE}").alias("_sample"))
+
+    revisions = answers_of(cfg.revision_source, "chosen")
+    pairs = revisions.join(answers_of(cfg.original, "rejected"), on=[S.PROMPT_ID, "_sample"],
+                           maintain_order="left").drop("_sample")
+    distances = [edit_distance(o, r) for o, r in zip(pairs["rejected"], pairs["chosen"], strict=True)]
+    pairs = pairs.with_columns(pl.Series("edit_distance", distances, pl.Float64), pl.lit("revision").alias("pair_type"))
+    no_op, rewrite = pl.col("edit_distance") <= cfg.min_edit, pl.col("edit_distance") > cfg.max_edit
+    kept = pairs.filter(~no_op & ~rewrite).with_columns(pl.col("edit_distance").alias("margin"))
+    counts = {"revisions": pairs.height, "no_op": pairs.filter(no_op).height,
+              "rewrite": pairs.filter(rewrite).height, "kept": kept.height}
+    set_aside = {f"pairs with a no-op revision (edit distance <= {cfg.min_edit})": counts["no_op"],
+                 f"pairs with a rewrite, not a revision (edit distance > {cfg.max_edit})": counts["rewrite"],
+                 "pairs whose original answer was left out": revisions.height - pairs.height}
+    summary = {"reviser": cfg.reviser, "original": cfg.original, "min_edit": cfg.min_edit, "max_edit": cfg.max_edit,
+               **counts, "edit_distance": {"all": distribution(distances),
+                                           "kept": distribution(kept["edit_distance"].to_list())}}
+    return Candidates(kept, span=cfg.max_edit, set_aside=set_aside, revision=summary)
