@@ -223,7 +223,9 @@ def test_the_shipped_recipe_passes_a_dry_run() -> None:
     recipe = Path(__file__).parents[1] / "recipes" / "revised.yaml"
     result = pairforge("run", recipe, "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert "careful revises smollm's answers" in result.stderr and "1 sources answer 290 prompts" in result.stderr
+    plan = {line.split("│")[1].strip(): line.split("│")[3].strip() for line in result.stderr.splitlines()
+            if line.startswith("│ ") and line.split("│")[1].strip()}  # stage -> size
+    assert plan["generate"] == "290 answers" and plan["revise"] == "290 revisions"  # the reviser answers nothing
 
 
 # --- bad recipes -----------------------------------------------------------------------------------------------
