@@ -95,6 +95,7 @@ class FaultProxy(LocalServer):
         self.requests = 0
         self.lock = threading.Lock()
         self.served: Counter[str] = Counter()
+        self.bodies: list[bytes] = []  # every POST body, in arrival order (a client's retries included)
         proxy = self
 
         class Handler(QuietHandler):
@@ -105,6 +106,7 @@ class FaultProxy(LocalServer):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with proxy.lock:
                     proxy.requests += 1
+                    proxy.bodies.append(body)
                     n = proxy.requests
                     fault = proxy.FAULTS[(n // proxy.every) % 4] if n % proxy.every == 0 else "ok"
                     proxy.served[fault] += 1

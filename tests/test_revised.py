@@ -26,6 +26,7 @@ from test_cli_options import cli, one_line_error
 
 from conftest import write_jsonl
 from pairforge.edits import distribution, edit_distance, levenshtein, tokens
+from pairforge.schema import prompt_id_of
 
 
 def pairforge(*args: Any) -> subprocess.CompletedProcess[str]:
@@ -223,7 +224,9 @@ def test_the_shipped_recipe_passes_a_dry_run() -> None:
     recipe = Path(__file__).parents[1] / "recipes" / "revised.yaml"
     result = pairforge("run", recipe, "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert "careful revises smollm's answers" in result.stderr and "1 sources answer 290 prompts" in result.stderr
+    plan = {line.split("│")[1].strip(): line.split("│")[3].strip() for line in result.stderr.splitlines()
+            if line.startswith("│ ") and line.split("│")[1].strip()}  # stage -> size
+    assert plan["generate"] == "290 answers" and plan["revise"] == "290 revisions"  # the reviser answers nothing
 
 
 # --- bad recipes -----------------------------------------------------------------------------------------------
@@ -313,7 +316,11 @@ def test_revision_pairs_through_a_real_llama_cpp_server(tmp_path: Path, llama_se
         run = tmp_path / "run"
         responses = pl.read_parquet(run / "responses.parquet")
         assert set(responses["source"]) == {"smollm"} and responses.height == 10  # the reviser only revises
-        assert counter.requests == 20  # 10 answers + 10 revisions
+        asked = asked_texts(counter)  # distinct requests (a client retry after a timeout sends one again)
+        prompts = set(responses["prompt"])
+        assert len(asked) == 20 and len(asked & prompts) == 10  # 10 answers and 10 revisions, nothing else
+        assert all(text.startswith("Rewrite the answer") for text in asked - prompts)
+        sent = counter.requests
 
         revisions = pl.read_parquet(run / "revisions.parquet")
         original = dict(zip(responses["prompt_id"], responses["response"], strict=True))
@@ -348,7 +355,7 @@ def test_revision_pairs_through_a_real_llama_cpp_server(tmp_path: Path, llama_se
                          "pairs": "skipped (finished, inputs and settings unchanged)"}
         forced = stage_said(pairforge("run", served_recipe(tmp_path, counter.base_url, max_edit=0.9),
                                       "--to", "pairs", "--from", "revise"))
-        assert forced["revise"].startswith("running") and counter.requests == 20  # all from the store
+        assert forced["revise"].startswith("running") and counter.requests == sent  # all from the store
         assert json.loads((run / "pairs.summary.json").read_text())["revision"]["max_edit"] == 0.9
         bounds_only = stage_said(pairforge("run", served_recipe(tmp_path, counter.base_url, max_edit=0.8),
                                            "--to", "pairs"))
@@ -371,17 +378,27 @@ def test_kill_9_mid_revise_resumes_from_the_store(tmp_path: Path, llama_server: 
             time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        committed = revised_rows(run / "store.sqlite")
-        assert 3 <= committed < 8 and not (run / "revisions.parquet").exists()
-        asked_first = counter.requests  # the committed ones and the one in flight
+        committed = {key.split(":")[3] for (key,) in sqlite3.connect(run / "store.sqlite").execute(
+            "SELECT key FROM results WHERE kind = 'revision'")}  # revise:careful:smollm:<prompt_id>:...
+        assert 3 <= len(committed) < 8 and not (run / "revisions.parquet").exists()
+        before = len(counter.bodies)  # the committed ones and the one in flight
 
         said = stage_said(pairforge("run", recipe, "--to", "pairs"))
         assert said["generate"].startswith("skipped") and said["revise"].startswith("running")
-        assert counter.requests - asked_first == 8 - committed  # only what was not committed
+        prompt_ids = set(pl.read_parquet(run / "responses.parquet")["prompt_id"])
+        instructions = [text.split("Instruction: ")[1].split("\n\nAnswer: ")[0]  # the CAREFUL template's
+                        for text in asked_texts(counter, since=before)]
+        asked_again = {prompt_id_of([{"role": "user", "content": text}]) for text in instructions}
+        assert asked_again == prompt_ids - committed  # only what was not committed
         revisions = pl.read_parquet(run / "revisions.parquet")
         assert revisions.height == 8 and revisions["prompt_id"].n_unique() == 8  # no lost row, no duplicate
     finally:
         counter.close()
+
+
+def asked_texts(proxy: FaultProxy, since: int = 0) -> set[str]:
+    """The distinct last chat turns the proxy forwarded (from its `since`-th request on)."""
+    return {json.loads(body)["messages"][-1]["content"] for body in proxy.bodies[since:]}
 
 
 def revised_rows(db: Path) -> int:
