@@ -132,8 +132,12 @@ def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int) -> list[Stage]
                             lambda: [stages.rank(recipe, folder).written], [folder.scored],
                             recipe.ranking.model_dump(mode="json")))
     pairs_cfg = stages.pairs_config(recipe, folder)
-    plan_.append(Stage("pairs", f"pairs ({pairs_cfg.resolved_strategy}, {pairs_cfg.pair_types})",
-                        f"<= {n_prompts * len(recipe.sources) ** 2 // 2} pairs", 5,
+    if revision is not None:  # one pair per revised answer at most
+        what, most = f"pairs (revised, edit in ({revision.min_edit}, {revision.max_edit}])", answers
+    else:
+        what, most = f"pairs ({pairs_cfg.resolved_strategy}, {pairs_cfg.pair_types})", n_prompts * len(
+            answering) ** 2 // 2
+    plan_.append(Stage("pairs", what, f"<= {most} pairs", 5,
                         lambda: stages.pairs(recipe, folder),
                         [*pairs_cfg.inputs, *([pairs_cfg.rank_from] if pairs_cfg.rank_from else []),
                          *pairs_cfg.filters.decontaminate], pairs_cfg.model_dump(mode="json")))
