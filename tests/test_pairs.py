@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -252,3 +253,17 @@ def test_pairs_from_response_records_built_in_python():
     assert sorted(zip(result.train["chosen"], result.train["rejected"], strict=True)) == [
         ("Maybe Paris.", "Lyon."), ("Paris.", "Lyon."), ("Paris.", "Maybe Paris.")]
     assert result.train["prompt_id"][0] == answers[0].prompt_id
+
+
+def test_decontamination_reads_what_a_prompt_asks_not_its_earlier_assistant_turns(tmp_path) -> None:
+    """A multi-turn prompt is contaminated by its questions, not by boilerplate in an earlier assistant turn."""
+    from pairforge.pairs.filters import contaminated_prompts
+
+    shared = "please list the three primary colours of light and explain how they mix on a screen"
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text(json.dumps({"prompt": shared}) + "\n")
+    turns = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": shared},
+             {"role": "user", "content": "Thanks, and what about paint?"}]
+    asked = [{"role": "user", "content": shared}]
+    frame = pl.DataFrame({"prompt_id": ["a", "b"], "prompt": [turns, asked]})
+    assert contaminated_prompts(frame, [evals], n=13) == {"b"}

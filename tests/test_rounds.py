@@ -112,3 +112,40 @@ def test_bad_round_settings_are_one_line(tmp_path: Path, tiny_model_dir: Path, c
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and expected in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_round_two_training_depends_on_round_one_policy_and_a_set_base_model_is_kept(tmp_path: Path,
+                                                                                   tiny_model_dir: Path) -> None:
+    """Round 2's runs start from round 1's policy, so that policy's marker is an input of round 2's training
+    (retraining round 1 retrains round 2 even when round 2's pairs come out the same); a recipe's own
+    eval.base_model is the baseline in every round."""
+    from pairforge.pipeline import plan
+    from pairforge.recipe import load_recipe
+    from pairforge.rounds import round_recipe
+
+    path = recipe(tmp_path, tiny_model_dir)
+    loaded = load_recipe(path)
+    stages = {s.name: s for s in plan(loaded, tmp_path / "run").stages}
+    policy_marker = tmp_path / "run" / "round-1" / "stages" / "train-dpo.json"
+    assert policy_marker in stages["round-2:train:dpo"].inputs
+    assert policy_marker not in stages["round-1:train:dpo"].inputs
+    data = yaml.safe_load(path.read_text())
+    data["eval"]["base_model"] = "someone/another-base"
+    path.write_text(yaml.safe_dump(data))
+    assert all(round_recipe(load_recipe(path), tmp_path / "run", k).eval.base_model == "someone/another-base"
+               for k in (1, 2))
+
+
+def test_train_run_of_an_iterative_recipe_is_named_with_its_round(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`pairforge train --config R --run round-2:dpo` (the accelerate-launch entry) trains round 2's dpo where
+    `pairforge run` would, from round 1's policy; a name without its round is one line."""
+    from pairforge.errors import InputError
+    from pairforge.options import train_section
+
+    path = recipe(tmp_path, tiny_model_dir)
+    cfg = train_section(path, "round-2:dpo")
+    assert cfg.out == tmp_path / "run" / "round-2" / "train" / "dpo"
+    assert cfg.model == str(tmp_path / "run" / "round-1" / "train" / "dpo" / "model")
+    assert cfg.pairs == tmp_path / "run" / "round-2" / "pairs.parquet"
+    with pytest.raises(InputError, match="round-K:NAME"):
+        train_section(path, "dpo")

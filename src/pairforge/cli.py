@@ -117,8 +117,8 @@ def pairs_build(
     """Turn answers of models of different strength into a TRL-ready pairs file and a summary."""
     def run() -> None:
         flags = {"inputs": inputs or None, "rank": rank, "rank_from": rank_from, "pair_types": pair_types,
-                 "strategy": strategy,
-                 "scored_mode": scored_mode, "min_margin": min_margin, "format": format, "out": out,
+                 "strategy": strategy, "scored_mode": scored_mode, "min_margin": min_margin, "format": format,
+                 "out": out,
                  "eval_fraction": eval_fraction, "prompt_format": prompt_format, "seed": seed,
                  "columns": options.parse_columns(columns) if columns else None}
         filter_flags = {"drop_truncated": False if keep_truncated else None,
@@ -147,6 +147,8 @@ def _run_pairs_build(config: Path | None, flags: dict[str, Any], filter_flags: d
         raise InputError("pairs build", "expected at least one input file (or `inputs:` in the recipe)")
     result = build_from_files(cfg)
     _show(*render.pairs_summary(result.summary))
+    if not render.pair_drops(result.summary).rows:
+        _say("dropped: nothing")
     console.print(f"wrote {', '.join(str(p) for p in result.written)}", highlight=False)
 
 
@@ -331,17 +333,15 @@ def eval_command(
 
 def _show_outcome(recipe: Recipe, run_dir: Path) -> None:
     """After `pairforge run`: the declared order checked, the (last round's) leaderboard, every round's scores."""
+    from pairforge.report import round_entries
     from pairforge.rounds import round_dir
 
     last = round_dir(run_dir, recipe, recipe.rounds)
-    check = json.loads(last.ranking.read_text()).get("declared_check") if last.ranking.exists() else None
-    if check:
+    if last.ranking.exists() and (check := json.loads(last.ranking.read_text()).get("declared_check")):
         _say(render.declared_check(check))
     if last.leaderboard.exists():
         _show_leaderboard(json.loads(last.leaderboard.read_text()))
     if recipe.rounds > 1:
-        from pairforge.report import round_entries
-
         _show(render.rounds(round_entries(sorted(run_dir.glob("round-*/eval/leaderboard.json")))))
     if RunDir(run_dir).report.exists():
         _say(f"report: {RunDir(run_dir).report}")
@@ -380,6 +380,8 @@ def run_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, check the input files, print the plan; run "
                                  "nothing"),
     quick: bool = typer.Option(False, "--quick", help="a smoke test: few prompts, short answers, 2 steps per run"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="ask again the requests (answers, revisions, "
+                                      "verdicts) that failed before; they wait in the store"),
 ) -> None:
     """The whole recipe end to end in one run folder; finished stages are skipped, so a re-run resumes."""
     def run() -> None:
@@ -389,7 +391,7 @@ def run_command(
         notes: list[str] = []
         if dry_run:
             cfg, notes = pipeline.with_format_samples(cfg)
-        the_plan = pipeline.plan(cfg, run_dir)
+        the_plan = pipeline.plan(cfg, run_dir, retry_failed)
         pipeline.check_stage_names(the_plan, from_stage, to_stage)
         check_output(run_dir, "folder", "run_dir")
         warnings = pipeline.preflight(cfg)

@@ -70,6 +70,7 @@ class RunDir:
         self.revisions = self.root / REVISIONS
         self.judgments, self.ranking, self.report = self.root / JUDGMENTS, self.root / RANKING, self.root / REPORT
         self.eval = self.root / "eval"
+        self.eval_store = store or self.eval / STORE  # an iterative run's rounds share one store
         self.leaderboard = self.eval / LEADERBOARD
         self.quick_prompts = self.root / "quick-prompts.parquet"
 

@@ -10,7 +10,6 @@ from pydantic import BaseModel, ValidationError
 
 from pairforge.config import JudgeConfig, TrainConfig
 from pairforge.errors import InputError
-from pairforge.layout import RunDir
 from pairforge.recipe import load_recipe
 
 S = TypeVar("S", bound=BaseModel)
@@ -60,13 +59,18 @@ def train_section(config: Path | None, run_name: str | None) -> TrainConfig:
         return TrainConfig()
     if run_name is None:
         return load_recipe(config).train
-    from pairforge import pipeline, stages
+    from pairforge import pipeline, rounds, stages
 
     recipe, run_dir = pipeline.load(config)
-    runs = {r.name: r for r in recipe.runs}
-    if run_name not in runs:
-        raise InputError("--run", f"no run '{run_name}' in {config} (runs: {', '.join(runs) or 'none'})")
-    run = stages.run_config(runs[run_name], RunDir(run_dir))
+    round_, _, name = run_name.rpartition(":") if recipe.rounds > 1 else ("round-1", "", run_name)
+    if recipe.rounds > 1 and round_ not in [f"round-{k}" for k in range(1, recipe.rounds + 1)]:
+        raise InputError("--run", f"an iterative recipe names a run with its round: round-K:NAME (K in 1.."
+                         f"{recipe.rounds}), found '{run_name}'")
+    k = int(round_.removeprefix("round-"))
+    runs = {r.name: r for r in rounds.round_recipe(recipe, run_dir, k).runs}
+    if name not in runs:
+        raise InputError("--run", f"no run '{name}' in {config} (runs: {', '.join(runs) or 'none'})")
+    run = stages.run_config(runs[name], rounds.round_dir(run_dir, recipe, k))
     return TrainConfig.model_validate(run.model_dump(exclude={"name", "after", "split"}))
 
 

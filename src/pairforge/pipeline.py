@@ -77,7 +77,7 @@ def load(recipe_path: Path, quick: bool = False) -> tuple[Recipe, Path]:
     return recipe, run_dir
 
 
-def plan(recipe: Recipe, run_dir: Path) -> Plan:
+def plan(recipe: Recipe, run_dir: Path, retry_failed: bool = False) -> Plan:
     """The stages this recipe needs, with sizes and rough time estimates; checks inputs, runs nothing.
     An iterative recipe has every stage but the report once per round ('round-2:train:dpo'), each round's
     first stage taking the previous round's trained policy as an input."""
@@ -91,7 +91,8 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
         folder = round_dir(run_dir, recipe, k)
         after = [round_dir(run_dir, recipe, k - 1).marker(f"train:{policy_run(recipe)}")] if k > 1 else []
         prefix = f"round-{k}:" if recipe.rounds > 1 else ""
-        for stage in _round_stages(round_recipe(recipe, run_dir, k), folder, n_prompts):
+        restarted = {f"train:{r.name}" for r in recipe.runs if r.after is None and r.method != "reward-model"}
+        for stage in _round_stages(round_recipe(recipe, run_dir, k), folder, n_prompts, retry_failed):
             stage.marker = folder.marker(stage.name)
             stage.name = prefix + stage.name
             if stage.name.endswith("generate") and recipe.rounds > 1:
@@ -100,6 +101,8 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
                 stage.inputs += after
                 stage.settings = [stage.settings[0], base_model(recipe),
                                   [{"name": s.name, **s.cache_settings()} for s in recipe.answering_sources]]
+            if stage.name.removeprefix(prefix) in restarted:  # it starts from the previous round's policy
+                stage.inputs += after
             stages_.append(stage)
     top = RunDir(run_dir)
     stages_.append(Stage("report", "HTML + Markdown report", "1 page", 10, lambda: stages.report(top), [], None,
@@ -107,26 +110,27 @@ def plan(recipe: Recipe, run_dir: Path) -> Plan:
     return Plan(recipe, top, stages_)
 
 
-def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int) -> list[Stage]:
+def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int, retry_failed: bool) -> list[Stage]:
     """One round's stages (the whole recipe's when it has one round), in order, without the report."""
     answers = n_prompts * recipe.samples_per_source
     answering = recipe.answering_sources
     plan_ = [Stage("generate", f"{len(answering)} sources answer {n_prompts} prompts",
                    f"{answers * len(answering)} answers",
-                   _generation_estimate(recipe, answers), lambda: stages.generate(recipe, folder),
+                   _generation_estimate(recipe, answers), lambda: stages.generate(recipe, folder, retry_failed),
                    [recipe.prompts, *[s.path for s in recipe.sources if s.path]],
                    [recipe.samples_per_source, [{"name": s.name, **s.cache_settings()} for s in answering]])]
     revision = recipe.pairs.revision
     if revision is not None:
         reviser = next(s for s in recipe.sources if s.name == revision.reviser)
         plan_.append(Stage("revise", f"{revision.reviser} revises {revision.original}'s answers",
-                           f"{answers} revisions", None, lambda: stages.revise(recipe, folder), [folder.responses],
+                           f"{answers} revisions", None, lambda: stages.revise(recipe, folder, retry_failed),
+                           [folder.responses],
                            [revision.model_dump(include={"reviser", "original", "template"}),
                             reviser.cache_settings()]))  # the bounds are the pairs stage's
     if recipe.judge is not None:
         judge_estimate = 10 if recipe.judge.kind == "similarity" else None
         plan_.append(Stage("judge", f"{recipe.judge.kind} judge", f"{answers * len(recipe.sources)} answers",
-                           judge_estimate, lambda: stages.judge(recipe, folder), [folder.responses],
+                           judge_estimate, lambda: stages.judge(recipe, folder, retry_failed), [folder.responses],
                            recipe.judge.model_dump(mode="json")))
         plan_.append(Stage("rank", "Bradley-Terry source strength", f"{len(recipe.sources)} sources", 5,
                             lambda: [stages.rank(recipe, folder).written], [folder.scored],

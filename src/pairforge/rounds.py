@@ -41,7 +41,7 @@ def round_recipe(recipe: Recipe, run_dir: Path, k: int) -> Recipe:
         if run.after is None and run.method != "reward-model":
             run.model = policy
     if resolved.eval is not None:
-        resolved.eval.base_model = base
+        resolved.eval.base_model = resolved.eval.base_model or base
     return resolved
 
 

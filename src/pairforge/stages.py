@@ -21,34 +21,34 @@ from pairforge.layout import LEADERBOARD, RunDir, TrainDir
 from pairforge.recipe import Recipe
 
 
-def generate(recipe: Recipe, run: RunDir) -> list[Path]:
+def generate(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path]:
     from pairforge.generate.run import generate as answer_prompts
 
-    result = answer_prompts(recipe, run.root, store_path=run.store)
+    result = answer_prompts(recipe, run.root, retry_failed, store_path=run.store)
     _all_answered(result.failed, "generate")
     return [result.responses]
 
 
-def revise(recipe: Recipe, run: RunDir) -> list[Path]:
+def revise(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path]:
     """A reviser's minimal edits of one source's answers (strategy revised)."""
     from pairforge.revise import revise as revise_answers
 
-    result = revise_answers(recipe, run.root, store_path=run.store)
+    result = revise_answers(recipe, run.root, retry_failed=retry_failed, store_path=run.store)
     _all_answered(result.failed, "revise")
     return [result.revisions]
 
 
 def _all_answered(failed: int, command: str) -> None:
-    """A stage with failed requests stops; they wait in the store for `pairforge COMMAND --retry-failed`."""
+    """A stage with failed requests stops; they wait in the store for `pairforge run RECIPE --retry-failed`."""
     if failed:
-        raise InputError(command, f"{failed} requests failed; run again (they are retried with "
-                         f"`pairforge {command} RECIPE --retry-failed --out RUN_DIR`)")
+        raise InputError(command, f"{failed} requests failed; they are kept in the store: run again with "
+                         "`pairforge run RECIPE --retry-failed` (or the stage's own command with --retry-failed)")
 
 
-def judge(recipe: Recipe, run: RunDir) -> list[Path]:
+def judge(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path]:
     from pairforge.judge.run import judge as judge_answers
 
-    result = judge_answers(recipe, run.root, store_path=run.store)
+    result = judge_answers(recipe, run.root, retry_failed=retry_failed, store_path=run.store)
     return [result.scored, *([result.judgments] if result.judgments else [])]
 
 
@@ -151,14 +151,14 @@ def evaluate(recipe: Recipe, run: RunDir) -> list[Path]:
     settings = EvalSettings(endpoint=endpoint, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                             batch_size=cfg.batch_size, dtype=cfg.dtype, baseline="base" if cfg.base else None,
                             bootstrap=cfg.bootstrap)
-    result = judge_models(models, [], reference, cfg.judge, run.eval, prompts, settings, store_path=run.store)
+    result = judge_models(models, [], reference, cfg.judge, run.eval, prompts, settings, store_path=run.eval_store)
     written = [run.leaderboard]
     if cfg.judge_run:
         answers = [f"{e['model']}={run.eval / (e['model'] + '.model_outputs.json')}" for e in result["models"]]
         judge_cfg = JudgeConfig(kind="reward-model", model=str(run.train(cfg.judge_run).model),
                                 batch_size=cfg.batch_size)
         judge_models([], answers, reference, judge_cfg, run.eval / cfg.judge_run, prompts, settings,
-                     store_path=run.store)
+                     store_path=run.eval_store)
         written.append(run.eval / cfg.judge_run / LEADERBOARD)
     return written
 

@@ -127,7 +127,7 @@ def contaminated_prompts(responses: pl.DataFrame, eval_files: list[Path], n: int
     prompts = responses.select(S.PROMPT_ID, S.PROMPT).unique(S.PROMPT_ID)
     return {
         pid for pid, prompt in prompts.iter_rows()
-        if _ngrams(_words(prompt_text(prompt)), n) & eval_grams
+        if _ngrams(_words(_asked(prompt)), n) & eval_grams
     }
 
 
@@ -136,7 +136,12 @@ def _eval_prompt_texts(path: Path) -> list[str]:
     keys = [k for k in ("prompt", "instruction", "question") if k in records.columns]
     if not keys:
         raise InputError(str(path), "eval prompt file: expected a prompt (or instruction) field", row="row 1")
-    return [prompt_text(row.get(keys[0])) for row in records.as_rows() if row.get(keys[0]) is not None]
+    return [_asked(row.get(keys[0])) for row in records.as_rows() if row.get(keys[0]) is not None]
+
+
+def _asked(prompt: str | list[dict[str, str]]) -> str:
+    """What a prompt asks: its text without earlier assistant turns (their boilerplate is not the question)."""
+    return prompt_text(prompt if isinstance(prompt, str) else [m for m in prompt if m["role"] != "assistant"])
 
 
 def _words(text: str) -> tuple[str, ...]:

@@ -66,6 +66,7 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
     laps = Laps()
     state = setup(cfg, accelerator, progress and accelerator.is_main_process, laps)
     step, consumed = checkpoints.resume(accelerator, run)
+    run.root.mkdir(parents=True, exist_ok=True)  # every process: each appends its own consumed-rows file
     checkpoints.truncate_jsonl(run.consumed(accelerator.process_index), lambda r: r["micro"] < consumed)
     if accelerator.is_main_process:
         write_json({"config": cfg.model_dump(mode="json"), "identity": identity,
