@@ -87,11 +87,11 @@ def plan(recipe: Recipe, run_dir: Path, retry_failed: bool = False) -> Plan:
         raise InputError("recipe", "`pairforge run` needs `prompts:` and `sources:`")
     n_prompts = prompts_from_file(recipe.prompts).height
     stages_: list[Stage] = []
+    restarted = {f"train:{r.name}" for r in recipe.runs if r.after is None and r.method != "reward-model"}
     for k in range(1, recipe.rounds + 1):
         folder = round_dir(run_dir, recipe, k)
         after = [round_dir(run_dir, recipe, k - 1).marker(f"train:{policy_run(recipe)}")] if k > 1 else []
         prefix = f"round-{k}:" if recipe.rounds > 1 else ""
-        restarted = {f"train:{r.name}" for r in recipe.runs if r.after is None and r.method != "reward-model"}
         for stage in _round_stages(round_recipe(recipe, run_dir, k), folder, n_prompts, retry_failed):
             stage.marker = folder.marker(stage.name)
             stage.name = prefix + stage.name

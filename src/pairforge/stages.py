@@ -19,6 +19,7 @@ from pairforge.errors import InputError
 from pairforge.files import check_output, write_json
 from pairforge.layout import LEADERBOARD, RunDir, TrainDir
 from pairforge.recipe import Recipe
+from pairforge.rounds import base_model
 
 
 def generate(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path]:
@@ -144,7 +145,7 @@ def evaluate(recipe: Recipe, run: RunDir) -> list[Path]:
     prompts = cfg.prompts if cfg.prompts != "held-out" else _held_out_prompts(run)
     reference = cfg.reference or _reference_file(run, cfg.reference_source)
     trained = policies(recipe)
-    base = cfg.base_model or (trained[0].model if trained else recipe.train.model)
+    base = cfg.base_model or base_model(recipe)
     models = ([f"base={base}"] if cfg.base else []) + [f"{r.name}={run.train(r.name).root}" for r in trained]
     endpoints = [trained_endpoint(run.train(r.name).model) for r in trained]
     endpoint = next((e for e in endpoints if e), "chat")  # the base is asked as the runs were trained
