@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from typer.testing import CliRunner
 
 from conftest import preference_rows, rewind
@@ -249,11 +250,14 @@ def test_train_refuses_wrong_pairs_before_loading_a_model(tiny_model_dir, pairs_
 
 def test_two_cpu_processes_follow_the_one_process_curve(tiny_model_dir, pairs_file, tmp_path):
     """torchrun starts 2 gloo processes (accelerate's MULTI_CPU); with half the batch each they must
-    see the same global batches, gradients and learning-rate schedule as 1 process with the full batch."""
+    see the same global batches, gradients and learning-rate schedule as 1 process with the full batch —
+    also when the pairs' weights make one process's half weigh more than the other's."""
     import subprocess
     import sys
 
-    common = ["--model", str(tiny_model_dir), "--pairs", str(pairs_file), "--lr", "5e-3", "--epochs", "2"]
+    weighted = tmp_path / "weighted.parquet"
+    pl.read_parquet(pairs_file).with_columns(weight=pl.Series([1.0, 3.0, 0.5, 2.0] * 12)).write_parquet(weighted)
+    common = ["--model", str(tiny_model_dir), "--pairs", str(weighted), "--lr", "5e-3", "--epochs", "2"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
                 "-m", "pairforge", "train"]
     done = subprocess.run([*torchrun, *common, "--batch-size", "4", "--out", str(tmp_path / "two")],
@@ -383,6 +387,38 @@ def test_the_optimised_path_trains_like_the_plain_one(tiny_model_dir, pairs_file
     split = forward_pieces(tokenized, 40, share=True)
     assert [p for piece in split for p in piece] == tokenized and len(split) > 1
     assert all(len(piece) == 1 or len(piece) * max(p.packed_length for p in piece) <= 40 for piece in split)
+
+
+def _first_step_gradient(cfg: TrainConfig) -> torch.Tensor:
+    """Every trained parameter's gradient as the first optimiser step sees it (after accumulation)."""
+    seen: list[torch.Tensor] = []
+
+    def record(optimizer: torch.optim.Optimizer, *_: object) -> None:
+        if not seen:
+            seen.append(torch.cat([p.grad.flatten() for group in optimizer.param_groups for p in group["params"]]))
+
+    hook = register_optimizer_step_pre_hook(record)
+    try:
+        train(cfg, progress=False)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("method", ["dpo", "sft"])
+def test_gradient_accumulation_weighs_every_pair_as_one_big_batch_would(tiny_model_dir, tmp_path, method):
+    """5 weighted pairs in micro-batches of 2, 2 and 1 accumulated into one step give the gradient of one batch
+    of the 5: a short micro-batch, or one whose pairs weigh less, does not count more per pair."""
+    weights = [1.0, 3.0, 0.5, 2.0, 1.0]
+    rows = [{**row, "weight": weight} for row, weight in zip(preference_rows(5), weights, strict=True)]
+    pl.DataFrame(rows).write_parquet(tmp_path / "five.parquet")
+    common = dict(method=method, max_grad_norm=1e9, epochs=1)
+    whole = _first_step_gradient(config(tiny_model_dir, tmp_path / "five.parquet", tmp_path / "whole",
+                                        batch_size=5, **common))
+    accumulated = _first_step_gradient(config(tiny_model_dir, tmp_path / "five.parquet", tmp_path / "accumulated",
+                                              batch_size=2, grad_accum=3, **common))
+    assert whole.norm() > 0
+    assert (accumulated - whole).norm() / whole.norm() < 1e-5
 
 
 def _one_adamw_step(model: torch.nn.Module) -> tuple[int, int]:

@@ -7,12 +7,12 @@
   all of them in the weights' dtype (full fine-tuning), or only LoRA's in fp32 (peft keeps adapters in fp32);
 - a frozen reference copy only when the reference is computed live on full fine-tuning (the default,
   precomputed reference log-probs, costs none; LoRA's reference is the adapter switched off);
-- activations: what a Llama-style decoder layer keeps for backward, per token, about
-  9 x hidden + 3 x kv_width + 4 x intermediate values (norm inputs/outputs, q/k/v, rotary q/k, attention
-  and MLP intermediates; 47.6 KB per token and layer on SmolLM2-135M in fp32, 44.8 KB counted with
-  saved-tensor hooks), or 7 x hidden + 3 x kv_width + 2 x intermediate with `lean_blocks` (train/lean.py;
-  30.7 KB, 27.8 KB counted) — an upper bound by design, tests/test_lean.py checks it — times layers
-  and the tokens of the largest forward (rows x width; see `forward_tokens`);
+- activations: what a Llama-style decoder layer keeps for backward, per token:
+  8 x hidden + 2 x kv_width + 4 x intermediate + heads + 2 values (norm inputs, q/k/v, attention output
+  and its per-head log-sum-exp, MLP intermediates, two rstd), or 6 x hidden + 2 x kv_width + 2 x intermediate
+  + heads + 2 with `lean_blocks` (train/lean.py) — exact: tests/test_lean.py counts the bytes with
+  saved-tensor hooks on shapes that vary one dimension at a time (SmolLM2-135M: 44.6 KB per token and layer in
+  fp32, 27.7 KB lean) — times layers and the tokens of the largest forward (rows x width; see `forward_tokens`);
 - the head: one [chunk of answer tokens, vocabulary] buffer in fp32 (sequences/logprobs.py `_HeadLogps`);
 - runtime: Python, torch and the libraries, ~0.45 GB on CPU (measured).
 Checked against the measured peak in bench/train_vs_trl.py.
@@ -55,8 +55,9 @@ def estimate(config: Any, parameters: int, trainable: int, forward_tokens: int, 
     trained_width = width if trainable == parameters else 4  # peft keeps a LoRA adapter in fp32
     heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", config.num_attention_heads)
     kv_width = config.hidden_size // heads * kv_heads
-    hidden, intermediate = (7, 2) if lean else (9, 4)
-    per_token_layer = hidden * config.hidden_size + 3 * kv_width + intermediate * config.intermediate_size
+    hidden, intermediate = (6, 2) if lean else (8, 4)
+    per_token_layer = (hidden * config.hidden_size + 2 * kv_width + intermediate * config.intermediate_size
+                       + heads + 2)
     return MemoryEstimate(
         runtime=RUNTIME_BYTES,
         weights=(parameters - trainable) * width + trainable * trained_width,

@@ -60,6 +60,7 @@ class Setup:
     eval_reference: ReferenceTable
     schedule: Plan  # every global micro-batch in order, with its curriculum stage
     mine: list[tuple[list[int], int]]  # this process's (micro-batch, stage) share
+    step_weights: list[float]  # each optimiser step's total pair weight over every process's micro-batches
     total_steps: int
 
 
@@ -127,7 +128,10 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
                                    share_prompt=share)
 
     schedule = _training_plan(data, cfg, accelerator.num_processes, reference, compute_reference)
-    mine = _my_share(schedule, cfg.batch_size, accelerator.process_index, accelerator.num_processes)
+    kept = _kept_batches(schedule, cfg.batch_size, accelerator.num_processes)
+    first = accelerator.process_index * cfg.batch_size
+    mine = [(batch[first : first + cfg.batch_size], stage) for batch, stage in kept]
+    step_weights = _step_weights([batch for batch, _ in kept], data.train, cfg.grad_accum)
     laps.lap("reference")
     if cfg.lora is not None:
         model = _with_lora(model, cfg, task="SEQ_CLS" if reward_model else "CAUSAL_LM")
@@ -144,7 +148,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
     objective = PairObjective(policy, model, frozen.to(accelerator.device) if frozen is not None else None, weights,
                               settings, accelerator, cfg.chunk_tokens, reward_model)
     return Setup(accelerator, data, model, tokenizer, objective, optimizer, scheduler, trainable, reference,
-                 eval_reference, schedule, mine, total_steps)
+                 eval_reference, schedule, mine, step_weights, total_steps)
 
 
 @dataclass
@@ -252,16 +256,20 @@ def _training_plan(data: Data, cfg: TrainConfig, world: int, reference: Referenc
     return plan(difficulty, [p.pair_type for p in pairs], cfg.curriculum, size, cfg.epochs, cfg.seed)
 
 
-def _my_share(schedule: Plan, batch_size: int, rank: int, world: int) -> list[tuple[list[int], int]]:
-    """This process's (micro-batch, stage) list: every global batch is cut into `world` equal slices, so N
-    processes see exactly the pairs one process would with an N times larger batch. With several
-    processes an incomplete global batch is left out."""
-    share = []
-    for batch, stage in zip(schedule.batches, schedule.stages, strict=True):
-        if world > 1 and len(batch) < batch_size * world:
-            continue
-        share.append((batch[rank * batch_size : (rank + 1) * batch_size], stage))
-    return share
+def _kept_batches(schedule: Plan, batch_size: int, world: int) -> list[tuple[list[int], int]]:
+    """The global (micro-batch, stage) list the processes train on: every global batch is cut into `world`
+    equal slices, so N processes see exactly the pairs one process would with an N times larger batch.
+    With several processes an incomplete global batch is left out."""
+    return [(batch, stage) for batch, stage in zip(schedule.batches, schedule.stages, strict=True)
+            if world == 1 or len(batch) == batch_size * world]
+
+
+def _step_weights(batches: list[list[int]], pairs: list[TokenizedPair], grad_accum: int) -> list[float]:
+    """The total weight of the pairs of each optimiser step (`grad_accum` global micro-batches): the loss
+    divides by it, so that every pair of a step counts as in one big batch, however unevenly the pairs (or
+    their weights) fall into micro-batches and processes."""
+    totals = [sum(pairs[i].weight for i in batch) for batch in batches]
+    return [sum(totals[start : start + grad_accum]) for start in range(0, len(totals), grad_accum)]
 
 
 def _total_steps(cfg: TrainConfig, micro_batches: int, pairs: int, world: int) -> int:

@@ -145,12 +145,13 @@ def _forward_backward(cfg: TrainConfig, state: Setup, pairs: list[Any], run: Tra
     up to the batch's; a non-finite loss saves the last good state and stops the run."""
     accelerator, objective = state.accelerator, state.objective
     share = _shares_prompt(cfg, objective)
-    total_weight = sum(p.weight for p in pairs)
+    # accelerate divides by grad_accum and DDP averages over processes: what is left is the step's weighted mean
+    scale = cfg.grad_accum * accelerator.num_processes / state.step_weights[consumed // cfg.grad_accum]
     pieces = forward_pieces(pairs, cfg.forward_tokens, share)
     for number, piece in enumerate(pieces):
         batch = collate(piece, state.tokenizer.pad_token_id, objective.with_targets, share).to(accelerator.device)
         per_pair, numbers = objective(batch, state.reference)
-        piece_loss = (per_pair * batch.weights).sum() / total_weight
+        piece_loss = (per_pair * batch.weights).sum() * scale
         if not torch.isfinite(piece_loss):
             path = checkpoints.save_checkpoint(accelerator, run, step, consumed, cfg.keep_checkpoints)
             raise TrainingStopped(f"loss is {piece_loss.item()} at step {step + 1} (pairs {batch.indices}); the "
