@@ -73,14 +73,15 @@ def setting() -> dict:
     return json.loads(os.environ["BENCH_SETTING"])
 
 
-def make_model(size: str, folder: Path) -> None:
-    """A random-init Llama in SmolLM2's shapes, in bf16, with the embedded tokenizer: no weights travel."""
+def make_model(size: str, folder: Path, tokenizer_from: str) -> None:
+    """A random-init Llama in SmolLM2's shapes, in bf16, with the embedded tokenizer (or a saved copy of it,
+    `--tokenizer`: the GPU machine has no embedded model): no weights travel."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from pairforge.models import load_tokenizer
 
-    tokenizer = load_tokenizer("embedded")
+    tokenizer = load_tokenizer(tokenizer_from)
     config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=8192, tie_word_embeddings=True,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, **SHAPES[size])
@@ -95,7 +96,7 @@ def run_ours(pairs: Path, work: Path) -> dict:
     from pairforge.train.trainer import train
 
     s = setting()
-    load_tokenizer("embedded")  # warm the conversion cache outside the timing, as TRL gets a ready folder
+    load_tokenizer(s["model"])  # warm the embedded conversion cache outside the timing, as TRL gets a ready folder
     shutil.rmtree(cache_dir() / "reference", ignore_errors=True)  # reference log-probs computed in every run
     start = time.perf_counter()
     result = train(TrainConfig(model=s["model"], pairs=pairs, out=work / "ours", method="dpo",
@@ -172,7 +173,7 @@ def run_trl(pairs: Path, work: Path, precompute: bool) -> dict:
 
     s = setting()
     folder = embedded_model_dir() if s["model"] == "embedded" else Path(s["model"])
-    tokenizer = load_tokenizer("embedded")
+    tokenizer = load_tokenizer(s["model"])
     dataset = datasets.load_dataset("parquet", data_files=str(pairs), split="train").remove_columns(["pair_type"])
     bf16 = s["dtype"] == "bfloat16"
     start = time.perf_counter()
@@ -219,6 +220,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--size", choices=["embedded", *SHAPES], default="embedded",
                         help="embedded: SmolLM2-135M's real weights in fp32 (CPU); else random init in bf16")
+    parser.add_argument("--tokenizer", default="embedded", help="GPU sizes: the tokenizer of the random model "
+                        "(default: the embedded model's; a saved folder where it is absent: bench/gpu.sh fetch)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -231,7 +234,7 @@ def main() -> None:
         model, batch, max_length, dtype, n = str(out / f"random-{args.size}"), 8, 1024, "bfloat16", \
             args.pairs or GPU_PAIRS[args.size]
         if not (Path(model) / "config.json").exists():
-            make_model(args.size, Path(model))
+            make_model(args.size, Path(model), args.tokenizer)
     forward_tokens = args.forward_tokens if args.forward_tokens is not None else (512 if args.device == "cpu" else 0)
     os.environ["BENCH_SETTING"] = json.dumps({"model": model, "batch": batch, "max_length": max_length,
                                               "dtype": dtype, "device": args.device, "forward_tokens": forward_tokens})
@@ -289,10 +292,16 @@ def print_device_table(results: dict[str, list[dict]], size: str, device: str, n
 
 
 def _versions() -> str:
+    """Package versions and the card; pairforge from its source (on the GPU machine it is not installed)."""
     import importlib.metadata as metadata
 
-    names = ("torch", "transformers", "accelerate", "trl", "pairforge")
-    return "versions: " + ", ".join(f"{n} {metadata.version(n)}" for n in names)
+    import torch
+
+    import pairforge
+
+    found = [f"{n} {metadata.version(n)}" for n in ("torch", "transformers", "accelerate", "peft", "trl")]
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return "versions: " + ", ".join([*found, f"pairforge {pairforge.__version__}"]) + f"; {card}"
 
 
 if __name__ == "__main__":

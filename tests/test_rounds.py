@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import SAMPLE, write_jsonl
+from conftest import REPO, SAMPLE, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -134,6 +134,20 @@ def test_round_two_training_depends_on_round_one_policy_and_a_set_base_model_is_
     path.write_text(yaml.safe_dump(data))
     assert all(round_recipe(load_recipe(path), tmp_path / "run", k).eval.base_model == "someone/another-base"
                for k in (1, 2))
+
+
+def test_later_rounds_are_estimated_from_round_one(tmp_path: Path) -> None:
+    """The plan of recipes/iterative.yaml gives round 2 a time estimate too (its models are round 1's trained
+    folders): training as long as round 1's, generation only for the "@round" source (1 of 2 local ones)."""
+    from pairforge.pipeline import plan
+    from pairforge.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / "iterative.yaml")
+    stages = {s.name: s.estimate_s for s in plan(recipe, tmp_path / "run").stages}
+    for run in ("sft", "dpo"):
+        assert stages[f"round-2:train:{run}"] == stages[f"round-1:train:{run}"] is not None
+    assert stages["round-2:generate"] == pytest.approx(stages["round-1:generate"] / 2)
+    assert stages["round-2:eval"] == stages["round-1:eval"] is not None
 
 
 def test_train_run_of_an_iterative_recipe_is_named_with_its_round(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -10,13 +10,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
+from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from typer.testing import CliRunner
 
 from conftest import preference_rows, rewind
 from pairforge.cli import app
 from pairforge.config import LoraSettings, TrainConfig
-from pairforge.train.trainer import TrainingStopped, train
+from pairforge.train.trainer import TrainingStopped, TrainResult, train
 
 pytestmark = pytest.mark.slow
 
@@ -387,6 +388,42 @@ def test_the_optimised_path_trains_like_the_plain_one(tiny_model_dir, pairs_file
     split = forward_pieces(tokenized, 40, share=True)
     assert [p for piece in split for p in piece] == tokenized and len(split) > 1
     assert all(len(piece) == 1 or len(piece) * max(p.packed_length for p in piece) <= 40 for piece in split)
+
+
+def _embedding_inputs(cfg: TrainConfig) -> tuple[TrainResult, set[int]]:
+    """Train, recording every token id that enters an embedding layer (the model's whole input)."""
+    seen: set[int] = set()
+
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        if isinstance(module, torch.nn.Embedding):
+            seen.update(args[0].flatten().tolist())
+
+    hook = register_module_forward_pre_hook(record)
+    try:
+        return train(cfg, progress=False), seen
+    finally:
+        hook.remove()
+
+
+def test_plain_sft_trains_on_the_target_alone_as_the_full_path_would(tiny_model_dir, pairs_file, tmp_path):
+    """SFT's loss reads the chosen answer only, so the rejected one never enters the model in training
+    (its tokens ' idea' and ' sorry' appear in no input); the losses are those of the same objective
+    computed with both answers present (sft + 0 x dpo)."""
+    from pairforge.models import load_tokenizer
+
+    only = tmp_path / "pairs_no_eval.parquet"  # held-out scoring reads both answers, by design: none here
+    pl.read_parquet(pairs_file).with_row_index("margin").write_parquet(only)
+    staged = {"schedule": "staged", "stages": [{"pair_types": ["easy"]}, {"pair_types": ["hard"]}]}
+    common = dict(max_steps=5, precompute_reference=False, curriculum=staged)  # the same order for both
+    sft, sft_inputs = _embedding_inputs(config(tiny_model_dir, only, tmp_path / "sft", method="sft", **common))
+    both, both_inputs = _embedding_inputs(config(tiny_model_dir, only, tmp_path / "both",
+                                                 method={"sft": 1.0, "dpo": 0.0}, **common))
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    rejected_only = {tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word))[0] for word in (" idea", " sorry")}
+    assert rejected_only <= both_inputs and not rejected_only & sft_inputs
+    assert "train/rewards/margins" not in sft.metrics[0] and "train/logps/target" in sft.metrics[0]
+    losses = [[m["train/loss"] for m in run.metrics if "train/loss" in m] for run in (sft, both)]
+    assert len(losses[0]) == 5 and losses[0] == pytest.approx(losses[1], abs=1e-5)
 
 
 def _first_step_gradient(cfg: TrainConfig) -> torch.Tensor:

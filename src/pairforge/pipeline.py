@@ -22,7 +22,7 @@ from typing import Any
 
 from pairforge import schema as S
 from pairforge import stages
-from pairforge.config import RunConfig
+from pairforge.config import ROUND_MODEL, RunConfig
 from pairforge.errors import InputError
 from pairforge.files import file_digest, write_json
 from pairforge.layout import RunDir
@@ -88,12 +88,17 @@ def plan(recipe: Recipe, run_dir: Path, retry_failed: bool = False) -> Plan:
     n_prompts = prompts_from_file(recipe.prompts).height
     stages_: list[Stage] = []
     restarted = {f"train:{r.name}" for r in recipe.runs if r.after is None and r.method != "reward-model"}
+    first_round: dict[str, float | None] = {}
     for k in range(1, recipe.rounds + 1):
         folder = round_dir(run_dir, recipe, k)
         after = [round_dir(run_dir, recipe, k - 1).marker(f"train:{policy_run(recipe)}")] if k > 1 else []
         prefix = f"round-{k}:" if recipe.rounds > 1 else ""
         for stage in _round_stages(round_recipe(recipe, run_dir, k), folder, n_prompts, retry_failed):
             stage.marker = folder.marker(stage.name)
+            if k == 1:
+                first_round[stage.name] = stage.estimate_s
+            elif stage.estimate_s is None:  # round k starts from a trained folder: no size known from its name
+                stage.estimate_s = _later_round_estimate(recipe, stage.name, first_round)
             stage.name = prefix + stage.name
             if stage.name.endswith("generate") and recipe.rounds > 1:
                 # the policy's identity is its round's start model: the base, or the previous round's training
@@ -300,6 +305,16 @@ def _train_estimate(cfg: RunConfig, passes: int) -> float | None:
     if cfg.max_steps:
         passes = min(passes, cfg.max_steps * cfg.batch_size * cfg.grad_accum)
     return passes * _SECONDS_PER_PAIR_PASS / (_BF16_SPEED_UP if cfg.dtype == "bfloat16" else 1.0)
+
+
+def _later_round_estimate(recipe: Recipe, stage: str, first_round: dict[str, float | None]) -> float | None:
+    """Round k > 1 does round 1's work on models of round 1's shape, so round 1's estimate holds — except
+    generation, where only the "@round" sources answer again (the others' answers are in the store)."""
+    estimate = first_round.get(stage)
+    if estimate is None or stage != "generate":
+        return estimate
+    local = [s for s in recipe.answering_sources if s.backend == "transformers"]
+    return estimate * sum(s.model == ROUND_MODEL for s in local) / len(local) if local else estimate
 
 
 def _eval_estimate(recipe: Recipe, models: int) -> float | None:

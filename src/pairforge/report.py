@@ -179,10 +179,11 @@ def _training_plot(name: str, train: list[dict[str, Any]], evals: list[dict[str,
     types = sorted({k.rsplit("/", 1)[1] for m in train for k in m if k.startswith("train/loss/")})
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
     for ax, key in zip(axes, ("loss", "rewards/margins", "rewards/accuracies"), strict=True):
-        ax.plot(steps, [m[f"train/{key}"] for m in train], color="black", label="all")
-        for color, pair_type in zip(_COLORS, types, strict=False):
-            ax.plot(steps, [m.get(f"train/{key}/{pair_type}") for m in train], color=color, alpha=0.7,
-                    label=pair_type)
+        if f"train/{key}" in train[0]:  # plain SFT trains on the target alone: its rewards are held-out only
+            ax.plot(steps, [m[f"train/{key}"] for m in train], color="black", label="all")
+            for color, pair_type in zip(_COLORS, types, strict=False):
+                ax.plot(steps, [m.get(f"train/{key}/{pair_type}") for m in train], color=color, alpha=0.7,
+                        label=pair_type)
         if evals:
             ax.plot([m["step"] for m in evals], [m[f"eval/{key}"] for m in evals], "o--", color="grey",
                     label="eval")

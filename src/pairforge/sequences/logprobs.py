@@ -5,6 +5,8 @@ answers, then all rejected ones, then the likelihood targets when they differ fr
 Shared prompt (`share_prompt`): one row per pair, [prompt, chosen, rejected(, target)], where each
 answer sees the prompt and itself but not the other answers (a 4D attention mask, positions restarting
 after the prompt) — the prompt is pushed through the model once instead of twice.
+An SFT-only objective trains on the likelihood target alone (`target_only`): one branch per pair, the
+rejected answer never enters the model.
 Either way a batch lists the answer tokens to score as (predicting state, target token, sequence);
 the model runs once over all rows, and the vocabulary projection runs only on those states, a chunk at
 a time, each chunk's logits re-computed in backward and turned in place into their gradient (`_HeadLogps`)
@@ -53,6 +55,7 @@ class Batch:
     weights: torch.Tensor  # [pairs]
     indices: list[int]  # rows of the pairs file
     tokens: int  # tokens pushed through the model that are not padding
+    target_only: bool = False  # one sequence per pair: the likelihood target (chosen unless a target is given)
 
     def to(self, device: torch.device) -> Batch:
         for name in ("input_ids", "attention_mask", "position_ids", "score_states", "score_targets",
@@ -63,9 +66,13 @@ class Batch:
         return self
 
 
-def collate(pairs: list[TokenizedPair], pad_id: int, with_targets: bool, share_prompt: bool = False) -> Batch:
+def collate(pairs: list[TokenizedPair], pad_id: int, with_targets: bool, share_prompt: bool = False,
+            target_only: bool = False) -> Batch:
     has_targets = with_targets and any(p.target is not None for p in pairs)
-    branches = [[p.chosen, p.rejected] + ([p.target or p.chosen] if has_targets else []) for p in pairs]
+    if target_only:
+        branches = [[p.target or p.chosen] for p in pairs]
+    else:
+        branches = [[p.chosen, p.rejected] + ([p.target or p.chosen] if has_targets else []) for p in pairs]
     layout = _shared_rows(branches) if share_prompt else _separate_rows(branches)
     rows, positions, allowed, scored = layout
     width = max(len(r) for r in rows)
@@ -89,15 +96,19 @@ def collate(pairs: list[TokenizedPair], pad_id: int, with_targets: bool, share_p
     n = len(pairs)
     return Batch(input_ids, mask, position_ids, states, targets, sequences, n * len(branches[0]), n, has_targets,
                  [p.pair_type for p in pairs], torch.tensor([p.weight for p in pairs], dtype=torch.float32),
-                 [p.index for p in pairs], sum(len(r) for r in rows))
+                 [p.index for p in pairs], sum(len(r) for r in rows), target_only)
 
 
-def row_width(pair: TokenizedPair, share: bool) -> int:
-    """The width of the pair's row: prompt once and both answers (shared), else its longer sequence."""
+def row_width(pair: TokenizedPair, share: bool, target_only: bool = False) -> int:
+    """The width of the pair's row: its target alone (`target_only`), the prompt once and both answers
+    (shared), else its longer sequence."""
+    if target_only:
+        return len((pair.target or pair.chosen).ids)
     return pair.packed_length if share else pair.length
 
 
-def forward_pieces(pairs: list[TokenizedPair], forward_tokens: int | None, share: bool) -> list[list[TokenizedPair]]:
+def forward_pieces(pairs: list[TokenizedPair], forward_tokens: int | None, share: bool,
+                   target_only: bool = False) -> list[list[TokenizedPair]]:
     """The batch cut into consecutive pieces of at most `forward_tokens` (rows x padded width; a single
     pair larger than the budget is a piece of its own)."""
     if not pairs:
@@ -107,8 +118,8 @@ def forward_pieces(pairs: list[TokenizedPair], forward_tokens: int | None, share
     pieces: list[list[TokenizedPair]] = [[]]
     for pair in pairs:
         piece = [*pieces[-1], pair]
-        rows = len(piece) if share else 2 * len(piece)
-        width = max(row_width(p, share) for p in piece)
+        rows = len(piece) if share or target_only else 2 * len(piece)
+        width = max(row_width(p, share, target_only) for p in piece)
         if pieces[-1] and rows * width > forward_tokens:
             pieces.append([pair])
         else:

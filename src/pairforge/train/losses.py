@@ -145,6 +145,11 @@ def sft(x: SequenceLogps, s: LossSettings) -> torch.Tensor:
     return _target_nll(x)
 
 
+def mean_nll(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Token-mean NLL per sequence from summed log-probs and token counts: `target_nll`, SFT's loss."""
+    return -sums / counts.clamp(min=1)
+
+
 def bradley_terry(x: SequenceLogps, s: LossSettings) -> torch.Tensor:
     return -F.logsigmoid(x.chosen - x.rejected)
 
@@ -171,6 +176,11 @@ assert set(LOSSES) == set(METHODS), "config.Method and LOSSES must name the same
 REWARD_MODEL = "reward-model"
 REFERENCE_FREE = frozenset({"simpo", "slic", "sft", REWARD_MODEL})
 NEEDS_TARGET = frozenset({"slic", "sft"})
+
+
+def likelihood_only(weights: dict[str, float]) -> bool:
+    """Plain SFT: the loss reads the likelihood target alone, so the rejected answer need not be computed."""
+    return set(weights) == {"sft"}
 
 
 def needs_reference(weights: dict[str, float]) -> bool:

@@ -55,14 +55,18 @@ class Window:
 
 
 def summarise(values: dict[str, torch.Tensor], types: list[str], prefix: str) -> dict[str, Any]:
-    """loss, rewards/*, logps/* means, overall and per pair_type."""
-    margins = values["rewards/chosen"] - values["rewards/rejected"]
-    derived = {**values, "rewards/margins": margins, "rewards/accuracies": (margins > 0).float()}
+    """loss, rewards/*, logps/* means, overall and per pair_type (rewards only where both answers were scored:
+    plain SFT trains on the target alone)."""
+    derived = dict(values)
+    if "rewards/chosen" in values:
+        margins = values["rewards/chosen"] - values["rewards/rejected"]
+        derived |= {"rewards/margins": margins, "rewards/accuracies": (margins > 0).float()}
     row: dict[str, Any] = {f"{prefix}/{k}": float(v.mean()) for k, v in derived.items()}
     for pair_type in sorted(set(types)):
         mask = torch.tensor([t == pair_type for t in types])
         for key in ("loss", "rewards/margins", "rewards/accuracies"):
-            row[f"{prefix}/{key}/{pair_type}"] = float(derived[key][mask].mean())
+            if key in derived:
+                row[f"{prefix}/{key}/{pair_type}"] = float(derived[key][mask].mean())
     return row
 
 

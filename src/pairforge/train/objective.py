@@ -24,6 +24,11 @@ class PairObjective:
         self.chunk_tokens, self.reward_model = chunk_tokens, reward_model
 
     @property
+    def target_only(self) -> bool:
+        """Training batches carry the likelihood target alone (plain SFT); evaluation still scores both answers."""
+        return L.likelihood_only(self.weights) and not self.reward_model
+
+    @property
     def with_targets(self) -> bool:
         """Whether batches carry the likelihood target rows (SFT / SLiC terms)."""
         return bool(self.weights.keys() & L.NEEDS_TARGET)
@@ -31,11 +36,14 @@ class PairObjective:
     def __call__(self, batch: Batch, table: ReferenceTable) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sums, counts = self.policy(batch)
         n = batch.pairs
+        if batch.target_only:  # plain SFT: the loss is the target's mean NLL; no rewards without a rejected answer
+            per_pair = self.weights["sft"] * L.mean_nll(sums, counts)
+            return per_pair, {"loss": per_pair.detach(), "logps/target": sums.detach()}
         x = L.SequenceLogps(chosen=sums[:n], rejected=sums[n : 2 * n], chosen_tokens=counts[:n],
                             rejected_tokens=counts[n : 2 * n])
         if self.with_targets:
             rows = slice(2 * n, 3 * n) if batch.has_targets else slice(0, n)
-            x.target_nll = -sums[rows] / counts[rows].clamp(min=1)
+            x.target_nll = L.mean_nll(sums[rows], counts[rows])
             x.target_tokens = counts[rows]
         if L.needs_reference(self.weights):
             with self.accelerator.autocast():  # the policy's forward is autocast by `prepare`: the same numbers

@@ -27,6 +27,7 @@ class TrainProgress:
         self.progress.__exit__(*exc)
 
     def update(self, step: int, row: dict[str, Any]) -> None:
-        stats = (f"loss {row['train/loss']:.4f}  margin {row['train/rewards/margins']:+.3f}  "
-                 f"acc {row['train/rewards/accuracies']:.2f}  {row['tokens_per_s']:.0f} tok/s")
+        preference = (f"  margin {row['train/rewards/margins']:+.3f}  acc {row['train/rewards/accuracies']:.2f}"
+                      if "train/rewards/margins" in row else "")  # plain SFT scores the target alone
+        stats = f"loss {row['train/loss']:.4f}{preference}  {row['tokens_per_s']:.0f} tok/s"
         self.progress.update(self.task, completed=step, stats=stats)

@@ -24,7 +24,7 @@ from pairforge.layout import split_path
 from pairforge.models import cache_dir, load_causal_lm
 from pairforge.prompting import PromptFormat, has_chat_template, prompt_format_of
 from pairforge.records import read_pairs
-from pairforge.sequences.logprobs import AnswerLogps, SequenceScores
+from pairforge.sequences.logprobs import AnswerLogps, SequenceScores, row_width
 from pairforge.sequences.tokenize import TokenizedPair, TokenizeStats, tokenize_pairs
 from pairforge.train import losses as L
 from pairforge.train.curriculum import Plan, difficulty_of, length_grouped, plan, reference_margin
@@ -242,7 +242,7 @@ def _training_plan(data: Data, cfg: TrainConfig, world: int, reference: Referenc
     size = cfg.batch_size * world
     pairs = data.train
     if cfg.curriculum is None:
-        widths = [p.packed_length if cfg.share_prompt else p.length for p in pairs]
+        widths = [row_width(p, cfg.share_prompt, L.likelihood_only(cfg.loss_weights)) for p in pairs]
         return length_grouped(widths, size, cfg.epochs, cfg.seed)
     method = cfg.curriculum.difficulty
     if method == "reference-margin":
