@@ -289,6 +289,58 @@ def print_device_table(results: dict[str, list[dict]], size: str, device: str, n
           "from ln 2")
     phases = results["ours"][0]["phases"]
     print("pairforge phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
+    attention_kernels(size, device, batch, max_length)
+
+
+def attention_kernels(size: str, device: str, batch: int, width: int) -> None:
+    """Which SDPA kernels take our shared-prompt block mask (prompt, then two answers that do not see each
+    other), how long each takes (forward + backward, bf16, this size's heads), and which one the default
+    dispatch picks (the kernels the profiler saw): whether the packed rows fall off the fast kernels."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    shape = SHAPES[size]
+    heads, head_dim = shape["num_attention_heads"], shape["hidden_size"] // shape["num_attention_heads"]
+    prompt, answer = width // 4, (width - width // 4) // 2
+    owner = torch.tensor([-1] * prompt + [0] * answer + [1] * (width - prompt - answer), device=device)
+    mask = torch.tril(torch.ones(width, width, dtype=torch.bool, device=device))
+    mask &= (owner[:, None] == owner[None, :]) | (owner[None, :] == -1)
+    q, k, v = (torch.randn(batch, heads, width, head_dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+
+    def step() -> None:
+        F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None, None]).sum().backward()
+
+    def milliseconds() -> float:
+        step()  # warm-up
+        times = []
+        for _ in range(5):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(1000 * (time.perf_counter() - start))
+        return statistics.median(times)
+
+    print(f"\nSDPA with the shared-prompt block mask, [{batch}, {heads}, {width}, {head_dim}] bf16, "
+          "forward + backward:")
+    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+                SDPBackend.MATH]
+    for backend in backends:
+        try:
+            with sdpa_kernel([backend]):
+                print(f"  {backend.name:22}{milliseconds():9.2f} ms")
+        except RuntimeError as exc:
+            print(f"  {backend.name:22}   refused ({str(exc).strip().splitlines()[0][:90]})")
+    activities = [torch.profiler.ProfilerActivity.CUDA if device == "cuda" else torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities) as profile:
+        step()
+    kernels = sorted({e.key for e in profile.key_averages() if any(word in e.key.lower() for word in
+                      ("attention", "fmha", "flash", "cudnn", "sdpa", "softmax"))})
+    print(f"  default dispatch: {milliseconds():.2f} ms; kernels seen: {', '.join(kernels)[:400]}")
 
 
 def _versions() -> str:
