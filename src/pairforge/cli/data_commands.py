@@ -108,11 +108,25 @@ def generate_command(
     fail_cleanly(run)
 
 
+# `judge` and `revise` both ask a model about every answer of a run folder: the same three options
+
+def _run_folder(writes: str) -> Any:
+    return typer.Option(Path("."), help=f"run folder: reads responses.parquet, writes {writes}")
+
+
+def _answers(to: str) -> Any:
+    return typer.Option(None, help=f"answers to {to} (default: <out>/responses.parquet)")
+
+
+def _retry_failed(asking: str) -> Any:
+    return typer.Option(False, "--retry-failed", help=f"ask the {asking} again where it failed before")
+
+
 def judge_command(
     recipe: Path = typer.Argument(..., help="recipe YAML with a `judge:` section"),
-    out: Path = typer.Option(Path("."), help="run folder: reads responses.parquet, writes responses.scored.parquet"),
-    responses: Path | None = typer.Option(None, help="answers to judge (default: <out>/responses.parquet)"),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="ask the judge again where it failed before"),
+    out: Path = _run_folder(writes="responses.scored.parquet"),
+    responses: Path | None = _answers(to="judge"),
+    retry_failed: bool = _retry_failed(asking="judge"),
 ) -> None:
     """Score answers (reward model, similarity) or compare them pairwise with an LLM judge, both orders."""
     def run() -> None:
@@ -132,9 +146,9 @@ def judge_command(
 
 def revise_command(
     recipe: Path = typer.Argument(..., help="recipe YAML with `pairs: {strategy: revised, revision: ...}`"),
-    out: Path = typer.Option(Path("."), help="run folder: reads responses.parquet, writes revisions.parquet"),
-    responses: Path | None = typer.Option(None, help="answers to revise (default: <out>/responses.parquet)"),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="ask the reviser again where it failed before"),
+    out: Path = _run_folder(writes="revisions.parquet"),
+    responses: Path | None = _answers(to="revise"),
+    retry_failed: bool = _retry_failed(asking="reviser"),
 ) -> None:
     """Have the reviser minimally edit the original source's answers (cached in <out>/store.sqlite, resumable)."""
     def run() -> None:
