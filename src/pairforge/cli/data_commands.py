@@ -29,6 +29,10 @@ def pairs_build(
                                         "revisions.parquet)"),
     scored_mode: str | None = typer.Option(None, help="scored: best-worst | best-random | all"),
     min_margin: float | None = typer.Option(None, help="scored: smallest score gap that makes a pair"),
+    min_edit: float | None = typer.Option(None, help="revised: keep revisions whose token edit distance is above this "
+                                          "(0: drops only no-op revisions)"),
+    max_edit: float | None = typer.Option(None, help="revised: and at most this (0.5): a larger edit rewrote the "
+                                          "answer"),
     format: str | None = typer.Option(None, "--format", help="auto | long | wide | ultrafeedback | nectar | sharegpt"),
     columns: str | None = typer.Option(None, help="wide format: source=column pairs, 'gpt4=out_gpt4,chatgpt=out2'"),
     out: Path | None = typer.Option(None, help="output .parquet or .jsonl (default pairs.parquet)"),
@@ -53,7 +57,7 @@ def pairs_build(
     def run() -> None:
         flags = {"inputs": inputs or None, "rank": rank, "rank_from": rank_from, "pair_types": pair_types,
                  "strategy": strategy, "scored_mode": scored_mode, "min_margin": min_margin, "format": format,
-                 "out": out,
+                 "out": out, "revision.min_edit": min_edit, "revision.max_edit": max_edit,
                  "eval_fraction": eval_fraction, "prompt_format": prompt_format, "seed": seed,
                  "columns": options.parse_columns(columns) if columns else None}
         filter_flags = {"drop_truncated": False if keep_truncated else None,
