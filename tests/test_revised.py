@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import polars as pl
 import pytest
 import yaml
@@ -255,6 +256,10 @@ def test_the_report_shows_the_edit_distance_distribution(tmp_path: Path) -> None
     page = (tmp_path / "report.md").read_text()
     assert "editor revised 6 of base's answers: 3 kept" in page and "2 dropped as no-op, 1 as rewrites" in page
     assert "| all | 6 | 0.000 |" in page and "| kept | 3 |" in page
+    figure = tmp_path / "report_files" / "revisions-pairs.summary.png"  # the histogram, kept interval shaded
+    assert f"![revisions-pairs.summary](report_files/{figure.name})" in page
+    assert plt.imread(figure).std() > 0.02  # something is drawn on it
+    assert "<img alt='revisions-pairs.summary' src='data:image/png;base64," in (tmp_path / "report.html").read_text()
 
 
 def test_the_shipped_recipe_passes_a_dry_run() -> None:
