@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import polars as pl
 import pytest
 import yaml
@@ -209,6 +210,43 @@ def test_the_edit_bounds_come_from_the_recipe(tmp_path: Path) -> None:
     assert pl.read_parquet(out)["edit_distance"].to_list() == pytest.approx([1 / 6])  # + 'HELLO.' dropped as equal
 
 
+def test_edit_bound_flags_override_the_recipe(tmp_path: Path) -> None:
+    base, revised = written_answers(tmp_path)
+    recipe = revision_recipe(tmp_path, min_edit=0.1, max_edit=0.9)
+    for flags, bounds, counts in ((["--min-edit", "0", "--max-edit", "0.5"], (0.0, 0.5), (2, 1, 3)),
+                                  (["--max-edit", "0.2"], (0.1, 0.2), (3, 2, 1))):  # min_edit stays the recipe's
+        out = tmp_path / f"pairs-{len(flags)}.parquet"
+        result = cli("pairs", "build", base, revised, "--config", recipe, *flags, "--out", out)
+        assert result.exit_code == 0, result.output
+        revision = json.loads(out.with_name(f"{out.stem}.summary.json").read_text())["revision"]
+        assert (revision["min_edit"], revision["max_edit"]) == bounds
+        assert (revision["no_op"], revision["rewrite"], revision["kept"]) == counts
+
+
+@pytest.mark.parametrize("flags, option, message", [
+    (["--min-edit", "0.5", "--max-edit", "0.2"], "--min-edit", "expected min_edit < max_edit, found min_edit 0.5 >= "
+                                                               "max_edit 0.2"),
+    (["--max-edit", "0.05"], "--max-edit", "found min_edit 0.1 >= max_edit 0.05"),  # the recipe's min_edit is 0.1
+    (["--min-edit", "0.95"], "--min-edit", "found min_edit 0.95 >= max_edit 0.9"),
+    (["--min-edit", "-0.1"], "--min-edit", "greater than or equal to 0"),
+    (["--min-edit", "1"], "--min-edit", "less than 1"),
+    (["--max-edit", "1.5"], "--max-edit", "less than or equal to 1"),
+    (["--max-edit", "0"], "--max-edit", "greater than 0"),
+    (["--max-edit", "half"], "'--max-edit'", "Invalid value for '--max-edit'"),  # typer's own check, one line too
+    (["--min-edit", "0.1", "NO-RECIPE"], "--min-edit", "expected a `revision:` section in the recipe (--config)"),
+])
+def test_bad_edit_bound_flags_are_one_line_naming_the_flag(tmp_path: Path, flags: list[str], option: str,
+                                                           message: str) -> None:
+    base, revised = written_answers(tmp_path)
+    recipe = ["--strategy", "revised"] if "NO-RECIPE" in flags else ["--config", revision_recipe(tmp_path, min_edit=0.1,
+                                                                                                  max_edit=0.9)]
+    out = tmp_path / "pairs.parquet"
+    result = cli("pairs", "build", base, revised, *recipe, *[f for f in flags if f != "NO-RECIPE"], "--out", out)
+    line = one_line_error(result, message)
+    assert line.startswith(f"error: {option}") or f"for {option}" in line, line
+    assert not out.exists()
+
+
 def test_the_report_shows_the_edit_distance_distribution(tmp_path: Path) -> None:
     base, revised = written_answers(tmp_path)
     out = tmp_path / "run" / "pairs.parquet"
@@ -218,6 +256,10 @@ def test_the_report_shows_the_edit_distance_distribution(tmp_path: Path) -> None
     page = (tmp_path / "report.md").read_text()
     assert "editor revised 6 of base's answers: 3 kept" in page and "2 dropped as no-op, 1 as rewrites" in page
     assert "| all | 6 | 0.000 |" in page and "| kept | 3 |" in page
+    figure = tmp_path / "report_files" / "revisions-pairs.summary.png"  # the histogram, kept interval shaded
+    assert f"![revisions-pairs.summary](report_files/{figure.name})" in page
+    assert plt.imread(figure).std() > 0.02  # something is drawn on it
+    assert "<img alt='revisions-pairs.summary' src='data:image/png;base64," in (tmp_path / "report.html").read_text()
 
 
 def test_the_shipped_recipe_passes_a_dry_run() -> None:

@@ -3,6 +3,7 @@ recipe's section, and an error names the flag (`--near-duplicate`), not the inte
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,24 +17,48 @@ S = TypeVar("S", bound=BaseModel)
 
 
 def validated(model: type[S], base: S, flags: dict[str, Any]) -> S:
-    """A recipe section with the flags given on the command line laid over it; errors name the flag."""
+    """A recipe section with the flags given on the command line laid over it; errors name the flag. A dotted
+    key (`revision.min_edit`) sets one field of a nested section and keeps the section's other fields."""
     merged = base.model_dump()
-    merged.update({k: v for k, v in flags.items() if v is not None})
+    for key, value in flags.items():
+        if value is not None:
+            *path, name = key.split(".")
+            _section(merged, path, name)[name] = value
     try:
         return model.model_validate(merged)
     except ValidationError as exc:
         error = exc.errors()[0]
         message = error["msg"].removeprefix("Value error, ")
-        raise InputError("--" + _flag_of(error["loc"], message, flags).replace("_", "-"), message) from None
+        raise InputError(_flag(_flag_of(error["loc"], message, flags)), message) from None
+
+
+def _section(merged: dict[str, Any], path: list[str], name: str) -> dict[str, Any]:
+    """The nested section a dotted flag sets a field of; one the recipe does not have is bad input, since the
+    flag alone cannot give its other (required) fields."""
+    for part in path:
+        if not isinstance(merged.get(part), dict):
+            raise InputError(_flag(name), f"expected a `{part}:` section in the recipe (--config) to lay the flag "
+                             "over")
+        merged = merged[part]
+    return merged
+
+
+def _flag(field: str) -> str:
+    return "--" + field.rpartition(".")[2].replace("_", "-")
 
 
 def _flag_of(location: tuple[Any, ...], message: str, flags: dict[str, Any]) -> str:
     """The flag an error is about: the innermost field named in its location (filters.near_duplicate ->
-    near_duplicate), or, for a check across fields, the first flag given that the message names."""
+    near_duplicate), or, for a check across fields, the first flag given that the message names: inside a
+    nested section by the field's name (revision: `min_edit < max_edit`), at the top in backticks (`rank` is
+    not `rank_from`)."""
+    given = [k for k, v in flags.items() if v is not None]
     names = [part for part in location if isinstance(part, str)]
     if names:
-        return names[-1]
-    named = sorted((message.find(f"`{k}`"), k) for k, v in flags.items() if v is not None and f"`{k}`" in message)
+        inside = [k for k in given if k.startswith(".".join(names) + ".")]
+        named = sorted((m.start(), k) for k in inside if (m := re.search(rf"\b{k.rpartition('.')[2]}\b", message)))
+        return named[0][1] if named else names[-1]
+    named = sorted((message.find(f"`{k}`"), k) for k in given if f"`{k}`" in message)
     return named[0][1] if named else "options"
 
 

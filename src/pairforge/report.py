@@ -24,6 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from pairforge import render  # noqa: E402
 from pairforge.errors import InputError  # noqa: E402
@@ -82,6 +83,8 @@ def _pairs(files: list[Path]) -> Section | None:
         if "revision" in summary:
             section.paragraphs.append(_revision_paragraph(summary["revision"]))
             section.tables.append(render.revisions(summary["revision"]))
+            name = f"revisions-{_label(path.with_suffix(''))}"
+            section.figures.append((name, _revision_histogram(summary["revision"])))
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
         axes[0].bar(types, [train.get(t, 0) for t in types], color=_COLORS[0], label="train")
         axes[0].bar(types, [held_out.get(t, 0) for t in types], bottom=[train.get(t, 0) for t in types],
@@ -105,6 +108,24 @@ def _revision_paragraph(revision: dict[str, Any]) -> str:
             f"{revision['kept']} kept with a token-level edit distance in ({revision['min_edit']}, "
             f"{revision['max_edit']}], {revision['no_op']} dropped as no-op, {revision['rewrite']} as rewrites "
             f"(median edit distance {revision['edit_distance']['all'].get('median', 0):.3f}).")
+
+
+def _revision_histogram(revision: dict[str, Any]) -> bytes:
+    """The edit distances of all revisions (the summary's histogram over [0, 1]), the kept ones on top and the
+    kept interval shaded: where the bounds cut shows whether they fit this reviser."""
+    low, high = revision["min_edit"], revision["max_edit"]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for which, color in (("all", _COLORS[5]), ("kept", _COLORS[2])):
+        counts = revision["edit_distance"][which]["histogram"]
+        ax.bar([i / len(counts) for i in range(len(counts))], counts, width=1 / len(counts), align="edge",
+               color=color, edgecolor="white", label=f"{which} ({sum(counts)})")
+    ax.axvspan(low, high, color=_COLORS[2], alpha=0.12, zorder=0, label=f"kept interval ({low}, {high}]")
+    ax.set_xlim(0, 1)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("token edit distance (0 = unchanged, 1 = nothing in common)")
+    ax.set_title(f"revisions: no-op {revision['no_op']}, kept {revision['kept']}, rewrite {revision['rewrite']}")
+    ax.legend(fontsize=7)
+    return _png(fig)
 
 
 def _pair_distributions(path: Path) -> bytes:

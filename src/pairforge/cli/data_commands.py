@@ -1,0 +1,218 @@
+"""The data-stage commands: answers in, pairs out (`pairs build`, `generate`, `judge`, `revise`, `rank`) and
+`curriculum show`, which looks at a pairs file before training on it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import typer
+
+from pairforge import options, render
+from pairforge.cli.common import console, fail_cleanly, say, show, stop_on_failures
+from pairforge.config import CurriculumConfig, PairsConfig
+from pairforge.errors import InputError
+from pairforge.files import check_output
+from pairforge.layout import RunDir
+from pairforge.recipe import load_recipe
+
+
+def pairs_build(
+    inputs: list[Path] = typer.Argument(None, help="answer files: JSONL, JSON, Parquet or a saved HF dataset folder"),
+    rank: str | None = typer.Option(None, help="strength order, strongest first: 'gpt-4 > chatgpt > davinci'"),
+    rank_from: Path | None = typer.Option(None, help="or a ranking.json from `pairforge rank` (significant orders)"),
+    pair_types: str | None = typer.Option(None, help="'all' (default), 'adjacent', 'extremes' or 'a>b,c>d'"),
+    strategy: str | None = typer.Option(None, help="ranked | scored | verified (default: ranked if --rank) | revised "
+                                        "(the recipe's pairs.revision; inputs: answers and `pairforge revise`'s "
+                                        "revisions.parquet)"),
+    scored_mode: str | None = typer.Option(None, help="scored: best-worst | best-random | all"),
+    min_margin: float | None = typer.Option(None, help="scored: smallest score gap that makes a pair"),
+    min_edit: float | None = typer.Option(None, help="revised: keep revisions whose token edit distance is above this "
+                                          "(0: drops only no-op revisions)"),
+    max_edit: float | None = typer.Option(None, help="revised: and at most this (0.5): a larger edit rewrote the "
+                                          "answer"),
+    format: str | None = typer.Option(None, "--format", help="auto | long | wide | ultrafeedback | nectar | sharegpt"),
+    columns: str | None = typer.Option(None, help="wide format: source=column pairs, 'gpt4=out_gpt4,chatgpt=out2'"),
+    out: Path | None = typer.Option(None, help="output .parquet or .jsonl (default pairs.parquet)"),
+    eval_fraction: float | None = typer.Option(None, help="share of prompts held out into <out>.eval.*"),
+    prompt_format: str | None = typer.Option(None, help="chat (default: conversational records, trained through "
+                                             "the chat template) | text (plain strings, for answers that "
+                                             "continued the prompt as plain text)"),
+    seed: int | None = typer.Option(None, help="seed for best-random"),
+    keep_truncated: bool = typer.Option(False, "--keep-truncated", help="keep answers with finish_reason=length"),
+    no_role_marker_filter: bool = typer.Option(False, "--no-role-marker-filter", help="keep answers with role markers"),
+    near_duplicate: str | None = typer.Option(None, help="Jaccard threshold for near-duplicates (0.9), or 'off'"),
+    min_length: int | None = typer.Option(None, help="drop answers shorter than this"),
+    max_length: int | None = typer.Option(None, help="drop answers longer than this"),
+    length_unit: str | None = typer.Option(None, help="words (default) | tokens"),
+    tokenizer: str | None = typer.Option(None, help="tokenizer for --length-unit tokens (default: embedded)"),
+    length_ratio: str | None = typer.Option(None, help="keep pairs with len(chosen)/len(rejected) in 'low,high'"),
+    decontaminate: list[Path] | None = typer.Option(None, help="eval prompt file(s) to decontaminate against"),
+    ngram: int | None = typer.Option(None, help="n-gram size for --decontaminate (13)"),
+    config: Path | None = typer.Option(None, help="recipe YAML; its `pairs:` section gives the defaults"),
+) -> None:
+    """Turn answers of models of different strength into a TRL-ready pairs file and a summary."""
+    def run() -> None:
+        flags = {"inputs": inputs or None, "rank": rank, "rank_from": rank_from, "pair_types": pair_types,
+                 "strategy": strategy, "scored_mode": scored_mode, "min_margin": min_margin, "format": format,
+                 "out": out, "revision.min_edit": min_edit, "revision.max_edit": max_edit,
+                 "eval_fraction": eval_fraction, "prompt_format": prompt_format, "seed": seed,
+                 "columns": options.parse_columns(columns) if columns else None}
+        filter_flags = {"drop_truncated": False if keep_truncated else None,
+                        "role_markers": "" if no_role_marker_filter else None,
+                        "near_duplicate": options.parse_threshold(near_duplicate), "min_length": min_length,
+                        "max_length": max_length, "length_unit": length_unit, "tokenizer": tokenizer,
+                        "length_ratio": options.parse_pair(length_ratio, "--length-ratio") if length_ratio else None,
+                        "decontaminate": decontaminate or None, "ngram": ngram}
+        _run_pairs_build(config, flags, filter_flags)
+
+    fail_cleanly(run)
+
+
+def _run_pairs_build(config: Path | None, flags: dict[str, Any], filter_flags: dict[str, Any]) -> None:
+    from pairforge.pairs.run import build_from_files  # keeps `pairforge --help` fast
+
+    base = load_recipe(config).pairs if config else PairsConfig()
+    filters = base.filters.model_dump()
+    filters.update({k: v for k, v in filter_flags.items() if v is not None})
+    if filter_flags["near_duplicate"] == "off":
+        filters["near_duplicate"] = None
+    if filters["role_markers"] == "":
+        filters["role_markers"] = None
+    cfg = options.validated(PairsConfig, base, {**flags, "filters": filters})
+    if not cfg.inputs:
+        raise InputError("pairs build", "expected at least one input file (or `inputs:` in the recipe)")
+    result = build_from_files(cfg)
+    show(*render.pairs_summary(result.summary))
+    if not render.pair_drops(result.summary).rows:
+        say("dropped: nothing")
+    console.print(f"wrote {', '.join(str(p) for p in result.written)}", highlight=False)
+
+
+
+def generate_command(
+    recipe: Path = typer.Argument(..., help="recipe YAML with `prompts:` and `sources:`"),
+    out: Path = typer.Option(Path("."), help="folder for responses.parquet and the cache store.sqlite"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="try again the requests that failed before"),
+    source: list[str] | None = typer.Option(None, help="only this source (repeatable)"),
+) -> None:
+    """Answer the prompts with every source; resumes where it stopped (cached in <out>/store.sqlite)."""
+    def run() -> None:
+        from pairforge.generate.run import generate
+
+        result = generate(load_recipe(recipe), out, retry_failed, source)
+        show(render.generation(result.tallies))
+        console.print(f"wrote {result.exported} answers to {result.responses}", highlight=False)
+        reasons = Counter(r for t in result.tallies.values() for r in t.reasons.elements())
+        stop_on_failures(result.failed, "requests", f" ({', '.join(f'{r}: {n}' for r, n in reasons.most_common(3))})"
+                          if reasons else "")
+
+    fail_cleanly(run)
+
+
+# `judge` and `revise` both ask a model about every answer of a run folder: the same three options
+
+def _run_folder(writes: str) -> Any:
+    return typer.Option(Path("."), help=f"run folder: reads responses.parquet, writes {writes}")
+
+
+def _answers(to: str) -> Any:
+    return typer.Option(None, help=f"answers to {to} (default: <out>/responses.parquet)")
+
+
+def _retry_failed(asking: str) -> Any:
+    return typer.Option(False, "--retry-failed", help=f"ask the {asking} again where it failed before")
+
+
+def judge_command(
+    recipe: Path = typer.Argument(..., help="recipe YAML with a `judge:` section"),
+    out: Path = _run_folder(writes="responses.scored.parquet"),
+    responses: Path | None = _answers(to="judge"),
+    retry_failed: bool = _retry_failed(asking="judge"),
+) -> None:
+    """Score answers (reward model, similarity) or compare them pairwise with an LLM judge, both orders."""
+    def run() -> None:
+        from pairforge.judge.run import judge
+
+        result = judge(load_recipe(recipe), out, responses, retry_failed)
+        summary = result.summary
+        show(render.judge_summary(summary))
+        if summary["judge"] == "llm-pairwise":
+            say(render.position_bias(summary))
+        written = [result.scored, *([result.judgments] if result.judgments else [])]
+        console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
+        stop_on_failures(summary.get("failed_requests", 0), "judge requests")
+
+    fail_cleanly(run)
+
+
+def revise_command(
+    recipe: Path = typer.Argument(..., help="recipe YAML with `pairs: {strategy: revised, revision: ...}`"),
+    out: Path = _run_folder(writes="revisions.parquet"),
+    responses: Path | None = _answers(to="revise"),
+    retry_failed: bool = _retry_failed(asking="reviser"),
+) -> None:
+    """Have the reviser minimally edit the original source's answers (cached in <out>/store.sqlite, resumable)."""
+    def run() -> None:
+        from pairforge.revise import revise
+
+        result = revise(load_recipe(recipe), out, responses, retry_failed)
+        show(render.revising(result.tally, result.edit_distance))
+        say(f"wrote {result.exported} revisions to {result.revisions}")
+        stop_on_failures(result.failed, "revision requests")
+
+    fail_cleanly(run)
+
+
+def rank_command(
+    recipe: Path = typer.Argument(..., help="recipe YAML (its `ranking:` section, optional)"),
+    out: Path = typer.Option(Path("."), help="run folder: reads judgments.parquet (or responses.scored.parquet)"),
+) -> None:
+    """Estimate source strength (Bradley-Terry, bootstrap intervals) from the judge's verdicts."""
+    def run() -> None:
+        from pairforge import stages
+
+        ranked = stages.rank(load_recipe(recipe), RunDir(out))
+        result = ranked.ranking.to_json()
+        show(render.ranking(result, ranked.evidence.name))
+        say(render.significant_order(result))
+        say(f"wrote {ranked.written}; use it with `pairs build --rank-from`")
+
+    fail_cleanly(run)
+
+
+
+def curriculum_show(
+    pairs: Path = typer.Argument(..., help="pairs file"),
+    difficulty: str | None = typer.Option(None, help="strength-gap | score-margin | embedding-similarity | "
+                                           "column:NAME"),
+    schedule: str | None = typer.Option(None, help="random | staged | sorted | anti | buckets | pacing"),
+    batch_size: int = typer.Option(8, help="pairs per batch (the global batch when training on several processes)"),
+    epochs: int = typer.Option(1, help="epochs"),
+    seed: int = typer.Option(0, help="seed"),
+    config: Path | None = typer.Option(None, help="recipe YAML; its train.curriculum gives the defaults"),
+    out: Path = typer.Option(Path("."), help="folder for curriculum.png"),
+) -> None:
+    """Print a curriculum's stages or buckets with their sizes and difficulty, and plot difficulty by step."""
+    def run() -> None:
+        from pairforge.records import read_pairs
+        from pairforge.train.curriculum import difficulty_of, plan, write_plot
+
+        base = (load_recipe(config).train.curriculum if config else None) or CurriculumConfig()
+        cfg = options.validated(CurriculumConfig, base, {"difficulty": difficulty, "schedule": schedule})
+        if epochs < 1 or batch_size < 1:
+            raise InputError("--epochs" if epochs < 1 else "--batch-size", "expected a positive number")
+        check_output(out / "curriculum.png", "file", "--out")
+        frame = read_pairs(pairs)
+        values = difficulty_of(frame, cfg.difficulty, str(pairs), cfg.embedding_model)
+        types = frame["pair_type"].cast(pl.String).to_list() if "pair_type" in frame.columns else ["all"] * len(values)
+        result = plan(values, types, cfg, batch_size, epochs, seed)
+        show(render.curriculum(f"curriculum: {cfg.schedule} by {cfg.difficulty}", result.stage_names,
+                                result.batches, result.stages, values))
+        if result.dropped:
+            console.print(f"left out (drop_hardest): {result.dropped} pairs", highlight=False)
+        console.print(f"wrote {write_plot(result, values, out / 'curriculum.png')}", highlight=False)
+
+    fail_cleanly(run)

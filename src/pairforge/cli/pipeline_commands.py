@@ -1,0 +1,134 @@
+"""The commands over whole runs and models: `run` (the recipe end to end), `eval` (models against reference
+answers) and `report`; the first two end with the same leaderboard."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+
+from pairforge import options, render
+from pairforge.cli.common import console, fail_cleanly, say, show
+from pairforge.config import EvalConfig
+from pairforge.errors import InputError
+from pairforge.files import check_output
+from pairforge.layout import RunDir
+from pairforge.recipe import Recipe
+
+
+def eval_command(
+    models: list[str] | None = typer.Option(None, help="model folders or training runs to answer the prompts "
+                                            "(NAME=PATH to name one); repeatable"),
+    outputs: list[Path] | None = typer.Option(None, help="existing model_outputs.json files; repeatable"),
+    reference: Path = typer.Option(..., help="reference answers (AlpacaEval shape: instruction, output)"),
+    prompts: Path | None = typer.Option(None, help="eval prompts (default: the reference's instructions)"),
+    judge: str = typer.Option("similarity", help="a recipe YAML (its judge: section), 'similarity', or "
+                              "'reward-model:PATH'"),
+    out: Path = typer.Option(Path("eval"), help="folder: leaderboard.json, eval.parquet, *.model_outputs.json"),
+    max_new_tokens: int = typer.Option(256, help="--models: answer length limit"),
+    temperature: float = typer.Option(0.0, help="--models: 0 = greedy"),
+    bootstrap: int = typer.Option(1000, help="bootstrap resamples for intervals and paired tests"),
+    baseline: str | None = typer.Option(None, help="test every other model against this one (e.g. base): "
+                                        "difference with its 95% interval"),
+    batch_size: int = typer.Option(8, help="--models: prompts per generate() call"),
+    dtype: str = typer.Option("float32", help="--models: float32 | bfloat16 | float16 while answering"),
+) -> None:
+    """Judge models against reference answers: win rate, interval, length-controlled win rate, leaderboard."""
+    def run() -> None:
+        from pairforge.evaluate.run import EvalSettings, evaluate
+
+        given = {"max_new_tokens": max_new_tokens, "temperature": temperature, "bootstrap": bootstrap,
+                 "batch_size": batch_size, "dtype": dtype}
+        cfg = options.validated(EvalConfig, EvalConfig(), given)
+        result = evaluate(models or [], outputs or [], reference, options.judge_config(judge), out, prompts,
+                          EvalSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                       bootstrap=cfg.bootstrap, baseline=baseline, batch_size=cfg.batch_size,
+                                       dtype=cfg.dtype))
+        _show_leaderboard(result)
+        console.print(f"wrote {out / 'leaderboard.json'}, {out / 'eval.parquet'}", highlight=False)
+
+    fail_cleanly(run)
+
+
+def _show_outcome(recipe: Recipe, run_dir: Path) -> None:
+    """After `pairforge run`: the declared order checked, the (last round's) leaderboard, every round's scores."""
+    from pairforge.report import round_entries
+    from pairforge.rounds import round_dir
+
+    last = round_dir(run_dir, recipe, recipe.rounds)
+    if last.ranking.exists() and (check := json.loads(last.ranking.read_text()).get("declared_check")):
+        say(render.declared_check(check))
+    if last.leaderboard.exists():
+        _show_leaderboard(json.loads(last.leaderboard.read_text()))
+    if recipe.rounds > 1:
+        show(render.rounds(round_entries(sorted(run_dir.glob("round-*/eval/leaderboard.json")))))
+    if RunDir(run_dir).report.exists():
+        say(f"report: {RunDir(run_dir).report}")
+
+
+def _show_leaderboard(board: dict[str, Any]) -> None:
+    show(render.leaderboard(board))
+    for note in render.leaderboard_notes(board):
+        say(note)
+
+
+def report_command(
+    paths: list[Path] = typer.Argument(..., help="run folders / files: pairs summaries, training runs, judge and "
+                                       "eval outputs"),
+    out: Path = typer.Option(Path("report.html"), help="the HTML page; the Markdown twin and PNGs go beside it"),
+) -> None:
+    """One self-contained HTML report (and a Markdown twin) of pairs, sources, training and evaluation."""
+    def run() -> None:
+        from pairforge.report import build_report
+
+        sections = build_report(paths, out)
+        console.print(f"wrote {out} and {out.with_suffix('.md')} ({', '.join(s.title for s in sections)})",
+                      highlight=False)
+
+    fail_cleanly(run)
+
+
+def run_command(
+    recipe: Path = typer.Argument(..., help="recipe YAML: prompts, sources, judge, pairs, runs, eval"),
+    from_stage: str | None = typer.Option(None, "--from", help="run this stage and every later one again "
+                                          "(generate, revise, judge, rank, pairs, train, train:NAME, eval, report; "
+                                          "iterative: round-2, round-2:train)"),
+    to_stage: str | None = typer.Option(None, "--to", help="stop after this stage (e.g. pairs: data only)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate, check the input files, print the plan; run "
+                                 "nothing"),
+    quick: bool = typer.Option(False, "--quick", help="a smoke test: few prompts, short answers, 2 steps per run"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="ask again the requests (answers, revisions, "
+                                      "verdicts) that failed before; they wait in the store"),
+) -> None:
+    """The whole recipe end to end in one run folder; finished stages are skipped, so a re-run resumes."""
+    def run() -> None:
+        from pairforge import pipeline
+
+        cfg, run_dir = pipeline.load(recipe, quick)
+        notes: list[str] = []
+        if dry_run:
+            cfg, notes = pipeline.with_format_samples(cfg)
+        the_plan = pipeline.plan(cfg, run_dir, retry_failed)
+        pipeline.check_stage_names(the_plan, from_stage, to_stage)
+        check_output(run_dir, "folder", "run_dir")
+        warnings = pipeline.preflight(cfg)
+        show(render.plan(f"plan: {recipe.name}{' (quick)' if quick else ''} -> {run_dir}", the_plan.stages))
+        for line in [*notes, *warnings]:
+            console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        if dry_run:
+            console.print("dry run: the recipe is valid and its inputs read; nothing was run", highlight=False)
+            return
+        if warnings:
+            raise InputError(str(recipe), warnings[0])
+        started = time.perf_counter()
+        done = pipeline.run(the_plan, from_stage,
+                            lambda name, message: console.print(f"[bold]{name}[/]: {message}", highlight=False),
+                            to_stage)
+        show(render.finished(done, time.perf_counter() - started))
+        _show_outcome(cfg, run_dir)
+
+    fail_cleanly(run)

@@ -1,0 +1,75 @@
+"""`pairforge train`: flags laid over the recipe's `train:` section (or one of its `runs:`), then the loop;
+a stopped or interrupted run says how to resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pairforge import options
+from pairforge.cli.common import console, fail_cleanly
+from pairforge.config import TrainConfig
+from pairforge.errors import InputError
+
+
+def train_command(
+    method: str | None = typer.Option(None, help="dpo | cdpo | robust | hinge | ipo | apo_zero | apo_down | simpo | "
+                                         "r-dpo | slic | sft, or a weighted sum 'dpo=1,sft=0.2'"),
+    model: str | None = typer.Option(None, help="'embedded' (default), a model folder or a hub id"),
+    pairs: Path | None = typer.Option(None, help="pairs file (ours or TRL prompt/chosen/rejected)"),
+    eval_pairs: Path | None = typer.Option(None, help="held-out pairs (default: <pairs>.eval.*)"),
+    out: Path | None = typer.Option(None, help="output folder (model/, checkpoints/, metrics.jsonl)"),
+    beta: float | None = typer.Option(None, help="DPO-family beta (0.1)"),
+    lr: float | None = typer.Option(None, help="learning rate (5e-7)"),
+    batch_size: int | None = typer.Option(None, help="pairs per device per micro-batch (8)"),
+    grad_accum: int | None = typer.Option(None, help="micro-batches per optimiser step (1)"),
+    epochs: int | None = typer.Option(None, help="epochs (1)"),
+    max_steps: int | None = typer.Option(None, help="stop after this many optimiser steps"),
+    max_length: int | None = typer.Option(None, help="max tokens of prompt + answer (1024)"),
+    target: str | None = typer.Option(None, help="sft/slic likelihood target column (chosen)"),
+    lora: bool = typer.Option(False, "--lora", help="train a LoRA adapter; reference = adapter disabled"),
+    merge: bool = typer.Option(False, "--merge", help="with --lora: save the merged model"),
+    prompt_format: str | None = typer.Option(None, help="auto (follow the records) | chat | text"),
+    save_steps: int | None = typer.Option(None, help="checkpoint every N steps"),
+    fresh: bool = typer.Option(False, "--fresh", help="delete an earlier run in --out (checkpoints, model, "
+                               "metrics) and start over; without it a run resumes, and only with the same settings"),
+    seed: int | None = typer.Option(None, help="seed (0)"),
+    curriculum: str | None = typer.Option(None, help="order by difficulty: sorted | anti | buckets | pacing | "
+                                          "random (staged needs stages: use a recipe)"),
+    difficulty: str | None = typer.Option(None, help="with --curriculum: strength-gap | score-margin | "
+                                          "reference-margin | embedding-similarity | column:NAME"),
+    config: Path | None = typer.Option(None, help="recipe YAML; its `train:` section gives the defaults"),
+    run_name: str | None = typer.Option(None, "--run", help="with --config: train this entry of the recipe's "
+                                        "`runs:` (in its run folder, as `pairforge run` would; for accelerate launch)"),
+) -> None:
+    """Post-train a model on preference pairs (SFT, DPO and relatives, SLiC-HF); resumes from its checkpoints."""
+    def run() -> None:
+        from pairforge.train.trainer import TrainingStopped, train
+
+        base = options.train_section(config, run_name)
+        flags = {"method": options.parse_method(method) if method else None, "model": model, "pairs": pairs,
+                 "eval_pairs": eval_pairs, "out": out, "beta": beta, "lr": lr, "batch_size": batch_size,
+                 "grad_accum": grad_accum, "epochs": epochs, "max_steps": max_steps, "max_length": max_length,
+                 "target": target, "save_steps": save_steps, "seed": seed, "prompt_format": prompt_format,
+                 "lora": {"merge": merge} if lora else None}
+        if curriculum or difficulty:
+            order = base.curriculum.model_dump() if base.curriculum else {}
+            order.update({k: v for k, v in {"schedule": curriculum, "difficulty": difficulty}.items() if v})
+            flags["curriculum"] = order
+        cfg = options.validated(TrainConfig, base, flags)
+        if cfg.pairs is None:
+            raise InputError("--pairs", "expected a pairs file (or `pairs:` in the recipe's train section)")
+        try:
+            result = train(cfg, fresh=fresh)
+        except TrainingStopped as exc:
+            console.print(f"[bold red]stopped:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            console.print("interrupted: checkpoint saved; run the same command again to resume", highlight=False)
+            raise typer.Exit(130) from None
+        done = "already trained (same data and settings; --fresh trains again)" if result.already_trained else "trained"
+        console.print(f"{done} {result.steps} steps; model in {result.out / 'model'}, metrics in "
+                      f"{result.out / 'metrics.jsonl'}", highlight=False)
+
+    fail_cleanly(run)
