@@ -405,3 +405,20 @@ def test_train_run_of_a_recipe_trains_in_its_run_folder(tiny_model_dir, tmp_path
     first = metrics(run_dir / "train" / "pref")[0]
     assert first["train/loss"] == pytest.approx((1 / (2 * 0.25)) ** 2, abs=1e-4)  # ipo with the run's beta
     one_line_error(run_cli("train", "--config", recipe, "--run", "nope"), "no run 'nope'", "runs: warm, pref")
+
+
+def test_lora_flags_keep_the_recipes_adapter_settings(tiny_model_dir, tmp_path):
+    """`--lora --merge` over a recipe with `lora: {r: 8, alpha: 32}` trains that adapter (not the default r 16)
+    and merges it; `--merge` without any LoRA is one line, before anything is loaded."""
+    pl.DataFrame(preference_rows(8)).write_parquet(tmp_path / "pairs.parquet")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(json.dumps({"train": {"model": str(tiny_model_dir), "pairs": str(tmp_path / "pairs.parquet"),
+                                            "max_length": 64, "max_steps": 1, "batch_size": 4,
+                                            "lora": {"r": 8, "alpha": 32}}}))
+    result = run_cli("train", "--config", recipe, "--lora", "--merge", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    lora = json.loads((tmp_path / "run" / "run.json").read_text())["config"]["lora"]
+    assert (lora["r"], lora["alpha"], lora["merge"]) == (8, 32, True)
+    one_line_error(run_cli("train", "--pairs", tmp_path / "pairs.parquet", "--model", tiny_model_dir, "--merge",
+                           "--out", tmp_path / "plain"), "--merge", "expected --lora")
+    assert not (tmp_path / "plain").exists()

@@ -4,6 +4,7 @@ a stopped or interrupted run says how to resume."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -52,7 +53,7 @@ def train_command(
                  "eval_pairs": eval_pairs, "out": out, "beta": beta, "lr": lr, "batch_size": batch_size,
                  "grad_accum": grad_accum, "epochs": epochs, "max_steps": max_steps, "max_length": max_length,
                  "target": target, "save_steps": save_steps, "seed": seed, "prompt_format": prompt_format,
-                 "lora": {"merge": merge} if lora else None}
+                 "lora": _lora(base, lora, merge)}
         if curriculum or difficulty:
             order = base.curriculum.model_dump() if base.curriculum else {}
             order.update({k: v for k, v in {"schedule": curriculum, "difficulty": difficulty}.items() if v})
@@ -73,3 +74,14 @@ def train_command(
                       f"{result.out / 'metrics.jsonl'}", highlight=False)
 
     fail_cleanly(run)
+
+
+def _lora(base: TrainConfig, lora: bool, merge: bool) -> dict[str, Any] | None:
+    """--lora / --merge laid over the recipe's `lora:` section (its rank and modules kept), or None to keep the
+    recipe's choice; --merge alone needs a LoRA run to merge."""
+    if not (lora or merge):
+        return None
+    section = base.lora.model_dump() if base.lora is not None else {} if lora else None
+    if section is None:
+        raise InputError("--merge", "expected --lora (or a `lora:` section in the recipe): only an adapter is merged")
+    return {**section, "merge": True} if merge else section
