@@ -181,6 +181,21 @@ def test_nan_loss_stops_with_a_checkpoint(tiny_model_dir, pairs_file, tmp_path):
     assert (Path(str(info.value).rsplit(" ", 1)[-1]) / "position.json").exists()
 
 
+def test_a_loss_gone_infinite_mid_window_checkpoints_the_steps_start(tiny_model_dir, tmp_path):
+    """With grad_accum 2, an infinite loss in the second micro-batch of step 1 saves the state of that step's
+    start: its position is micro-batch 0, so a resume replays the whole window, not half of it."""
+    rows = [{**row, "weight": 3e38 if 2 <= i <= 5 else 1.0} for i, row in enumerate(preference_rows(8))]
+    pl.DataFrame(rows).with_row_index("margin").write_parquet(tmp_path / "heavy.parquet")
+    cfg = config(tiny_model_dir, tmp_path / "heavy.parquet", tmp_path / "run", batch_size=2, grad_accum=2,
+                 save_steps=1, curriculum={"schedule": "sorted"})  # rows 2-5 are micro-batches 1 and 2 either way
+    with pytest.raises(TrainingStopped, match="loss is inf at step 1"):
+        train(cfg, progress=False)
+    consumed = (tmp_path / "run" / "consumed-0.jsonl").read_text().splitlines()
+    assert len(consumed) == 2  # it stopped in micro-batch 1, the second of the window
+    position = json.loads((tmp_path / "run" / "checkpoints" / "step-000000" / "position.json").read_text())
+    assert position == {"step": 0, "micro_batches": 0}
+
+
 def run_train(*args: str):
     return CliRunner().invoke(app, ["train", *map(str, args)])
 

@@ -422,3 +422,29 @@ def test_lora_flags_keep_the_recipes_adapter_settings(tiny_model_dir, tmp_path):
     one_line_error(run_cli("train", "--pairs", tmp_path / "pairs.parquet", "--model", tiny_model_dir, "--merge",
                            "--out", tmp_path / "plain"), "--merge", "expected --lora")
     assert not (tmp_path / "plain").exists()
+
+
+def test_an_accumulation_count_accelerate_overrides_is_refused(tiny_model_dir, tmp_path, monkeypatch):
+    """`accelerate launch` puts DeepSpeed's gradient_accumulation_steps in the environment, where accelerate
+    prefers it to the run's grad_accum: a different count would step off the planned schedule, so it is one line."""
+    pl.DataFrame(preference_rows(8)).write_parquet(tmp_path / "pairs.parquet")
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
+    result = run_cli("train", "--pairs", tmp_path / "pairs.parquet", "--model", tiny_model_dir, "--grad-accum", "2",
+                     "--batch-size", "2", "--max-length", "64", "--prompt-format", "text", "--out", tmp_path / "run")
+    one_line_error(result, "expected accelerate to accumulate 2 micro-batches", "found 1")
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_a_step_of_weight_0_pairs_only_is_refused(tiny_model_dir, tmp_path):
+    """A staged curriculum whose first stage is a pair type of weight 0 has steps with nothing to average: one
+    line before training, not a division by zero."""
+    rows = [{**row, "weight": 0.0 if row["pair_type"] == "easy" else 1.0} for row in preference_rows(8)]
+    pl.DataFrame(rows).with_row_index("margin").write_parquet(tmp_path / "pairs.parquet")
+    recipe = tmp_path / "recipe.yaml"
+    staged = {"schedule": "staged", "stages": [{"pair_types": ["easy"]}, {"pair_types": ["hard"]}]}
+    recipe.write_text(json.dumps({"train": {"model": str(tiny_model_dir), "pairs": str(tmp_path / "pairs.parquet"),
+                                            "max_length": 64, "batch_size": 2, "prompt_format": "text",
+                                            "curriculum": staged}}))
+    result = run_cli("train", "--config", recipe, "--out", tmp_path / "run")
+    one_line_error(result, "pairs.parquet", "expected every optimiser step to have a pair of weight > 0",
+                   "found 2 steps", "step 1")

@@ -98,7 +98,8 @@ def plan(recipe: Recipe, run_dir: Path, retry_failed: bool = False) -> Plan:
             if k == 1:
                 first_round[stage.name] = stage.estimate_s
             elif stage.estimate_s is None:  # round k starts from a trained folder: no size known from its name
-                stage.estimate_s = _later_round_estimate(recipe, stage.name, first_round)
+                stage.estimate_s = _later_round_estimate(recipe, stage.name, first_round,
+                                                         n_prompts * recipe.samples_per_source)
             stage.name = prefix + stage.name
             if stage.name.endswith("generate") and recipe.rounds > 1:
                 # the policy's identity is its round's start model: the base, or the previous round's training
@@ -307,14 +308,15 @@ def _train_estimate(cfg: RunConfig, passes: int) -> float | None:
     return passes * _SECONDS_PER_PAIR_PASS / (_BF16_SPEED_UP if cfg.dtype == "bfloat16" else 1.0)
 
 
-def _later_round_estimate(recipe: Recipe, stage: str, first_round: dict[str, float | None]) -> float | None:
+def _later_round_estimate(recipe: Recipe, stage: str, first_round: dict[str, float | None],
+                          answers: int) -> float | None:
     """Round k > 1 does round 1's work on models of round 1's shape, so round 1's estimate holds — except
     generation, where only the "@round" sources answer again (the others' answers are in the store)."""
     estimate = first_round.get(stage)
     if estimate is None or stage != "generate":
         return estimate
-    local = [s for s in recipe.answering_sources if s.backend == "transformers"]
-    return estimate * sum(s.model == ROUND_MODEL for s in local) / len(local) if local else estimate
+    again = [s for s in recipe.answering_sources if s.model == ROUND_MODEL]
+    return sum(answers * s.max_new_tokens / _local_tokens_per_s(s.batch_size, s.dtype) for s in again)
 
 
 def _eval_estimate(recipe: Recipe, models: int) -> float | None:

@@ -136,11 +136,13 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
     if cfg.lora is not None:
         model = _with_lora(model, cfg, task="SEQ_CLS" if reward_model else "CAUSAL_LM")
     total_steps = _total_steps(cfg, len(mine), len(data.train), accelerator.num_processes)
+    _check_step_weights(step_weights[:total_steps], str(cfg.pairs))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     scheduler = _lr_schedule(optimizer, cfg, total_steps, [r // cfg.grad_accum for r in schedule.restarts])
     scorer = SequenceScores(model) if reward_model else AnswerLogps(model, cfg.chunk_tokens)
     policy, optimizer = accelerator.prepare(scorer, optimizer)
+    _check_accumulation(accelerator, cfg.grad_accum)
     # not prepared: accelerate would step it once per process per step; our step count is already global
     accelerator.register_for_checkpointing(scheduler)
     settings = L.LossSettings(beta=cfg.beta, label_smoothing=cfg.label_smoothing, gamma=cfg.gamma,
@@ -149,6 +151,16 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
                               settings, accelerator, cfg.chunk_tokens, reward_model)
     return Setup(accelerator, data, model, tokenizer, objective, optimizer, scheduler, trainable, reference,
                  eval_reference, schedule, mine, step_weights, total_steps)
+
+
+def _check_accumulation(accelerator: Accelerator, grad_accum: int) -> None:
+    """accelerate takes its accumulation count from its environment or DeepSpeed's config over ours; a different
+    count would step the optimiser off the planned schedule (a linear schedule then goes negative)."""
+    if accelerator.gradient_accumulation_steps != grad_accum:
+        raise InputError("grad_accum", f"expected accelerate to accumulate {grad_accum} micro-batches (the run's "
+                         f"grad_accum), found {accelerator.gradient_accumulation_steps} (from "
+                         "ACCELERATE_GRADIENT_ACCUMULATION_STEPS or the accelerate config's deepspeed_config."
+                         "gradient_accumulation_steps): leave those unset or make them equal")
 
 
 @dataclass
@@ -270,6 +282,14 @@ def _step_weights(batches: list[list[int]], pairs: list[TokenizedPair], grad_acc
     their weights) fall into micro-batches and processes."""
     totals = [sum(pairs[i].weight for i in batch) for batch in batches]
     return [sum(totals[start : start + grad_accum]) for start in range(0, len(totals), grad_accum)]
+
+
+def _check_step_weights(step_weights: list[float], source: str) -> None:
+    """A step whose pairs all weigh 0 has no loss to average (e.g. a curriculum stage of a weight-0 pair type)."""
+    empty = [step + 1 for step, weight in enumerate(step_weights) if weight == 0]
+    if empty:
+        raise InputError(source, f"expected every optimiser step to have a pair of weight > 0, found {len(empty)} "
+                         f"steps of weight-0 pairs only (the first: step {empty[0]}); drop those pairs or weigh them")
 
 
 def _total_steps(cfg: TrainConfig, micro_batches: int, pairs: int, world: int) -> int:

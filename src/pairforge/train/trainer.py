@@ -6,8 +6,9 @@ pair_type as JSONL, checkpoints (model, optimiser, scheduler, RNG and data posit
 Ctrl-C and, when asked, at the end, where the trained model is always saved; a rerun resumes from the
 latest checkpoint, refused when it was made with other data or settings (`checkpoints.identity`); a
 NaN/inf loss stops the run with the last good state saved.
-Devices: one loop; `accelerate launch` / `torchrun` decides how many processes. Each process takes
-every world-size-th micro-batch of one global, seeded order.
+Devices: one loop; `accelerate launch` / `torchrun` decides how many processes. Each process takes its
+slice of every global micro-batch of one seeded order, and every step's loss is the weighted mean over all
+its pairs (micro-batches and processes together).
 Every pair is tokenised in one prompt format (`prompting`: the records' own unless `prompt_format` says
 otherwise), written to run.json so that evaluation asks the trained model the same way.
 Not supported yet: resuming in the middle of a gradient-accumulation window (checkpoints are only
@@ -153,8 +154,9 @@ def _forward_backward(cfg: TrainConfig, state: Setup, pairs: list[Any], run: Tra
                         objective.target_only).to(accelerator.device)
         per_pair, numbers = objective(batch, state.reference)
         piece_loss = (per_pair * batch.weights).sum() * scale
-        if not torch.isfinite(piece_loss):
-            path = checkpoints.save_checkpoint(accelerator, run, step, consumed, cfg.keep_checkpoints)
+        if not torch.isfinite(piece_loss):  # the state is that of the step's start: resume from its first micro-batch
+            path = checkpoints.save_checkpoint(accelerator, run, step, consumed - consumed % cfg.grad_accum,
+                                               cfg.keep_checkpoints)
             raise TrainingStopped(f"loss is {piece_loss.item()} at step {step + 1} (pairs {batch.indices}); the "
                                   f"last good state is in {path}")
         last = number == len(pieces) - 1
