@@ -16,7 +16,7 @@ case "${1:-}" in
     "$python" -m pip download -q --no-deps --only-binary=:all: --python-version "${GPU_PYTHON:-3.12}" \
       --platform manylinux2014_x86_64 -d "$carry/wheels" \
       trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 xxhash==4.1.0 polars==1.30.0 \
-      pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection
+      pydantic==2.14.4 pydantic-core==2.50.5 annotated-types typing-inspection 'typing-extensions>=4.16'
     "$python" -c "import sys; from pairforge.models import load_tokenizer; \
 load_tokenizer('embedded').save_pretrained(sys.argv[1])" "$carry/tokenizer"
     du -sh "$carry"

@@ -334,7 +334,7 @@ def attention_kernels(size: str, device: str, batch: int, width: int) -> None:
             with sdpa_kernel([backend]):
                 print(f"  {backend.name:22}{milliseconds():9.2f} ms")
         except RuntimeError as exc:
-            print(f"  {backend.name:22}   refused ({str(exc).strip().splitlines()[0][:90]})")
+            print(f"  {backend.name:22}   refused ({str(exc).strip().splitlines()[0][:200]})")
     activities = [torch.profiler.ProfilerActivity.CUDA if device == "cuda" else torch.profiler.ProfilerActivity.CPU]
     with torch.profiler.profile(activities=activities) as profile:
         step()

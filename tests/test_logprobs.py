@@ -82,3 +82,23 @@ def test_the_batch_contract_example_in_its_docstring_holds() -> None:
 
     result = doctest.testmod(logprobs)
     assert result.attempted >= 5 and result.failed == 0
+
+
+@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("target_only", [False, True])
+def test_forward_pieces_keep_to_their_token_budget_in_every_layout(share, target_only):
+    """Each piece, laid out by `collate` exactly as the trainer lays it out (a likelihood target as a third row
+    per pair, or the target alone), pushes at most `forward_tokens` tokens (rows x padded width)."""
+    from pairforge.sequences.logprobs import forward_pieces
+
+    def pair(i: int) -> TokenizedPair:
+        prompt = list(range(1, 4 + i % 5))
+        answer = lambda start, n: Sequence(prompt + list(range(start, start + n)), len(prompt))  # noqa: E731
+        return TokenizedPair(i, answer(50, 3 + i % 4), answer(70, 2 + i % 3), answer(90, 6 + i % 7), "t", 1.0)
+
+    pairs = [pair(i) for i in range(24)]
+    pieces = forward_pieces(pairs, 60, share, target_only, with_targets=True)
+    assert [p for piece in pieces for p in piece] == pairs and len(pieces) > 1
+    for piece in pieces:
+        batch = collate(piece, 0, with_targets=True, share_prompt=share, target_only=target_only)
+        assert len(piece) == 1 or batch.input_ids.numel() <= 60

@@ -233,7 +233,7 @@ class TrainConfig(Section):
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
     batch_size: int = Field(8, ge=1, description="pairs per device per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step (each pair weighs as in one "
-                            "batch of batch_size x grad_accum, short micro-batches included)")
+                            "batch of batch_size x grad_accum x processes, short micro-batches included)")
     max_length: int = Field(1024, ge=8, description="tokens of prompt + answer")
     max_prompt_length: int | None = Field(None, ge=1, description="truncate: prompt tokens kept (its end) at most")
     prompt_format: Literal["auto", "chat", "text"] = Field(

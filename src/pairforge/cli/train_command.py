@@ -30,7 +30,8 @@ def train_command(
     max_length: int | None = typer.Option(None, help="max tokens of prompt + answer (1024)"),
     target: str | None = typer.Option(None, help="sft/slic likelihood target column (chosen)"),
     lora: bool = typer.Option(False, "--lora", help="train a LoRA adapter; reference = adapter disabled"),
-    merge: bool = typer.Option(False, "--merge", help="with --lora: save the merged model"),
+    merge: bool = typer.Option(False, "--merge",
+                               help="save the merged model (with --lora or a recipe's lora: section)"),
     prompt_format: str | None = typer.Option(None, help="auto (follow the records) | chat | text"),
     save_steps: int | None = typer.Option(None, help="checkpoint every N steps"),
     fresh: bool = typer.Option(False, "--fresh", help="delete an earlier run in --out (checkpoints, model, "

@@ -108,9 +108,9 @@ def row_width(pair: TokenizedPair, share: bool, target_only: bool = False) -> in
 
 
 def forward_pieces(pairs: list[TokenizedPair], forward_tokens: int | None, share: bool,
-                   target_only: bool = False) -> list[list[TokenizedPair]]:
-    """The batch cut into consecutive pieces of at most `forward_tokens` (rows x padded width; a single
-    pair larger than the budget is a piece of its own)."""
+                   target_only: bool = False, with_targets: bool = False) -> list[list[TokenizedPair]]:
+    """The batch cut into consecutive pieces of at most `forward_tokens` (rows x padded width, counted as
+    `collate` lays them out; a single pair larger than the budget is a piece of its own)."""
     if not pairs:
         return []
     if forward_tokens is None:
@@ -118,7 +118,8 @@ def forward_pieces(pairs: list[TokenizedPair], forward_tokens: int | None, share
     pieces: list[list[TokenizedPair]] = [[]]
     for pair in pairs:
         piece = [*pieces[-1], pair]
-        rows = len(piece) if share or target_only else 2 * len(piece)
+        targets = with_targets and any(p.target is not None for p in piece)  # a third row per pair
+        rows = len(piece) if share or target_only else (3 if targets else 2) * len(piece)
         width = max(row_width(p, share, target_only) for p in piece)
         if pieces[-1] and rows * width > forward_tokens:
             pieces.append([pair])

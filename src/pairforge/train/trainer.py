@@ -148,7 +148,7 @@ def _forward_backward(cfg: TrainConfig, state: Setup, pairs: list[Any], run: Tra
     share = _shares_prompt(cfg, objective)
     # accelerate divides by grad_accum and DDP averages over processes: what is left is the step's weighted mean
     scale = cfg.grad_accum * accelerator.num_processes / state.step_weights[consumed // cfg.grad_accum]
-    pieces = forward_pieces(pairs, cfg.forward_tokens, share, objective.target_only)
+    pieces = forward_pieces(pairs, cfg.forward_tokens, share, objective.target_only, objective.with_targets)
     for number, piece in enumerate(pieces):
         batch = collate(piece, state.tokenizer.pad_token_id, objective.with_targets, share,
                         objective.target_only).to(accelerator.device)
