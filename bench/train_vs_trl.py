@@ -109,7 +109,7 @@ def run_ours(pairs: Path, work: Path) -> dict:
               "phases": json.loads((work / "ours" / "run.json").read_text())["seconds"]}
     if s["device"] == "cpu" and s["model"] == "embedded":
         counts = _token_counts(work / "ours", pairs, s["forward_tokens"] or None)
-        report.update(counts, model_mb=_memory_model(counts["largest_forward"]))
+        report.update(counts, model_mb=_memory_model(counts["largest_forward"], counts["largest_width"]))
     return report
 
 
@@ -130,17 +130,19 @@ def _token_counts(out: Path, pairs: Path, forward_tokens: int | None) -> dict:
     tokenizer = load_tokenizer("embedded")
     tokenized, _ = tokenize_pairs(pl.read_parquet(pairs), tokenizer, max_length=512)
     by_row = {p.index: p for p in tokenized}
-    needed = pushed = largest = 0
+    needed = pushed = largest = largest_width = 0
     for line in (out / "consumed-0.jsonl").read_text().splitlines():
         batch = [by_row[i] for i in json.loads(line)["rows"]]
         needed += sum(len(p.chosen.ids) + p.rejected.answer_tokens for p in batch)
         for piece in forward_pieces(batch, forward_tokens, share=True):
             size = _pushed(piece, tokenizer.pad_token_id)
             pushed += size
-            largest = max(largest, size)
+            if size > largest:
+                largest, largest_width = size, max(row_width(p, share=True) for p in piece)
     by_width = sorted(tokenized, key=lambda p: row_width(p, share=True))  # as reference_logps batches them
     reference = sum(_pushed(piece, tokenizer.pad_token_id) for piece in forward_pieces(by_width, 4096, share=True))
-    return {"tokens": needed, "pushed": pushed, "reference_pushed": reference, "largest_forward": largest}
+    return {"tokens": needed, "pushed": pushed, "reference_pushed": reference, "largest_forward": largest,
+            "largest_width": largest_width}
 
 
 def _pushed(pairs: list, pad_id: int) -> int:
@@ -149,7 +151,7 @@ def _pushed(pairs: list, pad_id: int) -> int:
     return collate(pairs, pad_id, with_targets=False, share_prompt=True).input_ids.numel()
 
 
-def _memory_model(largest_forward: int) -> float:
+def _memory_model(largest_forward: int, width: int) -> float:
     """The memory model's expected peak (MB) for this run: full fine-tuning, fp32, precomputed reference."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -160,7 +162,7 @@ def _memory_model(largest_forward: int) -> float:
     config = AutoConfig.from_pretrained(str(embedded_model_dir()))
     with torch.device("meta"):  # shapes only: no memory
         parameters = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-    return estimate(config, parameters, parameters, largest_forward, chunk_tokens=512).total / 2**20
+    return estimate(config, parameters, parameters, largest_forward, chunk_tokens=512, row_width=width).total / 2**20
 
 
 def run_trl(pairs: Path, work: Path, precompute: bool) -> dict:

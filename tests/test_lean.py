@@ -20,15 +20,20 @@ def _tiny_llama(layers: int = 2, hidden: int = 32, intermediate: int = 64, heads
 
 
 def _saved_bytes(model: nn.Module, tokens: int) -> int:
-    """Bytes of the distinct storages autograd keeps for backward in one decoder forward."""
+    """Bytes of the distinct storages autograd keeps for backward in one decoder forward, given a causal block
+    mask as training always gives one (sequences/logprobs.py `additive_mask`)."""
+    from pairforge.sequences.logprobs import additive_mask
+
     storages: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
         return tensor
 
+    causal = additive_mask(torch.tril(torch.ones(tokens, tokens, dtype=torch.bool))[None, None], torch.float32)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model.model(input_ids=torch.arange(tokens).remainder(300).unsqueeze(0), use_cache=False)
+        model.model(input_ids=torch.arange(tokens).remainder(300).unsqueeze(0), attention_mask=causal,
+                    position_ids=torch.arange(tokens).unsqueeze(0), use_cache=False)
     return sum(storages.values())
 
 
@@ -49,7 +54,7 @@ def test_lean_blocks_give_the_same_outputs_and_gradients():
 
 @pytest.mark.parametrize("shape", [dict(), dict(hidden=64), dict(intermediate=128), dict(kv_heads=4),
                                    dict(heads=8, kv_heads=4), dict(hidden=576, intermediate=1536, heads=9, kv_heads=3)])
-def test_lean_blocks_keep_a_third_less_and_the_memory_model_counts_it_exactly(shape):
+def test_lean_blocks_keep_less_and_the_memory_model_counts_it_exactly(shape):
     """Per token and decoder layer, the activation bytes the memory model expects are the bytes autograd keeps
     (counted with saved-tensor hooks), for shapes that vary one dimension at a time (and SmolLM2-135M's):
     each coefficient of train/memory.py is pinned by one of them."""
@@ -66,7 +71,7 @@ def test_lean_blocks_keep_a_third_less_and_the_memory_model_counts_it_exactly(sh
                    for layers, tokens, sign in ((2, 200, 1), (2, 100, -1), (1, 200, -1), (1, 100, 1)))
 
     kept_plain, kept_lean = kept(lean=False), kept(lean=True)
-    assert kept_lean < 0.7 * kept_plain
+    assert kept_lean < 0.75 * kept_plain  # SmolLM2-135M: 0.65
     one_layer = _tiny_llama(1, **shape).config
     for measured, lean in ((kept_plain, False), (kept_lean, True)):
         assert estimate(one_layer, 0, 0, forward_tokens=100, chunk_tokens=1, lean=lean).activations == measured

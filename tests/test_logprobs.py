@@ -65,6 +65,32 @@ def test_both_layouts_equal_per_sequence_log_probs(tiny, share_prompt, with_targ
         tiny.zero_grad()
 
 
+def test_the_block_mask_is_kept_once_not_once_per_layer(tiny):
+    """The shared layout's [rows, 1, width, width] mask is O(width^2): autograd keeps one copy for every layer
+    when SDPA converts a boolean mask itself; made once as an additive mask of the compute dtype (also under
+    bf16 autocast), one copy serves all layers — the bytes the memory model counts for it."""
+    from pairforge.train.memory import estimate
+
+    batch = collate(random_pairs(with_target=False), pad_id=2, with_targets=False, share_prompt=True)
+    rows, _, width, _ = square = tuple(batch.attention_mask.shape)
+    assert tiny.config.num_hidden_layers >= 2
+    kept: dict[int, tuple[tuple[int, ...], int]] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        kept[tensor.untyped_storage().data_ptr()] = (tuple(tensor.shape), tensor.untyped_storage().nbytes())
+        return tensor
+
+    for dtype, autocast in (("float32", False), ("bfloat16", True)):
+        kept.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            sums, _ = answer_logps(tiny, batch)
+        masks = [size for shape, size in kept.values() if shape == square]
+        expected = estimate(tiny.config, 0, 0, forward_tokens=rows * width, chunk_tokens=1, dtype=dtype,
+                            row_width=width).mask
+        assert masks == [expected] and torch.isfinite(sums).all(), dtype
+
+
 def test_shared_layout_pushes_each_prompt_once():
     pairs = random_pairs(with_target=False)
     separate = collate(pairs, pad_id=2, with_targets=False)

@@ -170,8 +170,11 @@ def _shared_rows(branches: list[list[Sequence]]) -> Layout:
 def answer_logps(model: torch.nn.Module, batch: Batch, chunk_tokens: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of answer-token log-probs per sequence, answer-token count per sequence), in fp32."""
     decoder = model.get_decoder()
-    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                     position_ids=batch.position_ids, use_cache=False)[0]
+    mask = batch.attention_mask
+    if mask.dim() == 4:
+        mask = additive_mask(mask, _compute_dtype(decoder))
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
+                     use_cache=False)[0]
     head = model.get_output_embeddings()
     states = hidden.reshape(-1, hidden.shape[-1])[batch.score_states]
     targets = batch.score_targets
@@ -183,6 +186,20 @@ def answer_logps(model: torch.nn.Module, batch: Batch, chunk_tokens: int = 512) 
         0, batch.score_sequences, token_logps)
     counts = torch.bincount(batch.score_sequences, minlength=batch.sequences).to(torch.float32)
     return sums, counts
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean block mask as the additive float mask (0 / -inf) SDPA would make of it, made once: given the
+    boolean one, every layer's SDPA call converts it again and keeps its own [rows, 1, width, width] copy for
+    backward (O(width^2) per layer); a float mask of the compute dtype is used as it is, one copy for all."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
+def _compute_dtype(decoder: torch.nn.Module) -> torch.dtype:
+    """The dtype attention runs in: autocast's where it is on (the policy's forward), else the weights'."""
+    weight = decoder.get_input_embeddings().weight
+    device = weight.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
 
 
 class AnswerLogps(torch.nn.Module):

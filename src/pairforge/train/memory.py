@@ -1,18 +1,21 @@
 """A memory model for training: the expected peak, by part, from the model's shape and the run's settings.
 
     peak ~ runtime + weights + gradients + AdamW state + frozen reference copy
-           + activations of the largest forward + one head chunk
+           + activations of the largest forward + its attention mask + one head chunk
 
 - weights: every parameter at the training dtype; gradients and AdamW's two moments: the trainable ones,
   all of them in the weights' dtype (full fine-tuning), or only LoRA's in fp32 (peft keeps adapters in fp32);
 - a frozen reference copy only when the reference is computed live on full fine-tuning (the default,
   precomputed reference log-probs, costs none; LoRA's reference is the adapter switched off);
-- activations: what a Llama-style decoder layer keeps for backward, per token:
-  8 x hidden + 2 x kv_width + 4 x intermediate + heads + 2 values (norm inputs, q/k/v, attention output
-  and its per-head log-sum-exp, MLP intermediates, two rstd), or 6 x hidden + 2 x kv_width + 2 x intermediate
-  + heads + 2 with `lean_blocks` (train/lean.py) — exact: tests/test_lean.py counts the bytes with
-  saved-tensor hooks on shapes that vary one dimension at a time (SmolLM2-135M: 44.6 KB per token and layer in
-  fp32, 27.7 KB lean) — times layers and the tokens of the largest forward (rows x width; see `forward_tokens`);
+- activations: what a Llama-style decoder layer keeps for backward, per token, in training (a block or
+  padding mask is always given, so attention runs on keys and values repeated to every head):
+  10 x hidden + 4 x intermediate + heads + 2 values (norm inputs, q and the repeated k/v, attention output
+  and its per-head log-sum-exp, MLP intermediates, two rstd), or 8 x hidden + 2 x intermediate + heads + 2
+  with `lean_blocks` (train/lean.py) — exact: tests/test_lean.py counts the bytes with saved-tensor hooks on
+  shapes that vary one dimension at a time (SmolLM2-135M: 47.7 KB per token and layer in fp32, 30.8 KB
+  lean) — times layers and the tokens of the largest forward (rows x width; see `forward_tokens`);
+- the attention mask: one [rows, 1, width, width] additive mask for all layers (sequences/logprobs.py
+  `additive_mask`), forward_tokens x width values;
 - the head: one [chunk of answer tokens, vocabulary] buffer in fp32 (sequences/logprobs.py `_HeadLogps`);
 - runtime: Python, torch and the libraries, ~0.45 GB on CPU (measured).
 Checked against the measured peak in bench/train_vs_trl.py.
@@ -37,6 +40,7 @@ class MemoryEstimate:
     optimizer: int
     reference: int
     activations: int
+    mask: int
     head: int
 
     @property
@@ -49,15 +53,15 @@ class MemoryEstimate:
 
 
 def estimate(config: Any, parameters: int, trainable: int, forward_tokens: int, chunk_tokens: int,
-             dtype: str = "float32", live_reference_copy: bool = False, lean: bool = True) -> MemoryEstimate:
-    """The expected peak for a decoder with HF `config`, `parameters` in all, `trainable` of them trained."""
+             dtype: str = "float32", live_reference_copy: bool = False, lean: bool = True,
+             row_width: int = 0) -> MemoryEstimate:
+    """The expected peak for a decoder with HF `config`, `parameters` in all, `trainable` of them trained, whose
+    largest forward is `forward_tokens` tokens in rows of `row_width`."""
     width = _DTYPE_BYTES[dtype]
     trained_width = width if trainable == parameters else 4  # peft keeps a LoRA adapter in fp32
-    heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", config.num_attention_heads)
-    kv_width = config.hidden_size // heads * kv_heads
-    hidden, intermediate = (6, 2) if lean else (8, 4)
-    per_token_layer = (hidden * config.hidden_size + 2 * kv_width + intermediate * config.intermediate_size
-                       + heads + 2)
+    hidden, intermediate = (8, 2) if lean else (10, 4)
+    per_token_layer = (hidden * config.hidden_size + intermediate * config.intermediate_size
+                       + config.num_attention_heads + 2)
     return MemoryEstimate(
         runtime=RUNTIME_BYTES,
         weights=(parameters - trainable) * width + trainable * trained_width,
@@ -65,6 +69,7 @@ def estimate(config: Any, parameters: int, trainable: int, forward_tokens: int, 
         optimizer=2 * trainable * trained_width,
         reference=parameters * width if live_reference_copy else 0,
         activations=forward_tokens * config.num_hidden_layers * per_token_layer * width,
+        mask=forward_tokens * row_width * width,
         head=chunk_tokens * config.vocab_size * 4,
     )
 
