@@ -3,6 +3,7 @@ the saved model — so that a rerun resumes exactly where it stopped, and never 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -63,12 +64,14 @@ def clear(run: TrainDir) -> None:
         file.unlink(missing_ok=True)
 
 
-def save_checkpoint(accelerator: Accelerator, run: TrainDir, step: int, micro_batches: int, keep: int) -> Path:
-    """Model, optimiser, scheduler and RNG (accelerate), then our data position; older ones pruned."""
+def save_checkpoint(accelerator: Accelerator, run: TrainDir, step: int, micro_batches: int, keep: int,
+                    order: str) -> Path:
+    """Model, optimiser, scheduler and RNG (accelerate), then our data position in the planned `order` (its
+    digest); older ones pruned."""
     path = run.checkpoints / f"step-{step:06d}"
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
-        write_json({"step": step, "micro_batches": micro_batches}, path / "position.json")
+        write_json({"step": step, "micro_batches": micro_batches, "order": order}, path / "position.json")
         for old in sorted(run.checkpoints.glob("step-*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -81,14 +84,27 @@ def latest_checkpoint(run: TrainDir) -> Path | None:
     return done[-1] if done else None
 
 
-def resume(accelerator: Accelerator, run: TrainDir) -> tuple[int, int]:
-    """Load the latest checkpoint, if any: (optimiser steps, micro-batches) done."""
+def resume(accelerator: Accelerator, run: TrainDir, order: str) -> tuple[int, int]:
+    """Load the latest checkpoint, if any: (optimiser steps, micro-batches) done. Its position counts
+    micro-batches of the planned order, so a checkpoint made with another order (the same settings planned
+    by another pairforge version) is refused rather than resumed at a position that means other pairs."""
     latest = latest_checkpoint(run)
     if latest is None:
         return 0, 0
-    accelerator.load_state(str(latest))
     state = json.loads((latest / "position.json").read_text())
+    if state.get("order", order) != order:
+        raise InputError(str(run.root), f"expected {latest.name} to continue this run's batch order, found "
+                         "another (planned by another pairforge version, or with another share_prompt: rows of other "
+                         "widths group otherwise); train with --fresh to start over")
+    accelerator.load_state(str(latest))
     return state["step"], state["micro_batches"]
+
+
+def order_digest(batches: list[list[int]], stages: list[int], grad_accum: int, world: int) -> str:
+    """What a checkpoint's micro-batch count refers to: the planned batches, their stages and how they are
+    cut into steps and processes."""
+    plan = json.dumps([batches, stages, grad_accum, world])
+    return hashlib.sha256(plan.encode()).hexdigest()[:16]
 
 
 def save_model(accelerator: Accelerator, model: Any, tokenizer: Any, run: TrainDir, merge: bool) -> None:

@@ -27,6 +27,7 @@ from pairforge.records import read_pairs
 from pairforge.sequences.logprobs import AnswerLogps, SequenceScores, row_width
 from pairforge.sequences.tokenize import TokenizedPair, TokenizeStats, tokenize_pairs
 from pairforge.train import losses as L
+from pairforge.train.checkpoints import order_digest
 from pairforge.train.curriculum import Plan, difficulty_of, length_grouped, plan, reference_margin
 from pairforge.train.lean import use_lean_blocks
 from pairforge.train.objective import PairObjective, ReferenceTable
@@ -61,6 +62,7 @@ class Setup:
     schedule: Plan  # every global micro-batch in order, with its curriculum stage
     mine: list[tuple[list[int], int]]  # this process's (micro-batch, stage) share
     step_weights: list[float]  # each optimiser step's total pair weight over every process's micro-batches
+    order: str  # digest of the planned order, which a checkpoint's position counts in
     total_steps: int
 
 
@@ -132,6 +134,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
     first = accelerator.process_index * cfg.batch_size
     mine = [(batch[first : first + cfg.batch_size], stage) for batch, stage in kept]
     step_weights = _step_weights([batch for batch, _ in kept], data.train, cfg.grad_accum)
+    order = order_digest(schedule.batches, schedule.stages, cfg.grad_accum, accelerator.num_processes)
     laps.lap("reference")
     if cfg.lora is not None:
         model = _with_lora(model, cfg, task="SEQ_CLS" if reward_model else "CAUSAL_LM")
@@ -150,7 +153,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
     objective = PairObjective(policy, model, frozen.to(accelerator.device) if frozen is not None else None, weights,
                               settings, accelerator, cfg.chunk_tokens, reward_model)
     return Setup(accelerator, data, model, tokenizer, objective, optimizer, scheduler, trainable, reference,
-                 eval_reference, schedule, mine, step_weights, total_steps)
+                 eval_reference, schedule, mine, step_weights, order, total_steps)
 
 
 def _check_accumulation(accelerator: Accelerator, grad_accum: int) -> None:

@@ -66,7 +66,7 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
     set_seed(cfg.seed)
     laps = Laps()
     state = setup(cfg, accelerator, progress and accelerator.is_main_process, laps)
-    step, consumed = checkpoints.resume(accelerator, run)
+    step, consumed = checkpoints.resume(accelerator, run, state.order)
     run.root.mkdir(parents=True, exist_ok=True)  # every process: each appends its own consumed-rows file
     checkpoints.truncate_jsonl(run.consumed(accelerator.process_index), lambda r: r["micro"] < consumed)
     if accelerator.is_main_process:
@@ -85,7 +85,7 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
         history.append(_evaluate(cfg, state, run, step))
     laps.lap("eval")
     if cfg.save_final_state:
-        checkpoints.save_checkpoint(accelerator, run, step, consumed, cfg.keep_checkpoints)
+        checkpoints.save_checkpoint(accelerator, run, step, consumed, cfg.keep_checkpoints, state.order)
     checkpoints.save_model(accelerator, state.model, state.tokenizer, run, cfg.lora is not None and cfg.lora.merge)
     laps.lap("save")
     if accelerator.is_main_process:
@@ -134,7 +134,7 @@ def _loop(cfg: TrainConfig, state: Setup, run: TrainDir, step: int, consumed: in
             if cfg.eval_steps and step % cfg.eval_steps == 0 and data.eval:
                 history.append(_evaluate(cfg, state, run, step))
             if (cfg.save_steps and step % cfg.save_steps == 0) or interrupted.requested:
-                checkpoints.save_checkpoint(accelerator, run, step, consumed, cfg.keep_checkpoints)
+                checkpoints.save_checkpoint(accelerator, run, step, consumed, cfg.keep_checkpoints, state.order)
             if interrupted.requested:
                 raise KeyboardInterrupt
     return history, step, consumed
@@ -156,7 +156,7 @@ def _forward_backward(cfg: TrainConfig, state: Setup, pairs: list[Any], run: Tra
         piece_loss = (per_pair * batch.weights).sum() * scale
         if not torch.isfinite(piece_loss):  # the state is that of the step's start: resume from its first micro-batch
             path = checkpoints.save_checkpoint(accelerator, run, step, consumed - consumed % cfg.grad_accum,
-                                               cfg.keep_checkpoints)
+                                               cfg.keep_checkpoints, state.order)
             raise TrainingStopped(f"loss is {piece_loss.item()} at step {step + 1} (pairs {batch.indices}); the "
                                   f"last good state is in {path}")
         last = number == len(pieces) - 1
