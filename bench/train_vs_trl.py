@@ -296,53 +296,83 @@ def print_device_table(results: dict[str, list[dict]], size: str, device: str, n
 
 def attention_kernels(size: str, device: str, batch: int, width: int) -> None:
     """Which SDPA kernels take our shared-prompt block mask (prompt, then two answers that do not see each
-    other), how long each takes (forward + backward, bf16, this size's heads), and which one the default
-    dispatch picks (the kernels the profiler saw): whether the packed rows fall off the fast kernels."""
+    other; the additive bf16 mask training passes), how long each takes (forward + backward, this size's
+    heads), which one the default dispatch picks (the kernels the profiler saw), and FlexAttention with the
+    same mask as a block mask (compiled on CUDA): whether the packed rows fall off the fast kernels, and what
+    a flex path would gain."""
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from pairforge.sequences.logprobs import additive_mask
 
     shape = SHAPES[size]
     heads, head_dim = shape["num_attention_heads"], shape["hidden_size"] // shape["num_attention_heads"]
     prompt, answer = width // 4, (width - width // 4) // 2
     owner = torch.tensor([-1] * prompt + [0] * answer + [1] * (width - prompt - answer), device=device)
-    mask = torch.tril(torch.ones(width, width, dtype=torch.bool, device=device))
-    mask &= (owner[:, None] == owner[None, :]) | (owner[None, :] == -1)
+    allowed = torch.tril(torch.ones(width, width, dtype=torch.bool, device=device))
+    allowed &= (owner[:, None] == owner[None, :]) | (owner[None, :] == -1)
+    mask = additive_mask(allowed[None, None], torch.bfloat16)
     q, k, v = (torch.randn(batch, heads, width, head_dim, device=device, dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
 
-    def step() -> None:
-        F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None, None]).sum().backward()
+    def sdpa() -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
-    def milliseconds() -> float:
-        step()  # warm-up
+    def milliseconds(attention) -> float:
+        attention().sum().backward()  # warm-up (and compilation)
         times = []
         for _ in range(5):
             if device == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            step()
+            attention().sum().backward()
             if device == "cuda":
                 torch.cuda.synchronize()
             times.append(1000 * (time.perf_counter() - start))
         return statistics.median(times)
 
-    print(f"\nSDPA with the shared-prompt block mask, [{batch}, {heads}, {width}, {head_dim}] bf16, "
+    print(f"\nAttention with the shared-prompt block mask, [{batch}, {heads}, {width}, {head_dim}] bf16, "
           "forward + backward:")
-    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
-                SDPBackend.MATH]
-    for backend in backends:
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+                    SDPBackend.MATH):
         try:
             with sdpa_kernel([backend]):
-                print(f"  {backend.name:22}{milliseconds():9.2f} ms")
+                print(f"  SDPA {backend.name:22}{milliseconds(sdpa):9.2f} ms")
         except RuntimeError as exc:
-            print(f"  {backend.name:22}   refused ({str(exc).strip().splitlines()[0][:200]})")
+            print(f"  SDPA {backend.name:22}   refused ({str(exc).strip().splitlines()[0][:200]})")
     activities = [torch.profiler.ProfilerActivity.CUDA if device == "cuda" else torch.profiler.ProfilerActivity.CPU]
     with torch.profiler.profile(activities=activities) as profile:
-        step()
+        sdpa().sum().backward()
     kernels = sorted({e.key for e in profile.key_averages() if any(word in e.key.lower() for word in
                       ("attention", "fmha", "flash", "cudnn", "sdpa", "softmax"))})
-    print(f"  default dispatch: {milliseconds():.2f} ms; kernels seen: {', '.join(kernels)[:400]}")
+    print(f"  SDPA default dispatch   {milliseconds(sdpa):9.2f} ms; kernels seen: {', '.join(kernels)[:400]}")
+    _flex_attention(q, k, v, owner, sdpa, milliseconds, device)
+
+
+def _flex_attention(q, k, v, owner, sdpa, milliseconds, device: str) -> None:
+    """FlexAttention with the block mask as a mask_mod: compiled and timed on CUDA; elsewhere its forward's
+    agreement with SDPA only (no backward on CPU)."""
+    import torch
+
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        def same_branch(b, h, query, key):  # noqa: ANN001 (flex's mask_mod signature)
+            return (key <= query) & ((owner[query] == owner[key]) | (owner[key] == -1))
+
+        width = q.shape[2]
+        block = create_block_mask(same_branch, None, None, width, width, device=device)
+        flex = torch.compile(flex_attention) if device == "cuda" else flex_attention
+        with torch.no_grad():
+            difference = (flex(q.detach(), k.detach(), v.detach(), block_mask=block) - sdpa()).abs().max().item()
+        if device != "cuda":  # no backward on CPU: the forward's agreement only
+            print(f"  FlexAttention (eager)    forward only, max |difference| from SDPA {difference:.2e}")
+            return
+        timing = milliseconds(lambda: flex(q, k, v, block_mask=block))
+        print(f"  FlexAttention (compiled){timing:9.2f} ms; max |difference| from SDPA {difference:.2e}")
+    except Exception as exc:  # noqa: BLE001 (a probe: report why it could not run, keep the table)
+        print(f"  FlexAttention            could not run ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
 
 
 def _versions() -> str:
