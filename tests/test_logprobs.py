@@ -65,14 +65,17 @@ def test_both_layouts_equal_per_sequence_log_probs(tiny, share_prompt, with_targ
         tiny.zero_grad()
 
 
-def test_the_block_mask_is_kept_once_not_once_per_layer(tiny):
-    """The shared layout's [rows, 1, width, width] mask is O(width^2): autograd keeps one copy for every layer
-    when SDPA converts a boolean mask itself; made once as an additive mask of the compute dtype (also under
-    bf16 autocast), one copy serves all layers — the bytes the memory model counts for it."""
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_the_attention_mask_is_kept_once_not_once_per_layer(tiny, share_prompt):
+    """A [rows, 1, width, width] mask is O(width^2): autograd keeps one copy for every layer when SDPA converts
+    a boolean mask itself (the shared layout's block mask, or the one transformers makes of right padding);
+    made once as an additive mask of the compute dtype (also under bf16 autocast), one copy serves all
+    layers — the bytes the memory model counts for it."""
     from pairforge.train.memory import estimate
 
-    batch = collate(random_pairs(with_target=False), pad_id=2, with_targets=False, share_prompt=True)
-    rows, _, width, _ = square = tuple(batch.attention_mask.shape)
+    batch = collate(random_pairs(with_target=False), pad_id=2, with_targets=False, share_prompt=share_prompt)
+    rows, width = batch.input_ids.shape
+    square = (rows, 1, width, width)
     assert tiny.config.num_hidden_layers >= 2
     kept: dict[int, tuple[tuple[int, ...], int]] = {}
 

@@ -170,9 +170,7 @@ def _shared_rows(branches: list[list[Sequence]]) -> Layout:
 def answer_logps(model: torch.nn.Module, batch: Batch, chunk_tokens: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of answer-token log-probs per sequence, answer-token count per sequence), in fp32."""
     decoder = model.get_decoder()
-    mask = batch.attention_mask
-    if mask.dim() == 4:
-        mask = additive_mask(mask, _compute_dtype(decoder))
+    mask = _attention_mask(batch.attention_mask, _compute_dtype(decoder))
     hidden = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
                      use_cache=False)[0]
     head = model.get_output_embeddings()
@@ -193,6 +191,20 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     boolean one, every layer's SDPA call converts it again and keeps its own [rows, 1, width, width] copy for
     backward (O(width^2) per layer); a float mask of the compute dtype is used as it is, one copy for all."""
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
+def _attention_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The mask the decoder gets: the shared layout's block mask, or right padding (causal within each row's
+    own tokens, a padding position seeing itself only), as one additive mask; rows without padding keep
+    their 2D mask, so that attention may take its causal fast path."""
+    if mask.dim() == 2:
+        if bool(mask.all()):
+            return mask
+        width = mask.shape[1]
+        causal = torch.tril(torch.ones(width, width, dtype=torch.bool, device=mask.device))
+        mask = (causal & mask.bool()[:, None, :]) | torch.eye(width, dtype=torch.bool, device=mask.device)
+        mask = mask[:, None]
+    return additive_mask(mask, dtype)
 
 
 def _compute_dtype(decoder: torch.nn.Module) -> torch.dtype:

@@ -15,7 +15,7 @@
   shapes that vary one dimension at a time (SmolLM2-135M: 47.7 KB per token and layer in fp32, 30.8 KB
   lean) — times layers and the tokens of the largest forward (rows x width; see `forward_tokens`);
 - the attention mask: one [rows, 1, width, width] additive mask for all layers (sequences/logprobs.py
-  `additive_mask`), forward_tokens x width values;
+  `additive_mask`: the shared layout's block mask, or right padding), forward_tokens x width values;
 - the head: one [chunk of answer tokens, vocabulary] buffer in fp32 (sequences/logprobs.py `_HeadLogps`);
 - runtime: Python, torch and the libraries, ~0.45 GB on CPU (measured).
 Checked against the measured peak in bench/train_vs_trl.py.
