@@ -5,6 +5,7 @@ loop, no function is longer than 80 lines and no module longer than 450."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,17 @@ def test_the_layer_rule_would_catch_an_upward_import(tmp_path: Path) -> None:
     (tmp_path / "sample.py").write_text("from pairforge.pipeline import plan\nfrom . import losses\n")
     assert _imports(tmp_path / "sample.py", "train.sample") == {"pipeline.plan", "train.losses"}
     assert _layer("pipeline") > _layer("train.sample")
+
+
+def test_readme_architecture_lists_the_layers_top_first() -> None:
+    """README's layer picture is the documentation of LAYERS: the same modules, the upper layers above."""
+    section = (PACKAGE.parents[1] / "README.md").read_text().split("## Architecture", 1)[1].split("Where to add")[0]
+    line_of: dict[str, int] = {}
+    for number, line in enumerate(section.splitlines()):
+        if line.startswith("    ") and not line.startswith("     "):  # a layer's line, not its detail
+            for token in re.split(r"\s{2,}", line.strip())[0].split():  # the names, before the description
+                line_of.setdefault(token.removesuffix("/").removesuffix(".py"), number)
+    layers = [layer - {"__main__"} for layer in LAYERS if layer != {"__main__"}]  # it is named in cli's line
+    assert set(line_of) == set().union(*layers)
+    for lower, upper in zip(layers, layers[1:], strict=False):
+        assert max(line_of[name] for name in upper) < min(line_of[name] for name in lower), (lower, upper)

@@ -191,7 +191,9 @@ def _training(files: list[Path]) -> Section | None:
             section.figures.append((f"training-{_label(run)}", _training_plot(_label(run), train, evals)))
     section.tables.insert(0, Grid("training runs", ["run", "method", "steps", "first loss", "last loss",
                                                     "eval accuracy"], rows))
-    section.paragraphs.append("Loss, reward margin and accuracy per pair type; dashed lines mark curriculum stages.")
+    section.paragraphs.append("Loss, reward margin and accuracy per pair type; dashed lines mark curriculum stages. "
+                              "Plain SFT trains on its target alone: its margin and accuracy are the held-out "
+                              "pairs' (eval points).")
     return section
 
 
