@@ -297,7 +297,12 @@ def _generation_estimate(recipe: Recipe, answers: int) -> float | None:
     local = [s for s in recipe.sources if s.backend == "transformers" and s.model == "embedded"]
     if len(local) + sum(s.backend == "file" for s in recipe.sources) < len(recipe.sources):
         return None
-    return sum(answers * s.max_new_tokens / _local_tokens_per_s(s.batch_size, s.dtype) for s in local)
+    return _answering_seconds(local, answers)
+
+
+def _answering_seconds(sources: list[Any], answers: int) -> float:
+    """Seconds for local embedded-size sources to write `answers` answers each, at the measured token rates."""
+    return sum(answers * s.max_new_tokens / _local_tokens_per_s(s.batch_size, s.dtype) for s in sources)
 
 
 def _train_estimate(cfg: RunConfig, passes: int) -> float | None:
@@ -315,8 +320,7 @@ def _later_round_estimate(recipe: Recipe, stage: str, first_round: dict[str, flo
     estimate = first_round.get(stage)
     if estimate is None or stage != "generate":
         return estimate
-    again = [s for s in recipe.answering_sources if s.model == ROUND_MODEL]
-    return sum(answers * s.max_new_tokens / _local_tokens_per_s(s.batch_size, s.dtype) for s in again)
+    return _answering_seconds([s for s in recipe.answering_sources if s.model == ROUND_MODEL], answers)
 
 
 def _eval_estimate(recipe: Recipe, models: int) -> float | None:

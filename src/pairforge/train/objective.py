@@ -26,7 +26,7 @@ class PairObjective:
     @property
     def target_only(self) -> bool:
         """Training batches carry the likelihood target alone (plain SFT); evaluation still scores both answers."""
-        return L.likelihood_only(self.weights) and not self.reward_model
+        return L.likelihood_only(self.weights)
 
     @property
     def with_targets(self) -> bool:
