@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pairforge.sequences.logprobs import answer_logps, collate
+from pairforge.sequences.logprobs import SequenceScores, answer_logps, collate
 from pairforge.sequences.tokenize import Sequence, TokenizedPair
 
 pytestmark = pytest.mark.slow
@@ -65,6 +65,20 @@ def test_both_layouts_equal_per_sequence_log_probs(tiny, share_prompt, with_targ
         tiny.zero_grad()
 
 
+def kept_squares(forward, shape: tuple[int, ...], autocast: bool) -> list[int]:
+    """The byte sizes of the tensors of `shape` that autograd keeps for backward while `forward()` runs."""
+    kept: dict[int, tuple[tuple[int, ...], int]] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        kept[tensor.untyped_storage().data_ptr()] = (tuple(tensor.shape), tensor.untyped_storage().nbytes())
+        return tensor
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        assert torch.isfinite(forward()[0]).all()
+    return [size for kept_shape, size in kept.values() if kept_shape == shape]
+
+
 @pytest.mark.parametrize("share_prompt", [True, False])
 def test_the_attention_mask_is_kept_once_not_once_per_layer(tiny, share_prompt):
     """A [rows, 1, width, width] mask is O(width^2): autograd keeps one copy for every layer when SDPA converts
@@ -75,23 +89,23 @@ def test_the_attention_mask_is_kept_once_not_once_per_layer(tiny, share_prompt):
 
     batch = collate(random_pairs(with_target=False), pad_id=2, with_targets=False, share_prompt=share_prompt)
     rows, width = batch.input_ids.shape
-    square = (rows, 1, width, width)
     assert tiny.config.num_hidden_layers >= 2
-    kept: dict[int, tuple[tuple[int, ...], int]] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        kept[tensor.untyped_storage().data_ptr()] = (tuple(tensor.shape), tensor.untyped_storage().nbytes())
-        return tensor
-
     for dtype, autocast in (("float32", False), ("bfloat16", True)):
-        kept.clear()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), \
-                torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            sums, _ = answer_logps(tiny, batch)
-        masks = [size for shape, size in kept.values() if shape == square]
         expected = estimate(tiny.config, 0, 0, forward_tokens=rows * width, chunk_tokens=1, dtype=dtype,
                             row_width=width).mask
-        assert masks == [expected] and torch.isfinite(sums).all(), dtype
+        assert kept_squares(lambda: answer_logps(tiny, batch), (rows, 1, width, width), autocast) == [expected], dtype
+
+
+def test_the_reward_model_keeps_its_padding_mask_once(tiny_model_dir):
+    """The reward model's rows are right-padded too: its mask is kept once, as the policy's is."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=1)
+    batch = collate(random_pairs(with_target=False), pad_id=2, with_targets=False)
+    rows, width = batch.input_ids.shape
+    for size, autocast in ((4, False), (2, True)):
+        masks = kept_squares(lambda: SequenceScores(model)(batch), (rows, 1, width, width), autocast)
+        assert masks == [rows * width * width * size]
 
 
 def test_shared_layout_pushes_each_prompt_once():

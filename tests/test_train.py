@@ -310,11 +310,13 @@ def test_two_cpu_processes_follow_the_one_process_curve(tiny_model_dir, pairs_fi
     assert losses(tmp_path / "two") == losses(tmp_path / "one")
 
 
-def test_reward_model_learns_to_rank_held_out_pairs(tiny_model_dir, pairs_file, tmp_path):
+@pytest.mark.parametrize("lora", [None, LoraSettings(r=8, alpha=16, merge=True)], ids=["full", "lora"])
+def test_reward_model_learns_to_rank_held_out_pairs(tiny_model_dir, pairs_file, tmp_path, lora):
+    """Full fine-tuning and LoRA (a PEFT-wrapped classifier, merged on save) both train a usable judge."""
     from transformers import AutoModelForSequenceClassification
 
     out = tmp_path / "rm"
-    result = train(config(tiny_model_dir, pairs_file, out, method="reward-model", epochs=3, lr=1e-2),
+    result = train(config(tiny_model_dir, pairs_file, out, method="reward-model", epochs=3, lr=1e-2, lora=lora),
                    progress=False)
     final = [m for m in result.metrics if "eval/loss" in m][-1]
     assert final["eval/rewards/accuracies"] > 0.9

@@ -244,10 +244,14 @@ class SequenceScores(torch.nn.Module):
 
 
 def last_token_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """A sequence-classification model's 1-output score at each row's last real token (right padding)."""
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+    """A sequence-classification model's 1-output score at each row's last real token (right padding).
+    A LoRA-wrapped model is unwrapped first: its `base_model` is the adapter layer, not the decoder."""
+    classifier = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = classifier.base_model
+    mask = _attention_mask(attention_mask, _compute_dtype(decoder))
+    hidden = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False)[0]
     last = attention_mask.sum(dim=1) - 1
-    return model.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last]).squeeze(-1).float()
+    return classifier.score(hidden[torch.arange(hidden.shape[0], device=hidden.device), last]).squeeze(-1).float()
 
 
 def _chunk_logps(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
