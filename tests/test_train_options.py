@@ -448,3 +448,19 @@ def test_a_step_of_weight_0_pairs_only_is_refused(tiny_model_dir, tmp_path):
     result = run_cli("train", "--config", recipe, "--out", tmp_path / "run")
     one_line_error(result, "pairs.parquet", "expected every optimiser step to have a pair of weight > 0",
                    "found 2 steps", "step 1")
+
+
+def test_forward_tokens_is_refused_under_deepspeed_where_each_piece_would_step():
+    """accelerate's DeepSpeed backward steps the optimiser at a step's last micro-batch: cut into pieces, that
+    micro-batch would step on its first piece's gradient. DeepSpeed cannot run on this machine, so the guard is
+    checked on its own (training calls it with the accelerator's distributed type before `prepare`)."""
+    from accelerate.utils import DistributedType
+
+    from pairforge.errors import InputError
+    from pairforge.train.setup import _check_forward_tokens
+
+    for kind in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.FSDP):
+        _check_forward_tokens(kind, 512)
+    _check_forward_tokens(DistributedType.DEEPSPEED, None)
+    with pytest.raises(InputError, match="forward_tokens: expected null under DeepSpeed, found 512"):
+        _check_forward_tokens(DistributedType.DEEPSPEED, 512)

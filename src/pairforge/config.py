@@ -262,7 +262,7 @@ class TrainConfig(Section):
     forward_tokens: int | None = Field(None, ge=16, description="most tokens (rows x width) in one forward pass: a "
                                        "larger batch is cut into pieces whose gradients add up to the batch's "
                                        "(same loss and step, less activation memory, less padding); null: one "
-                                       "forward per batch")
+                                       "forward per batch (the only choice under DeepSpeed)")
     lean_blocks: bool = Field(True, description="Llama-style RMSNorm and SwiGLU MLP keep fewer tensors for "
                               "backward (same forward, gradients equal to rounding; ~1/3 less activation memory)")
     share_prompt: bool = Field(True, description="push each prompt through the model once for both answers "

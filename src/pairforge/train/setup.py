@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from rich.console import Console
 
 from pairforge.config import TrainConfig
@@ -144,6 +145,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     scheduler = _lr_schedule(optimizer, cfg, total_steps, [r // cfg.grad_accum for r in schedule.restarts])
     scorer = SequenceScores(model) if reward_model else AnswerLogps(model, cfg.chunk_tokens)
+    _check_forward_tokens(accelerator.distributed_type, cfg.forward_tokens)
     policy, optimizer = accelerator.prepare(scorer, optimizer)
     _check_accumulation(accelerator, cfg.grad_accum)
     # not prepared: accelerate would step it once per process per step; our step count is already global
@@ -164,6 +166,15 @@ def _check_accumulation(accelerator: Accelerator, grad_accum: int) -> None:
                          f"grad_accum), found {accelerator.gradient_accumulation_steps} (from "
                          "ACCELERATE_GRADIENT_ACCUMULATION_STEPS or the accelerate config's deepspeed_config."
                          "gradient_accumulation_steps): leave those unset or make them equal")
+
+
+def _check_forward_tokens(distributed_type: DistributedType, forward_tokens: int | None) -> None:
+    """Under DeepSpeed, accelerate's backward at the last micro-batch of a step also steps the optimiser: a
+    micro-batch cut into `forward_tokens` pieces would step after its first piece, on part of the gradient."""
+    if forward_tokens is not None and distributed_type == DistributedType.DEEPSPEED:
+        raise InputError("forward_tokens", f"expected null under DeepSpeed, found {forward_tokens} (each piece's "
+                         "backward would step the optimiser); for less memory per forward lower batch_size and "
+                         "raise grad_accum (the same step), or use FSDP")
 
 
 @dataclass
