@@ -81,8 +81,16 @@ def test_levenshtein_classic_and_against_a_plain_dynamic_programme() -> None:
 def test_distribution_quartiles_and_histogram() -> None:
     d = distribution([0.0, 0.1, 0.2, 0.3, 1.0])
     assert (d["n"], d["min"], d["q1"], d["median"], d["q3"], d["max"]) == (5, 0.0, 0.1, 0.2, 0.3, 1.0)
-    assert d["histogram"] == [1, 1, 1, 1, 0, 0, 0, 0, 0, 1] and sum(d["histogram"]) == 5
-    assert distribution([]) == {"n": 0, "histogram": [0] * 10}
+    assert len(d["histogram"]) == 50 and sum(d["histogram"]) == 5  # bins 0.02 wide: [0.1, 0.12) is bin 5
+    assert [i for i, count in enumerate(d["histogram"]) if count] == [0, 5, 10, 15, 49]
+    assert distribution([]) == {"n": 0, "histogram": [0] * 50}
+
+
+def test_terminal_bars_sum_neighbouring_bins_to_fit_their_column() -> None:
+    from pairforge.render import bars
+
+    assert bars(distribution([0.0, 0.01, 0.1, 0.3, 1.0])["histogram"]) == "█▄ ▄     ▄"  # 10 cells of 0.1
+    assert bars([1, 0, 2]) == "▄ █"  # already narrow: as it is
 
 
 # --- the revision requests ------------------------------------------------------------------------------------
@@ -195,7 +203,8 @@ def test_revised_pairs_keep_minimal_edits_and_count_no_ops_and_rewrites(tmp_path
     assert summary["dropped_prompts"]["pairs with a rewrite, not a revision (edit distance > 0.5)"] == 1
     assert summary["dropped_pairs"] == {"chosen == rejected": {"revision": 1}}  # 'HELLO.' -> 'hello.'
     assert revision["edit_distance"]["all"]["n"] == 6 and revision["edit_distance"]["kept"]["n"] == 3
-    assert revision["edit_distance"]["all"]["histogram"][0] == 3  # the two no-ops and the 2/31 edit
+    histogram = revision["edit_distance"]["all"]["histogram"]
+    assert histogram[0] == 2 and histogram[3] == 1  # the two no-ops; the 2/31 edit in [0.06, 0.08)
     assert "edit distance (tokens)" in result.stderr and "dropped as no-op: 2" in result.stderr  # the summary table
 
 

@@ -68,8 +68,10 @@ def sparkline(values: Any) -> str:
     return bars(counts.tolist())
 
 
-def bars(counts: list[int]) -> str:
-    """A histogram's counts as one line of block characters."""
+def bars(counts: list[int], width: int = 10) -> str:
+    """A histogram's counts as one line of block characters, neighbouring bins summed to at most `width`."""
+    group = max(1, -(-len(counts) // width))
+    counts = [sum(counts[i : i + group]) for i in range(0, len(counts), group)]
     blocks = " ▁▂▃▄▅▆▇█"
     top = max(counts, default=0)
     return "".join(blocks[round(8 * c / top)] if top else " " for c in counts)
