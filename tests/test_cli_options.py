@@ -552,3 +552,22 @@ def test_eval_reference_source_prompts_file_and_no_base_in_a_recipe(tmp_path: Pa
     assert dict(zip(reference["prompt"], reference["response"], strict=True)) == medium  # medium's answers
     words = sum(len(medium[p].split()) for p in chosen) / 3
     assert board["models"][0]["reference_length"] == pytest.approx(words)
+
+
+def test_every_command_has_help_under_its_own_name() -> None:
+    """`--help` works for every command and sub-command, names it as a user types it (also when the app is
+    called in-process, as a notebook or another tool would: click's fallback name is 'root'), and lists options."""
+    import typer
+
+    def commands(group: Any, path: list[str]) -> list[list[str]]:
+        found = []
+        for name, command in group.commands.items():  # a group has sub-commands (typer vendors its own click)
+            found += commands(command, [*path, name]) if hasattr(command, "commands") else [[*path, name]]
+        return found
+
+    names = commands(typer.main.get_command(app), [])
+    assert len(names) >= 10 and ["pairs", "build"] in names
+    for name in names:
+        result = cli(*name, "--help")
+        assert result.exit_code == 0 and f"Usage: pairforge {' '.join(name)} [OPTIONS]" in result.output, name
+        assert "--help" in result.output

@@ -36,7 +36,8 @@ class _OneLineUsageErrors(TyperGroup):
             raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
-app = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+app = typer.Typer(name="pairforge", cls=_OneLineUsageErrors, add_completion=False, no_args_is_help=True,
+                  help=__doc__.splitlines()[0])
 pairs_app = typer.Typer(no_args_is_help=True, help="Build preference pairs from answers of several models.")
 app.add_typer(pairs_app, name="pairs")
 curriculum_app = typer.Typer(no_args_is_help=True, help="Inspect a curriculum before training on it.")
