@@ -184,3 +184,28 @@ def test_a_reward_model_judge_trained_on_pairs_kept_apart_scores_the_runs_again(
     assert second["judge"] == "reward-model" and {m["model"] for m in second["models"]} == {"base", "dpo"}
     assert all(m["prompts"] == len(ids[".eval"]) for m in second["models"])
     assert "vs_baseline" in next(m for m in second["models"] if m["model"] == "dpo")
+
+
+def test_the_plan_sizes_each_run_by_the_pairs_it_trains_on(tmp_path: Path) -> None:
+    """The quickstart's plan: 290 prompts, a quarter held out, three pair types (reference > smollm > plain).
+    SFT's one-stage curriculum trains one pair type, DPO's three stages one type each; the eval is sized by the
+    held-out prompts, as if they were a prompt file of that many (it was sized by 50 prompts, 3-4x off)."""
+    from pairforge.pipeline import plan
+    from pairforge.recipe import load_recipe
+
+    recipe = load_recipe(QUICKSTART)
+    stages = {s.name: s for s in plan(recipe, tmp_path / "run").stages}
+    train_prompts = 290 * 0.75
+    assert stages["pairs"].size == "<= 870 pairs"
+    assert stages["train:sft"].size == f"~{round(train_prompts)} pair passes"
+    assert stages["train:dpo"].size == f"~{round(3 * train_prompts)} pair passes"
+    assert stages["train:sft"].estimate_s < stages["train:dpo"].estimate_s / 3  # a third of the pairs, target only
+    held_out = tmp_path / "held-out.json"
+    held_out.write_text(json.dumps([{"instruction": f"Say {i}."} for i in range(round(290 * 0.25))]))
+    recipe.eval.prompts = held_out
+    from_file = {s.name: s for s in plan(recipe, tmp_path / "run").stages}["eval"].estimate_s
+    assert stages["eval"].estimate_s == pytest.approx(from_file, rel=0.01)
+    recipe.runs[1].curriculum = None
+    recipe.runs[1].epochs = 2
+    assert {s.name: s for s in plan(recipe, tmp_path / "run").stages}["train:dpo"].size == \
+        f"~{round(2 * 3 * train_prompts)} pair passes"

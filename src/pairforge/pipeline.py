@@ -26,14 +26,17 @@ from pairforge.config import ROUND_MODEL, RunConfig
 from pairforge.errors import InputError
 from pairforge.files import file_digest, write_json
 from pairforge.layout import RunDir
+from pairforge.pairs.order import parse_rank
 from pairforge.recipe import Recipe, load_recipe
 from pairforge.rounds import base_model, policy_run, round_dir, round_recipe
+from pairforge.train.losses import likelihood_only
 
 # Work rates of the embedded model on the project's 2-core CPU (AVX512-BF16), measured on the quickstart
 # in 2026-11; a rough guide, printed as such; other models get no estimate.
 _TOKENS_PER_S_AT_10_ROWS = 80.0  # float32 generation, 10 prompts per generate() call
 _SECONDS_PER_PAIR_PASS = 1.0  # float32 training, LoRA, ~150-token rows
 _BF16_SPEED_UP = 2.2
+_TARGET_ONLY_COST = 0.66  # plain SFT pushes prompt + target only: its train phase took 0.66x (2026-11-28)
 
 
 def _local_tokens_per_s(batch_size: int, dtype: str) -> float:
@@ -142,18 +145,20 @@ def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int, retry_failed: 
                             lambda: [stages.rank(recipe, folder).written], [folder.scored],
                             recipe.ranking.model_dump(mode="json")))
     pairs_cfg = stages.pairs_config(recipe, folder)
-    if revision is not None:  # one pair per revised answer at most
-        what, most = f"pairs (revised, edit in ({revision.min_edit}, {revision.max_edit}])", answers
+    if revision is not None:
+        what = f"pairs (revised, edit in ({revision.min_edit}, {revision.max_edit}])"
     else:
-        what, most = f"pairs ({pairs_cfg.resolved_strategy}, {pairs_cfg.pair_types})", n_prompts * len(
-            answering) ** 2 // 2
-    plan_.append(Stage("pairs", what, f"<= {most} pairs", 5,
+        what = f"pairs ({pairs_cfg.resolved_strategy}, {pairs_cfg.pair_types})"
+    types, per_prompt = _pair_types(recipe)
+    plan_.append(Stage("pairs", what, f"<= {n_prompts * per_prompt} pairs", 5,
                         lambda: stages.pairs(recipe, folder),
                         [*pairs_cfg.inputs, *([pairs_cfg.rank_from] if pairs_cfg.rank_from else []),
                          *pairs_cfg.filters.decontaminate], pairs_cfg.model_dump(mode="json")))
     for entry in recipe.runs:
         cfg = stages.run_config(entry, folder)
-        passes = n_prompts * max(1, len(recipe.sources) - 1) * cfg.epochs
+        split = recipe.pairs.judge_fraction if cfg.split == "judge" else \
+            1 - recipe.pairs.eval_fraction - recipe.pairs.judge_fraction
+        passes = round(n_prompts * split * per_prompt * _passes_per_pair(cfg, types))
         steps = f"<= {cfg.max_steps} steps" if cfg.max_steps else f"~{passes} pair passes"
         plan_.append(Stage(f"train:{entry.name}", f"{_method(cfg.method)}" + (f" after {entry.after}" if entry.after
                                                                                   else "") +
@@ -167,7 +172,7 @@ def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int, retry_failed: 
         judges = recipe.eval.judge.kind + (f" and the {recipe.eval.judge_run} reward model" if recipe.eval.judge_run
                                            else "")
         plan_.append(Stage("eval", f"{judges} vs reference on {eval_prompts}",
-                            f"{len(models)} models", _eval_estimate(recipe, len(models)),
+                            f"{len(models)} models", _eval_estimate(recipe, len(models), n_prompts),
                             lambda: stages.evaluate(recipe, folder),
                             [pairs_cfg.out, *[folder.marker(f"train:{r.name}") for r in recipe.runs],
                              *stages.eval_files(recipe.eval, folder)],
@@ -305,12 +310,50 @@ def _answering_seconds(sources: list[Any], answers: int) -> float:
     return sum(answers * s.max_new_tokens / _local_tokens_per_s(s.batch_size, s.dtype) for s in sources)
 
 
+def _pair_types(recipe: Recipe) -> tuple[int, int]:
+    """(pair types, most pairs per prompt) the pairs stage makes. An order `rank_from` a ranking is only known
+    at run time: taken as one chain of all the sources; the scored strategy's types follow the scores."""
+    cfg, samples, sources = recipe.pairs, recipe.samples_per_source, len(recipe.sources)
+    if cfg.resolved_strategy == "revised":
+        return 1, samples  # each revision against the answer it revised
+    every = sources * (sources - 1) // 2
+    if cfg.resolved_strategy == "scored":
+        answers = sources * samples
+        return every, answers * (answers - 1) // 2 if cfg.scored_mode == "all" else 1
+    if cfg.rank:
+        types = len(parse_rank(cfg.rank).pair_types(cfg.pair_types))
+    else:
+        types = {"all": every, "adjacent": sources - 1, "extremes": 1}.get(cfg.pair_types,
+                                                                          cfg.pair_types.count(">"))
+    return types, types * samples * samples
+
+
+def _passes_per_pair(cfg: RunConfig, types: int) -> float:
+    """How often a run sees each pair of its split on average: its epochs, or a staged curriculum's stages (each
+    its pair types' or difficulty range's share of the pairs, times its epochs), less the hardest it drops."""
+    curriculum = cfg.curriculum
+    if curriculum is None:
+        return cfg.epochs
+    if curriculum.schedule != "staged" or not curriculum.stages:
+        return cfg.epochs * (1 - curriculum.drop_hardest)
+    passes = 0.0
+    for stage in curriculum.stages:
+        if stage.pair_types is not None:
+            share = min(1.0, len(stage.pair_types) / max(types, 1))
+        else:
+            low, high = stage.difficulty or (0.0, 1.0)
+            share = max(0.0, min(high, 1.0) - max(low, 0.0))
+        passes += share * stage.epochs
+    return passes * (1 - curriculum.drop_hardest)
+
+
 def _train_estimate(cfg: RunConfig, passes: int) -> float | None:
     if cfg.model != "embedded" and cfg.after is None:
         return None
     if cfg.max_steps:
         passes = min(passes, cfg.max_steps * cfg.batch_size * cfg.grad_accum)
-    return passes * _SECONDS_PER_PAIR_PASS / (_BF16_SPEED_UP if cfg.dtype == "bfloat16" else 1.0)
+    cost = _TARGET_ONLY_COST if likelihood_only(cfg.loss_weights) else 1.0
+    return passes * cost * _SECONDS_PER_PAIR_PASS / (_BF16_SPEED_UP if cfg.dtype == "bfloat16" else 1.0)
 
 
 def _later_round_estimate(recipe: Recipe, stage: str, first_round: dict[str, float | None],
@@ -323,10 +366,12 @@ def _later_round_estimate(recipe: Recipe, stage: str, first_round: dict[str, flo
     return _answering_seconds([s for s in recipe.answering_sources if s.model == ROUND_MODEL], answers)
 
 
-def _eval_estimate(recipe: Recipe, models: int) -> float | None:
+def _eval_estimate(recipe: Recipe, models: int, n_prompts: int) -> float | None:
+    from pairforge.records import prompts_from_file
+
     assert recipe.eval is not None
-    share = recipe.pairs.eval_fraction if recipe.eval.prompts == "held-out" else 1.0
-    prompts = 50 * share  # a rough count: the prompt file is read at run time
+    held_out = recipe.eval.prompts == "held-out"
+    prompts = n_prompts * recipe.pairs.eval_fraction if held_out else prompts_from_file(recipe.eval.prompts).height
     rate = _local_tokens_per_s(recipe.eval.batch_size, recipe.eval.dtype)
     return models * prompts * recipe.eval.max_new_tokens / rate
 
