@@ -514,6 +514,19 @@ def test_duplicate_or_reserved_model_names_are_refused(tmp_path: Path, option: s
     assert not (tmp_path / "eval").exists()
 
 
+@pytest.mark.parametrize("option, value, expected", [
+    ("--models", "../../x=/nowhere", "expected a name for files and folders"),  # its answers file would escape
+    ("--outputs", "a/b=OUT", "expected a name for files and folders"),
+    ("--models", "a=", "expected NAME=PATH or PATH, found no path"),
+])
+def test_a_model_name_that_cannot_name_its_file_is_refused(tmp_path: Path, option: str, value: str,
+                                                             expected: str) -> None:
+    value = value.replace("OUT", str(outputs_file(tmp_path, "a")))
+    result = cli("eval", option, value, "--reference", reference_file(tmp_path), "--out", tmp_path / "eval")
+    one_line_error(result, f"{option} {value}", expected)
+    assert not (tmp_path / "eval").exists()
+
+
 def test_a_name_used_by_outputs_and_models_is_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
     result = cli("eval", "--outputs", f"a={outputs_file(tmp_path, 'a')}", "--models", f"a={tiny_model_dir}",
                  "--reference", reference_file(tmp_path), "--out", tmp_path / "eval", "--max-new-tokens", "2",

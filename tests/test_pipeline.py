@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, SAMPLE, write_jsonl
 
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 
@@ -91,6 +92,11 @@ def test_dry_run_validates_checks_inputs_and_runs_nothing(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("changes, expected", [
+    ({"runs": [{"name": "../../keep"}]}, "field 'runs.0.name': expected a name for files and folders"),
+    ({"runs": [{"name": ""}]}, "field 'runs.0.name': expected a name for files and folders"),
+    ({"runs": [{"name": "dpo", "lr": float("inf")}]}, "field 'runs.0.lr': Input should be a finite number"),
+    ({"runs": [{"name": "dpo", "seed": -1}]}, "field 'runs.0.seed': Input should be greater than or equal to 0"),
+    ({"sources": [{"name": "smollm", "stop": [""]}]}, "field 'sources.0.stop.0': String should have at least 1"),
     ({"runs": [{"name": "dpo", "after": "sft"}]}, "starts after 'sft', which is not an earlier run"),
     ({"runs": [{"name": "a"}, {"name": "a"}]}, "run name 'a' is used twice"),
     ({"eval": {"prompts": "held-out", "judge": {"kind": "vibes"}}}, "eval.judge.kind"),
@@ -108,6 +114,12 @@ def test_bad_pipeline_recipes_are_one_line(tmp_path: Path, changes: dict[str, An
 def test_unknown_from_stage_is_refused(tmp_path: Path) -> None:
     result = pairforge("run", str(relocated(QUICKSTART, tmp_path)), "--from", "polish")
     assert result.returncode == 2 and "no stage 'polish' in this recipe" in result.stderr
+
+
+def test_a_from_stage_after_the_to_stage_is_refused(tmp_path: Path) -> None:
+    """`--from eval --to pairs` would run nothing and say so with exit 0."""
+    result = pairforge("run", str(relocated(QUICKSTART, tmp_path)), "--from", "eval", "--to", "pairs", "--dry-run")
+    assert result.returncode == 2 and "expected a stage at or before --to 'pairs', found 'eval'" in result.stderr
 
 
 def test_docs_pages_list_every_recipe_field_as_validated() -> None:
@@ -137,7 +149,9 @@ def test_a_train_stage_resumes_only_its_own_unfinished_work(tmp_path: Path) -> N
     seen: list[bool] = []
 
     def stage(settings: dict[str, Any], crash: bool = False) -> Plan:
-        def train() -> list[Path]:
+        def train(fresh: bool = False) -> list[Path]:
+            if fresh:  # as the trainer does: the earlier work goes once this run's inputs are known good
+                shutil.rmtree(work)
             seen.append((work / "checkpoint").exists())
             work.mkdir(parents=True, exist_ok=True)
             (work / "checkpoint").write_text("state")
@@ -145,7 +159,8 @@ def test_a_train_stage_resumes_only_its_own_unfinished_work(tmp_path: Path) -> N
                 raise KeyboardInterrupt
             (work / "model").write_text("weights")
             return [work / "model"]
-        return Plan(None, RunDir(tmp_path), [Stage("train:x", "t", "1", None, train, [], settings, work_dir=work)])  # type: ignore[arg-type]
+        return Plan(None, RunDir(tmp_path), [Stage("train:x", "t", "1", None, train, [], settings, work_dir=work,  # type: ignore[arg-type]
+                                                   run_fresh=lambda: train(fresh=True))])
 
     with pytest.raises(KeyboardInterrupt):
         run(stage({"lr": 1}, crash=True))
@@ -209,3 +224,32 @@ def test_the_plan_sizes_each_run_by_the_pairs_it_trains_on(tmp_path: Path) -> No
     recipe.runs[1].epochs = 2
     assert {s.name: s for s in plan(recipe, tmp_path / "run").stages}["train:dpo"].size == \
         f"~{round(2 * 3 * train_prompts)} pair passes"
+
+
+def test_a_bad_edit_of_a_finished_run_loses_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A finished run's folder is started over only once its replacement has loaded: a run edited to a model
+    that does not load is one line, and the trained model is still there. A damaged stage record (a hand edit,
+    a full disk) makes that stage run again instead of a traceback."""
+    rows = json.loads((SAMPLE / "strong.json").read_text())[:8]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": r["instruction"]} for r in rows])
+    run = {"name": "dpo", "model": str(tiny_model_dir), "max_steps": 1, "max_length": 64, "batch_size": 4}
+    recipe = {"run_dir": str(tmp_path / "run"), "prompts": str(prompts),
+              "sources": [{"name": "strong", "backend": "file", "path": str(SAMPLE / "strong.json")},
+                          {"name": "weak", "backend": "file", "path": str(SAMPLE / "weak.json")}],
+              "pairs": {"rank": "strong > weak", "filters": {"drop_truncated": False}}, "runs": [run]}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    assert pairforge("run", str(path)).returncode == 0
+    weights = tmp_path / "run" / "train" / "dpo" / "model" / "model.safetensors"
+    trained = weights.read_bytes()
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    (not_a_model / "config.json").write_text("{}")
+    path.write_text(yaml.safe_dump({**recipe, "runs": [{**run, "model": str(not_a_model)}]}), encoding="utf-8")
+    result = pairforge("run", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert weights.read_bytes() == trained
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    (tmp_path / "run" / "stages" / "pairs.json").write_text("{bad")
+    result = pairforge("run", str(path))
+    assert result.returncode == 0 and "pairs: running" in result.stderr, result.stderr

@@ -166,6 +166,11 @@ def test_a_resume_with_other_data_or_settings_is_refused_until_fresh(tiny_model_
         assert result.exit_code == 2 and change in result.stderr and "--fresh" in result.stderr, result.output
         assert len(result.stderr.strip().splitlines()) == 1
     assert json.loads((out / "run.json").read_text())["config"]["lr"] == 5e-3  # nothing rewritten
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "Is 5 a number?"}\n')
+    result = run_train("--pairs", bad, "--lr", "5e-3", *common, "--max-steps", "4", "--fresh")
+    assert result.exit_code == 2 and "bad.jsonl" in result.stderr, result.output
+    assert any((out / "checkpoints").iterdir()) and (out / "run.json").exists()  # --fresh deletes once it can train
     fresh = run_train("--pairs", pairs_file, "--lr", "5e-4", *common, "--max-steps", "5", "--fresh")
     assert fresh.exit_code == 0, fresh.output
     assert [m["step"] for m in metrics(out) if "train/loss" in m] == [1, 2, 3, 4, 5]

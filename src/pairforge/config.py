@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pairforge.files import folder_stamp
+from pairforge.layout import name_problem
 
 ROLE_MARKERS = (
     r"(?m)^\s*(?:###\s*(?:Instruction|Response|Input)\s*:|Human:|Assistant:|USER:|ASSISTANT:)"
@@ -25,8 +26,19 @@ ROLE_MARKERS = (
 ROUND_MODEL = "@round"  # a source's model in an iterative recipe: the policy of the current round (rounds.py)
 
 
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeding both take [0, 2**32)
+
+
+def error_message(error: Any) -> str:
+    """A pydantic error as our one line says it: without pydantic's "Value error, " and with "unknown key"."""
+    return error["msg"].removeprefix("Value error, ").replace("Extra inputs are not permitted", "unknown key")
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """A recipe section: unknown keys are errors, and no number may be inf or NaN (an lr of inf trained NaN
+    weights without a word)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class FilterConfig(Section):
@@ -115,7 +127,7 @@ class PairsConfig(Section):
     pair_types: str = Field("all", description="'all', 'adjacent', 'extremes' or 'a>b,c>d' (ranked, verified)")
     scored_mode: Literal["best-worst", "best-random", "all"] = Field("best-worst", description="scored strategy")
     min_margin: float = Field(0.0, ge=0, description="scored: smallest score gap that makes a pair (ties never do)")
-    seed: int = Field(0, description="seed of best-random")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of best-random")
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="share of prompts (by prompt_id hash) held out")
     judge_fraction: float = Field(0.0, ge=0, lt=1, description="share of prompts kept apart from both training and "
                                   "the eval split, in <out>.judge.*: pairs to train a reward-model judge on (a run "
@@ -208,12 +220,15 @@ Method = Literal["dpo", "sigmoid", "cdpo", "robust", "hinge", "ipo", "apo_zero",
 METHODS: tuple[str, ...] = get_args(Method)  # train/losses.py has one loss function for each
 
 
+LossWeight = Annotated[float, Field(allow_inf_nan=True)]  # a bad weight is `_known_methods`' one line, not a union's
+
+
 class TrainConfig(Section):
     """Contrastive post-training (the `train` section of a recipe)."""
 
-    method: str | dict[str, float] = Field("dpo", description="a loss name (dpo, cdpo, robust, hinge, ipo, apo_zero, "
-                                           "apo_down, simpo, r-dpo, slic, sft, reward-model) or a weighted sum "
-                                           "{dpo: 1, sft: 0.2}")
+    method: str | dict[str, LossWeight] = Field("dpo", description="a loss name (dpo, cdpo, robust, hinge, ipo, "
+                                                "apo_zero, apo_down, simpo, r-dpo, slic, sft, reward-model) or a "
+                                                "weighted sum {dpo: 1, sft: 0.2}")
     model: str = Field("embedded", description="'embedded', a model folder, or a hub id")
     pairs: Path | None = Field(None, description="pairs file (ours or any TRL prompt/chosen/rejected file)")
     eval_pairs: Path | None = Field(None, description="held-out pairs for eval metrics (default: <pairs>.eval.*)")
@@ -246,7 +261,7 @@ class TrainConfig(Section):
     schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="decay after warmup")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
-    seed: int = Field(0, description="seed of order, dropout and initialisation")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of order, dropout and initialisation")
     lora: LoraSettings | None = Field(None, description="train a LoRA adapter (reference = adapter disabled)")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights' dtype (bfloat16 on GPUs)")
@@ -313,9 +328,11 @@ class SourceConfig(Section):
                          "probability mass")
     max_new_tokens: int = Field(256, ge=1, description="answer length limit; an answer cut here has finish_reason "
                                 "'length'")
-    seed: int = Field(0, description="sampling seed (each request gets its own, derived from this and its key)")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="sampling seed (each request gets its own, derived from this "
+                      "and its key)")
     system: str | None = Field(None, description="system prompt put before every prompt")
-    stop: list[str] = Field(default_factory=list, description="stop strings (not included in the answer)")
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, description="stop strings (not "
+                                                             "included in the answer; an empty one would stop at once)")
     base_url: str | None = Field(None, description="openai: the server's URL ('http://127.0.0.1:8000/v1')")
     api_key_env: str | None = Field(None, description="openai: name of the environment variable holding the key "
                                     "(the key itself never goes in a recipe, log or output)")
@@ -357,7 +374,7 @@ class JudgeConfig(Section):
     max_prompts: int | None = Field(None, ge=1, description="judge a seeded sample of this many prompts")
     batch_size: int = Field(8, ge=1, description="reward-model / similarity batch size")
     max_length: int = Field(1024, ge=8, description="reward-model: tokens of prompt + answer (longer: truncated)")
-    seed: int = Field(0, description="seed of the prompt sample")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the prompt sample")
 
     @model_validator(mode="after")
     def _needs(self) -> JudgeConfig:
@@ -376,7 +393,7 @@ class RankingConfig(Section):
                               "must reach to count as significant")
     min_win_probability: float = Field(0.55, ge=0.5, lt=1, description="and the smallest fitted P(stronger beats "
                                        "weaker) that counts: a tiny but consistent edge is not a strength gap")
-    seed: int = Field(0, description="seed of the bootstrap")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the bootstrap")
 
 
 class RunConfig(TrainConfig):
@@ -387,6 +404,14 @@ class RunConfig(TrainConfig):
     split: Literal["train", "judge"] = Field("train", description="which pairs it trains on: the training split, "
                                              "or the judge split kept apart from it (pairs.judge_fraction; for a "
                                              "reward-model judge)")
+
+    @field_validator("name")
+    @classmethod
+    def _a_folder_name(cls, value: str) -> str:
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class EvalConfig(Section):

@@ -18,6 +18,7 @@ A run folder (`pairforge run`, or the `--out` of a stage command) holds:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 STORE = "store.sqlite"
@@ -33,6 +34,18 @@ RUN_INFO = "run.json"
 METRICS = "metrics.jsonl"
 MODEL = "model"
 REPORT = "report.html"
+
+
+_FILE_NAME = re.compile(r"\w[\w.+-]*")
+
+
+def name_problem(name: str) -> str | None:
+    """Why a run's or model's name cannot name its files inside a run folder (None: it can). A name with '/'
+    or '..' wrote a run outside the run folder, and a rerun with other settings deleted that folder."""
+    if _FILE_NAME.fullmatch(name):
+        return None
+    return (f"expected a name for files and folders (letters, digits, '_', '.', '+', '-', starting with a letter "
+            f"or digit), found {name!r}")
 
 
 def split_path(pairs: Path, split: str) -> Path:

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from pairforge.config import JudgeConfig, TrainConfig
+from pairforge.config import JudgeConfig, TrainConfig, error_message
 from pairforge.errors import InputError
 from pairforge.recipe import load_recipe
 
@@ -28,7 +28,7 @@ def validated(model: type[S], base: S, flags: dict[str, Any]) -> S:
         return model.model_validate(merged)
     except ValidationError as exc:
         error = exc.errors()[0]
-        message = error["msg"].removeprefix("Value error, ")
+        message = error_message(error)
         raise InputError(_flag(_flag_of(error["loc"], message, flags)), message) from None
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +54,12 @@ class Stage:
     inputs: list[Path] = field(default_factory=list)
     settings: Any = None
     work_dir: Path | None = None  # partial work (checkpoints) a rerun of the same settings resumes from
+    # the same work with `work_dir` started over: it deletes the earlier work itself once its inputs are checked,
+    # so a bad edit of a finished run's settings costs nothing
+    run_fresh: Callable[[], list[Path]] | None = None
+
+    def __post_init__(self) -> None:
+        assert (self.work_dir is None) == (self.run_fresh is None), "a stage with a work folder can start it over"
     marker: Path | None = None  # the record of its last finished run (`RunDir.marker`)
 
     def fingerprint(self) -> str:
@@ -165,7 +170,8 @@ def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int, retry_failed: 
                             (f", curriculum {cfg.curriculum.schedule}" if cfg.curriculum else ""), steps,
                             _train_estimate(cfg, passes), lambda e=entry: stages.train(e, folder),
                             [cfg.pairs, *([folder.marker(f"train:{entry.after}")] if entry.after else [])],
-                            cfg.model_dump(mode="json"), work_dir=cfg.out))
+                            cfg.model_dump(mode="json"), work_dir=cfg.out,
+                            run_fresh=lambda e=entry: stages.train(e, folder, fresh=True)))
     if recipe.eval is not None:
         models = (["base"] if recipe.eval.base else []) + [r.name for r in stages.policies(recipe)]
         eval_prompts = "held-out prompts" if recipe.eval.prompts == "held-out" else str(recipe.eval.prompts)
@@ -248,9 +254,9 @@ def run(plan_: Plan, start: str | None = None, progress: Callable[[str, str], No
             done.append({"stage": stage.name, "status": "skipped"})
             continue
         progress(stage.name, f"running: {stage.what}")
-        _start_fresh_unless_resuming(stage, done_file, fingerprint)
+        fresh = _starts_fresh(stage, done_file, fingerprint)
         began = time.perf_counter()
-        outputs = stage.run()
+        outputs = stage.run_fresh() if fresh and stage.run_fresh else stage.run()
         seconds = time.perf_counter() - began
         write_json({"fingerprint": stage.fingerprint(), "outputs": [str(p) for p in outputs], "seconds": seconds},
                    done_file)
@@ -264,20 +270,25 @@ def check_stage_names(plan_: Plan, start: str | None, stop: str | None) -> None:
     for option, name in (("--from", start), ("--to", stop)):
         if name is not None and not any(_is(n, name) for n in names):
             raise InputError(option, f"no stage '{name}' in this recipe (stages: {', '.join(names)})")
+    if start is not None and stop is not None:
+        first = min(i for i, n in enumerate(names) if _is(n, start))
+        if first > max(i for i, n in enumerate(names) if _is(n, stop)):
+            raise InputError("--from", f"expected a stage at or before --to '{stop}', found '{start}', which comes "
+                             "after it (nothing would run)")
 
 
-def _start_fresh_unless_resuming(stage: Stage, done_file: Path, fingerprint: str) -> None:
+def _starts_fresh(stage: Stage, done_file: Path, fingerprint: str) -> bool:
     """A stage's partial work is resumed only when it was begun with the same settings and never finished;
-    otherwise (settings changed, or a finished stage run again) its work folder starts empty, so a
-    checkpoint made under other settings is never taken for this run's."""
+    otherwise (settings changed, or a finished stage run again) its work folder starts over (`run_fresh`), so
+    a checkpoint made under other settings is never taken for this run's."""
     if stage.work_dir is None:
-        return
+        return False
     started = done_file.with_suffix(".started")
-    finished_before = done_file.exists() and json.loads(done_file.read_text()).get("fingerprint") == fingerprint
-    if stage.work_dir.exists() and (finished_before or not started.exists() or started.read_text() != fingerprint):
-        shutil.rmtree(stage.work_dir)
+    finished_before = _marker(done_file).get("fingerprint") == fingerprint
+    fresh = stage.work_dir.exists() and (finished_before or not started.exists() or started.read_text() != fingerprint)
     started.parent.mkdir(parents=True, exist_ok=True)
     started.write_text(fingerprint)
+    return fresh
 
 
 def _is(stage: str, name: str | None) -> bool:
@@ -290,10 +301,20 @@ def _is(stage: str, name: str | None) -> bool:
 
 
 def _finished(marker: Path, fingerprint: str) -> bool:
-    if not marker.exists():
-        return False
-    info = json.loads(marker.read_text())
-    return info.get("fingerprint") == fingerprint and all(Path(p).exists() for p in info.get("outputs", []))
+    info = _marker(marker)
+    outputs = info.get("outputs", [])
+    return (info.get("fingerprint") == fingerprint and isinstance(outputs, list)
+            and all(Path(str(p)).exists() for p in outputs))
+
+
+def _marker(path: Path) -> dict[str, Any]:
+    """A stage's record of its last finished run; none, or one that is not a JSON object (a hand edit, a disk
+    that filled up), counts as not finished: the stage runs again."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 # --- estimates and --quick ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pairforge.config import (
     Section,
     SourceConfig,
     TrainConfig,
+    error_message,
 )
 from pairforge.errors import InputError
 
@@ -145,7 +146,7 @@ def load_recipe(path: str | Path) -> Recipe:
         error = exc.errors()[0]
         key = ".".join(str(p) for p in error["loc"])
         line = _line_of(text, error["loc"])
-        raise InputError(str(path), error["msg"].replace("Extra inputs are not permitted", "unknown key"),
+        raise InputError(str(path), error_message(error),
                          row=f"line {line}" if line else None, field=key or None) from None
 
 

@@ -122,10 +122,11 @@ def run_config(entry: RunConfig, run: RunDir) -> RunConfig:
     return entry.model_copy(update=update)
 
 
-def train(entry: RunConfig, run: RunDir) -> list[Path]:
+def train(entry: RunConfig, run: RunDir, fresh: bool = False) -> list[Path]:
+    """One training run; `fresh` starts its folder over (see `train.trainer.train`)."""
     from pairforge.train.trainer import train as train_model
 
-    out = TrainDir(train_model(run_config(entry, run)).out)
+    out = TrainDir(train_model(run_config(entry, run), fresh=fresh).out)
     return [out.model, out.metrics]
 
 

@@ -12,7 +12,7 @@ import typer
 
 from pairforge import options, render
 from pairforge.cli.common import console, fail_cleanly, say, show, stop_on_failures
-from pairforge.config import CurriculumConfig, PairsConfig
+from pairforge.config import SEED_MAX, CurriculumConfig, PairsConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output
 from pairforge.layout import RunDir
@@ -204,6 +204,8 @@ def curriculum_show(
         cfg = options.validated(CurriculumConfig, base, {"difficulty": difficulty, "schedule": schedule})
         if epochs < 1 or batch_size < 1:
             raise InputError("--epochs" if epochs < 1 else "--batch-size", "expected a positive number")
+        if not 0 <= seed <= SEED_MAX:
+            raise InputError("--seed", f"expected an integer in [0, {SEED_MAX}], found {seed}")
         check_output(out / "curriculum.png", "file", "--out")
         frame = read_pairs(pairs)
         values = difficulty_of(frame, cfg.difficulty, str(pairs), cfg.embedding_model)

@@ -101,9 +101,14 @@ def _named(items: list[Any], option: str) -> list[tuple[str, Any]]:
     for item in items:
         text = str(item)
         name, _, path = text.partition("=") if "=" in text else ("", "", text)
+        if not path:
+            raise InputError(f"--{option} {text}", "expected NAME=PATH or PATH, found no path")
         if not name:
             p = Path(path)
             name = p.parent.name if p.name == "model" else p.name.removesuffix(".json").removesuffix(".model_outputs")
+        problem = layout.name_problem(name)
+        if problem:
+            raise InputError(f"--{option} {text}", f"{problem} (its answers go to <name>.model_outputs.json)")
         named.append((name, path if option == "models" else Path(path)))
     names = [n for n, _ in named]
     twice = sorted({n for n in names if names.count(n) > 1 or n == REFERENCE})

@@ -51,21 +51,22 @@ class TrainResult:
 
 def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> TrainResult:
     """Train, resuming this folder's checkpoint when it was made with the same data and settings (any other
-    is refused unless `fresh`, which deletes the earlier run first); a finished run is returned as it is."""
+    is refused unless `fresh`, which deletes the earlier run once this one's inputs have loaded); a finished run
+    is returned as it is."""
     check_trackers(cfg.report_to)
     accelerator = accelerator_for(cfg)
     run = TrainDir(Path(cfg.out))
     check_output(run.root, "folder", "--out", [p for p in (cfg.pairs, cfg.eval_pairs) if p])
     identity = checkpoints.identity(cfg)
-    if fresh and accelerator.is_main_process:
-        checkpoints.clear(run)
-    accelerator.wait_for_everyone()
-    done = checkpoints.finished_step(run, identity)
+    done = None if fresh else checkpoints.finished_step(run, identity)
     if done is not None:
         return TrainResult(run.root, done, read_log(run.metrics), already_trained=True)
     set_seed(cfg.seed)
     laps = Laps()
     state = setup(cfg, accelerator, progress and accelerator.is_main_process, laps)
+    if fresh and accelerator.is_main_process:  # only now: pairs, model and settings are known to be good
+        checkpoints.clear(run)
+    accelerator.wait_for_everyone()
     step, consumed = checkpoints.resume(accelerator, run, state.order)
     run.root.mkdir(parents=True, exist_ok=True)  # every process: each appends its own consumed-rows file
     checkpoints.truncate_jsonl(run.consumed(accelerator.process_index), lambda r: r["micro"] < consumed)
