@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -116,7 +116,7 @@ def _read_json(path: Path) -> Records:
             _expect_object(item, path, f"row {index + 1}")
         return Records(path, rows=items)
     rows, lines = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in jsonl_lines(text):
         if not line.strip():
             continue
         try:
@@ -128,6 +128,14 @@ def _read_json(path: Path) -> Records:
         rows.append(item)
         lines.append(number)
     return Records(path, rows=rows, line_numbers=lines)
+
+
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of JSON-lines text. Lines end at "\\n" only (a trailing "\\r" is dropped):
+    `str.splitlines` would also split at U+2028, U+0085, \\x0b, \\x0c ... which JSON strings may hold raw
+    (polars writes them unescaped), so a file pairforge wrote could not be read back."""
+    for number, line in enumerate(text.split("\n"), start=1):
+        yield number, line.removesuffix("\r")
 
 
 def _expect_object(item: Any, path: Path, row: str) -> None:
@@ -209,7 +217,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     """The rows of a JSON-lines log that is only ever appended to. A crash mid-append can leave a torn last
     line: it is left out (the next resume rewrites the file without it); a broken line before the last is
     damage, said with its line number."""
-    lines = [(n, line) for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    lines = [(n, line) for n, line in jsonl_lines(Path(path).read_text(encoding="utf-8")) if line.strip()]
     rows = []
     for position, (number, line) in enumerate(lines):
         try:

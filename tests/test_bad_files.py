@@ -1,0 +1,59 @@
+"""Files that went wrong in the ways an adversarial tester found: one line naming file, row and field, exit 2, no
+traceback; or, where the file is fine, the command works.
+
+Handled here:
+  1. JSONL lines end at "\\n" only: text holding U+2028 / U+0085 / \\x0b / \\x0c (polars writes them raw) reads back
+     as written (pairs build -> curriculum show, the pairs reader, append-only logs).
+"""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from pairforge.cli import app
+
+RANK = ["--rank", "gpt-4 > chatgpt > davinci"]
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+# --- 1. JSONL line ends ----------------------------------------------------------------------------------
+
+ODD_BREAKS = "a\u2028b\u2029c\x85d\x0be\x0cf\x1cg"
+
+
+def test_pairs_with_unicode_line_separators_read_back_unchanged(tmp_path, jsonl, long_rows):
+    from pairforge.records import read_pairs
+
+    rows = [{**r, "prompt": r["prompt"] + ODD_BREAKS, "response": r["response"] + " \u2028\x85"} for r in long_rows]
+    out = tmp_path / "p.jsonl"
+    assert invoke("pairs", "build", jsonl("a.jsonl", rows), *RANK, "--out", out).exit_code == 0
+    shown = invoke("curriculum", "show", out, "--difficulty", "strength-gap", "--out", tmp_path)
+    assert shown.exit_code == 0, shown.output
+    pairs = read_pairs(out)
+    prompts = {m[-1]["content"] if isinstance(m, list) else m for m in pairs["prompt"].to_list()}
+    assert prompts == {r["prompt"] for r in rows}
+    answers = {a[-1]["content"] if isinstance(a, list) else a for a in pairs["chosen"].to_list()}
+    assert answers <= {r["response"] for r in rows} and all(a.endswith(" \u2028\x85") for a in answers)
+
+
+def test_a_log_line_holding_u2028_is_one_row(tmp_path):
+    from pairforge.files import read_log
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text(json.dumps({"note": ODD_BREAKS}, ensure_ascii=False) + "\r\n" + json.dumps({"step": 2}) + "\n")
+    assert read_log(log) == [{"note": ODD_BREAKS}, {"step": 2}]
