@@ -4,6 +4,7 @@ traceback; or, where the file is fine, the command works.
 Handled here:
   1. JSONL lines end at "\\n" only: text holding U+2028 / U+0085 / \\x0b / \\x0c (polars writes them raw) reads back
      as written (pairs build -> curriculum show, the pairs reader, append-only logs).
+  4. A lone surrogate ("\\ud800", valid JSON) in any field, nested or not: "not valid Unicode text".
 """
 
 from __future__ import annotations
@@ -57,3 +58,28 @@ def test_a_log_line_holding_u2028_is_one_row(tmp_path):
     log = tmp_path / "metrics.jsonl"
     log.write_text(json.dumps({"note": ODD_BREAKS}, ensure_ascii=False) + "\r\n" + json.dumps({"step": 2}) + "\n")
     assert read_log(log) == [{"note": ODD_BREAKS}, {"step": 2}]
+
+
+# --- 4. lone surrogates ----------------------------------------------------------------------------------
+
+def test_lone_surrogate_in_an_answer(tmp_path, long_rows):
+    lines = [json.dumps(r) for r in long_rows]
+    lines[4] = lines[4].replace('"response": "', '"response": "\\ud800 ')
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+    assert_one_line_error(invoke("pairs", "build", tmp_path / "a.jsonl", *RANK, "--out", tmp_path / "p.jsonl"),
+                          "a.jsonl line 5, field 'response'", "not valid Unicode text (a lone surrogate)")
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_lone_surrogate_in_a_nested_answer_of_a_json_array(tmp_path):
+    rows = [{"prompt": "p", "answers": [{"model": "a", "answer": "x", "rank": 1},
+                                        {"model": "b", "answer": "\udfff", "rank": 2}]}]
+    (tmp_path / "n.json").write_text(json.dumps(rows))  # ensure_ascii: written as the escape \\udfff
+    assert_one_line_error(invoke("pairs", "build", tmp_path / "n.json", "--strategy", "scored"),
+                          "n.json row 1, field 'answers[1].answer'", "lone surrogate")
+
+
+def test_lone_surrogate_in_chosen(tmp_path):
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "q", "chosen": "\\ud800", "rejected": "no"}\n')
+    assert_one_line_error(invoke("curriculum", "show", tmp_path / "pairs.jsonl", "--out", tmp_path),
+                          "pairs.jsonl line 1, field 'chosen'", "not valid Unicode text (a lone surrogate)")

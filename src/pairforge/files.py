@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -112,8 +113,11 @@ def _read_json(path: Path) -> Records:
         except json.JSONDecodeError as exc:
             raise InputError(str(path), f"not valid JSON: {exc.msg} (column {exc.colno})",
                              row=f"line {exc.lineno}") from None
+        escaped = _SURROGATE_ESCAPE.search(text) is not None
         for index, item in enumerate(items):
             _expect_object(item, path, f"row {index + 1}")
+            if escaped:
+                _expect_unicode(item, path, f"row {index + 1}")
         return Records(path, rows=items)
     rows, lines = [], []
     for number, line in jsonl_lines(text):
@@ -125,6 +129,8 @@ def _read_json(path: Path) -> Records:
             raise InputError(str(path), f"not valid JSON: {exc.msg} (column {exc.colno})",
                              row=f"line {number}") from None
         _expect_object(item, path, f"line {number}")
+        if _SURROGATE_ESCAPE.search(line):
+            _expect_unicode(item, path, f"line {number}")
         rows.append(item)
         lines.append(number)
     return Records(path, rows=rows, line_numbers=lines)
@@ -141,6 +147,42 @@ def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
 def _expect_object(item: Any, path: Path, row: str) -> None:
     if not isinstance(item, dict):
         raise InputError(str(path), f"expected a JSON object (one record), found {describe(item)}", row=row)
+
+
+# a JSON escape of a UTF-16 surrogate; the only way a lone surrogate gets in, since the bytes were valid UTF-8
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _expect_unicode(item: dict[str, Any], path: Path, row: str) -> None:
+    """A lone surrogate ("\\ud800") is valid JSON but not Unicode text: polars, Parquet and every UTF-8 writer
+    fail on it deep inside (UnicodeEncodeError), so it is said here with its line and field path."""
+    field = _lone_surrogate_at(item, "")
+    if field is not None:
+        raise InputError(str(path), "not valid Unicode text (a lone surrogate)", row=row, field=field)
+
+
+def _lone_surrogate_at(value: Any, where: str) -> str | None:
+    """The path ('completions[1].response') of the first string in `value` holding a lone surrogate, or None."""
+    if isinstance(value, str):
+        return None if _is_unicode(value) else (where or "(value)")
+    items: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = key if _is_unicode(key) else key.encode("utf-8", "backslashreplace").decode("utf-8")
+            if name != key:
+                return f"{where}.{name}" if where else name
+            items.append((f"{where}.{key}" if where else key, item))
+    elif isinstance(value, list):
+        items = [(f"{where}[{n}]", item) for n, item in enumerate(value)]
+    return next((hit for name, item in items if (hit := _lone_surrogate_at(item, name)) is not None), None)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def write_table(frame: pl.DataFrame, path: str | Path) -> Path:
