@@ -4,6 +4,10 @@ traceback; or, where the file is fine, the command works.
 Handled here:
   1. JSONL lines end at "\\n" only: text holding U+2028 / U+0085 / \\x0b / \\x0c (polars writes them raw) reads back
      as written (pairs build -> curriculum show, the pairs reader, append-only logs).
+  2. A pairs file mixing conversational (message lists) and plain-text records: the first line whose shape differs
+     from the first record's, and the field (curriculum show, train).
+  3. Chat roles: system / user / assistant only (pairforge has no tool turns); a prompt ends with the user's turn;
+     chosen / rejected turns are the assistant's. Pairs (JSON and Parquet), answer files, prompt files, ShareGPT.
   4. A lone surrogate ("\\ud800", valid JSON) in any field, nested or not: "not valid Unicode text".
 """
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from pairforge.cli import app
@@ -75,7 +80,8 @@ def test_lone_surrogate_in_a_nested_answer_of_a_json_array(tmp_path):
     rows = [{"prompt": "p", "answers": [{"model": "a", "answer": "x", "rank": 1},
                                         {"model": "b", "answer": "\udfff", "rank": 2}]}]
     (tmp_path / "n.json").write_text(json.dumps(rows))  # ensure_ascii: written as the escape \\udfff
-    assert_one_line_error(invoke("pairs", "build", tmp_path / "n.json", "--strategy", "scored"),
+    assert_one_line_error(invoke("pairs", "build", tmp_path / "n.json", "--strategy", "scored", "--out",
+                                 tmp_path / "p.jsonl"),
                           "n.json row 1, field 'answers[1].answer'", "lone surrogate")
 
 
@@ -83,3 +89,82 @@ def test_lone_surrogate_in_chosen(tmp_path):
     (tmp_path / "pairs.jsonl").write_text('{"prompt": "q", "chosen": "\\ud800", "rejected": "no"}\n')
     assert_one_line_error(invoke("curriculum", "show", tmp_path / "pairs.jsonl", "--out", tmp_path),
                           "pairs.jsonl line 1, field 'chosen'", "not valid Unicode text (a lone surrogate)")
+
+
+# --- 2. and 3. conversational pairs ------------------------------------------------------------------------
+
+def chat(role: str, text: str) -> list[dict[str, str]]:
+    return [{"role": role, "content": text}]
+
+
+def conversational(i: int) -> dict[str, object]:
+    return {"prompt": chat("user", f"Question {i}?"), "chosen": chat("assistant", "Yes."),
+            "rejected": chat("assistant", "No idea.")}
+
+
+def test_pairs_mixing_conversational_and_plain_text_rows(tmp_path, jsonl):
+    rows = [conversational(0), {"prompt": "Question 1?", "chosen": "Yes.", "rejected": "No idea."}]
+    pairs = jsonl("mixed.jsonl", rows)
+    for command in (["curriculum", "show", pairs, "--out", tmp_path], ["train", "--pairs", pairs, "--out",
+                                                                       tmp_path / "run"]):
+        assert_one_line_error(invoke(*command), "mixed.jsonl line 2, field 'prompt'",
+                              "expected a list of chat messages (conversational) like line 1",
+                              "found string 'Question 1?'")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_plain_text_file_with_one_conversational_answer(tmp_path, jsonl):
+    rows = [{"prompt": f"Q{i}?", "chosen": "Yes.", "rejected": "No."} for i in range(3)]
+    rows[2]["rejected"] = chat("assistant", "No.")
+    assert_one_line_error(invoke("curriculum", "show", jsonl("p.jsonl", rows), "--out", tmp_path),
+                          "p.jsonl line 3, field 'rejected'", "expected a string (plain text) like line 1")
+
+
+@pytest.mark.parametrize(("field", "value", "where", "message"), [
+    ("prompt", chat("banana", "hi"), "prompt[0].role", "expected a role system, user or assistant, found "
+                                                        "string 'banana'"),
+    ("prompt", [*chat("user", "hi"), *chat("assistant", "hello")], "prompt[1].role",
+     "expected role user: a prompt ends with the user's turn"),
+    ("prompt", chat("system", "Be brief."), "prompt[0].role", "expected role user"),
+    ("chosen", chat("user", "hi"), "chosen[0].role", "expected role assistant"),
+    ("rejected", [*chat("assistant", "a"), *chat("tool", "{}")], "rejected[1].role", "found string 'tool'"),
+])
+def test_roles_of_conversational_pairs(tmp_path, jsonl, field, value, where, message):
+    rows = [conversational(i) for i in range(3)]
+    rows[1][field] = value
+    pairs = jsonl("conv.jsonl", rows)
+    for command in (["curriculum", "show", pairs, "--out", tmp_path], ["train", "--pairs", pairs, "--out",
+                                                                       tmp_path / "run"]):
+        assert_one_line_error(invoke(*command), f"conv.jsonl line 2, field '{where}'", message)
+
+
+def test_roles_in_a_parquet_pairs_file(tmp_path):
+    import polars as pl
+
+    from pairforge.schema import MESSAGES
+
+    rows = [conversational(i) for i in range(3)]
+    rows[2]["chosen"] = chat("user", "hi")
+    frame = pl.DataFrame(rows, schema={"prompt": MESSAGES, "chosen": MESSAGES, "rejected": MESSAGES})
+    frame.write_parquet(tmp_path / "pairs.parquet")
+    assert_one_line_error(invoke("curriculum", "show", tmp_path / "pairs.parquet", "--out", tmp_path),
+                          "pairs.parquet row 3, field 'chosen[0].role'", "expected role assistant")
+
+
+@pytest.mark.parametrize("prompt", [chat("banana", "hi"), [*chat("user", "hi"), *chat("assistant", "hello")]])
+def test_roles_of_chat_prompts_in_answer_and_prompt_files(tmp_path, jsonl, long_rows, prompt):
+    from pairforge.errors import InputError
+    from pairforge.records import prompts_from_file
+
+    rows = [{**r, "prompt": prompt} if i == 4 else r for i, r in enumerate(long_rows)]
+    assert_one_line_error(invoke("pairs", "build", jsonl("a.jsonl", rows), *RANK, "--out", tmp_path / "p.jsonl"),
+                          "a.jsonl line 5, field 'prompt[")
+    with pytest.raises(InputError, match=r"line 5, field 'prompt\["):
+        prompts_from_file(tmp_path / "a.jsonl")
+
+
+def test_sharegpt_answer_that_follows_no_user_turn(tmp_path, jsonl):
+    row = {"model": "m", "conversations": [{"from": "system", "value": "Be brief."}, {"from": "gpt", "value": "Hi"}]}
+    assert_one_line_error(invoke("pairs", "build", jsonl("s.jsonl", [row]), "--strategy", "scored", "--out",
+                                 tmp_path / "p.jsonl"),
+                          "s.jsonl line 1, field 'conversations[0].role'", "expected role user")
