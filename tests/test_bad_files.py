@@ -9,6 +9,7 @@ Handled here:
   3. Chat roles: system / user / assistant only (pairforge has no tool turns); a prompt ends with the user's turn;
      chosen / rejected turns are the assistant's. Pairs (JSON and Parquet), answer files, prompt files, ShareGPT.
   4. A lone surrogate ("\\ud800", valid JSON) in any field, nested or not: "not valid Unicode text".
+  5. Numbers out of range: a sample beyond 64 bits, an integer too large for a float (JSON digits, 1e400).
 """
 
 from __future__ import annotations
@@ -168,3 +169,21 @@ def test_sharegpt_answer_that_follows_no_user_turn(tmp_path, jsonl):
     assert_one_line_error(invoke("pairs", "build", jsonl("s.jsonl", [row]), "--strategy", "scored", "--out",
                                  tmp_path / "p.jsonl"),
                           "s.jsonl line 1, field 'conversations[0].role'", "expected role user")
+
+
+# --- 5. numbers out of range -----------------------------------------------------------------------------
+
+def test_sample_number_too_large_for_64_bits(tmp_path, jsonl, long_rows):
+    rows = [{**r, "score": 1.0 + i % 3, "sample": 0} for i, r in enumerate(long_rows)]
+    rows[3]["sample"] = 10**30
+    assert_one_line_error(invoke("pairs", "build", jsonl("a.jsonl", rows), "--strategy", "scored", "--out",
+                                 tmp_path / "p.jsonl"),
+                          "a.jsonl line 4, field 'sample'", "expected an integer in range", "found number 1000000")
+
+
+def test_a_rank_too_large_for_a_float(tmp_path):
+    (tmp_path / "n.jsonl").write_text('{"prompt": "p", "answers": [{"model": "a", "answer": "x", "rank": 1}, '
+                                      '{"model": "b", "answer": "y", "rank": 1' + "0" * 400 + "}]}\n")
+    assert_one_line_error(invoke("pairs", "build", tmp_path / "n.jsonl", "--strategy", "scored", "--out",
+                                 tmp_path / "p.jsonl"), "n.jsonl line 1, field 'answers[1].rank'",
+                          "expected a finite number")

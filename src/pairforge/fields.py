@@ -100,8 +100,22 @@ def _check_value(value: Any, f: Field, records: Records, index: int) -> None:
         wanted = int if f.kind == "int" else (int, float)
         if isinstance(value, bool) or not isinstance(value, wanted):
             fail("an integer" if f.kind == "int" else "a number")
-        if isinstance(value, float) and not math.isfinite(value):
+        if not is_finite(value):
             fail("a finite number")
+        if f.kind == "int" and not INT64_MIN <= value <= INT64_MAX:
+            fail(f"an integer in range {INT64_MIN}..{INT64_MAX} (a 64-bit integer)")
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what a polars Int64 column holds
+
+
+def is_finite(value: float) -> bool:
+    """A JSON number is finite as a float: not NaN or infinite, and not an integer too large for a float
+    (json reads 1e400 written as digits as a Python int, on which `float()` raises OverflowError)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _check_columns(records: Records, fields: list[Field]) -> None:

@@ -20,7 +20,6 @@ error must name the line.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,16 @@ import polars as pl
 
 from pairforge import schema as S
 from pairforge.errors import InputError, describe
-from pairforge.fields import Field, as_chat, check_fields, check_same_shape, checked_frame, is_messages, turn_problem
+from pairforge.fields import (
+    Field,
+    as_chat,
+    check_fields,
+    check_same_shape,
+    checked_frame,
+    is_finite,
+    is_messages,
+    turn_problem,
+)
 from pairforge.files import Records, read_records
 
 MESSAGES = S.MESSAGES
@@ -273,7 +281,7 @@ class _RowReader:
 
     def number(self, item: dict[str, Any], key: str, where: str) -> float:
         value = item.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_finite(value):
             self.fail(f"{where}.{key}", f"expected a finite number, found {describe(value)}")
         return float(value)
 
