@@ -10,6 +10,8 @@ Handled here:
      chosen / rejected turns are the assistant's. Pairs (JSON and Parquet), answer files, prompt files, ShareGPT.
   4. A lone surrogate ("\\ud800", valid JSON) in any field, nested or not: "not valid Unicode text".
   5. Numbers out of range: a sample beyond 64 bits, an integer too large for a float (JSON digits, 1e400).
+  6. A corrupt saved HF dataset folder: state.json not JSON or not {"_data_files": [...]}, an Arrow file missing
+     or not Arrow; the folder and what was expected.
 """
 
 from __future__ import annotations
@@ -187,3 +189,38 @@ def test_a_rank_too_large_for_a_float(tmp_path):
     assert_one_line_error(invoke("pairs", "build", tmp_path / "n.jsonl", "--strategy", "scored", "--out",
                                  tmp_path / "p.jsonl"), "n.jsonl line 1, field 'answers[1].rank'",
                           "expected a finite number")
+
+
+# --- 6. corrupt saved HF dataset folders -----------------------------------------------------------------
+
+def saved_dataset(folder, rows: list[dict[str, object]]):
+    """A `Dataset.save_to_disk` folder as `datasets` writes it: one Arrow stream file listed in state.json."""
+    import pyarrow as pa
+    import pyarrow.ipc
+
+    folder.mkdir()
+    table = pa.Table.from_pylist(rows)
+    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pyarrow.ipc.new_stream(
+            sink, table.schema) as writer:
+        writer.write_table(table)
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    return folder
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda d: (d / "state.json").write_text("not json"), "state.json cannot be read (JSONDecodeError"),
+    (lambda d: (d / "state.json").write_text("{}"), 'expected state.json as `save_to_disk` writes it: '
+                                                     '{"_data_files": [{"filename": "....arrow"}, ...]}; found object'),
+    (lambda d: (d / "state.json").write_text("[1]"), "found array [1]"),
+    (lambda d: (d / "state.json").write_text('{"_data_files": [{"filename": 3}]}'), "found object {'filename': 3}"),
+    (lambda d: (d / "data-00000-of-00001.arrow").unlink(), "state.json lists data-00000-of-00001.arrow, but there "
+                                                             "is no such file"),
+    (lambda d: (d / "data-00000-of-00001.arrow").write_bytes(b"garbage!"), "data-00000-of-00001.arrow is not a "
+                                                                           "readable Arrow stream file"),
+], ids=["state-not-json", "state-empty-object", "state-array", "filename-not-text", "arrow-missing", "arrow-garbage"])
+def test_corrupt_saved_dataset_folder(tmp_path, long_rows, damage, message):
+    folder = saved_dataset(tmp_path / "hf", long_rows)
+    assert invoke("pairs", "build", folder, *RANK, "--out", tmp_path / "ok.jsonl").exit_code == 0
+    damage(folder)
+    assert_one_line_error(invoke("pairs", "build", folder, *RANK, "--out", tmp_path / "p.jsonl"),
+                          f"{folder}: ", message)

@@ -90,9 +90,47 @@ def _read_saved_dataset(path: Path) -> pl.DataFrame:
     if not state_file.exists():
         raise InputError(str(path), "is a folder but not a saved HF dataset: expected state.json inside "
                          "(a DatasetDict folder? point at one split's folder, e.g. train/)")
-    files = [path / entry["filename"] for entry in json.loads(state_file.read_text())["_data_files"]]
-    tables = [pyarrow.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files]
-    return pl.from_arrow(pa.concat_tables(tables))  # type: ignore[return-value]
+    tables = [_read_arrow_stream(path, name) for name in _saved_data_files(path, state_file)]
+    try:
+        return pl.from_arrow(pa.concat_tables(tables))  # type: ignore[return-value]
+    except (pa.ArrowException, pl.exceptions.PolarsError) as exc:  # files of different columns
+        raise InputError(str(path), f"the saved dataset's Arrow files cannot be joined ({_first_line(exc)})") from None
+
+
+_STATE_SHAPE = 'expected state.json as `save_to_disk` writes it: {"_data_files": [{"filename": "....arrow"}, ...]}'
+
+
+def _saved_data_files(path: Path, state_file: Path) -> list[str]:
+    """The Arrow file names state.json lists. A hand-edited or half-copied folder fails here with what was
+    expected, instead of a JSONDecodeError / KeyError / TypeError from deep inside the reader."""
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(str(path), f"state.json cannot be read ({_first_line(exc)}): {_STATE_SHAPE}") from None
+    entries = state.get("_data_files") if isinstance(state, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise InputError(str(path), f"{_STATE_SHAPE}; found {describe(state)}")
+    names = [entry.get("filename") if isinstance(entry, dict) else None for entry in entries]
+    bad = next((n for n, name in enumerate(names) if not isinstance(name, str) or not name), None)
+    if bad is not None:
+        raise InputError(str(path), f"{_STATE_SHAPE}; found {describe(entries[bad])} as _data_files[{bad}]")
+    return names  # type: ignore[return-value]
+
+
+def _read_arrow_stream(path: Path, name: str) -> pa.Table:
+    """One Arrow stream file of a saved dataset; missing or not Arrow is said with the folder and the file."""
+    file = path / name
+    if not file.is_file():
+        raise InputError(str(path), f"state.json lists {name}, but there is no such file in the folder (an "
+                         "incomplete copy? save the dataset again)")
+    try:
+        return pyarrow.ipc.open_stream(pa.memory_map(str(file))).read_all()
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(str(path), f"{name} is not a readable Arrow stream file ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def _read_json(path: Path) -> Records:
