@@ -12,6 +12,9 @@ Handled here:
   5. Numbers out of range: a sample beyond 64 bits, an integer too large for a float (JSON digits, 1e400).
   6. A corrupt saved HF dataset folder: state.json not JSON or not {"_data_files": [...]}, an Arrow file missing
      or not Arrow; the folder and what was expected.
+  7. Split files of an earlier build into the same --out (<stem>.eval/.judge, .jsonl or .parquet) that a build does
+     not write are removed once it succeeds, so `train --pairs` never takes held-out pairs of other data; never
+     an input, and a failed build removes nothing.
 """
 
 from __future__ import annotations
@@ -224,3 +227,41 @@ def test_corrupt_saved_dataset_folder(tmp_path, long_rows, damage, message):
     damage(folder)
     assert_one_line_error(invoke("pairs", "build", folder, *RANK, "--out", tmp_path / "p.jsonl"),
                           f"{folder}: ", message)
+
+
+# --- 7. split files of an earlier build --------------------------------------------------------------------
+
+def many_rows(n: int) -> list[dict[str, object]]:
+    answers = {"gpt-4": "A careful, complete answer number {i}.", "chatgpt": "An answer {i}.", "davinci": "Hm {i}."}
+    return [{"prompt": f"Question {i}?", "source": s, "response": a.format(i=i)} for i in range(n)
+            for s, a in answers.items()]
+
+
+def test_a_build_removes_split_files_it_did_not_write(tmp_path, jsonl):
+    answers = jsonl("a.jsonl", many_rows(8))
+    out = tmp_path / "st.jsonl"
+    assert invoke("pairs", "build", answers, *RANK, "--eval-fraction", "0.5", "--out", out).exit_code == 0
+    assert (tmp_path / "st.eval.jsonl").exists()
+    (tmp_path / "st.judge.parquet").write_bytes(b"an older build's judge split")
+    (tmp_path / "st.eval.parquet.bak").write_bytes(b"not a split name: kept")
+    result = invoke("pairs", "build", answers, *RANK, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "removed" in result.stderr and "st.eval.jsonl" in result.stderr
+    assert not (tmp_path / "st.eval.jsonl").exists() and not (tmp_path / "st.judge.parquet").exists()
+    assert (tmp_path / "st.eval.parquet.bak").exists() and out.exists()
+
+
+def test_a_failed_build_and_an_input_keep_the_split_files(tmp_path, jsonl):
+    answers = jsonl("a.jsonl", many_rows(8))
+    out = tmp_path / "st.jsonl"
+    assert invoke("pairs", "build", answers, *RANK, "--eval-fraction", "0.5", "--out", out).exit_code == 0
+    held_out = (tmp_path / "st.eval.jsonl").read_bytes()
+    bad = jsonl("bad.jsonl", [{"prompt": "p", "source": "a"}])
+    assert_one_line_error(invoke("pairs", "build", bad, *RANK, "--out", out), "bad.jsonl")
+    assert (tmp_path / "st.eval.jsonl").read_bytes() == held_out
+    import polars as pl
+
+    as_input = tmp_path / "st.judge.parquet"  # answers that happen to have a split's name: an input, never removed
+    pl.DataFrame(many_rows(8)).write_parquet(as_input)
+    assert invoke("pairs", "build", as_input, *RANK, "--out", out).exit_code == 0
+    assert as_input.exists() and not (tmp_path / "st.eval.jsonl").exists()
