@@ -15,6 +15,8 @@ Handled here:
   7. Split files of an earlier build into the same --out (<stem>.eval/.judge, .jsonl or .parquet) that a build does
      not write are removed once it succeeds, so `train --pairs` never takes held-out pairs of other data; never
      an input, and a failed build removes nothing.
+  8. An eval instruction answered twice in an outputs or the reference file (the last silently won): refused with
+     its row and the row that answered it first, like `pairs build` refuses a repeated answer.
 """
 
 from __future__ import annotations
@@ -265,3 +267,19 @@ def test_a_failed_build_and_an_input_keep_the_split_files(tmp_path, jsonl):
     pl.DataFrame(many_rows(8)).write_parquet(as_input)
     assert invoke("pairs", "build", as_input, *RANK, "--out", out).exit_code == 0
     assert as_input.exists() and not (tmp_path / "st.eval.jsonl").exists()
+
+
+# --- 8. an eval instruction answered twice -----------------------------------------------------------------
+
+@pytest.mark.parametrize("repeated", ["outputs", "reference"])
+def test_eval_instruction_answered_twice(tmp_path, repeated):
+    rows = [{"instruction": f"Question {i}: what is {i} plus {i}?", "output": f"It is {2 * i}.", "generator": "m"}
+            for i in range(4)]
+    files = {name: tmp_path / f"{name}.json" for name in ("outputs", "reference")}
+    for name, path in files.items():
+        extra = [{**rows[1], "output": "Something else."}] if name == repeated else []
+        path.write_text(json.dumps(rows + extra))
+    result = invoke("eval", "--outputs", files["outputs"], "--reference", files["reference"], "--out", tmp_path / "ev")
+    assert_one_line_error(result, f"{repeated}.json row 5", "the instruction 'Question 1: what is 1 plus 1?' is "
+                          "answered again (first at row 2)", f"one answer per eval instruction in the {repeated} file")
+    assert not (tmp_path / "ev").exists()
