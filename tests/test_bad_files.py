@@ -17,6 +17,7 @@ Handled here:
      an input, and a failed build removes nothing.
   8. An eval instruction answered twice in an outputs or the reference file (the last silently won): refused with
      its row and the row that answered it first, like `pairs build` refuses a repeated answer.
+  9. A key written twice in one mapping of a recipe (YAML keeps the last silently): file, line, key, first line.
 """
 
 from __future__ import annotations
@@ -283,3 +284,24 @@ def test_eval_instruction_answered_twice(tmp_path, repeated):
     assert_one_line_error(result, f"{repeated}.json row 5", "the instruction 'Question 1: what is 1 plus 1?' is "
                           "answered again (first at row 2)", f"one answer per eval instruction in the {repeated} file")
     assert not (tmp_path / "ev").exists()
+
+
+# --- 9. a key twice in a recipe ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "where", "first"), [
+    ("pairs: {rank: a > b}\npairs: {rank: b > a}\n", "recipe.yaml line 2, field 'pairs'", "first at line 1"),
+    ("pairs:\n  rank: a > b\n  seed: 1\n  rank: b > a\n", "recipe.yaml line 4, field 'rank'", "first at line 2"),
+], ids=["section-twice", "nested-key-twice"])
+def test_recipe_key_written_twice(tmp_path, jsonl, long_rows, text, where, first):
+    (tmp_path / "recipe.yaml").write_text(text)
+    result = invoke("pairs", "build", jsonl("a.jsonl", long_rows), "--config", tmp_path / "recipe.yaml", "--out",
+                    tmp_path / "p.jsonl")
+    assert_one_line_error(result, where, "the key appears twice in one mapping", first)
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_recipe_merge_key_may_be_overridden(tmp_path):
+    from pairforge.recipe import load_recipe
+
+    (tmp_path / "recipe.yaml").write_text("pairs: {<<: {rank: a > b, seed: 3}, rank: b > a}\n")
+    assert load_recipe(tmp_path / "recipe.yaml").pairs.rank == "b > a"
