@@ -18,6 +18,7 @@ Handled here:
   8. An eval instruction answered twice in an outputs or the reference file (the last silently won): refused with
      its row and the row that answered it first, like `pairs build` refuses a repeated answer.
   9. A key written twice in one mapping of a recipe (YAML keeps the last silently): file, line, key, first line.
+ 10. A CSV / TSV / Excel input: not a supported format, with the supported ones listed (was "not valid JSON").
 """
 
 from __future__ import annotations
@@ -305,3 +306,13 @@ def test_recipe_merge_key_may_be_overridden(tmp_path):
 
     (tmp_path / "recipe.yaml").write_text("pairs: {<<: {rank: a > b, seed: 3}, rank: b > a}\n")
     assert load_recipe(tmp_path / "recipe.yaml").pairs.rank == "b > a"
+
+
+# --- 10. CSV -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "kind"), [("answers.csv", "CSV"), ("answers.TSV", "TSV")])
+def test_csv_is_said_to_be_unsupported(tmp_path, name, kind):
+    (tmp_path / name).write_text("prompt,source,response\na,b,c\n")
+    assert_one_line_error(invoke("pairs", "build", tmp_path / name, *RANK, "--out", tmp_path / "p.jsonl"),
+                          f"{name}: {kind} is not a supported input format",
+                          "expected JSONL, JSON (an array of objects), Parquet or a saved HF dataset folder")

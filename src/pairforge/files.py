@@ -65,6 +65,7 @@ def read_records(path: str | Path) -> Records:
     path = Path(path)
     if not path.exists():
         raise InputError(str(path), "no such file or folder")
+    _refuse_unsupported(path)
     if path.is_dir():
         records = Records(path, frame=_read_saved_dataset(path))
     elif path.suffix == ".parquet":
@@ -74,6 +75,19 @@ def read_records(path: str | Path) -> Records:
     if len(records) == 0:
         raise InputError(str(path), "file is empty: expected at least one record")
     return records
+
+
+SUPPORTED = "JSONL, JSON (an array of objects), Parquet or a saved HF dataset folder"
+_UNSUPPORTED = {".csv": "CSV", ".tsv": "TSV", ".xlsx": "Excel", ".xls": "Excel"}
+
+
+def _refuse_unsupported(path: Path) -> None:
+    """A table format pairforge does not read, named by its suffix: said as such, instead of the JSON reader's
+    "not valid JSON" on its first line (CSV's quoting and types are too loose to validate row by row)."""
+    kind = _UNSUPPORTED.get(path.suffix.lower()) if path.is_file() else None
+    if kind is not None:
+        raise InputError(str(path), f"{kind} is not a supported input format: expected {SUPPORTED} (convert it "
+                         "to Parquet or JSONL first)")
 
 
 def _read_parquet(path: Path) -> pl.DataFrame:
