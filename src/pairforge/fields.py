@@ -20,7 +20,7 @@ class Field:
     """One expected field: its key in the input, its kind, and whether a row may lack it."""
 
     key: str
-    kind: str  # "text" | "prompt" | "number" | "int"
+    kind: str  # "text" | "prompt" | "answer" | "number" | "int" (prompt / answer: a string or chat messages)
     required: bool = True
 
 
@@ -43,8 +43,40 @@ def checked_frame(records: Records, fields: list[Field]) -> pl.DataFrame:
     chat = any(isinstance(row.get(f.key), list) for row in rows for f in fields if f.kind == "prompt")
     data = {f.key: [as_chat(row.get(f.key)) if f.kind == "prompt" and chat else row.get(f.key) for row in rows]
             for f in fields}
-    kinds = {"text": pl.String, "number": pl.Float64, "int": pl.Int64, "prompt": S.MESSAGES if chat else pl.String}
+    chat_or_text = S.MESSAGES if chat else pl.String
+    kinds = {"text": pl.String, "number": pl.Float64, "int": pl.Int64, "prompt": chat_or_text, "answer": chat_or_text}
     return pl.DataFrame(data, schema={f.key: kinds[f.kind] for f in fields})
+
+
+def check_same_shape(records: Records, chat_keys: tuple[str, ...] = ()) -> None:
+    """Every JSON row holds each field in the shape of the first row that has it: a list, an object, or a plain
+    value. A column is one type for polars (and TRL reads a file as conversational or as plain text, not both),
+    so a mix would fail deep in frame building; said here with the first row that differs. `chat_keys`: fields
+    whose lists are chat messages, named so in the message. Typed files (Parquet) cannot mix."""
+    rows = records.rows
+    if rows is None:
+        return
+    for key in records.columns:
+        first: tuple[int, str, Any] | None = None
+        for index, row in enumerate(rows):
+            value = row.get(key)
+            if value is None:
+                continue
+            shape = "list" if isinstance(value, list) else "object" if isinstance(value, dict) else "plain"
+            if first is None:
+                first = (index, shape, value)
+            elif shape != first[1]:
+                raise InputError(str(records.path), f"expected {_shape_name(first[2], key in chat_keys)} like "
+                                 f"{records.label(first[0])} (every record in one shape), found {describe(value)}",
+                                 row=records.label(index), field=key)
+
+
+def _shape_name(value: Any, chat: bool) -> str:
+    if isinstance(value, list):
+        return "a list of chat messages (conversational)" if chat else "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "a string (plain text)" if isinstance(value, str) else "a plain value (a string or a number)"
 
 
 def _check_value(value: Any, f: Field, records: Records, index: int) -> None:
@@ -55,18 +87,35 @@ def _check_value(value: Any, f: Field, records: Records, index: int) -> None:
 
     if value is None:
         if f.required:
-            fail({"text": "a string", "prompt": "a string or a list of chat messages"}.get(f.kind, "a number"))
+            fail({"text": "a string", "prompt": "a string or a list of chat messages",
+                  "answer": "a string or a list of chat messages"}.get(f.kind, "a number"))
         return
     if f.kind == "text" and not isinstance(value, str):
         fail("a string")
-    elif f.kind == "prompt" and not (isinstance(value, str) or is_messages(value)):
+    elif f.kind in ("prompt", "answer") and not (isinstance(value, str) or is_messages(value)):
         fail("a string or a list of {role, content} messages")
+    elif f.kind in ("prompt", "answer") and isinstance(value, list):
+        _refuse_bad_turns(value, f, records, index)
     elif f.kind in ("number", "int"):
         wanted = int if f.kind == "int" else (int, float)
         if isinstance(value, bool) or not isinstance(value, wanted):
             fail("an integer" if f.kind == "int" else "a number")
-        if isinstance(value, float) and not math.isfinite(value):
+        if not is_finite(value):
             fail("a finite number")
+        if f.kind == "int" and not INT64_MIN <= value <= INT64_MAX:
+            fail(f"an integer in range {INT64_MIN}..{INT64_MAX} (a 64-bit integer)")
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what a polars Int64 column holds
+
+
+def is_finite(value: float) -> bool:
+    """A JSON number is finite as a float: not NaN or infinite, and not an integer too large for a float
+    (json reads 1e400 written as digits as a Python int, on which `float()` raises OverflowError)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _check_columns(records: Records, fields: list[Field]) -> None:
@@ -75,7 +124,8 @@ def _check_columns(records: Records, fields: list[Field]) -> None:
     assert frame is not None
     for f in fields:
         dtype = frame.schema[f.key]
-        ok = {"text": dtype == pl.String, "prompt": dtype == pl.String or dtype == S.MESSAGES,
+        chat_or_text = dtype == pl.String or dtype == S.MESSAGES
+        ok = {"text": dtype == pl.String, "prompt": chat_or_text, "answer": chat_or_text,
               "number": dtype.is_numeric(), "int": dtype.is_integer()}[f.kind]
         if not ok:
             raise InputError(str(records.path), f"expected a {f.kind} column, found type {dtype}", field=f.key)
@@ -87,6 +137,48 @@ def _check_columns(records: Records, fields: list[Field]) -> None:
             value = frame[f.key][hits]
             raise InputError(str(records.path), f"expected a {'finite number' if dtype.is_float() else f.kind}, "
                              f"found {describe(value)}", row=records.label(hits), field=f.key)
+        if dtype == S.MESSAGES and f.kind in ("prompt", "answer"):
+            hits = frame.select(pl.arg_where(_bad_turns(pl.col(f.key), f.kind)).first()).item()
+            if hits is not None:
+                _refuse_bad_turns(frame[f.key][hits].to_list(), f, records, hits)
+
+
+CHAT_ROLES = ("system", "user", "assistant")  # what a chat template is given; pairforge has no tool turns
+
+
+def turn_problem(messages: list[dict[str, Any]], kind: str) -> tuple[str, str] | None:
+    """(where, problem) for chat messages that a chat template would render wrongly or refuse: a role other than
+    system / user / assistant, a prompt that does not end with the user's turn (the model answers that turn), an
+    answer with a turn that is not the assistant's. `where` is '[n].role'; None when the messages are fine."""
+    if not messages:
+        return "", "expected a string or a list of chat messages, found an empty list"
+    for n, message in enumerate(messages):
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            return f"[{n}].role", f"expected a role system, user or assistant, found {describe(role)}"
+        if kind == "answer" and role != "assistant":
+            return f"[{n}].role", f"expected role assistant (an answer's turns are the model's), found {describe(role)}"
+    if kind == "prompt" and messages and messages[-1].get("role") != "user":
+        return (f"[{len(messages) - 1}].role", "expected role user: a prompt ends with the user's turn (the one the "
+                f"model answers), found {describe(messages[-1].get('role'))}")
+    return None
+
+
+def _refuse_bad_turns(messages: list[dict[str, Any]], f: Field, records: Records, index: int) -> None:
+    problem = turn_problem(messages, f.kind)
+    if problem is not None:
+        raise InputError(str(records.path), problem[1], row=records.label(index), field=f.key + problem[0])
+
+
+def _bad_turns(messages: pl.Expr, kind: str) -> pl.Expr:
+    """Column-wise twin of `turn_problem`: true for rows it would refuse (and for empty message lists)."""
+    roles = messages.list.eval(pl.element().struct.field("role"))
+    bad = roles.list.eval(~pl.element().is_in(CHAT_ROLES).fill_null(False)).list.any() | (roles.list.len() == 0)
+    if kind == "answer":
+        bad = bad | roles.list.eval(pl.element() != "assistant").list.any()
+    else:
+        bad = bad | (roles.list.last() != "user")
+    return bad.fill_null(False)
 
 
 def is_messages(value: Any) -> bool:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -64,6 +65,7 @@ def read_records(path: str | Path) -> Records:
     path = Path(path)
     if not path.exists():
         raise InputError(str(path), "no such file or folder")
+    _refuse_unsupported(path)
     if path.is_dir():
         records = Records(path, frame=_read_saved_dataset(path))
     elif path.suffix == ".parquet":
@@ -73,6 +75,19 @@ def read_records(path: str | Path) -> Records:
     if len(records) == 0:
         raise InputError(str(path), "file is empty: expected at least one record")
     return records
+
+
+SUPPORTED = "JSONL, JSON (an array of objects), Parquet or a saved HF dataset folder"
+_UNSUPPORTED = {".csv": "CSV", ".tsv": "TSV", ".xlsx": "Excel", ".xls": "Excel"}
+
+
+def _refuse_unsupported(path: Path) -> None:
+    """A table format pairforge does not read, named by its suffix: said as such, instead of the JSON reader's
+    "not valid JSON" on its first line (CSV's quoting and types are too loose to validate row by row)."""
+    kind = _UNSUPPORTED.get(path.suffix.lower()) if path.is_file() else None
+    if kind is not None:
+        raise InputError(str(path), f"{kind} is not a supported input format: expected {SUPPORTED} (convert it "
+                         "to Parquet or JSONL first)")
 
 
 def _read_parquet(path: Path) -> pl.DataFrame:
@@ -89,9 +104,47 @@ def _read_saved_dataset(path: Path) -> pl.DataFrame:
     if not state_file.exists():
         raise InputError(str(path), "is a folder but not a saved HF dataset: expected state.json inside "
                          "(a DatasetDict folder? point at one split's folder, e.g. train/)")
-    files = [path / entry["filename"] for entry in json.loads(state_file.read_text())["_data_files"]]
-    tables = [pyarrow.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files]
-    return pl.from_arrow(pa.concat_tables(tables))  # type: ignore[return-value]
+    tables = [_read_arrow_stream(path, name) for name in _saved_data_files(path, state_file)]
+    try:
+        return pl.from_arrow(pa.concat_tables(tables))  # type: ignore[return-value]
+    except (pa.ArrowException, pl.exceptions.PolarsError) as exc:  # files of different columns
+        raise InputError(str(path), f"the saved dataset's Arrow files cannot be joined ({_first_line(exc)})") from None
+
+
+_STATE_SHAPE = 'expected state.json as `save_to_disk` writes it: {"_data_files": [{"filename": "....arrow"}, ...]}'
+
+
+def _saved_data_files(path: Path, state_file: Path) -> list[str]:
+    """The Arrow file names state.json lists. A hand-edited or half-copied folder fails here with what was
+    expected, instead of a JSONDecodeError / KeyError / TypeError from deep inside the reader."""
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(str(path), f"state.json cannot be read ({_first_line(exc)}): {_STATE_SHAPE}") from None
+    entries = state.get("_data_files") if isinstance(state, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise InputError(str(path), f"{_STATE_SHAPE}; found {describe(state)}")
+    names = [entry.get("filename") if isinstance(entry, dict) else None for entry in entries]
+    bad = next((n for n, name in enumerate(names) if not isinstance(name, str) or not name), None)
+    if bad is not None:
+        raise InputError(str(path), f"{_STATE_SHAPE}; found {describe(entries[bad])} as _data_files[{bad}]")
+    return names  # type: ignore[return-value]
+
+
+def _read_arrow_stream(path: Path, name: str) -> pa.Table:
+    """One Arrow stream file of a saved dataset; missing or not Arrow is said with the folder and the file."""
+    file = path / name
+    if not file.is_file():
+        raise InputError(str(path), f"state.json lists {name}, but there is no such file in the folder (an "
+                         "incomplete copy? save the dataset again)")
+    try:
+        return pyarrow.ipc.open_stream(pa.memory_map(str(file))).read_all()
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(str(path), f"{name} is not a readable Arrow stream file ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def _read_json(path: Path) -> Records:
@@ -112,11 +165,14 @@ def _read_json(path: Path) -> Records:
         except json.JSONDecodeError as exc:
             raise InputError(str(path), f"not valid JSON: {exc.msg} (column {exc.colno})",
                              row=f"line {exc.lineno}") from None
+        escaped = _SURROGATE_ESCAPE.search(text) is not None
         for index, item in enumerate(items):
             _expect_object(item, path, f"row {index + 1}")
+            if escaped:
+                _expect_unicode(item, path, f"row {index + 1}")
         return Records(path, rows=items)
     rows, lines = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in jsonl_lines(text):
         if not line.strip():
             continue
         try:
@@ -125,14 +181,60 @@ def _read_json(path: Path) -> Records:
             raise InputError(str(path), f"not valid JSON: {exc.msg} (column {exc.colno})",
                              row=f"line {number}") from None
         _expect_object(item, path, f"line {number}")
+        if _SURROGATE_ESCAPE.search(line):
+            _expect_unicode(item, path, f"line {number}")
         rows.append(item)
         lines.append(number)
     return Records(path, rows=rows, line_numbers=lines)
 
 
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of JSON-lines text. Lines end at "\\n" only (a trailing "\\r" is dropped):
+    `str.splitlines` would also split at U+2028, U+0085, \\x0b, \\x0c ... which JSON strings may hold raw
+    (polars writes them unescaped), so a file pairforge wrote could not be read back."""
+    for number, line in enumerate(text.split("\n"), start=1):
+        yield number, line.removesuffix("\r")
+
+
 def _expect_object(item: Any, path: Path, row: str) -> None:
     if not isinstance(item, dict):
         raise InputError(str(path), f"expected a JSON object (one record), found {describe(item)}", row=row)
+
+
+# a JSON escape of a UTF-16 surrogate; the only way a lone surrogate gets in, since the bytes were valid UTF-8
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _expect_unicode(item: dict[str, Any], path: Path, row: str) -> None:
+    """A lone surrogate ("\\ud800") is valid JSON but not Unicode text: polars, Parquet and every UTF-8 writer
+    fail on it deep inside (UnicodeEncodeError), so it is said here with its line and field path."""
+    field = _lone_surrogate_at(item, "")
+    if field is not None:
+        raise InputError(str(path), "not valid Unicode text (a lone surrogate)", row=row, field=field)
+
+
+def _lone_surrogate_at(value: Any, where: str) -> str | None:
+    """The path ('completions[1].response') of the first string in `value` holding a lone surrogate, or None."""
+    if isinstance(value, str):
+        return None if _is_unicode(value) else (where or "(value)")
+    items: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = key if _is_unicode(key) else key.encode("utf-8", "backslashreplace").decode("utf-8")
+            if name != key:
+                return f"{where}.{name}" if where else name
+            items.append((f"{where}.{key}" if where else key, item))
+    elif isinstance(value, list):
+        items = [(f"{where}[{n}]", item) for n, item in enumerate(value)]
+    return next((hit for name, item in items if (hit := _lone_surrogate_at(item, name)) is not None), None)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def write_table(frame: pl.DataFrame, path: str | Path) -> Path:
@@ -209,7 +311,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     """The rows of a JSON-lines log that is only ever appended to. A crash mid-append can leave a torn last
     line: it is left out (the next resume rewrites the file without it); a broken line before the last is
     damage, said with its line number."""
-    lines = [(n, line) for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    lines = [(n, line) for n, line in jsonl_lines(Path(path).read_text(encoding="utf-8")) if line.strip()]
     rows = []
     for position, (number, line) in enumerate(lines):
         try:

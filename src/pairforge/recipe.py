@@ -131,9 +131,13 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(str(path), f"cannot read the recipe ({exc})") from None
+    except _DuplicateKey as exc:
+        raise InputError(str(path), f"the key appears twice in one mapping (first at line {exc.first_line}): "
+                         "expected each key once (YAML would silently keep the last)", row=f"line {exc.line}",
+                         field=exc.key) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise InputError(str(path), f"not valid YAML: {getattr(exc, 'problem', exc)}",
@@ -148,6 +152,33 @@ def load_recipe(path: str | Path) -> Recipe:
         line = _line_of(text, error["loc"])
         raise InputError(str(path), error_message(error),
                          row=f"line {line}" if line else None, field=key or None) from None
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int, first_line: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key written twice in one mapping: plain YAML loading keeps the last one
+    silently, so a recipe with two `pairs:` sections would run with half of what its author wrote. Keys merged in
+    with `<<:` may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(str(key), line, seen[key])
+                seen[key] = line
+            except TypeError:  # an unhashable key: SafeLoader's own check says so
+                break
+        return super().construct_mapping(node, deep=deep)
 
 
 def _relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -20,7 +20,6 @@ error must name the line.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,16 @@ import polars as pl
 
 from pairforge import schema as S
 from pairforge.errors import InputError, describe
-from pairforge.fields import Field, as_chat, check_fields, checked_frame, is_messages
+from pairforge.fields import (
+    Field,
+    as_chat,
+    check_fields,
+    check_same_shape,
+    checked_frame,
+    is_finite,
+    is_messages,
+    turn_problem,
+)
 from pairforge.files import Records, read_records
 
 MESSAGES = S.MESSAGES
@@ -218,6 +226,7 @@ def _sharegpt(records: Records, _: dict[str, str]) -> pl.DataFrame:
             last = max((n for n, t in enumerate(turns) if t["role"] == "assistant"), default=None)
             if last is None or last == 0:
                 reader.fail(key, "expected a conversation with a user turn and then an assistant turn")
+            reader.turns(turns[:last], key)
             source = next((row[k] for k in _ALIASES["source"] if isinstance(row.get(k), str)), records.path.stem)
             yield {"_row": index, S.PROMPT: turns[:last], S.SOURCE: source, S.RESPONSE: turns[last]["content"]}
 
@@ -249,7 +258,14 @@ class _RowReader:
         value = self.row.get(key)
         if not (isinstance(value, str) or is_messages(value)):
             self.fail(key, f"expected a string or a list of chat messages, found {describe(value)}")
+        self.turns(value, key)
         return value
+
+    def turns(self, prompt: str | list[S.Message], key: str) -> None:
+        """A chat prompt's roles are ones a chat template knows, and it ends with the user's turn."""
+        problem = turn_problem(prompt, "prompt") if isinstance(prompt, list) else None
+        if problem is not None:
+            self.fail(key + problem[0], problem[1])
 
     def items(self, key: str) -> list[dict[str, Any]]:
         value = self.row.get(key)
@@ -265,7 +281,7 @@ class _RowReader:
 
     def number(self, item: dict[str, Any], key: str, where: str) -> float:
         value = item.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_finite(value):
             self.fail(f"{where}.{key}", f"expected a finite number, found {describe(value)}")
         return float(value)
 
@@ -364,13 +380,15 @@ def check_pair_columns(columns: list[str], target_column: str | None, source: st
 
 def read_pairs(path: Path, target_column: str | None = None) -> pl.DataFrame:
     """A pairs file (ours or any TRL prompt/chosen/rejected file), every value checked at read time: texts or
-    chat messages where answers belong, a finite weight >= 0, a text pair_type."""
+    chat messages where answers belong (roles system/user/assistant, a prompt ending with the user's turn, answers
+    of assistant turns; a file conversational or plain text, not both), a finite weight >= 0, a text pair_type."""
     records = read_records(path)
     check_pair_columns(records.columns, target_column, str(path))
     optional = [Field("weight", "number", required=False), Field("pair_type", "text", required=False)]
-    check_fields(records, [*(Field(c, "prompt") for c in PAIR_COLUMNS),
-                           *([Field(target_column, "prompt")] if target_column else []),
+    answers = [c for c in ("chosen", "rejected", target_column) if c]
+    check_fields(records, [Field("prompt", "prompt"), *(Field(c, "answer") for c in dict.fromkeys(answers)),
                            *(f for f in optional if f.key in records.columns)])
+    check_same_shape(records, chat_keys=("prompt", *answers))
     frame = records.frame if records.frame is not None else pl.DataFrame(records.rows, infer_schema_length=None,
                                                                           strict=False)
     negative = frame.select(pl.arg_where(pl.col("weight") < 0).first()).item() if "weight" in frame.columns else None

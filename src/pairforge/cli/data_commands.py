@@ -89,6 +89,9 @@ def _run_pairs_build(config: Path | None, flags: dict[str, Any], filter_flags: d
     if not render.pair_drops(result.summary).rows:
         say("dropped: nothing")
     console.print(f"wrote {', '.join(str(p) for p in result.written)}", highlight=False)
+    if result.removed:
+        say(f"removed {', '.join(map(str, result.removed))} (split files of an earlier build that this one did not "
+            "write)")
 
 
 

@@ -29,7 +29,7 @@ from pairforge import schema as S
 from pairforge.config import JudgeConfig, SourceConfig
 from pairforge.errors import InputError
 from pairforge.evaluate.stats import length_controlled_win_rate, paired_difference, win_rate
-from pairforge.files import check_output, read_records, write_json, write_table
+from pairforge.files import Records, check_output, read_records, write_json, write_table
 from pairforge.generate.run import source_requests
 from pairforge.judge.run import check_judge, judge_frame
 from pairforge.prompting import endpoint_of
@@ -37,7 +37,7 @@ from pairforge.records import prompts_from_file, responses_from_files
 from pairforge.requests.backends.base import check_source
 from pairforge.requests.engine import answer_all, make_backend, progress_bar
 from pairforge.requests.store import Store, opened
-from pairforge.text import word_count
+from pairforge.text import prompt_text, word_count
 
 REFERENCE = "reference"
 _TIE = 1e-4  # rewards closer than this are a tie
@@ -120,7 +120,9 @@ def _named(items: list[Any], option: str) -> list[tuple[str, Any]]:
 
 def _answers_for(path: Path, prompts: pl.DataFrame, what: str) -> dict[str, str]:
     """prompt_id -> answer from an outputs file; every eval prompt must be answered."""
-    frame = responses_from_files([read_records(path)], "long")
+    records = read_records(path)
+    frame = responses_from_files([records], "long")
+    _refuse_repeated_instructions(frame, records, what)
     answers = dict(zip(frame[S.PROMPT_ID], frame[S.RESPONSE], strict=True))
     missing = [p for p in prompts[S.PROMPT_ID] if p not in answers]
     if missing:
@@ -128,6 +130,21 @@ def _answers_for(path: Path, prompts: pl.DataFrame, what: str) -> dict[str, str]
         raise InputError(str(path), f"the {what} file answers {len(prompts) - len(missing)} of the "
                          f"{len(prompts)} eval instructions; {len(missing)} are missing, e.g. {str(example)[:80]!r}")
     return answers
+
+
+def _refuse_repeated_instructions(frame: pl.DataFrame, records: Records, what: str) -> None:
+    """One answer per eval instruction: a second one would silently replace the first (the judge would see only
+    the last), so it is refused like `pairs build` refuses a repeated (prompt, source, sample)."""
+    again = frame.select(pl.arg_where(pl.col(S.PROMPT_ID).is_duplicated()).slice(0, 2)).to_series().to_list()
+    if not again:
+        return
+    first, second = again
+    text = prompt_text(frame.row(second, named=True)[S.PROMPT])
+    in_order = frame.height == len(records)  # a long file: frame row n is the file's row n
+    label = records.label(second) if in_order else None
+    earlier = f" (first at {records.label(first)})" if in_order else ""
+    raise InputError(str(records.path), f"the instruction {text[:80]!r} is answered again{earlier}: expected one "
+                     f"answer per eval instruction in the {what} file", row=label)
 
 
 def _generate(name: str, model: str, prompts: pl.DataFrame, settings: EvalSettings, store: Store,

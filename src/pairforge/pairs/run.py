@@ -3,14 +3,15 @@
 Outputs, all written atomically (temporary name, then rename): `<out>` (train pairs),
 `<stem>.eval<suffix>` (held-out prompts, only with eval_fraction > 0) and `<stem>.summary.json`.
 Every input is read and validated before anything is written, so bad input leaves earlier outputs
-untouched.
+untouched. Once all are written, split files of an earlier build beside them that this build did not write
+are removed (`stale_splits`), so training never picks up held-out pairs from other data.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from pairforge.records import detect_format, responses_from_files
 class StageResult:
     summary: dict[str, Any]
     written: list[Path]
+    removed: list[Path] = field(default_factory=list)  # stale split files of an earlier build
 
 
 def output_paths(out: Path) -> dict[str, Path]:
@@ -60,7 +62,21 @@ def build_from_files(cfg: PairsConfig) -> StageResult:
         "config": cfg.model_dump(mode="json"),
     }
     written.append(write_json(summary, paths["summary"]))
-    return StageResult(summary, written)
+    inputs = [*cfg.inputs, *([cfg.rank_from] if cfg.rank_from else []), *cfg.filters.decontaminate]
+    removed = stale_splits(paths["train"], written, inputs)
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return StageResult(summary, written, removed)
+
+
+def stale_splits(out: Path, written: list[Path], inputs: list[Path]) -> list[Path]:
+    """Split files beside `out` (`<stem>.eval|judge.jsonl|parquet`) that this build did not write: left by an
+    earlier build into the same name, `train --pairs <out>` would take its eval split as held-out pairs of other
+    data. Only those exact names, never an input of this build."""
+    keep = {p.resolve() for p in [*written, *inputs] if p.exists()}
+    candidates = [split_path(out.with_suffix(suffix), split) for split in ("eval", "judge")
+                  for suffix in (".jsonl", ".parquet")]
+    return [p for p in candidates if p.is_file() and p.resolve() not in keep]
 
 
 def rank_from_file(path: Path) -> str:
