@@ -1,0 +1,119 @@
+"""Bad state left on disk or in a recipe: one line naming the file (or recipe key) and what was expected, exit
+code 2, no traceback, and nothing the user already has is removed or rewritten.
+
+Cases handled:
+- the request store `store.sqlite` that is garbage bytes, a folder, an SQLite file whose `results` table has
+  another shape, or a row whose value is not JSON or lacks 'text' (the store is left exactly as it was);
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pairforge.cli import app
+
+
+def invoke(*args: Any):
+    return CliRunner().invoke(app, [*map(str, args)])
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    """Exit 2 and a single stderr line holding every fragment; no traceback."""
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+# --- the request store -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gen_recipe(tmp_path: Path) -> Path:
+    """A recipe with one model source; nothing is loaded or asked before the store is read."""
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "Hi."}\n{"prompt": "Why?"}\n', encoding="utf-8")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"prompts": "prompts.jsonl",
+                                      "sources": [{"name": "tiny", "model": "no-such/model", "max_new_tokens": 4}]}))
+    return recipe
+
+
+def _other_schema(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE results (x int)")
+        db.execute("INSERT INTO results VALUES (7)")
+
+
+@pytest.mark.parametrize(("make", "found"), [
+    (lambda p: p.write_bytes(b"garbage\n"), "cannot be opened"),
+    (_other_schema, "found table results(x)"),
+])
+def test_store_that_is_not_a_store_is_refused_and_kept(tmp_path: Path, gen_recipe: Path, make, found: str) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    store = out / "store.sqlite"
+    make(store)
+    before = store.read_bytes()
+    line = assert_one_line_error(invoke("generate", gen_recipe, "--out", out), "store.sqlite",
+                                 "expected a pairforge store (SQLite, table results(key, kind, value", found,
+                                 "move it away to start over")
+    assert "Error" not in line  # no exception class name leaks into the line
+    assert store.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["store.sqlite"]
+
+
+def test_store_that_is_a_folder(tmp_path: Path, gen_recipe: Path) -> None:
+    out = tmp_path / "out"
+    (out / "store.sqlite").mkdir(parents=True)
+    (out / "store.sqlite" / "mine.txt").write_text("keep me")
+    assert_one_line_error(invoke("generate", gen_recipe, "--out", out), "store.sqlite", "found a folder",
+                          "move it away to start over")
+    assert (out / "store.sqlite" / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(("value", "found"), [
+    ('{"a": 1}', "found an object without 'text' (keys: a)"),
+    ("{not json", "found text that is not JSON"),
+    ("[1, 2]", "found array [1, 2]"),
+])
+def test_store_row_that_is_not_an_answer(tmp_path: Path, gen_recipe: Path, value: str, found: str) -> None:
+    from pairforge.generate.run import source_requests
+    from pairforge.recipe import load_recipe
+    from pairforge.records import prompts_from_file
+    from pairforge.requests.store import Store
+
+    recipe = load_recipe(gen_recipe)
+    key = source_requests(recipe.sources[0], prompts_from_file(recipe.prompts), 1)[0].key
+    out = tmp_path / "out"
+    store = Store(out / "store.sqlite")
+    store.put(key, "generation", {"text": "fine", "finish_reason": "stop"})
+    store.db.execute("UPDATE results SET value = ? WHERE key = ?", (value, key))
+    store.close()
+    assert_one_line_error(invoke("generate", gen_recipe, "--out", out), "store.sqlite row key gen:tiny:",
+                          "expected a JSON object with 'text'", found, "move the store away to start over")
+    rows = sqlite3.connect(out / "store.sqlite").execute("SELECT key, value FROM results").fetchall()
+    assert rows == [(key, value)]
+    assert not (out / "responses.parquet").exists()
+
+
+def test_store_answers_read_back_as_written(tmp_path: Path) -> None:
+    from pairforge.requests.store import Store
+
+    store = Store(tmp_path / "store.sqlite")
+    store.put("a", "generation", {"text": "hi", "finish_reason": "stop"})
+    store.put("s", "score", {"score": 0.5})
+    assert {k: e.value for k, e in store.get(["a", "s"]).items()} == {"a": {"text": "hi", "finish_reason": "stop"},
+                                                                     "s": {"score": 0.5}}
+    store.close()
+    assert json.loads(sqlite3.connect(tmp_path / "store.sqlite").execute(
+        "SELECT value FROM results WHERE key = 's'").fetchone()[0]) == {"score": 0.5}
