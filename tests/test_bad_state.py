@@ -117,3 +117,65 @@ def test_store_answers_read_back_as_written(tmp_path: Path) -> None:
     store.close()
     assert json.loads(sqlite3.connect(tmp_path / "store.sqlite").execute(
         "SELECT value FROM results WHERE key = 's'").fetchone()[0]) == {"score": 0.5}
+
+
+# --- report on hand-edited run outputs ---------------------------------------------------------------------------
+
+_INTERVAL = {"value": 0.5, "low": 0.4, "high": 0.6}
+_LEADERBOARD = {"judge": "similarity", "prompts": 4, "reference": "ref.json",
+                "models": [{"model": "a", "prompts": 4, "mean_length": 7.0, "reference_length": 9.0, "score": _INTERVAL,
+                            "unjudged": 0}]}
+_RANKING = {"rank": "a > b", "confidence": 0.95, "min_win_probability": 0.55, "comparisons": 8, "prompts": 8,
+            "sources": [{"name": "a", "strength": 1.0, "low": 0.5, "high": 1.5},
+                        {"name": "b", "strength": -1.0, "low": -1.5, "high": -0.5}],
+            "adjacent": [{"stronger": "a", "weaker": "b", "probability": 0.99, "win_probability": 0.8,
+                          "significant": True}]}
+_METRICS = [{"step": 1, "stage": 0, "train/loss": 0.69, "train/rewards/margins": 0.0, "train/rewards/accuracies": 0.5},
+            {"step": 2, "stage": 0, "train/loss": 0.6, "train/rewards/margins": 0.1, "train/rewards/accuracies": 1.0}]
+
+
+def _write(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in data))
+    else:
+        path.write_text(json.dumps(data))
+    return path
+
+
+def _run_outputs(root: Path, **replace: Any) -> Path:
+    """A run folder with a training run, a ranking and a leaderboard; `replace` swaps one file's content."""
+    files = {"train/dpo/run.json": {"config": {"method": "dpo"}}, "train/dpo/metrics.jsonl": _METRICS,
+             "ranking.json": _RANKING, "eval/leaderboard.json": _LEADERBOARD}
+    for name, data in files.items():
+        _write(root / name, replace.get(name, data))
+    return root
+
+
+def test_report_of_well_formed_outputs(tmp_path: Path) -> None:
+    run = _run_outputs(tmp_path / "run")
+    result = invoke("report", run, "--out", tmp_path / "report.html")
+    assert result.exit_code == 0, result.output
+    assert "Sources" in result.stderr and "Training" in result.stderr and "Evaluation" in result.stderr
+
+
+@pytest.mark.parametrize(("name", "data", "fragments"), [
+    ("train/dpo/metrics.jsonl", [_METRICS[0], {**_METRICS[1], "train/loss": "x"}],
+     ("metrics.jsonl line 2, field 'train/loss'", "expected a number, found string 'x'")),
+    ("train/dpo/metrics.jsonl", [{**_METRICS[0], "step": "one"}],
+     ("metrics.jsonl line 1, field 'step'", "expected an integer step")),
+    ("eval/leaderboard.json", [], ("leaderboard.json", "expected a JSON object with 'judge'", "found array []")),
+    ("eval/leaderboard.json", {k: v for k, v in _LEADERBOARD.items() if k != "judge"},
+     ("leaderboard.json, field 'judge'", "expected a string, but the field is missing")),
+    ("eval/leaderboard.json", {**_LEADERBOARD, "models": [{**_LEADERBOARD["models"][0], "score": 0.5}]},
+     ("leaderboard.json, field 'models[0].score'", "expected a JSON object, found number 0.5")),
+    ("ranking.json", {}, ("ranking.json, field 'rank'", "the field is missing (fields found: none)")),
+    ("train/dpo/run.json", {}, ("run.json, field 'config'", "expected a JSON object, but the field is missing")),
+])
+def test_report_on_hand_edited_outputs(tmp_path: Path, name: str, data: Any, fragments: tuple[str, ...]) -> None:
+    run = _run_outputs(tmp_path / "run", **{name: data})
+    page = tmp_path / "report.html"
+    page.write_text("an earlier report")
+    assert_one_line_error(invoke("report", run, "--out", page), *fragments)
+    assert page.read_text() == "an earlier report"
+    assert not page.with_suffix(".md").exists()
