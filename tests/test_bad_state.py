@@ -179,3 +179,17 @@ def test_report_on_hand_edited_outputs(tmp_path: Path, name: str, data: Any, fra
     assert_one_line_error(invoke("report", run, "--out", page), *fragments)
     assert page.read_text() == "an earlier report"
     assert not page.with_suffix(".md").exists()
+
+
+# --- a recipe whose list is a scalar -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["sources", "runs"])
+@pytest.mark.parametrize("command", [["run"], ["train", "--config"], ["pairs", "build", "--config"], ["rank"],
+                                     ["curriculum", "show", "pairs.parquet", "--config"]])
+def test_recipe_list_that_is_a_number(tmp_path: Path, key: str, command: list[str]) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"{key}: 5\n")
+    assert_one_line_error(invoke(*command, recipe), "recipe.yaml line 1", f"field '{key}'",
+                          "expected a list, found number 5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
