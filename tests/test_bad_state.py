@@ -161,9 +161,9 @@ def test_report_of_well_formed_outputs(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("name", "data", "fragments"), [
     ("train/dpo/metrics.jsonl", [_METRICS[0], {**_METRICS[1], "train/loss": "x"}],
-     ("metrics.jsonl line 2, field 'train/loss'", "expected a number, found string 'x'")),
+     ("metrics.jsonl line 2, field 'train/loss'", "expected a number or null, found string 'x'")),
     ("train/dpo/metrics.jsonl", [{**_METRICS[0], "step": "one"}],
-     ("metrics.jsonl line 1, field 'step'", "expected an integer step")),
+     ("metrics.jsonl line 1, field 'step'", "expected an integer, found string 'one'")),
     ("eval/leaderboard.json", [], ("leaderboard.json", "expected a JSON object with 'judge'", "found array []")),
     ("eval/leaderboard.json", {k: v for k, v in _LEADERBOARD.items() if k != "judge"},
      ("leaderboard.json, field 'judge'", "expected a string, but the field is missing")),

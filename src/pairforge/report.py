@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import matplotlib
 
@@ -31,7 +31,8 @@ import polars as pl  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from pairforge import render  # noqa: E402
-from pairforge.errors import InputError, describe  # noqa: E402
+from pairforge.errors import InputError  # noqa: E402
+from pairforge.fields import check_shape  # noqa: E402
 from pairforge.files import check_output, read_log, write_atomically  # noqa: E402
 from pairforge.layout import JUDGE_SUMMARY, LEADERBOARD, METRICS, RANKING, RUN_INFO  # noqa: E402
 from pairforge.render import Grid  # noqa: E402
@@ -392,7 +393,6 @@ def _json(path: Path) -> Any:
 _NUM = (int, float)
 _INTERVAL = {"value": _NUM, "low": _NUM, "high": _NUM}
 _VERSUS = {"model": str, "difference": _NUM, "low": _NUM, "high": _NUM, "p_value": _NUM}
-# A key ending in '?' may be absent; '*' is every value of an object; [spec] is an array of spec.
 _RUN_INFO_SPEC = {"config": {"method": (str, dict)}}  # a method, or a mix of them with weights
 _RANKING_SPEC = {"rank": (str, type(None)), "confidence": _NUM, "min_win_probability": _NUM, "comparisons": int,
                  "prompts": int, "sources": [{"name": str, "strength": _NUM, "low": _NUM, "high": _NUM}],
@@ -412,22 +412,22 @@ _JUDGE_SUMMARY_SPEC = {"judge": str, "per_source": {"*": {"answers": int, "score
 
 def _run_info(path: Path) -> dict[str, Any]:
     """A training run's run.json: its config, with the method the page names."""
-    return _shaped(path, _json(path), _RUN_INFO_SPEC)
+    return check_shape(path, _json(path), _RUN_INFO_SPEC)
 
 
 def _ranking(path: Path) -> dict[str, Any]:
     """ranking.json of `rank`: the order, each source's strength interval and each adjacent pair's probabilities."""
-    return _shaped(path, _json(path), _RANKING_SPEC)
+    return check_shape(path, _json(path), _RANKING_SPEC)
 
 
 def _leaderboard(path: Path) -> dict[str, Any]:
     """leaderboard.json of `eval`: the judge, the reference and one entry per model."""
-    return _shaped(path, _json(path), _LEADERBOARD_SPEC)
+    return check_shape(path, _json(path), _LEADERBOARD_SPEC)
 
 
 def _judge_summary(path: Path) -> dict[str, Any]:
     """judge.summary.json of `judge`: per-source counts and means (and, for a pairwise judge, its position bias)."""
-    return _shaped(path, _json(path), _JUDGE_SUMMARY_SPEC)
+    return check_shape(path, _json(path), _JUDGE_SUMMARY_SPEC)
 
 
 def _metrics(path: Path) -> list[dict[str, Any]]:
@@ -436,73 +436,11 @@ def _metrics(path: Path) -> list[dict[str, Any]]:
     rows = read_log(path)
     lines = [n for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
     for row, line in zip(rows, lines, strict=False):
-        if not isinstance(row, dict):
-            raise InputError(str(path), f"expected a JSON object (a metrics row), found {describe(row)}",
-                             row=f"line {line}")
-        for key, value in row.items():
-            if key.startswith(("train/", "eval/")) and not _is(value, (*_NUM, type(None))):
-                raise InputError(str(path), f"expected a number, found {describe(value)}", row=f"line {line}",
-                                 field=key)
-        if not _is(row.get("step"), (int,)):
-            raise InputError(str(path), f"expected an integer step, found {describe(row.get('step'))}",
-                             row=f"line {line}", field="step")
+        spec = {"step": int, "*": (*_NUM, type(None))} if isinstance(row, dict) else {}
+        check_shape(path, row if not isinstance(row, dict) else
+                    {k: v for k, v in row.items() if k == "step" or k.startswith(("train/", "eval/"))}, spec,
+                    row=f"line {line}")
     return rows
-
-
-def _shaped(path: Path, data: Any, spec: Any, where: str = "") -> Any:
-    """`data` when it has the shape `spec` describes; otherwise the first mismatch as one line naming the field."""
-    if isinstance(spec, dict):
-        if not isinstance(data, dict):
-            _mismatch(path, where, "a JSON object" + (f" with {', '.join(_keys(spec))}" if not where else ""), data)
-        for key, inner in spec.items():
-            if key == "*":
-                for name, value in data.items():
-                    _shaped(path, value, inner, f"{where}.{name}" if where else name)
-                continue
-            name = key.removesuffix("?")
-            field = f"{where}.{name}" if where else name
-            if name in data:
-                _shaped(path, data[name], inner, field)
-            elif not key.endswith("?"):
-                found = ", ".join(sorted(data)[:8]) or "none"
-                raise InputError(str(path), f"expected {_expected(inner)}, but the field is missing (fields found: "
-                                            f"{found})", field=field)
-    elif isinstance(spec, list):
-        if not isinstance(data, list):
-            _mismatch(path, where, _expected(spec), data)
-        for i, item in enumerate(data):
-            _shaped(path, item, spec[0], f"{where}[{i}]")
-    else:
-        if not _is(data, spec if isinstance(spec, tuple) else (spec,)):
-            _mismatch(path, where, _expected(spec), data)
-    return data
-
-
-def _expected(spec: Any) -> str:
-    """What a spec asks for, in words."""
-    if isinstance(spec, dict):
-        return "a JSON object"
-    if isinstance(spec, list):
-        return "an array"
-    kinds = spec if isinstance(spec, tuple) else (spec,)
-    return " or ".join(_TYPE_NAMES[k] for k in kinds if not (k is int and float in kinds))
-
-
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", type(None): "null",
-               dict: "a JSON object"}
-
-
-def _is(value: Any, kinds: tuple[type, ...]) -> bool:
-    """isinstance, except that true/false is no number."""
-    return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
-
-
-def _keys(spec: dict[str, Any]) -> list[str]:
-    return [f"'{k}'" for k in spec if not k.endswith("?") and k != "*"]
-
-
-def _mismatch(path: Path, field: str, expected: str, found: Any) -> NoReturn:
-    raise InputError(str(path), f"expected {expected}, found {describe(found)}", field=field or None)
 
 
 def _version(name: str) -> str:
