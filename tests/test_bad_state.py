@@ -193,3 +193,57 @@ def test_recipe_list_that_is_a_number(tmp_path: Path, key: str, command: list[st
     assert_one_line_error(invoke(*command, recipe), "recipe.yaml line 1", f"field '{key}'",
                           "expected a list, found number 5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
+
+
+# --- a model named by the recipe that is no sentence-embedding model ---------------------------------------------
+
+
+def _not_a_model(folder: Path) -> str:
+    """A folder whose config.json names no model (sentence-transformers fails late on it with a ValueError)."""
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    return str(folder)
+
+
+@pytest.mark.parametrize(("model", "found"), [
+    ("/nonexistent/model", "'/nonexistent/model': no such model folder"),
+    (None, "is not a model folder (no modules.json, and no config.json naming a model_type)"),
+])
+def test_similarity_judge_model_checked_before_the_store(tmp_path: Path, jsonl, long_rows, model: str | None,
+                                                         found: str) -> None:
+    model = model or _not_a_model(tmp_path / "notamodel")
+    responses = jsonl("responses.jsonl", long_rows)
+    recipe = tmp_path / "judge.yaml"
+    recipe.write_text(yaml.safe_dump({"judge": {"kind": "similarity", "reference": "gpt-4", "model": model}}))
+    out = tmp_path / "out"
+    assert_one_line_error(invoke("judge", recipe, "--out", out, "--responses", responses), "judge.model", found,
+                          "expected a sentence-transformers model folder, 'embedded' or a hub id")
+    assert not out.exists()  # no empty store.sqlite left behind
+
+
+@pytest.fixture
+def curriculum_recipe(tmp_path: Path, jsonl) -> Path:
+    jsonl("pairs.jsonl", [{"prompt": f"Question {i}?", "chosen": "Yes.", "rejected": "No idea."} for i in range(8)])
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"train": {
+        "pairs": "pairs.jsonl", "model": "embedded", "out": str(tmp_path / "run"), "max_steps": 1, "batch_size": 2,
+        "curriculum": {"schedule": "sorted", "difficulty": "embedding-similarity",
+                       "embedding_model": _not_a_model(tmp_path / "notamodel")}}}))
+    return recipe
+
+
+def test_curriculum_embedding_model_in_curriculum_show(tmp_path: Path, curriculum_recipe: Path) -> None:
+    assert_one_line_error(invoke("curriculum", "show", tmp_path / "pairs.jsonl", "--config", curriculum_recipe,
+                                 "--out", tmp_path / "plot"),
+                          "curriculum.embedding_model", "notamodel' is not a model folder",
+                          "expected a sentence-transformers model folder")
+    assert not (tmp_path / "plot").exists()
+
+
+def test_curriculum_embedding_model_checked_before_fresh_clears_the_run(tmp_path: Path,
+                                                                       curriculum_recipe: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert_one_line_error(invoke("train", "--config", curriculum_recipe, "--fresh"), "curriculum.embedding_model",
+                          "is not a model folder")
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'

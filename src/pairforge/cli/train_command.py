@@ -62,6 +62,7 @@ def train_command(
         cfg = options.validated(TrainConfig, base, flags)
         if cfg.pairs is None:
             raise InputError("--pairs", "expected a pairs file (or `pairs:` in the recipe's train section)")
+        _check_embedding_model(cfg)
         try:
             result = train(cfg, fresh=fresh)
         except TrainingStopped as exc:
@@ -75,6 +76,15 @@ def train_command(
                       f"{result.out / 'metrics.jsonl'}", highlight=False)
 
     fail_cleanly(run)
+
+
+def _check_embedding_model(cfg: TrainConfig) -> None:
+    """An embedding-similarity curriculum's model is checked before anything loads or anything in --out is touched
+    (--fresh clears it first): training would otherwise load the policy and only then fail on the embedding model."""
+    from pairforge.models import check_sentence_model
+
+    if cfg.curriculum is not None and cfg.curriculum.difficulty == "embedding-similarity":
+        check_sentence_model(cfg.curriculum.embedding_model, "curriculum.embedding_model")
 
 
 def _lora(base: TrainConfig, lora: bool, merge: bool) -> dict[str, Any] | None:
