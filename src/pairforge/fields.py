@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import polars as pl
 
@@ -191,3 +192,59 @@ def as_chat(prompt: Any) -> Any:
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     return [{"role": m["role"], "content": m["content"]} for m in prompt] if isinstance(prompt, list) else prompt
+
+
+def check_shape(path: Path, data: Any, spec: Any, where: str = "", row: str | None = None) -> Any:
+    """`data` (a parsed JSON file, or one row of a log) when it has the shape `spec` describes; otherwise the first
+    mismatch as one line naming the file, the row and the field. A spec is a type or tuple of types, [spec] for an
+    array of spec, or a dict of key -> spec for an object (a key ending in '?' may be absent; '*' is every value).
+    Files the project wrote and a user edited are read through it, so a wrong field is never a KeyError later."""
+    if isinstance(spec, dict):
+        if not isinstance(data, dict):
+            keys = [f"'{k}'" for k in spec if not k.endswith("?") and k != "*"]
+            wanted = "a JSON object" + (f" with {', '.join(keys)}" if keys and not where else "")
+            _mismatch(path, where, row, wanted, data)
+        for key, inner in spec.items():
+            if key == "*":
+                for name, value in data.items():
+                    check_shape(path, value, inner, f"{where}.{name}" if where else name, row)
+                continue
+            name = key.removesuffix("?")
+            field = f"{where}.{name}" if where else name
+            if name in data:
+                check_shape(path, data[name], inner, field, row)
+            elif not key.endswith("?"):
+                found = ", ".join(sorted(data)[:8]) or "none"
+                raise InputError(str(path), f"expected {_expected(inner)}, but the field is missing (fields found: "
+                                            f"{found})", row=row, field=field)
+    elif isinstance(spec, list):
+        if not isinstance(data, list):
+            _mismatch(path, where, row, _expected(spec), data)
+        for i, item in enumerate(data):
+            check_shape(path, item, spec[0], f"{where}[{i}]", row)
+    elif not is_kind(data, spec if isinstance(spec, tuple) else (spec,)):
+        _mismatch(path, where, row, _expected(spec), data)
+    return data
+
+
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", type(None): "null",
+               dict: "a JSON object"}
+
+
+def is_kind(value: Any, kinds: tuple[type, ...]) -> bool:
+    """isinstance, except that true/false is no number."""
+    return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+
+
+def _expected(spec: Any) -> str:
+    """What a spec asks for, in words."""
+    if isinstance(spec, dict):
+        return "a JSON object"
+    if isinstance(spec, list):
+        return "an array"
+    kinds = spec if isinstance(spec, tuple) else (spec,)
+    return " or ".join(_KIND_NAMES[k] for k in kinds if not (k is int and float in kinds))
+
+
+def _mismatch(path: Path, field: str, row: str | None, expected: str, found: Any) -> NoReturn:
+    raise InputError(str(path), f"expected {expected}, found {describe(found)}", row=row, field=field or None)

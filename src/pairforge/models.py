@@ -9,6 +9,7 @@ from a hub for the default.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -136,9 +137,44 @@ def load_sentence_model(name: str, where: str):  # -> sentence_transformers.Sent
                          "pip install 'pairforge[embed]'") from None
     from transformers.utils import logging as hf_logging
 
+    check_sentence_model(name, where)
     hf_logging.disable_progress_bar()
     path = embedded_embedding_model() if name == EMBEDDED else name
-    return SentenceTransformer(str(path), device="cpu")
+    try:
+        return SentenceTransformer(str(path), device="cpu")
+    except (OSError, ValueError, KeyError) as exc:  # a hub id that is not there (offline), a folder of something else
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(where, f"cannot load a sentence-transformers model from '{name}' ({reason}); "
+                         f"{_SENTENCE_MODEL}") from None
+
+
+_SENTENCE_MODEL = "expected a sentence-transformers model folder, 'embedded' or a hub id"
+
+
+def check_sentence_model(name: str, where: str) -> None:
+    """Fail before any work (and before any file is written) when `name` cannot be a sentence-embedding model:
+    sentence-transformers missing, the embedded model's package missing, or a folder (or a name written as a path)
+    that holds no model. sentence-transformers would otherwise fail late with an OSError or a ValueError about an
+    unrecognised model. A hub id is checked when it loads."""
+    if importlib.util.find_spec("sentence_transformers") is None:
+        raise InputError(where, "sentence embeddings need sentence-transformers: pip install 'pairforge[embed]'")
+    if name == EMBEDDED:
+        embedded_embedding_model()
+        return
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        if name.startswith(("/", "./", "../", "~")) or folder.exists():
+            raise InputError(where, f"'{name}': no such model folder; {_SENTENCE_MODEL}")
+        return  # a hub id
+    if (folder / "modules.json").is_file():
+        return  # a sentence-transformers folder
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise InputError(where, f"'{name}' is not a model folder (no modules.json, and no config.json naming a "
+                         f"model_type); {_SENTENCE_MODEL}")
 
 
 def cosine_similarities(name: str, where: str, left: list[str], right: list[str], batch_size: int = 64) -> Any:

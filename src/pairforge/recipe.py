@@ -25,7 +25,7 @@ from pairforge.config import (
     TrainConfig,
     error_message,
 )
-from pairforge.errors import InputError
+from pairforge.errors import InputError, describe
 
 
 class QuickConfig(Section):
@@ -150,8 +150,14 @@ def load_recipe(path: str | Path) -> Recipe:
         error = exc.errors()[0]
         key = ".".join(str(p) for p in error["loc"])
         line = _line_of(text, error["loc"])
-        raise InputError(str(path), error_message(error),
-                         row=f"line {line}" if line else None, field=key or None) from None
+        raise InputError(str(path), _problem(error), row=f"line {line}" if line else None, field=key or None) from None
+
+
+def _problem(error: Any) -> str:
+    """pydantic's complaint in the project's words where it has them (expected ..., found ...)."""
+    if error["type"] == "list_type":
+        return f"expected a list, found {describe(error['input'])}"
+    return error_message(error)
 
 
 class _DuplicateKey(Exception):
@@ -192,9 +198,9 @@ def _relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     pairs, train = data.get("pairs"), data.get("train")
     rebase(data, "prompts")
     rebase(data, "run_dir")
-    for source in data.get("sources") or []:
+    for source in _listed(data, "sources"):
         rebase(source, "path")
-    for run in data.get("runs") or []:
+    for run in _listed(data, "runs"):
         rebase(run, "pairs")
         rebase(run, "eval_pairs")
     if isinstance(data.get("eval"), dict) and data["eval"].get("prompts") != "held-out":
@@ -207,6 +213,13 @@ def _relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     rebase(train, "pairs")
     rebase(train, "eval_pairs")
     return data
+
+
+def _listed(data: dict[str, Any], key: str) -> list[Any]:
+    """A recipe list (sources:, runs:) to look through for paths. Anything else (`sources: 5`) is left as it is for
+    validation, which names the key and says a list was expected, instead of failing here on iterating it."""
+    value = data.get(key)
+    return value if isinstance(value, list) else []
 
 
 def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:

@@ -5,6 +5,10 @@ section: pairs (`*.summary.json` of `pairs build`, and its pairs file), sources 
 `ranking.json`), training (`run.json` + `metrics.jsonl` per run) and evaluation (`leaderboard.json` +
 `eval.parquet`). The page ends with the exact settings found and the library versions, so a run can
 be reproduced. Sections without artifacts are left out, and the page says which ones were found.
+
+Each kind of file is read through one validating reader (`_run_info`, `_metrics`, `_ranking`, `_leaderboard`,
+`_judge_summary`) that checks the fields the page uses against a small spec: a hand-edited file is one line naming
+the file and the field expected, never a traceback from deep inside a plot.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from pairforge import render  # noqa: E402
 from pairforge.errors import InputError  # noqa: E402
+from pairforge.fields import check_shape  # noqa: E402
 from pairforge.files import check_output, read_log, write_atomically  # noqa: E402
-from pairforge.layout import LEADERBOARD, METRICS  # noqa: E402
+from pairforge.layout import JUDGE_SUMMARY, LEADERBOARD, METRICS, RANKING, RUN_INFO  # noqa: E402
 from pairforge.render import Grid  # noqa: E402
 from pairforge.text import answer_text  # noqa: E402
 
@@ -145,8 +150,8 @@ def _pair_distributions(path: Path) -> bytes:
 
 
 def _sources(files: list[Path]) -> Section | None:
-    judged = [_json(f) for f in files if f.name == "judge.summary.json"]
-    ranked = [_json(f) for f in files if f.name == "ranking.json"]
+    judged = [_judge_summary(f) for f in files if f.name == JUDGE_SUMMARY]
+    ranked = [_ranking(f) for f in files if f.name == RANKING]
     if not judged and not ranked:
         return None
     section = Section("sources", "Sources: judge and strength")
@@ -178,8 +183,8 @@ def _training(files: list[Path]) -> Section | None:
     section = Section("training", "Training")
     rows = []
     for run in runs:
-        info = _json(run / "run.json")
-        metrics = read_log(run / "metrics.jsonl")
+        info = _run_info(run / RUN_INFO)
+        metrics = _metrics(run / METRICS)
         train = [m for m in metrics if "train/loss" in m]
         evals = [m for m in metrics if "eval/loss" in m]
         method = info["config"]["method"]
@@ -225,7 +230,7 @@ def _evaluation(files: list[Path]) -> Section | None:
         return None
     section = Section("evaluation", "Evaluation")
     for path in boards:
-        board = _json(path)
+        board = _leaderboard(path)
         models = board["models"]
         pairwise = board["judge"] != "similarity"
         key = "win_rate" if pairwise else "score"
@@ -270,10 +275,10 @@ def round_entries(files: list[Path]) -> list[render.Round]:
         summary = folder / "pairs.summary.json"
         margins = {}
         for metrics in sorted((folder / "train").glob(f"*/{METRICS}")):
-            evals = [m for m in read_log(metrics) if "eval/rewards/margins" in m]
+            evals = [m for m in _metrics(metrics) if "eval/rewards/margins" in m]
             if evals:
                 margins[metrics.parent.name] = evals[-1]["eval/rewards/margins"]
-        entries.append(render.Round(folder.name, _json(summary) if summary.exists() else None, _json(board),
+        entries.append(render.Round(folder.name, _json(summary) if summary.exists() else None, _leaderboard(board),
                                     margins))
     return entries
 
@@ -306,8 +311,8 @@ def _rounds(files: list[Path]) -> Section | None:
 
 def _reproduce(files: list[Path]) -> Section:
     section = Section("reproduce", "Settings and versions")
-    configs = {str(f): _json(f).get("config") for f in files if f.name in ("run.json", "leaderboard.json") or
-               f.name.endswith(".summary.json")}
+    found = {str(f): _json(f) for f in files if f.name in (RUN_INFO, LEADERBOARD) or f.name.endswith(".summary.json")}
+    configs = {name: data.get("config") for name, data in found.items() if isinstance(data, dict)}
     section.paragraphs.append("<pre>" + html.escape(json.dumps({k: v for k, v in configs.items() if v}, indent=1))
                               + "</pre>")
     versions = [[name, _version(name)] for name in ("pairforge", "torch", "transformers", "accelerate", "peft",
@@ -381,6 +386,61 @@ def _json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(str(path), f"not readable JSON ({exc})") from None
+
+
+# --- validating readers: one per kind of file, each checking the fields the page uses --------------------------
+
+_NUM = (int, float)
+_INTERVAL = {"value": _NUM, "low": _NUM, "high": _NUM}
+_VERSUS = {"model": str, "difference": _NUM, "low": _NUM, "high": _NUM, "p_value": _NUM}
+_RUN_INFO_SPEC = {"config": {"method": (str, dict)}}  # a method, or a mix of them with weights
+_RANKING_SPEC = {"rank": (str, type(None)), "confidence": _NUM, "min_win_probability": _NUM, "comparisons": int,
+                 "prompts": int, "sources": [{"name": str, "strength": _NUM, "low": _NUM, "high": _NUM}],
+                 "adjacent": [{"probability": _NUM, "win_probability": _NUM, "significant": bool}],
+                 "declared_check?": {"declared": str, "confirmed": [str], "not_confirmed": [str],
+                                     "not_judged?": [str]}}
+_LEADERBOARD_SPEC = {"judge": str, "prompts": int, "reference": str,
+                     "models": [{"model": str, "prompts": int, "mean_length": _NUM, "reference_length": _NUM,
+                                 "unjudged": int, "score?": _INTERVAL, "win_rate?": _INTERVAL,
+                                 "length_controlled_win_rate?": _INTERVAL, "vs_next?": _VERSUS,
+                                 "vs_baseline?": _VERSUS}]}
+_JUDGE_SUMMARY_SPEC = {"judge": str, "per_source": {"*": {"answers": int, "scored": int, "mean": (*_NUM, type(None)),
+                                                          "std": (*_NUM, type(None))}},
+                       "comparisons?": int, "unreadable?": int, "verdicts_from_logprobs?": int,
+                       "p_first_shown_wins?": (*_NUM, type(None))}
+
+
+def _run_info(path: Path) -> dict[str, Any]:
+    """A training run's run.json: its config, with the method the page names."""
+    return check_shape(path, _json(path), _RUN_INFO_SPEC)
+
+
+def _ranking(path: Path) -> dict[str, Any]:
+    """ranking.json of `rank`: the order, each source's strength interval and each adjacent pair's probabilities."""
+    return check_shape(path, _json(path), _RANKING_SPEC)
+
+
+def _leaderboard(path: Path) -> dict[str, Any]:
+    """leaderboard.json of `eval`: the judge, the reference and one entry per model."""
+    return check_shape(path, _json(path), _LEADERBOARD_SPEC)
+
+
+def _judge_summary(path: Path) -> dict[str, Any]:
+    """judge.summary.json of `judge`: per-source counts and means (and, for a pairwise judge, its position bias)."""
+    return check_shape(path, _json(path), _JUDGE_SUMMARY_SPEC)
+
+
+def _metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl of a training run: each row an object with an integer step and numbers (or null) for every
+    train/ and eval/ value, since the page plots them."""
+    rows = read_log(path)
+    lines = [n for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    for row, line in zip(rows, lines, strict=False):
+        spec = {"step": int, "*": (*_NUM, type(None))} if isinstance(row, dict) else {}
+        check_shape(path, row if not isinstance(row, dict) else
+                    {k: v for k, v in row.items() if k == "step" or k.startswith(("train/", "eval/"))}, spec,
+                    row=f"line {line}")
+    return rows
 
 
 def _version(name: str) -> str:

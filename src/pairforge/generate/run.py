@@ -117,7 +117,7 @@ def exported_responses(store: Store, recipe: Recipe, prompts: pl.DataFrame) -> p
             if entry.ok:
                 index, pid, sample = keys[key]
                 for column, value in zip(rows, (pid, index, source.name, sample, entry.value["text"],  # type: ignore[index]
-                                                entry.value["finish_reason"]), strict=True):  # type: ignore[index]
+                                                entry.value.get("finish_reason")), strict=True):  # type: ignore[index]
                     rows[column].append(value)
     answers = pl.concat([pl.DataFrame(rows, schema=_ANSWER_SCHEMA), *files])
     return (answers.join(prompts.select(S.PROMPT_ID, S.PROMPT, "dataset"), on=S.PROMPT_ID, how="left")

@@ -26,6 +26,7 @@ from pairforge.errors import InputError
 from pairforge.files import check_output, read_records, write_json, write_table
 from pairforge.judge import pairwise
 from pairforge.judge.pointwise import check_reward_model, reward_scores, similarity_scores
+from pairforge.models import check_sentence_model
 from pairforge.recipe import Recipe
 from pairforge.records import responses_from_files
 from pairforge.requests.backends.base import Request, check_source
@@ -125,11 +126,14 @@ def _pointwise(frame: pl.DataFrame, cfg: JudgeConfig, store: Store,
 
 
 def check_judge(cfg: JudgeConfig) -> None:
-    """Fail before any work when the judge cannot run: a missing package or key, a causal LM as reward model."""
+    """Fail before any work (before the store is created) when the judge cannot run: a missing package or key, a
+    causal LM as reward model, a similarity model that is no sentence-embedding model."""
     if cfg.kind == "llm-pairwise":
         check_source(judge_llm(cfg))
     elif cfg.kind == "reward-model":
         check_reward_model(cfg.model)
+    elif cfg.kind == "similarity":
+        check_sentence_model(cfg.model, "judge.model")
 
 
 def judge_llm(cfg: JudgeConfig) -> SourceConfig:

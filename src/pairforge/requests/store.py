@@ -5,6 +5,10 @@ loses only the requests in flight. A row is keyed by its cache key (primary key:
 a success is never overwritten by a later failure; a failure keeps its reason and how often it was
 tried, and is replaced by the first success. WAL journaling lets a reader (export, `sqlite3` by hand)
 look while a run writes.
+
+A file that is not such a store (garbage bytes, a folder, another program's SQLite file, a `results`
+table of another shape, a row whose value is not the JSON its kind writes) is refused with one line that
+names the file and how to recover; the store is never rewritten, repaired or removed on the user's behalf.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pairforge.errors import InputError
+from pairforge.errors import InputError, describe
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -31,6 +35,12 @@ CREATE TABLE IF NOT EXISTS results (
     updated  REAL NOT NULL
 )
 """
+_COLUMNS = ("key", "kind", "value", "error", "attempts", "updated")
+_EXPECTED = f"a pairforge store (SQLite, table results({', '.join(_COLUMNS)}))"
+_RECOVER = "move it away to start over (or pass another --out)"
+# What each kind of row must hold (an answer's text, a judge's score); other keys are optional when read back.
+_REQUIRED: dict[str, tuple[str, ...]] = {"score": ("score",)}
+_ANSWER_KEYS = ("text",)
 
 
 @dataclass(frozen=True)
@@ -71,12 +81,22 @@ class Store:
     """A SQLite file of results by key. Open one per process; it is not shared across threads."""
 
     def __init__(self, path: Path) -> None:
+        if path.is_dir():
+            raise InputError(str(path), f"expected {_EXPECTED}, found a folder; {_RECOVER}")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
-        self.db.execute(_SCHEMA)
+        try:
+            _check_schema(self.db, path)  # before anything is written to it
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
+            self.db.execute(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise InputError(str(path), f"expected {_EXPECTED}, but it cannot be opened ({exc}); {_RECOVER}") from None
+        except InputError:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -108,7 +128,45 @@ class Store:
         for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
             chunk = keys[start:start + 900]
             marks = ",".join("?" * len(chunk))
-            for key, value, error, attempts in self.db.execute(
-                    f"SELECT key, value, error, attempts FROM results WHERE key IN ({marks})", chunk):
-                found[key] = Entry(json.loads(value) if value is not None else None, error, attempts)
+            for key, kind, value, error, attempts in self.db.execute(
+                    f"SELECT key, kind, value, error, attempts FROM results WHERE key IN ({marks})", chunk):
+                found[key] = Entry(self._value(key, kind, value), error, attempts)
         return found
+
+    def _value(self, key: str, kind: str, value: str | None) -> dict[str, Any] | None:
+        """A row's value read back as the JSON object its kind writes (a hand-edited row would otherwise be a
+        KeyError deep in an export)."""
+        if value is None:
+            return None
+        required = _REQUIRED.get(kind, _ANSWER_KEYS)
+        expected = f"expected a JSON object with {' and '.join(repr(k) for k in required)}"
+        try:
+            parsed = json.loads(value)
+        except (json.JSONDecodeError, TypeError):
+            parsed, found = None, f"found text that is not JSON {str(value)[:40]!r}"
+        else:
+            found = f"found {describe(parsed)}"
+        if isinstance(parsed, dict):
+            missing = [k for k in required if k not in parsed]
+            if missing:
+                found = f"found an object without '{missing[0]}' (keys: {', '.join(sorted(parsed)) or 'none'})"
+            elif "text" in required and not isinstance(parsed["text"], str):
+                found = f"found 'text' that is {describe(parsed['text'])}"
+            else:
+                return parsed
+        raise InputError(str(self.path), f"{expected}, {found}; move the store away to start over, or delete that row",
+                         row=f"row key {key}")
+
+
+def _check_schema(db: sqlite3.Connection, path: Path) -> None:
+    """An existing SQLite file is a store only when it has a `results` table of the store's columns, or no tables
+    at all (a new file): another program's database is neither changed nor used."""
+    tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    if not tables:
+        return
+    if "results" not in tables:
+        raise InputError(str(path), f"expected {_EXPECTED}, found an SQLite file with tables "
+                                    f"{', '.join(sorted(tables)[:5])}; {_RECOVER}")
+    columns = tuple(row[1] for row in db.execute("PRAGMA table_info(results)"))
+    if sorted(columns) != sorted(_COLUMNS):
+        raise InputError(str(path), f"expected {_EXPECTED}, found table results({', '.join(columns)}); {_RECOVER}")

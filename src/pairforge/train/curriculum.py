@@ -77,7 +77,7 @@ def embedding_similarity(frame: pl.DataFrame, model_name: str) -> np.ndarray:
     from pairforge.models import cosine_similarities
 
     chosen, rejected = ([answer_text(v) for v in frame[c].to_list()] for c in ("chosen", "rejected"))
-    return cosine_similarities(model_name, "curriculum.difficulty", chosen, rejected)
+    return cosine_similarities(model_name, "curriculum.embedding_model", chosen, rejected)
 
 
 def plan(difficulty: np.ndarray, pair_types: list[str], cfg: CurriculumConfig, batch_size: int, epochs: int,

@@ -257,9 +257,32 @@ def _with_lora(model: torch.nn.Module, cfg: TrainConfig, task: str) -> torch.nn.
     from peft import LoraConfig, get_peft_model
 
     assert cfg.lora is not None
+    check_lora_targets(model, cfg.lora.target_modules)
     config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                         target_modules=cfg.lora.target_modules, task_type=task)
     return get_peft_model(model, config)
+
+
+def check_lora_targets(model: torch.nn.Module, targets: list[str] | str) -> None:
+    """`lora.target_modules` must name at least one module of the model (matched as peft matches them: a name or a
+    name's last parts, or a regex when given as a string); otherwise peft fails mid-setup with a
+    NoMatchingPeftModuleError traceback. Works on a model built on the meta device, so it can run before anything
+    loads or anything in the output folder is touched."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    if targets == "all-linear":
+        return
+    config = LoraConfig(target_modules=targets)
+    names = [name for name, _ in model.named_modules() if name]
+    if any(check_target_module_exists(config, name) for name in names):
+        return
+    linear = [name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) and not name.endswith(("lm_head", "score"))]
+    have = list(dict.fromkeys(linear))[:6]
+    found = (f"[{', '.join(targets)}]" if targets else "an empty list") if isinstance(targets, list) else repr(targets)
+    raise InputError("lora.target_modules", f"expected names of modules in the model (it has {', '.join(have)}; or "
+                     f"'all-linear'), found {found}, which matches none of its modules")
 
 
 def _training_plan(data: Data, cfg: TrainConfig, world: int, reference: ReferenceTable,
