@@ -227,7 +227,7 @@ def curriculum_recipe(tmp_path: Path, jsonl) -> Path:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"train": {
         "pairs": "pairs.jsonl", "model": "embedded", "out": str(tmp_path / "run"), "max_steps": 1, "batch_size": 2,
-        "curriculum": {"schedule": "sorted", "difficulty": "embedding-similarity",
+        "prompt_format": "text", "curriculum": {"schedule": "sorted", "difficulty": "embedding-similarity",
                        "embedding_model": _not_a_model(tmp_path / "notamodel")}}}))
     return recipe
 
@@ -257,15 +257,12 @@ _LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_s
 
 
 @pytest.mark.parametrize(("targets", "found"), [(["nope"], "found [nope]"), ([], "found an empty list")])
-def test_lora_targets_checked_before_fresh_clears_the_run(tmp_path: Path, jsonl, targets: list[str],
-                                                          found: str) -> None:
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps(_LLAMA))
+def test_lora_targets_checked_before_fresh_clears_the_run(tmp_path: Path, jsonl, tiny_model_dir: Path,
+                                                          targets: list[str], found: str) -> None:
     jsonl("pairs.jsonl", [{"prompt": f"Question {i}?", "chosen": "Yes.", "rejected": "No idea."} for i in range(8)])
     recipe = tmp_path / "recipe.yaml"
-    train = {"pairs": "pairs.jsonl", "model": str(model), "out": str(tmp_path / "run"), "max_steps": 1,
-             "batch_size": 2, "lora": {"target_modules": targets}}
+    train = {"pairs": "pairs.jsonl", "model": str(tiny_model_dir), "out": str(tmp_path / "run"), "max_steps": 1,
+             "batch_size": 2, "prompt_format": "text", "lora": {"target_modules": targets}}
     recipe.write_text(yaml.safe_dump({"train": train}))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
@@ -277,7 +274,7 @@ def test_lora_targets_checked_before_fresh_clears_the_run(tmp_path: Path, jsonl,
 
 
 def test_lora_targets_checked_where_the_adapter_is_made() -> None:
-    """The check in train setup itself, for callers that skip the CLI's early one (`pairforge run`)."""
+    """Where the adapter is made: a target the model lacks is one line; one it has adapts."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from pairforge.config import TrainConfig

@@ -62,8 +62,6 @@ def train_command(
         cfg = options.validated(TrainConfig, base, flags)
         if cfg.pairs is None:
             raise InputError("--pairs", "expected a pairs file (or `pairs:` in the recipe's train section)")
-        _check_embedding_model(cfg)
-        _check_lora_targets(cfg)
         try:
             result = train(cfg, fresh=fresh)
         except TrainingStopped as exc:
@@ -77,36 +75,6 @@ def train_command(
                       f"{result.out / 'metrics.jsonl'}", highlight=False)
 
     fail_cleanly(run)
-
-
-def _check_embedding_model(cfg: TrainConfig) -> None:
-    """An embedding-similarity curriculum's model is checked before anything loads or anything in --out is touched
-    (--fresh clears it first): training would otherwise load the policy and only then fail on the embedding model."""
-    from pairforge.models import check_sentence_model
-
-    if cfg.curriculum is not None and cfg.curriculum.difficulty == "embedding-similarity":
-        check_sentence_model(cfg.curriculum.embedding_model, "curriculum.embedding_model")
-
-
-def _check_lora_targets(cfg: TrainConfig) -> None:
-    """lora.target_modules checked against the model's module names before anything in --out is touched (--fresh
-    clears it first): the model is built from its config on the meta device, without weights. A model whose
-    config cannot be read here is left to the real load, which says what is wrong with it."""
-    if cfg.lora is None or cfg.lora.target_modules == "all-linear":
-        return
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from pairforge.models import model_path
-    from pairforge.train.setup import check_lora_targets
-
-    try:
-        config = AutoConfig.from_pretrained(model_path(cfg.model))
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-    except (OSError, ValueError, KeyError):
-        return
-    check_lora_targets(model, cfg.lora.target_modules)
 
 
 def _lora(base: TrainConfig, lora: bool, merge: bool) -> dict[str, Any] | None:

@@ -257,17 +257,16 @@ def _with_lora(model: torch.nn.Module, cfg: TrainConfig, task: str) -> torch.nn.
     from peft import LoraConfig, get_peft_model
 
     assert cfg.lora is not None
-    check_lora_targets(model, cfg.lora.target_modules)
+    _check_lora_targets(model, cfg.lora.target_modules)
     config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                         target_modules=cfg.lora.target_modules, task_type=task)
     return get_peft_model(model, config)
 
 
-def check_lora_targets(model: torch.nn.Module, targets: list[str] | str) -> None:
+def _check_lora_targets(model: torch.nn.Module, targets: list[str] | str) -> None:
     """`lora.target_modules` must name at least one module of the model (matched as peft matches them: a name or a
     name's last parts, or a regex when given as a string); otherwise peft fails mid-setup with a
-    NoMatchingPeftModuleError traceback. Works on a model built on the meta device, so it can run before anything
-    loads or anything in the output folder is touched."""
+    NoMatchingPeftModuleError traceback."""
     from peft import LoraConfig
     from peft.tuners.tuners_utils import check_target_module_exists
 
