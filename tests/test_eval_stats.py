@@ -46,3 +46,21 @@ def test_paired_difference_tells_a_real_gap_from_noise() -> None:
     same_a, same_b = (rng.random(300) < 0.5).astype(float), (rng.random(300) < 0.5).astype(float)
     noise = paired_difference(same_a, same_b)
     assert noise.p_value > 0.05 and noise.low < 0 < noise.high and not noise.significant
+
+
+def test_a_handful_of_prompts_is_not_called_significant() -> None:
+    """4 prompts, all won: the exact sign-flip test gives p = 2/16 = 0.125 (the bootstrap said 0 and called it
+    significant); at 20 all won it is significant, with p > 0 as any finite test gives."""
+    four = paired_difference(np.ones(4), np.zeros(4))
+    assert four.p_value == pytest.approx(0.125) and not four.significant
+    twenty = paired_difference(np.ones(20), np.zeros(20))
+    assert 0 < twenty.p_value < 0.01 and twenty.significant
+
+
+def test_paired_test_keeps_its_level_on_small_samples() -> None:
+    """With no real difference between the models, at most ~5% of 8-prompt comparisons are called
+    significant (the bootstrap test called 8.2%)."""
+    rng = np.random.default_rng(3)
+    calls = [paired_difference((rng.random(8) < 0.5).astype(float), (rng.random(8) < 0.5).astype(float),
+                               bootstrap=200, seed=k).significant for k in range(600)]
+    assert np.mean(calls) <= 0.05

@@ -49,6 +49,10 @@ def responses_file(folder: Path, answers: dict[str, list[str]], prompts: list[st
     ("I think Output (b) follows it best", {}, 0.0),
     ("Both are fine.", {}, None),  # unreadable: recorded, never guessed
     ("Absolutely", {}, None),
+    ("**B**", {"**": -0.05, "A": -4.0}, 0.0),  # the first token is no letter: its alternatives say nothing
+    ("A tie.", {}, None),
+    ("a tie between the two", {}, None),
+    ("A is better.", {}, 1.0),
 ])
 def test_reading_a_verdict(text: str, logprobs: dict[str, float], expected: float | None) -> None:
     verdict = read_verdict(text, logprobs)

@@ -389,8 +389,8 @@ class RankingConfig(Section):
     """Source strength from pairwise judgments (the `ranking` section): Bradley-Terry with bootstrap."""
 
     bootstrap: int = Field(1000, ge=10, description="bootstrap resamples of prompts for the intervals")
-    confidence: float = Field(0.95, gt=0.5, lt=1, description="interval level, and the probability an order "
-                              "must reach to count as significant")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="interval level; an order is significant when its "
+                              "two-sided test passes at 1 - confidence, Holm-corrected over all pairs of sources")
     min_win_probability: float = Field(0.55, ge=0.5, lt=1, description="and the smallest fitted P(stronger beats "
                                        "weaker) that counts: a tiny but consistent edge is not a strength gap")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the bootstrap")

@@ -48,12 +48,22 @@ def difference(versus: dict[str, float]) -> str:
     return f"{versus['difference']:+.3f} [{versus['low']:+.3f}, {versus['high']:+.3f}]"
 
 
+def p_value(p: float) -> str:
+    """'p = 0.042', or 'p < 0.001' (a test on a finite number of resamples or sign flips never shows 0)."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
 def significance(model: str, versus: dict[str, Any]) -> str:
-    """One sentence on a paired difference: significant when its 95% interval excludes 0."""
-    verdict = ("significantly better than" if versus["low"] > 0 else "significantly worse than"
-               if versus["high"] < 0 else "not significantly different from")
-    return (f"{model} is {verdict} {versus['model']}: {difference(versus)} (95% interval, p = {versus['p_value']:.3f}, "
-            f"{versus['prompts']} prompts)")
+    """One sentence on a paired difference: better or worse when its test says significant, in its direction."""
+    verdict = ("not significantly different from" if not _significant(versus) else
+               "significantly better than" if versus["difference"] > 0 else "significantly worse than")
+    return (f"{model} is {verdict} {versus['model']}: {difference(versus)} (95% interval, "
+            f"{p_value(versus['p_value'])}, {versus['prompts']} prompts)")
+
+
+def _significant(versus: dict[str, Any]) -> bool:
+    """The test's verdict; leaderboards written before it was stored said it by the interval."""
+    return bool(versus.get("significant", versus["low"] > 0 or versus["high"] < 0))
 
 
 def duration(seconds: float | None) -> str:
@@ -157,7 +167,7 @@ def leaderboard(board: dict[str, Any]) -> Grid:
         nxt = entry.get("vs_next")
         cells = [entry["model"], *(interval(entry.get(k)) for k in keys),
                  f"{entry['mean_length']:.0f} ({entry['reference_length']:.0f})", str(entry["unjudged"]),
-                 f"{nxt['difference']:+.3f} (p={nxt['p_value']:.3f})" if nxt else ""]
+                 f"{nxt['difference']:+.3f} ({p_value(nxt['p_value'])})" if nxt else ""]
         if against:
             cells.append(difference(entry["vs_baseline"]) if "vs_baseline" in entry else "")
         grid.rows.append(cells)
@@ -175,8 +185,9 @@ def leaderboard_notes(board: dict[str, Any]) -> list[str]:
     notes += [significance(e["model"], e["vs_baseline"]) for e in board["models"] if "vs_baseline" in e]
     for entry in board["models"]:
         if nxt := entry.get("vs_next"):
-            verdict = "significant" if nxt["p_value"] < 0.05 else "not significant at this size"
-            notes.append(f"{entry['model']} vs {nxt['model']}: {verdict} (p = {nxt['p_value']:.3f})")
+            verdict = (("better" if nxt["difference"] > 0 else "worse") + f" on the {nxt['prompts']} prompts both "
+                       "were judged on" if _significant(nxt) else "not significantly different at this size")
+            notes.append(f"{entry['model']} vs {nxt['model']}: {verdict} ({p_value(nxt['p_value'])})")
     return notes
 
 
@@ -211,8 +222,8 @@ def ranking(result: dict[str, Any], evidence: str) -> Grid:
 
 
 def significant_order(result: dict[str, Any]) -> str:
-    return (f"significant order (* : P >= {result['confidence']} and P(beats) >= {result['min_win_probability']}): "
-            f"{result['rank'] or '(none)'}")
+    return (f"significant order (* : two-sided at {1 - result['confidence']:.2g} over all pairs (Holm) and P(beats) "
+            f">= {result['min_win_probability']}): {result['rank'] or '(none)'}")
 
 
 def declared_check(check: dict[str, Any]) -> str:
@@ -299,5 +310,5 @@ def rounds(entries: list[Round]) -> Grid:
             versus = entry.get("vs_baseline")
             grid.rows.append([r.name, pairs, entry["model"], number(r.margins.get(entry["model"])),
                               interval(entry.get(key)), difference(versus) if versus else "",
-                              f"{versus['p_value']:.3f}" if versus else ""])
+                              p_value(versus["p_value"]).removeprefix("p = ") if versus else ""])
     return grid

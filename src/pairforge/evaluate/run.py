@@ -9,9 +9,9 @@ prompt: llm-pairwise in both orders (verdict = P(model better)); reward-model as
 loss (0) on the rewards, with the mean reward; similarity as the mean similarity to the reference
 (it has no notion of winning). Per model: win rate with a bootstrap interval, the length-controlled win
 rate, mean length, a per-dataset breakdown, and paired bootstrap tests against the next row of the
-leaderboard and against the baseline (the untrained base in a pipeline): the difference, its 95% interval
-and p-value; a difference is significant when its interval excludes 0. Verdicts the judge could not give
-are counted and left out, never guessed.
+leaderboard and against the baseline (the untrained base in a pipeline) on the prompts both were judged on:
+the difference, its 95% bootstrap interval and a sign-flip test's p-value; a difference is significant when
+p < 0.05. Verdicts the judge could not give are counted and left out, never guessed.
 """
 
 from __future__ import annotations

@@ -46,17 +46,18 @@ def length_controlled_win_rate(verdicts: np.ndarray, model_lengths: np.ndarray, 
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """Mean per-prompt difference of two models judged on the same prompts, its percentile bootstrap
-    interval, and the two-sided bootstrap p-value of "no difference"."""
+    """Mean per-prompt difference of two models judged on the same prompts, its percentile bootstrap interval
+    (how big), and the two-sided p-value of a sign-flip test (whether): significant when p < 1 - level."""
 
     value: float
     low: float
     high: float
     p_value: float
+    level: float = 0.95
 
     @property
     def significant(self) -> bool:
-        return self.low > 0 or self.high < 0
+        return self.p_value < 1 - self.level
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, bootstrap: int = 1000, seed: int = 0,
@@ -64,9 +65,26 @@ def paired_difference(a: np.ndarray, b: np.ndarray, bootstrap: int = 1000, seed:
     """How much better a is than b on the same prompts (resampling prompts keeps the pairing)."""
     difference = a - b
     draws = _resample_means(difference, bootstrap, seed)
-    p = 2 * min((draws <= 0).mean(), (draws >= 0).mean())
     spread = _interval(float(difference.mean()), draws, level)
-    return PairedDifference(spread.value, spread.low, spread.high, float(min(1.0, p)))
+    return PairedDifference(spread.value, spread.low, spread.high, _sign_flip_p(difference, bootstrap, seed), level)
+
+
+_EXACT_UP_TO = 16  # prompts: all 2^n sign patterns (65,536) are cheap to enumerate
+
+
+def _sign_flip_p(difference: np.ndarray, flips: int, seed: int) -> float:
+    """Two-sided p of "the two models are exchangeable on every prompt" (Fisher's randomisation test): the share
+    of sign flips of the per-prompt differences whose mean is at least as far from 0 as the one observed. Exact
+    up to `_EXACT_UP_TO` prompts (4 prompts all won give 2/16 = 0.125: a bootstrap said 0); beyond, `flips`
+    random patterns counted as (1 + hits) / (1 + flips), so it is never 0."""
+    n = len(difference)
+    observed = abs(float(difference.mean())) * (1 - 1e-9)
+    if n <= _EXACT_UP_TO:
+        signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
+        return float((np.abs(signs @ difference) / n >= observed).mean())
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(flips, n))
+    hits = int((np.abs(signs @ difference) / n >= observed).sum())
+    return (1 + hits) / (1 + flips)
 
 
 def _lc(verdicts: np.ndarray, z: np.ndarray, iterations: int = 50) -> float:

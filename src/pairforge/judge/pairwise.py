@@ -31,7 +31,8 @@ Do not favour an answer for being longer or for being shown first.
 
 Reply with one letter: A or B."""
 
-_LEADING_LETTER = re.compile(r"^\W*(?:(?:answer|output|response)\s*)?\(?([AB])\)?(?![A-Za-z])", re.IGNORECASE)
+# a leading letter is the verdict in capitals only, and not the article of "A tie ..." ("a better one is B")
+_LEADING_LETTER = re.compile(r"^\W*(?:(?i:answer|output|response)\s*)?\(?([AB])\)?(?![A-Za-z])(?!\s+(?i:tie)\b)")
 _NAMED_LETTER = re.compile(r"\b(?:answer|output|response)\s*\(?([AB])\)?(?![A-Za-z])", re.IGNORECASE)
 
 
@@ -47,10 +48,13 @@ class Verdict:
 
 
 def read_verdict(text: str, first_token_logprobs: dict[str, float]) -> Verdict:
-    """P(A better) from the first token's log-probs when A or B is among them, else from the text."""
+    """P(A better) from the first token's log-probs when the judge's first token is a letter (the other letter's
+    log-prob, when among the alternatives, weighs against it), else from the text: a reply that opens with '**'
+    has a low-ranked 'A' among its first token's alternatives, which said nothing about its verdict, B."""
     letters: dict[str, float] = {}
-    for token, logprob in first_token_logprobs.items():
-        letter = token.strip().strip("(").upper()
+    first = max(first_token_logprobs, key=first_token_logprobs.__getitem__, default="")
+    for token, logprob in first_token_logprobs.items() if _letter(first) in ("A", "B") else ():
+        letter = _letter(token)
         if letter in ("A", "B"):
             letters[letter] = max(letters.get(letter, -math.inf), logprob)
     if letters:
@@ -60,6 +64,10 @@ def read_verdict(text: str, first_token_logprobs: dict[str, float]) -> Verdict:
     if match is None:
         return Verdict(None, "unparseable")
     return Verdict(1.0 if match.group(1).upper() == "A" else 0.0, "text")
+
+
+def _letter(token: str) -> str:
+    return token.strip().strip("(").upper()
 
 
 def both_orders(x_first: Verdict, y_first: Verdict) -> float | None:
