@@ -122,3 +122,12 @@ def test_equally_strong_sources_rarely_get_an_order() -> None:
                       bootstrap=200, seed=data_set)
         declared += ranking.rank != ""
     assert declared / 60 < 0.15
+
+
+def test_scores_a_hair_apart_are_a_tie_as_in_the_evaluation() -> None:
+    """A reward model scores the same text ~1e-7 apart in two batches: that is a tie (0.5), not a win."""
+    scored = pl.DataFrame({"prompt_id": ["p", "p", "q", "q"], "source": ["a", "b", "a", "b"], "sample": [0] * 4,
+                           "score": [0.3, 0.3 + 3e-7, 0.9, 0.1]})
+    verdicts = dict(zip(comparisons_from_scores(scored)["prompt_id"], comparisons_from_scores(scored)["p_a"],
+                        strict=True))
+    assert verdicts == {"p": 0.5, "q": 1.0}
