@@ -174,6 +174,9 @@ def leaderboard(board: dict[str, Any]) -> Grid:
     return grid
 
 
+_LC_GAP = 0.1  # AlpacaEval 2 warns likewise when its length-controlled win rate strays far from the raw one
+
+
 def leaderboard_notes(board: dict[str, Any]) -> list[str]:
     """What the leaderboard's numbers mean, one sentence each: prompts left unjudged, each model against the
     baseline, and whether each gap to the next row is significant."""
@@ -182,6 +185,13 @@ def leaderboard_notes(board: dict[str, Any]) -> list[str]:
         if entry["unjudged"]:
             notes.append(f"{entry['model']}: {entry['unjudged']} of {entry['prompts']} prompts got no usable verdict "
                          "and are left out of its numbers")
+    for entry in board["models"]:
+        raw, controlled = entry.get("win_rate"), entry.get("length_controlled_win_rate")
+        if raw and controlled and abs(controlled["value"] - raw["value"]) > _LC_GAP:
+            notes.append(f"{entry['model']}: the length-controlled win rate ({controlled['value']:.3f}) is "
+                         f"{controlled['value'] - raw['value']:+.3f} from the raw one ({raw['value']:.3f}): length "
+                         "explains much of its verdicts, or its lengths barely overlap the reference's (then the "
+                         "length-controlled value is an extrapolation): read both")
     notes += [significance(e["model"], e["vs_baseline"]) for e in board["models"] if "vs_baseline" in e]
     for entry in board["models"]:
         if nxt := entry.get("vs_next"):
