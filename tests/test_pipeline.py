@@ -229,7 +229,8 @@ def test_the_plan_sizes_each_run_by_the_pairs_it_trains_on(tmp_path: Path) -> No
 def test_a_bad_edit_of_a_finished_run_loses_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:
     """A finished run's folder is started over only once its replacement has loaded: a run edited to a model
     that does not load is one line, and the trained model is still there. A damaged stage record (a hand edit,
-    a full disk) makes that stage run again instead of a traceback."""
+    a full disk) makes that stage run again instead of a traceback. A renamed run's old folder stays on disk
+    but leaves the report."""
     rows = json.loads((SAMPLE / "strong.json").read_text())[:8]
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": r["instruction"]} for r in rows])
     run = {"name": "dpo", "model": str(tiny_model_dir), "max_steps": 1, "max_length": 64, "batch_size": 4}
@@ -253,3 +254,7 @@ def test_a_bad_edit_of_a_finished_run_loses_nothing(tmp_path: Path, tiny_model_d
     (tmp_path / "run" / "stages" / "pairs.json").write_text("{bad")
     result = pairforge("run", str(path))
     assert result.returncode == 0 and "pairs: running" in result.stderr, result.stderr
+    path.write_text(yaml.safe_dump({**recipe, "runs": [{**run, "name": "renamed"}]}), encoding="utf-8")
+    assert pairforge("run", str(path)).returncode == 0  # the report shows this recipe's runs, not the old folder's
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| renamed | dpo |" in report and "| dpo | dpo |" not in report and weights.read_bytes() == trained

@@ -119,7 +119,7 @@ def plan(recipe: Recipe, run_dir: Path, retry_failed: bool = False) -> Plan:
                 stage.inputs += after
             stages_.append(stage)
     top = RunDir(run_dir)
-    stages_.append(Stage("report", "HTML + Markdown report", "1 page", 10, lambda: stages.report(top), [], None,
+    stages_.append(Stage("report", "HTML + Markdown report", "1 page", 10, lambda: stages.report(recipe, top), [], None,
                          marker=top.marker("report")))
     return Plan(recipe, top, stages_)
 

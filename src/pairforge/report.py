@@ -50,8 +50,9 @@ class Section:
     tables: list[Grid] = field(default_factory=list)
 
 
-def build_report(paths: list[Path], out: Path) -> list[Section]:
-    """Find the artifacts under `paths`, write `out` (HTML) and its Markdown twin; return the sections."""
+def build_report(paths: list[Path], out: Path, leave_out: frozenset[Path] = frozenset()) -> list[Section]:
+    """Find the artifacts under `paths` (but not under a `leave_out` folder), write `out` (HTML) and its
+    Markdown twin; return the sections."""
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise InputError(str(missing[0]), "no such file or folder")
@@ -59,7 +60,8 @@ def build_report(paths: list[Path], out: Path) -> list[Section]:
         raise InputError("--out", f"{out}: expected a name ending in .html (the Markdown twin is written beside it)")
     for page in (out, out.with_suffix(".md")):
         check_output(page, "file", "--out", paths)
-    files = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()})
+    files = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob("*"))
+                    if f.is_file() and not leave_out.intersection(f.parents)})
     sections = [s for s in (_rounds(files), _pairs(files), _sources(files), _training(files), _evaluation(files)) if s]
     if not sections:
         raise InputError(", ".join(map(str, paths)), "nothing to report: expected pairs summaries, training runs "

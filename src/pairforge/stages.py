@@ -19,7 +19,7 @@ from pairforge.errors import InputError
 from pairforge.files import check_output, write_json
 from pairforge.layout import LEADERBOARD, RunDir, TrainDir
 from pairforge.recipe import Recipe
-from pairforge.rounds import base_model
+from pairforge.rounds import base_model, round_dir
 
 
 def generate(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path]:
@@ -196,8 +196,13 @@ def _write(frame: pl.DataFrame, path: Path) -> Path:
     return path
 
 
-def report(run: RunDir) -> list[Path]:
+def report(recipe: Recipe, run: RunDir) -> list[Path]:
+    """The run folder's report, without training runs the recipe no longer has (renamed or removed: their
+    folders stay on disk, untouched, but are not this recipe's results)."""
     from pairforge.report import build_report
 
-    build_report([run.root], run.report)
+    current = {round_dir(run.root, recipe, k).train(r.name).root for k in range(1, recipe.rounds + 1)
+               for r in recipe.runs}
+    stale = frozenset(f for f in run.root.rglob("train/*") if f.is_dir() and f not in current)
+    build_report([run.root], run.report, stale)
     return [run.report]
