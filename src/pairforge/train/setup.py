@@ -22,7 +22,7 @@ from rich.console import Console
 from pairforge.config import TrainConfig
 from pairforge.errors import InputError
 from pairforge.layout import split_path
-from pairforge.models import cache_dir, load_causal_lm
+from pairforge.models import cache_dir, check_sentence_model, load_causal_lm
 from pairforge.prompting import PromptFormat, has_chat_template, prompt_format_of
 from pairforge.records import read_pairs
 from pairforge.sequences.logprobs import AnswerLogps, SequenceScores, row_width
@@ -110,7 +110,11 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
     reward_model = L.REWARD_MODEL in weights
     share = cfg.share_prompt and not reward_model
     files = _read(cfg)  # before loading the model: a bad pairs file fails fast
+    if cfg.curriculum is not None and cfg.curriculum.difficulty == "embedding-similarity":
+        check_sentence_model(cfg.curriculum.embedding_model, "curriculum.embedding_model")
     model, tokenizer = load_causal_lm(cfg.model, cfg.dtype, reward_head=reward_model)
+    if cfg.lora is not None:  # before the reference pass, which can take minutes
+        _check_lora_targets(model, cfg.lora.target_modules)
     data = _data(files, cfg, tokenizer, say)
     laps.lap("load")
     _prepare_model(model, cfg, accelerator)
@@ -257,7 +261,6 @@ def _with_lora(model: torch.nn.Module, cfg: TrainConfig, task: str) -> torch.nn.
     from peft import LoraConfig, get_peft_model
 
     assert cfg.lora is not None
-    _check_lora_targets(model, cfg.lora.target_modules)
     config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                         target_modules=cfg.lora.target_modules, task_type=task)
     return get_peft_model(model, config)
