@@ -123,3 +123,17 @@ def answer_failed_judge_requests(store: Path, reply: Callable[[str, str, str], d
                                      **reply(prompt_id, first, second)})
     writer.close()
     return len(keys)
+
+
+def one_line_error(result: Any, *fragments: str) -> str:
+    """Exit code 2, one line on stderr holding every fragment, no traceback: the bad-input promise, for a
+    CliRunner result or a finished subprocess."""
+    code = result.exit_code if hasattr(result, "exit_code") else result.returncode
+    output = result.output if hasattr(result, "output") else result.stdout + result.stderr
+    assert code == 2, output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

@@ -28,6 +28,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from conftest import one_line_error
 from pairforge.cli import app
 
 RANK = ["--rank", "gpt-4 > chatgpt > davinci"]
@@ -35,16 +36,6 @@ RANK = ["--rank", "gpt-4 > chatgpt > davinci"]
 
 def invoke(*args: object):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 # --- 1. JSONL line ends ----------------------------------------------------------------------------------
@@ -81,7 +72,7 @@ def test_lone_surrogate_in_an_answer(tmp_path, long_rows):
     lines = [json.dumps(r) for r in long_rows]
     lines[4] = lines[4].replace('"response": "', '"response": "\\ud800 ')
     (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
-    assert_one_line_error(invoke("pairs", "build", tmp_path / "a.jsonl", *RANK, "--out", tmp_path / "p.jsonl"),
+    one_line_error(invoke("pairs", "build", tmp_path / "a.jsonl", *RANK, "--out", tmp_path / "p.jsonl"),
                           "a.jsonl line 5, field 'response'", "not valid Unicode text (a lone surrogate)")
     assert not (tmp_path / "p.jsonl").exists()
 
@@ -90,14 +81,14 @@ def test_lone_surrogate_in_a_nested_answer_of_a_json_array(tmp_path):
     rows = [{"prompt": "p", "answers": [{"model": "a", "answer": "x", "rank": 1},
                                         {"model": "b", "answer": "\udfff", "rank": 2}]}]
     (tmp_path / "n.json").write_text(json.dumps(rows))  # ensure_ascii: written as the escape \\udfff
-    assert_one_line_error(invoke("pairs", "build", tmp_path / "n.json", "--strategy", "scored", "--out",
+    one_line_error(invoke("pairs", "build", tmp_path / "n.json", "--strategy", "scored", "--out",
                                  tmp_path / "p.jsonl"),
                           "n.json row 1, field 'answers[1].answer'", "lone surrogate")
 
 
 def test_lone_surrogate_in_chosen(tmp_path):
     (tmp_path / "pairs.jsonl").write_text('{"prompt": "q", "chosen": "\\ud800", "rejected": "no"}\n')
-    assert_one_line_error(invoke("curriculum", "show", tmp_path / "pairs.jsonl", "--out", tmp_path),
+    one_line_error(invoke("curriculum", "show", tmp_path / "pairs.jsonl", "--out", tmp_path),
                           "pairs.jsonl line 1, field 'chosen'", "not valid Unicode text (a lone surrogate)")
 
 
@@ -117,7 +108,7 @@ def test_pairs_mixing_conversational_and_plain_text_rows(tmp_path, jsonl):
     pairs = jsonl("mixed.jsonl", rows)
     for command in (["curriculum", "show", pairs, "--out", tmp_path], ["train", "--pairs", pairs, "--out",
                                                                        tmp_path / "run"]):
-        assert_one_line_error(invoke(*command), "mixed.jsonl line 2, field 'prompt'",
+        one_line_error(invoke(*command), "mixed.jsonl line 2, field 'prompt'",
                               "expected a list of chat messages (conversational) like line 1",
                               "found string 'Question 1?'")
     assert not (tmp_path / "run").exists()
@@ -126,7 +117,7 @@ def test_pairs_mixing_conversational_and_plain_text_rows(tmp_path, jsonl):
 def test_a_plain_text_file_with_one_conversational_answer(tmp_path, jsonl):
     rows = [{"prompt": f"Q{i}?", "chosen": "Yes.", "rejected": "No."} for i in range(3)]
     rows[2]["rejected"] = chat("assistant", "No.")
-    assert_one_line_error(invoke("curriculum", "show", jsonl("p.jsonl", rows), "--out", tmp_path),
+    one_line_error(invoke("curriculum", "show", jsonl("p.jsonl", rows), "--out", tmp_path),
                           "p.jsonl line 3, field 'rejected'", "expected a string (plain text) like line 1")
 
 
@@ -145,7 +136,7 @@ def test_roles_of_conversational_pairs(tmp_path, jsonl, field, value, where, mes
     pairs = jsonl("conv.jsonl", rows)
     for command in (["curriculum", "show", pairs, "--out", tmp_path], ["train", "--pairs", pairs, "--out",
                                                                        tmp_path / "run"]):
-        assert_one_line_error(invoke(*command), f"conv.jsonl line 2, field '{where}'", message)
+        one_line_error(invoke(*command), f"conv.jsonl line 2, field '{where}'", message)
 
 
 def test_roles_in_a_parquet_pairs_file(tmp_path):
@@ -157,7 +148,7 @@ def test_roles_in_a_parquet_pairs_file(tmp_path):
     rows[2]["chosen"] = chat("user", "hi")
     frame = pl.DataFrame(rows, schema={"prompt": MESSAGES, "chosen": MESSAGES, "rejected": MESSAGES})
     frame.write_parquet(tmp_path / "pairs.parquet")
-    assert_one_line_error(invoke("curriculum", "show", tmp_path / "pairs.parquet", "--out", tmp_path),
+    one_line_error(invoke("curriculum", "show", tmp_path / "pairs.parquet", "--out", tmp_path),
                           "pairs.parquet row 3, field 'chosen[0].role'", "expected role assistant")
 
 
@@ -167,7 +158,7 @@ def test_roles_of_chat_prompts_in_answer_and_prompt_files(tmp_path, jsonl, long_
     from pairforge.records import prompts_from_file
 
     rows = [{**r, "prompt": prompt} if i == 4 else r for i, r in enumerate(long_rows)]
-    assert_one_line_error(invoke("pairs", "build", jsonl("a.jsonl", rows), *RANK, "--out", tmp_path / "p.jsonl"),
+    one_line_error(invoke("pairs", "build", jsonl("a.jsonl", rows), *RANK, "--out", tmp_path / "p.jsonl"),
                           "a.jsonl line 5, field 'prompt[")
     with pytest.raises(InputError, match=r"line 5, field 'prompt\["):
         prompts_from_file(tmp_path / "a.jsonl")
@@ -175,7 +166,7 @@ def test_roles_of_chat_prompts_in_answer_and_prompt_files(tmp_path, jsonl, long_
 
 def test_sharegpt_answer_that_follows_no_user_turn(tmp_path, jsonl):
     row = {"model": "m", "conversations": [{"from": "system", "value": "Be brief."}, {"from": "gpt", "value": "Hi"}]}
-    assert_one_line_error(invoke("pairs", "build", jsonl("s.jsonl", [row]), "--strategy", "scored", "--out",
+    one_line_error(invoke("pairs", "build", jsonl("s.jsonl", [row]), "--strategy", "scored", "--out",
                                  tmp_path / "p.jsonl"),
                           "s.jsonl line 1, field 'conversations[0].role'", "expected role user")
 
@@ -185,7 +176,7 @@ def test_sharegpt_answer_that_follows_no_user_turn(tmp_path, jsonl):
 def test_sample_number_too_large_for_64_bits(tmp_path, jsonl, long_rows):
     rows = [{**r, "score": 1.0 + i % 3, "sample": 0} for i, r in enumerate(long_rows)]
     rows[3]["sample"] = 10**30
-    assert_one_line_error(invoke("pairs", "build", jsonl("a.jsonl", rows), "--strategy", "scored", "--out",
+    one_line_error(invoke("pairs", "build", jsonl("a.jsonl", rows), "--strategy", "scored", "--out",
                                  tmp_path / "p.jsonl"),
                           "a.jsonl line 4, field 'sample'", "expected an integer in range", "found number 1000000")
 
@@ -193,7 +184,7 @@ def test_sample_number_too_large_for_64_bits(tmp_path, jsonl, long_rows):
 def test_a_rank_too_large_for_a_float(tmp_path):
     (tmp_path / "n.jsonl").write_text('{"prompt": "p", "answers": [{"model": "a", "answer": "x", "rank": 1}, '
                                       '{"model": "b", "answer": "y", "rank": 1' + "0" * 400 + "}]}\n")
-    assert_one_line_error(invoke("pairs", "build", tmp_path / "n.jsonl", "--strategy", "scored", "--out",
+    one_line_error(invoke("pairs", "build", tmp_path / "n.jsonl", "--strategy", "scored", "--out",
                                  tmp_path / "p.jsonl"), "n.jsonl line 1, field 'answers[1].rank'",
                           "expected a finite number")
 
@@ -229,7 +220,7 @@ def test_corrupt_saved_dataset_folder(tmp_path, long_rows, damage, message):
     folder = saved_dataset(tmp_path / "hf", long_rows)
     assert invoke("pairs", "build", folder, *RANK, "--out", tmp_path / "ok.jsonl").exit_code == 0
     damage(folder)
-    assert_one_line_error(invoke("pairs", "build", folder, *RANK, "--out", tmp_path / "p.jsonl"),
+    one_line_error(invoke("pairs", "build", folder, *RANK, "--out", tmp_path / "p.jsonl"),
                           f"{folder}: ", message)
 
 
@@ -261,7 +252,7 @@ def test_a_failed_build_and_an_input_keep_the_split_files(tmp_path, jsonl):
     assert invoke("pairs", "build", answers, *RANK, "--eval-fraction", "0.5", "--out", out).exit_code == 0
     held_out = (tmp_path / "st.eval.jsonl").read_bytes()
     bad = jsonl("bad.jsonl", [{"prompt": "p", "source": "a"}])
-    assert_one_line_error(invoke("pairs", "build", bad, *RANK, "--out", out), "bad.jsonl")
+    one_line_error(invoke("pairs", "build", bad, *RANK, "--out", out), "bad.jsonl")
     assert (tmp_path / "st.eval.jsonl").read_bytes() == held_out
     import polars as pl
 
@@ -282,7 +273,7 @@ def test_eval_instruction_answered_twice(tmp_path, repeated):
         extra = [{**rows[1], "output": "Something else."}] if name == repeated else []
         path.write_text(json.dumps(rows + extra))
     result = invoke("eval", "--outputs", files["outputs"], "--reference", files["reference"], "--out", tmp_path / "ev")
-    assert_one_line_error(result, f"{repeated}.json row 5", "the instruction 'Question 1: what is 1 plus 1?' is "
+    one_line_error(result, f"{repeated}.json row 5", "the instruction 'Question 1: what is 1 plus 1?' is "
                           "answered again (first at row 2)", f"one answer per eval instruction in the {repeated} file")
     assert not (tmp_path / "ev").exists()
 
@@ -297,7 +288,7 @@ def test_recipe_key_written_twice(tmp_path, jsonl, long_rows, text, where, first
     (tmp_path / "recipe.yaml").write_text(text)
     result = invoke("pairs", "build", jsonl("a.jsonl", long_rows), "--config", tmp_path / "recipe.yaml", "--out",
                     tmp_path / "p.jsonl")
-    assert_one_line_error(result, where, "the key appears twice in one mapping", first)
+    one_line_error(result, where, "the key appears twice in one mapping", first)
     assert not (tmp_path / "p.jsonl").exists()
 
 
@@ -313,6 +304,6 @@ def test_recipe_merge_key_may_be_overridden(tmp_path):
 @pytest.mark.parametrize(("name", "kind"), [("answers.csv", "CSV"), ("answers.TSV", "TSV")])
 def test_csv_is_said_to_be_unsupported(tmp_path, name, kind):
     (tmp_path / name).write_text("prompt,source,response\na,b,c\n")
-    assert_one_line_error(invoke("pairs", "build", tmp_path / name, *RANK, "--out", tmp_path / "p.jsonl"),
+    one_line_error(invoke("pairs", "build", tmp_path / name, *RANK, "--out", tmp_path / "p.jsonl"),
                           f"{name}: {kind} is not a supported input format",
                           "expected JSONL, JSON (an array of objects), Parquet or a saved HF dataset folder")

@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from conftest import one_line_error
 from pairforge.cli import app
 
 RANK = ["--rank", "gpt-4 > chatgpt > davinci"]
@@ -26,41 +27,31 @@ def run_cli(*args: str):
     return CliRunner().invoke(app, ["pairs", "build", *map(str, args)])
 
 
-def assert_one_line_error(result, *fragments: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
 def test_malformed_json_line(tmp_path, long_rows):
     path = tmp_path / "a.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in long_rows[:3]) + '\n{"prompt": "x", "source": \n')
-    assert_one_line_error(run_cli(path, *RANK), "a.jsonl", "line 4", "not valid JSON")
+    one_line_error(run_cli(path, *RANK), "a.jsonl", "line 4", "not valid JSON")
 
 
 def test_line_that_is_not_an_object(jsonl):
     path = jsonl("a.jsonl", [{"prompt": "p", "source": "a", "response": "r"}])
     path.write_text(path.read_text() + "[1, 2]\n")
-    assert_one_line_error(run_cli(path, *RANK), "line 2", "expected a JSON object")
+    one_line_error(run_cli(path, *RANK), "line 2", "expected a JSON object")
 
 
 def test_wrong_type(jsonl, long_rows):
     long_rows[4]["response"] = 42
-    assert_one_line_error(run_cli(jsonl("a.jsonl", long_rows), *RANK),
+    one_line_error(run_cli(jsonl("a.jsonl", long_rows), *RANK),
                           "a.jsonl line 5", "field 'response'", "expected a string, found number 42")
 
 
 def test_missing_response_field(jsonl, long_rows):
     del long_rows[2]["response"]
-    assert_one_line_error(run_cli(jsonl("a.jsonl", long_rows), *RANK), "line 3", "'response'", "field missing")
+    one_line_error(run_cli(jsonl("a.jsonl", long_rows), *RANK), "line 3", "'response'", "field missing")
 
 
 def test_missing_prompt_field_everywhere(jsonl):
-    assert_one_line_error(run_cli(jsonl("a.jsonl", [{"source": "a", "response": "r"}]), *RANK),
+    one_line_error(run_cli(jsonl("a.jsonl", [{"source": "a", "response": "r"}]), *RANK),
                           "cannot tell the input format", "found response, source")
 
 
@@ -69,59 +60,59 @@ def test_nan_score_in_json(tmp_path, long_rows, bad):
     lines = [json.dumps({**r, "score": 1.0}) for r in long_rows]
     lines[6] = lines[6].replace("1.0", bad)
     (tmp_path / "a.jsonl").write_text("\n".join(lines))
-    assert_one_line_error(run_cli(tmp_path / "a.jsonl", *RANK), "line 7", "field 'score'", "finite number")
+    one_line_error(run_cli(tmp_path / "a.jsonl", *RANK), "line 7", "field 'score'", "finite number")
 
 
 def test_nan_score_in_parquet(tmp_path, long_rows):
     scores = [1.0] * len(long_rows)
     scores[3] = float("nan")
     pl.DataFrame(long_rows).with_columns(pl.Series("score", scores)).write_parquet(tmp_path / "a.parquet")
-    assert_one_line_error(run_cli(tmp_path / "a.parquet", *RANK), "a.parquet row 4", "field 'score'", "finite")
+    one_line_error(run_cli(tmp_path / "a.parquet", *RANK), "a.parquet row 4", "field 'score'", "finite")
 
 
 def test_empty_file(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n\n")
-    assert_one_line_error(run_cli(tmp_path / "empty.jsonl", *RANK), "empty.jsonl", "file is empty")
+    one_line_error(run_cli(tmp_path / "empty.jsonl", *RANK), "empty.jsonl", "file is empty")
 
 
 def test_not_utf8(tmp_path):
     (tmp_path / "latin1.jsonl").write_bytes('{"prompt": "ok", "source": "a", "response": "ok"}\n'
                                             '{"prompt": "caf\xe9", "source": "a", "response": "x"}\n'.encode("latin-1"))
-    assert_one_line_error(run_cli(tmp_path / "latin1.jsonl", *RANK), "latin1.jsonl line 2", "not UTF-8", "0xe9")
+    one_line_error(run_cli(tmp_path / "latin1.jsonl", *RANK), "latin1.jsonl line 2", "not UTF-8", "0xe9")
 
 
 def test_unknown_source_in_rank(jsonl, long_rows):
-    assert_one_line_error(run_cli(jsonl("a.jsonl", long_rows), "--rank", "gpt-5 > chatgpt"),
+    one_line_error(run_cli(jsonl("a.jsonl", long_rows), "--rank", "gpt-5 > chatgpt"),
                           "--rank", "'gpt-5' is not in the input", "chatgpt, davinci, gpt-4")
 
 
 def test_pair_type_with_unknown_source(jsonl, long_rows):
-    assert_one_line_error(run_cli(jsonl("a.jsonl", long_rows), *RANK, "--pair-types", "gpt-4>llama"),
+    one_line_error(run_cli(jsonl("a.jsonl", long_rows), *RANK, "--pair-types", "gpt-4>llama"),
                           "--pair-types", "'llama'")
 
 
 @pytest.mark.parametrize(("rank", "message"), [("gpt-4 > chatgpt > gpt-4", "appears twice"),
                                                ("gpt-4 > chatgpt; chatgpt > gpt-4", "cycle")])
 def test_bad_rank(jsonl, long_rows, rank, message):
-    assert_one_line_error(run_cli(jsonl("a.jsonl", long_rows), "--rank", rank), "--rank", message)
+    one_line_error(run_cli(jsonl("a.jsonl", long_rows), "--rank", rank), "--rank", message)
 
 
 def test_same_answer_id_twice(jsonl, long_rows):
     rows = [{**r, "sample": 0} for r in long_rows] + [{**long_rows[0], "sample": 0}]
-    assert_one_line_error(run_cli(jsonl("a.jsonl", rows), *RANK), "line 10", "appeared before")
+    one_line_error(run_cli(jsonl("a.jsonl", rows), *RANK), "line 10", "appeared before")
 
 
 def test_wrong_type_in_nested_record(jsonl):
     answers = [{"model": "a", "answer": "x", "rank": 1}, {"model": "b", "answer": None, "rank": 2}]
     row = {"prompt": "p", "answers": answers}
-    assert_one_line_error(run_cli(jsonl("n.jsonl", [row]), "--strategy", "scored"),
+    one_line_error(run_cli(jsonl("n.jsonl", [row]), "--strategy", "scored"),
                           "line 1", "answers[1].answer", "expected a string, found null")
 
 
 def test_unknown_recipe_key_names_its_line(tmp_path, jsonl, long_rows):
     jsonl("a.jsonl", long_rows)
     (tmp_path / "recipe.yaml").write_text("pairs:\n  inputs: [a.jsonl]\n  rank: gpt-4 > chatgpt\n  pair_typo: all\n")
-    assert_one_line_error(run_cli("--config", tmp_path / "recipe.yaml"), "recipe.yaml line 4", "pairs.pair_typo",
+    one_line_error(run_cli("--config", tmp_path / "recipe.yaml"), "recipe.yaml line 4", "pairs.pair_typo",
                           "unknown key")
 
 
@@ -131,7 +122,7 @@ def test_failed_run_keeps_the_previous_output(tmp_path, jsonl, long_rows):
     assert run_cli(good, *RANK, "--out", out).exit_code == 0
     before = out.read_bytes()
     bad = jsonl("bad.jsonl", long_rows[:-1] + [{"prompt": "p", "source": "a"}])
-    assert_one_line_error(run_cli(bad, *RANK, "--out", out), "bad.jsonl")
+    one_line_error(run_cli(bad, *RANK, "--out", out), "bad.jsonl")
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "good.jsonl", "pairs.parquet",
                                                           "pairs.summary.json"]
@@ -146,7 +137,7 @@ def test_console_script_exit_code_and_stderr(tmp_path):
 
 
 def test_unknown_prompt_format_flag(jsonl, long_rows):
-    assert_one_line_error(run_cli(jsonl("a.jsonl", long_rows), *RANK, "--prompt-format", "xml"), "--prompt-format",
+    one_line_error(run_cli(jsonl("a.jsonl", long_rows), *RANK, "--prompt-format", "xml"), "--prompt-format",
                           "'auto', 'chat' or 'text'")
 
 
@@ -183,7 +174,7 @@ def test_a_prompt_longer_than_the_context_fails_alone_before_generation(tmp_path
 def test_no_pair_at_all_is_an_error_that_says_what_was_left_out(jsonl, tmp_path):
     rows = [{"prompt": f"q{i}", "source": s, "response": "same answer"} for i in range(3) for s in ("a", "b")]
     out = tmp_path / "pairs.parquet"
-    assert_one_line_error(run_cli(jsonl("same.jsonl", rows), "--rank", "a > b", "--out", out),
+    one_line_error(run_cli(jsonl("same.jsonl", rows), "--rank", "a > b", "--out", out),
                           "no pair for training could be built from 6 answers", "chosen == rejected 3")
     assert not out.exists()
 
@@ -200,5 +191,5 @@ def test_eval_option_values_are_checked_before_any_work(tmp_path, option, value,
     reference.write_text(json.dumps([{"instruction": "Say hi.", "output": "Hi."}]))
     result = CliRunner().invoke(app, ["eval", "--outputs", str(reference), "--reference", str(reference),
                                       option, value, "--out", str(tmp_path / "eval")])
-    assert_one_line_error(result, message)
+    one_line_error(result, message)
     assert not (tmp_path / "eval").exists()

@@ -17,22 +17,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from conftest import one_line_error
 from pairforge.cli import app
 
 
 def invoke(*args: Any):
     return CliRunner().invoke(app, [*map(str, args)])
-
-
-def assert_one_line_error(result, *fragments: str) -> str:
-    """Exit 2 and a single stderr line holding every fragment; no traceback."""
-    assert result.exit_code == 2, (result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 # --- the request store -------------------------------------------------------------------------------------------
@@ -64,7 +54,7 @@ def test_store_that_is_not_a_store_is_refused_and_kept(tmp_path: Path, gen_recip
     store = out / "store.sqlite"
     make(store)
     before = store.read_bytes()
-    line = assert_one_line_error(invoke("generate", gen_recipe, "--out", out), "store.sqlite",
+    line = one_line_error(invoke("generate", gen_recipe, "--out", out), "store.sqlite",
                                  "expected a pairforge store (SQLite, table results(key, kind, value", found,
                                  "move it away to start over")
     assert "Error" not in line  # no exception class name leaks into the line
@@ -76,7 +66,7 @@ def test_store_that_is_a_folder(tmp_path: Path, gen_recipe: Path) -> None:
     out = tmp_path / "out"
     (out / "store.sqlite").mkdir(parents=True)
     (out / "store.sqlite" / "mine.txt").write_text("keep me")
-    assert_one_line_error(invoke("generate", gen_recipe, "--out", out), "store.sqlite", "found a folder",
+    one_line_error(invoke("generate", gen_recipe, "--out", out), "store.sqlite", "found a folder",
                           "move it away to start over")
     assert (out / "store.sqlite" / "mine.txt").read_text() == "keep me"
 
@@ -99,7 +89,7 @@ def test_store_row_that_is_not_an_answer(tmp_path: Path, gen_recipe: Path, value
     store.put(key, "generation", {"text": "fine", "finish_reason": "stop"})
     store.db.execute("UPDATE results SET value = ? WHERE key = ?", (value, key))
     store.close()
-    assert_one_line_error(invoke("generate", gen_recipe, "--out", out), "store.sqlite row key gen:tiny:",
+    one_line_error(invoke("generate", gen_recipe, "--out", out), "store.sqlite row key gen:tiny:",
                           "expected a JSON object with 'text'", found, "move the store away to start over")
     rows = sqlite3.connect(out / "store.sqlite").execute("SELECT key, value FROM results").fetchall()
     assert rows == [(key, value)]
@@ -176,7 +166,7 @@ def test_report_on_hand_edited_outputs(tmp_path: Path, name: str, data: Any, fra
     run = _run_outputs(tmp_path / "run", **{name: data})
     page = tmp_path / "report.html"
     page.write_text("an earlier report")
-    assert_one_line_error(invoke("report", run, "--out", page), *fragments)
+    one_line_error(invoke("report", run, "--out", page), *fragments)
     assert page.read_text() == "an earlier report"
     assert not page.with_suffix(".md").exists()
 
@@ -190,7 +180,7 @@ def test_report_on_hand_edited_outputs(tmp_path: Path, name: str, data: Any, fra
 def test_recipe_list_that_is_a_number(tmp_path: Path, key: str, command: list[str]) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"{key}: 5\n")
-    assert_one_line_error(invoke(*command, recipe), "recipe.yaml line 1", f"field '{key}'",
+    one_line_error(invoke(*command, recipe), "recipe.yaml line 1", f"field '{key}'",
                           "expected a list, found number 5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]
 
@@ -216,7 +206,7 @@ def test_similarity_judge_model_checked_before_the_store(tmp_path: Path, jsonl, 
     recipe = tmp_path / "judge.yaml"
     recipe.write_text(yaml.safe_dump({"judge": {"kind": "similarity", "reference": "gpt-4", "model": model}}))
     out = tmp_path / "out"
-    assert_one_line_error(invoke("judge", recipe, "--out", out, "--responses", responses), "judge.model", found,
+    one_line_error(invoke("judge", recipe, "--out", out, "--responses", responses), "judge.model", found,
                           "expected a sentence-transformers model folder, 'embedded' or a hub id")
     assert not out.exists()  # no empty store.sqlite left behind
 
@@ -233,7 +223,7 @@ def curriculum_recipe(tmp_path: Path, jsonl) -> Path:
 
 
 def test_curriculum_embedding_model_in_curriculum_show(tmp_path: Path, curriculum_recipe: Path) -> None:
-    assert_one_line_error(invoke("curriculum", "show", tmp_path / "pairs.jsonl", "--config", curriculum_recipe,
+    one_line_error(invoke("curriculum", "show", tmp_path / "pairs.jsonl", "--config", curriculum_recipe,
                                  "--out", tmp_path / "plot"),
                           "curriculum.embedding_model", "notamodel' is not a model folder",
                           "expected a sentence-transformers model folder")
@@ -244,7 +234,7 @@ def test_curriculum_embedding_model_checked_before_fresh_clears_the_run(tmp_path
                                                                        curriculum_recipe: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
-    assert_one_line_error(invoke("train", "--config", curriculum_recipe, "--fresh"), "curriculum.embedding_model",
+    one_line_error(invoke("train", "--config", curriculum_recipe, "--fresh"), "curriculum.embedding_model",
                           "is not a model folder")
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'
 
@@ -261,7 +251,7 @@ def test_lora_targets_checked_before_fresh_clears_the_run(tmp_path: Path, jsonl,
     recipe.write_text(yaml.safe_dump({"train": train}))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
-    line = assert_one_line_error(invoke("train", "--config", recipe, "--fresh"), "lora.target_modules", found,
+    line = one_line_error(invoke("train", "--config", recipe, "--fresh"), "lora.target_modules", found,
                                  "matches none of its modules", "q_proj", "'all-linear'")
     assert "Peft" not in line
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.jsonl"]

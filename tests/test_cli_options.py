@@ -23,7 +23,7 @@ import yaml
 from servers import FaultProxy, StatusServer, free_port
 from typer.testing import CliRunner
 
-from conftest import SAMPLE, answer_failed_judge_requests, write_jsonl
+from conftest import SAMPLE, answer_failed_judge_requests, one_line_error, write_jsonl
 from pairforge.cli import app
 from pairforge.generate.run import generate
 from pairforge.judge.run import judge
@@ -39,19 +39,6 @@ def run_cli(*args: Any) -> subprocess.CompletedProcess[str]:
     """`pairforge ARGS` as a user runs it: its own process, exit code and stderr."""
     return subprocess.run([sys.executable, "-m", "pairforge", *map(str, args)], capture_output=True, text=True,
                           timeout=600)
-
-
-def one_line_error(result: Any, *fragments: str) -> str:
-    """Exit code 2, one line on stderr holding every fragment, no traceback."""
-    code = result.exit_code if hasattr(result, "exit_code") else result.returncode
-    output = result.output if hasattr(result, "output") else result.stdout + result.stderr
-    assert code == 2, output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def write_recipe(path: Path, **sections: Any) -> Path:

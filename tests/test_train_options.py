@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from conftest import preference_rows
+from conftest import one_line_error, preference_rows
 from pairforge.cli import app
 from pairforge.config import TrainConfig
 from pairforge.train.trainer import train
@@ -44,13 +44,6 @@ def consumed(out: Path) -> list[list[int]]:
 
 def run_cli(*args: Any):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr, (fragment, result.stderr)
 
 
 @pytest.fixture(autouse=True)
