@@ -23,9 +23,9 @@ import polars as pl
 import pytest
 import yaml
 from servers import FaultProxy
-from test_cli_options import cli, one_line_error
+from test_cli_options import cli
 
-from conftest import write_jsonl
+from conftest import one_line_error, write_jsonl
 from pairforge.edits import distribution, edit_distance, levenshtein, tokens
 from pairforge.schema import prompt_id_of
 
