@@ -6,9 +6,8 @@ section: pairs (`*.summary.json` of `pairs build`, and its pairs file), sources 
 `eval.parquet`). The page ends with the exact settings found and the library versions, so a run can
 be reproduced. Sections without artifacts are left out, and the page says which ones were found.
 
-Each kind of file is read through one validating reader (`_run_info`, `_metrics`, `_ranking`, `_leaderboard`,
-`_judge_summary`) that checks the fields the page uses against a small spec: a hand-edited file is one line naming
-the file and the field expected, never a traceback from deep inside a plot.
+Each kind of file is read through one validating reader (`_run_info`, `_metrics`, ...) that checks the fields
+the page uses: a hand-edited file is one line naming the file and the field expected, never a traceback.
 """
 
 from __future__ import annotations
@@ -51,8 +50,7 @@ class Section:
 
 
 def build_report(paths: list[Path], out: Path, leave_out: frozenset[Path] = frozenset()) -> list[Section]:
-    """Find the artifacts under `paths` (but not under a `leave_out` folder), write `out` (HTML) and its
-    Markdown twin; return the sections."""
+    """Find the artifacts under `paths`, not `leave_out`, write `out` (HTML) and its Markdown twin: the sections."""
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise InputError(str(missing[0]), "no such file or folder")
@@ -60,8 +58,8 @@ def build_report(paths: list[Path], out: Path, leave_out: frozenset[Path] = froz
         raise InputError("--out", f"{out}: expected a name ending in .html (the Markdown twin is written beside it)")
     for page in (out, out.with_suffix(".md")):
         check_output(page, "file", "--out", paths)
-    files = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob("*"))
-                    if f.is_file() and not leave_out.intersection(f.parents)})
+    found = {f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()}
+    files = sorted(f for f in found if not leave_out.intersection(f.parents))
     sections = [s for s in (_rounds(files), _pairs(files), _sources(files), _training(files), _evaluation(files)) if s]
     if not sections:
         raise InputError(", ".join(map(str, paths)), "nothing to report: expected pairs summaries, training runs "
