@@ -51,6 +51,8 @@ def responses_file(folder: Path, answers: dict[str, list[str]], prompts: list[st
     ("Absolutely", {}, None),
     ("**B**", {"**": -0.05, "A": -4.0}, 0.0),  # the first token is no letter: its alternatives say nothing
     ("A tie.", {}, None),
+    ("A tie: both are fine.", {"A": -0.05, "B": -3.5}, None),  # the letter opens the article, not a verdict
+    ("a tie", {"a": -0.05, "B": -3.5}, None),
     ("a tie between the two", {}, None),
     ("A is better.", {}, 1.0),
 ])

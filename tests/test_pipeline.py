@@ -170,6 +170,33 @@ def test_a_train_stage_resumes_only_its_own_unfinished_work(tmp_path: Path) -> N
     assert seen == [False, True, False, False]
 
 
+def test_a_fresh_start_that_failed_before_clearing_starts_fresh_again(tmp_path: Path) -> None:
+    """Settings changed, and the new run fails before it clears the folder (its model does not load): the next
+    attempt must start fresh again, not resume the earlier run's checkpoint as its own."""
+    from pairforge.layout import RunDir
+    from pairforge.pipeline import Plan, Stage, run
+
+    work = tmp_path / "train" / "x"
+    calls: list[tuple[str, int]] = []
+
+    def stage(lr: int, fails: bool = False) -> Plan:
+        def train(how: str) -> list[Path]:
+            calls.append((how, lr))
+            if fails:
+                raise RuntimeError("the model does not load")
+            work.mkdir(parents=True, exist_ok=True)
+            (work / "model").write_text(f"lr {lr}")
+            return [work / "model"]
+        return Plan(None, RunDir(tmp_path), [Stage("train:x", "t", "1", None, lambda: train("run"), [],  # type: ignore[arg-type]
+                                                   {"lr": lr}, work_dir=work, run_fresh=lambda: train("fresh"))])
+
+    run(stage(1))
+    with pytest.raises(RuntimeError):
+        run(stage(2, fails=True))
+    run(stage(2))
+    assert calls == [("run", 1), ("fresh", 2), ("fresh", 2)]
+
+
 @pytest.mark.slow
 def test_a_reward_model_judge_trained_on_pairs_kept_apart_scores_the_runs_again(tmp_path: Path,
                                                                                tiny_model_dir: Path) -> None:

@@ -129,7 +129,8 @@ def _check_columns(records: Records, fields: list[Field]) -> None:
         ok = {"text": dtype == pl.String, "prompt": chat_or_text, "answer": chat_or_text,
               "number": dtype.is_numeric(), "int": dtype.is_integer()}[f.kind]
         if not ok:
-            raise InputError(str(records.path), f"expected a {f.kind} column, found type {dtype}", field=f.key)
+            raise InputError(str(records.path), f"expected a {_COLUMN_KINDS.get(f.kind, f.kind)} column, found type "
+                             f"{dtype}", field=f.key)
         bad = pl.col(f.key).is_null() if f.required else pl.lit(False)
         if dtype.is_float():
             bad = bad | pl.col(f.key).is_nan() | pl.col(f.key).is_infinite()
@@ -248,3 +249,7 @@ def _expected(spec: Any) -> str:
 
 def _mismatch(path: Path, field: str, row: str | None, expected: str, found: Any) -> NoReturn:
     raise InputError(str(path), f"expected {expected}, found {describe(found)}", row=row, field=field or None)
+
+
+_COLUMN_KINDS = {"answer": "text or chat-messages (list of {role, content})", "prompt": "text or chat-messages "
+                 "(list of {role, content})", "int": "integer"}

@@ -201,8 +201,10 @@ def _expect_object(item: Any, path: Path, row: str) -> None:
         raise InputError(str(path), f"expected a JSON object (one record), found {describe(item)}", row=row)
 
 
-# a JSON escape of a UTF-16 surrogate; the only way a lone surrogate gets in, since the bytes were valid UTF-8
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# a JSON escape of a lone UTF-16 surrogate (a high one not followed by a low one, or a low one not after a high one):
+# the only way one gets in, since the bytes were valid UTF-8; an emoji's escaped pair is no reason to look closer
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+                               r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F]")
 
 
 def _expect_unicode(item: dict[str, Any], path: Path, row: str) -> None:

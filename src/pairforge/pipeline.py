@@ -287,7 +287,9 @@ def _starts_fresh(stage: Stage, done_file: Path, fingerprint: str) -> bool:
     finished_before = _marker(done_file).get("fingerprint") == fingerprint
     fresh = stage.work_dir.exists() and (finished_before or not started.exists() or started.read_text() != fingerprint)
     started.parent.mkdir(parents=True, exist_ok=True)
-    started.write_text(fingerprint)
+    # a fresh start may fail before it clears the folder: until the stage finishes, the next attempt starts fresh
+    # too (resuming would take the earlier run's checkpoint for this one's, which the trainer refuses)
+    started.write_text(("fresh " if fresh else "") + fingerprint)
     return fresh
 
 

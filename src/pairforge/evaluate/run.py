@@ -135,10 +135,10 @@ def _answers_for(path: Path, prompts: pl.DataFrame, what: str) -> dict[str, str]
 def _refuse_repeated_instructions(frame: pl.DataFrame, records: Records, what: str) -> None:
     """One answer per eval instruction: a second one would silently replace the first (the judge would see only
     the last), so it is refused like `pairs build` refuses a repeated (prompt, source, sample)."""
-    again = frame.select(pl.arg_where(pl.col(S.PROMPT_ID).is_duplicated()).slice(0, 2)).to_series().to_list()
-    if not again:
+    second = frame.select(pl.arg_where(~pl.col(S.PROMPT_ID).is_first_distinct()).first()).item()
+    if second is None:
         return
-    first, second = again
+    first = frame.select(pl.arg_where(pl.col(S.PROMPT_ID) == frame[S.PROMPT_ID][second]).first()).item()
     text = prompt_text(frame.row(second, named=True)[S.PROMPT])
     in_order = frame.height == len(records)  # a long file: frame row n is the file's row n
     label = records.label(second) if in_order else None

@@ -53,7 +53,8 @@ def read_verdict(text: str, first_token_logprobs: dict[str, float]) -> Verdict:
     has a low-ranked 'A' among its first token's alternatives, which said nothing about its verdict, B."""
     letters: dict[str, float] = {}
     first = max(first_token_logprobs, key=first_token_logprobs.__getitem__, default="")
-    for token, logprob in first_token_logprobs.items() if _letter(first) in ("A", "B") else ():
+    says_a_letter = _letter(first) in ("A", "B") and (not text or _LEADING_LETTER.match(text) is not None)
+    for token, logprob in first_token_logprobs.items() if says_a_letter else ():
         letter = _letter(token)
         if letter in ("A", "B"):
             letters[letter] = max(letters.get(letter, -math.inf), logprob)
@@ -67,7 +68,7 @@ def read_verdict(text: str, first_token_logprobs: dict[str, float]) -> Verdict:
 
 
 def _letter(token: str) -> str:
-    return token.strip().strip("(").upper()
+    return token.strip().strip("(")  # capitals only: a lowercase 'a' is an article
 
 
 def both_orders(x_first: Verdict, y_first: Verdict) -> float | None:

@@ -109,6 +109,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
     weights = cfg.loss_weights
     reward_model = L.REWARD_MODEL in weights
     share = cfg.share_prompt and not reward_model
+    _check_forward_tokens(accelerator.distributed_type, cfg.forward_tokens)
     files = _read(cfg)  # before loading the model: a bad pairs file fails fast
     if cfg.curriculum is not None and cfg.curriculum.difficulty == "embedding-similarity":
         check_sentence_model(cfg.curriculum.embedding_model, "curriculum.embedding_model")
@@ -149,7 +150,6 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     scheduler = _lr_schedule(optimizer, cfg, total_steps, [r // cfg.grad_accum for r in schedule.restarts])
     scorer = SequenceScores(model) if reward_model else AnswerLogps(model, cfg.chunk_tokens)
-    _check_forward_tokens(accelerator.distributed_type, cfg.forward_tokens)
     policy, optimizer = accelerator.prepare(scorer, optimizer)
     _check_accumulation(accelerator, cfg.grad_accum)
     # not prepared: accelerate would step it once per process per step; our step count is already global
