@@ -307,3 +307,21 @@ def test_csv_is_said_to_be_unsupported(tmp_path, name, kind):
     one_line_error(invoke("pairs", "build", tmp_path / name, *RANK, "--out", tmp_path / "p.jsonl"),
                           f"{name}: {kind} is not a supported input format",
                           "expected JSONL, JSON (an array of objects), Parquet or a saved HF dataset folder")
+
+
+def test_a_text_prompt_beside_chat_answers_that_repeat_it_is_read_as_trl_reads_it(tmp_path: Path) -> None:
+    """HuggingFaceH4/ultrafeedback_binarized: prompt "hi", chosen [user "hi", assistant "a"]. TRL takes the
+    answers' shared leading turns as the prompt; so do we (the role check refused these files as written)."""
+    import polars as pl
+
+    from pairforge.records import read_pairs
+
+    turns = [{"role": "user", "content": "hi"}]
+    rows = [{"prompt": "hi", "chosen": [*turns, {"role": "assistant", "content": "a"}],
+             "rejected": [*turns, {"role": "assistant", "content": "b"}], "score_chosen": 8.0}]
+    (tmp_path / "h4.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    pl.DataFrame(rows).write_parquet(tmp_path / "h4.parquet")
+    for name in ("h4.jsonl", "h4.parquet"):
+        row = read_pairs(tmp_path / name).row(0, named=True)
+        assert row["prompt"] == turns and row["chosen"] == [{"role": "assistant", "content": "a"}], name
+        assert row["rejected"] == [{"role": "assistant", "content": "b"}]

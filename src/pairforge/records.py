@@ -382,7 +382,7 @@ def read_pairs(path: Path, target_column: str | None = None) -> pl.DataFrame:
     """A pairs file (ours or any TRL prompt/chosen/rejected file), every value checked at read time: texts or
     chat messages where answers belong (roles system/user/assistant, a prompt ending with the user's turn, answers
     of assistant turns; a file conversational or plain text, not both), a finite weight >= 0, a text pair_type."""
-    records = read_records(path)
+    records = _prompts_from_answers(read_records(path))
     check_pair_columns(records.columns, target_column, str(path))
     optional = [Field("weight", "number", required=False), Field("pair_type", "text", required=False)]
     answers = [c for c in ("chosen", "rejected", target_column) if c]
@@ -396,3 +396,26 @@ def read_pairs(path: Path, target_column: str | None = None) -> pl.DataFrame:
         raise InputError(str(path), f"expected a weight >= 0, found {frame['weight'][negative]}",
                          row=records.label(negative), field="weight")
     return frame
+
+
+def _prompts_from_answers(records: Records) -> Records:
+    """TRL's rule for a text `prompt` beside chat answers that repeat it (HuggingFaceH4/ultrafeedback_binarized:
+    prompt "hi", chosen [user "hi", assistant "a"]): the prompt is the answers' shared leading turns and the
+    answers are what follows, so the chat template sees the user's turn once."""
+    frame = records.frame
+    if frame is not None and not (frame.schema.get("prompt") == pl.String
+                                  and all(isinstance(frame.schema.get(k), pl.List) for k in ("chosen", "rejected"))):
+        return records  # decided by the columns' types, without turning a large frame into rows
+    rows = records.as_rows()
+    if not rows or not all(isinstance(r.get("prompt"), str) and isinstance(r.get("chosen"), list)
+                           and isinstance(r.get("rejected"), list) for r in rows):
+        return records
+    for row in rows:
+        chosen, rejected = row["chosen"], row["rejected"]
+        shared = next((i for i, (c, r) in enumerate(zip(chosen, rejected, strict=False)) if c != r),
+                      min(len(chosen), len(rejected)))
+        if shared:
+            row["prompt"], row["chosen"], row["rejected"] = chosen[:shared], chosen[shared:], rejected[shared:]
+    if records.rows is not None:
+        return Records(records.path, rows=rows, line_numbers=records.line_numbers)
+    return Records(records.path, frame=pl.DataFrame(rows, infer_schema_length=None, strict=False))
