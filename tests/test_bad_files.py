@@ -14,7 +14,8 @@ Handled here:
      or not Arrow; the folder and what was expected.
   7. Split files of an earlier build into the same --out (<stem>.eval/.judge, .jsonl or .parquet) that a build does
      not write are removed once it succeeds, so `train --pairs` never takes held-out pairs of other data; never
-     an input, and a failed build removes nothing.
+     an input or a file no build of ours wrote (the earlier summary lists what it wrote), and a failed build
+     removes nothing.
   8. An eval instruction answered twice in an outputs or the reference file (the last silently won): refused with
      its row and the row that answered it first, like `pairs build` refuses a repeated answer.
   9. A key written twice in one mapping of a recipe (YAML keeps the last silently): file, line, key, first line.
@@ -232,17 +233,17 @@ def many_rows(n: int) -> list[dict[str, object]]:
             for s, a in answers.items()]
 
 
-def test_a_build_removes_split_files_it_did_not_write(tmp_path, jsonl):
+def test_a_build_removes_split_files_an_earlier_build_wrote(tmp_path, jsonl):
     answers = jsonl("a.jsonl", many_rows(8))
     out = tmp_path / "st.jsonl"
     assert invoke("pairs", "build", answers, *RANK, "--eval-fraction", "0.5", "--out", out).exit_code == 0
     assert (tmp_path / "st.eval.jsonl").exists()
-    (tmp_path / "st.judge.parquet").write_bytes(b"an older build's judge split")
+    (tmp_path / "st.judge.parquet").write_bytes(b"a hand-made split: no build of ours wrote it, so it is kept")
     (tmp_path / "st.eval.parquet.bak").write_bytes(b"not a split name: kept")
     result = invoke("pairs", "build", answers, *RANK, "--out", out)
     assert result.exit_code == 0, result.output
     assert "removed" in result.stderr and "st.eval.jsonl" in result.stderr
-    assert not (tmp_path / "st.eval.jsonl").exists() and not (tmp_path / "st.judge.parquet").exists()
+    assert not (tmp_path / "st.eval.jsonl").exists() and (tmp_path / "st.judge.parquet").exists()
     assert (tmp_path / "st.eval.parquet.bak").exists() and out.exists()
 
 

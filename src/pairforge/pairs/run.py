@@ -53,6 +53,7 @@ def build_from_files(cfg: PairsConfig) -> StageResult:
                          f"{responses.height} answers (left out: {_said(dropped) or 'nothing'})")
     splits = {"train": result.train, "eval": result.eval if cfg.eval_fraction > 0 else None,
               "judge": result.judge if cfg.judge_fraction > 0 else None}
+    earlier = _outputs_of(paths["summary"])  # read before this build's summary replaces it
     written = [write_table(frame, paths[name]) for name, frame in splits.items() if frame is not None]
     summary = {
         "inputs": [{"file": str(r.path), "records": len(r),
@@ -63,20 +64,29 @@ def build_from_files(cfg: PairsConfig) -> StageResult:
     }
     written.append(write_json(summary, paths["summary"]))
     inputs = [*cfg.inputs, *([cfg.rank_from] if cfg.rank_from else []), *cfg.filters.decontaminate]
-    removed = stale_splits(paths["train"], written, inputs)
+    removed = stale_splits(paths["train"], written, inputs, earlier)
     for path in removed:
         path.unlink(missing_ok=True)
     return StageResult(summary, written, removed)
 
 
-def stale_splits(out: Path, written: list[Path], inputs: list[Path]) -> list[Path]:
-    """Split files beside `out` (`<stem>.eval|judge.jsonl|parquet`) that this build did not write: left by an
-    earlier build into the same name, `train --pairs <out>` would take its eval split as held-out pairs of other
-    data. Only those exact names, never an input of this build."""
+def stale_splits(out: Path, written: list[Path], inputs: list[Path], earlier: set[str]) -> list[Path]:
+    """Split files beside `out` (`<stem>.eval|judge.jsonl|parquet`) that an earlier build wrote (its summary lists
+    them) and this one did not: `train --pairs <out>` would take its eval split as held-out pairs of other data.
+    Only those exact names; never an input of this build, nor a file no build of ours wrote (a hand-made split)."""
     keep = {p.resolve() for p in [*written, *inputs] if p.exists()}
     candidates = [split_path(out.with_suffix(suffix), split) for split in ("eval", "judge")
                   for suffix in (".jsonl", ".parquet")]
-    return [p for p in candidates if p.is_file() and p.resolve() not in keep]
+    return [p for p in candidates if p.is_file() and p.resolve() not in keep and p.name in earlier]
+
+
+def _outputs_of(summary: Path) -> set[str]:
+    """The names of the files an earlier build's summary (beside them) says it wrote; none without a summary."""
+    try:
+        outputs = json.loads(summary.read_text(encoding="utf-8")).get("outputs", {})
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {Path(p).name for p in outputs.values() if isinstance(p, str)} if isinstance(outputs, dict) else set()
 
 
 def rank_from_file(path: Path) -> str:
