@@ -310,7 +310,7 @@ def test_csv_is_said_to_be_unsupported(tmp_path, name, kind):
                           "expected JSONL, JSON (an array of objects), Parquet or a saved HF dataset folder")
 
 
-def test_a_text_prompt_beside_chat_answers_that_repeat_it_is_read_as_trl_reads_it(tmp_path: Path) -> None:
+def test_a_text_prompt_beside_chat_answers_that_repeat_it_is_read_as_trl_reads_it(tmp_path) -> None:
     """HuggingFaceH4/ultrafeedback_binarized: prompt "hi", chosen [user "hi", assistant "a"]. TRL takes the
     answers' shared leading turns as the prompt; so do we (the role check refused these files as written)."""
     import polars as pl

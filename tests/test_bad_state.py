@@ -256,3 +256,19 @@ def test_lora_targets_checked_before_fresh_clears_the_run(tmp_path: Path, jsonl,
     assert "Peft" not in line
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.jsonl"]
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_a_judge_score_row_that_is_no_number_is_one_line(tmp_path: Path) -> None:
+    """A score row's 'score' must be a number or null: "high" read back fine and failed later, building a
+    Float64 column."""
+    from pairforge.errors import InputError
+    from pairforge.requests.store import Store
+
+    store = Store(tmp_path / "store.sqlite")
+    store.put("score:a", "score", {"score": 0.5})
+    store.put("score:b", "score", {"score": "high"})
+    assert store.get(["score:a"])["score:a"].value == {"score": 0.5}
+    with pytest.raises(InputError, match=r"row key score:b: expected a JSON object with 'score', found 'score' that "
+                                         r"is string 'high' \(expected a number or null\)"):
+        store.get(["score:b"])
+    store.close()

@@ -152,10 +152,16 @@ class Store:
                 found = f"found an object without '{missing[0]}' (keys: {', '.join(sorted(parsed)) or 'none'})"
             elif "text" in required and not isinstance(parsed["text"], str):
                 found = f"found 'text' that is {describe(parsed['text'])}"
+            elif "score" in required and not _is_score(parsed["score"]):
+                found = f"found 'score' that is {describe(parsed['score'])} (expected a number or null)"
             else:
                 return parsed
         raise InputError(str(self.path), f"{expected}, {found}; move the store away to start over, or delete that row",
                          row=f"row key {key}")
+
+
+def _is_score(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
 def _check_schema(db: sqlite3.Connection, path: Path) -> None:
