@@ -32,7 +32,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from pairforge import render  # noqa: E402
 from pairforge.errors import InputError  # noqa: E402
 from pairforge.fields import check_shape  # noqa: E402
-from pairforge.files import check_output, read_log, write_atomically  # noqa: E402
+from pairforge.files import check_output, jsonl_lines, read_log, write_atomically  # noqa: E402
 from pairforge.layout import JUDGE_SUMMARY, LEADERBOARD, METRICS, RANKING, RUN_INFO  # noqa: E402
 from pairforge.render import Grid  # noqa: E402
 from pairforge.text import answer_text  # noqa: E402
@@ -434,7 +434,7 @@ def _metrics(path: Path) -> list[dict[str, Any]]:
     """metrics.jsonl of a training run: each row an object with an integer step and numbers (or null) for every
     train/ and eval/ value, since the page plots them."""
     rows = read_log(path)
-    lines = [n for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    lines = [n for n, line in jsonl_lines(path.read_text(encoding="utf-8")) if line.strip()]
     for row, line in zip(rows, lines, strict=False):
         spec = {"step": int, "*": (*_NUM, type(None))} if isinstance(row, dict) else {}
         check_shape(path, row if not isinstance(row, dict) else
