@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -114,15 +115,18 @@ def test_models_answer_in_alpaca_eval_shape_and_known_verdicts_give_the_win_rate
 
 
 def p_shown_first_from_reply(reply: dict[str, Any]) -> float:
-    """P(the answer shown first is better) from a stored judge reply, as judge/pairwise.py documents it: the
-    first answer token's log-probs of 'A' and 'B', renormalised over the two."""
-    letters: dict[str, float] = {}
-    for token, logprob in reply["first_token_logprobs"].items():
-        if token.strip().upper() in ("A", "B"):
-            letters[token.strip().upper()] = max(letters.get(token.strip().upper(), -math.inf), logprob)
-    assert letters, reply  # llama.cpp returns the first token's top log-probs: the verdict is never a guess
-    a, b = (math.exp(letters.get(letter, -math.inf)) for letter in "AB")
-    return a / (a + b)
+    """P(the answer shown first is better) from a stored judge reply, as judge/pairwise.py documents it: when the
+    judge's first token is the letter A or B, the first token's log-probs of 'A' and 'B' renormalised over the
+    two; otherwise the letter its text names ("The answer is A")."""
+    logprobs = reply["first_token_logprobs"]
+    assert logprobs, reply  # llama.cpp returns the first token's top log-probs
+    if max(logprobs, key=logprobs.__getitem__).strip() in ("A", "B"):
+        a, b = (math.exp(max((lp for t, lp in logprobs.items() if t.strip() == letter), default=-math.inf))
+                for letter in "AB")
+        return a / (a + b)
+    named = re.search(r"\b([AB])\b", reply["text"])
+    assert named, reply
+    return 1.0 if named.group(1) == "A" else 0.0
 
 
 @pytest.mark.slow

@@ -55,6 +55,7 @@ def responses_file(folder: Path, answers: dict[str, list[str]], prompts: list[st
     ("a tie", {"a": -0.05, "B": -3.5}, None),
     ("a tie between the two", {}, None),
     ("A is better.", {}, 1.0),
+    ("The answer is B", {"The": -1.5, "A": -2.1, "B": -3.1}, 0.0),  # a 135M judge's way: the text names it
 ])
 def test_reading_a_verdict(text: str, logprobs: dict[str, float], expected: float | None) -> None:
     verdict = read_verdict(text, logprobs)

@@ -56,10 +56,12 @@ def test_report_has_every_section_and_renders_in_chromium(run_dir: Path, tmp_pat
     evaluation = page.split("<section id='evaluation'>")[1].split("</section>")[0]
     board = json.loads((run_dir / "eval" / "leaderboard.json").read_text())
     medium = next(m for m in board["models"] if m["model"] == "medium")
-    p = medium["vs_next"]["p_value"]
-    assert medium["vs_next"]["model"] == "weak"
-    verdict = "significant" if p < 0.05 else "not significant at this size"  # says whether the gap is real
-    assert f"medium vs weak: {verdict} (p = {p:.3f})" in evaluation
+    versus = medium["vs_next"]
+    p = versus["p_value"]
+    assert versus["model"] == "weak" and versus["significant"] == (p < 0.05)
+    verdict = (f"{'better' if versus['difference'] > 0 else 'worse'} on the {versus['prompts']} prompts both were "
+               "judged on" if p < 0.05 else "not significantly different at this size")  # whether the gap is real
+    assert f"medium vs weak: {verdict} ({'p < 0.001' if p < 0.001 else f'p = {p:.3f}'})" in evaluation
     markdown = (tmp_path / "report.md").read_text()
     pictures = sorted((tmp_path / "report_files").glob("*.png"))
     assert len(pictures) >= 5 and all(f"report_files/{p.name}" in markdown for p in pictures)

@@ -33,7 +33,7 @@ Reply with one letter: A or B."""
 
 # a leading letter is the verdict in capitals only, and not the article of "A tie ..." ("a better one is B")
 _LEADING_LETTER = re.compile(r"^\W*(?:(?i:answer|output|response)\s*)?\(?([AB])\)?(?![A-Za-z])(?!\s+(?i:tie)\b)")
-_NAMED_LETTER = re.compile(r"\b(?:answer|output|response)\s*\(?([AB])\)?(?![A-Za-z])", re.IGNORECASE)
+_NAMED_LETTER = re.compile(r"\b(?:answer|output|response)\s*(?:is\s+|:\s*)?\(?([AB])\)?(?![A-Za-z])", re.IGNORECASE)
 
 
 def judge_messages(instruction: str, a: str, b: str) -> list[Message]:
