@@ -94,8 +94,7 @@ def _read_parquet(path: Path) -> pl.DataFrame:
     try:
         return pl.read_parquet(path)
     except Exception as exc:  # polars raises several types for a corrupt file
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        raise InputError(str(path), f"not a readable Parquet file ({reason})") from None
+        raise InputError(str(path), f"not a readable Parquet file ({_first_line(exc)})") from None
 
 
 def _read_saved_dataset(path: Path) -> pl.DataFrame:
@@ -310,14 +309,19 @@ def check_output(path: Path, kind: Literal["file", "folder"], option: str, input
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
-    """The rows of a JSON-lines log that is only ever appended to. A crash mid-append can leave a torn last
-    line: it is left out (the next resume rewrites the file without it); a broken line before the last is
+    """The rows of a JSON-lines log that is only ever appended to (see `numbered_log`)."""
+    return [row for _, row in numbered_log(path)]
+
+
+def numbered_log(path: Path) -> list[tuple[int, Any]]:
+    """(line number, row) of a JSON-lines log that is only ever appended to. A crash mid-append can leave a torn
+    last line: it is left out (the next resume rewrites the file without it); a broken line before the last is
     damage, said with its line number."""
     lines = [(n, line) for n, line in jsonl_lines(Path(path).read_text(encoding="utf-8")) if line.strip()]
     rows = []
     for position, (number, line) in enumerate(lines):
         try:
-            rows.append(json.loads(line))
+            rows.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
             if position == len(lines) - 1:
                 break

@@ -90,9 +90,14 @@ def model_path(name: str) -> str:
     as a path (absolute, ./ or ../, ~) must be an existing folder: the hub's error for it would be misleading."""
     if name == EMBEDDED:
         return str(embedded_model_dir())
-    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+    if _written_as_path(name) and not Path(name).expanduser().is_dir():
         raise InputError(name, "no such model folder (expected a folder with config.json, 'embedded' or a hub id)")
     return name
+
+
+def _written_as_path(name: str) -> bool:
+    """A model name written as a path (absolute, ./ or ../, ~) names a folder, never a hub id."""
+    return name.startswith(("/", "./", "../", "~"))
 
 
 def load_causal_lm(name: str, dtype: str = "float32", reward_head: bool = False):  # -> (model, tokenizer)
@@ -163,7 +168,7 @@ def check_sentence_model(name: str, where: str) -> None:
         return
     folder = Path(name).expanduser()
     if not folder.is_dir():
-        if name.startswith(("/", "./", "../", "~")) or folder.exists():
+        if _written_as_path(name) or folder.exists():
             raise InputError(where, f"'{name}': no such model folder; {_SENTENCE_MODEL}")
         return  # a hub id
     if (folder / "modules.json").is_file():

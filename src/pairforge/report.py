@@ -32,7 +32,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from pairforge import render  # noqa: E402
 from pairforge.errors import InputError  # noqa: E402
 from pairforge.fields import check_shape  # noqa: E402
-from pairforge.files import check_output, jsonl_lines, read_log, write_atomically  # noqa: E402
+from pairforge.files import check_output, numbered_log, write_atomically  # noqa: E402
 from pairforge.layout import JUDGE_SUMMARY, LEADERBOARD, METRICS, RANKING, RUN_INFO  # noqa: E402
 from pairforge.render import Grid  # noqa: E402
 from pairforge.text import answer_text  # noqa: E402
@@ -433,14 +433,13 @@ def _judge_summary(path: Path) -> dict[str, Any]:
 def _metrics(path: Path) -> list[dict[str, Any]]:
     """metrics.jsonl of a training run: each row an object with an integer step and numbers (or null) for every
     train/ and eval/ value, since the page plots them."""
-    rows = read_log(path)
-    lines = [n for n, line in jsonl_lines(path.read_text(encoding="utf-8")) if line.strip()]
-    for row, line in zip(rows, lines, strict=False):
+    numbered = numbered_log(path)
+    for line, row in numbered:
         spec = {"step": int, "*": (*_NUM, type(None))} if isinstance(row, dict) else {}
         check_shape(path, row if not isinstance(row, dict) else
                     {k: v for k, v in row.items() if k == "step" or k.startswith(("train/", "eval/"))}, spec,
                     row=f"line {line}")
-    return rows
+    return [row for _, row in numbered]
 
 
 def _version(name: str) -> str:
