@@ -17,7 +17,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +38,12 @@ CREATE TABLE IF NOT EXISTS results (
 _COLUMNS = ("key", "kind", "value", "error", "attempts", "updated")
 _EXPECTED = f"a pairforge store (SQLite, table results({', '.join(_COLUMNS)}))"
 _RECOVER = "move it away to start over (or pass another --out)"
-# What each kind of row must hold (an answer's text, a judge's score); other keys are optional when read back.
-_REQUIRED: dict[str, tuple[str, ...]] = {"score": ("score",)}
-_ANSWER_KEYS = ("text",)
+# The key each kind of row must hold and what its value must be (an answer's text, a judge's score); other keys
+# are optional when read back.
+_REQUIRED: dict[str, tuple[str, Callable[[Any], bool], str]] = {
+    "score": ("score", lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool)),
+              "a number or null")}
+_ANSWER = ("text", lambda v: isinstance(v, str), "a string")
 
 
 @dataclass(frozen=True)
@@ -138,8 +141,8 @@ class Store:
         KeyError deep in an export)."""
         if value is None:
             return None
-        required = _REQUIRED.get(kind, _ANSWER_KEYS)
-        expected = f"expected a JSON object with {' and '.join(repr(k) for k in required)}"
+        required, valid, what = _REQUIRED.get(kind, _ANSWER)
+        expected = f"expected a JSON object with {required!r}"
         try:
             parsed = json.loads(value)
         except (json.JSONDecodeError, TypeError):
@@ -147,21 +150,14 @@ class Store:
         else:
             found = f"found {describe(parsed)}"
         if isinstance(parsed, dict):
-            missing = [k for k in required if k not in parsed]
-            if missing:
-                found = f"found an object without '{missing[0]}' (keys: {', '.join(sorted(parsed)) or 'none'})"
-            elif "text" in required and not isinstance(parsed["text"], str):
-                found = f"found 'text' that is {describe(parsed['text'])}"
-            elif "score" in required and not _is_score(parsed["score"]):
-                found = f"found 'score' that is {describe(parsed['score'])} (expected a number or null)"
+            if required not in parsed:
+                found = f"found an object without {required!r} (keys: {', '.join(sorted(parsed)) or 'none'})"
+            elif not valid(parsed[required]):
+                found = f"found {required!r} that is {describe(parsed[required])} (expected {what})"
             else:
                 return parsed
         raise InputError(str(self.path), f"{expected}, {found}; move the store away to start over, or delete that row",
                          row=f"row key {key}")
-
-
-def _is_score(value: Any) -> bool:
-    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
 def _check_schema(db: sqlite3.Connection, path: Path) -> None:
