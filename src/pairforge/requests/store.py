@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pairforge.errors import InputError, describe
+from pairforge.fields import is_kind
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -41,8 +42,7 @@ _RECOVER = "move it away to start over (or pass another --out)"
 # The key each kind of row must hold and what its value must be (an answer's text, a judge's score); other keys
 # are optional when read back.
 _REQUIRED: dict[str, tuple[str, Callable[[Any], bool], str]] = {
-    "score": ("score", lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool)),
-              "a number or null")}
+    "score": ("score", lambda v: is_kind(v, (int, float, type(None))), "a number or null")}
 _ANSWER = ("text", lambda v: isinstance(v, str), "a string")
 
 
