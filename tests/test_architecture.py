@@ -17,7 +17,7 @@ LAYERS = [
     {"errors", "schema"},
     {"files", "text", "layout", "models", "edits"},
     {"config", "fields", "prompting"},
-    {"recipe", "records"},
+    {"recipe", "records", "pair_files"},
     {"requests", "sequences", "recipe_docs", "rounds"},
     {"generate", "revise", "judge", "pairs", "train"},
     {"evaluate"},

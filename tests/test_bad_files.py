@@ -45,7 +45,7 @@ ODD_BREAKS = "a\u2028b\u2029c\x85d\x0be\x0cf\x1cg"
 
 
 def test_pairs_with_unicode_line_separators_read_back_unchanged(tmp_path, jsonl, long_rows):
-    from pairforge.records import read_pairs
+    from pairforge.pair_files import read_pairs
 
     rows = [{**r, "prompt": r["prompt"] + ODD_BREAKS, "response": r["response"] + " \u2028\x85"} for r in long_rows]
     out = tmp_path / "p.jsonl"
@@ -315,7 +315,7 @@ def test_a_text_prompt_beside_chat_answers_that_repeat_it_is_read_as_trl_reads_i
     answers' shared leading turns as the prompt; so do we (the role check refused these files as written)."""
     import polars as pl
 
-    from pairforge.records import read_pairs
+    from pairforge.pair_files import read_pairs
 
     turns = [{"role": "user", "content": "hi"}]
     rows = [{"prompt": "hi", "chosen": [*turns, {"role": "assistant", "content": "a"}],

@@ -31,8 +31,6 @@ from pairforge.errors import InputError, describe
 from pairforge.fields import (
     Field,
     as_chat,
-    check_fields,
-    check_same_shape,
     checked_frame,
     is_finite,
     is_messages,
@@ -101,8 +99,6 @@ def prompts_from_file(path: Path) -> pl.DataFrame:
     as text or chat messages, with optional `system`, `prompt_id` and `dataset`; so a responses file or
     AlpacaEval's eval set is a prompt file too. A prompt that appears again is answered once.
     """
-    from pairforge.files import read_records
-
     records = read_records(path)
     keys = set(records.columns)
     prompt_key = _pick(keys, "prompt")
@@ -361,61 +357,3 @@ def _is_number(text: str) -> bool:
 
 def _pick(keys: set[str], role: str) -> str | None:
     return next((k for k in _ALIASES[role] if k in keys), None)
-
-
-# --- pairs files (the pairs stage's output, the trainer's and `curriculum show`'s input) -----------------
-
-PAIR_COLUMNS = ("prompt", "chosen", "rejected")
-
-
-def check_pair_columns(columns: list[str], target_column: str | None, source: str) -> None:
-    """TRL's three columns (and the likelihood target, when one is named) are there."""
-    missing = [c for c in PAIR_COLUMNS if c not in columns]
-    if missing:
-        raise InputError(source, f"missing column(s) {', '.join(missing)}: expected TRL's prompt/chosen/rejected "
-                         f"(found {', '.join(columns)})")
-    if target_column and target_column not in columns:
-        raise InputError(source, f"the likelihood target column '{target_column}' is not in the file")
-
-
-def read_pairs(path: Path, target_column: str | None = None) -> pl.DataFrame:
-    """A pairs file (ours or any TRL prompt/chosen/rejected file), every value checked at read time: texts or
-    chat messages where answers belong (roles system/user/assistant, a prompt ending with the user's turn, answers
-    of assistant turns; a file conversational or plain text, not both), a finite weight >= 0, a text pair_type."""
-    records = _prompts_from_answers(read_records(path))
-    check_pair_columns(records.columns, target_column, str(path))
-    optional = [Field("weight", "number", required=False), Field("pair_type", "text", required=False)]
-    answers = [c for c in ("chosen", "rejected", target_column) if c]
-    check_fields(records, [Field("prompt", "prompt"), *(Field(c, "answer") for c in dict.fromkeys(answers)),
-                           *(f for f in optional if f.key in records.columns)])
-    check_same_shape(records, chat_keys=("prompt", *answers))
-    frame = records.frame if records.frame is not None else pl.DataFrame(records.rows, infer_schema_length=None,
-                                                                          strict=False)
-    negative = frame.select(pl.arg_where(pl.col("weight") < 0).first()).item() if "weight" in frame.columns else None
-    if negative is not None:
-        raise InputError(str(path), f"expected a weight >= 0, found {frame['weight'][negative]}",
-                         row=records.label(negative), field="weight")
-    return frame
-
-
-def _prompts_from_answers(records: Records) -> Records:
-    """TRL's rule for a text `prompt` beside chat answers that repeat it (HuggingFaceH4/ultrafeedback_binarized:
-    prompt "hi", chosen [user "hi", assistant "a"]): the prompt is the answers' shared leading turns and the
-    answers are what follows, so the chat template sees the user's turn once."""
-    frame = records.frame
-    if frame is not None and not (frame.schema.get("prompt") == pl.String
-                                  and all(isinstance(frame.schema.get(k), pl.List) for k in ("chosen", "rejected"))):
-        return records  # decided by the columns' types, without turning a large frame into rows
-    rows = records.as_rows()
-    if not rows or not all(isinstance(r.get("prompt"), str) and isinstance(r.get("chosen"), list)
-                           and isinstance(r.get("rejected"), list) for r in rows):
-        return records
-    for row in rows:
-        chosen, rejected = row["chosen"], row["rejected"]
-        shared = next((i for i, (c, r) in enumerate(zip(chosen, rejected, strict=False)) if c != r),
-                      min(len(chosen), len(rejected)))
-        if shared:
-            row["prompt"], row["chosen"], row["rejected"] = chosen[:shared], chosen[shared:], rejected[shared:]
-    if records.rows is not None:
-        return Records(records.path, rows=rows, line_numbers=records.line_numbers)
-    return Records(records.path, frame=pl.DataFrame(rows, infer_schema_length=None, strict=False))

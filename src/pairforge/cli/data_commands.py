@@ -200,7 +200,7 @@ def curriculum_show(
 ) -> None:
     """Print a curriculum's stages or buckets with their sizes and difficulty, and plot difficulty by step."""
     def run() -> None:
-        from pairforge.records import read_pairs
+        from pairforge.pair_files import read_pairs
         from pairforge.train.curriculum import difficulty_of, plan, write_plot
 
         base = (load_recipe(config).train.curriculum if config else None) or CurriculumConfig()

@@ -24,7 +24,7 @@ from pairforge.errors import InputError
 from pairforge.layout import split_path
 from pairforge.models import cache_dir, check_sentence_model, load_causal_lm
 from pairforge.prompting import PromptFormat, has_chat_template, prompt_format_of
-from pairforge.records import read_pairs
+from pairforge.pair_files import read_pairs
 from pairforge.sequences.logprobs import AnswerLogps, SequenceScores, row_width
 from pairforge.sequences.tokenize import TokenizedPair, TokenizeStats, tokenize_pairs
 from pairforge.train import losses as L
