@@ -193,3 +193,32 @@ def test_eval_option_values_are_checked_before_any_work(tmp_path, option, value,
                                       option, value, "--out", str(tmp_path / "eval")])
     one_line_error(result, message)
     assert not (tmp_path / "eval").exists()
+
+
+def test_one_prompt_id_given_to_two_prompts_is_refused(jsonl, tmp_path):
+    """Pairing by a shared id would put the answer to "B?" under prompt "A?" and lose "B?": refused, naming both."""
+    rows = [{"prompt_id": "q1", "prompt": "A?", "source": "strong", "response": "a strong"},
+            {"prompt_id": "q1", "prompt": "A?", "source": "weak", "response": "a weak"},
+            {"prompt_id": "q1", "prompt": "B?", "source": "weak", "response": "b weak"}]
+    out = tmp_path / "pairs.parquet"
+    one_line_error(run_cli(jsonl("a.jsonl", rows), "--rank", "strong > weak", "--out", out),
+                   "a.jsonl line 3", "field 'prompt_id'", "'q1'", "line 1", "two different prompts")
+    assert not out.exists()
+
+
+def test_one_prompt_id_given_to_two_prompts_in_a_prompts_file(jsonl):
+    from pairforge.errors import InputError
+    from pairforge.records import prompts_from_file
+
+    path = jsonl("prompts.jsonl", [{"prompt_id": "q1", "prompt": "A?"}, {"prompt_id": "q1", "prompt": "B?"}])
+    with pytest.raises(InputError) as error:
+        prompts_from_file(path)
+    assert "prompts.jsonl line 2" in str(error.value) and "'q1'" in str(error.value)
+
+
+def test_nothing_left_for_training_says_the_split_took_it(jsonl, tmp_path):
+    rows = [{"prompt": f"Question {p}?", "source": s, "response": f"{s} answers {p}"}
+            for p in range(2) for s in ("strong", "weak")]
+    line = one_line_error(run_cli(jsonl("a.jsonl", rows), "--rank", "strong > weak", "--eval-fraction", "0.99",
+                                  "--out", tmp_path / "pairs.parquet"), "no pair for training")
+    assert "left out: nothing" not in line and "held out" in line and "2 prompts" in line, line

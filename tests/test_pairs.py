@@ -234,6 +234,17 @@ def test_eval_split_is_by_prompt_and_deterministic():
     assert first.eval.height == 3 * len(eval_prompts)  # every pair type of a held-out prompt is held out
 
 
+def test_own_ids_that_are_not_hex_spread_over_the_split(jsonl):
+    """Ids like q0..q11 are hashed into buckets, as ours are: not every prompt in the eval split."""
+    rows = [{"prompt_id": f"q{p}", "prompt": f"Question {p}?", "source": s, "response": f"{s} answers {p}"}
+            for p in range(12) for s in ("strong", "weak")]
+    result = build(jsonl("a.jsonl", rows), rank="strong > weak", eval_fraction=0.25)
+    held_out = set(result.eval["prompt_id"])
+    assert 0 < len(held_out) < 12 and not held_out & set(result.train["prompt_id"])
+    again = build(jsonl("b.jsonl", rows), rank="strong > weak", eval_fraction=0.25)
+    assert set(again.eval["prompt_id"]) == held_out  # stable
+
+
 def test_sample_set_gives_every_paper_pair():
     records = [read_records(SAMPLE / f"{name}.json") for name in ("strong", "medium", "weak")]
     result = build_pairs(responses_from_files(records), PairsConfig(rank="strong > medium > weak"))

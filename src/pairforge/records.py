@@ -37,6 +37,7 @@ from pairforge.fields import (
     turn_problem,
 )
 from pairforge.files import Records, read_records
+from pairforge.text import prompt_text
 
 MESSAGES = S.MESSAGES
 _ALIASES = {
@@ -49,6 +50,7 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
 _CANONICAL_SCHEMA = {
     "_file": pl.Int32, "_row": pl.Int64, S.PROMPT_ID: pl.String, "system": pl.String, S.SOURCE: pl.String,
     S.SAMPLE: pl.Int64, S.RESPONSE: pl.String, S.FINISH_REASON: pl.String, S.SCORE: pl.Float64,
+    "_own_id": pl.Boolean,  # the input gave this row's prompt_id (checked to name one prompt)
 }
 
 
@@ -107,12 +109,16 @@ def prompts_from_file(path: Path) -> pl.DataFrame:
     fields = [Field(prompt_key, "prompt"), *[f for f in _optional_fields(keys) if f.key in ("system", "prompt_id")],
               *[Field(k, "text", required=False) for k in ("input", "dataset") if k in keys]]
     frame = checked_frame(records, fields)
-    frame = frame.select(_alpaca_prompt(frame, prompt_key).alias(S.PROMPT),
-                         *(pl.col(k) if k in frame.columns else pl.lit(None, pl.String).alias(k)
-                           for k in ("system", S.PROMPT_ID, "dataset")))
+    frame = frame.with_row_index("_row").select(
+        "_row", _alpaca_prompt(frame, prompt_key).alias(S.PROMPT),
+        *(pl.col(k) if k in frame.columns else pl.lit(None, pl.String).alias(k)
+          for k in ("system", S.PROMPT_ID, "dataset")))
     if frame.schema[S.PROMPT] == MESSAGES or frame["system"].is_not_null().any():
         frame = frame.with_columns(_chat_prompt(frame))
-    ids = pl.coalesce(pl.col(S.PROMPT_ID), S.prompt_ids(frame[S.PROMPT]))
+    frame = frame.with_columns(S.prompt_ids(frame[S.PROMPT]).alias("_computed"), pl.lit(0).alias("_file"),
+                               pl.col(S.PROMPT_ID).is_not_null().alias("_own_id"))
+    _refuse_shared_ids(frame, [records])
+    ids = pl.coalesce(S.PROMPT_ID, "_computed")
     return frame.select(ids.alias(S.PROMPT_ID), S.PROMPT, "dataset").unique(S.PROMPT_ID, maintain_order=True)
 
 
@@ -181,6 +187,7 @@ def _canonical(frame: pl.DataFrame, prompt: pl.Expr, source: pl.Expr, response: 
     return frame.with_row_index("_row").select(
         pl.col("_row").cast(pl.Int64), prompt.alias(S.PROMPT), optional("system"), source, optional(S.SAMPLE),
         response, optional(S.FINISH_REASON), optional(S.SCORE), optional(S.PROMPT_ID),
+        optional(S.PROMPT_ID).is_not_null().alias("_own_id"),
     )
 
 
@@ -238,7 +245,8 @@ def _nested_frame(rows: Iterator[dict[str, Any]]) -> pl.DataFrame:
               S.RESPONSE: pl.String, S.SCORE: pl.Float64}
     frame = pl.DataFrame(materialised, schema=schema)
     absent = {"system": pl.String, S.SAMPLE: pl.Int64, S.FINISH_REASON: pl.String, S.PROMPT_ID: pl.String}
-    return frame.with_columns(pl.lit(None, dtype).alias(name) for name, dtype in absent.items())
+    return frame.with_columns(*(pl.lit(None, dtype).alias(name) for name, dtype in absent.items()),
+                              pl.lit(False).alias("_own_id"))
 
 
 class _RowReader:
@@ -315,8 +323,9 @@ def _finalise(frames: list[pl.DataFrame], inputs: list[Records]) -> pl.DataFrame
     if chat:
         frames = [f.with_columns(_chat_prompt(f)) for f in frames]
     frame = pl.concat(frames, how="diagonal_relaxed").select(list(_CANONICAL_SCHEMA) + [S.PROMPT])
-    computed = S.prompt_ids(frame[S.PROMPT])
-    frame = frame.with_columns(pl.coalesce(pl.col(S.PROMPT_ID), computed).alias(S.PROMPT_ID)).sort("_file", "_row")
+    frame = frame.with_columns(S.prompt_ids(frame[S.PROMPT]).alias("_computed")).sort("_file", "_row")
+    _refuse_shared_ids(frame, inputs)
+    frame = frame.with_columns(pl.coalesce(S.PROMPT_ID, "_computed").alias(S.PROMPT_ID))
     missing = pl.col(S.SAMPLE).is_null()
     if frame.select(missing.any()).item():
         # number rows without a sample 0, 1, ... per (prompt, source) in input order; the window is costly, so
@@ -330,6 +339,29 @@ def _finalise(frames: list[pl.DataFrame], inputs: list[Records]) -> pl.DataFrame
                   "this prompt, source and sample appeared before (give each a distinct 'sample', or pass each "
                   "file once)")
     return frame.select(S.RESPONSE_COLUMNS)
+
+
+def _refuse_shared_ids(frame: pl.DataFrame, inputs: list[Records]) -> None:
+    """A prompt_id the input gives (`_own_id`) names one prompt (`_computed`: the id of its text). Two prompts
+    under one id would have their answers paired across prompts (the answer to "B?" under "A?") and one of them
+    lost, so the second prompt is refused, naming the first."""
+    own = frame.filter(pl.col("_own_id"))
+    clash = own.select(pl.arg_where(pl.col("_computed") != pl.col("_computed").first().over(S.PROMPT_ID)).first())
+    if clash.item() is None:
+        return
+    row = own.row(clash.item(), named=True)
+    first = own.filter(pl.col(S.PROMPT_ID) == row[S.PROMPT_ID]).row(0, named=True)
+    records, earlier = inputs[row["_file"]], inputs[first["_file"]]
+    where = earlier.label(first["_row"]) if earlier is records else f"{earlier.path} {earlier.label(first['_row'])}"
+    raise InputError(str(records.path), f"prompt_id {row[S.PROMPT_ID]!r} is given to two different prompts "
+                     f"({_preview(first[S.PROMPT])} at {where}, {_preview(row[S.PROMPT])} here): their answers would "
+                     "be paired across prompts; give each prompt its own id, or leave prompt_id out to derive it",
+                     row=records.label(row["_row"]), field=S.PROMPT_ID)
+
+
+def _preview(prompt: S.Prompt) -> str:
+    text = prompt_text(prompt)
+    return repr(text[:30] + ("..." if len(text) > 30 else ""))
 
 
 def _refuse_first(frame: pl.DataFrame, bad: pl.Expr, inputs: list[Records], problem: str) -> None:

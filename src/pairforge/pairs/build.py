@@ -86,7 +86,8 @@ def build_pairs(responses: pl.DataFrame, cfg: PairsConfig) -> PairSet:
     pairs = _finish(pairs, answers, candidates.span, chat=cfg.prompt_format != "text")
     check_invariants(pairs, order)
 
-    bucket = _prompt_bucket()
+    # splits are by prompt: eval takes the lowest buckets, the judge split the next ones, training the rest
+    bucket = pl.lit(S.prompt_buckets(pairs[S.PROMPT_ID]))
     in_eval = bucket < cfg.eval_fraction
     in_judge = (bucket >= cfg.eval_fraction) & (bucket < cfg.eval_fraction + cfg.judge_fraction)
     train, held_out, judge = pairs.filter(~in_eval & ~in_judge), pairs.filter(in_eval), pairs.filter(in_judge)
@@ -152,12 +153,6 @@ def check_invariants(pairs: pl.DataFrame, order: StrengthOrder | None) -> None:
     scored = pairs.filter(pl.col("chosen_score").is_not_null() & pl.col("rejected_score").is_not_null())
     if order is None and scored.filter(pl.col("chosen_score") <= pl.col("rejected_score")).height:
         raise AssertionError("internal error: a scored pair's chosen answer does not outscore the rejected one")
-
-
-def _prompt_bucket() -> pl.Expr:
-    """Splits are by prompt: the first 8 hex digits of prompt_id as a number in [0, 1); eval takes the lowest
-    buckets, the judge split the next ones, training the rest."""
-    return pl.col(S.PROMPT_ID).str.slice(0, 8).str.to_integer(base=16, strict=False).fill_null(0) / 2**32
 
 
 def length_stats(pairs: pl.DataFrame) -> dict[str, Any]:

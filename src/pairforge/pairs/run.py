@@ -19,7 +19,7 @@ from pairforge.config import PairsConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output, read_records, write_json, write_table
 from pairforge.layout import split_path, summary_path
-from pairforge.pairs.build import build_pairs
+from pairforge.pairs.build import PairSet, build_pairs
 from pairforge.records import detect_format, responses_from_files
 
 
@@ -48,9 +48,7 @@ def build_from_files(cfg: PairsConfig) -> StageResult:
     responses = responses_from_files(records, cfg.format, columns)
     result = build_pairs(responses, cfg)
     if result.train.is_empty():
-        dropped = [result.summary.get(k, {}) for k in ("dropped_answers", "dropped_prompts", "dropped_pairs")]
-        raise InputError(", ".join(map(str, cfg.inputs)), f"no pair for training could be built from "
-                         f"{responses.height} answers (left out: {_said(dropped) or 'nothing'})")
+        _refuse_nothing_to_train(result, cfg, responses.height)
     splits = {"train": result.train, "eval": result.eval if cfg.eval_fraction > 0 else None,
               "judge": result.judge if cfg.judge_fraction > 0 else None}
     earlier = _outputs_of(paths["summary"])  # read before this build's summary replaces it
@@ -68,6 +66,20 @@ def build_from_files(cfg: PairsConfig) -> StageResult:
     for path in removed:
         path.unlink(missing_ok=True)
     return StageResult(summary, written, removed)
+
+
+def _refuse_nothing_to_train(result: PairSet, cfg: PairsConfig, answers: int) -> None:
+    """Why no pair is left for training: every pair fell in a held-out split, or what the filters left out."""
+    where = f"no pair for training could be built from {answers} answers"
+    held_out = [frame for frame in (result.eval, result.judge) if frame is not None and frame.height]
+    if held_out:
+        prompts = sum(frame["prompt_id"].n_unique() for frame in held_out)
+        fractions = f"eval_fraction {cfg.eval_fraction}" + (f", judge_fraction {cfg.judge_fraction}"
+                                                            if cfg.judge_fraction else "")
+        raise InputError(", ".join(map(str, cfg.inputs)), f"{where}: the pairs of all {prompts} prompts were held out "
+                         f"({fractions}; prompts are split by a hash of prompt_id): lower the fractions or add prompts")
+    dropped = [result.summary.get(k, {}) for k in ("dropped_answers", "dropped_prompts", "dropped_pairs")]
+    raise InputError(", ".join(map(str, cfg.inputs)), f"{where} (left out: {_said(dropped) or 'nothing'})")
 
 
 def stale_splits(out: Path, written: list[Path], inputs: list[Path], earlier: set[str]) -> list[Path]:
