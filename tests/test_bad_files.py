@@ -326,3 +326,26 @@ def test_a_text_prompt_beside_chat_answers_that_repeat_it_is_read_as_trl_reads_i
         row = read_pairs(tmp_path / name).row(0, named=True)
         assert row["prompt"] == turns and row["chosen"] == [{"role": "assistant", "content": "a"}], name
         assert row["rejected"] == [{"role": "assistant", "content": "b"}]
+
+
+def test_parquet_chat_prompt_with_null_content_is_refused_when_read(tmp_path, tiny_model_dir):
+    """A null turn content passed the dtype check and failed later inside the chat template (jinja UndefinedError):
+    refused at read time, naming the file, row and field, before any model is loaded."""
+    import polars as pl
+    import yaml
+
+    from pairforge.schema import MESSAGES
+
+    prompts = [chat("user", "Say hi."), [{"role": "system", "content": None}, *chat("user", "Say bye.")]]
+    pl.DataFrame({"prompt": prompts}, schema={"prompt": MESSAGES}).write_parquet(tmp_path / "prompts.parquet")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"prompts": str(tmp_path / "prompts.parquet"), "sources": [
+        {"name": "tiny", "model": str(tiny_model_dir), "max_new_tokens": 2}]}))
+    one_line_error(invoke("generate", recipe, "--out", tmp_path / "gen"),
+                   "prompts.parquet row 2, field 'prompt[0].content'", "expected a string, found null")
+    assert not (tmp_path / "gen" / "responses.parquet").exists()
+    answers = pl.DataFrame({"prompt": prompts, "source": ["a", "b"], "response": ["hi", "bye"]},
+                           schema={"prompt": MESSAGES, "source": pl.String, "response": pl.String})
+    answers.write_parquet(tmp_path / "answers.parquet")
+    one_line_error(invoke("pairs", "build", tmp_path / "answers.parquet", "--strategy", "scored", "--out",
+                          tmp_path / "p.jsonl"), "answers.parquet row 2, field 'prompt[0].content'")

@@ -150,11 +150,16 @@ CHAT_ROLES = ("system", "user", "assistant")  # what a chat template is given; p
 
 def turn_problem(messages: list[dict[str, Any]], kind: str) -> tuple[str, str] | None:
     """(where, problem) for chat messages that a chat template would render wrongly or refuse: a role other than
-    system / user / assistant, a prompt that does not end with the user's turn (the model answers that turn), an
-    answer with a turn that is not the assistant's. `where` is '[n].role'; None when the messages are fine."""
+    system / user / assistant, a content that is no string (a typed file's null: the template would fail on it
+    mid-generation), a prompt that does not end with the user's turn (the model answers that turn), an answer
+    with a turn that is not the assistant's. `where` is '[n].role' or '[n].content'; None when they are fine."""
     if not messages:
         return "", "expected a string or a list of chat messages, found an empty list"
     for n, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"[{n}]", f"expected a {{role, content}} message, found {describe(message)}"
+        if not isinstance(message.get("content"), str):
+            return f"[{n}].content", f"expected a string, found {describe(message.get('content'))}"
         role = message.get("role")
         if role not in CHAT_ROLES:
             return f"[{n}].role", f"expected a role system, user or assistant, found {describe(role)}"
@@ -176,6 +181,7 @@ def _bad_turns(messages: pl.Expr, kind: str) -> pl.Expr:
     """Column-wise twin of `turn_problem`: true for rows it would refuse (and for empty message lists)."""
     roles = messages.list.eval(pl.element().struct.field("role"))
     bad = roles.list.eval(~pl.element().is_in(CHAT_ROLES).fill_null(False)).list.any() | (roles.list.len() == 0)
+    bad = bad | messages.list.eval(pl.element().struct.field("content").is_null()).list.any()
     if kind == "answer":
         bad = bad | roles.list.eval(pl.element() != "assistant").list.any()
     else:
