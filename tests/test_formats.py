@@ -105,3 +105,17 @@ def test_chat_and_plain_files_mix(jsonl):
     chat = jsonl("chat.jsonl", [{"prompt": [{"role": "user", "content": "Hi"}], "source": "b", "response": "Yo"}])
     frame = load(plain, chat)
     assert frame.schema["prompt"] == MESSAGES and frame["prompt_id"].n_unique() == 1
+
+
+def test_ultrafeedback_keeps_each_completions_system_prompt(jsonl):
+    """UltraFeedback asked each model under its own `custom_system_prompt`: it is the system turn of that answer's
+    prompt; the prompt_id stays the instruction's, so answers asked under different system prompts still pair."""
+    row = {"instruction": "Say hi.", "completions": [
+        {"model": "m1", "response": "Hi there!", "overall_score": 8.0, "custom_system_prompt": "Be warm."},
+        {"model": "m2", "response": "hi", "overall_score": 3.0, "custom_system_prompt": "Be terse."},
+        {"model": "m3", "response": "Hey.", "overall_score": 5.0}]}
+    frame = load(jsonl("uf.jsonl", [row])).sort("source")
+    user = {"role": "user", "content": "Say hi."}
+    assert frame["prompt"].to_list() == [[{"role": "system", "content": "Be warm."}, user],
+                                         [{"role": "system", "content": "Be terse."}, user], [user]]
+    assert frame["prompt_id"].unique().to_list() == [prompt_id_of(to_messages("Say hi."))]

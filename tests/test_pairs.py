@@ -220,6 +220,39 @@ def test_decontamination_drops_prompts_sharing_an_ngram(tmp_path, jsonl):
     assert leaked not in result.train["prompt"].to_list() and result.train.height == 1
 
 
+def test_ultrafeedback_ties_are_never_paired_and_are_counted(jsonl):
+    """8.5 and 8.50005 are a tie (scores within 1e-4): no pair under --scored-mode all, and the summary counts it
+    (it said "dropped: nothing")."""
+    row = {"instruction": "Say hi.", "completions": [
+        {"model": "m1", "response": "Hi there, friend!", "overall_score": 8.5},
+        {"model": "m2", "response": "Hello to you.", "overall_score": 8.50005},
+        {"model": "m3", "response": "hi", "overall_score": 3.0}]}
+    for mode in ("all", "best-random"):
+        result = build(jsonl("uf.jsonl", [row, {**row, "instruction": "Say bye."}]), strategy="scored",
+                       scored_mode=mode)
+        kept = set(zip(result.train["chosen_source"], result.train["rejected_source"], strict=True))
+        assert all(rejected == "m3" for _, rejected in kept), (mode, kept)
+    assert kept and not any(result.summary["dropped_prompts"].values())  # best-random drew m3 for both prompts
+    all_pairs = build(jsonl("all.jsonl", [row]), strategy="scored", scored_mode="all").summary
+    assert all_pairs["dropped_prompts"]["pairs with tied scores (within 0.0001)"] == 1
+
+
+def test_verified_counts_scores_within_the_tie_tolerance_as_tied(jsonl):
+    rows = [{"prompt": "P", "source": "strong", "response": "Strong answer.", "score": 1.00005},
+            {"prompt": "P", "source": "weak", "response": "Weak one.", "score": 1.0}]
+    result = build(jsonl("v.jsonl", rows), rank="strong > weak", strategy="verified")
+    assert result.train.is_empty() and result.summary["verification"]["strong>weak"]["tied"] == 1
+
+
+def test_ultrafeedback_pair_prompt_is_what_the_chosen_model_was_asked(jsonl):
+    row = {"instruction": "Say hi.", "completions": [
+        {"model": "m1", "response": "Hi there!", "overall_score": 8.0, "custom_system_prompt": "Be warm."},
+        {"model": "m2", "response": "hi", "overall_score": 3.0, "custom_system_prompt": "Be terse."}]}
+    pair = build(jsonl("uf.jsonl", [row]), strategy="scored", prompt_format="chat").train.row(0, named=True)
+    assert pair["prompt"] == [{"role": "system", "content": "Be warm."}, {"role": "user", "content": "Say hi."}]
+    assert pair["chosen"] == [{"role": "assistant", "content": "Hi there!"}]
+
+
 # --- splits and the shipped sample ---------------------------------------------------------------------
 
 def test_eval_split_is_by_prompt_and_deterministic():

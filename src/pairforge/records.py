@@ -4,7 +4,10 @@ Shapes (detected from the fields, or named with `--format`):
   long           one row per (prompt, source, response); AlpacaEval's model_outputs.json
                  (instruction, output, generator) is this shape, one file per model.
   wide           one row per prompt, one column per source (`columns={"gpt4": "output_gpt4"}`).
-  ultrafeedback  `completions: [{model, response, overall_score | ratings | annotations}]`.
+  ultrafeedback  `completions: [{model, response, overall_score | ratings | annotations, custom_system_prompt}]`;
+                 a completion's system prompt is the system turn of its answer's prompt (what that model
+                 was asked), while prompt_id stays the instruction's, so answers asked under different
+                 system prompts still pair (a pair's prompt is then its chosen answer's).
   nectar         `answers: [{model, answer, rank}]`; score = -rank (rank 1 is best).
   sharegpt       `conversations: [{from, value}]` or `messages: [{role, content}]`; the last
                  assistant turn is the response, the turns before it are the prompt.
@@ -201,9 +204,13 @@ def _ultrafeedback(records: Records, _: dict[str, str]) -> pl.DataFrame:
             for item_no, item in enumerate(reader.items("completions")):
                 where = f"completions[{item_no}]"
                 yield {"_row": index, S.PROMPT: prompt, S.SOURCE: reader.text(item, "model", where),
-                       S.RESPONSE: reader.text(item, "response", where), S.SCORE: reader.rating(item, where)}
+                       S.RESPONSE: reader.text(item, "response", where), S.SCORE: reader.rating(item, where),
+                       "system": reader.text(item, "custom_system_prompt", where, required=False) or None}
 
-    return _nested_frame(rows())
+    frame = _nested_frame(rows())
+    if frame["system"].is_not_null().any():  # the id of the instruction alone: answers pair across system prompts
+        frame = frame.with_columns(S.prompt_ids(frame[S.PROMPT]).alias(S.PROMPT_ID))
+    return frame
 
 
 def _nectar(records: Records, _: dict[str, str]) -> pl.DataFrame:
@@ -242,9 +249,9 @@ def _nested_frame(rows: Iterator[dict[str, Any]]) -> pl.DataFrame:
     for r in materialised:
         r[S.PROMPT] = as_chat(r[S.PROMPT]) if chat else r[S.PROMPT]
     schema = {"_row": pl.Int64, S.PROMPT: MESSAGES if chat else pl.String, S.SOURCE: pl.String,
-              S.RESPONSE: pl.String, S.SCORE: pl.Float64}
+              S.RESPONSE: pl.String, S.SCORE: pl.Float64, "system": pl.String}  # system: where a shape has one
     frame = pl.DataFrame(materialised, schema=schema)
-    absent = {"system": pl.String, S.SAMPLE: pl.Int64, S.FINISH_REASON: pl.String, S.PROMPT_ID: pl.String}
+    absent = {S.SAMPLE: pl.Int64, S.FINISH_REASON: pl.String, S.PROMPT_ID: pl.String}
     return frame.with_columns(*(pl.lit(None, dtype).alias(name) for name, dtype in absent.items()),
                               pl.lit(False).alias("_own_id"))
 
@@ -277,8 +284,10 @@ class _RowReader:
             self.fail(key, f"expected a list of objects, found {describe(value)}")
         return value
 
-    def text(self, item: dict[str, Any], key: str, where: str) -> str:
+    def text(self, item: dict[str, Any], key: str, where: str, required: bool = True) -> str | None:
         value = item.get(key)
+        if value is None and not required:
+            return None
         if not isinstance(value, str):
             self.fail(f"{where}.{key}", f"expected a string, found {describe(value)}")
         return value

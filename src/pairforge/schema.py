@@ -32,6 +32,8 @@ FINISH_REASON = "finish_reason"
 SCORE = "score"
 
 RESPONSE_COLUMNS = (PROMPT_ID, PROMPT, SOURCE, SAMPLE, RESPONSE, FINISH_REASON, SCORE)
+SCORE_TIE = 1e-4  # scores closer than this are a tie everywhere: a reward model scores one text ~1e-7 apart in two
+#                   batches, and a mean of ratings is 8.5 only up to float rounding
 
 # --- pairs: TRL's columns first, then provenance ------------------------------------------------
 PAIR_COLUMNS = (

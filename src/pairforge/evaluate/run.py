@@ -31,7 +31,6 @@ from pairforge.errors import InputError
 from pairforge.evaluate.stats import length_controlled_win_rate, paired_difference, win_rate
 from pairforge.files import Records, check_output, read_records, write_json, write_table
 from pairforge.generate.run import source_requests
-from pairforge.judge.ranking import SCORE_TIE
 from pairforge.judge.run import check_judge, judge_frame
 from pairforge.prompting import endpoint_of
 from pairforge.records import prompts_from_file, responses_from_files
@@ -209,7 +208,7 @@ def _verdicts(scored: pl.DataFrame, judgments: pl.DataFrame | None, kind: str) -
                                           pl.col("p_a").alias("verdict")), on=[S.PROMPT_ID, "model"], how="left")
     elif kind == "reward-model":
         versus = pl.col(S.SCORE) - pl.col("reference_score")  # equal within float noise of batching: a tie
-        rows = rows.with_columns(pl.when(versus > SCORE_TIE).then(1.0).when(versus < -SCORE_TIE).then(0.0)
+        rows = rows.with_columns(pl.when(versus > S.SCORE_TIE).then(1.0).when(versus < -S.SCORE_TIE).then(0.0)
                                  .when(versus.is_not_null()).then(0.5).otherwise(None).alias("verdict"))
     else:
         rows = rows.with_columns(pl.lit(None, pl.Float64).alias("verdict"))

@@ -28,7 +28,6 @@ from pairforge.fields import Field, check_fields
 from pairforge.files import Records, read_records
 
 _PSEUDO_WINS = 0.5
-SCORE_TIE = 1e-4  # scores closer than this are a tie: a reward model scores one text ~1e-7 apart in two batches
 
 
 @dataclass
@@ -119,12 +118,12 @@ def _checked(records: Records, fields: list[Field]) -> pl.DataFrame:
 
 def comparisons_from_scores(scored: pl.DataFrame) -> pl.DataFrame:
     """Pointwise scores as comparisons: per prompt, each two sources' sample-0 answers (win 1, tie 0.5 within
-    `SCORE_TIE`, as the evaluation counts them)."""
+    `schema.SCORE_TIE`, as the evaluation counts them)."""
     rows = scored.filter((pl.col(S.SAMPLE) == 0) & pl.col(S.SCORE).is_not_null()).select(S.PROMPT_ID, S.SOURCE,
                                                                                            S.SCORE)
     pairs = rows.join(rows, on=S.PROMPT_ID, suffix="_b").filter(pl.col(S.SOURCE) < pl.col(f"{S.SOURCE}_b"))
     gap = pl.col(S.SCORE) - pl.col(f"{S.SCORE}_b")
-    p_a = pl.when(gap > SCORE_TIE).then(1.0).when(gap < -SCORE_TIE).then(0.0).otherwise(0.5)
+    p_a = pl.when(gap > S.SCORE_TIE).then(1.0).when(gap < -S.SCORE_TIE).then(0.0).otherwise(0.5)
     return pairs.select(S.PROMPT_ID, pl.col(S.SOURCE).alias("source_a"), pl.col(f"{S.SOURCE}_b").alias("source_b"),
                         p_a.alias("p_a"))
 

@@ -116,18 +116,18 @@ def _resolve_order(
 
 def _finish(pairs: pl.DataFrame, answers: pl.DataFrame, span: float, chat: bool) -> pl.DataFrame:
     """Attach prompts, ids, difficulty and TRL's format (conversational when `chat`, else standard); order
-    columns as `schema.PAIR_COLUMNS`. Rows keep the input's order (chosen answer, then pair type), so the
-    same input gives the same file."""
-    prompts = answers.select(S.PROMPT_ID, S.PROMPT).unique(S.PROMPT_ID)
-    messages = prompts.schema[S.PROMPT] == MESSAGES
-    if chat and not messages:
-        prompts = prompts.with_columns(pl.concat_list(pl.struct(role=pl.lit("user"), content=S.PROMPT)).alias(S.PROMPT))
-    elif not chat and messages:  # the text the completions endpoint was given (text.prompt_text)
-        prompts = prompts.with_columns(prompt_text_column(pl.col(S.PROMPT)).alias(S.PROMPT))
+    columns as `schema.PAIR_COLUMNS`. A pair's prompt is its chosen answer's: the same for both answers, except
+    where the input asked each model under its own system prompt (UltraFeedback). Rows keep the input's order
+    (chosen answer, then pair type), so the same input gives the same file."""
+    prompt = pl.col(S.PROMPT)
+    if chat and answers.schema[S.PROMPT] != MESSAGES:
+        prompt = pl.concat_list(pl.struct(role=pl.lit("user"), content=prompt))
+    elif not chat and answers.schema[S.PROMPT] == MESSAGES:  # the text the completions endpoint was given
+        prompt = prompt_text_column(prompt)
     pair_id = pl.concat_str(S.PROMPT_ID, pl.lit(":"), "chosen_source", pl.lit("."), "chosen_sample",
                             pl.lit(">"), "rejected_source", pl.lit("."), "rejected_sample")
-    pairs = pairs.join(prompts, on=S.PROMPT_ID, maintain_order="left").with_columns(
-        pair_id.alias("pair_id"),
+    pairs = pairs.with_columns(answers[S.PROMPT].gather(pairs[f"chosen_{filters.ANSWER}"])).with_columns(
+        prompt.alias(S.PROMPT), pair_id.alias("pair_id"),
         (1.0 - pl.col("margin") / span).clip(0.0, 1.0).alias("difficulty"),
         pl.lit(None, pl.Int64).alias("stage"),
     )

@@ -6,7 +6,7 @@ Every strategy returns candidate pairs with the same columns (see `SIDE_COLUMNS`
             per pair type and prompt (every sample combination when sources have several samples).
   scored    by the answers' scores (judge or input): best-vs-worst, best-vs-random (seeded, drawn among
             the answers at least min_margin below the best), or all pairs; every pair has a gap >=
-            min_margin. Equal scores never make a pair.
+            min_margin. Equal scores (within `schema.SCORE_TIE`) never make a pair, and are counted.
   verified  ranked, kept only where the scores agree (chosen score > rejected score); the rest is
             reported per pair type as contradicted or tied.
   revised   a reviser's minimal edit of an answer against that answer (same prompt and sample), pair type
@@ -73,8 +73,8 @@ def verified(responses: pl.DataFrame, order: StrengthOrder, pair_types: list[tup
     pairs = candidates.pairs
     verdict = (
         pl.when(pl.col("chosen_score").is_null() | pl.col("rejected_score").is_null()).then(pl.lit("unscored"))
-        .when(pl.col("chosen_score") > pl.col("rejected_score")).then(pl.lit("agree"))
-        .when(pl.col("chosen_score") == pl.col("rejected_score")).then(pl.lit("tied"))
+        .when(pl.col("chosen_score") - pl.col("rejected_score") > S.SCORE_TIE).then(pl.lit("agree"))
+        .when((pl.col("chosen_score") - pl.col("rejected_score")).abs() <= S.SCORE_TIE).then(pl.lit("tied"))
         .otherwise(pl.lit("contradicted"))
     )
     pairs = pairs.with_columns(verdict.alias("_verdict"))
@@ -97,35 +97,46 @@ def scored(responses: pl.DataFrame, mode: str, min_margin: float, seed: int) -> 
     per_prompt = with_score.group_by(S.PROMPT_ID).agg(
         pl.len().alias("n"), (pl.col(S.SCORE).max() - pl.col(S.SCORE).min()).alias("gap")
     )
-    set_aside = {
-        "prompts with fewer than 2 scored answers": per_prompt.filter(pl.col("n") < 2).height,
-        "prompts whose scores are all tied": per_prompt.filter((pl.col("n") >= 2) & (pl.col("gap") == 0)).height,
-    }
+    tied = (pl.col("n") >= 2) & (pl.col("gap") <= S.SCORE_TIE)
+    set_aside = {"prompts with fewer than 2 scored answers": per_prompt.filter(pl.col("n") < 2).height,
+                 "prompts whose scores are all tied": per_prompt.filter(tied).height}
     scores = with_score[S.SCORE]
     span = float(scores.max() - scores.min()) if len(scores) else 1.0  # type: ignore[operator]
     # deterministic order so that "best" among equal scores and the seeded draw do not depend on input order
     ranked_answers = with_score.sort([S.PROMPT_ID, S.SCORE, S.SOURCE, S.SAMPLE], descending=[False, True, False, False])
+    lost = 0
     if mode == "all":
         pairs = side(ranked_answers, "chosen").join(side(ranked_answers, "rejected"), on=S.PROMPT_ID,
                                                     maintain_order="left")
+        pairs = pairs.with_columns((pl.col("chosen_score") - pl.col("rejected_score")).alias("margin"))
+        set_aside[f"pairs with tied scores (within {S.SCORE_TIE})"] = _tied_pairs(pairs, per_prompt.filter(~tied))
     else:
         best = side(ranked_answers.group_by(S.PROMPT_ID, maintain_order=True).first(), "chosen")
         if mode == "best-worst":
             rest = ranked_answers.group_by(S.PROMPT_ID, maintain_order=True).last()
         else:  # best-random: a seeded draw among the answers far enough below the best to make a pair
             draw = np.random.default_rng(seed).random(ranked_answers.height)
+            gap = pl.col("chosen_score") - pl.col(S.SCORE)
             lower = ranked_answers.with_columns(pl.Series("_draw", draw)).join(
                 best.select(S.PROMPT_ID, "chosen_score"), on=S.PROMPT_ID
-            ).filter((pl.col(S.SCORE) < pl.col("chosen_score"))
-                     & (pl.col("chosen_score") - pl.col(S.SCORE) >= min_margin))
+            ).filter((gap > S.SCORE_TIE) & (gap >= min_margin))
             rest = lower.sort("_draw").group_by(S.PROMPT_ID).first()
         pairs = best.join(side(rest, "rejected"), on=S.PROMPT_ID, maintain_order="left")
-    pairs = pairs.with_columns((pl.col("chosen_score") - pl.col("rejected_score")).alias("margin"))
-    pairs = pairs.filter(pl.col("margin") > 0)
+        pairs = pairs.with_columns((pl.col("chosen_score") - pl.col("rejected_score")).alias("margin"))
+        if mode == "best-random":  # a prompt without an answer min_margin below the best lost its one pair here
+            lost = per_prompt.filter(~tied & (pl.col("n") >= 2)).height - pairs.height
+    pairs = pairs.filter(pl.col("margin") > S.SCORE_TIE)
     if min_margin > 0:
-        set_aside[f"pairs with a score gap below {min_margin}"] = pairs.filter(pl.col("margin") < min_margin).height
+        below = pairs.filter(pl.col("margin") < min_margin).height
+        set_aside[f"pairs with a score gap below {min_margin}"] = lost + below
         pairs = pairs.filter(pl.col("margin") >= min_margin)
     return Candidates(_with_type(pairs), span=span or 1.0, set_aside=set_aside)
+
+
+def _tied_pairs(pairs: pl.DataFrame, untied_prompts: pl.DataFrame) -> int:
+    """Tied pairs of two different answers, each counted once, in prompts not already counted as all tied."""
+    tie = (pl.col("margin").abs() <= S.SCORE_TIE) & (pl.col(f"chosen_{ANSWER}") < pl.col(f"rejected_{ANSWER}"))
+    return pairs.filter(tie & pl.col(S.PROMPT_ID).is_in(untied_prompts[S.PROMPT_ID].implode())).height
 
 
 def revised(responses: pl.DataFrame, cfg: RevisionConfig) -> Candidates:
