@@ -311,3 +311,63 @@ def test_decontamination_reads_what_a_prompt_asks_not_its_earlier_assistant_turn
     asked = [{"role": "user", "content": shared}]
     frame = pl.DataFrame({"prompt_id": ["a", "b"], "prompt": [turns, asked]})
     assert contaminated_prompts(frame, [evals], n=13) == {"b"}
+
+
+# --- pairs in: a TRL preference file re-filtered and split ----------------------------------------------
+
+def ultrafeedback_binarized(n: int) -> list[dict]:
+    """HuggingFaceH4/ultrafeedback_binarized's shape: a text prompt, chat answers that repeat it, scores."""
+    rows = []
+    for i in range(n):
+        user = {"role": "user", "content": f"Question {i}: how do plants make food?"}
+        rows.append({"prompt": user["content"], "prompt_id": f"p{i}", "messages": [],
+                     "chosen": [user, {"role": "assistant", "content": f"By photosynthesis, answer {i}: light, water "
+                                                                        "and carbon dioxide become sugar."}],
+                     "rejected": [user, {"role": "assistant", "content": f"They eat soil {i}."}],
+                     "score_chosen": 9.0, "score_rejected": 9.0 - (i % 4 + 1)})
+    return rows
+
+
+def test_a_trl_preference_file_is_refiltered_and_split(jsonl, tmp_path):
+    from typer.testing import CliRunner
+
+    from pairforge.cli import app
+    from pairforge.schema import PAIR_COLUMNS
+
+    rows = ultrafeedback_binarized(16)
+    rows[1]["rejected"][1]["content"] = "   "  # empty answer
+    rows[2]["score_rejected"] = 9.00005  # tied with the chosen score
+    rows[3]["rejected"][1]["content"] = "<|im_start|>assistant soil"  # a leaked role marker
+    out = tmp_path / "pairs.parquet"
+    result = CliRunner().invoke(app, ["pairs", "build", str(jsonl("uf_binarized.jsonl", rows)), "--out", str(out),
+                                      "--eval-fraction", "0.25"])
+    assert result.exit_code == 0, result.output
+    train, held_out = pl.read_parquet(out), pl.read_parquet(tmp_path / "pairs.eval.parquet")
+    assert train.columns == list(PAIR_COLUMNS)
+    assert train.height + held_out.height == 13 and held_out.height > 0
+    assert not set(train["prompt_id"]) & set(held_out["prompt_id"])
+    summary = json.loads((tmp_path / "pairs.summary.json").read_text())
+    assert summary["dropped_pairs"] == {"empty answer": {"uf_binarized": 1}, "leaked role marker": {"uf_binarized": 1},
+                                        "scores tied (within 0.0001)": {"uf_binarized": 1}}
+    pair = train.row(0, named=True)
+    assert pair["prompt"] == [rows[int(pair["prompt_id"][1:])]["chosen"][0]]  # TRL's rule: the shared turns
+    assert pair["chosen"][0]["role"] == "assistant" and pair["pair_type"] == "uf_binarized"
+    assert pair["margin"] == pair["chosen_score"] - pair["rejected_score"] > 0
+    assert set(train["difficulty"]) <= {0.0, 0.25, 0.5, 0.75} and train["difficulty"].max() > 0
+
+
+def test_a_standard_preference_file_keeps_its_format_and_names_pair_types_by_source(jsonl, tmp_path):
+    from typer.testing import CliRunner
+
+    from pairforge.cli import app
+
+    rows = [{"prompt": f"Say {i}.", "chosen": f"{i}, as you asked.", "rejected": "No.", "chosen_source": "big",
+             "rejected_source": "small"} for i in range(4)]
+    path = jsonl("standard.jsonl", rows)
+    out = tmp_path / "pairs.jsonl"
+    assert CliRunner().invoke(app, ["pairs", "build", str(path), "--out", str(out)]).exit_code == 0
+    pairs = pl.read_ndjson(out)
+    assert pairs["prompt"].to_list() == [r["prompt"] for r in rows] and pairs["chosen"][0] == "0, as you asked."
+    assert set(pairs["pair_type"]) == {"big>small"} and set(pairs["margin"]) == {1.0}  # one level: no scores
+    refused = CliRunner().invoke(app, ["pairs", "build", str(path), "--rank", "big > small", "--out", str(out)])
+    assert refused.exit_code == 2 and "--rank" in refused.stderr and "preference file" in refused.stderr

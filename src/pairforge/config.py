@@ -115,8 +115,9 @@ class PairsConfig(Section):
     """How responses become preference pairs (the `pairs` section of a recipe)."""
 
     inputs: list[Path] = Field(default_factory=list, description="response files (JSONL, JSON, Parquet, HF folder)")
-    format: Literal["auto", "long", "wide", "ultrafeedback", "nectar", "sharegpt"] = Field(
-        "auto", description="input shape; auto detects it from the fields")
+    format: Literal["auto", "long", "wide", "ultrafeedback", "nectar", "sharegpt", "preference"] = Field(
+        "auto", description="input shape; auto detects it from the fields. preference: TRL prompt/chosen/rejected "
+        "pairs in, re-filtered and split (no strategy: they are pairs already)")
     columns: dict[str, str] = Field(default_factory=dict, description="wide format: source name -> column")
     strategy: Literal["ranked", "scored", "verified", "revised"] | None = Field(
         None, description="ranked: declared strength order; scored: by scores; verified: order kept where scores "

@@ -32,9 +32,16 @@ def read_pairs(path: Path, target_column: str | None = None) -> pl.DataFrame:
     """A pairs file (ours or any TRL prompt/chosen/rejected file), every value checked at read time: texts or
     chat messages where answers belong (roles system/user/assistant, a prompt ending with the user's turn, answers
     of assistant turns; a file conversational or plain text, not both), a finite weight >= 0, a text pair_type."""
-    records = _prompts_from_answers(read_records(path))
-    check_pair_columns(records.columns, target_column, str(path))
-    optional = [Field("weight", "number", required=False), Field("pair_type", "text", required=False)]
+    return checked_pairs(read_records(path), target_column)
+
+
+def checked_pairs(
+    records: Records, target_column: str | None = None, optional: tuple[Field, ...] = ()
+) -> pl.DataFrame:
+    """`read_pairs` of records already read; `optional` fields are checked too where the file has them."""
+    records = _prompts_from_answers(records)
+    check_pair_columns(records.columns, target_column, str(records.path))
+    optional = (Field("weight", "number", required=False), Field("pair_type", "text", required=False), *optional)
     answers = [c for c in ("chosen", "rejected", target_column) if c]
     check_fields(records, [Field("prompt", "prompt"), *(Field(c, "answer") for c in dict.fromkeys(answers)),
                            *(f for f in optional if f.key in records.columns)])
@@ -43,7 +50,7 @@ def read_pairs(path: Path, target_column: str | None = None) -> pl.DataFrame:
                                                                           strict=False)
     negative = frame.select(pl.arg_where(pl.col("weight") < 0).first()).item() if "weight" in frame.columns else None
     if negative is not None:
-        raise InputError(str(path), f"expected a weight >= 0, found {frame['weight'][negative]}",
+        raise InputError(str(records.path), f"expected a weight >= 0, found {frame['weight'][negative]}",
                          row=records.label(negative), field="weight")
     return frame
 

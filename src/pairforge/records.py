@@ -12,6 +12,9 @@ Shapes (detected from the fields, or named with `--format`):
   sharegpt       `conversations: [{from, value}]` or `messages: [{role, content}]`; the last
                  assistant turn is the response, the turns before it are the prompt.
 
+A file with chosen and rejected fields is pairs, not answers (detected as `preference`): `pairs build` re-filters
+and splits it (`pairs.preference`); every other reader of answers refuses it.
+
 Errors (exit 2, one line naming file, row and field): a missing or mistyped field, a NaN score, an
 unknown shape, the same (prompt, source, sample) twice. Skipped and counted instead: a wide row whose
 source column is null (that source did not answer that prompt).
@@ -62,6 +65,8 @@ def detect_format(records: Records, columns: dict[str, str] | None) -> str:
     keys = set(records.columns)
     if columns:
         return "wide"
+    if "chosen" in keys and "rejected" in keys:
+        return "preference"
     if "completions" in keys:
         return "ultrafeedback"
     if "answers" in keys:
@@ -72,7 +77,8 @@ def detect_format(records: Records, columns: dict[str, str] | None) -> str:
         return "long"
     raise InputError(str(records.path), "cannot tell the input format: expected fields prompt/instruction and "
                      "response/output (long), completions (UltraFeedback), answers (Nectar), conversations or "
-                     f"messages (ShareGPT), or --columns for wide; found {', '.join(sorted(keys)) or 'none'}")
+                     "messages (ShareGPT), chosen and rejected (a TRL preference file), or --columns for wide; found"
+                     f" {', '.join(sorted(keys)) or 'none'}")
 
 
 def responses_from_files(
@@ -82,6 +88,9 @@ def responses_from_files(
     frames = []
     for file_index, records in enumerate(inputs):
         shape = detect_format(records, columns) if fmt == "auto" else fmt
+        if shape == "preference":
+            raise InputError(str(records.path), "expected answers, found pairs (chosen and rejected): a preference "
+                             "file is re-filtered and split by `pairs build`, not answered or judged")
         adapt = {"long": _long, "wide": _wide, "ultrafeedback": _ultrafeedback, "nectar": _nectar,
                  "sharegpt": _sharegpt}[shape]
         frame = adapt(records, columns or {})

@@ -32,3 +32,8 @@ def word_count(text: pl.Expr) -> pl.Expr:
 def prompt_text_column(prompts: pl.Expr) -> pl.Expr:
     """`prompt_text` (without roles) over a column of chat prompts, vectorised."""
     return prompts.list.eval(pl.element().struct.field("content")).list.join("\n\n")
+
+
+def answer_text_column(answers: pl.Expr) -> pl.Expr:
+    """`answer_text` over a column of conversational answers (checked: every turn is the assistant's)."""
+    return answers.list.eval(pl.element().struct.field("content")).list.join("\n")

@@ -20,7 +20,8 @@ from pairforge.recipe import load_recipe
 
 
 def pairs_build(
-    inputs: list[Path] = typer.Argument(None, help="answer files: JSONL, JSON, Parquet or a saved HF dataset folder"),
+    inputs: list[Path] = typer.Argument(None, help="answer files (or TRL preference files): JSONL, JSON, Parquet or a "
+                                        "saved HF dataset folder"),
     rank: str | None = typer.Option(None, help="strength order, strongest first: 'gpt-4 > chatgpt > davinci'"),
     rank_from: Path | None = typer.Option(None, help="or a ranking.json from `pairforge rank` (significant orders)"),
     pair_types: str | None = typer.Option(None, help="'all' (default), 'adjacent', 'extremes' or 'a>b,c>d'"),
@@ -33,7 +34,8 @@ def pairs_build(
                                           "(0: drops only no-op revisions)"),
     max_edit: float | None = typer.Option(None, help="revised: and at most this (0.5): a larger edit rewrote the "
                                           "answer"),
-    format: str | None = typer.Option(None, "--format", help="auto | long | wide | ultrafeedback | nectar | sharegpt"),
+    format: str | None = typer.Option(None, "--format", help="auto | long | wide | ultrafeedback | nectar | sharegpt "
+                                      "| preference (TRL prompt/chosen/rejected pairs in: re-filtered and split)"),
     columns: str | None = typer.Option(None, help="wide format: source=column pairs, 'gpt4=out_gpt4,chatgpt=out2'"),
     out: Path | None = typer.Option(None, help="output .parquet or .jsonl (default pairs.parquet)"),
     eval_fraction: float | None = typer.Option(None, help="share of prompts held out into <out>.eval.*"),

@@ -50,7 +50,7 @@ def build_pairs(responses: pl.DataFrame, cfg: PairsConfig) -> PairSet:
 
     answers = filters.with_answer_features(responses, cfg.filters)
     answers, dropped = filters.apply(answers, filters.answer_drop_reasons(cfg.filters))
-    summary["dropped_answers"] = _count(dropped, [filters.DROP])
+    summary["dropped_answers"] = count_drops(dropped, [filters.DROP])
     dropped_prompts: dict[str, int] = {}
     if cfg.filters.decontaminate:
         leaked = filters.contaminated_prompts(answers, cfg.filters.decontaminate, cfg.filters.ngram)
@@ -82,11 +82,16 @@ def build_pairs(responses: pl.DataFrame, cfg: PairsConfig) -> PairSet:
     if pair_filters.near_duplicate is not None:
         pairs = filters.with_word_overlap(pairs, answers, pair_filters.near_duplicate)
     pairs, dropped = filters.apply(pairs, filters.pair_drop_reasons(pair_filters))
-    summary["dropped_pairs"] = _count(dropped, [filters.DROP, "pair_type"])
+    summary["dropped_pairs"] = count_drops(dropped, [filters.DROP, "pair_type"])
     pairs = _finish(pairs, answers, candidates.span, chat=cfg.prompt_format != "text")
     check_invariants(pairs, order)
 
-    # splits are by prompt: eval takes the lowest buckets, the judge split the next ones, training the rest
+    return split(pairs, cfg, summary)
+
+
+def split(pairs: pl.DataFrame, cfg: PairsConfig, summary: dict[str, Any]) -> PairSet:
+    """Train, eval and judge splits by prompt (eval takes the lowest prompt buckets, the judge split the next ones,
+    training the rest), their counts and the length statistics added to `summary`."""
     bucket = pl.lit(S.prompt_buckets(pairs[S.PROMPT_ID]))
     in_eval = bucket < cfg.eval_fraction
     in_judge = (bucket >= cfg.eval_fraction) & (bucket < cfg.eval_fraction + cfg.judge_fraction)
@@ -177,7 +182,7 @@ def _per_type(pairs: pl.DataFrame) -> dict[str, int]:
     return dict(pairs.group_by("pair_type").len().sort("pair_type").iter_rows())
 
 
-def _count(dropped: pl.DataFrame, by: list[str]) -> dict[str, Any]:
+def count_drops(dropped: pl.DataFrame, by: list[str]) -> dict[str, Any]:
     """{reason: n} or {reason: {pair_type: n}}."""
     if dropped.height == 0:
         return {}

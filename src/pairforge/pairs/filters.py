@@ -111,9 +111,15 @@ def apply(frame: pl.DataFrame, reasons: list[tuple[str, pl.Expr]]) -> tuple[pl.D
     """Split rows into (kept, dropped-with-`drop_reason`), naming the first reason that applies."""
     if not reasons:
         return frame, frame.clear().with_columns(pl.lit(None, pl.String).alias(DROP))
-    first = pl.coalesce([pl.when(cond.fill_null(False)).then(pl.lit(name)) for name, cond in reasons])
-    marked = frame.with_columns(first.alias(DROP))
+    marked = frame.with_columns(first_reason(reasons).alias(DROP))
     return marked.filter(pl.col(DROP).is_null()).drop(DROP), marked.filter(pl.col(DROP).is_not_null())
+
+
+def first_reason(reasons: list[tuple[str, pl.Expr]]) -> pl.Expr:
+    """The name of the first reason that holds for a row; null when none does (or there are none)."""
+    if not reasons:
+        return pl.lit(None, pl.String)
+    return pl.coalesce([pl.when(cond.fill_null(False)).then(pl.lit(name)) for name, cond in reasons])
 
 
 # --- decontamination -------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The `pairs build` stage end to end: files in, pairs files and a JSON summary out.
+"""The `pairs build` stage end to end: files in (answers, or TRL preference files: pairs in), pairs files and a JSON
+summary out.
 
 Outputs, all written atomically (temporary name, then rename): `<out>` (train pairs),
 `<stem>.eval<suffix>` (held-out prompts, only with eval_fraction > 0) and `<stem>.summary.json`.
@@ -17,9 +18,10 @@ from typing import Any
 
 from pairforge.config import PairsConfig
 from pairforge.errors import InputError
-from pairforge.files import check_output, read_records, write_json, write_table
+from pairforge.files import Records, check_output, read_records, write_json, write_table
 from pairforge.layout import split_path, summary_path
 from pairforge.pairs.build import PairSet, build_pairs
+from pairforge.pairs.preference import pairs_from_files, refilter
 from pairforge.records import detect_format, responses_from_files
 
 
@@ -45,17 +47,17 @@ def build_from_files(cfg: PairsConfig) -> StageResult:
         cfg = cfg.model_copy(update={"rank": rank_from_file(cfg.rank_from)})
     records = [read_records(path) for path in cfg.inputs]
     columns = cfg.columns or None
-    responses = responses_from_files(records, cfg.format, columns)
-    result = build_pairs(responses, cfg)
+    shapes = [cfg.format if cfg.format != "auto" else detect_format(r, columns) for r in records]
+    result, built_from = _pairs_in(records, shapes, cfg) if "preference" in shapes else _pairs_of_answers(records, cfg)
     if result.train.is_empty():
-        _refuse_nothing_to_train(result, cfg, responses.height)
+        _refuse_nothing_to_train(result, cfg, built_from)
     splits = {"train": result.train, "eval": result.eval if cfg.eval_fraction > 0 else None,
               "judge": result.judge if cfg.judge_fraction > 0 else None}
     earlier = _outputs_of(paths["summary"])  # read before this build's summary replaces it
     written = [write_table(frame, paths[name]) for name, frame in splits.items() if frame is not None]
     summary = {
-        "inputs": [{"file": str(r.path), "records": len(r),
-                    "format": cfg.format if cfg.format != "auto" else detect_format(r, columns)} for r in records],
+        "inputs": [{"file": str(r.path), "records": len(r), "format": shape} for r, shape in zip(records, shapes,
+                                                                                                  strict=True)],
         **result.summary,
         "outputs": {name: str(path) for name, path in paths.items() if splits.get(name, True) is not None},
         "config": cfg.model_dump(mode="json"),
@@ -68,9 +70,29 @@ def build_from_files(cfg: PairsConfig) -> StageResult:
     return StageResult(summary, written, removed)
 
 
-def _refuse_nothing_to_train(result: PairSet, cfg: PairsConfig, answers: int) -> None:
+def _pairs_of_answers(records: list[Records], cfg: PairsConfig) -> tuple[PairSet, str]:
+    responses = responses_from_files(records, cfg.format, cfg.columns or None)
+    return build_pairs(responses, cfg), f"{responses.height} answers"
+
+
+def _pairs_in(records: list[Records], shapes: list[str], cfg: PairsConfig) -> tuple[PairSet, str]:
+    """Preference files (pairs already): re-filtered and split; settings that make pairs from answers are refused."""
+    for r, shape in zip(records, shapes, strict=True):
+        if shape != "preference":
+            raise InputError(str(r.path), f"expected a preference file (prompt/chosen/rejected) like the other inputs, "
+                             f"found {shape} answers: build pairs from answers and re-filter pairs in separate runs")
+    for name, value in (("--rank", cfg.rank), ("--rank-from", cfg.rank_from), ("--strategy", cfg.strategy),
+                        ("--columns", cfg.columns)):
+        if value:
+            raise InputError(name, "does not apply to a preference file: its pairs are made already (it is "
+                             "re-filtered and split as it is)")
+    pairs = pairs_from_files(records, cfg.prompt_format)
+    return refilter(pairs, cfg), f"{pairs.height} pairs"
+
+
+def _refuse_nothing_to_train(result: PairSet, cfg: PairsConfig, built_from: str) -> None:
     """Why no pair is left for training: every pair fell in a held-out split, or what the filters left out."""
-    where = f"no pair for training could be built from {answers} answers"
+    where = f"no pair for training could be built from {built_from}"
     held_out = [frame for frame in (result.eval, result.judge) if frame is not None and frame.height]
     if held_out:
         prompts = sum(frame["prompt_id"].n_unique() for frame in held_out)
