@@ -14,6 +14,7 @@ A run folder (`pairforge run`, or the `--out` of a stage command) holds:
     eval/                       leaderboard.json, eval.parquet, <model>.model_outputs.json
     stages/<stage>.json         the pipeline's record of a finished stage
     report.html                 the report (and report.md)
+    pairforge.lock              held by the command writing the folder (`folder_lock`)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ RUN_INFO = "run.json"
 METRICS = "metrics.jsonl"
 MODEL = "model"
 REPORT = "report.html"
+LOCK = "pairforge.lock"
 
 
 _FILE_NAME = re.compile(r"\w[\w.+-]*")
@@ -86,6 +88,7 @@ class RunDir:
         self.eval_store = store or self.eval / STORE  # an iterative run's rounds share one store
         self.leaderboard = self.eval / LEADERBOARD
         self.quick_prompts = self.root / "quick-prompts.parquet"
+        self.lock = self.root / LOCK
 
     def pairs(self, split: str = "train") -> Path:
         return split_path(self.root / "pairs.parquet", split)

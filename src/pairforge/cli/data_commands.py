@@ -11,7 +11,7 @@ import polars as pl
 import typer
 
 from pairforge import options, render
-from pairforge.cli.common import console, fail_cleanly, say, show, stop_on_failures
+from pairforge.cli.common import console, fail_cleanly, say, show, stop_on_failures, writing
 from pairforge.config import SEED_MAX, CurriculumConfig, PairsConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output
@@ -105,7 +105,9 @@ def generate_command(
     def run() -> None:
         from pairforge.generate.run import generate
 
-        result = generate(load_recipe(recipe), out, retry_failed, source)
+        cfg = load_recipe(recipe)
+        with writing(out):
+            result = generate(cfg, out, retry_failed, source)
         show(render.generation(result.tallies))
         console.print(f"wrote {result.exported} answers to {result.responses}", highlight=False)
         reasons = Counter(r for t in result.tallies.values() for r in t.reasons.elements())
@@ -139,7 +141,9 @@ def judge_command(
     def run() -> None:
         from pairforge.judge.run import judge
 
-        result = judge(load_recipe(recipe), out, responses, retry_failed)
+        cfg = load_recipe(recipe)
+        with writing(out):
+            result = judge(cfg, out, responses, retry_failed)
         summary = result.summary
         show(render.judge_summary(summary))
         if summary["judge"] == "llm-pairwise":
@@ -161,7 +165,9 @@ def revise_command(
     def run() -> None:
         from pairforge.revise import revise
 
-        result = revise(load_recipe(recipe), out, responses, retry_failed)
+        cfg = load_recipe(recipe)
+        with writing(out):
+            result = revise(cfg, out, responses, retry_failed)
         show(render.revising(result.tally, result.edit_distance))
         say(f"wrote {result.exported} revisions to {result.revisions}")
         stop_on_failures(result.failed, "revision requests")
@@ -177,7 +183,9 @@ def rank_command(
     def run() -> None:
         from pairforge import stages
 
-        ranked = stages.rank(load_recipe(recipe), RunDir(out))
+        cfg = load_recipe(recipe)
+        with writing(out):
+            ranked = stages.rank(cfg, RunDir(out))
         result = ranked.ranking.to_json()
         show(render.ranking(result, ranked.evidence.name))
         say(render.significant_order(result))

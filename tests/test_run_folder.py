@@ -1,0 +1,103 @@
+"""A run folder's integrity: one command writes it at a time (a lock, taken over from a dead holder)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+from conftest import one_line_error, write_jsonl
+from servers import HeldServer
+
+PROMPTS = ["What is the capital of France?", "Name a primary color.", "How many legs does a spider have?"]
+
+
+def pairforge(*args: str | Path, **popen: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "pairforge", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def finished(process: subprocess.Popen[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def api_recipe(folder: Path, base_url: str, **changes: Any) -> Path:
+    """Two sources: one asked over HTTP (at `base_url`), one answers file; ranked pairs."""
+    prompts = write_jsonl(folder / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
+    weak = write_jsonl(folder / "weak.jsonl", [{"prompt": p, "source": "weak", "response": "No idea."}
+                                               for p in PROMPTS])
+    data = {"run_dir": str(folder / "run"), "prompts": str(prompts),
+            "sources": [{"name": "api", "backend": "openai", "model": "held", "base_url": base_url,
+                         "max_retries": 0, "timeout": 600},
+                        {"name": "weak", "backend": "file", "path": str(weak)}],
+            "pairs": {"rank": "api > weak"}, **changes}
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_a_second_command_on_a_run_folder_in_use_stops_with_the_holder_s_pid(tmp_path: Path) -> None:
+    """While one `pairforge run` works in its folder (its requests held by the server), a second `run` and a
+    `generate --out` on the same folder exit 2 with one line naming the folder and the first one's pid; a dry run
+    still checks (no lock); the first run then finishes as if alone."""
+    server = HeldServer()
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        recipe, run_dir = api_recipe(tmp_path, server.base_url), tmp_path / "run"
+        dry = finished(pairforge("run", recipe, "--dry-run"))
+        assert dry.returncode == 0, dry.stderr
+        assert not run_dir.exists()  # a dry run writes nothing
+        first = pairforge("run", recipe, "--to", "generate")
+        processes.append(first)
+        assert server.arrived.wait(timeout=300), "the first run never asked the server"
+        second = finished(pairforge("run", recipe), timeout=120)
+        one_line_error(second, "run_dir", str(run_dir), "in use", f"pid {first.pid}")
+        stage = finished(pairforge("generate", recipe, "--out", run_dir), timeout=120)
+        one_line_error(stage, "--out", str(run_dir), "in use", f"pid {first.pid}")
+        assert finished(pairforge("run", recipe, "--dry-run")).returncode == 0
+        server.release()
+        done = finished(first)
+        assert done.returncode == 0, done.stderr
+    finally:
+        server.release()
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        server.close()
+    responses = pl.read_parquet(run_dir / "responses.parquet")
+    assert sorted(responses["source"]) == ["api"] * 3 + ["weak"] * 3
+    assert set(responses.filter(pl.col("source") == "api")["response"]) == {"A held answer."}
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path) -> None:
+    """kill -9 leaves the lock file (with the dead pid) behind; the next run takes the folder and finishes."""
+    server = HeldServer()
+    try:
+        recipe, run_dir = api_recipe(tmp_path, server.base_url), tmp_path / "run"
+        first = pairforge("run", recipe, "--to", "generate")
+        try:
+            assert server.arrived.wait(timeout=300), "the first run never asked the server"
+            assert (run_dir / "pairforge.lock").read_text().strip() == str(first.pid)
+        finally:
+            first.kill()
+            first.wait()
+        server.release()
+        again = pairforge("run", recipe, "--to", "generate")
+        result = finished(again)
+    finally:
+        server.release()
+        server.close()
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "pairforge.lock").read_text().strip() == str(again.pid)
+    assert pl.read_parquet(run_dir / "responses.parquet").height == 6
+
