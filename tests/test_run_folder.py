@@ -1,4 +1,5 @@
-"""A run folder's integrity: one command writes it at a time (a lock, taken over from a dead holder)."""
+"""A run folder's integrity: one command writes it at a time (a lock, taken over from a dead holder), and no stage
+writes over a file the recipe reads."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 import yaml
 
 from conftest import one_line_error, write_jsonl
@@ -101,3 +103,33 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path) -> None:
     assert (run_dir / "pairforge.lock").read_text().strip() == str(again.pid)
     assert pl.read_parquet(run_dir / "responses.parquet").height == 6
 
+
+@pytest.mark.parametrize(("key", "output"), [("sources.0.path", "responses.parquet"),
+                                             ("pairs.filters.decontaminate.0", "round-2/pairs.eval.parquet")])
+def test_a_file_the_recipe_reads_that_the_run_writes_is_refused_up_front(tmp_path: Path, key: str,
+                                                                          output: str) -> None:
+    """A user's answers file (or any input) at one of the run's own output paths: the dry run, the run and the stage
+    command refuse it before any work, naming the recipe key and the output; the file is left as it was."""
+    run_dir = tmp_path / "run"
+    (run_dir / output).parent.mkdir(parents=True)
+    users = pl.DataFrame({"prompt": PROMPTS, "source": ["strong"] * 3, "response": ["Paris.", "Red.", "Eight."]})
+    users.write_parquet(run_dir / output)
+    before = (run_dir / output).read_bytes()
+    weak = write_jsonl(tmp_path / "weak.jsonl", [{"prompt": p, "source": "weak", "response": "No idea."}
+                                                 for p in PROMPTS])
+    strong = run_dir / output if key.startswith("sources") else tmp_path / "strong.parquet"
+    if not strong.exists():
+        users.write_parquet(strong)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "run_dir": str(run_dir),
+        "prompts": str(write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])),
+        "sources": [{"name": "strong", "backend": "file", "path": str(strong)},
+                    {"name": "weak", "backend": "file", "path": str(weak)}],
+        "pairs": {"rank": "strong > weak", **({"filters": {"decontaminate": [str(run_dir / output)]}}
+                                              if key.startswith("pairs") else {})}}), encoding="utf-8")
+    for command in (["run", recipe, "--dry-run"], ["run", recipe], ["generate", recipe, "--out", run_dir]):
+        one_line_error(finished(pairforge(*command)), str(recipe), f"field '{key}'", f"run's output {output}",
+                       str(run_dir / output))
+    assert (run_dir / output).read_bytes() == before
+    assert sorted(p.name for p in run_dir.rglob("*")) == sorted(Path(output).parts)  # nothing else written

@@ -16,7 +16,7 @@ from pairforge.config import SEED_MAX, CurriculumConfig, PairsConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output
 from pairforge.layout import RunDir
-from pairforge.recipe import load_recipe
+from pairforge.recipe import check_reads_apart, load_recipe
 
 
 def pairs_build(
@@ -106,6 +106,7 @@ def generate_command(
         from pairforge.generate.run import generate
 
         cfg = load_recipe(recipe)
+        check_reads_apart(cfg, out, str(recipe))
         with writing(out):
             result = generate(cfg, out, retry_failed, source)
         show(render.generation(result.tallies))
@@ -142,6 +143,7 @@ def judge_command(
         from pairforge.judge.run import judge
 
         cfg = load_recipe(recipe)
+        check_reads_apart(cfg, out, str(recipe))
         with writing(out):
             result = judge(cfg, out, responses, retry_failed)
         summary = result.summary
@@ -166,6 +168,7 @@ def revise_command(
         from pairforge.revise import revise
 
         cfg = load_recipe(recipe)
+        check_reads_apart(cfg, out, str(recipe))
         with writing(out):
             result = revise(cfg, out, responses, retry_failed)
         show(render.revising(result.tally, result.edit_distance))
@@ -184,6 +187,7 @@ def rank_command(
         from pairforge import stages
 
         cfg = load_recipe(recipe)
+        check_reads_apart(cfg, out, str(recipe))
         with writing(out):
             ranked = stages.rank(cfg, RunDir(out))
         result = ranked.ranking.to_json()
