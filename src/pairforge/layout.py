@@ -60,6 +60,12 @@ def summary_path(pairs: Path) -> Path:
     return pairs.with_name(f"{pairs.stem}.summary.json")
 
 
+def pending_path(path: Path) -> Path:
+    """Where a build writes `path` before it puts all its files in place at once (`.pairs.pending.parquet`:
+    hidden, and no reader takes it for an output)."""
+    return path.with_name(f".{path.stem}.pending{path.suffix}")
+
+
 class TrainDir:
     """One training run's folder."""
 
