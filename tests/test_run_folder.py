@@ -3,6 +3,7 @@ writes over a file the recipe reads."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import one_line_error, write_jsonl
-from servers import HeldServer
+from servers import FaultProxy, HeldServer, free_port
 
 PROMPTS = ["What is the capital of France?", "Name a primary color.", "How many legs does a spider have?"]
 
@@ -132,3 +133,47 @@ def test_a_file_the_recipe_reads_that_the_run_writes_is_refused_up_front(tmp_pat
                        str(run_dir / output))
     assert (run_dir / output).read_bytes() == before
     assert sorted(p.name for p in run_dir.rglob("*")) == sorted(Path(output).parts)  # nothing else written
+
+
+# --- a stage with failed requests is not finished -------------------------------------------------------------
+
+def failing_recipe(folder: Path, stage: str, base_url: str) -> Path:
+    """Answers files of a strong and a weak source, and a model asked over HTTP (at `base_url`) in `stage`: as a
+    source that answers (generate), as the reviser of the weak answers (revise) or as the pairwise judge (judge)."""
+    files = {name: write_jsonl(folder / f"{name}.jsonl", [{"prompt": p, "source": name, "response": text}
+                                                           for p in PROMPTS[:2]])
+             for name, text in (("strong", "A full, careful answer."), ("weak", "No idea."))}
+    asked = {"backend": "openai", "model": "asked", "base_url": base_url, "max_retries": 0}
+    sources = [{"name": n, "backend": "file", "path": str(p)} for n, p in files.items()]
+    data: dict[str, Any] = {"run_dir": str(folder / "run"), "pairs": {"rank": "strong > weak"},
+                            "prompts": str(write_jsonl(folder / "prompts.jsonl", [{"prompt": p} for p in PROMPTS[:2]]))}
+    if stage == "judge":
+        data |= {"sources": sources, "judge": {"kind": "llm-pairwise", "llm": asked}}
+    else:
+        data["sources"] = [*sources, {"name": "api", **asked}]
+    if stage == "revise":
+        data["pairs"] = {"strategy": "revised", "revision": {"reviser": "api", "original": "weak"}}
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("stage", "requests"), [("generate", 2), ("revise", 2), ("judge", 4)])
+def test_a_stage_whose_requests_failed_is_not_finished_and_retry_failed_asks_again(tmp_path: Path, stage: str,
+                                                                                   requests: int) -> None:
+    """Every request of the stage fails (the server answers each with an error): the run stops at that stage with
+    how many failed and --retry-failed, and records no finished stage; a plain rerun runs the stage again without
+    asking again (the failures wait in the store), `--retry-failed` asks them again."""
+    failing = FaultProxy(free_port(), every=1)  # answers every request itself with an error, and counts it
+    try:
+        recipe = failing_recipe(tmp_path, stage, failing.base_url)
+        marker = tmp_path / "run" / "stages" / f"{stage}.json"
+        for flags, asked in (([], requests), ([], requests), (["--retry-failed"], 2 * requests)):
+            result = finished(pairforge("run", recipe, "--to", stage, *flags))
+            assert result.returncode == 2, result.stderr
+            assert f"{stage}: {requests} requests failed" in result.stderr and "--retry-failed" in result.stderr
+            assert "Traceback" not in result.stderr and not marker.exists()
+            assert re.search(rf"^{stage}: running", result.stderr, flags=re.MULTILINE), result.stderr
+            assert failing.requests == asked
+    finally:
+        failing.close()
