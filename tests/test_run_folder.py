@@ -177,3 +177,26 @@ def test_a_stage_whose_requests_failed_is_not_finished_and_retry_failed_asks_aga
             assert failing.requests == asked
     finally:
         failing.close()
+
+
+def test_a_source_that_now_only_revises_has_no_answers_left_in_the_responses(tmp_path: Path) -> None:
+    """A source answered the prompts; the recipe then makes it the reviser of another source's answers (it only
+    revises now): the rerun's responses hold no answer of it (its old ones stay in the store, unused), and
+    `generate --source` refuses to ask it for answers."""
+    server = HeldServer(text="An answer from the server.")
+    server.release()  # answers at once
+    try:
+        recipe = api_recipe(tmp_path, server.base_url)
+        assert finished(pairforge("run", recipe, "--to", "generate")).returncode == 0
+        responses = tmp_path / "run" / "responses.parquet"
+        assert sorted(set(pl.read_parquet(responses)["source"])) == ["api", "weak"]
+        api_recipe(tmp_path, server.base_url, pairs={"strategy": "revised",
+                                                     "revision": {"reviser": "api", "original": "weak"}})
+        result = finished(pairforge("run", recipe, "--to", "revise"))
+        assert result.returncode == 0, result.stderr
+        asked = finished(pairforge("generate", recipe, "--out", tmp_path / "other", "--source", "api"))
+        one_line_error(asked, "--source", "source 'api' only revises answers")
+    finally:
+        server.close()
+    assert set(pl.read_parquet(responses)["source"]) == {"weak"}
+    assert set(pl.read_parquet(tmp_path / "run" / "revisions.parquet")["source"]) == {"weak+api"}
