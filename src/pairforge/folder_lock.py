@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from pairforge.errors import InputError
@@ -33,9 +33,10 @@ def held(path: Path, option: str) -> Iterator[None]:
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
-        Path(path).unlink(missing_ok=True)  # while still held: one that opened it meanwhile sees it gone (`_locked`)
-        if made and not any(folder.iterdir()):
-            folder.rmdir()
+        with suppress(OSError):  # a folder removed by hand meanwhile: nothing to tidy
+            Path(path).unlink(missing_ok=True)  # while still held: one that opened it meanwhile sees it gone
+            if made and not any(folder.iterdir()):
+                folder.rmdir()
         os.close(fd)  # releases the lock
 
 
