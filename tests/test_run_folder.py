@@ -1,5 +1,6 @@
-"""A run folder's integrity: one command writes it at a time (a lock, taken over from a dead holder), and no stage
-writes over a file the recipe reads."""
+"""A run folder's integrity: one command writes it at a time (a lock, taken over from a dead holder), no stage
+writes over a file the recipe reads, a stage whose requests failed is not finished, and the responses follow the
+recipe's current sources."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from typing import Any
 import polars as pl
 import pytest
 import yaml
+from servers import FaultProxy, HeldServer, free_port
 
 from conftest import one_line_error, write_jsonl
-from servers import FaultProxy, HeldServer, free_port
 
 PROMPTS = ["What is the capital of France?", "Name a primary color.", "How many legs does a spider have?"]
 
