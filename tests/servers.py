@@ -166,3 +166,42 @@ class StatusServer(LocalServer):
                 self.wfile.write(body)
 
         self.start(Handler)
+
+
+class HeldServer(LocalServer):
+    """An OpenAI-compatible chat server that holds every request until `release()`, then answers each with the same
+    short completion: a client stays busy, at a known point, for as long as a test needs (`arrived` is set when the
+    first request is in)."""
+
+    def __init__(self, text: str = "A held answer.") -> None:
+        self.arrived, self.released = threading.Event(), threading.Event()
+        body = json.dumps({"id": "held", "object": "chat.completion", "created": 0, "model": "held",
+                           "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                        "finish_reason": "stop", "logprobs": None}],
+                           "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}}).encode()
+        server = self
+
+        models = json.dumps({"object": "list", "data": [{"id": "held", "object": "model", "created": 0,
+                                                         "owned_by": "test"}]}).encode()
+
+        class Handler(QuietHandler):
+            def do_GET(self) -> None:
+                self._send(models)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                server.arrived.set()
+                server.released.wait(timeout=600)
+                self._send(body)
+
+            def _send(self, payload: bytes) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.start(Handler)
+
+    def release(self) -> None:
+        self.released.set()

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pairforge"
 # bottom to top; a module imports only from lower layers, or from its own package (train.* from train.*)
 LAYERS = [
     {"errors", "schema"},
-    {"files", "text", "layout", "models", "edits"},
+    {"files", "text", "layout", "models", "edits", "folder_lock"},
     {"config", "fields", "prompting"},
     {"recipe", "records", "pair_files"},
     {"requests", "sequences", "recipe_docs", "rounds"},

@@ -15,7 +15,8 @@ Handled here:
   7. Split files of an earlier build into the same --out (<stem>.eval/.judge, .jsonl or .parquet) that a build does
      not write are removed once it succeeds, so `train --pairs` never takes held-out pairs of other data; never
      an input or a file no build of ours wrote (the earlier summary lists what it wrote), and a failed build
-     removes nothing.
+     removes nothing. A build killed at any point between its file operations never leaves a pairs file beside a
+     split of another build, and its rerun cleans up.
   8. An eval instruction answered twice in an outputs or the reference file (the last silently won): refused with
      its row and the row that answered it first, like `pairs build` refuses a repeated answer.
   9. A key written twice in one mapping of a recipe (YAML keeps the last silently): file, line, key, first line.
@@ -261,6 +262,64 @@ def test_a_failed_build_and_an_input_keep_the_split_files(tmp_path, jsonl):
     pl.DataFrame(many_rows(8)).write_parquet(as_input)
     assert invoke("pairs", "build", as_input, *RANK, "--out", out).exit_code == 0
     assert as_input.exists() and not (tmp_path / "st.eval.jsonl").exists()
+
+
+# a `pairforge` process killed with SIGKILL just before its N-th file operation (os.replace / os.unlink: the renames
+# and removals that put a build's files in place), as a crash or kill -9 at that point would leave it
+KILLED_AT = """
+import os, signal, sys
+import pairforge.cli, pairforge.pairs.run
+limit, done = int(sys.argv[1]), [0]
+def counted(operation):
+    def run(*args, **kwargs):
+        done[0] += 1
+        if done[0] == limit:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return operation(*args, **kwargs)
+    return run
+os.replace, os.unlink = counted(os.replace), counted(os.unlink)
+sys.argv = ["pairforge", *sys.argv[2:]]
+pairforge.cli.app()
+"""
+
+
+def test_a_build_killed_at_any_point_never_leaves_a_pairs_file_beside_another_build_s_split(tmp_path, jsonl):
+    """Build A (eval split) is replaced by build B (judge split, no eval split) of other prompts; B is killed before
+    each of its file operations in turn. Whatever is on disk then, a pairs file has only its own build's splits
+    beside it (never A's held-out pairs beside B's pairs), and B's rerun leaves exactly B's files."""
+    import subprocess
+    import sys
+
+    def rows(tag: str) -> list[dict[str, object]]:
+        return [{**row, "prompt": f"{tag} {row['prompt']}"} for row in many_rows(12)]
+
+    a, b = jsonl("a.jsonl", rows("Alpha")), jsonl("b.jsonl", rows("Beta"))
+    (tmp_path / "b.yaml").write_text("pairs: {judge_fraction: 0.5}\n")
+    (tmp_path / "killed_at.py").write_text(KILLED_AT)
+    out = tmp_path / "st.jsonl"
+    files = {split: tmp_path / f"st{split}.jsonl" for split in ("", ".eval", ".judge")}
+
+    def builds() -> tuple[str | None, ...]:
+        return tuple(next(t for t in ("Alpha", "Beta") if t in f.read_text()) if f.exists() else None
+                     for f in files.values())
+
+    build_b = ["pairs", "build", b, *RANK, "--config", tmp_path / "b.yaml", "--out", out]
+    kills = 0
+    for point in range(1, 40):
+        assert invoke("pairs", "build", a, *RANK, "--eval-fraction", "0.5", "--out", out).exit_code == 0
+        assert builds() == ("Alpha", "Alpha", None)
+        killed = subprocess.run([sys.executable, tmp_path / "killed_at.py", str(point), *map(str, build_b)],
+                                capture_output=True, text=True, timeout=300)
+        if killed.returncode == 0:
+            break
+        assert killed.returncode == -9, killed.stderr
+        kills += 1
+        pairs, *splits = builds()
+        assert pairs is None or set(splits) <= {pairs, None}, (point, builds())
+        assert pairs != "Beta" or splits == [None, "Beta"], (point, builds())
+        assert invoke(*build_b).exit_code == 0
+        assert builds() == ("Beta", None, "Beta"), point
+    assert kills >= 5 and builds() == ("Beta", None, "Beta")
 
 
 # --- 8. an eval instruction answered twice -----------------------------------------------------------------

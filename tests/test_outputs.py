@@ -70,7 +70,7 @@ def test_a_file_where_a_folder_is_needed_is_found_before_any_work(tmp_path, tiny
     cases = [
         (["generate", gen, "--out", blocker], "blocker is a file: expected a folder"),
         (["judge", gen, "--out", blocker], "blocker is a file: expected a folder"),
-        (["rank", gen, "--out", blocker], "blocker/ranking.json cannot be created: "),
+        (["rank", gen, "--out", blocker], "blocker is a file: expected a folder"),
         (["eval", "--outputs", INPUTS[0], "--reference", INPUTS[0], "--out", blocker], "is a file: expected a folder"),
         (["train", "--pairs", pairs, "--model", tiny_model_dir, "--out", blocker], "is a file: expected a folder"),
         (["curriculum", "show", pairs, "--out", blocker], "curriculum.png cannot be created"),

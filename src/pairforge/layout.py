@@ -14,6 +14,7 @@ A run folder (`pairforge run`, or the `--out` of a stage command) holds:
     eval/                       leaderboard.json, eval.parquet, <model>.model_outputs.json
     stages/<stage>.json         the pipeline's record of a finished stage
     report.html                 the report (and report.md)
+    pairforge.lock              held by the command writing the folder (`folder_lock`)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ RUN_INFO = "run.json"
 METRICS = "metrics.jsonl"
 MODEL = "model"
 REPORT = "report.html"
+LOCK = "pairforge.lock"
 
 
 _FILE_NAME = re.compile(r"\w[\w.+-]*")
@@ -58,6 +60,12 @@ def summary_path(pairs: Path) -> Path:
     return pairs.with_name(f"{pairs.stem}.summary.json")
 
 
+def pending_path(path: Path) -> Path:
+    """Where a build writes `path` before it puts all its files in place at once (`.pairs.pending.parquet`:
+    hidden, and no reader takes it for an output)."""
+    return path.with_name(f".{path.stem}.pending{path.suffix}")
+
+
 class TrainDir:
     """One training run's folder."""
 
@@ -73,6 +81,17 @@ class TrainDir:
         return self.root / f"consumed-{process}.jsonl"
 
 
+PAIRS = "pairs.parquet"
+QUICK_PROMPTS = "quick-prompts.parquet"
+# every name a run folder's stages write directly in it (a round's folder alike), and the folders they own
+_OWN_FILES = {STORE, f"{STORE}-wal", f"{STORE}-shm", f"{STORE}-journal", RESPONSES, REVISIONS, SCORED, JUDGMENTS,
+              JUDGE_SUMMARY, RANKING, REPORT, Path(REPORT).with_suffix(".md").name, QUICK_PROMPTS, LOCK,
+              *(split_path(Path(PAIRS), split).name for split in ("train", "eval", "judge")),
+              summary_path(Path(PAIRS)).name}
+_OWN_FOLDERS = {"eval", "train", "stages", f"{Path(REPORT).stem}_files"}  # report_files: the Markdown's images
+_ROUND = re.compile(r"round-\d+")
+
+
 class RunDir:
     """A pipeline run folder (or one round's folder of an iterative run, with the run's shared `store`)."""
 
@@ -85,10 +104,11 @@ class RunDir:
         self.eval = self.root / "eval"
         self.eval_store = store or self.eval / STORE  # an iterative run's rounds share one store
         self.leaderboard = self.eval / LEADERBOARD
-        self.quick_prompts = self.root / "quick-prompts.parquet"
+        self.quick_prompts = self.root / QUICK_PROMPTS
+        self.lock = self.root / LOCK
 
     def pairs(self, split: str = "train") -> Path:
-        return split_path(self.root / "pairs.parquet", split)
+        return split_path(self.root / PAIRS, split)
 
     def train(self, run: str) -> TrainDir:
         return TrainDir(self.root / "train" / run)
@@ -97,3 +117,17 @@ class RunDir:
         """The file that records a finished stage; later stages take it as an input, so redoing a stage
         (a new marker) makes the stages that use its outputs run again."""
         return self.root / "stages" / f"{stage.replace(':', '-')}.json"
+
+    def own_output(self, path: Path) -> str | None:
+        """Which of this run folder's outputs `path` is ('responses.parquet', 'round-2/train/dpo/model'), or None
+        when no stage writes there: a file the recipe reads must not be one, or a stage would overwrite it."""
+        try:
+            inside = Path(path).resolve().relative_to(self.root.resolve())
+        except ValueError:
+            return None
+        parts = inside.parts
+        while parts and _ROUND.fullmatch(parts[0]):
+            parts = parts[1:]
+        if not parts or (parts[0] not in _OWN_FOLDERS and (len(parts) > 1 or parts[0] not in _OWN_FILES)):
+            return None
+        return inside.as_posix()

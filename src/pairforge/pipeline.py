@@ -26,7 +26,7 @@ from pairforge.errors import InputError
 from pairforge.files import file_digest, write_json
 from pairforge.layout import RunDir
 from pairforge.pairs.order import parse_rank
-from pairforge.recipe import Recipe, load_recipe
+from pairforge.recipe import Recipe, check_reads_apart, load_recipe
 from pairforge.rounds import base_model, policy_run, round_dir, round_recipe
 from pairforge.train.losses import likelihood_only
 
@@ -79,6 +79,7 @@ class Plan:
 def load(recipe_path: Path, quick: bool = False) -> tuple[Recipe, Path]:
     recipe = load_recipe(recipe_path)
     run_dir = recipe.run_dir or recipe_path.parent / "runs" / recipe_path.stem
+    check_reads_apart(recipe, run_dir, str(recipe_path))
     if quick:
         run_dir = run_dir.with_name(run_dir.name + "-quick")
         recipe = _quick(recipe, run_dir)

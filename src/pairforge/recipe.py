@@ -26,6 +26,7 @@ from pairforge.config import (
     error_message,
 )
 from pairforge.errors import InputError, describe
+from pairforge.layout import RunDir
 
 
 class QuickConfig(Section):
@@ -124,6 +125,30 @@ class Recipe(Section):
         revision = self.pairs.revision
         only_revises = revision.reviser if revision and revision.reviser != revision.original else None
         return [s for s in self.sources if s.name != only_revises]
+
+
+def read_files(recipe: Recipe) -> list[tuple[str, Path]]:
+    """(recipe key, path) of every file a run of the recipe reads as given: the prompts, file sources' answers,
+    the pairs' decontamination files and ranking, the evaluation's reference and prompts."""
+    files = [("prompts", recipe.prompts), *((f"sources.{i}.path", s.path) for i, s in enumerate(recipe.sources)),
+             *((f"pairs.filters.decontaminate.{i}", p) for i, p in enumerate(recipe.pairs.filters.decontaminate))]
+    if recipe.pairs.rank_from is not None and str(recipe.pairs.rank_from) != "ranking":  # 'ranking': the run's own
+        files.append(("pairs.rank_from", recipe.pairs.rank_from))
+    if recipe.eval is not None:
+        files += [("eval.reference", recipe.eval.reference),
+                  ("eval.prompts", recipe.eval.prompts if isinstance(recipe.eval.prompts, Path) else None)]
+    return [(key, path) for key, path in files if path is not None]
+
+
+def check_reads_apart(recipe: Recipe, run_dir: Path, where: str) -> None:
+    """Before any work (a dry run too): no file the recipe reads is one the run writes in `run_dir` — a file
+    source at <run_dir>/responses.parquet was replaced by the run's own export of the answers."""
+    for key, path in read_files(recipe):
+        output = RunDir(run_dir).own_output(path)
+        if output is not None:
+            raise InputError(where, f"{path} is read as input but is also this run's output {output} in {run_dir}, "
+                             "which a stage would overwrite: move the file out of the run folder (or choose another "
+                             "run folder)", field=key)
 
 
 def load_recipe(path: str | Path) -> Recipe:

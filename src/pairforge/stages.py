@@ -40,7 +40,8 @@ def revise(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path
 
 
 def _all_answered(failed: int, command: str) -> None:
-    """A stage with failed requests stops; they wait in the store for `pairforge run RECIPE --retry-failed`."""
+    """A stage with failed requests is not finished: it stops before the pipeline records it (so the next run, and
+    --retry-failed, runs it again); they wait in the store for `pairforge run RECIPE --retry-failed`."""
     if failed:
         raise InputError(command, f"{failed} requests failed; they are kept in the store: run again with "
                          "`pairforge run RECIPE --retry-failed` (or the stage's own command with --retry-failed)")
@@ -50,6 +51,7 @@ def judge(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path]
     from pairforge.judge.run import judge as judge_answers
 
     result = judge_answers(recipe, run.root, retry_failed=retry_failed, store_path=run.store)
+    _all_answered(result.summary.get("failed_requests", 0), "judge")  # no verdict is no finished judge
     return [result.scored, *([result.judgments] if result.judgments else [])]
 
 

@@ -11,12 +11,12 @@ import polars as pl
 import typer
 
 from pairforge import options, render
-from pairforge.cli.common import console, fail_cleanly, say, show, stop_on_failures
+from pairforge.cli.common import console, fail_cleanly, say, show, stop_on_failures, writing
 from pairforge.config import SEED_MAX, CurriculumConfig, PairsConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output
 from pairforge.layout import RunDir
-from pairforge.recipe import load_recipe
+from pairforge.recipe import check_reads_apart, load_recipe
 
 
 def pairs_build(
@@ -107,7 +107,10 @@ def generate_command(
     def run() -> None:
         from pairforge.generate.run import generate
 
-        result = generate(load_recipe(recipe), out, retry_failed, source)
+        cfg = load_recipe(recipe)
+        check_reads_apart(cfg, out, str(recipe))
+        with writing(out):
+            result = generate(cfg, out, retry_failed, source)
         show(render.generation(result.tallies))
         console.print(f"wrote {result.exported} answers to {result.responses}", highlight=False)
         reasons = Counter(r for t in result.tallies.values() for r in t.reasons.elements())
@@ -141,7 +144,10 @@ def judge_command(
     def run() -> None:
         from pairforge.judge.run import judge
 
-        result = judge(load_recipe(recipe), out, responses, retry_failed)
+        cfg = load_recipe(recipe)
+        check_reads_apart(cfg, out, str(recipe))
+        with writing(out):
+            result = judge(cfg, out, responses, retry_failed)
         summary = result.summary
         show(render.judge_summary(summary))
         if summary["judge"] == "llm-pairwise":
@@ -163,7 +169,10 @@ def revise_command(
     def run() -> None:
         from pairforge.revise import revise
 
-        result = revise(load_recipe(recipe), out, responses, retry_failed)
+        cfg = load_recipe(recipe)
+        check_reads_apart(cfg, out, str(recipe))
+        with writing(out):
+            result = revise(cfg, out, responses, retry_failed)
         show(render.revising(result.tally, result.edit_distance))
         say(f"wrote {result.exported} revisions to {result.revisions}")
         stop_on_failures(result.failed, "revision requests")
@@ -179,7 +188,10 @@ def rank_command(
     def run() -> None:
         from pairforge import stages
 
-        ranked = stages.rank(load_recipe(recipe), RunDir(out))
+        cfg = load_recipe(recipe)
+        check_reads_apart(cfg, out, str(recipe))
+        with writing(out):
+            ranked = stages.rank(cfg, RunDir(out))
         result = ranked.ranking.to_json()
         show(render.ranking(result, ranked.evidence.name))
         say(render.significant_order(result))

@@ -6,18 +6,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 
 from pairforge import options, render
-from pairforge.cli.common import console, fail_cleanly, say, show
+from pairforge.cli.common import console, fail_cleanly, say, show, writing
 from pairforge.config import EvalConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output
 from pairforge.layout import RunDir
 from pairforge.recipe import Recipe
+
+if TYPE_CHECKING:
+    from pairforge.pipeline import Plan
 
 
 def eval_command(
@@ -109,26 +112,31 @@ def run_command(
         from pairforge import pipeline
 
         cfg, run_dir = pipeline.load(recipe, quick)
-        notes: list[str] = []
-        if dry_run:
-            cfg, notes = pipeline.with_format_samples(cfg)
-        the_plan = pipeline.plan(cfg, run_dir, retry_failed)
+        checked, notes = pipeline.with_format_samples(cfg) if dry_run else (cfg, [])
+        the_plan = pipeline.plan(checked, run_dir, retry_failed)
         pipeline.check_stage_names(the_plan, from_stage, to_stage)
         check_output(run_dir, "folder", "run_dir")
-        warnings = pipeline.preflight(cfg)
-        show(render.plan(f"plan: {recipe.name}{' (quick)' if quick else ''} -> {run_dir}", the_plan.stages))
-        for line in [*notes, *warnings]:
-            console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
-        if dry_run:
+        warnings = [*notes, *pipeline.preflight(checked)]
+        if dry_run or warnings:  # a dry run takes no lock and writes nothing
+            _show_plan(recipe, run_dir, quick, the_plan, warnings)
+            if not dry_run:
+                raise InputError(str(recipe), warnings[0])
             console.print("dry run: the recipe is valid and its inputs read; nothing was run", highlight=False)
             return
-        if warnings:
-            raise InputError(str(recipe), warnings[0])
-        started = time.perf_counter()
-        done = pipeline.run(the_plan, from_stage,
-                            lambda name, message: console.print(f"[bold]{name}[/]: {message}", highlight=False),
-                            to_stage)
-        show(render.finished(done, time.perf_counter() - started))
-        _show_outcome(cfg, run_dir)
+        with writing(run_dir, "run_dir"):  # one command per run folder at a time
+            _show_plan(recipe, run_dir, quick, the_plan, [])
+            started = time.perf_counter()
+            done = pipeline.run(the_plan, from_stage,
+                                lambda name, message: console.print(f"[bold]{name}[/]: {message}", highlight=False),
+                                to_stage)
+            show(render.finished(done, time.perf_counter() - started))
+            _show_outcome(cfg, run_dir)
 
     fail_cleanly(run)
+
+
+def _show_plan(path: Path, run_dir: Path, quick: bool, the_plan: Plan, warnings: list[str]) -> None:
+    """The stages with their sizes and estimates, then every warning, one line each."""
+    show(render.plan(f"plan: {path.name}{' (quick)' if quick else ''} -> {run_dir}", the_plan.stages))
+    for line in warnings:
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)

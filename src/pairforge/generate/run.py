@@ -48,7 +48,12 @@ def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: li
     if unknown:
         raise InputError("--source", f"no source named '{unknown[0]}' in the recipe "
                          f"(found {', '.join(s.name for s in recipe.sources)})")
-    only = only or [s.name for s in recipe.answering_sources]  # a reviser that only revises answers nothing
+    answering = [s.name for s in recipe.answering_sources]  # a reviser that only revises answers nothing
+    revising = sorted(set(only or []) - set(answering))
+    if revising:
+        raise InputError("--source", f"source '{revising[0]}' only revises answers (pairs.revision.reviser): it "
+                         "answers no prompts; `pairforge revise` asks it")
+    only = only or answering
     for source in recipe.sources:
         if not only or source.name in only:
             check_source(source)
@@ -103,11 +108,12 @@ def file_answers(source: SourceConfig, prompts: pl.DataFrame, samples: int) -> p
 
 
 def exported_responses(store: Store, recipe: Recipe, prompts: pl.DataFrame) -> pl.DataFrame:
-    """The responses records of every successful answer of the recipe's sources, in prompt order."""
+    """The responses records of every successful answer of the recipe's answering sources, in prompt order (a
+    source that only revises now has none, whatever it answered before)."""
     rows: dict[str, list[Any]] = {c: [] for c in (S.PROMPT_ID, "_index", S.SOURCE, S.SAMPLE, S.RESPONSE,
                                                    S.FINISH_REASON)}
     files = [file_answers(s, prompts, recipe.samples_per_source) for s in recipe.sources if s.backend == "file"]
-    for source in recipe.sources:
+    for source in recipe.answering_sources:
         if source.backend == "file":
             continue
         settings = source.cache_settings()

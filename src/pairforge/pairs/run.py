@@ -1,16 +1,18 @@
 """The `pairs build` stage end to end: files in (answers, or TRL preference files: pairs in), pairs files and a JSON
 summary out.
 
-Outputs, all written atomically (temporary name, then rename): `<out>` (train pairs),
-`<stem>.eval<suffix>` (held-out prompts, only with eval_fraction > 0) and `<stem>.summary.json`.
-Every input is read and validated before anything is written, so bad input leaves earlier outputs
-untouched. Once all are written, split files of an earlier build beside them that this build did not write
-are removed (`stale_splits`), so training never picks up held-out pairs from other data.
+Outputs: `<out>` (train pairs), `<stem>.eval<suffix>` / `<stem>.judge<suffix>` (held-out and judge prompts, only
+with eval_fraction / judge_fraction > 0) and `<stem>.summary.json`. Every input is read and validated before
+anything is written, so bad input leaves earlier outputs untouched. The files are written under pending names
+first, then put in place in one commit (`_commit`) that also removes the split files of an earlier build beside
+them that this build did not write (`stale_splits`): a crash at any point never leaves a pairs file beside
+another build's split, so training never picks up held-out pairs from other data.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 from pairforge.config import PairsConfig
 from pairforge.errors import InputError
 from pairforge.files import Records, check_output, read_records, write_json, write_table
-from pairforge.layout import split_path, summary_path
+from pairforge.layout import pending_path, split_path, summary_path
 from pairforge.pairs.build import PairSet, build_pairs
 from pairforge.pairs.preference import pairs_from_files, refilter
 from pairforge.records import detect_format, responses_from_files
@@ -54,7 +56,8 @@ def build_from_files(cfg: PairsConfig) -> StageResult:
     splits = {"train": result.train, "eval": result.eval if cfg.eval_fraction > 0 else None,
               "judge": result.judge if cfg.judge_fraction > 0 else None}
     earlier = _outputs_of(paths["summary"])  # read before this build's summary replaces it
-    written = [write_table(frame, paths[name]) for name, frame in splits.items() if frame is not None]
+    staged = {name: write_table(frame, pending_path(paths[name]))
+              for name, frame in splits.items() if frame is not None}
     summary = {
         "inputs": [{"file": str(r.path), "records": len(r), "format": shape} for r, shape in zip(records, shapes,
                                                                                                   strict=True)],
@@ -62,11 +65,11 @@ def build_from_files(cfg: PairsConfig) -> StageResult:
         "outputs": {name: str(path) for name, path in paths.items() if splits.get(name, True) is not None},
         "config": cfg.model_dump(mode="json"),
     }
-    written.append(write_json(summary, paths["summary"]))
+    staged["summary"] = write_json(summary, pending_path(paths["summary"]))
+    written = [paths[name] for name in staged]
     inputs = [*cfg.inputs, *([cfg.rank_from] if cfg.rank_from else []), *cfg.filters.decontaminate]
     removed = stale_splits(paths["train"], written, inputs, earlier)
-    for path in removed:
-        path.unlink(missing_ok=True)
+    _commit(staged, paths, removed)
     return StageResult(summary, written, removed)
 
 
@@ -102,6 +105,19 @@ def _refuse_nothing_to_train(result: PairSet, cfg: PairsConfig, built_from: str)
                          f"({fractions}; prompts are split by a hash of prompt_id): lower the fractions or add prompts")
     dropped = [result.summary.get(k, {}) for k in ("dropped_answers", "dropped_prompts", "dropped_pairs")]
     raise InputError(", ".join(map(str, cfg.inputs)), f"{where} (left out: {_said(dropped) or 'nothing'})")
+
+
+def _commit(staged: dict[str, Path], paths: dict[str, Path], stale: list[Path]) -> None:
+    """Put a build's pending files in place in an order where a crash at any point leaves no pairs file beside a
+    split of another build: the earlier pairs file goes first, then the stale splits; the new splits and the
+    summary move in, the new pairs file last (the build is there once it is)."""
+    paths["train"].unlink(missing_ok=True)
+    for path in stale:
+        path.unlink()
+    for name, pending in staged.items():
+        if name != "train":
+            os.replace(pending, paths[name])
+    os.replace(staged["train"], paths["train"])
 
 
 def stale_splits(out: Path, written: list[Path], inputs: list[Path], earlier: set[str]) -> list[Path]:

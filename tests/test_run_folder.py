@@ -1,0 +1,203 @@
+"""A run folder's integrity: one command writes it at a time (a lock, taken over from a dead holder), no stage
+writes over a file the recipe reads, a stage whose requests failed is not finished, and the responses follow the
+recipe's current sources."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+from servers import FaultProxy, HeldServer, free_port
+
+from conftest import one_line_error, write_jsonl
+
+PROMPTS = ["What is the capital of France?", "Name a primary color.", "How many legs does a spider have?"]
+
+
+def pairforge(*args: str | Path, **popen: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "pairforge", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def finished(process: subprocess.Popen[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def api_recipe(folder: Path, base_url: str, **changes: Any) -> Path:
+    """Two sources: one asked over HTTP (at `base_url`), one answers file; ranked pairs."""
+    prompts = write_jsonl(folder / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
+    weak = write_jsonl(folder / "weak.jsonl", [{"prompt": p, "source": "weak", "response": "No idea."}
+                                               for p in PROMPTS])
+    data = {"run_dir": str(folder / "run"), "prompts": str(prompts),
+            "sources": [{"name": "api", "backend": "openai", "model": "held", "base_url": base_url,
+                         "max_retries": 0, "timeout": 600},
+                        {"name": "weak", "backend": "file", "path": str(weak)}],
+            "pairs": {"rank": "api > weak"}, **changes}
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_a_second_command_on_a_run_folder_in_use_stops_with_the_holder_s_pid(tmp_path: Path) -> None:
+    """While one `pairforge run` works in its folder (its requests held by the server), a second `run` and a
+    `generate --out` on the same folder exit 2 with one line naming the folder and the first one's pid; a dry run
+    still checks (no lock); the first run then finishes as if alone."""
+    server = HeldServer()
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        recipe, run_dir = api_recipe(tmp_path, server.base_url), tmp_path / "run"
+        dry = finished(pairforge("run", recipe, "--dry-run"))
+        assert dry.returncode == 0, dry.stderr
+        assert not run_dir.exists()  # a dry run writes nothing
+        first = pairforge("run", recipe, "--to", "generate")
+        processes.append(first)
+        assert server.arrived.wait(timeout=300), "the first run never asked the server"
+        second = finished(pairforge("run", recipe), timeout=120)
+        one_line_error(second, "run_dir", str(run_dir), "in use", f"pid {first.pid}")
+        stage = finished(pairforge("generate", recipe, "--out", run_dir), timeout=120)
+        one_line_error(stage, "--out", str(run_dir), "in use", f"pid {first.pid}")
+        assert finished(pairforge("run", recipe, "--dry-run")).returncode == 0
+        server.release()
+        done = finished(first)
+        assert done.returncode == 0, done.stderr
+    finally:
+        server.release()
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        server.close()
+    responses = pl.read_parquet(run_dir / "responses.parquet")
+    assert sorted(responses["source"]) == ["api"] * 3 + ["weak"] * 3
+    assert set(responses.filter(pl.col("source") == "api")["response"]) == {"A held answer."}
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path) -> None:
+    """kill -9 leaves the lock file (with the dead pid) behind; the next run takes the folder and finishes."""
+    server = HeldServer()
+    try:
+        recipe, run_dir = api_recipe(tmp_path, server.base_url), tmp_path / "run"
+        first = pairforge("run", recipe, "--to", "generate")
+        try:
+            assert server.arrived.wait(timeout=300), "the first run never asked the server"
+            assert (run_dir / "pairforge.lock").read_text().strip() == str(first.pid)
+        finally:
+            first.kill()
+            first.wait()
+        server.release()
+        result = finished(pairforge("run", recipe, "--to", "generate"))
+    finally:
+        server.release()
+        server.close()
+    assert result.returncode == 0, result.stderr
+    assert not (run_dir / "pairforge.lock").exists()  # a command that ends removes its lock
+    assert pl.read_parquet(run_dir / "responses.parquet").height == 6
+
+
+@pytest.mark.parametrize(("key", "output"), [("sources.0.path", "responses.parquet"),
+                                             ("pairs.filters.decontaminate.0", "round-2/pairs.eval.parquet")])
+def test_a_file_the_recipe_reads_that_the_run_writes_is_refused_up_front(tmp_path: Path, key: str,
+                                                                          output: str) -> None:
+    """A user's answers file (or any input) at one of the run's own output paths: the dry run, the run and the stage
+    command refuse it before any work, naming the recipe key and the output; the file is left as it was."""
+    run_dir = tmp_path / "run"
+    (run_dir / output).parent.mkdir(parents=True)
+    users = pl.DataFrame({"prompt": PROMPTS, "source": ["strong"] * 3, "response": ["Paris.", "Red.", "Eight."]})
+    users.write_parquet(run_dir / output)
+    before = (run_dir / output).read_bytes()
+    weak = write_jsonl(tmp_path / "weak.jsonl", [{"prompt": p, "source": "weak", "response": "No idea."}
+                                                 for p in PROMPTS])
+    strong = run_dir / output if key.startswith("sources") else tmp_path / "strong.parquet"
+    if not strong.exists():
+        users.write_parquet(strong)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "run_dir": str(run_dir),
+        "prompts": str(write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])),
+        "sources": [{"name": "strong", "backend": "file", "path": str(strong)},
+                    {"name": "weak", "backend": "file", "path": str(weak)}],
+        "pairs": {"rank": "strong > weak", **({"filters": {"decontaminate": [str(run_dir / output)]}}
+                                              if key.startswith("pairs") else {})}}), encoding="utf-8")
+    for command in (["run", recipe, "--dry-run"], ["run", recipe], ["generate", recipe, "--out", run_dir]):
+        one_line_error(finished(pairforge(*command)), str(recipe), f"field '{key}'", f"run's output {output}",
+                       str(run_dir / output))
+    assert (run_dir / output).read_bytes() == before
+    assert sorted(p.name for p in run_dir.rglob("*")) == sorted(Path(output).parts)  # nothing else written
+
+
+# --- a stage with failed requests is not finished -------------------------------------------------------------
+
+def failing_recipe(folder: Path, stage: str, base_url: str) -> Path:
+    """Answers files of a strong and a weak source, and a model asked over HTTP (at `base_url`) in `stage`: as a
+    source that answers (generate), as the reviser of the weak answers (revise) or as the pairwise judge (judge)."""
+    files = {name: write_jsonl(folder / f"{name}.jsonl", [{"prompt": p, "source": name, "response": text}
+                                                           for p in PROMPTS[:2]])
+             for name, text in (("strong", "A full, careful answer."), ("weak", "No idea."))}
+    asked = {"backend": "openai", "model": "asked", "base_url": base_url, "max_retries": 0}
+    sources = [{"name": n, "backend": "file", "path": str(p)} for n, p in files.items()]
+    data: dict[str, Any] = {"run_dir": str(folder / "run"), "pairs": {"rank": "strong > weak"},
+                            "prompts": str(write_jsonl(folder / "prompts.jsonl", [{"prompt": p} for p in PROMPTS[:2]]))}
+    if stage == "judge":
+        data |= {"sources": sources, "judge": {"kind": "llm-pairwise", "llm": asked}}
+    else:
+        data["sources"] = [*sources, {"name": "api", **asked}]
+    if stage == "revise":
+        data["pairs"] = {"strategy": "revised", "revision": {"reviser": "api", "original": "weak"}}
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("stage", "requests"), [("generate", 2), ("revise", 2), ("judge", 4)])
+def test_a_stage_whose_requests_failed_is_not_finished_and_retry_failed_asks_again(tmp_path: Path, stage: str,
+                                                                                   requests: int) -> None:
+    """Every request of the stage fails (the server answers each with an error): the run stops at that stage with
+    how many failed and --retry-failed, and records no finished stage; a plain rerun runs the stage again without
+    asking again (the failures wait in the store), `--retry-failed` asks them again."""
+    failing = FaultProxy(free_port(), every=1)  # answers every request itself with an error, and counts it
+    try:
+        recipe = failing_recipe(tmp_path, stage, failing.base_url)
+        marker = tmp_path / "run" / "stages" / f"{stage}.json"
+        for flags, asked in (([], requests), ([], requests), (["--retry-failed"], 2 * requests)):
+            result = finished(pairforge("run", recipe, "--to", stage, *flags))
+            assert result.returncode == 2, result.stderr
+            assert f"{stage}: {requests} requests failed" in result.stderr and "--retry-failed" in result.stderr
+            assert "Traceback" not in result.stderr and not marker.exists()
+            assert re.search(rf"^{stage}: running", result.stderr, flags=re.MULTILINE), result.stderr
+            assert failing.requests == asked
+    finally:
+        failing.close()
+
+
+def test_a_source_that_now_only_revises_has_no_answers_left_in_the_responses(tmp_path: Path) -> None:
+    """A source answered the prompts; the recipe then makes it the reviser of another source's answers (it only
+    revises now): the rerun's responses hold no answer of it (its old ones stay in the store, unused), and
+    `generate --source` refuses to ask it for answers."""
+    server = HeldServer(text="An answer from the server.")
+    server.release()  # answers at once
+    try:
+        recipe = api_recipe(tmp_path, server.base_url)
+        assert finished(pairforge("run", recipe, "--to", "generate")).returncode == 0
+        responses = tmp_path / "run" / "responses.parquet"
+        assert sorted(set(pl.read_parquet(responses)["source"])) == ["api", "weak"]
+        api_recipe(tmp_path, server.base_url, pairs={"strategy": "revised",
+                                                     "revision": {"reviser": "api", "original": "weak"}})
+        result = finished(pairforge("run", recipe, "--to", "revise"))
+        assert result.returncode == 0, result.stderr
+        asked = finished(pairforge("generate", recipe, "--out", tmp_path / "other", "--source", "api"))
+        one_line_error(asked, "--source", "source 'api' only revises answers")
+    finally:
+        server.close()
+    assert set(pl.read_parquet(responses)["source"]) == {"weak"}
+    assert set(pl.read_parquet(tmp_path / "run" / "revisions.parquet")["source"]) == {"weak+api"}
