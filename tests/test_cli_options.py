@@ -571,3 +571,34 @@ def test_every_command_has_help_under_its_own_name() -> None:
         result = cli(*name, "--help")
         assert result.exit_code == 0 and f"Usage: pairforge {' '.join(name)} [OPTIONS]" in result.output, name
         assert "--help" in result.output
+
+
+def _loading(pid: int, library: str) -> bool:
+    """Whether a process has mapped a shared library (its modules are loading past Python's own start-up)."""
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3, 0.5])
+def test_ctrl_c_while_the_command_loads_is_one_line(tmp_path: Path, delay: float) -> None:
+    """Ctrl-C in the first moments of `pairs build`, while torch / polars / transformers import: one line and exit
+    130, never a KeyboardInterrupt traceback from inside an import. Each moment is counted from polars' library
+    being mapped (our imports under way; Python's own start-up, before any pairforge code, is not ours to catch);
+    a build that finished before the signal arrived exits 0."""
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "pairforge", "pairs", "build",
+                                *[str(SAMPLE / f"{n}.json") for n in ("strong", "medium", "weak")],
+                                "--rank", "strong > medium > weak", "--out", str(tmp_path / "pairs.parquet")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while process.poll() is None and not _loading(process.pid, "polars"):
+        time.sleep(0.002)
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert "Traceback" not in stderr, stderr
+    if process.returncode != 0:
+        assert process.returncode == 130 and stderr.splitlines() == ["interrupted"], (process.returncode, stderr)

@@ -83,9 +83,14 @@ class RunDir:
         self.revisions = self.root / REVISIONS
         self.judgments, self.ranking, self.report = self.root / JUDGMENTS, self.root / RANKING, self.root / REPORT
         self.eval = self.root / "eval"
+        self.stages = self.root / "stages"
         self.eval_store = store or self.eval / STORE  # an iterative run's rounds share one store
         self.leaderboard = self.eval / LEADERBOARD
         self.quick_prompts = self.root / "quick-prompts.parquet"
+
+    def folders(self) -> list[Path]:
+        """The folders this run writes in: a file in the way of one is found before any stage runs."""
+        return [self.root, self.stages, self.eval, self.root / "train"]
 
     def pairs(self, split: str = "train") -> Path:
         return split_path(self.root / "pairs.parquet", split)
@@ -96,4 +101,4 @@ class RunDir:
     def marker(self, stage: str) -> Path:
         """The file that records a finished stage; later stages take it as an input, so redoing a stage
         (a new marker) makes the stages that use its outputs run again."""
-        return self.root / "stages" / f"{stage.replace(':', '-')}.json"
+        return self.stages / f"{stage.replace(':', '-')}.json"

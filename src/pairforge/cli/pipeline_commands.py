@@ -4,7 +4,9 @@ answers) and `report`; the first two end with the same leaderboard."""
 from __future__ import annotations
 
 import json
+import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,6 @@ from pairforge import options, render
 from pairforge.cli.common import console, fail_cleanly, say, show
 from pairforge.config import EvalConfig
 from pairforge.errors import InputError
-from pairforge.files import check_output
 from pairforge.layout import RunDir
 from pairforge.recipe import Recipe
 
@@ -108,13 +109,15 @@ def run_command(
     def run() -> None:
         from pairforge import pipeline
 
-        cfg, run_dir = pipeline.load(recipe, quick)
-        notes: list[str] = []
-        if dry_run:
-            cfg, notes = pipeline.with_format_samples(cfg)
-        the_plan = pipeline.plan(cfg, run_dir, retry_failed)
+        # a dry run writes nothing: --quick's prompts go to a temporary folder, gone once the plan has counted them
+        with tempfile.TemporaryDirectory(prefix="pairforge-") if dry_run else nullcontext() as scratch:
+            cfg, run_dir = pipeline.load(recipe, quick, Path(scratch) if scratch else None)
+            notes: list[str] = []
+            if dry_run:
+                cfg, notes = pipeline.with_format_samples(cfg)
+            the_plan = pipeline.plan(cfg, run_dir, retry_failed)
         pipeline.check_stage_names(the_plan, from_stage, to_stage)
-        check_output(run_dir, "folder", "run_dir")
+        pipeline.check_folders(the_plan)
         warnings = pipeline.preflight(cfg)
         show(render.plan(f"plan: {recipe.name}{' (quick)' if quick else ''} -> {run_dir}", the_plan.stages))
         for line in [*notes, *warnings]:

@@ -29,7 +29,7 @@ from pairforge import schema as S
 from pairforge.config import JudgeConfig, SourceConfig
 from pairforge.errors import InputError
 from pairforge.evaluate.stats import length_controlled_win_rate, paired_difference, win_rate
-from pairforge.files import Records, check_output, read_records, write_json, write_table
+from pairforge.files import Records, check_output, read_json_object, read_records, write_json, write_table
 from pairforge.generate.run import source_requests
 from pairforge.judge.ranking import SCORE_TIE
 from pairforge.judge.run import check_judge, judge_frame
@@ -172,7 +172,8 @@ def trained_endpoint(model: Path) -> Literal["chat", "completions"] | None:
     run_json = (model.parent if model.name == layout.MODEL else model) / layout.RUN_INFO
     if not run_json.exists():
         return None
-    trained = json.loads(run_json.read_text(encoding="utf-8")).get("prompt_format")
+    trained = read_json_object(run_json, "a JSON object as `pairforge train` writes it (a damaged record: "
+                               "train this model again)").get("prompt_format")
     return endpoint_of(trained) if trained in ("chat", "text") else None
 
 
