@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from pairforge.errors import describe
 from pairforge.files import folder_stamp
-from pairforge.layout import name_problem
+from pairforge.layout import RESERVED_MODEL_NAMES, name_problem
 
 ROLE_MARKERS = (
     r"(?m)^\s*(?:###\s*(?:Instruction|Response|Input)\s*:|Human:|Assistant:|USER:|ASSISTANT:)"
@@ -35,10 +37,23 @@ def error_message(error: Any) -> str:
 
 
 class Section(BaseModel):
-    """A recipe section: unknown keys are errors, and no number may be inf or NaN (an lr of inf trained NaN
-    weights without a word)."""
+    """A recipe section: unknown keys are errors, no number may be inf or NaN (an lr of inf trained NaN weights
+    without a word), and true/false is no number (pydantic took `rounds: true` as 1)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        kinds = _types_of(cls.model_fields[info.field_name].annotation) if isinstance(value, bool) else set()
+        if kinds & {int, float} and bool not in kinds:
+            raise ValueError(f"expected {'an integer' if int in kinds else 'a number'}, found {describe(value)}")
+        return value
+
+
+def _types_of(annotation: Any) -> set[Any]:
+    """The types a field takes: a union's members, or the one type."""
+    return set(get_args(annotation)) if get_origin(annotation) in (Union, UnionType) else {annotation}
 
 
 class FilterConfig(Section):
@@ -399,7 +414,8 @@ class RankingConfig(Section):
 class RunConfig(TrainConfig):
     """One training run of a pipeline (an entry of `runs`): a train section with a name."""
 
-    name: str = Field(..., description="the run's name: its folder, and its name in the evaluation")
+    name: str = Field(..., description="the run's name: its folder, and its name in the evaluation (not 'base' or "
+                      "'reference', the evaluation's names of the starting model and the reference answers)")
     after: str | None = Field(None, description="start from this earlier run's model (e.g. sft) instead of `model`")
     split: Literal["train", "judge"] = Field("train", description="which pairs it trains on: the training split, "
                                              "or the judge split kept apart from it (pairs.judge_fraction; for a "
@@ -411,6 +427,9 @@ class RunConfig(TrainConfig):
         problem = name_problem(value)
         if problem:
             raise ValueError(problem)
+        if value in RESERVED_MODEL_NAMES:
+            raise ValueError(f"run name '{value}' is reserved: the evaluation names the starting model 'base' and the "
+                             "reference answers 'reference' (expected another name)")
         return value
 
 

@@ -34,6 +34,11 @@ RUN_INFO = "run.json"
 METRICS = "metrics.jsonl"
 MODEL = "model"
 REPORT = "report.html"
+EVAL_PROMPTS, EVAL_REFERENCE = "prompts.parquet", "reference.parquet"  # eval/: held-out prompts, a source's answers
+MODEL_OUTPUTS = ".model_outputs.json"  # eval/<model>.model_outputs.json
+# the evaluation's own model names: the untrained starting model and the reference answers (no run may take them)
+BASE_NAME, REFERENCE_NAME = "base", "reference"
+RESERVED_MODEL_NAMES = (BASE_NAME, REFERENCE_NAME)
 
 
 _FILE_NAME = re.compile(r"\w[\w.+-]*")
@@ -46,6 +51,16 @@ def name_problem(name: str) -> str | None:
         return None
     return (f"expected a name for files and folders (letters, digits, '_', '.', '+', '-', starting with a letter "
             f"or digit), found {name!r}")
+
+
+def eval_folder_problem(name: str) -> str | None:
+    """Why a reward-model run cannot score into eval/<name>/ (None: it can): the name is one of eval's own files."""
+    if name in (LEADERBOARD, VERDICTS, EVAL_PROMPTS, EVAL_REFERENCE) or name.startswith(STORE) or \
+            name.endswith(MODEL_OUTPUTS):
+        return (f"'{name}' is the name of a file in eval/ (leaderboard.json, eval.parquet, store.sqlite, "
+                f"prompts.parquet, reference.parquet, <model>{MODEL_OUTPUTS}), where this run's scores get a folder: "
+                "expected another run name")
+    return None
 
 
 def split_path(pairs: Path, split: str) -> Path:

@@ -40,7 +40,7 @@ from pairforge.requests.engine import answer_all, make_backend, progress_bar
 from pairforge.requests.store import Store, opened
 from pairforge.text import prompt_text, word_count
 
-REFERENCE = "reference"
+REFERENCE = layout.REFERENCE_NAME
 
 
 @dataclass
@@ -79,7 +79,7 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
     with opened(store_path or out_dir / layout.STORE) as store:
         for name, model in _named(models, "models"):
             answers[name] = _generate(name, model, prompts, settings, store, show_progress)
-            _write_model_outputs(answers[name], prompts, name, out_dir / f"{name}.model_outputs.json")
+            _write_model_outputs(answers[name], prompts, name, out_dir / f"{name}{layout.MODEL_OUTPUTS}")
         frame = _responses(answers, prompts)
         cfg = judge_cfg.model_copy(update={"reference": REFERENCE, "max_prompts": None})
         scores, judgments, judge_summary = judge_frame(frame, cfg, store, show_progress=show_progress)
