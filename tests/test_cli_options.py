@@ -602,3 +602,22 @@ def test_ctrl_c_while_the_command_loads_is_one_line(tmp_path: Path, delay: float
     assert "Traceback" not in stderr, stderr
     if process.returncode != 0:
         assert process.returncode == 130 and stderr.splitlines() == ["interrupted"], (process.returncode, stderr)
+
+
+def test_eval_takes_several_values_after_one_models_or_outputs_flag(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """README's `eval --models sft=runs/sft dpo=runs/dpo` ran into "Got unexpected extra argument": the words after
+    --models / --outputs, up to the next option, are each one value, as with the flag repeated."""
+    reference = tmp_path / "reference.json"
+    reference.write_text(json.dumps(json.loads((SAMPLE / "strong.json").read_text())[:4]))
+    out = tmp_path / "eval"
+    result = run_cli("eval", "--models", f"a={tiny_model_dir}", f"b={tiny_model_dir}", "--reference", reference,
+                     "--max-new-tokens", "2", "--bootstrap", "20", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert [m["model"] for m in json.loads((out / "leaderboard.json").read_text())["models"]] in (["a", "b"],
+                                                                                                ["b", "a"])
+    answers = [str(out / f"{n}.model_outputs.json") for n in ("a", "b")]
+    for args in (["--outputs", *answers], ["--outputs", answers[0], "--outputs", answers[1]],
+                 [f"--outputs={answers[0]}", answers[1]]):
+        result = run_cli("eval", *args, "--reference", reference, "--bootstrap", "20", "--out", tmp_path / "again")
+        assert result.returncode == 0, result.stderr
+        assert len(json.loads((tmp_path / "again" / "leaderboard.json").read_text())["models"]) == 2

@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.markup import escape
+from typer.core import TyperCommand
 
 from pairforge import options, render
 from pairforge.cli.common import console, fail_cleanly, say, show
@@ -21,10 +22,28 @@ from pairforge.layout import RunDir
 from pairforge.recipe import Recipe
 
 
+class ManyValues(TyperCommand):
+    """`--models a=x b=y` as well as `--models a=x --models b=y`: a click option takes one value, so the words after
+    one of `many` (up to the next option) are each given to it. The command has no positional arguments."""
+
+    many = ("--models", "--outputs")
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        spread: list[str] = []
+        option = None  # the option of `many` whose values are being read
+        for arg in args:
+            if arg.startswith("-"):
+                option = arg.split("=", 1)[0] if arg.split("=", 1)[0] in self.many else None
+            elif option is not None and spread[-1] != option:
+                spread.append(option)
+            spread.append(arg)
+        return super().parse_args(ctx, spread)
+
+
 def eval_command(
     models: list[str] | None = typer.Option(None, help="model folders or training runs to answer the prompts "
-                                            "(NAME=PATH to name one); repeatable"),
-    outputs: list[Path] | None = typer.Option(None, help="existing model_outputs.json files; repeatable"),
+                                            "(NAME=PATH to name one); one or more: --models a=x b=y"),
+    outputs: list[Path] | None = typer.Option(None, help="existing model_outputs.json files; one or more"),
     reference: Path = typer.Option(..., help="reference answers (AlpacaEval shape: instruction, output)"),
     prompts: Path | None = typer.Option(None, help="eval prompts (default: the reference's instructions)"),
     judge: str = typer.Option("similarity", help="a recipe YAML (its judge: section), 'similarity', or "
