@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from pairforge.errors import describe
 from pairforge.files import folder_stamp
-from pairforge.layout import RESERVED_MODEL_NAMES, name_problem
+from pairforge.layout import run_name_problem
 
 ROLE_MARKERS = (
     r"(?m)^\s*(?:###\s*(?:Instruction|Response|Input)\s*:|Human:|Assistant:|USER:|ASSISTANT:)"
@@ -45,15 +45,11 @@ class Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        kinds = _types_of(cls.model_fields[info.field_name].annotation) if isinstance(value, bool) else set()
-        if kinds & {int, float} and bool not in kinds:
+        kind = cls.model_fields[info.field_name].annotation
+        kinds = set(get_args(kind)) if get_origin(kind) in (Union, UnionType) else {kind}  # a union's members
+        if isinstance(value, bool) and kinds & {int, float} and bool not in kinds:
             raise ValueError(f"expected {'an integer' if int in kinds else 'a number'}, found {describe(value)}")
         return value
-
-
-def _types_of(annotation: Any) -> set[Any]:
-    """The types a field takes: a union's members, or the one type."""
-    return set(get_args(annotation)) if get_origin(annotation) in (Union, UnionType) else {annotation}
 
 
 class FilterConfig(Section):
@@ -424,12 +420,9 @@ class RunConfig(TrainConfig):
     @field_validator("name")
     @classmethod
     def _a_folder_name(cls, value: str) -> str:
-        problem = name_problem(value)
+        problem = run_name_problem(value)
         if problem:
             raise ValueError(problem)
-        if value in RESERVED_MODEL_NAMES:
-            raise ValueError(f"run name '{value}' is reserved: the evaluation names the starting model 'base' and the "
-                             "reference answers 'reference' (expected another name)")
         return value
 
 

@@ -53,6 +53,14 @@ def name_problem(name: str) -> str | None:
             f"or digit), found {name!r}")
 
 
+def run_name_problem(name: str) -> str | None:
+    """Why a training run cannot take this name (None: it can): not a file name, or one the evaluation keeps."""
+    if name in RESERVED_MODEL_NAMES:
+        return (f"run name '{name}' is reserved: the evaluation names the starting model '{BASE_NAME}' and the "
+                f"reference answers '{REFERENCE_NAME}' (expected another name)")
+    return name_problem(name)
+
+
 def eval_folder_problem(name: str) -> str | None:
     """Why a reward-model run cannot score into eval/<name>/ (None: it can): the name is one of eval's own files."""
     if name in (LEADERBOARD, VERDICTS, EVAL_PROMPTS, EVAL_REFERENCE) or name.startswith(STORE) or \
