@@ -30,7 +30,7 @@ from pairforge.sequences.logprobs import AnswerLogps, SequenceScores, row_width
 from pairforge.sequences.tokenize import TokenizedPair, TokenizeStats, tokenize_pairs
 from pairforge.train import losses as L
 from pairforge.train.checkpoints import order_digest
-from pairforge.train.curriculum import Plan, difficulty_of, length_grouped, plan, reference_margin
+from pairforge.train.curriculum import Plan, difficulty_of, length_grouped, needs_difficulty, plan, reference_margin
 from pairforge.train.lean import use_lean_blocks
 from pairforge.train.objective import PairObjective, ReferenceTable
 from pairforge.train.reference import model_fingerprint, reference_logps
@@ -301,7 +301,9 @@ def _training_plan(data: Data, cfg: TrainConfig, world: int, reference: Referenc
         widths = [row_width(p, cfg.share_prompt, L.likelihood_only(cfg.loss_weights)) for p in pairs]
         return length_grouped(widths, size, cfg.epochs, cfg.seed)
     method = cfg.curriculum.difficulty
-    if method == "reference-margin":
+    if not needs_difficulty(cfg.curriculum):  # a random order: the pairs need no margin column
+        difficulty = np.zeros(len(pairs))
+    elif method == "reference-margin":
         table = reference or compute_reference()
         ref = np.array([table[p.index] for p in pairs])
         tokens = np.array([[p.chosen.answer_tokens, p.rejected.answer_tokens] for p in pairs], dtype=np.float64)
