@@ -192,7 +192,8 @@ def test_curriculum_show_a_recipe_runs_staged_curriculum(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({
         "run_dir": str(tmp_path / "run"), "prompts": answers[0],
-        "sources": [{"name": n, "backend": "file", "path": a} for n, a in zip(["strong", "medium", "weak"], answers)],
+        "sources": [{"name": n, "backend": "file", "path": a}
+                    for n, a in zip(["strong", "medium", "weak"], answers, strict=True)],
         "train": {"curriculum": {"schedule": "sorted"}},
         "runs": [{"name": "sft", "method": "sft"},
                  {"name": "dpo", "batch_size": 5, "curriculum": {"schedule": "staged", "stages": stages}}]}))

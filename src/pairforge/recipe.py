@@ -28,7 +28,6 @@ from pairforge.config import (
 from pairforge.errors import InputError, describe
 from pairforge.layout import eval_folder_problem
 
-
 MAX_ROUNDS = 50  # each round trains and evaluates again: published iterative DPO runs 3-5; 100000 is a typo
 
 

@@ -16,7 +16,6 @@ p < 0.05. Verdicts the judge could not give are counted and left out, never gues
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
