@@ -272,3 +272,45 @@ def test_a_judge_score_row_that_is_no_number_is_one_line(tmp_path: Path) -> None
                                          r"is string 'high' \(expected a number or null\)"):
         store.get(["score:b"])
     store.close()
+
+
+# --- a training run's record (run.json) damaged after training ----------------------------------------------------
+
+def _pipeline_recipe(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """File sources, ranked pairs, one DPO step on the tiny model, an evaluation against the strong answers."""
+    from conftest import SAMPLE, write_jsonl
+
+    rows = json.loads((SAMPLE / "strong.json").read_text())[:10]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": r["instruction"]} for r in rows])
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"), "prompts": str(prompts),
+        "sources": [{"name": n, "backend": "file", "path": str(SAMPLE / f"{n}.json")} for n in ("strong", "weak")],
+        "pairs": {"rank": "strong > weak", "eval_fraction": 0.3, "filters": {"drop_truncated": False}},
+        "runs": [{"name": "dpo", "model": str(tiny_model_dir), "max_steps": 1, "max_length": 64, "batch_size": 4}],
+        "eval": {"reference_source": "strong", "max_new_tokens": 3, "bootstrap": 20}}))
+    return recipe
+
+
+@pytest.mark.parametrize(("damage", "found"), [("{bad", "cannot be read (JSONDecodeError"),
+                                               ("[1, 2]", "found array [1, 2]")])
+def test_a_damaged_run_record_is_one_line(tmp_path: Path, tiny_model_dir: Path, damage: str, found: str) -> None:
+    """run.json hand-edited or cut short by a full disk: `train` into that run and `run --from eval` (which asks the
+    trained model in its recorded prompt format) say the file and what was expected, instead of a JSONDecodeError."""
+    import subprocess
+    import sys
+
+    recipe = _pipeline_recipe(tmp_path, tiny_model_dir)
+    assert invoke("run", recipe, "--to", "train").exit_code == 0
+    record = tmp_path / "run" / "train" / "dpo" / "run.json"
+    record.write_text(damage)
+    weights = (record.parent / "model" / "model.safetensors").read_bytes()
+    for args in (["train", "--config", recipe, "--run", "dpo"], ["run", recipe, "--from", "eval"]):
+        result = subprocess.run([sys.executable, "-m", "pairforge", *map(str, args)], capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        error = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # `run` shows its plan first
+        assert len(error) == 1 and all(f in error[0] for f in ("run.json", found, "expected a JSON object as "
+                                                                "`pairforge train` writes it")), result.stderr
+        assert record.read_text() == damage
+        assert (record.parent / "model" / "model.safetensors").read_bytes() == weights

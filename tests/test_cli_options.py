@@ -571,3 +571,53 @@ def test_every_command_has_help_under_its_own_name() -> None:
         result = cli(*name, "--help")
         assert result.exit_code == 0 and f"Usage: pairforge {' '.join(name)} [OPTIONS]" in result.output, name
         assert "--help" in result.output
+
+
+def _loading(pid: int, library: str) -> bool:
+    """Whether a process has mapped a shared library (its modules are loading past Python's own start-up)."""
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3, 0.5])
+def test_ctrl_c_while_the_command_loads_is_one_line(tmp_path: Path, delay: float) -> None:
+    """Ctrl-C in the first moments of `pairs build`, while torch / polars / transformers import: one line and exit
+    130, never a KeyboardInterrupt traceback from inside an import. Each moment is counted from polars' library
+    being mapped (our imports under way; Python's own start-up, before any pairforge code, is not ours to catch);
+    a build that finished before the signal arrived exits 0."""
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "pairforge", "pairs", "build",
+                                *[str(SAMPLE / f"{n}.json") for n in ("strong", "medium", "weak")],
+                                "--rank", "strong > medium > weak", "--out", str(tmp_path / "pairs.parquet")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while process.poll() is None and not _loading(process.pid, "polars"):
+        time.sleep(0.002)
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert "Traceback" not in stderr, stderr
+    if process.returncode != 0:
+        assert process.returncode == 130 and stderr.splitlines() == ["interrupted"], (process.returncode, stderr)
+
+
+def test_eval_takes_several_values_after_one_models_or_outputs_flag(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """README's `eval --models sft=runs/sft dpo=runs/dpo` ran into "Got unexpected extra argument": the words after
+    --models / --outputs, up to the next option, are each one value, as with the flag repeated."""
+    reference = tmp_path / "reference.json"
+    reference.write_text(json.dumps(json.loads((SAMPLE / "strong.json").read_text())[:4]))
+    out = tmp_path / "eval"
+    result = run_cli("eval", "--models", f"a={tiny_model_dir}", f"b={tiny_model_dir}", "--reference", reference,
+                     "--max-new-tokens", "2", "--bootstrap", "20", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert [m["model"] for m in json.loads((out / "leaderboard.json").read_text())["models"]] in (["a", "b"],
+                                                                                                ["b", "a"])
+    answers = [str(out / f"{n}.model_outputs.json") for n in ("a", "b")]
+    for args in (["--outputs", *answers], ["--outputs", answers[0], "--outputs", answers[1]],
+                 [f"--outputs={answers[0]}", answers[1]]):
+        result = run_cli("eval", *args, "--reference", reference, "--bootstrap", "20", "--out", tmp_path / "again")
+        assert result.returncode == 0, result.stderr
+        assert len(json.loads((tmp_path / "again" / "leaderboard.json").read_text())["models"]) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import polars as pl
@@ -155,3 +156,78 @@ def test_curriculum_show_prints_stages_and_writes_a_plot(tmp_path):
     assert "bucket 1" in shown.stderr and "bucket 3" in shown.stderr
     png = (tmp_path / "curriculum.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def _curriculum_cli(*args: object):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "pairforge", "curriculum", "show", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_curriculum_show_staged_without_stages_names_real_flags(tmp_path):
+    """The staged schedule needs stages, which only a recipe gives: the error named a flag `--options` that does
+    not exist; it names --schedule and says where stages come from."""
+    from conftest import one_line_error
+
+    pl.DataFrame({"prompt": ["p", "q"], "chosen": ["a", "b"], "rejected": ["c", "d"], "margin": [1.0, 2.0]}
+                 ).write_parquet(tmp_path / "p.parquet")
+    line = one_line_error(_curriculum_cli(tmp_path / "p.parquet", "--schedule", "staged", "--out", tmp_path),
+                          "--schedule", "the staged schedule needs `stages`", "--run NAME")
+    assert "--options" not in line
+
+
+def test_curriculum_show_a_recipe_runs_staged_curriculum(tmp_path):
+    """`--run NAME` shows that run's curriculum (its stages, batch size and pairs file, as `pairforge run` trains
+    it), not the recipe's top-level train section, which it ignored."""
+    import yaml
+
+    from conftest import SAMPLE, one_line_error
+
+    answers = [str(SAMPLE / f"{name}.json") for name in ("strong", "medium", "weak")]
+    assert CliRunner().invoke(app, ["pairs", "build", *answers, "--rank", "strong > medium > weak",
+                                    "--out", str(tmp_path / "run" / "pairs.parquet")]).exit_code == 0
+    stages = [{"pair_types": ["strong>weak"]}, {"pair_types": ["medium>weak", "strong>medium"]}]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"), "prompts": answers[0],
+        "sources": [{"name": n, "backend": "file", "path": a}
+                    for n, a in zip(["strong", "medium", "weak"], answers, strict=True)],
+        "train": {"curriculum": {"schedule": "sorted"}},
+        "runs": [{"name": "sft", "method": "sft"},
+                 {"name": "dpo", "batch_size": 5, "curriculum": {"schedule": "staged", "stages": stages}}]}))
+    result = _curriculum_cli("--config", recipe, "--run", "dpo", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "curriculum: staged by strength-gap" in result.stderr
+    assert re.search(r"stage 1: strong>weak\s*│\s*10\s*│\s*50\s*│", result.stderr), result.stderr  # batches of 5
+    assert re.search(r"stage 2: medium>weak, strong>medium\s*│\s*20\s*│\s*100\s*│", result.stderr), result.stderr
+    assert (tmp_path / "curriculum.png").exists()
+    one_line_error(_curriculum_cli("--config", recipe, "--run", "nope"), "--run", "no run 'nope'", "runs: sft, dpo")
+    one_line_error(_curriculum_cli("--run", "dpo"), "--run", "needs --config")
+
+
+def test_a_random_order_needs_no_margin_column(tmp_path, tiny_model_dir):
+    """A random order of a TRL pairs file (prompt/chosen/rejected, no margin): shown (no difficulty, no plot) and
+    trained on, where both asked for the margin column that only its difficulty would have used."""
+    from conftest import one_line_error, preference_rows
+    from pairforge.train.curriculum import needs_difficulty, shown_difficulty
+
+    frame = pl.DataFrame([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in preference_rows(12)])
+    frame.write_parquet(tmp_path / "trl.parquet")
+    result = _curriculum_cli(tmp_path / "trl.parquet", "--schedule", "random", "--batch-size", "4", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"all\s*│\s*3\s*│\s*12\s*│\s*-\s*│\s*-\s*│\s*-\s*│", result.stderr), result.stderr
+    assert "no difficulty to plot" in result.stderr and not (tmp_path / "curriculum.png").exists()
+    random = CurriculumConfig(schedule="random")
+    assert not needs_difficulty(random) and np.isnan(shown_difficulty(frame, random, "trl.parquet")).all()
+    assert needs_difficulty(CurriculumConfig(schedule="random", drop_hardest=0.2))
+    one_line_error(_curriculum_cli(tmp_path / "trl.parquet", "--schedule", "sorted"), "trl.parquet",
+                   "no column 'margin'")
+    from pairforge.config import TrainConfig
+    from pairforge.train.trainer import train
+
+    trained = train(TrainConfig(model=str(tiny_model_dir), pairs=tmp_path / "trl.parquet", out=tmp_path / "run",
+                                batch_size=4, max_length=64, max_steps=1, prompt_format="text",
+                                curriculum={"schedule": "random"}), progress=False)
+    assert trained.steps == 1

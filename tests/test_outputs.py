@@ -134,3 +134,26 @@ def test_dry_run_checks_the_stage_names(tmp_path):
                   run_dir=str(tmp_path / "run"))
     for option in ("--to", "--from"):
         assert_refused(run("run", path, "--dry-run", option, "bogus"), option, "no stage 'bogus' in this recipe")
+
+
+@pytest.mark.parametrize("blocked", ["eval", "stages", "train", "run-quick"])
+def test_a_file_where_the_run_needs_a_folder_is_found_before_any_work(tmp_path, tiny_model_dir, blocked):
+    """A file named like a folder the run writes in (its evaluation, its stage records, its training runs, the
+    --quick run folder) is one line before any stage runs, not a FileExistsError traceback at the stage that makes
+    the folder; the file is kept."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"instruction": r["instruction"]}) + "\n"
+                               for r in json.loads(Path(INPUTS[0]).read_text())[:12]))
+    path = recipe(tmp_path, run_dir=str(tmp_path / "run"), prompts=str(prompts),
+                  sources=[{"name": n, "backend": "file", "path": INPUTS[i]} for i, n in enumerate(["strong", "weak"])],
+                  pairs={"rank": "strong > weak", "eval_fraction": 0.3},
+                  runs=[{"name": "dpo", "model": str(tiny_model_dir), "max_steps": 1}],
+                  eval={"reference_source": "strong", "bootstrap": 20})
+    folder = tmp_path / blocked if blocked == "run-quick" else tmp_path / "run" / blocked
+    folder.parent.mkdir(exist_ok=True)
+    folder.write_text("keep me")
+    before = snapshot(tmp_path)
+    for args in (["--dry-run"], []):
+        result = run("run", path, *(["--quick"] if blocked == "run-quick" else []), *args)
+        assert_refused(result, "run_dir", f"{folder} is a file: expected a folder")
+    assert snapshot(tmp_path) == before

@@ -105,6 +105,14 @@ def test_dry_run_validates_checks_inputs_and_runs_nothing(tmp_path: Path) -> Non
      "run 'rm' trains on the judge split: set pairs.judge_fraction > 0"),
     ({"pairs": {"rank": "a > b", "eval_fraction": 0.5, "judge_fraction": 0.5}},
      "eval_fraction + judge_fraction must leave prompts to train on"),
+    ({"rounds": True}, "field 'rounds': expected an integer, found boolean True"),
+    ({"rounds": 100000}, "field 'rounds': Input should be less than or equal to 50"),
+    ({"runs": [{"name": "base"}]}, "field 'runs.0.name': run name 'base' is reserved"),
+    ({"runs": [{"name": "reference"}]}, "field 'runs.0.name': run name 'reference' is reserved"),
+    ({"pairs": {"rank": "reference > smollm > plain", "judge_fraction": 0.2},
+      "runs": [{"name": "dpo"}, {"name": "leaderboard.json", "method": "reward-model", "split": "judge"}],
+      "eval": {"reference_source": "reference", "judge_run": "leaderboard.json"}},
+     "eval.judge_run: 'leaderboard.json' is the name of a file in eval/"),
 ])
 def test_bad_pipeline_recipes_are_one_line(tmp_path: Path, changes: dict[str, Any], expected: str) -> None:
     result = pairforge("run", str(relocated(QUICKSTART, tmp_path, **changes)), "--dry-run")
@@ -285,3 +293,46 @@ def test_a_bad_edit_of_a_finished_run_loses_nothing(tmp_path: Path, tiny_model_d
     assert pairforge("run", str(path)).returncode == 0  # the report shows this recipe's runs, not the old folder's
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| renamed | dpo |" in report and "| dpo | dpo |" not in report and weights.read_bytes() == trained
+
+
+@pytest.mark.parametrize("name", ["leaderboard.json", "eval.parquet", "store.sqlite", "store.sqlite-wal",
+                                  "prompts.parquet", "reference.parquet", "dpo.model_outputs.json"])
+def test_a_judge_run_named_like_an_eval_file_is_refused_before_training(name: str) -> None:
+    """eval/<judge_run>/ holds the reward model's scores beside eval's own files: a run named like one of them
+    failed only after every run had trained."""
+    from pydantic import ValidationError
+
+    from pairforge.recipe import Recipe
+
+    recipe = {"pairs": {"rank": "a > b", "judge_fraction": 0.2},
+              "runs": [{"name": "dpo"}, {"name": name, "method": "reward-model", "split": "judge"}],
+              "eval": {"reference_source": "a", "judge_run": name}}
+    with pytest.raises(ValidationError, match=f"eval.judge_run: '{name}' is the name of a file in eval/"):
+        Recipe.model_validate(recipe)
+    Recipe.model_validate({**recipe, "runs": [{"name": "dpo"}, {"name": "rm", "method": "reward-model",
+                                                                 "split": "judge"}],
+                           "eval": {"reference_source": "a", "judge_run": "rm"}})
+
+
+@pytest.mark.parametrize(("section", "key"), [("", "samples_per_source"), ("runs", "max_steps"),
+                                              ("runs", "lr"), ("eval", "bootstrap")])
+def test_true_or_false_is_no_number_in_any_section(section: str, key: str) -> None:
+    """pydantic's lax mode reads a boolean as 1 or 0 for a number field; a recipe's `max_steps: true` is a slip."""
+    from pydantic import ValidationError
+
+    from pairforge.recipe import Recipe
+
+    data = {key: True} if not section else {"runs": [{"name": "dpo", key: True}]} if section == "runs" else \
+        {"eval": {key: True}}
+    with pytest.raises(ValidationError, match="found boolean True"):
+        Recipe.model_validate(data)
+
+
+def test_quick_dry_run_writes_nothing(tmp_path: Path) -> None:
+    """`run --quick --dry-run` counted its prompts from run-quick/quick-prompts.parquet, which it wrote: a dry run
+    writes nothing."""
+    recipe = relocated(QUICKSTART, tmp_path)
+    result = pairforge("run", str(recipe), "--quick", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "36 answers" in result.stderr and "(quick)" in result.stderr  # 3 sources x its 12 prompts
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quickstart.yaml"]

@@ -90,3 +90,21 @@ def test_report_of_nothing_is_one_clear_line(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "pairforge", "report", str(tmp_path), "--out",
                            str(tmp_path / "r.html")], capture_output=True, text=True)
     assert done.returncode == 2 and "nothing to report" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_markdown_settings_block_holds_raw_json(tmp_path: Path) -> None:
+    """report.md's ```json block is code: raw text that parses as the settings (it held `&quot;` for every quote,
+    194 in the quickstart's), fenced past any backticks a setting holds; the HTML page still escapes it."""
+    samples = [str(SAMPLE / f"{name}.json") for name in ("strong", "medium", "weak")]
+    pairforge("pairs", "build", *samples, "--rank", "strong > medium > weak", "--out", str(tmp_path / "pairs.parquet"))
+    summary = tmp_path / "pairs.summary.json"
+    data = json.loads(summary.read_text())
+    data["config"]["note"] = 'a "quoted" <tag> & a ```fence```'  # as a revision template may hold
+    summary.write_text(json.dumps(data))
+    pairforge("report", str(summary), "--out", str(tmp_path / "report.html"))
+    markdown = (tmp_path / "report.md").read_text()
+    block = markdown.split("````json\n")[1].split("\n````")[0]
+    assert json.loads(block) == {str(summary): data["config"]}
+    assert "&quot;" not in markdown and "&lt;" not in markdown
+    page = (tmp_path / "report.html").read_text()
+    assert "\\&quot;quoted\\&quot; &lt;tag&gt; &amp;" in page and "<tag>" not in page

@@ -457,3 +457,23 @@ def test_forward_tokens_is_refused_under_deepspeed_where_each_piece_would_step()
     _check_forward_tokens(DistributedType.DEEPSPEED, None)
     with pytest.raises(InputError, match="forward_tokens: expected null under DeepSpeed, found 512"):
         _check_forward_tokens(DistributedType.DEEPSPEED, 512)
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 4, "alpha": 8}])
+def test_training_says_no_deprecation_warning(tmp_path: Path, tiny_model_dir: Path, lora: dict[str, Any] | None
+                                              ) -> None:
+    """transformers' `FutureWarning: is_gradient_checkpointing is deprecated` was printed on every LoRA run (peft
+    reads the old name) and `gradient_checkpointing_enable is deprecated` with gradient_checkpointing: true (our
+    call): no run says either."""
+    import warnings
+
+    from conftest import write_jsonl
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(config(tiny_model_dir, pairs, tmp_path / "out", max_steps=1, lora=lora, gradient_checkpointing=True,
+                     batch_size=4), progress=False)
+    said = [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))
+            and "checkpointing" in str(w.message)]
+    assert not said, said

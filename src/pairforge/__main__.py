@@ -1,5 +1,22 @@
-"""`python -m pairforge` is the `pairforge` command (handy under `accelerate launch -m pairforge`)."""
+"""`python -m pairforge` is the `pairforge` command (handy under `accelerate launch -m pairforge`).
 
-from pairforge.cli import app
+Ctrl-C while the command's modules still load (torch, transformers: the first second or so) is said in one
+line, as it is once a command runs (exit 130), instead of a KeyboardInterrupt traceback from an import."""
 
-app(prog_name="pairforge")
+import sys
+
+
+def main() -> None:
+    try:
+        from pairforge.cli import app
+
+        app(prog_name="pairforge")
+    except KeyboardInterrupt:
+        from pairforge.errors import EXIT_INTERRUPTED
+
+        print("interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from pairforge.errors import describe
 from pairforge.files import folder_stamp
-from pairforge.layout import name_problem
+from pairforge.layout import run_name_problem
 
 ROLE_MARKERS = (
     r"(?m)^\s*(?:###\s*(?:Instruction|Response|Input)\s*:|Human:|Assistant:|USER:|ASSISTANT:)"
@@ -35,10 +37,19 @@ def error_message(error: Any) -> str:
 
 
 class Section(BaseModel):
-    """A recipe section: unknown keys are errors, and no number may be inf or NaN (an lr of inf trained NaN
-    weights without a word)."""
+    """A recipe section: unknown keys are errors, no number may be inf or NaN (an lr of inf trained NaN weights
+    without a word), and true/false is no number (pydantic took `rounds: true` as 1)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = cls.model_fields[info.field_name].annotation
+        kinds = set(get_args(kind)) if get_origin(kind) in (Union, UnionType) else {kind}  # a union's members
+        if isinstance(value, bool) and kinds & {int, float} and bool not in kinds:
+            raise ValueError(f"expected {'an integer' if int in kinds else 'a number'}, found {describe(value)}")
+        return value
 
 
 class FilterConfig(Section):
@@ -400,7 +411,8 @@ class RankingConfig(Section):
 class RunConfig(TrainConfig):
     """One training run of a pipeline (an entry of `runs`): a train section with a name."""
 
-    name: str = Field(..., description="the run's name: its folder, and its name in the evaluation")
+    name: str = Field(..., description="the run's name: its folder, and its name in the evaluation (not 'base' or "
+                      "'reference', the evaluation's names of the starting model and the reference answers)")
     after: str | None = Field(None, description="start from this earlier run's model (e.g. sft) instead of `model`")
     split: Literal["train", "judge"] = Field("train", description="which pairs it trains on: the training split, "
                                              "or the judge split kept apart from it (pairs.judge_fraction; for a "
@@ -409,7 +421,7 @@ class RunConfig(TrainConfig):
     @field_validator("name")
     @classmethod
     def _a_folder_name(cls, value: str) -> str:
-        problem = name_problem(value)
+        problem = run_name_problem(value)
         if problem:
             raise ValueError(problem)
         return value

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 @dataclass

@@ -142,6 +142,18 @@ def _read_arrow_stream(path: Path, name: str) -> pa.Table:
         raise InputError(str(path), f"{name} is not a readable Arrow stream file ({_first_line(exc)})") from None
 
 
+def read_json_object(path: Path, shape: str) -> dict[str, Any]:
+    """A JSON object pairforge wrote (a training run's run.json) that a hand edit or a full disk may have damaged
+    since: one line naming the file and `shape` (what was expected, and what to do), never a JSONDecodeError."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(str(path), f"cannot be read ({_first_line(exc)}): expected {shape}") from None
+    if not isinstance(data, dict):
+        raise InputError(str(path), f"expected {shape}, found {describe(data)}")
+    return data
+
+
 def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0]
 

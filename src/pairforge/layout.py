@@ -36,6 +36,11 @@ METRICS = "metrics.jsonl"
 MODEL = "model"
 REPORT = "report.html"
 LOCK = "pairforge.lock"
+EVAL_PROMPTS, EVAL_REFERENCE = "prompts.parquet", "reference.parquet"  # eval/: held-out prompts, a source's answers
+MODEL_OUTPUTS = ".model_outputs.json"  # eval/<model>.model_outputs.json
+# the evaluation's own model names: the untrained starting model and the reference answers (no run may take them)
+BASE_NAME, REFERENCE_NAME = "base", "reference"
+RESERVED_MODEL_NAMES = (BASE_NAME, REFERENCE_NAME)
 
 
 _FILE_NAME = re.compile(r"\w[\w.+-]*")
@@ -48,6 +53,24 @@ def name_problem(name: str) -> str | None:
         return None
     return (f"expected a name for files and folders (letters, digits, '_', '.', '+', '-', starting with a letter "
             f"or digit), found {name!r}")
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why a training run cannot take this name (None: it can): not a file name, or one the evaluation keeps."""
+    if name in RESERVED_MODEL_NAMES:
+        return (f"run name '{name}' is reserved: the evaluation names the starting model '{BASE_NAME}' and the "
+                f"reference answers '{REFERENCE_NAME}' (expected another name)")
+    return name_problem(name)
+
+
+def eval_folder_problem(name: str) -> str | None:
+    """Why a reward-model run cannot score into eval/<name>/ (None: it can): the name is one of eval's own files."""
+    if name in (LEADERBOARD, VERDICTS, EVAL_PROMPTS, EVAL_REFERENCE) or name.startswith(STORE) or \
+            name.endswith(MODEL_OUTPUTS):
+        return (f"'{name}' is the name of a file in eval/ (leaderboard.json, eval.parquet, store.sqlite, "
+                f"prompts.parquet, reference.parquet, <model>{MODEL_OUTPUTS}), where this run's scores get a folder: "
+                "expected another run name")
+    return None
 
 
 def split_path(pairs: Path, split: str) -> Path:
@@ -102,10 +125,15 @@ class RunDir:
         self.revisions = self.root / REVISIONS
         self.judgments, self.ranking, self.report = self.root / JUDGMENTS, self.root / RANKING, self.root / REPORT
         self.eval = self.root / "eval"
+        self.stages = self.root / "stages"
         self.eval_store = store or self.eval / STORE  # an iterative run's rounds share one store
         self.leaderboard = self.eval / LEADERBOARD
         self.quick_prompts = self.root / QUICK_PROMPTS
         self.lock = self.root / LOCK
+
+    def folders(self) -> list[Path]:
+        """The folders this run writes in: a file in the way of one is found before any stage runs."""
+        return [self.root, self.stages, self.eval, self.root / "train"]
 
     def pairs(self, split: str = "train") -> Path:
         return split_path(self.root / PAIRS, split)
@@ -116,7 +144,7 @@ class RunDir:
     def marker(self, stage: str) -> Path:
         """The file that records a finished stage; later stages take it as an input, so redoing a stage
         (a new marker) makes the stages that use its outputs run again."""
-        return self.root / "stages" / f"{stage.replace(':', '-')}.json"
+        return self.stages / f"{stage.replace(':', '-')}.json"
 
     def own_output(self, path: Path) -> str | None:
         """Which of this run folder's outputs `path` is ('responses.parquet', 'round-2/train/dpo/model'), or None

@@ -51,7 +51,7 @@ def _flag_of(location: tuple[Any, ...], message: str, flags: dict[str, Any]) -> 
     """The flag an error is about: the innermost field named in its location (filters.near_duplicate ->
     near_duplicate), or, for a check across fields, the first flag given that the message names: inside a
     nested section by the field's name (revision: `min_edit < max_edit`), at the top in backticks (`rank` is
-    not `rank_from`)."""
+    not `rank_from`); else the first flag given (a flag named `--options`, which no command has)."""
     given = [k for k, v in flags.items() if v is not None]
     names = [part for part in location if isinstance(part, str)]
     if names:
@@ -59,7 +59,7 @@ def _flag_of(location: tuple[Any, ...], message: str, flags: dict[str, Any]) -> 
         named = sorted((m.start(), k) for k in inside if (m := re.search(rf"\b{k.rpartition('.')[2]}\b", message)))
         return named[0][1] if named else names[-1]
     named = sorted((message.find(f"`{k}`"), k) for k in given if f"`{k}`" in message)
-    return named[0][1] if named else "options"
+    return named[0][1] if named else (given or ["config"])[0]  # the recipe's section alone was valid: a flag broke it
 
 
 def judge_config(text: str) -> JudgeConfig:

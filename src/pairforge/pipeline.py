@@ -23,7 +23,7 @@ from pairforge import schema as S
 from pairforge import stages
 from pairforge.config import ROUND_MODEL, RunConfig
 from pairforge.errors import InputError
-from pairforge.files import file_digest, write_json
+from pairforge.files import check_output, file_digest, write_json
 from pairforge.layout import RunDir
 from pairforge.pairs.order import parse_rank
 from pairforge.recipe import Recipe, check_reads_apart, load_recipe
@@ -76,13 +76,15 @@ class Plan:
     stages: list[Stage]
 
 
-def load(recipe_path: Path, quick: bool = False) -> tuple[Recipe, Path]:
+def load(recipe_path: Path, quick: bool = False, scratch: Path | None = None) -> tuple[Recipe, Path]:
+    """The recipe and its run folder; --quick shrinks it, its prompts written to the run folder, or to `scratch`
+    in a dry run (which writes nothing in the run folder)."""
     recipe = load_recipe(recipe_path)
     run_dir = recipe.run_dir or recipe_path.parent / "runs" / recipe_path.stem
     check_reads_apart(recipe, run_dir, str(recipe_path))
     if quick:
         run_dir = run_dir.with_name(run_dir.name + "-quick")
-        recipe = _quick(recipe, run_dir)
+        recipe = _quick(recipe, run_dir, scratch)
     return recipe, run_dir
 
 
@@ -185,6 +187,17 @@ def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int, retry_failed: 
                              *stages.eval_files(recipe.eval, folder)],
                             [recipe.eval.model_dump(mode="json"), models]))
     return plan_
+
+
+def check_folders(plan_: Plan) -> None:
+    """Every folder the run writes in is a folder or not there yet: a file in the way (`eval`, `stages`) is one
+    line now, before any stage runs, not a traceback when a stage makes the folder."""
+    recipe, root = plan_.recipe, plan_.run.root
+    rounds = [round_dir(root, recipe, k).folders() for k in range(1, recipe.rounds + 1)]
+    folders = [*plan_.run.folders(), *(f for folders in rounds for f in folders),
+               *(s.work_dir for s in plan_.stages if s.work_dir)]
+    for folder in dict.fromkeys(folders):
+        check_output(folder, "folder", "run_dir")
 
 
 def preflight(recipe: Recipe) -> list[str]:
@@ -404,8 +417,9 @@ def _method(method: Any) -> str:
     return method if isinstance(method, str) else "+".join(f"{w}*{n}" for n, w in method.items())
 
 
-def _quick(recipe: Recipe, run_dir: Path) -> Recipe:
-    """The recipe shrunk for a smoke test: the first prompts, short answers, a few steps."""
+def _quick(recipe: Recipe, run_dir: Path, scratch: Path | None) -> Recipe:
+    """The recipe shrunk for a smoke test: the first prompts (written in the run folder, or in `scratch`), short
+    answers, a few steps."""
     from pairforge.records import prompts_from_file
 
     q = recipe.quick
@@ -413,7 +427,8 @@ def _quick(recipe: Recipe, run_dir: Path) -> Recipe:
         raise InputError("recipe", "`pairforge run` needs `prompts:`")
     small = recipe.model_copy(deep=True)
     prompts = prompts_from_file(recipe.prompts).head(q.prompts)
-    path = RunDir(run_dir).quick_prompts
+    path = RunDir(run_dir).quick_prompts if scratch is None else scratch / RunDir(run_dir).quick_prompts.name
+    check_output(path.parent, "folder", "run_dir")
     path.parent.mkdir(parents=True, exist_ok=True)
     prompts.select(S.PROMPT_ID, S.PROMPT).write_parquet(path)
     small.prompts = path

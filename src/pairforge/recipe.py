@@ -26,7 +26,9 @@ from pairforge.config import (
     error_message,
 )
 from pairforge.errors import InputError, describe
-from pairforge.layout import RunDir
+from pairforge.layout import RunDir, eval_folder_problem
+
+MAX_ROUNDS = 50  # each round trains and evaluates again: published iterative DPO runs 3-5; 100000 is a typo
 
 
 class QuickConfig(Section):
@@ -55,9 +57,9 @@ class Recipe(Section):
                                   "(sft, then dpo / slic after it, ...)")
     eval: EvalConfig | None = None
     quick: QuickConfig = Field(default_factory=QuickConfig)
-    rounds: int = Field(1, ge=1, description="iterative rounds of generate -> judge -> pairs -> train; a source "
-                        "with model '@round' is the policy: the base model in round 1, round k's trained model in "
-                        "round k+1 (rounds.py)")
+    rounds: int = Field(1, ge=1, le=MAX_ROUNDS, description="iterative rounds of generate -> judge -> pairs -> "
+                        f"train, at most {MAX_ROUNDS}; a source with model '@round' is the policy: the base model in "
+                        "round 1, round k's trained model in round k+1 (rounds.py)")
     round_run: str | None = Field(None, description="the run whose trained model is '@round' in the next round "
                                   "(default: the last run that trains a policy)")
 
@@ -71,6 +73,8 @@ class Recipe(Section):
                 raise ValueError(f"run '{run.name}' starts after '{run.after}', which is not an earlier run")
             seen.append(run.name)
         judge_run = self.eval.judge_run if self.eval else None
+        if judge_run is not None and (problem := eval_folder_problem(judge_run)):
+            raise ValueError(f"eval.judge_run: {problem}")
         if judge_run is not None:
             run = next((r for r in self.runs if r.name == judge_run), None)
             if run is None or run.method != "reward-model" or run.split != "judge":

@@ -291,8 +291,9 @@ def curriculum(title: str, stage_names: list[str], batches: list[list[int]], sta
         rows = [i for batch, s in zip(batches, stages, strict=True) if s == stage for i in batch]
         if rows:
             d = difficulty[rows]
-            grid.rows.append([name, str(stages.count(stage)), str(len(rows)), f"{d.mean():.3f}", f"{d.min():.3f}",
-                              f"{d.max():.3f}", sparkline(d)])
+            known = not np.isnan(d).all()  # NaN: a random order of pairs with no difficulty column
+            spread = [number(float(f(d))) if known else "-" for f in (np.mean, np.min, np.max)]
+            grid.rows.append([name, str(stages.count(stage)), str(len(rows)), *spread, sparkline(d) if known else ""])
     return grid
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import platform
 import re
@@ -45,6 +46,7 @@ class Section:
     id: str
     title: str
     paragraphs: list[str] = field(default_factory=list)
+    code: str | None = None  # raw JSON: escaped inside <pre> on the page, as it is in a Markdown ```json block
     figures: list[tuple[str, bytes]] = field(default_factory=list)  # (name, PNG bytes)
     tables: list[Grid] = field(default_factory=list)
 
@@ -313,8 +315,7 @@ def _reproduce(files: list[Path]) -> Section:
     section = Section("reproduce", "Settings and versions")
     found = {str(f): _json(f) for f in files if f.name in (RUN_INFO, LEADERBOARD) or f.name.endswith(".summary.json")}
     configs = {name: data.get("config") for name, data in found.items() if isinstance(data, dict)}
-    section.paragraphs.append("<pre>" + html.escape(json.dumps({k: v for k, v in configs.items() if v}, indent=1))
-                              + "</pre>")
+    section.code = json.dumps({k: v for k, v in configs.items() if v}, indent=1)
     versions = [[name, _version(name)] for name in ("pairforge", "torch", "transformers", "accelerate", "peft",
                                                      "polars", "openai")]
     section.tables.append(Grid("versions", ["package", "version"], [["python", platform.python_version()], *versions]))
@@ -333,7 +334,8 @@ def _write_html(sections: list[Section], out: Path) -> None:
              " · ".join(f"<a href='#{s.id}'>{s.title}</a>" for s in sections), "</nav>"]
     for s in sections:
         parts.append(f"<section id='{s.id}'><h2>{s.title}</h2>")
-        parts += [f"<p>{p if p.startswith('<pre>') else html.escape(p)}</p>" for p in s.paragraphs]
+        parts += [f"<p>{html.escape(p)}</p>" for p in s.paragraphs] + ([f"<pre>{html.escape(s.code)}</pre>"]
+                                                                        if s.code is not None else [])
         for grid in s.tables:
             parts.append(f"<table><caption>{html.escape(grid.title)}</caption><tr>" +
                          "".join(f"<th>{html.escape(h)}</th>" for h in grid.columns) + "</tr>" + "".join(
@@ -352,9 +354,10 @@ def _write_markdown(sections: list[Section], out: Path) -> None:
     lines = ["# pairforge report", ""]
     for s in sections:
         lines += [f"## {s.title}", ""]
-        for p in s.paragraphs:
-            lines += [p.removeprefix("<pre>").removesuffix("</pre>").join(["```json\n", "\n```"])
-                      if p.startswith("<pre>") else p, ""]
+        lines += [line for p in s.paragraphs for line in (p, "")]
+        if s.code is not None:  # a fence longer than any run of backticks in the text (a template may hold ```)
+            fence = "`" * max(3, 1 + max(map(len, re.findall("`+", s.code)), default=0))
+            lines += [f"{fence}json", s.code, fence, ""]
         for grid in s.tables:
             lines += [f"**{grid.title}**", "", "| " + " | ".join(grid.columns) + " |", "|" + "---|" * len(grid.columns),
                       *("| " + " | ".join(row) + " |" for row in grid.rows), ""]
@@ -365,8 +368,6 @@ def _write_markdown(sections: list[Section], out: Path) -> None:
 
 
 def _png(fig: Any) -> bytes:
-    import io
-
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)

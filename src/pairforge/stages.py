@@ -17,7 +17,7 @@ from pairforge import schema as S
 from pairforge.config import EvalConfig, JudgeConfig, PairsConfig, RunConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output, write_json
-from pairforge.layout import LEADERBOARD, RunDir, TrainDir
+from pairforge.layout import EVAL_PROMPTS, EVAL_REFERENCE, LEADERBOARD, MODEL_OUTPUTS, RunDir, TrainDir
 from pairforge.recipe import Recipe
 from pairforge.rounds import base_model, round_dir
 
@@ -158,7 +158,7 @@ def evaluate(recipe: Recipe, run: RunDir) -> list[Path]:
     result = judge_models(models, [], reference, cfg.judge, run.eval, prompts, settings, store_path=run.eval_store)
     written = [run.leaderboard]
     if cfg.judge_run:
-        answers = [f"{e['model']}={run.eval / (e['model'] + '.model_outputs.json')}" for e in result["models"]]
+        answers = [f"{e['model']}={run.eval / (e['model'] + MODEL_OUTPUTS)}" for e in result["models"]]
         judge_cfg = JudgeConfig(kind="reward-model", model=str(run.train(cfg.judge_run).model),
                                 batch_size=cfg.batch_size)
         judge_models([], answers, reference, judge_cfg, run.eval / cfg.judge_run, prompts, settings,
@@ -179,7 +179,7 @@ def _held_out_prompts(run: RunDir) -> Path:
     if not held_out.exists():
         raise InputError("eval.prompts", "'held-out' needs the pairs' eval split: set pairs.eval_fraction > 0")
     frame = pl.read_parquet(held_out).select(S.PROMPT_ID, S.PROMPT).unique(S.PROMPT_ID, maintain_order=True)
-    return _write(frame, run.eval / "prompts.parquet")
+    return _write(frame, run.eval / EVAL_PROMPTS)
 
 
 def _reference_file(run: RunDir, source: str | None) -> Path:
@@ -189,7 +189,7 @@ def _reference_file(run: RunDir, source: str | None) -> Path:
     frame = pl.read_parquet(run.responses).filter((pl.col(S.SOURCE) == source) & (pl.col(S.SAMPLE) == 0))
     if frame.is_empty():
         raise InputError("eval.reference_source", f"no answers from source '{source}'")
-    return _write(frame.select(S.PROMPT_ID, S.PROMPT, S.SOURCE, S.RESPONSE), run.eval / "reference.parquet")
+    return _write(frame.select(S.PROMPT_ID, S.PROMPT, S.SOURCE, S.RESPONSE), run.eval / EVAL_REFERENCE)
 
 
 def _write(frame: pl.DataFrame, path: Path) -> Path:

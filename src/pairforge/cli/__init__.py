@@ -19,12 +19,12 @@ except ImportError:
 
 from pairforge.cli import data_commands, pipeline_commands, train_command
 from pairforge.cli.common import console
-from pairforge.errors import EXIT_BAD_INPUT
+from pairforge.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 
 
 class _OneLineUsageErrors(TyperGroup):
     """An option of the wrong type ('--bootstrap x') or an unknown option is bad input like any other: one
-    line and exit 2, instead of click's usage box."""
+    line and exit 2, instead of click's usage box. Ctrl-C is one line too, and exit 130 (typer exits silently)."""
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -34,6 +34,9 @@ class _OneLineUsageErrors(TyperGroup):
             console.print(f"[bold red]error:[/] {escape(exc.format_message())} (see {command} --help)",
                           highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
+        except KeyboardInterrupt:
+            console.print("interrupted", highlight=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 app = typer.Typer(name="pairforge", cls=_OneLineUsageErrors, add_completion=False, no_args_is_help=True,
@@ -51,6 +54,6 @@ app.command("generate")(data_commands.generate_command)
 app.command("judge")(data_commands.judge_command)
 app.command("revise")(data_commands.revise_command)
 app.command("rank")(data_commands.rank_command)
-app.command("eval")(pipeline_commands.eval_command)
+app.command("eval", cls=pipeline_commands.ManyValues)(pipeline_commands.eval_command)
 app.command("report")(pipeline_commands.report_command)
 app.command("run")(pipeline_commands.run_command)

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import typer
 
@@ -202,36 +203,54 @@ def rank_command(
 
 
 def curriculum_show(
-    pairs: Path = typer.Argument(..., help="pairs file"),
+    pairs: Path | None = typer.Argument(None, help="pairs file (default: the train section's or --run's pairs)"),
     difficulty: str | None = typer.Option(None, help="strength-gap | score-margin | embedding-similarity | "
                                            "column:NAME"),
-    schedule: str | None = typer.Option(None, help="random | staged | sorted | anti | buckets | pacing"),
-    batch_size: int = typer.Option(8, help="pairs per batch (the global batch when training on several processes)"),
-    epochs: int = typer.Option(1, help="epochs"),
-    seed: int = typer.Option(0, help="seed"),
+    schedule: str | None = typer.Option(None, help="random | staged | sorted | anti | buckets | pacing (staged: its "
+                                        "stages come from a recipe)"),
+    batch_size: int | None = typer.Option(None, help="pairs per batch, the global batch when training on several "
+                                          "processes (default: the train section's, 8)"),
+    epochs: int | None = typer.Option(None, help="epochs (default: the train section's, 1)"),
+    seed: int | None = typer.Option(None, help="seed (default: the train section's, 0)"),
     config: Path | None = typer.Option(None, help="recipe YAML; its train.curriculum gives the defaults"),
+    run_name: str | None = typer.Option(None, "--run", help="with --config: the curriculum of this entry of the "
+                                        "recipe's `runs:` (round-K:NAME in an iterative recipe)"),
     out: Path = typer.Option(Path("."), help="folder for curriculum.png"),
 ) -> None:
     """Print a curriculum's stages or buckets with their sizes and difficulty, and plot difficulty by step."""
     def run() -> None:
         from pairforge.pair_files import read_pairs
-        from pairforge.train.curriculum import difficulty_of, plan, write_plot
+        from pairforge.train.curriculum import plan, shown_difficulty, write_plot
 
-        base = (load_recipe(config).train.curriculum if config else None) or CurriculumConfig()
+        train = options.train_section(config, run_name)
+        base = train.curriculum or CurriculumConfig()
+        if schedule == "staged" and not base.stages:
+            raise InputError("--schedule", "the staged schedule needs `stages`: expected a recipe whose train."
+                             "curriculum (--config) or runs[].curriculum (--config with --run NAME) lists them")
         cfg = options.validated(CurriculumConfig, base, {"difficulty": difficulty, "schedule": schedule})
-        if epochs < 1 or batch_size < 1:
-            raise InputError("--epochs" if epochs < 1 else "--batch-size", "expected a positive number")
-        if not 0 <= seed <= SEED_MAX:
-            raise InputError("--seed", f"expected an integer in [0, {SEED_MAX}], found {seed}")
+        sizes = {"--batch-size": train.batch_size if batch_size is None else batch_size,
+                 "--epochs": train.epochs if epochs is None else epochs}
+        bad = next((flag for flag, value in sizes.items() if value < 1), None)
+        if bad:
+            raise InputError(bad, f"expected a positive number, found {sizes[bad]}")
+        seed_ = train.seed if seed is None else seed
+        if not 0 <= seed_ <= SEED_MAX:
+            raise InputError("--seed", f"expected an integer in [0, {SEED_MAX}], found {seed_}")
+        path = pairs or train.pairs
+        if path is None:
+            raise InputError("curriculum show", "expected a pairs file (or --config with a train section's `pairs:`)")
         check_output(out / "curriculum.png", "file", "--out")
-        frame = read_pairs(pairs)
-        values = difficulty_of(frame, cfg.difficulty, str(pairs), cfg.embedding_model)
+        frame = read_pairs(path)
+        values = shown_difficulty(frame, cfg, str(path))
         types = frame["pair_type"].cast(pl.String).to_list() if "pair_type" in frame.columns else ["all"] * len(values)
-        result = plan(values, types, cfg, batch_size, epochs, seed)
+        result = plan(values, types, cfg, sizes["--batch-size"], sizes["--epochs"], seed_)
         show(render.curriculum(f"curriculum: {cfg.schedule} by {cfg.difficulty}", result.stage_names,
                                 result.batches, result.stages, values))
         if result.dropped:
             console.print(f"left out (drop_hardest): {result.dropped} pairs", highlight=False)
-        console.print(f"wrote {write_plot(result, values, out / 'curriculum.png')}", highlight=False)
+        if np.isnan(values).all():
+            say(f"no difficulty to plot: the pairs file has none by {cfg.difficulty}, and a random order needs none")
+        else:
+            console.print(f"wrote {write_plot(result, values, out / 'curriculum.png')}", highlight=False)
 
     fail_cleanly(run)

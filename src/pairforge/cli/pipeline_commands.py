@@ -4,18 +4,20 @@ answers) and `report`; the first two end with the same leaderboard."""
 from __future__ import annotations
 
 import json
+import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
+from typer.core import TyperCommand
 
 from pairforge import options, render
 from pairforge.cli.common import console, fail_cleanly, say, show, writing
 from pairforge.config import EvalConfig
 from pairforge.errors import InputError
-from pairforge.files import check_output
 from pairforge.layout import RunDir
 from pairforge.recipe import Recipe
 
@@ -23,10 +25,28 @@ if TYPE_CHECKING:
     from pairforge.pipeline import Plan
 
 
+class ManyValues(TyperCommand):
+    """`--models a=x b=y` as well as `--models a=x --models b=y`: a click option takes one value, so the words after
+    one of `many` (up to the next option) are each given to it. The command has no positional arguments."""
+
+    many = ("--models", "--outputs")
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        spread: list[str] = []
+        option = None  # the option of `many` whose values are being read
+        for arg in args:
+            if arg.startswith("-"):
+                option = arg.split("=", 1)[0] if arg.split("=", 1)[0] in self.many else None
+            elif option is not None and spread[-1] != option:
+                spread.append(option)
+            spread.append(arg)
+        return super().parse_args(ctx, spread)
+
+
 def eval_command(
     models: list[str] | None = typer.Option(None, help="model folders or training runs to answer the prompts "
-                                            "(NAME=PATH to name one); repeatable"),
-    outputs: list[Path] | None = typer.Option(None, help="existing model_outputs.json files; repeatable"),
+                                            "(NAME=PATH to name one); one or more: --models a=x b=y"),
+    outputs: list[Path] | None = typer.Option(None, help="existing model_outputs.json files; one or more"),
     reference: Path = typer.Option(..., help="reference answers (AlpacaEval shape: instruction, output)"),
     prompts: Path | None = typer.Option(None, help="eval prompts (default: the reference's instructions)"),
     judge: str = typer.Option("similarity", help="a recipe YAML (its judge: section), 'similarity', or "
@@ -111,11 +131,13 @@ def run_command(
     def run() -> None:
         from pairforge import pipeline
 
-        cfg, run_dir = pipeline.load(recipe, quick)
-        checked, notes = pipeline.with_format_samples(cfg) if dry_run else (cfg, [])
-        the_plan = pipeline.plan(checked, run_dir, retry_failed)
+        # a dry run writes nothing: --quick's prompts go to a temporary folder, gone once the plan has counted them
+        with tempfile.TemporaryDirectory(prefix="pairforge-") if dry_run else nullcontext() as scratch:
+            cfg, run_dir = pipeline.load(recipe, quick, Path(scratch) if scratch else None)
+            checked, notes = pipeline.with_format_samples(cfg) if dry_run else (cfg, [])
+            the_plan = pipeline.plan(checked, run_dir, retry_failed)
         pipeline.check_stage_names(the_plan, from_stage, to_stage)
-        check_output(run_dir, "folder", "run_dir")
+        pipeline.check_folders(the_plan)
         warnings = [*notes, *pipeline.preflight(checked)]
         if dry_run or warnings:  # a dry run takes no lock and writes nothing
             _show_plan(recipe, run_dir, quick, the_plan, warnings)

@@ -11,7 +11,7 @@ import typer
 from pairforge import options
 from pairforge.cli.common import console, fail_cleanly
 from pairforge.config import TrainConfig
-from pairforge.errors import InputError
+from pairforge.errors import EXIT_INTERRUPTED, InputError
 
 
 def train_command(
@@ -69,7 +69,7 @@ def train_command(
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             console.print("interrupted: checkpoint saved; run the same command again to resume", highlight=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         done = "already trained (same data and settings; --fresh trains again)" if result.already_trained else "trained"
         console.print(f"{done} {result.steps} steps; model in {result.out / 'model'}, metrics in "
                       f"{result.out / 'metrics.jsonl'}", highlight=False)

@@ -16,7 +16,6 @@ p < 0.05. Verdicts the judge could not give are counted and left out, never gues
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +28,7 @@ from pairforge import schema as S
 from pairforge.config import JudgeConfig, SourceConfig
 from pairforge.errors import InputError
 from pairforge.evaluate.stats import length_controlled_win_rate, paired_difference, win_rate
-from pairforge.files import Records, check_output, read_records, write_json, write_table
+from pairforge.files import Records, check_output, read_json_object, read_records, write_json, write_table
 from pairforge.generate.run import source_requests
 from pairforge.judge.run import check_judge, judge_frame
 from pairforge.prompting import endpoint_of
@@ -39,7 +38,7 @@ from pairforge.requests.engine import answer_all, make_backend, progress_bar
 from pairforge.requests.store import Store, opened
 from pairforge.text import prompt_text, word_count
 
-REFERENCE = "reference"
+REFERENCE = layout.REFERENCE_NAME
 
 
 @dataclass
@@ -78,7 +77,7 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
     with opened(store_path or out_dir / layout.STORE) as store:
         for name, model in _named(models, "models"):
             answers[name] = _generate(name, model, prompts, settings, store, show_progress)
-            _write_model_outputs(answers[name], prompts, name, out_dir / f"{name}.model_outputs.json")
+            _write_model_outputs(answers[name], prompts, name, out_dir / f"{name}{layout.MODEL_OUTPUTS}")
         frame = _responses(answers, prompts)
         cfg = judge_cfg.model_copy(update={"reference": REFERENCE, "max_prompts": None})
         scores, judgments, judge_summary = judge_frame(frame, cfg, store, show_progress=show_progress)
@@ -171,7 +170,8 @@ def trained_endpoint(model: Path) -> Literal["chat", "completions"] | None:
     run_json = (model.parent if model.name == layout.MODEL else model) / layout.RUN_INFO
     if not run_json.exists():
         return None
-    trained = json.loads(run_json.read_text(encoding="utf-8")).get("prompt_format")
+    trained = read_json_object(run_json, "a JSON object as `pairforge train` writes it (a damaged record: "
+                               "train this model again)").get("prompt_format")
     return endpoint_of(trained) if trained in ("chat", "text") else None
 
 

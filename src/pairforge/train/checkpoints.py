@@ -14,7 +14,7 @@ from accelerate import Accelerator
 
 from pairforge.config import TrainConfig
 from pairforge.errors import InputError
-from pairforge.files import file_digest, folder_stamp, read_log, write_json
+from pairforge.files import file_digest, folder_stamp, read_json_object, read_log, write_json
 from pairforge.layout import TrainDir
 
 # settings that change how a run is carried out, not what it trains: a resume may change them
@@ -36,7 +36,8 @@ def finished_step(run: TrainDir, identity_now: dict[str, Any]) -> int | None:
     checkpoint of the same identity; an InputError naming what differs otherwise."""
     if not run.run_info.exists():
         return None
-    earlier = json.loads(run.run_info.read_text())
+    earlier = read_json_object(run.run_info, "a JSON object as `pairforge train` writes it (a damaged "
+                               "record: train with --fresh to start this run over)")
     finished = "finished_step" in earlier
     if not finished and latest_checkpoint(run) is None:
         return None

@@ -66,6 +66,23 @@ def difficulty_of(frame: pl.DataFrame, method: str, source: str = "pairs", embed
     raise InputError("curriculum.difficulty", f"'{method}' needs the training model (use it inside `train`)")
 
 
+def needs_difficulty(cfg: CurriculumConfig) -> bool:
+    """A random order that drops nothing never looks at difficulty: it needs no margin or score column (a TRL
+    pairs file has none)."""
+    return cfg.schedule != "random" or cfg.drop_hardest > 0
+
+
+def shown_difficulty(frame: pl.DataFrame, cfg: CurriculumConfig, source: str) -> np.ndarray:
+    """Difficulty to show beside an order (`curriculum show`): NaN where the file cannot give it and the order
+    needs none."""
+    try:
+        return difficulty_of(frame, cfg.difficulty, source, cfg.embedding_model)
+    except InputError:
+        if needs_difficulty(cfg):
+            raise
+        return np.full(frame.height, np.nan)
+
+
 def reference_margin(ref_chosen: np.ndarray, ref_rejected: np.ndarray, chosen_tokens: np.ndarray,
                      rejected_tokens: np.ndarray) -> np.ndarray:
     """-(ref log p(y+)/|y+| - ref log p(y-)/|y-|): high when the reference prefers the rejected answer."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from pairforge.sequences.logprobs import AnswerLogps, SequenceScores, row_width
 from pairforge.sequences.tokenize import TokenizedPair, TokenizeStats, tokenize_pairs
 from pairforge.train import losses as L
 from pairforge.train.checkpoints import order_digest
-from pairforge.train.curriculum import Plan, difficulty_of, length_grouped, plan, reference_margin
+from pairforge.train.curriculum import Plan, difficulty_of, length_grouped, needs_difficulty, plan, reference_margin
 from pairforge.train.lean import use_lean_blocks
 from pairforge.train.objective import PairObjective, ReferenceTable
 from pairforge.train.reference import model_fingerprint, reference_logps
@@ -252,7 +253,9 @@ def _prepare_model(model: torch.nn.Module, cfg: TrainConfig, accelerator: Accele
             module.p = 0.0
     if cfg.lean_blocks:
         use_lean_blocks(model)
-    if cfg.gradient_checkpointing:
+    if cfg.gradient_checkpointing and hasattr(model, "activation_checkpointing_enable"):  # transformers 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif cfg.gradient_checkpointing:  # its older name, deprecated since
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(accelerator.device)
 
@@ -263,7 +266,9 @@ def _with_lora(model: torch.nn.Module, cfg: TrainConfig, task: str) -> torch.nn.
     assert cfg.lora is not None
     config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                         target_modules=cfg.lora.target_modules, task_type=task)
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft (<= 0.21) reads transformers' deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(model, config)
 
 
 def _check_lora_targets(model: torch.nn.Module, targets: list[str] | str) -> None:
@@ -296,7 +301,9 @@ def _training_plan(data: Data, cfg: TrainConfig, world: int, reference: Referenc
         widths = [row_width(p, cfg.share_prompt, L.likelihood_only(cfg.loss_weights)) for p in pairs]
         return length_grouped(widths, size, cfg.epochs, cfg.seed)
     method = cfg.curriculum.difficulty
-    if method == "reference-margin":
+    if not needs_difficulty(cfg.curriculum):  # a random order: the pairs need no margin column
+        difficulty = np.zeros(len(pairs))
+    elif method == "reference-margin":
         table = reference or compute_reference()
         ref = np.array([table[p.index] for p in pairs])
         tokens = np.array([[p.chosen.answer_tokens, p.rejected.answer_tokens] for p in pairs], dtype=np.float64)
