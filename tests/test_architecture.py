@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pairforge"
 LAYERS = [
     {"errors", "schema"},
     {"files", "text", "layout", "models", "edits"},
+    {"fingerprints"},
     {"config", "fields", "prompting"},
     {"recipe", "records"},
     {"requests", "sequences", "recipe_docs", "rounds"},

@@ -7,7 +7,8 @@ import torch
 
 from pairforge.models import load_causal_lm
 from pairforge.sequences.tokenize import tokenize_pairs
-from pairforge.train.reference import model_fingerprint, reference_logps
+from pairforge.fingerprints import model_fingerprint
+from pairforge.train.reference import reference_logps
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 """Reference-model log-probs: computed once, cached on disk, reused by every epoch, stage and later run.
 
 The cache is keyed by (model fingerprint, tokenised pair): the fingerprint names the reference's config
-and exact weights (an integer checksum of every tensor's bits, taken on the model's device), the pair key
+and exact weights (`fingerprints.model_fingerprint`), the pair key
 hashes the token ids of both sequences (and their answer start), so a beta sweep or a second curriculum
 stage on the same model and data costs no reference forward pass, while a different model, tokenizer or
 truncation never reuses stale numbers. Lookups are by pair, so shuffling is unaffected.
@@ -19,34 +19,6 @@ import torch
 from pairforge.files import write_table
 from pairforge.sequences.logprobs import answer_logps, collate, forward_pieces, row_width
 from pairforge.sequences.tokenize import TokenizedPair
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """16 hex digits naming the model's config and exact weights, computed where the weights live.
-    Every tensor's bits, read as integers, are summed in chunks with odd weights that depend on the position
-    in the chunk: any change to any one value (or a swap of two) changes a chunk's sum. On a GPU that is one
-    bandwidth-bound pass (milliseconds at 1.7B) instead of copying every byte to the host to hash it; on
-    the CPU it takes half the time of SHA-256 over the bytes (0.19 s vs 0.42 s, SmolLM2-135M in fp32)."""
-    digest = hashlib.sha256()
-    config = getattr(model, "config", None)
-    settings = config.to_dict() if config else {}
-    settings.pop("_name_or_path", None)  # where it was loaded from: a copied folder is the same model
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    odd: torch.Tensor | None = None
-    for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().contiguous().reshape(-1)
-        bits = flat.view(_AS_INTEGERS[flat.element_size()])
-        if odd is None or odd.device != bits.device:
-            odd = torch.arange(1, 2 * _CHUNK, 2, dtype=torch.int32, device=bits.device)
-        sums = [int((bits[start : start + _CHUNK].to(torch.int32) * odd[: min(_CHUNK, bits.numel() - start)]).sum())
-                for start in range(0, bits.numel(), _CHUNK)]
-        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)} {sums}".encode())
-    return digest.hexdigest()[:16]
-
-
-# products wrap in int32, so a changed value of up to 32 bits always changes the product (odd weight)
-_AS_INTEGERS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int32, 16: torch.int32}
-_CHUNK = 1 << 22
 
 
 def pair_key(pair: TokenizedPair) -> str:

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from pairforge.config import TrainConfig
 from pairforge.errors import InputError
+from pairforge.fingerprints import model_fingerprint
 from pairforge.layout import split_path
 from pairforge.models import cache_dir, check_sentence_model, load_causal_lm
 from pairforge.prompting import PromptFormat, has_chat_template, prompt_format_of
@@ -32,7 +33,7 @@ from pairforge.train.checkpoints import order_digest
 from pairforge.train.curriculum import Plan, difficulty_of, length_grouped, plan, reference_margin
 from pairforge.train.lean import use_lean_blocks
 from pairforge.train.objective import PairObjective, ReferenceTable
-from pairforge.train.reference import model_fingerprint, reference_logps
+from pairforge.train.reference import reference_logps
 
 
 @dataclass
