@@ -104,6 +104,23 @@ def rewind(out: Path, step: int) -> None:
     (out / "run.json").write_text(json.dumps(run))
 
 
+def replace_weights(folder: Path, seed: int) -> None:
+    """Another model saved over the folder's files (the same architecture, every weight moved a little), as a
+    retraining into the same folder does; a reward model stays one."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    architecture = AutoConfig.from_pretrained(str(folder)).architectures[0]
+    kind = AutoModelForSequenceClassification if architecture.endswith("SequenceClassification") else \
+        AutoModelForCausalLM
+    model = kind.from_pretrained(str(folder))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    model.save_pretrained(str(folder))
+
+
 def answer_failed_judge_requests(store: Path, reply: Callable[[str, str, str], dict[str, Any]]) -> int:
     """Give each judge request that only failed so far in a run's store.sqlite the judge's reply, written through
     the real store as a finished request would be. `reply(prompt_id, shown_first, shown_second)` returns the reply's

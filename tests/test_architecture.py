@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pairforge"
 LAYERS = [
     {"errors", "schema"},
     {"files", "text", "layout", "models", "edits", "folder_lock"},
+    {"fingerprints"},
     {"config", "fields", "prompting"},
     {"recipe", "records", "pair_files"},
     {"requests", "sequences", "recipe_docs", "rounds"},

@@ -204,6 +204,31 @@ def test_reward_model_judge_gives_win_rates_and_length_control(tmp_path: Path, t
     assert "reward-model vs reference, 12 prompts" in result.stderr
 
 
+def test_a_reward_model_judge_retrained_in_its_folder_scores_again(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`eval.judge_run` retrained (the same folder, new weights): the evaluation run again gives the new judge's
+    scores, not the old ones from the eval store."""
+    from conftest import replace_weights
+    from pairforge.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(str(tiny_model_dir), reward_head=True)
+    model.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    questions = [f"Question {i}?" for i in range(6)]
+    reference = outputs_file(tmp_path / "ref.json", [(q, "Yes.") for q in questions], "ref")
+    answers = outputs_file(tmp_path / "model.json", [(q, f"No, {i} times no.") for i, q in enumerate(questions)], "m")
+    judge = JudgeConfig(kind="reward-model", model=str(tmp_path / "rm"))
+
+    def mean_reward() -> float:
+        board = evaluate([], [answers], reference, judge, tmp_path / "eval", settings=EvalSettings(bootstrap=20),
+                         show_progress=False, store_path=tmp_path / "store.sqlite")
+        return board["models"][0]["score"]["value"]
+
+    before = mean_reward()
+    assert mean_reward() == before  # the same judge: its scores come from the store
+    replace_weights(tmp_path / "rm", seed=3)
+    assert mean_reward() != before
+
+
 def test_outputs_missing_instructions_are_named(tmp_path: Path) -> None:
     reference = outputs_file(tmp_path / "ref.json", [("a?", "x"), ("b?", "y"), ("c?", "z")], "ref")
     partial = outputs_file(tmp_path / "m.json", [("a?", "x"), ("b?", "y")], "m")

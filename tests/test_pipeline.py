@@ -336,3 +336,35 @@ def test_quick_dry_run_writes_nothing(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "36 answers" in result.stderr and "(quick)" in result.stderr  # 3 sources x its 12 prompts
     assert sorted(p.name for p in tmp_path.iterdir()) == ["quickstart.yaml"]
+
+
+def test_model_folders_replaced_in_place_are_trained_and_scored_again(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The base model and the reward-model judge replaced in their folders (the same paths, other weights): the
+    stages that read them run again, and the judge's scores are the new model's, not the store's old ones."""
+    from conftest import replace_weights
+    from pairforge.models import load_causal_lm
+
+    base = shutil.copytree(tiny_model_dir, tmp_path / "base")
+    judge, tokenizer = load_causal_lm(str(tiny_model_dir), reward_head=True)
+    judge.save_pretrained(str(tmp_path / "rm"))
+    tokenizer.save_pretrained(str(tmp_path / "rm"))
+    rows = json.loads((SAMPLE / "strong.json").read_text())[:8]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": r["instruction"]} for r in rows])
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"), "prompts": str(prompts),
+        "sources": [{"name": n, "backend": "file", "path": str(SAMPLE / f"{n}.json")} for n in ("strong", "weak")],
+        "judge": {"kind": "reward-model", "model": str(tmp_path / "rm"), "max_length": 64},
+        "pairs": {"rank": "strong > weak", "filters": {"drop_truncated": False}},
+        "runs": [{"name": "dpo", "model": str(base), "max_steps": 1, "max_length": 64, "batch_size": 4}]}))
+    assert pairforge("run", str(path)).returncode == 0
+    scores = pl.read_parquet(tmp_path / "run" / "responses.scored.parquet")["score"].to_list()
+    again = pairforge("run", str(path))
+    assert "judge: skipped" in again.stderr and "train:dpo: skipped" in again.stderr, again.stderr
+    replace_weights(base, seed=1)
+    again = pairforge("run", str(path))
+    assert "judge: skipped" in again.stderr and "train:dpo: running" in again.stderr, again.stderr
+    replace_weights(tmp_path / "rm", seed=2)
+    again = pairforge("run", str(path))
+    assert again.returncode == 0 and "judge: running" in again.stderr, again.stderr
+    assert pl.read_parquet(tmp_path / "run" / "responses.scored.parquet")["score"].to_list() != scores

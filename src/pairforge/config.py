@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from pairforge.errors import describe
-from pairforge.files import folder_stamp
+from pairforge.fingerprints import by_content
 from pairforge.layout import run_name_problem
 
 ROLE_MARKERS = (
@@ -361,13 +361,10 @@ class SourceConfig(Section):
         return self
 
     def cache_settings(self) -> dict[str, Any]:
-        """What determines the answers: the cache key's settings part. A local model folder also adds the
-        stamp of its files, so a model retrained in the same folder never reuses the old model's answers."""
+        """What determines the answers: the cache key's settings part (and so each request's sampling seed)."""
         settings = self.model_dump(include={"backend", "model", "endpoint", "temperature", "top_p",
                                             "max_new_tokens", "seed", "system", "stop", "dtype"})
-        if self.backend in ("transformers", "vllm") and Path(self.model).is_dir():
-            settings["model_files"] = folder_stamp(Path(self.model))
-        return settings
+        return by_content(settings) if self.backend in ("transformers", "vllm") else settings
 
 
 class JudgeConfig(Section):
@@ -395,6 +392,10 @@ class JudgeConfig(Section):
         if self.kind == "similarity" and not self.reference:
             raise ValueError("similarity needs `reference` (the source whose answers are the reference)")
         return self
+
+    def cache_settings(self) -> dict[str, Any]:
+        """What determines a score (reward-model, similarity): the cache key's settings part."""
+        return by_content(self.model_dump(include={"kind", "model", "reference", "max_length"}))
 
 
 class RankingConfig(Section):

@@ -342,7 +342,8 @@ def numbered_log(path: Path) -> list[tuple[int, Any]]:
 
 
 def folder_stamp(folder: Path) -> str:
-    """Cheap identity of a folder's files (names, sizes, modification times): changes when any is rewritten."""
-    files = sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
-                   for f in folder.rglob("*") if f.is_file())
+    """Cheap identity of the state of a folder's files (names, sizes, modification and change times): changes
+    when any is rewritten, also by a copy that keeps the old modification time (the change time cannot be set)."""
+    stats = [(str(f.relative_to(folder)), f.stat()) for f in folder.rglob("*") if f.is_file()]
+    files = sorted((name, s.st_size, s.st_mtime_ns, s.st_ctime_ns) for name, s in stats)
     return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]

@@ -21,9 +21,10 @@ from typing import Any
 
 from pairforge import schema as S
 from pairforge import stages
-from pairforge.config import ROUND_MODEL, RunConfig
+from pairforge.config import ROUND_MODEL, JudgeConfig, RunConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output, file_digest, write_json
+from pairforge.fingerprints import model_content
 from pairforge.layout import RunDir
 from pairforge.pairs.order import parse_rank
 from pairforge.recipe import Recipe, check_reads_apart, load_recipe
@@ -61,11 +62,16 @@ class Stage:
     def __post_init__(self) -> None:
         assert (self.work_dir is None) == (self.run_fresh is None), "a stage with a work folder can start it over"
     marker: Path | None = None  # the record of its last finished run (`RunDir.marker`)
+    models: list[str] = field(default_factory=list)  # models it reads: a local folder counts by its content
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode())
         for path in self.inputs:
             digest.update(file_digest(path).encode())
+        for model in self.models:  # read when the stage is reached: a model an earlier stage trains exists by then
+            content = model_content(model)
+            if content is not None:
+                digest.update(f"{model}={content}".encode())
         return digest.hexdigest()
 
 
@@ -148,7 +154,7 @@ def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int, retry_failed: 
         judge_estimate = 10 if recipe.judge.kind == "similarity" else None
         plan_.append(Stage("judge", f"{recipe.judge.kind} judge", f"{answers * len(recipe.sources)} answers",
                            judge_estimate, lambda: stages.judge(recipe, folder, retry_failed), [folder.responses],
-                           recipe.judge.model_dump(mode="json")))
+                           recipe.judge.model_dump(mode="json"), models=_judge_models(recipe.judge)))
         plan_.append(Stage("rank", "Bradley-Terry source strength", f"{len(recipe.sources)} sources", 5,
                             lambda: [stages.rank(recipe, folder).written], [folder.scored],
                             recipe.ranking.model_dump(mode="json")))
@@ -174,7 +180,7 @@ def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int, retry_failed: 
                             _train_estimate(cfg, passes), lambda e=entry: stages.train(e, folder),
                             [cfg.pairs, *([folder.marker(f"train:{entry.after}")] if entry.after else [])],
                             cfg.model_dump(mode="json"), work_dir=cfg.out,
-                            run_fresh=lambda e=entry: stages.train(e, folder, fresh=True)))
+                            run_fresh=lambda e=entry: stages.train(e, folder, fresh=True), models=[cfg.model]))
     if recipe.eval is not None:
         models = (["base"] if recipe.eval.base else []) + [r.name for r in stages.policies(recipe)]
         eval_prompts = "held-out prompts" if recipe.eval.prompts == "held-out" else str(recipe.eval.prompts)
@@ -185,7 +191,9 @@ def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int, retry_failed: 
                             lambda: stages.evaluate(recipe, folder),
                             [pairs_cfg.out, *[folder.marker(f"train:{r.name}") for r in recipe.runs],
                              *stages.eval_files(recipe.eval, folder)],
-                            [recipe.eval.model_dump(mode="json"), models]))
+                            [recipe.eval.model_dump(mode="json"), models],
+                            models=[*([recipe.eval.base_model or base_model(recipe)] if recipe.eval.base else []),
+                                    *_judge_models(recipe.eval.judge)]))
     return plan_
 
 
@@ -198,6 +206,13 @@ def check_folders(plan_: Plan) -> None:
                *(s.work_dir for s in plan_.stages if s.work_dir)]
     for folder in dict.fromkeys(folders):
         check_output(folder, "folder", "run_dir")
+
+
+def _judge_models(judge: JudgeConfig) -> list[str]:
+    """The models a judge reads: its scoring model, or its LLM when that runs here."""
+    if judge.llm is None:
+        return [judge.model]
+    return [judge.llm.model] if judge.llm.backend in ("transformers", "vllm") else []
 
 
 def preflight(recipe: Recipe) -> list[str]:

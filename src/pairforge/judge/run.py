@@ -91,7 +91,7 @@ def _text_hash(*texts: str) -> str:
 
 def _pointwise(frame: pl.DataFrame, cfg: JudgeConfig, store: Store,
                show_progress: bool) -> tuple[list[float | None], dict[str, Any]]:
-    settings = cfg.model_dump(include={"kind", "model", "reference", "max_length"})
+    settings = cfg.cache_settings()
     references: dict[str, str] = {}
     if cfg.kind == "similarity":
         ref_rows = frame.filter((pl.col(S.SOURCE) == cfg.reference) & (pl.col(S.SAMPLE) == 0))

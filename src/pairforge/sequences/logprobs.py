@@ -128,6 +128,28 @@ def forward_pieces(pairs: list[TokenizedPair], forward_tokens: int | None, share
     return pieces
 
 
+@dataclass(frozen=True)
+class Forwards:
+    """How a micro-batch goes through the model: cut into pieces of at most `tokens` (`forward_pieces`), each laid
+    out by `collate`. The training loop and the precomputed reference pass share it, so that every reference value
+    is computed in the very batch shape its policy value is (in bf16 the numbers depend on the shape)."""
+
+    tokens: int | None
+    share_prompt: bool
+    with_targets: bool
+    target_only: bool = False
+
+    def pieces(self, pairs: list[TokenizedPair]) -> list[list[TokenizedPair]]:
+        return forward_pieces(pairs, self.tokens, self.share_prompt, self.target_only, self.with_targets)
+
+    def batch(self, piece: list[TokenizedPair], pad_id: int) -> Batch:
+        return collate(piece, pad_id, self.with_targets, self.share_prompt, self.target_only)
+
+    def evaluation(self) -> Forwards:
+        """Held-out batches: each one forward, both answers scored (the metrics compare them)."""
+        return Forwards(None, self.share_prompt, self.with_targets)
+
+
 Layout = tuple[list[list[int]], list[list[int]], list[torch.Tensor], list[tuple[int, int, int, int]]]
 
 

@@ -20,8 +20,8 @@ from typing import Any
 import polars as pl
 
 from pairforge.errors import InputError
-from pairforge.prompting import PromptFormat, has_chat_template, templated_prompt
 from pairforge.pair_files import check_pair_columns
+from pairforge.prompting import PromptFormat, has_chat_template, templated_prompt
 from pairforge.schema import to_messages
 from pairforge.text import prompt_text
 

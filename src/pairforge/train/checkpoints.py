@@ -14,7 +14,8 @@ from accelerate import Accelerator
 
 from pairforge.config import TrainConfig
 from pairforge.errors import InputError
-from pairforge.files import file_digest, folder_stamp, read_json_object, read_log, write_json
+from pairforge.files import file_digest, read_json_object, read_log, write_json
+from pairforge.fingerprints import model_content
 from pairforge.layout import TrainDir
 
 # settings that change how a run is carried out, not what it trains: a resume may change them
@@ -27,7 +28,7 @@ def identity(cfg: TrainConfig) -> dict[str, Any]:
     """What a checkpoint was trained on and with: the settings that decide the trained model, and the
     pairs file's contents."""
     settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _FREE_ON_RESUME}
-    model_files = folder_stamp(Path(cfg.model)) if Path(cfg.model).is_dir() else None  # a retrained start model
+    model_files = model_content(cfg.model)  # a start model replaced in its folder is another model
     return {**settings, "pairs": file_digest(Path(cfg.pairs)) if cfg.pairs else "-", "model_files": model_files}
 
 

@@ -183,6 +183,11 @@ def likelihood_only(weights: dict[str, float]) -> bool:
     return set(weights) == {"sft"}
 
 
+def needs_target(weights: dict[str, float]) -> bool:
+    """A term reads the likelihood target (SFT, SLiC's regulariser): batches carry its rows."""
+    return bool(weights.keys() & NEEDS_TARGET)
+
+
 def needs_reference(weights: dict[str, float]) -> bool:
     return any(name not in REFERENCE_FREE for name in weights)
 

@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from pairforge.sequences.logprobs import Batch, collate
+from pairforge.sequences.logprobs import Batch, Forwards
 from pairforge.sequences.tokenize import TokenizedPair
 from pairforge.train.checkpoints import append_jsonl
 from pairforge.train.objective import PairObjective, ReferenceTable
@@ -70,16 +70,21 @@ def summarise(values: dict[str, torch.Tensor], types: list[str], prefix: str) ->
     return row
 
 
+def held_out_batches(pairs: list[TokenizedPair], batch_size: int) -> list[list[TokenizedPair]]:
+    """The held-out pairs in evaluation batches, each one forward (the precomputed reference sees the same)."""
+    return [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
+
+
 @torch.no_grad()
 def evaluate_pairs(objective: PairObjective, pairs: list[TokenizedPair], table: ReferenceTable, batch_size: int,
-                   pad_id: int, share_prompt: bool, accelerator: Accelerator, step: int,
+                   pad_id: int, forwards: Forwards, accelerator: Accelerator, step: int,
                    metrics_file: Path) -> dict[str, Any]:
     """The held-out pairs' loss, rewards and accuracy at this step, logged as one eval/* row."""
     objective.policy.eval()
     values: dict[str, list[torch.Tensor]] = defaultdict(list)
     types: list[str] = []
-    for start in range(0, len(pairs), batch_size):
-        batch = collate(pairs[start : start + batch_size], pad_id, objective.with_targets, share_prompt)
+    for piece in held_out_batches(pairs, batch_size):
+        batch = forwards.batch(piece, pad_id)
         _, numbers = objective(batch.to(accelerator.device), table)
         for name, value in numbers.items():
             values[name].append(value.float().cpu())

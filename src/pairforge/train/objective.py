@@ -10,7 +10,9 @@ import torch
 from pairforge.sequences.logprobs import Batch, answer_logps
 from pairforge.train import losses as L
 
-ReferenceTable = dict[int, tuple[float, float]]  # pairs file row -> reference log-probs of (chosen, rejected)
+# one forward's pairs (pairs file rows, in order) -> each pair's reference log-probs of (chosen, rejected), computed
+# in that forward's shape (`reference.training_reference`)
+ReferenceTable = dict[tuple[int, ...], list[tuple[float, float]]]
 
 
 class PairObjective:
@@ -31,7 +33,7 @@ class PairObjective:
     @property
     def with_targets(self) -> bool:
         """Whether batches carry the likelihood target rows (SFT / SLiC terms)."""
-        return bool(self.weights.keys() & L.NEEDS_TARGET)
+        return L.needs_target(self.weights)
 
     def __call__(self, batch: Batch, table: ReferenceTable) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sums, counts = self.policy(batch)
@@ -55,8 +57,7 @@ class PairObjective:
 
     def _reference(self, batch: Batch, table: ReferenceTable) -> tuple[torch.Tensor, torch.Tensor]:
         if table:
-            values = torch.tensor([table[i] for i in batch.indices], dtype=torch.float32,
-                                  device=batch.input_ids.device)
+            values = torch.tensor(table[tuple(batch.indices)], dtype=torch.float32, device=batch.input_ids.device)
             return values[:, 0], values[:, 1]
         with torch.no_grad():
             if self.reference is not None:

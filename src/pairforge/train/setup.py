@@ -1,6 +1,6 @@
 """Everything a training run needs before its first step, built in named steps (torchtune's `_setup_*`):
-the accelerator, the pairs tokenised in one prompt format, the model (and its reference), the order of
-the batches (a curriculum plan or length-grouped random), LoRA, the optimiser and the schedule."""
+the accelerator, the pairs tokenised in one prompt format, the model, the order of the batches (a curriculum
+plan or length-grouped random) and the reference in their forwards, LoRA, the optimiser and the schedule."""
 
 from __future__ import annotations
 
@@ -22,18 +22,20 @@ from rich.console import Console
 
 from pairforge.config import TrainConfig
 from pairforge.errors import InputError
+from pairforge.fingerprints import model_fingerprint
 from pairforge.layout import split_path
 from pairforge.models import cache_dir, check_sentence_model, load_causal_lm
-from pairforge.prompting import PromptFormat, has_chat_template, prompt_format_of
 from pairforge.pair_files import read_pairs
-from pairforge.sequences.logprobs import AnswerLogps, SequenceScores, row_width
+from pairforge.prompting import PromptFormat, has_chat_template, prompt_format_of
+from pairforge.sequences.logprobs import AnswerLogps, Forwards, SequenceScores, row_width
 from pairforge.sequences.tokenize import TokenizedPair, TokenizeStats, tokenize_pairs
 from pairforge.train import losses as L
 from pairforge.train.checkpoints import order_digest
 from pairforge.train.curriculum import Plan, difficulty_of, length_grouped, needs_difficulty, plan, reference_margin
 from pairforge.train.lean import use_lean_blocks
+from pairforge.train.metrics import held_out_batches
 from pairforge.train.objective import PairObjective, ReferenceTable
-from pairforge.train.reference import model_fingerprint, reference_logps
+from pairforge.train.reference import reference_logps, training_reference
 
 
 @dataclass
@@ -56,10 +58,11 @@ class Setup:
     model: torch.nn.Module  # the language model (LoRA-wrapped when training an adapter)
     tokenizer: Any
     objective: PairObjective
+    forwards: Forwards  # how the loop cuts and lays out a micro-batch (the precomputed reference saw the same)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     trainable: list[torch.nn.Parameter]
-    reference: ReferenceTable  # precomputed reference log-probs of the training pairs (empty when live)
+    reference: ReferenceTable  # precomputed reference log-probs of every training forward (empty when live)
     eval_reference: ReferenceTable
     schedule: Plan  # every global micro-batch in order, with its curriculum stage
     mine: list[tuple[list[int], int]]  # this process's (micro-batch, stage) share
@@ -105,8 +108,8 @@ class Laps:
 
 
 def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> Setup:
-    """Read the pairs, load the model, tokenise, compute the reference, plan the order, build the
-    optimiser — in that order, since each needs the one before."""
+    """Read the pairs, load the model, tokenise, plan the order, compute the reference in the planned forwards,
+    build the optimiser — in that order, since each needs the one before."""
     weights = cfg.loss_weights
     reward_model = L.REWARD_MODEL in weights
     share = cfg.share_prompt and not reward_model
@@ -123,29 +126,32 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
     frozen = None
     if L.needs_reference(weights) and cfg.lora is None and not cfg.precompute_reference:
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
-    reference, eval_reference = {}, {}
-    if L.needs_reference(weights) and cfg.precompute_reference:
-        cache = cache_dir() / "reference" / f"{model_fingerprint(model)}.parquet"
+    forwards = Forwards(cfg.forward_tokens, share, L.needs_target(weights), L.likelihood_only(weights))
+    cache = cache_dir() / "reference" / f"{model_fingerprint(model)}.parquet" if cfg.precompute_reference else None
+
+    def pair_reference() -> dict[int, tuple[float, float]]:  # for the reference-margin difficulty
         with accelerator.main_process_first(), accelerator.autocast():
-            reference, eval_reference = (reference_logps(model, pairs, tokenizer.pad_token_id, cache,
-                                                         chunk_tokens=cfg.chunk_tokens, share_prompt=share)
-                                         for pairs in (data.train, data.eval))
+            return reference_logps(model, data.train, tokenizer.pad_token_id, cache, cfg.chunk_tokens, share)
 
-    def compute_reference() -> ReferenceTable:
-        with accelerator.autocast():
-            return reference_logps(model, data.train, tokenizer.pad_token_id, None, chunk_tokens=cfg.chunk_tokens,
-                                   share_prompt=share)
-
-    schedule = _training_plan(data, cfg, accelerator.num_processes, reference, compute_reference)
+    schedule = _training_plan(data, cfg, accelerator.num_processes, pair_reference)
     kept = _kept_batches(schedule, cfg.batch_size, accelerator.num_processes)
     first = accelerator.process_index * cfg.batch_size
     mine = [(batch[first : first + cfg.batch_size], stage) for batch, stage in kept]
     step_weights = _step_weights([batch for batch, _ in kept], data.train, cfg.grad_accum)
     order = order_digest(schedule.batches, schedule.stages, cfg.grad_accum, accelerator.num_processes)
+    total_steps = _total_steps(cfg, len(mine), len(data.train), accelerator.num_processes)
+    reference, eval_reference = {}, {}
+    if L.needs_reference(weights) and cfg.precompute_reference:
+        trained = [[data.train[i] for i in batch] for batch, _ in mine[: total_steps * cfg.grad_accum]]
+        held_out = held_out_batches(data.eval, cfg.batch_size)
+        with accelerator.main_process_first(), accelerator.autocast():
+            reference, eval_reference = (
+                training_reference(model, batches, way, tokenizer.pad_token_id, cache, cfg.chunk_tokens,
+                                   f"lean={cfg.lean_blocks}")
+                for batches, way in ((trained, forwards), (held_out, forwards.evaluation())))
     laps.lap("reference")
     if cfg.lora is not None:
         model = _with_lora(model, cfg, task="SEQ_CLS" if reward_model else "CAUSAL_LM")
-    total_steps = _total_steps(cfg, len(mine), len(data.train), accelerator.num_processes)
     _check_step_weights(step_weights[:total_steps], str(cfg.pairs))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
@@ -159,8 +165,8 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
                               alpha=cfg.alpha, delta=cfg.delta, lam=cfg.lam, slic_nll=cfg.slic_nll)
     objective = PairObjective(policy, model, frozen.to(accelerator.device) if frozen is not None else None, weights,
                               settings, accelerator, cfg.chunk_tokens, reward_model)
-    return Setup(accelerator, data, model, tokenizer, objective, optimizer, scheduler, trainable, reference,
-                 eval_reference, schedule, mine, step_weights, order, total_steps)
+    return Setup(accelerator, data, model, tokenizer, objective, forwards, optimizer, scheduler, trainable,
+                 reference, eval_reference, schedule, mine, step_weights, order, total_steps)
 
 
 def _check_accumulation(accelerator: Accelerator, grad_accum: int) -> None:
@@ -192,7 +198,7 @@ class _Files:
 
 def _read(cfg: TrainConfig) -> _Files:
     """The training and held-out pairs (`<pairs>.eval.*` unless `eval_pairs` names a file), checked."""
-    target = cfg.target if cfg.loss_weights.keys() & L.NEEDS_TARGET else None
+    target = cfg.target if L.needs_target(cfg.loss_weights) else None
     frame = _read_pairs(cfg.pairs, target, required=True)
     assert frame is not None and cfg.pairs is not None
     eval_path = cfg.eval_pairs or split_path(Path(cfg.pairs), "eval")
@@ -292,8 +298,8 @@ def _check_lora_targets(model: torch.nn.Module, targets: list[str] | str) -> Non
                      f"'all-linear'), found {found}, which matches none of its modules")
 
 
-def _training_plan(data: Data, cfg: TrainConfig, world: int, reference: ReferenceTable,
-                   compute_reference: Callable[[], ReferenceTable]) -> Plan:
+def _training_plan(data: Data, cfg: TrainConfig, world: int,
+                   pair_reference: Callable[[], dict[int, tuple[float, float]]]) -> Plan:
     """Global micro-batches (batch_size x processes pairs) in training order, with their stages."""
     size = cfg.batch_size * world
     pairs = data.train
@@ -304,7 +310,7 @@ def _training_plan(data: Data, cfg: TrainConfig, world: int, reference: Referenc
     if not needs_difficulty(cfg.curriculum):  # a random order: the pairs need no margin column
         difficulty = np.zeros(len(pairs))
     elif method == "reference-margin":
-        table = reference or compute_reference()
+        table = pair_reference()
         ref = np.array([table[p.index] for p in pairs])
         tokens = np.array([[p.chosen.answer_tokens, p.rejected.answer_tokens] for p in pairs], dtype=np.float64)
         difficulty = reference_margin(ref[:, 0], ref[:, 1], tokens[:, 0], tokens[:, 1])

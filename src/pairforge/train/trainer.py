@@ -30,7 +30,6 @@ from accelerate.utils import set_seed
 from pairforge.config import TrainConfig
 from pairforge.files import check_output, read_log, write_json
 from pairforge.layout import TrainDir
-from pairforge.sequences.logprobs import collate, forward_pieces
 from pairforge.train import checkpoints
 from pairforge.train.memory import return_freed_memory
 from pairforge.train.metrics import Window, evaluate_pairs
@@ -146,13 +145,11 @@ def _forward_backward(cfg: TrainConfig, state: Setup, pairs: list[Any], run: Tra
     """One micro-batch's loss and gradients, in pieces of at most `forward_tokens` tokens whose gradients add
     up to the batch's; a non-finite loss saves the last good state and stops the run."""
     accelerator, objective = state.accelerator, state.objective
-    share = _shares_prompt(cfg, objective)
     # accelerate divides by grad_accum and DDP averages over processes: what is left is the step's weighted mean
     scale = cfg.grad_accum * accelerator.num_processes / state.step_weights[consumed // cfg.grad_accum]
-    pieces = forward_pieces(pairs, cfg.forward_tokens, share, objective.target_only, objective.with_targets)
+    pieces = state.forwards.pieces(pairs)
     for number, piece in enumerate(pieces):
-        batch = collate(piece, state.tokenizer.pad_token_id, objective.with_targets, share,
-                        objective.target_only).to(accelerator.device)
+        batch = state.forwards.batch(piece, state.tokenizer.pad_token_id).to(accelerator.device)
         per_pair, numbers = objective(batch, state.reference)
         piece_loss = (per_pair * batch.weights).sum() * scale
         if not torch.isfinite(piece_loss):  # the state is that of the step's start: resume from its first micro-batch
@@ -169,14 +166,9 @@ def _forward_backward(cfg: TrainConfig, state: Setup, pairs: list[Any], run: Tra
     return batch, numbers
 
 
-def _shares_prompt(cfg: TrainConfig, objective: Any) -> bool:
-    """Prompt sharing packs chosen and rejected in one row; a reward model scores them separately."""
-    return cfg.share_prompt and not objective.reward_model
-
-
 def _evaluate(cfg: TrainConfig, state: Setup, run: TrainDir, step: int) -> dict[str, Any]:
     return evaluate_pairs(state.objective, state.data.eval, state.eval_reference, cfg.batch_size,
-                          state.tokenizer.pad_token_id, _shares_prompt(cfg, state.objective), state.accelerator, step,
+                          state.tokenizer.pad_token_id, state.forwards.evaluation(), state.accelerator, step,
                           run.metrics)
 
 
