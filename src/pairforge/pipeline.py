@@ -21,7 +21,7 @@ from typing import Any
 
 from pairforge import schema as S
 from pairforge import stages
-from pairforge.config import ROUND_MODEL, RunConfig
+from pairforge.config import ROUND_MODEL, RunConfig, SourceConfig
 from pairforge.errors import InputError
 from pairforge.files import file_digest, write_json
 from pairforge.layout import RunDir
@@ -187,9 +187,11 @@ def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int, retry_failed: 
 
 
 def preflight(recipe: Recipe) -> list[str]:
-    """What would stop a real run although the recipe is valid (a missing key, package or file), as lines;
-    every answers file is read and checked now, so a format problem fails the dry run."""
+    """What would stop a real run although the recipe is valid, before any stage: a missing key, package or file
+    is a line returned (a dry run only warns); a file source that fails the generate stage's checks (read in full)
+    or an API server that does not answer a ping is an InputError, in the dry run too."""
     from pairforge.files import read_records
+    from pairforge.generate.run import read_file_source
     from pairforge.judge.run import judge_llm
     from pairforge.records import responses_from_files
     from pairforge.requests.backends.base import check_source
@@ -197,16 +199,29 @@ def preflight(recipe: Recipe) -> list[str]:
     recipe = round_recipe(recipe, Path("."), 1)  # '@round' sources are the base model in round 1
     problems = []
     judges = [judge_llm(j) for j in (recipe.judge, recipe.eval.judge if recipe.eval else None) if j and j.llm]
+    servers = set()
     for source in [*recipe.sources, *judges]:
         try:
             check_source(source)
         except InputError as exc:
             problems.append(str(exc))
-        if source.backend == "file" and source.path is not None and source.path.exists():
-            responses_from_files([read_records(source.path)], "auto")
+            continue
+        if source.backend == "file":
+            read_file_source(source)
+        elif source.backend == "openai" and (source.base_url, source.api_key_env) not in servers:
+            servers.add((source.base_url, source.api_key_env))
+            _check_answers(source)
     if recipe.eval is not None and recipe.eval.reference is not None:
         responses_from_files([read_records(recipe.eval.reference)], "auto")
     return problems
+
+
+def _check_answers(source: SourceConfig) -> None:
+    from pairforge.requests.backends.openai_api import unanswered_ping
+
+    if (reason := unanswered_ping(source)) is not None:
+        raise InputError(f"source '{source.name}'", f"the server at base_url {source.base_url or '(OpenAI)'} does "
+                         f"not answer ({reason}); start it, or fix base_url")
 
 
 def with_format_samples(recipe: Recipe) -> tuple[Recipe, list[str]]:
