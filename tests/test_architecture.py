@@ -17,6 +17,7 @@ LAYERS = [
     {"errors", "schema"},
     {"files", "text", "layout", "models", "edits"},
     {"config", "fields", "prompting"},
+    {"train_config"},
     {"recipe", "records"},
     {"requests", "sequences", "recipe_docs", "rounds"},
     {"generate", "revise", "judge", "pairs", "train"},

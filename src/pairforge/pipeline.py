@@ -21,7 +21,7 @@ from typing import Any
 
 from pairforge import schema as S
 from pairforge import stages
-from pairforge.config import ROUND_MODEL, RunConfig, SourceConfig
+from pairforge.config import ROUND_MODEL, SourceConfig
 from pairforge.errors import InputError
 from pairforge.files import file_digest, write_json
 from pairforge.layout import RunDir
@@ -29,6 +29,7 @@ from pairforge.pairs.order import parse_rank
 from pairforge.recipe import Recipe, load_recipe
 from pairforge.rounds import base_model, policy_run, round_dir, round_recipe
 from pairforge.train.losses import likelihood_only
+from pairforge.train_config import RunConfig
 
 # Work rates of the embedded model on the project's 2-core CPU (AVX512-BF16), measured on the quickstart
 # in 2026-11; a rough guide, printed as such; other models get no estimate.

@@ -19,13 +19,12 @@ from pairforge.config import (
     JudgeConfig,
     PairsConfig,
     RankingConfig,
-    RunConfig,
     Section,
     SourceConfig,
-    TrainConfig,
     error_message,
 )
 from pairforge.errors import InputError, describe
+from pairforge.train_config import RunConfig, TrainConfig
 
 
 class QuickConfig(Section):

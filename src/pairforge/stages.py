@@ -14,12 +14,13 @@ from typing import Any
 import polars as pl
 
 from pairforge import schema as S
-from pairforge.config import EvalConfig, JudgeConfig, PairsConfig, RunConfig
+from pairforge.config import EvalConfig, JudgeConfig, PairsConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output, write_json
 from pairforge.layout import LEADERBOARD, RunDir, TrainDir
 from pairforge.recipe import Recipe
 from pairforge.rounds import base_model, round_dir
+from pairforge.train_config import RunConfig
 
 
 def generate(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path]:

@@ -12,11 +12,12 @@ import typer
 
 from pairforge import options, render
 from pairforge.cli.common import console, fail_cleanly, say, show, stop_on_failures
-from pairforge.config import SEED_MAX, CurriculumConfig, PairsConfig
+from pairforge.config import SEED_MAX, PairsConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output
 from pairforge.layout import RunDir
 from pairforge.recipe import load_recipe
+from pairforge.train_config import CurriculumConfig
 
 
 def pairs_build(

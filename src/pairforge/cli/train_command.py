@@ -10,8 +10,8 @@ import typer
 
 from pairforge import options
 from pairforge.cli.common import console, fail_cleanly
-from pairforge.config import TrainConfig
 from pairforge.errors import InputError
+from pairforge.train_config import TrainConfig
 
 
 def train_command(

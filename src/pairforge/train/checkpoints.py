@@ -12,10 +12,10 @@ from typing import Any
 
 from accelerate import Accelerator
 
-from pairforge.config import TrainConfig
 from pairforge.errors import InputError
 from pairforge.files import file_digest, folder_stamp, read_log, write_json
 from pairforge.layout import TrainDir
+from pairforge.train_config import TrainConfig
 
 # settings that change how a run is carried out, not what it trains: a resume may change them
 _FREE_ON_RESUME = {"out", "logging_steps", "save_steps", "keep_checkpoints", "save_final_state", "eval_steps",

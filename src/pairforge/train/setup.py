@@ -19,7 +19,6 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from rich.console import Console
 
-from pairforge.config import TrainConfig
 from pairforge.errors import InputError
 from pairforge.layout import split_path
 from pairforge.models import cache_dir, check_sentence_model, load_causal_lm
@@ -33,6 +32,7 @@ from pairforge.train.curriculum import Plan, difficulty_of, length_grouped, plan
 from pairforge.train.lean import use_lean_blocks
 from pairforge.train.objective import PairObjective, ReferenceTable
 from pairforge.train.reference import model_fingerprint, reference_logps
+from pairforge.train_config import TrainConfig
 
 
 @dataclass

@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from accelerate.utils import set_seed
 
-from pairforge.config import TrainConfig
 from pairforge.files import check_output, read_log, write_json
 from pairforge.layout import TrainDir
 from pairforge.sequences.logprobs import collate, forward_pieces
@@ -35,6 +34,7 @@ from pairforge.train import checkpoints
 from pairforge.train.memory import return_freed_memory
 from pairforge.train.metrics import Window, evaluate_pairs
 from pairforge.train.setup import Laps, Setup, accelerator_for, check_trackers, setup
+from pairforge.train_config import TrainConfig
 
 
 class TrainingStopped(Exception):
