@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pairforge.files import folder_stamp
+from pairforge.models import AUTO_DTYPE, resolved_dtype
 
 ROLE_MARKERS = (
     r"(?m)^\s*(?:###\s*(?:Instruction|Response|Input)\s*:|Human:|Assistant:|USER:|ASSISTANT:)"
@@ -25,6 +26,13 @@ ROUND_MODEL = "@round"  # a source's model in an iterative recipe: the policy of
 
 
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeding both take [0, 2**32)
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+AUTO_DTYPE_WHY = ("auto: bfloat16 where the device computes it natively, a GPU or a CPU with AVX512-BF16 / AMX, "
+                  "~2x float32's rate; float32 elsewhere; outputs and cache keys hold the dtype it resolved to")
+GENERATION_BATCH = 32
+GENERATION_BATCH_WHY = ("32: ~3/4 of the CPU rate of 64 rows, the fastest measured with the embedded model, at half "
+                        "the memory a large model's batch needs; lower it if a batch runs out of memory")
 
 
 def error_message(error: Any) -> str:
@@ -190,8 +198,9 @@ class SourceConfig(Section):
     concurrency: int = Field(4, ge=1, description="openai: requests in flight")
     timeout: float = Field(120.0, gt=0, description="openai: seconds per request")
     max_retries: int = Field(6, ge=0, description="openai: retries on 429 / 5xx / timeouts / dropped connections")
-    batch_size: int = Field(8, ge=1, description="transformers: prompts per generate() call")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="transformers / vllm weights")
+    batch_size: int = Field(GENERATION_BATCH, ge=1, description=f"transformers: prompts per generate() call "
+                            f"({GENERATION_BATCH_WHY})")
+    dtype: Dtype = Field("auto", description=f"transformers / vllm weights ({AUTO_DTYPE_WHY})")
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> SourceConfig:
@@ -203,10 +212,19 @@ class SourceConfig(Section):
         """What determines the answers: the cache key's settings part. A local model folder also adds the
         stamp of its files, so a model retrained in the same folder never reuses the old model's answers."""
         settings = self.model_dump(include={"backend", "model", "endpoint", "temperature", "top_p",
-                                            "max_new_tokens", "seed", "system", "stop", "dtype"})
+                                            "max_new_tokens", "seed", "system", "stop"})
+        settings["dtype"] = self.resolved_dtype
         if self.backend in ("transformers", "vllm") and Path(self.model).is_dir():
             settings["model_files"] = folder_stamp(Path(self.model))
         return settings
+
+    @property
+    def resolved_dtype(self) -> str:
+        """The weights' dtype on this machine ('auto' resolved). A server's source has no weights here: its
+        'auto' stays float32, the value its cache keys held before 'auto' existed, so its stored answers count."""
+        if self.backend in ("transformers", "vllm"):
+            return resolved_dtype(self.dtype)
+        return "float32" if self.dtype == AUTO_DTYPE else self.dtype
 
 
 class JudgeConfig(Section):
@@ -262,10 +280,9 @@ class EvalConfig(Section):
                                    "starting model; in an iterative recipe, the model round 1 started from)")
     max_new_tokens: int = Field(128, ge=1, description="answer length limit of the evaluated models")
     temperature: float = Field(0.0, ge=0, description="sampling temperature of the evaluated models (0: greedy)")
-    batch_size: int = Field(8, ge=1, description="prompts per generate() call of the evaluated models")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the evaluated models' "
-                                                             "weights while answering (bfloat16: ~2x faster on "
-                                                             "CPUs with AVX512-BF16 / AMX and on GPUs)")
+    batch_size: int = Field(GENERATION_BATCH, ge=1, description=f"prompts per generate() call of the evaluated "
+                            f"models ({GENERATION_BATCH_WHY})")
+    dtype: Dtype = Field("auto", description=f"the evaluated models' weights while answering ({AUTO_DTYPE_WHY})")
     bootstrap: int = Field(1000, ge=10, description="bootstrap resamples for intervals and paired tests")
     judge_run: str | None = Field(None, description="a run with method reward-model trained on the judge split: "
                                   "it scores every answer again as a second, independent judge (eval/<run>/)")

@@ -25,6 +25,7 @@ from pairforge.config import ROUND_MODEL, SourceConfig
 from pairforge.errors import InputError
 from pairforge.files import file_digest, write_json
 from pairforge.layout import RunDir
+from pairforge.models import resolved_dtype
 from pairforge.pairs.order import parse_rank
 from pairforge.recipe import Recipe, load_recipe
 from pairforge.rounds import base_model, policy_run, round_dir, round_recipe
@@ -171,7 +172,7 @@ def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int, retry_failed: 
                             (f", curriculum {cfg.curriculum.schedule}" if cfg.curriculum else ""), steps,
                             _train_estimate(cfg, passes), lambda e=entry: stages.train(e, folder),
                             [cfg.pairs, *([folder.marker(f"train:{entry.after}")] if entry.after else [])],
-                            cfg.model_dump(mode="json"), work_dir=cfg.out,
+                            cfg.resolved().model_dump(mode="json"), work_dir=cfg.out,
                             run_fresh=lambda e=entry: stages.train(e, folder, fresh=True)))
     if recipe.eval is not None:
         models = (["base"] if recipe.eval.base else []) + [r.name for r in stages.policies(recipe)]
@@ -183,7 +184,8 @@ def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int, retry_failed: 
                             lambda: stages.evaluate(recipe, folder),
                             [pairs_cfg.out, *[folder.marker(f"train:{r.name}") for r in recipe.runs],
                              *stages.eval_files(recipe.eval, folder)],
-                            [recipe.eval.model_dump(mode="json"), models]))
+                            [{**recipe.eval.model_dump(mode="json"), "dtype": resolved_dtype(recipe.eval.dtype)},
+                             models]))
     return plan_
 
 
@@ -346,7 +348,7 @@ def _generation_estimate(recipe: Recipe, answers: int) -> float | None:
 
 def _answering_seconds(sources: list[Any], answers: int) -> float:
     """Seconds for local embedded-size sources to write `answers` answers each, at the measured token rates."""
-    return sum(answers * s.max_new_tokens / _local_tokens_per_s(s.batch_size, s.dtype) for s in sources)
+    return sum(answers * s.max_new_tokens / _local_tokens_per_s(s.batch_size, s.resolved_dtype) for s in sources)
 
 
 def _pair_types(recipe: Recipe) -> tuple[int, int]:
@@ -411,7 +413,7 @@ def _eval_estimate(recipe: Recipe, models: int, n_prompts: int) -> float | None:
     assert recipe.eval is not None
     held_out = recipe.eval.prompts == "held-out"
     prompts = n_prompts * recipe.pairs.eval_fraction if held_out else prompts_from_file(recipe.eval.prompts).height
-    rate = _local_tokens_per_s(recipe.eval.batch_size, recipe.eval.dtype)
+    rate = _local_tokens_per_s(recipe.eval.batch_size, resolved_dtype(recipe.eval.dtype))
     return models * prompts * recipe.eval.max_new_tokens / rate
 
 

@@ -12,6 +12,8 @@ from pydantic import Field, field_validator, model_validator
 from pairforge.config import SEED_MAX, Section
 from pairforge.layout import name_problem
 
+FULL_LR, LORA_LR = 5e-7, 1e-4  # an unset `lr`: full fine-tuning's, a LoRA adapter's
+
 
 class LoraSettings(Section):
     r: int = Field(16, ge=1, description="LoRA rank")
@@ -96,7 +98,9 @@ class TrainConfig(Section):
     slic_nll: Literal["sum", "mean"] = Field("sum", description="slic: NLL(y_ref) as the paper's sum over tokens, "
                                              "or their mean (lam / |y_ref|)")
     target: str = Field("chosen", description="sft/slic likelihood target column (e.g. the SFT reference answer)")
-    lr: float = Field(5e-7, gt=0, description="peak learning rate (AdamW)")
+    lr: float | None = Field(None, gt=0, description="peak learning rate (AdamW); unset: 5e-7 for full "
+                             "fine-tuning (the DPO paper's), 1e-4 with `lora` (an adapter's few new weights need "
+                             "larger steps); run.json records the rate used")
     epochs: int = Field(1, ge=1, description="passes over the pairs (a staged curriculum sets its own per stage)")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
     batch_size: int = Field(8, ge=1, description="pairs per device per micro-batch")
@@ -158,6 +162,12 @@ class TrainConfig(Section):
     @property
     def loss_weights(self) -> dict[str, float]:
         return {self.method: 1.0} if isinstance(self.method, str) else dict(self.method)
+
+    def resolved(self) -> TrainConfig:
+        """The settings a run trains with: an unset `lr` becomes the default of its kind of run."""
+        if self.lr is not None:
+            return self
+        return self.model_copy(update={"lr": LORA_LR if self.lora is not None else FULL_LR})
 
 
 class RunConfig(TrainConfig):

@@ -12,7 +12,7 @@ import typer
 
 from pairforge import options, render
 from pairforge.cli.common import console, fail_cleanly, say, show, stop_on_failures
-from pairforge.config import SEED_MAX, PairsConfig
+from pairforge.config import SEED_MAX, PairsConfig, SourceConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output
 from pairforge.layout import RunDir
@@ -101,12 +101,19 @@ def generate_command(
     out: Path = typer.Option(Path("."), help="folder for responses.parquet and the cache store.sqlite"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="try again the requests that failed before"),
     source: list[str] | None = typer.Option(None, help="only this source (repeatable)"),
+    dtype: str | None = typer.Option(None, help="the local sources' weights: auto | float32 | bfloat16 | float16 "
+                                     "(default: each source's own, auto unless set)"),
 ) -> None:
     """Answer the prompts with every source; resumes where it stopped (cached in <out>/store.sqlite)."""
     def run() -> None:
         from pairforge.generate.run import generate
 
-        result = generate(load_recipe(recipe), out, retry_failed, source)
+        cfg = load_recipe(recipe)
+        if dtype is not None:  # over every source that loads weights here
+            for entry in cfg.sources:
+                if entry.backend in ("transformers", "vllm"):
+                    entry.dtype = options.validated(SourceConfig, entry, {"dtype": dtype}).dtype
+        result = generate(cfg, out, retry_failed, source)
         show(render.generation(result.tallies))
         console.print(f"wrote {result.exported} answers to {result.responses}", highlight=False)
         reasons = Counter(r for t in result.tallies.values() for r in t.reasons.elements())

@@ -27,7 +27,7 @@ from pairforge.records import read_pairs
 from pairforge.sequences.logprobs import AnswerLogps, SequenceScores, row_width
 from pairforge.sequences.tokenize import TokenizedPair, TokenizeStats, tokenize_pairs
 from pairforge.train import losses as L
-from pairforge.train.checkpoints import order_digest
+from pairforge.train.checkpoints import Order, order_digest
 from pairforge.train.curriculum import Plan, difficulty_of, length_grouped, plan, reference_margin
 from pairforge.train.lean import use_lean_blocks
 from pairforge.train.objective import PairObjective, ReferenceTable
@@ -63,7 +63,7 @@ class Setup:
     schedule: Plan  # every global micro-batch in order, with its curriculum stage
     mine: list[tuple[list[int], int]]  # this process's (micro-batch, stage) share
     step_weights: list[float]  # each optimiser step's total pair weight over every process's micro-batches
-    order: str  # digest of the planned order, which a checkpoint's position counts in
+    order: Order  # the planned order, which a checkpoint's position counts in
     total_steps: int
 
 
@@ -140,7 +140,8 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
     first = accelerator.process_index * cfg.batch_size
     mine = [(batch[first : first + cfg.batch_size], stage) for batch, stage in kept]
     step_weights = _step_weights([batch for batch, _ in kept], data.train, cfg.grad_accum)
-    order = order_digest(schedule.batches, schedule.stages, cfg.grad_accum, accelerator.num_processes)
+    order = Order(order_digest(schedule.batches, schedule.stages, cfg.grad_accum, accelerator.num_processes), kept,
+                  cfg.grad_accum, accelerator.num_processes)
     laps.lap("reference")
     if cfg.lora is not None:
         model = _with_lora(model, cfg, task="SEQ_CLS" if reward_model else "CAUSAL_LM")

@@ -53,6 +53,7 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
     """Train, resuming this folder's checkpoint when it was made with the same data and settings (any other
     is refused unless `fresh`, which deletes the earlier run once this one's inputs have loaded); a finished run
     is returned as it is."""
+    cfg = cfg.resolved()  # defaults that depend on other settings (lr), recorded as trained
     check_trackers(cfg.report_to)
     accelerator = accelerator_for(cfg)
     run = TrainDir(Path(cfg.out))
