@@ -91,9 +91,9 @@ def make_model(size: str, folder: Path, tokenizer_from: str) -> None:
 
 
 def run_ours(pairs: Path, work: Path) -> dict:
-    from pairforge.config import TrainConfig
     from pairforge.models import cache_dir, load_tokenizer
     from pairforge.train.trainer import train
+    from pairforge.train_config import TrainConfig
 
     s = setting()
     load_tokenizer(s["model"])  # warm the embedded conversion cache outside the timing, as TRL gets a ready folder

@@ -12,9 +12,9 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from pairforge.cli import app
-from pairforge.config import CurriculumConfig
 from pairforge.errors import InputError
 from pairforge.train.curriculum import difficulty_of, pacing_pool, plan
+from pairforge.train_config import CurriculumConfig
 
 RNG = np.random.default_rng(0)
 DIFFICULTY = np.round(RNG.random(60), 1)  # many ties, so tie shuffling matters

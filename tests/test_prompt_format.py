@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import preference_rows
-from pairforge.config import JudgeConfig, SourceConfig, TrainConfig
+from pairforge.config import JudgeConfig, SourceConfig
 from pairforge.evaluate.run import EvalSettings, evaluate
 from pairforge.generate.run import source_requests
 from pairforge.prompting import TEXT_TEMPLATE
@@ -19,6 +19,7 @@ from pairforge.requests.backends.local import TransformersBackend
 from pairforge.requests.store import Store
 from pairforge.sequences.tokenize import encode
 from pairforge.train.trainer import train
+from pairforge.train_config import TrainConfig
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from conftest import preference_rows, rewind
 from pairforge.cli import app
-from pairforge.config import LoraSettings, TrainConfig
 from pairforge.train.trainer import TrainingStopped, TrainResult, train
+from pairforge.train_config import LoraSettings, TrainConfig
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from conftest import one_line_error, preference_rows
 from pairforge.cli import app
-from pairforge.config import TrainConfig
 from pairforge.train.trainer import train
+from pairforge.train_config import TrainConfig
 
 pytestmark = pytest.mark.slow
 

@@ -1,13 +1,12 @@
 """The settings of every stage as pydantic models, one section per stage, every field documented.
 
 Each section is what one stage (or stage command) takes: sources and the judge, ranking, pairs (with its
-filters), train (with LoRA and the curriculum), the pipeline's runs, and eval. `recipe.py` puts them
+filters) and eval; the training sections (train, runs) are in train_config.py. `recipe.py` puts them
 together into one YAML recipe. Unknown keys are errors (a typo must not silently fall back to a default).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -16,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from pairforge.errors import describe
 from pairforge.fingerprints import by_content
-from pairforge.layout import run_name_problem
+from pairforge.models import AUTO_DTYPE, resolved_dtype
 
 ROLE_MARKERS = (
     r"(?m)^\s*(?:###\s*(?:Instruction|Response|Input)\s*:|Human:|Assistant:|USER:|ASSISTANT:)"
@@ -29,6 +28,13 @@ ROUND_MODEL = "@round"  # a source's model in an iterative recipe: the policy of
 
 
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeding both take [0, 2**32)
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+AUTO_DTYPE_WHY = ("auto: bfloat16 where the device computes it natively, a GPU or a CPU with AVX512-BF16 / AMX, "
+                  "~2x float32's rate; float32 elsewhere; outputs and cache keys hold the dtype it resolved to")
+GENERATION_BATCH = 32
+GENERATION_BATCH_WHY = ("32: ~3/4 of the CPU rate of 64 rows, the fastest measured with the embedded model, at half "
+                        "the memory a large model's batch needs; lower it if a batch runs out of memory")
 
 
 def error_message(error: Any) -> str:
@@ -172,153 +178,6 @@ class PairsConfig(Section):
         return self.strategy or ("ranked" if self.rank or self.rank_from else "scored")
 
 
-class LoraSettings(Section):
-    r: int = Field(16, ge=1, description="LoRA rank")
-    alpha: int = Field(32, ge=1, description="LoRA alpha")
-    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (0 keeps step-0 rewards exactly 0)")
-    target_modules: list[str] | str = Field("all-linear", description="modules to adapt")
-    merge: bool = Field(False, description="save the merged model instead of the adapter")
-
-
-class Stage(Section):
-    """One stage of a staged curriculum: which pairs, and how many passes over them."""
-
-    pair_types: list[str] | None = Field(None, description="pair types in this stage")
-    difficulty: tuple[float, float] | None = Field(None, description="or: difficulty range [low, high)")
-    epochs: int = Field(1, ge=1, description="passes over this stage's pairs")
-    restart_lr: bool = Field(False, description="restart warmup + decay at this stage's start")
-
-    @model_validator(mode="after")
-    def _one_selector(self) -> Stage:
-        if (self.pair_types is None) == (self.difficulty is None):
-            raise ValueError("a stage names either pair_types or a difficulty range [low, high)")
-        return self
-
-
-class CurriculumConfig(Section):
-    """The order pairs are trained in (the `curriculum` part of a train section)."""
-
-    difficulty: str = Field("strength-gap", description="strength-gap | score-margin | reference-margin | "
-                            "embedding-similarity | column:NAME (higher = harder)")
-    schedule: Literal["random", "staged", "sorted", "anti", "buckets", "pacing"] = Field(
-        "sorted", description="random; staged (stages in order); sorted easy->hard; anti hard->easy; buckets; "
-        "pacing (a growing pool of the easiest pairs)")
-    stages: list[Stage] = Field(default_factory=list, description="staged: the stages, in order")
-    buckets: int = Field(3, ge=1, description="buckets: how many difficulty buckets")
-    pacing: Literal["root", "linear"] = Field("root", description="pacing: growth of the pool of allowed pairs")
-    start_fraction: float = Field(0.2, gt=0, le=1, description="pacing: share of easiest pairs allowed at step 0")
-    full_at: float = Field(0.5, gt=0, le=1, description="pacing: share of training after which all pairs are allowed")
-    drop_hardest: float = Field(0.0, ge=0, lt=1, description="share of the hardest pairs left out (Selective DPO)")
-    shuffle_within: bool = Field(True, description="shuffle inside a stage / bucket / equal difficulty (seeded)")
-    embedding_model: str = Field("embedded", description="sentence-transformers model for embedding-similarity")
-
-    @field_validator("difficulty")
-    @classmethod
-    def _known_difficulty(cls, value: str) -> str:
-        known = ("strength-gap", "score-margin", "reference-margin", "embedding-similarity")
-        if value not in known and not (value.startswith("column:") and len(value) > 7):
-            raise ValueError(f"unknown difficulty '{value}': expected one of {', '.join(known)} or column:NAME")
-        return value
-
-    @model_validator(mode="after")
-    def _stages_for_staged(self) -> CurriculumConfig:
-        if self.schedule == "staged" and not self.stages:
-            raise ValueError("the staged schedule needs `stages`")
-        return self
-
-
-Method = Literal["dpo", "sigmoid", "cdpo", "robust", "hinge", "ipo", "apo_zero", "apo_down", "simpo", "r-dpo",
-                 "slic", "sft", "reward-model"]
-METHODS: tuple[str, ...] = get_args(Method)  # train/losses.py has one loss function for each
-
-
-LossWeight = Annotated[float, Field(allow_inf_nan=True)]  # a bad weight is `_known_methods`' one line, not a union's
-
-
-class TrainConfig(Section):
-    """Contrastive post-training (the `train` section of a recipe)."""
-
-    method: str | dict[str, LossWeight] = Field("dpo", description="a loss name (dpo, cdpo, robust, hinge, ipo, "
-                                                "apo_zero, apo_down, simpo, r-dpo, slic, sft, reward-model) or a "
-                                                "weighted sum {dpo: 1, sft: 0.2}")
-    model: str = Field("embedded", description="'embedded', a model folder, or a hub id")
-    pairs: Path | None = Field(None, description="pairs file (ours or any TRL prompt/chosen/rejected file)")
-    eval_pairs: Path | None = Field(None, description="held-out pairs for eval metrics (default: <pairs>.eval.*)")
-    out: Path = Field(Path("runs/train"), description="output folder: model, checkpoints, metrics.jsonl")
-    beta: float = Field(0.1, gt=0, description="strength of the reference (DPO family) / reward scale")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cdpo / robust: assumed share of flipped "
-                                   "labels")
-    gamma: float = Field(0.5, description="simpo: target margin")
-    alpha: float = Field(0.0, description="r-dpo: length regulariser per token of |y+| - |y-| (Park et al. 2024)")
-    delta: float = Field(1.0, description="slic: hinge margin on log p(y+) - log p(y-)")
-    lam: float = Field(0.1, ge=0, description="slic: weight of NLL(y_ref), summed over its tokens (see slic_nll)")
-    slic_nll: Literal["sum", "mean"] = Field("sum", description="slic: NLL(y_ref) as the paper's sum over tokens, "
-                                             "or their mean (lam / |y_ref|)")
-    target: str = Field("chosen", description="sft/slic likelihood target column (e.g. the SFT reference answer)")
-    lr: float = Field(5e-7, gt=0, description="peak learning rate (AdamW)")
-    epochs: int = Field(1, ge=1, description="passes over the pairs (a staged curriculum sets its own per stage)")
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
-    batch_size: int = Field(8, ge=1, description="pairs per device per micro-batch")
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step (each pair weighs as in one "
-                            "batch of batch_size x grad_accum x processes, short micro-batches included)")
-    max_length: int = Field(1024, ge=8, description="tokens of prompt + answer")
-    max_prompt_length: int | None = Field(None, ge=1, description="truncate: prompt tokens kept (its end) at most")
-    prompt_format: Literal["auto", "chat", "text"] = Field(
-        "auto", description="how prompts are shown to the model: chat (its chat template; an instruction template "
-        "for a model without one), text (prompt + answer as plain text, TRL's rule for string prompts); auto "
-        "follows the records: conversational pairs as chat, string prompts as text")
-    too_long: Literal["truncate", "drop", "error"] = Field("truncate", description="what happens to a pair longer "
-                                                          "than max_length (counted in run.json)")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with a linear warmup")
-    schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="decay after warmup")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
-    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of order, dropout and initialisation")
-    lora: LoraSettings | None = Field(None, description="train a LoRA adapter (reference = adapter disabled)")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights' dtype (bfloat16 on GPUs)")
-    precompute_reference: bool = Field(True, description="compute reference log-probs once, cached on disk")
-    logging_steps: int = Field(1, ge=1, description="a metrics.jsonl row every N steps")
-    save_steps: int | None = Field(None, ge=1, description="checkpoint every N optimiser steps")
-    keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
-    save_final_state: bool = Field(False, description="also save the full training state (optimiser: ~3x the "
-                                   "model) at the end; the trained model itself is always saved")
-    eval_steps: int | None = Field(None, ge=1, description="evaluate on the eval pairs every N steps (and at the "
-                                   "end)")
-    chunk_tokens: int = Field(512, ge=16, description="answer tokens per fp32 log-softmax chunk")
-    forward_tokens: int | None = Field(None, ge=16, description="most tokens (rows x width) in one forward pass: a "
-                                       "larger batch is cut into pieces whose gradients add up to the batch's "
-                                       "(same loss and step, less activation memory, less padding); null: one "
-                                       "forward per batch (the only choice under DeepSpeed)")
-    lean_blocks: bool = Field(True, description="Llama-style RMSNorm and SwiGLU MLP keep fewer tensors for "
-                              "backward (same forward, gradients equal to rounding; ~1/3 less activation memory)")
-    share_prompt: bool = Field(True, description="push each prompt through the model once for both answers "
-                               "(one row per pair with a block mask); off: one row per answer")
-    curriculum: CurriculumConfig | None = Field(None, description="train in a difficulty order (default: "
-                                                "seeded random order, grouped by length)")
-    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description="trackers, "
-                                                              "besides metrics.jsonl (need their package)")
-
-    @field_validator("method")
-    @classmethod
-    def _known_methods(cls, value: str | dict[str, float]) -> str | dict[str, float]:
-        names = [value] if isinstance(value, str) else list(value)
-        unknown = [n for n in names if n not in METHODS]
-        if unknown or not names:
-            raise ValueError(f"unknown method {', '.join(unknown) or '(none)'}: expected one of {', '.join(METHODS)}")
-        if "reward-model" in names and len(names) > 1:
-            raise ValueError("reward-model trains a score head and cannot be mixed with other losses")
-        if isinstance(value, dict):
-            bad = {n: w for n, w in value.items() if not (math.isfinite(w) and w >= 0)}
-            if bad or not any(value.values()):
-                raise ValueError(f"expected finite loss weights >= 0, not all zero, found {bad or value}")
-        return value
-
-    @property
-    def loss_weights(self) -> dict[str, float]:
-        return {self.method: 1.0} if isinstance(self.method, str) else dict(self.method)
-
-
 class SourceConfig(Section):
     """One model that answers the prompts (an entry of `sources`), or the model behind an LLM judge.
 
@@ -351,8 +210,9 @@ class SourceConfig(Section):
     concurrency: int = Field(4, ge=1, description="openai: requests in flight")
     timeout: float = Field(120.0, gt=0, description="openai: seconds per request")
     max_retries: int = Field(6, ge=0, description="openai: retries on 429 / 5xx / timeouts / dropped connections")
-    batch_size: int = Field(8, ge=1, description="transformers: prompts per generate() call")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="transformers / vllm weights")
+    batch_size: int = Field(GENERATION_BATCH, ge=1, description=f"transformers: prompts per generate() call "
+                            f"({GENERATION_BATCH_WHY})")
+    dtype: Dtype = Field("auto", description=f"transformers / vllm weights ({AUTO_DTYPE_WHY})")
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> SourceConfig:
@@ -363,8 +223,17 @@ class SourceConfig(Section):
     def cache_settings(self) -> dict[str, Any]:
         """What determines the answers: the cache key's settings part (and so each request's sampling seed)."""
         settings = self.model_dump(include={"backend", "model", "endpoint", "temperature", "top_p",
-                                            "max_new_tokens", "seed", "system", "stop", "dtype"})
+                                            "max_new_tokens", "seed", "system", "stop"})
+        settings["dtype"] = self.resolved_dtype
         return by_content(settings) if self.backend in ("transformers", "vllm") else settings
+
+    @property
+    def resolved_dtype(self) -> str:
+        """The weights' dtype on this machine ('auto' resolved). A server's source has no weights here: its
+        'auto' stays float32, the value its cache keys held before 'auto' existed, so its stored answers count."""
+        if self.backend in ("transformers", "vllm"):
+            return resolved_dtype(self.dtype)
+        return "float32" if self.dtype == AUTO_DTYPE else self.dtype
 
 
 class JudgeConfig(Section):
@@ -409,25 +278,6 @@ class RankingConfig(Section):
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the bootstrap")
 
 
-class RunConfig(TrainConfig):
-    """One training run of a pipeline (an entry of `runs`): a train section with a name."""
-
-    name: str = Field(..., description="the run's name: its folder, and its name in the evaluation (not 'base' or "
-                      "'reference', the evaluation's names of the starting model and the reference answers)")
-    after: str | None = Field(None, description="start from this earlier run's model (e.g. sft) instead of `model`")
-    split: Literal["train", "judge"] = Field("train", description="which pairs it trains on: the training split, "
-                                             "or the judge split kept apart from it (pairs.judge_fraction; for a "
-                                             "reward-model judge)")
-
-    @field_validator("name")
-    @classmethod
-    def _a_folder_name(cls, value: str) -> str:
-        problem = run_name_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
-
 class EvalConfig(Section):
     """The pipeline's evaluation (the `eval` section): every run's answers judged against references."""
 
@@ -443,10 +293,9 @@ class EvalConfig(Section):
                                    "starting model; in an iterative recipe, the model round 1 started from)")
     max_new_tokens: int = Field(128, ge=1, description="answer length limit of the evaluated models")
     temperature: float = Field(0.0, ge=0, description="sampling temperature of the evaluated models (0: greedy)")
-    batch_size: int = Field(8, ge=1, description="prompts per generate() call of the evaluated models")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the evaluated models' "
-                                                             "weights while answering (bfloat16: ~2x faster on "
-                                                             "CPUs with AVX512-BF16 / AMX and on GPUs)")
+    batch_size: int = Field(GENERATION_BATCH, ge=1, description=f"prompts per generate() call of the evaluated "
+                            f"models ({GENERATION_BATCH_WHY})")
+    dtype: Dtype = Field("auto", description=f"the evaluated models' weights while answering ({AUTO_DTYPE_WHY})")
     bootstrap: int = Field(1000, ge=10, description="bootstrap resamples for intervals and paired tests")
     judge_run: str | None = Field(None, description="a run with method reward-model trained on the judge split: "
                                   "it scores every answer again as a second, independent judge (eval/<run>/)")

@@ -9,9 +9,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from pairforge.config import JudgeConfig, TrainConfig, error_message
+from pairforge.config import JudgeConfig, error_message
 from pairforge.errors import InputError
 from pairforge.recipe import load_recipe
+from pairforge.train_config import TrainConfig
 
 S = TypeVar("S", bound=BaseModel)
 

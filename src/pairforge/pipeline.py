@@ -19,30 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pairforge import estimates, stages
 from pairforge import schema as S
-from pairforge import stages
-from pairforge.config import ROUND_MODEL, JudgeConfig, RunConfig
+from pairforge.config import JudgeConfig, SourceConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output, file_digest, write_json
 from pairforge.fingerprints import model_content
 from pairforge.layout import RunDir
-from pairforge.pairs.order import parse_rank
+from pairforge.models import resolved_dtype
 from pairforge.recipe import Recipe, check_reads_apart, load_recipe
 from pairforge.rounds import base_model, policy_run, round_dir, round_recipe
-from pairforge.train.losses import likelihood_only
-
-# Work rates of the embedded model on the project's 2-core CPU (AVX512-BF16), measured on the quickstart
-# in 2026-11; a rough guide, printed as such; other models get no estimate.
-_TOKENS_PER_S_AT_10_ROWS = 80.0  # float32 generation, 10 prompts per generate() call
-_SECONDS_PER_PAIR_PASS = 1.0  # float32 training, LoRA, ~150-token rows
-_BF16_SPEED_UP = 2.2
-_TARGET_ONLY_COST = 0.66  # plain SFT pushes prompt + target only: its train phase took 0.66x (2026-11-28)
-
-
-def _local_tokens_per_s(batch_size: int, dtype: str) -> float:
-    """More rows per step use the cores better, up to ~2.4x at 64 rows."""
-    return _TOKENS_PER_S_AT_10_ROWS * min(2.4, (batch_size / 10) ** 0.5) * (_BF16_SPEED_UP if dtype == "bfloat16"
-                                                                           else 1.0)
 
 
 @dataclass
@@ -115,7 +101,7 @@ def plan(recipe: Recipe, run_dir: Path, retry_failed: bool = False) -> Plan:
             if k == 1:
                 first_round[stage.name] = stage.estimate_s
             elif stage.estimate_s is None:  # round k starts from a trained folder: no size known from its name
-                stage.estimate_s = _later_round_estimate(recipe, stage.name, first_round,
+                stage.estimate_s = estimates.later_round_estimate(recipe, stage.name, first_round,
                                                          n_prompts * recipe.samples_per_source)
             stage.name = prefix + stage.name
             if stage.name.endswith("generate") and recipe.rounds > 1:
@@ -139,7 +125,8 @@ def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int, retry_failed: 
     answering = recipe.answering_sources
     plan_ = [Stage("generate", f"{len(answering)} sources answer {n_prompts} prompts",
                    f"{answers * len(answering)} answers",
-                   _generation_estimate(recipe, answers), lambda: stages.generate(recipe, folder, retry_failed),
+                   estimates.generation_estimate(recipe, answers),
+                   lambda: stages.generate(recipe, folder, retry_failed),
                    [recipe.prompts, *[s.path for s in recipe.sources if s.path]],
                    [recipe.samples_per_source, [{"name": s.name, **s.cache_settings()} for s in answering]])]
     revision = recipe.pairs.revision
@@ -163,7 +150,7 @@ def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int, retry_failed: 
         what = f"pairs (revised, edit in ({revision.min_edit}, {revision.max_edit}])"
     else:
         what = f"pairs ({pairs_cfg.resolved_strategy}, {pairs_cfg.pair_types})"
-    types, per_prompt = _pair_types(recipe)
+    types, per_prompt = estimates.pair_types(recipe)
     plan_.append(Stage("pairs", what, f"<= {n_prompts * per_prompt} pairs", 5,
                         lambda: stages.pairs(recipe, folder),
                         [*pairs_cfg.inputs, *([pairs_cfg.rank_from] if pairs_cfg.rank_from else []),
@@ -172,14 +159,14 @@ def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int, retry_failed: 
         cfg = stages.run_config(entry, folder)
         split = recipe.pairs.judge_fraction if cfg.split == "judge" else \
             1 - recipe.pairs.eval_fraction - recipe.pairs.judge_fraction
-        passes = round(n_prompts * split * per_prompt * _passes_per_pair(cfg, types))
+        passes = round(n_prompts * split * per_prompt * estimates.passes_per_pair(cfg, types))
         steps = f"<= {cfg.max_steps} steps" if cfg.max_steps else f"~{passes} pair passes"
         plan_.append(Stage(f"train:{entry.name}", f"{_method(cfg.method)}" + (f" after {entry.after}" if entry.after
                                                                                   else "") +
                             (f", curriculum {cfg.curriculum.schedule}" if cfg.curriculum else ""), steps,
-                            _train_estimate(cfg, passes), lambda e=entry: stages.train(e, folder),
+                            estimates.train_estimate(cfg, passes), lambda e=entry: stages.train(e, folder),
                             [cfg.pairs, *([folder.marker(f"train:{entry.after}")] if entry.after else [])],
-                            cfg.model_dump(mode="json"), work_dir=cfg.out,
+                            cfg.resolved().model_dump(mode="json"), work_dir=cfg.out,
                             run_fresh=lambda e=entry: stages.train(e, folder, fresh=True), models=[cfg.model]))
     if recipe.eval is not None:
         models = (["base"] if recipe.eval.base else []) + [r.name for r in stages.policies(recipe)]
@@ -187,11 +174,12 @@ def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int, retry_failed: 
         judges = recipe.eval.judge.kind + (f" and the {recipe.eval.judge_run} reward model" if recipe.eval.judge_run
                                            else "")
         plan_.append(Stage("eval", f"{judges} vs reference on {eval_prompts}",
-                            f"{len(models)} models", _eval_estimate(recipe, len(models), n_prompts),
+                            f"{len(models)} models", estimates.eval_estimate(recipe, len(models), n_prompts),
                             lambda: stages.evaluate(recipe, folder),
                             [pairs_cfg.out, *[folder.marker(f"train:{r.name}") for r in recipe.runs],
                              *stages.eval_files(recipe.eval, folder)],
-                            [recipe.eval.model_dump(mode="json"), models],
+                            [{**recipe.eval.model_dump(mode="json"), "dtype": resolved_dtype(recipe.eval.dtype)},
+                             models],
                             models=[*([recipe.eval.base_model or base_model(recipe)] if recipe.eval.base else []),
                                     *_judge_models(recipe.eval.judge)]))
     return plan_
@@ -216,9 +204,11 @@ def _judge_models(judge: JudgeConfig) -> list[str]:
 
 
 def preflight(recipe: Recipe) -> list[str]:
-    """What would stop a real run although the recipe is valid (a missing key, package or file), as lines;
-    every answers file is read and checked now, so a format problem fails the dry run."""
+    """What would stop a real run although the recipe is valid, before any stage: a missing key, package or file
+    is a line returned (a dry run only warns); a file source that fails the generate stage's checks (read in full)
+    or an API server that does not answer a ping is an InputError, in the dry run too."""
     from pairforge.files import read_records
+    from pairforge.generate.run import read_file_source
     from pairforge.judge.run import judge_llm
     from pairforge.records import responses_from_files
     from pairforge.requests.backends.base import check_source
@@ -226,16 +216,29 @@ def preflight(recipe: Recipe) -> list[str]:
     recipe = round_recipe(recipe, Path("."), 1)  # '@round' sources are the base model in round 1
     problems = []
     judges = [judge_llm(j) for j in (recipe.judge, recipe.eval.judge if recipe.eval else None) if j and j.llm]
+    servers = set()
     for source in [*recipe.sources, *judges]:
         try:
             check_source(source)
         except InputError as exc:
             problems.append(str(exc))
-        if source.backend == "file" and source.path is not None and source.path.exists():
-            responses_from_files([read_records(source.path)], "auto")
+            continue
+        if source.backend == "file":
+            read_file_source(source)
+        elif source.backend == "openai" and (source.base_url, source.api_key_env) not in servers:
+            servers.add((source.base_url, source.api_key_env))
+            _check_answers(source)
     if recipe.eval is not None and recipe.eval.reference is not None:
         responses_from_files([read_records(recipe.eval.reference)], "auto")
     return problems
+
+
+def _check_answers(source: SourceConfig) -> None:
+    from pairforge.requests.backends.openai_api import unanswered_ping
+
+    if (reason := unanswered_ping(source)) is not None:
+        raise InputError(f"source '{source.name}'", f"the server at base_url {source.base_url or '(OpenAI)'} does "
+                         f"not answer ({reason}); start it, or fix base_url")
 
 
 def with_format_samples(recipe: Recipe) -> tuple[Recipe, list[str]]:
@@ -348,85 +351,7 @@ def _marker(path: Path) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-# --- estimates and --quick ---------------------------------------------------------------------------
-
-def _generation_estimate(recipe: Recipe, answers: int) -> float | None:
-    local = [s for s in recipe.sources if s.backend == "transformers" and s.model == "embedded"]
-    if len(local) + sum(s.backend == "file" for s in recipe.sources) < len(recipe.sources):
-        return None
-    return _answering_seconds(local, answers)
-
-
-def _answering_seconds(sources: list[Any], answers: int) -> float:
-    """Seconds for local embedded-size sources to write `answers` answers each, at the measured token rates."""
-    return sum(answers * s.max_new_tokens / _local_tokens_per_s(s.batch_size, s.dtype) for s in sources)
-
-
-def _pair_types(recipe: Recipe) -> tuple[int, int]:
-    """(pair types, most pairs per prompt) the pairs stage makes. An order `rank_from` a ranking is only known
-    at run time: taken as one chain of all the sources; the scored strategy's types follow the scores."""
-    cfg, samples, sources = recipe.pairs, recipe.samples_per_source, len(recipe.sources)
-    if cfg.resolved_strategy == "revised":
-        return 1, samples  # each revision against the answer it revised
-    every = sources * (sources - 1) // 2
-    if cfg.resolved_strategy == "scored":
-        answers = sources * samples
-        return every, answers * (answers - 1) // 2 if cfg.scored_mode == "all" else 1
-    if cfg.rank:
-        types = len(parse_rank(cfg.rank).pair_types(cfg.pair_types))
-    else:
-        types = {"all": every, "adjacent": sources - 1, "extremes": 1}.get(cfg.pair_types,
-                                                                          cfg.pair_types.count(">"))
-    return types, types * samples * samples
-
-
-def _passes_per_pair(cfg: RunConfig, types: int) -> float:
-    """How often a run sees each pair of its split on average: its epochs, or a staged curriculum's stages (each
-    its pair types' or difficulty range's share of the pairs, times its epochs), less the hardest it drops."""
-    curriculum = cfg.curriculum
-    if curriculum is None:
-        return cfg.epochs
-    if curriculum.schedule != "staged" or not curriculum.stages:
-        return cfg.epochs * (1 - curriculum.drop_hardest)
-    passes = 0.0
-    for stage in curriculum.stages:
-        if stage.pair_types is not None:
-            share = min(1.0, len(stage.pair_types) / max(types, 1))
-        else:
-            low, high = stage.difficulty or (0.0, 1.0)
-            share = max(0.0, min(high, 1.0) - max(low, 0.0))
-        passes += share * stage.epochs
-    return passes * (1 - curriculum.drop_hardest)
-
-
-def _train_estimate(cfg: RunConfig, passes: int) -> float | None:
-    if cfg.model != "embedded" and cfg.after is None:
-        return None
-    if cfg.max_steps:
-        passes = min(passes, cfg.max_steps * cfg.batch_size * cfg.grad_accum)
-    cost = _TARGET_ONLY_COST if likelihood_only(cfg.loss_weights) else 1.0
-    return passes * cost * _SECONDS_PER_PAIR_PASS / (_BF16_SPEED_UP if cfg.dtype == "bfloat16" else 1.0)
-
-
-def _later_round_estimate(recipe: Recipe, stage: str, first_round: dict[str, float | None],
-                          answers: int) -> float | None:
-    """Round k > 1 does round 1's work on models of round 1's shape, so round 1's estimate holds — except
-    generation, where only the "@round" sources answer again (the others' answers are in the store)."""
-    estimate = first_round.get(stage)
-    if estimate is None or stage != "generate":
-        return estimate
-    return _answering_seconds([s for s in recipe.answering_sources if s.model == ROUND_MODEL], answers)
-
-
-def _eval_estimate(recipe: Recipe, models: int, n_prompts: int) -> float | None:
-    from pairforge.records import prompts_from_file
-
-    assert recipe.eval is not None
-    held_out = recipe.eval.prompts == "held-out"
-    prompts = n_prompts * recipe.pairs.eval_fraction if held_out else prompts_from_file(recipe.eval.prompts).height
-    rate = _local_tokens_per_s(recipe.eval.batch_size, recipe.eval.dtype)
-    return models * prompts * recipe.eval.max_new_tokens / rate
-
+# --- --quick ---------------------------------------------------------------------------------------
 
 def _method(method: Any) -> str:
     return method if isinstance(method, str) else "+".join(f"{w}*{n}" for n, w in method.items())

@@ -19,14 +19,13 @@ from pairforge.config import (
     JudgeConfig,
     PairsConfig,
     RankingConfig,
-    RunConfig,
     Section,
     SourceConfig,
-    TrainConfig,
     error_message,
 )
 from pairforge.errors import InputError, describe
 from pairforge.layout import RunDir, eval_folder_problem
+from pairforge.train_config import RunConfig, TrainConfig
 
 MAX_ROUNDS = 50  # each round trains and evaluates again: published iterative DPO runs 3-5; 100000 is a typo
 

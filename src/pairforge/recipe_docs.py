@@ -15,6 +15,7 @@ from pydantic_core import PydanticUndefined
 
 from pairforge import config as C
 from pairforge import recipe as R
+from pairforge import train_config as T
 
 PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
     "generate": ("Generate: prompts answered by every source, cached in store.sqlite (`pairforge generate`).",
@@ -26,8 +27,8 @@ PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
               [("pairs", C.PairsConfig), ("pairs.filters", C.FilterConfig),
                ("pairs.revision", C.RevisionConfig)]),
     "train": ("Train: SFT, DPO and relatives, SLiC-HF, reward models, with a curriculum (`pairforge train`; "
-              "`runs[]` in a pipeline).", [("train / runs[]", C.RunConfig), ("lora", C.LoraSettings),
-                                           ("curriculum", C.CurriculumConfig), ("curriculum.stages[]", C.Stage)]),
+              "`runs[]` in a pipeline).", [("train / runs[]", T.RunConfig), ("lora", T.LoraSettings),
+                                           ("curriculum", T.CurriculumConfig), ("curriculum.stages[]", T.Stage)]),
     "eval": ("Eval: every run judged against reference answers (`pairforge eval`; `eval` in a pipeline).",
              [("eval", C.EvalConfig)]),
     "run": ("Run: the whole recipe end to end (`pairforge run`), resumable; `--quick` shrinks it; `rounds` repeats "
@@ -55,6 +56,7 @@ def render(stage: str) -> str:
 
 def _type(annotation: Any) -> str:
     text = str(annotation).replace("typing.", "").replace("pathlib.", "").replace("pairforge.config.", "")
+    text = text.replace("pairforge.train_config.", "")
     return text.replace("<class '", "").replace("'>", "").replace("|", "or")
 
 

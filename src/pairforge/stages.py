@@ -14,12 +14,13 @@ from typing import Any
 import polars as pl
 
 from pairforge import schema as S
-from pairforge.config import EvalConfig, JudgeConfig, PairsConfig, RunConfig
+from pairforge.config import EvalConfig, JudgeConfig, PairsConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output, write_json
 from pairforge.layout import EVAL_PROMPTS, EVAL_REFERENCE, LEADERBOARD, MODEL_OUTPUTS, RunDir, TrainDir
 from pairforge.recipe import Recipe
 from pairforge.rounds import base_model, round_dir
+from pairforge.train_config import RunConfig
 
 
 def generate(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path]:
@@ -125,10 +126,13 @@ def run_config(entry: RunConfig, run: RunDir) -> RunConfig:
 
 
 def train(entry: RunConfig, run: RunDir, fresh: bool = False) -> list[Path]:
-    """One training run; `fresh` starts its folder over (see `train.trainer.train`)."""
+    """One training run; `fresh` starts its folder over (see `train.trainer.train`), unless the new settings only
+    extend its finished run, which then continues from its saved final state."""
+    from pairforge.train.checkpoints import extends
     from pairforge.train.trainer import train as train_model
 
-    out = TrainDir(train_model(run_config(entry, run), fresh=fresh).out)
+    cfg = run_config(entry, run)
+    out = TrainDir(train_model(cfg, fresh=fresh and not extends(TrainDir(cfg.out), cfg)).out)
     return [out.model, out.metrics]
 
 

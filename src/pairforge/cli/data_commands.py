@@ -13,11 +13,12 @@ import typer
 
 from pairforge import options, render
 from pairforge.cli.common import console, fail_cleanly, say, show, stop_on_failures, writing
-from pairforge.config import SEED_MAX, CurriculumConfig, PairsConfig
+from pairforge.config import SEED_MAX, PairsConfig, SourceConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output
 from pairforge.layout import RunDir
 from pairforge.recipe import check_reads_apart, load_recipe
+from pairforge.train_config import CurriculumConfig
 
 
 def pairs_build(
@@ -103,12 +104,18 @@ def generate_command(
     out: Path = typer.Option(Path("."), help="folder for responses.parquet and the cache store.sqlite"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="try again the requests that failed before"),
     source: list[str] | None = typer.Option(None, help="only this source (repeatable)"),
+    dtype: str | None = typer.Option(None, help="the local sources' weights: auto | float32 | bfloat16 | float16 "
+                                     "(default: each source's own, auto unless set)"),
 ) -> None:
     """Answer the prompts with every source; resumes where it stopped (cached in <out>/store.sqlite)."""
     def run() -> None:
         from pairforge.generate.run import generate
 
         cfg = load_recipe(recipe)
+        if dtype is not None:  # over every source that loads weights here
+            for entry in cfg.sources:
+                if entry.backend in ("transformers", "vllm"):
+                    entry.dtype = options.validated(SourceConfig, entry, {"dtype": dtype}).dtype
         check_reads_apart(cfg, out, str(recipe))
         with writing(out):
             result = generate(cfg, out, retry_failed, source)

@@ -24,6 +24,8 @@ from pairforge.recipe import Recipe
 if TYPE_CHECKING:
     from pairforge.pipeline import Plan
 
+_EVAL = {name: info.default for name, info in EvalConfig.model_fields.items()}  # the flags' defaults: the recipe's
+
 
 class ManyValues(TyperCommand):
     """`--models a=x b=y` as well as `--models a=x --models b=y`: a click option takes one value, so the words after
@@ -52,13 +54,17 @@ def eval_command(
     judge: str = typer.Option("similarity", help="a recipe YAML (its judge: section), 'similarity', or "
                               "'reward-model:PATH'"),
     out: Path = typer.Option(Path("eval"), help="folder: leaderboard.json, eval.parquet, *.model_outputs.json"),
-    max_new_tokens: int = typer.Option(256, help="--models: answer length limit"),
-    temperature: float = typer.Option(0.0, help="--models: 0 = greedy"),
-    bootstrap: int = typer.Option(1000, help="bootstrap resamples for intervals and paired tests"),
+    max_new_tokens: int | None = typer.Option(None, help=f"--models: answer length limit "
+                                              f"({_EVAL['max_new_tokens']})"),
+    temperature: float | None = typer.Option(None, help=f"--models: 0 = greedy ({_EVAL['temperature']})"),
+    bootstrap: int | None = typer.Option(None, help=f"bootstrap resamples for intervals and paired tests "
+                                         f"({_EVAL['bootstrap']})"),
     baseline: str | None = typer.Option(None, help="test every other model against this one (e.g. base): "
                                         "difference with its 95% interval"),
-    batch_size: int = typer.Option(8, help="--models: prompts per generate() call"),
-    dtype: str = typer.Option("float32", help="--models: float32 | bfloat16 | float16 while answering"),
+    batch_size: int | None = typer.Option(None, help=f"--models: prompts per generate() call "
+                                          f"({_EVAL['batch_size']})"),
+    dtype: str | None = typer.Option(None, help=f"--models: auto | float32 | bfloat16 | float16 while answering "
+                                     f"({_EVAL['dtype']}: bfloat16 where the device computes it natively)"),
 ) -> None:
     """Judge models against reference answers: win rate, interval, length-controlled win rate, leaderboard."""
     def run() -> None:

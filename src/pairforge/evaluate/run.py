@@ -16,7 +16,7 @@ p < 0.05. Verdicts the judge could not give are counted and left out, never gues
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,12 +25,13 @@ import polars as pl
 
 from pairforge import layout
 from pairforge import schema as S
-from pairforge.config import JudgeConfig, SourceConfig
+from pairforge.config import Dtype, EvalConfig, JudgeConfig, SourceConfig
 from pairforge.errors import InputError
 from pairforge.evaluate.stats import length_controlled_win_rate, paired_difference, win_rate
 from pairforge.files import Records, check_output, read_json_object, read_records, write_json, write_table
 from pairforge.generate.run import source_requests
 from pairforge.judge.run import check_judge, judge_frame
+from pairforge.models import resolved_dtype
 from pairforge.prompting import endpoint_of
 from pairforge.records import prompts_from_file, responses_from_files
 from pairforge.requests.backends.base import check_source
@@ -41,15 +42,18 @@ from pairforge.text import prompt_text, word_count
 REFERENCE = layout.REFERENCE_NAME
 
 
+_DEFAULTS = EvalConfig.model_fields  # one default per setting: the recipe's `eval:` section's, the CLI's
+
+
 @dataclass
 class EvalSettings:
     endpoint: Literal["chat", "completions"] = "chat"  # for models that are not training runs (a run: as trained)
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    batch_size: int = 8
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_new_tokens: int = _DEFAULTS["max_new_tokens"].default
+    temperature: float = _DEFAULTS["temperature"].default
+    batch_size: int = _DEFAULTS["batch_size"].default
+    dtype: Dtype = _DEFAULTS["dtype"].default  # 'auto' is resolved before anything is answered or recorded
     baseline: str | None = None  # every other model is tested against this one (difference + interval)
-    bootstrap: int = 1000
+    bootstrap: int = _DEFAULTS["bootstrap"].default
     seed: int = 0
 
 
@@ -57,6 +61,7 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
              prompts_path: Path | None = None, settings: EvalSettings | None = None,
              show_progress: bool = True, store_path: Path | None = None) -> dict[str, Any]:
     settings = settings or EvalSettings()
+    settings = replace(settings, dtype=resolved_dtype(settings.dtype))
     check_output(out_dir, "folder", "--out")
     if not models and not outputs:
         raise InputError("eval", "expected --models (model folders) or --outputs (model_outputs.json files)")

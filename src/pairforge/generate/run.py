@@ -93,14 +93,21 @@ _ANSWER_SCHEMA = {S.PROMPT_ID: pl.String, "_index": pl.Int64, S.SOURCE: pl.Strin
                   S.RESPONSE: pl.String, S.FINISH_REASON: pl.String}
 
 
-def file_answers(source: SourceConfig, prompts: pl.DataFrame, samples: int) -> pl.DataFrame:
-    """A file source's answers to the recipe's prompts (those it has; the pairs stage counts the rest)."""
+def read_file_source(source: SourceConfig) -> pl.DataFrame:
+    """Every answer of a file source's file, checked to be one model's (`pairforge run` checks this before any
+    stage runs, so a bad file never fails a run after its API sources were paid for)."""
     assert source.path is not None
     frame = responses_from_files([read_records(source.path)], "auto")
     found = frame[S.SOURCE].unique().to_list()
     if len(found) > 1:
         raise InputError(str(source.path), f"source '{source.name}' takes one model's answers, but the file has "
                          f"answers from {len(found)} ({', '.join(sorted(found)[:4])}); split it per model")
+    return frame
+
+
+def file_answers(source: SourceConfig, prompts: pl.DataFrame, samples: int) -> pl.DataFrame:
+    """A file source's answers to the recipe's prompts (those it has; the pairs stage counts the rest)."""
+    frame = read_file_source(source)
     index = prompts.select(S.PROMPT_ID).with_row_index("_index").with_columns(pl.col("_index").cast(pl.Int64))
     return (frame.filter(pl.col(S.SAMPLE) < samples).join(index, on=S.PROMPT_ID)
             .select(S.PROMPT_ID, "_index", pl.lit(source.name).alias(S.SOURCE), S.SAMPLE, S.RESPONSE,

@@ -7,16 +7,17 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
 
-from pairforge.config import TrainConfig
 from pairforge.errors import InputError
 from pairforge.files import file_digest, read_json_object, read_log, write_json
 from pairforge.fingerprints import model_content
 from pairforge.layout import TrainDir
+from pairforge.train_config import TrainConfig
 
 # settings that change how a run is carried out, not what it trains: a resume may change them
 _FREE_ON_RESUME = {"out", "logging_steps", "save_steps", "keep_checkpoints", "save_final_state", "eval_steps",
@@ -33,8 +34,9 @@ def identity(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def finished_step(run: TrainDir, identity_now: dict[str, Any]) -> int | None:
-    """The last step of a finished run with the same identity; None when there is nothing to resume or a
-    checkpoint of the same identity; an InputError naming what differs otherwise."""
+    """The last step of a finished run with the same identity; None when there is nothing to resume, a
+    checkpoint of the same identity, or a finished run to extend (more max_steps or epochs) from its saved final
+    state; an InputError naming what differs otherwise."""
     if not run.run_info.exists():
         return None
     earlier = read_json_object(run.run_info, "a JSON object as `pairforge train` writes it (a damaged "
@@ -43,13 +45,39 @@ def finished_step(run: TrainDir, identity_now: dict[str, Any]) -> int | None:
     if not finished and latest_checkpoint(run) is None:
         return None
     before = earlier.get("identity", {})
-    changed = [_change(key, before.get(key), identity_now.get(key))
-               for key in sorted(before.keys() | identity_now.keys()) if before.get(key) != identity_now.get(key)]
-    if changed:
+    keys = [key for key in sorted(before.keys() | identity_now.keys()) if before.get(key) != identity_now.get(key)]
+    changed = "; ".join(_change(key, before.get(key), identity_now.get(key)) for key in keys)
+    if keys and finished and all(k in _EXTENDS and _more(before.get(k), identity_now.get(k)) for k in keys):
+        latest = latest_checkpoint(run)
+        final = latest is not None and json.loads((latest / "position.json").read_text())["step"]
+        if final == earlier["finished_step"]:
+            return None  # the loop resumes from the final state and trains only the added steps
+        raise InputError(str(run.root), f"holds a finished run of {earlier['finished_step']} steps ({changed}) whose "
+                         "final state was not saved, so it cannot be extended: pass --fresh to train again from the "
+                         "start (with save_final_state, --save-final-state, a run can be extended later)")
+    if keys:
         what = "a finished run" if finished else "a checkpoint"
-        raise InputError(str(run.root), f"holds {what} trained with other settings ({'; '.join(changed)}); pass "
+        raise InputError(str(run.root), f"holds {what} trained with other settings ({changed}); pass "
                          "--fresh to delete it and start over, or choose another --out")
     return earlier["finished_step"] if finished else None
+
+
+_EXTENDS = ("max_steps", "epochs")  # more of these continue a finished run whose final state was saved
+
+
+def extends(run: TrainDir, cfg: TrainConfig) -> bool:
+    """Whether training `cfg` in this folder continues its finished run (more steps, final state saved), so that
+    a pipeline whose run settings changed keeps that run instead of starting it over."""
+    try:
+        finished = "finished_step" in json.loads(run.run_info.read_text())
+        return finished and finished_step(run, identity(cfg.resolved())) is None
+    except (OSError, ValueError, InputError):  # no run, a damaged record, or other settings: not an extension
+        return False
+
+
+def _more(before: Any, now: Any) -> bool:
+    """`now` asks for more steps than `before` (None: no limit)."""
+    return now is None if before is None else now is None or now > before
 
 
 def _change(key: str, before: Any, now: Any) -> str:
@@ -66,14 +94,31 @@ def clear(run: TrainDir) -> None:
         file.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class Order:
+    """The planned order a checkpoint's position counts micro-batches in: the digest of the whole plan, and the
+    (global micro-batch, stage) list trained, whose first part a longer plan of the same run repeats."""
+
+    digest: str
+    kept: list[tuple[list[int], int]]
+    grad_accum: int
+    world: int
+
+    def done(self, micro_batches: int) -> str:
+        """The digest of the first `micro_batches` micro-batches: what a checkpoint has trained on."""
+        part = self.kept[:micro_batches]
+        return order_digest([b for b, _ in part], [s for _, s in part], self.grad_accum, self.world)
+
+
 def save_checkpoint(accelerator: Accelerator, run: TrainDir, step: int, micro_batches: int, keep: int,
-                    order: str) -> Path:
+                    order: Order) -> Path:
     """Model, optimiser, scheduler and RNG (accelerate), then our data position in the planned `order` (its
-    digest); older ones pruned."""
+    digest, and the digest of the part trained); older ones pruned."""
     path = run.checkpoints / f"step-{step:06d}"
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
-        write_json({"step": step, "micro_batches": micro_batches, "order": order}, path / "position.json")
+        write_json({"step": step, "micro_batches": micro_batches, "order": order.digest,
+                    "done": order.done(micro_batches)}, path / "position.json")
         for old in sorted(run.checkpoints.glob("step-*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -86,15 +131,17 @@ def latest_checkpoint(run: TrainDir) -> Path | None:
     return done[-1] if done else None
 
 
-def resume(accelerator: Accelerator, run: TrainDir, order: str) -> tuple[int, int]:
+def resume(accelerator: Accelerator, run: TrainDir, order: Order) -> tuple[int, int]:
     """Load the latest checkpoint, if any: (optimiser steps, micro-batches) done. Its position counts
     micro-batches of the planned order, so a checkpoint made with another order (the same settings planned
-    by another pairforge version) is refused rather than resumed at a position that means other pairs."""
+    by another pairforge version) is refused rather than resumed at a position that means other pairs; a plan
+    that starts with the micro-batches the checkpoint trained on (a finished run extended) continues it."""
     latest = latest_checkpoint(run)
     if latest is None:
         return 0, 0
     state = json.loads((latest / "position.json").read_text())
-    if state.get("order", order) != order:
+    same_start = "done" in state and state["done"] == order.done(state["micro_batches"])
+    if state.get("order", order.digest) != order.digest and not same_start:
         raise InputError(str(run.root), f"expected {latest.name} to continue this run's batch order, found "
                          "another (planned by another pairforge version, or with another share_prompt: rows of other "
                          "widths group otherwise); train with --fresh to start over")

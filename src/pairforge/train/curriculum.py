@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pairforge.config import CurriculumConfig
 from pairforge.errors import InputError
 from pairforge.text import answer_text
+from pairforge.train_config import CurriculumConfig
 
 
 @dataclass

@@ -40,7 +40,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from pairforge.config import METHODS
+from pairforge.train_config import METHODS
 
 
 @dataclass
@@ -172,7 +172,7 @@ LOSSES: dict[str, LossFunction] = {
     "dpo": dpo, "sigmoid": dpo, "cdpo": cdpo, "robust": robust, "hinge": hinge, "ipo": ipo, "apo_zero": apo_zero,
     "apo_down": apo_down, "simpo": simpo, "r-dpo": r_dpo, "slic": slic, "sft": sft, "reward-model": bradley_terry,
 }
-assert set(LOSSES) == set(METHODS), "config.Method and LOSSES must name the same methods"
+assert set(LOSSES) == set(METHODS), "train_config.Method and LOSSES must name the same methods"
 REWARD_MODEL = "reward-model"
 REFERENCE_FREE = frozenset({"simpo", "slic", "sft", REWARD_MODEL})
 NEEDS_TARGET = frozenset({"slic", "sft"})

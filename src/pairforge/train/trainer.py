@@ -27,13 +27,13 @@ from typing import Any
 import torch
 from accelerate.utils import set_seed
 
-from pairforge.config import TrainConfig
 from pairforge.files import check_output, read_log, write_json
 from pairforge.layout import TrainDir
 from pairforge.train import checkpoints
 from pairforge.train.memory import return_freed_memory
 from pairforge.train.metrics import Window, evaluate_pairs
 from pairforge.train.setup import Laps, Setup, accelerator_for, check_trackers, setup
+from pairforge.train_config import TrainConfig
 
 
 class TrainingStopped(Exception):
@@ -52,6 +52,7 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
     """Train, resuming this folder's checkpoint when it was made with the same data and settings (any other
     is refused unless `fresh`, which deletes the earlier run once this one's inputs have loaded); a finished run
     is returned as it is."""
+    cfg = cfg.resolved()  # defaults that depend on other settings (lr), recorded as trained
     check_trackers(cfg.report_to)
     accelerator = accelerator_for(cfg)
     run = TrainDir(Path(cfg.out))

@@ -51,7 +51,7 @@ class InverseCdfSampler:
 class TransformersBackend:
     def __init__(self, cfg: SourceConfig) -> None:
         self.cfg = cfg
-        self.model, self.tokenizer = load_causal_lm(cfg.model, cfg.dtype)
+        self.model, self.tokenizer = load_causal_lm(cfg.model, cfg.resolved_dtype)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         self.tokenizer.padding_side = "left"

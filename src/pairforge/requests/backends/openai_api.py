@@ -110,6 +110,28 @@ class OpenAIBackend:
         return reason, isinstance(exc, retryable), None
 
 
+_PING_TIMEOUT_S = 30.0
+
+
+def unanswered_ping(cfg: SourceConfig) -> str | None:
+    """Why the source's server does not answer a request for its model list (the cheapest request every
+    OpenAI-compatible server serves), or None when it answers, whatever its answer says: `pairforge run` asks
+    once per server before any stage, so a wrong port fails in one line instead of after the other stages."""
+    import openai
+
+    client = openai.OpenAI(api_key=api_key(cfg), base_url=cfg.base_url, max_retries=0,
+                           timeout=min(cfg.timeout, _PING_TIMEOUT_S))
+    try:
+        client.models.list()
+    except openai.APIConnectionError as exc:  # refused, unresolvable, timed out: nothing answered
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    except Exception:  # noqa: BLE001 - an error status or an odd body: a server is there
+        return None
+    finally:
+        client.close()
+    return None
+
+
 def _first_choice(response: Any) -> Any:
     choices = getattr(response, "choices", None)
     if not choices:

@@ -22,7 +22,7 @@ class VLLMBackend:
 
         self.cfg = cfg
         self.vllm = vllm
-        self.llm = vllm.LLM(model=model_path(cfg.model), dtype=cfg.dtype, seed=cfg.seed)
+        self.llm = vllm.LLM(model=model_path(cfg.model), dtype=cfg.resolved_dtype, seed=cfg.seed)
 
     def run(self, requests: list[Request], report: Reporter) -> None:
         cfg = self.cfg
