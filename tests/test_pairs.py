@@ -278,6 +278,16 @@ def test_own_ids_that_are_not_hex_spread_over_the_split(jsonl):
     assert set(again.eval["prompt_id"]) == held_out  # stable
 
 
+def test_ids_led_by_hex_digits_keep_the_split_they_always_had(jsonl):
+    """An md5 or UUID-hex id was split by its first 8 hex digits before non-hex ids were hashed: rebuilding pairs
+    from the same data must keep every prompt on its side (0x1... is held out at 25%, 0xc... is not)."""
+    low, high = "1" + "0" * 31, "c" + "0" * 31
+    rows = [{"prompt_id": pid, "prompt": f"Question {pid[0]}?", "source": s, "response": f"{s} answers {pid[0]}"}
+            for pid in (low, high) for s in ("strong", "weak")]
+    result = build(jsonl("a.jsonl", rows), rank="strong > weak", eval_fraction=0.25)
+    assert set(result.eval["prompt_id"]) == {low} and set(result.train["prompt_id"]) == {high}
+
+
 def test_sample_set_gives_every_paper_pair():
     records = [read_records(SAMPLE / f"{name}.json") for name in ("strong", "medium", "weak")]
     result = build_pairs(responses_from_files(records), PairsConfig(rank="strong > medium > weak"))

@@ -83,6 +83,31 @@ def test_a_second_command_on_a_run_folder_in_use_stops_with_the_holder_s_pid(tmp
     assert set(responses.filter(pl.col("source") == "api")["response"]) == {"A held answer."}
 
 
+def test_a_second_quick_run_writes_nothing_in_a_folder_in_use(tmp_path: Path) -> None:
+    """`run --quick` writes its prompts into the run folder: a second one, of an edited recipe, on a folder in use
+    must be refused before it writes them (it replaced the working run's prompts, then stopped)."""
+    server = HeldServer()
+    try:
+        recipe, quick_dir = api_recipe(tmp_path, server.base_url), tmp_path / "run-quick"
+        first = pairforge("run", recipe, "--quick", "--to", "generate")
+        try:
+            assert server.arrived.wait(timeout=300), "the first run never asked the server"
+            prompts = (quick_dir / "quick-prompts.parquet").read_bytes()
+            edited = yaml.safe_load(recipe.read_text())
+            recipe.write_text(yaml.safe_dump({**edited, "quick": {"prompts": 2}}), encoding="utf-8")
+            second = finished(pairforge("run", recipe, "--quick"), timeout=120)
+            one_line_error(second, "run_dir", "in use", f"pid {first.pid}")
+            assert (quick_dir / "quick-prompts.parquet").read_bytes() == prompts
+        finally:
+            server.release()
+            done = finished(first)
+        assert done.returncode == 0, done.stderr
+    finally:
+        server.release()
+        server.close()
+    assert pl.read_parquet(quick_dir / "responses.parquet").height == 6
+
+
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path) -> None:
     """kill -9 leaves the lock file (with the dead pid) behind; the next run takes the folder and finishes."""
     server = HeldServer()

@@ -23,7 +23,7 @@ from pairforge import estimates, stages
 from pairforge import schema as S
 from pairforge.config import JudgeConfig, SourceConfig
 from pairforge.errors import InputError
-from pairforge.files import check_output, file_digest, write_json
+from pairforge.files import check_output, file_digest, write_json, write_table
 from pairforge.fingerprints import model_content
 from pairforge.layout import RunDir
 from pairforge.models import resolved_dtype
@@ -68,16 +68,13 @@ class Plan:
     stages: list[Stage]
 
 
-def load(recipe_path: Path, quick: bool = False, scratch: Path | None = None) -> tuple[Recipe, Path]:
-    """The recipe and its run folder; --quick shrinks it, its prompts written to the run folder, or to `scratch`
-    in a dry run (which writes nothing in the run folder)."""
+def load(recipe_path: Path, quick: bool = False) -> tuple[Recipe, Path]:
+    """The recipe and its run folder (--quick: the `-quick` folder beside it); writes nothing, so a command can
+    hold the folder before anything is written there (`quick_recipe` writes the smoke test's prompts)."""
     recipe = load_recipe(recipe_path)
     run_dir = recipe.run_dir or recipe_path.parent / "runs" / recipe_path.stem
     check_reads_apart(recipe, run_dir, str(recipe_path))
-    if quick:
-        run_dir = run_dir.with_name(run_dir.name + "-quick")
-        recipe = _quick(recipe, run_dir, scratch)
-    return recipe, run_dir
+    return recipe, run_dir.with_name(run_dir.name + "-quick") if quick else run_dir
 
 
 def plan(recipe: Recipe, run_dir: Path, retry_failed: bool = False) -> Plan:
@@ -357,9 +354,9 @@ def _method(method: Any) -> str:
     return method if isinstance(method, str) else "+".join(f"{w}*{n}" for n, w in method.items())
 
 
-def _quick(recipe: Recipe, run_dir: Path, scratch: Path | None) -> Recipe:
-    """The recipe shrunk for a smoke test: the first prompts (written in the run folder, or in `scratch`), short
-    answers, a few steps."""
+def quick_recipe(recipe: Recipe, run_dir: Path, scratch: Path | None = None) -> Recipe:
+    """The recipe shrunk for a smoke test (`--quick`): the first prompts (written in the run folder, or in `scratch`
+    for a dry run, which writes nothing there), short answers, a few steps."""
     from pairforge.records import prompts_from_file
 
     q = recipe.quick
@@ -370,7 +367,7 @@ def _quick(recipe: Recipe, run_dir: Path, scratch: Path | None) -> Recipe:
     path = RunDir(run_dir).quick_prompts if scratch is None else scratch / RunDir(run_dir).quick_prompts.name
     check_output(path.parent, "folder", "run_dir")
     path.parent.mkdir(parents=True, exist_ok=True)
-    prompts.select(S.PROMPT_ID, S.PROMPT).write_parquet(path)
+    write_table(prompts.select(S.PROMPT_ID, S.PROMPT), path)
     small.prompts = path
     for source in small.sources:
         source.max_new_tokens = min(source.max_new_tokens, q.max_new_tokens)

@@ -122,18 +122,21 @@ def _normalised(text: pl.Expr, nfc: bool = True) -> pl.Expr:
     return text.str.replace_all(r"\r\n?", "\n").str.replace_all(r"[^\S\n]+\n", "\n").str.strip_chars()
 
 
-_OUR_ID = r"^[0-9a-f]{16}$"  # what `prompt_ids` writes
+# ours (`prompt_ids`: 16 hex digits) and any id that starts with 8 hex digits (an md5, a UUID): split by them, as
+# every earlier version did, so rebuilding pairs from the same data keeps each prompt on its side of the split
+_HEX_LED_ID = r"^[0-9a-fA-F]{8}"
 
 
 def prompt_buckets(ids: pl.Series) -> pl.Series:
     """Each prompt id as a stable number in [0, 1), uniform over prompts, for splits by prompt.
 
-    Our ids are SHA-256 digits already: their first 8 hex digits are the number. Any other id (a user's own
-    q0..q11, a dataset's row key) is hashed with SHA-256 first, so it spreads over [0, 1) as ours do instead of
-    landing in one bucket. Hashing runs once per distinct such id.
+    Our ids are SHA-256 digits already: their first 8 hex digits are the number (so are those of any id that
+    starts with 8 hex digits). Any other id (a user's own q0..q11, a dataset's row key) is hashed with SHA-256
+    first, so it spreads over [0, 1) as ours do instead of landing in one bucket. Hashing runs once per distinct
+    such id.
     """
     frame = ids.to_frame("id")
-    theirs = frame.filter(~pl.col("id").str.contains(_OUR_ID)).unique()
+    theirs = frame.filter(~pl.col("id").str.contains(_HEX_LED_ID)).unique()
     hashed = [hashlib.sha256(i.encode("utf-8")).hexdigest()[:8] for i in theirs["id"]]
     digits = frame.join(theirs.with_columns(pl.Series("hex", hashed, pl.String)), on="id", how="left",
                         maintain_order="left")

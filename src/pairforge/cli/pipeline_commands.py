@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -137,22 +136,20 @@ def run_command(
     def run() -> None:
         from pairforge import pipeline
 
-        # a dry run writes nothing: --quick's prompts go to a temporary folder, gone once the plan has counted them
-        with tempfile.TemporaryDirectory(prefix="pairforge-") if dry_run else nullcontext() as scratch:
-            cfg, run_dir = pipeline.load(recipe, quick, Path(scratch) if scratch else None)
-            checked, notes = pipeline.with_format_samples(cfg) if dry_run else (cfg, [])
-            the_plan = pipeline.plan(checked, run_dir, retry_failed)
-        pipeline.check_stage_names(the_plan, from_stage, to_stage)
-        pipeline.check_folders(the_plan)
-        warnings = [*notes, *pipeline.preflight(checked)]
-        if dry_run or warnings:  # a dry run takes no lock and writes nothing
+        cfg, run_dir = pipeline.load(recipe, quick)
+        if dry_run:  # takes no lock and writes nothing: --quick's prompts go to a folder gone once they are counted
+            with tempfile.TemporaryDirectory(prefix="pairforge-") as scratch:
+                small = pipeline.quick_recipe(cfg, run_dir, Path(scratch)) if quick else cfg
+                the_plan, warnings = _checked_plan(small, run_dir, from_stage, to_stage, retry_failed, dry_run)
             _show_plan(recipe, run_dir, quick, the_plan, warnings)
-            if not dry_run:
-                raise InputError(str(recipe), warnings[0])
             console.print("dry run: the recipe is valid and its inputs read; nothing was run", highlight=False)
             return
-        with writing(run_dir, "run_dir"):  # one command per run folder at a time
-            _show_plan(recipe, run_dir, quick, the_plan, [])
+        with writing(run_dir, "run_dir"):  # one command per run folder at a time, from its first write on
+            cfg = pipeline.quick_recipe(cfg, run_dir) if quick else cfg
+            the_plan, warnings = _checked_plan(cfg, run_dir, from_stage, to_stage, retry_failed, dry_run)
+            _show_plan(recipe, run_dir, quick, the_plan, warnings)
+            if warnings:
+                raise InputError(str(recipe), warnings[0])
             started = time.perf_counter()
             done = pipeline.run(the_plan, from_stage,
                                 lambda name, message: console.print(f"[bold]{name}[/]: {message}", highlight=False),
@@ -161,6 +158,19 @@ def run_command(
             _show_outcome(cfg, run_dir)
 
     fail_cleanly(run)
+
+
+def _checked_plan(cfg: Recipe, run_dir: Path, start: str | None, stop: str | None, retry_failed: bool,
+                  dry_run: bool) -> tuple[Plan, list[str]]:
+    """The plan, checked: stage names, the folders it writes in, and what would stop it (`preflight`) as warnings;
+    a dry run checks input files not there yet on their format samples."""
+    from pairforge import pipeline
+
+    checked, notes = pipeline.with_format_samples(cfg) if dry_run else (cfg, [])
+    the_plan = pipeline.plan(checked, run_dir, retry_failed)
+    pipeline.check_stage_names(the_plan, start, stop)
+    pipeline.check_folders(the_plan)
+    return the_plan, [*notes, *pipeline.preflight(checked)]
 
 
 def _show_plan(path: Path, run_dir: Path, quick: bool, the_plan: Plan, warnings: list[str]) -> None:

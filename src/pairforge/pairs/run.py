@@ -113,7 +113,7 @@ def _commit(staged: dict[str, Path], paths: dict[str, Path], stale: list[Path]) 
     summary move in, the new pairs file last (the build is there once it is)."""
     paths["train"].unlink(missing_ok=True)
     for path in stale:
-        path.unlink()
+        path.unlink(missing_ok=True)  # removed by hand meanwhile: gone all the same
     for name, pending in staged.items():
         if name != "train":
             os.replace(pending, paths[name])

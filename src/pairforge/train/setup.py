@@ -145,11 +145,13 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
     if L.needs_reference(weights) and cfg.precompute_reference:
         trained = [[data.train[i] for i in batch] for batch, _ in mine[: total_steps * cfg.grad_accum]]
         held_out = held_out_batches(data.eval, cfg.batch_size)
-        with accelerator.main_process_first(), accelerator.autocast():
-            reference, eval_reference = (
-                training_reference(model, batches, way, tokenizer.pad_token_id, cache, cfg.chunk_tokens,
-                                   f"lean={cfg.lean_blocks}")
-                for batches, way in ((trained, forwards), (held_out, forwards.evaluation())))
+        context = f"lean={cfg.lean_blocks}"
+        with accelerator.main_process_first(), accelerator.autocast():  # every process evaluates the same batches
+            eval_reference = training_reference(model, held_out, forwards.evaluation(), tokenizer.pad_token_id, cache,
+                                                cfg.chunk_tokens, context)
+        with accelerator.autocast():  # each process its own batches, at once, into a cache file of its own
+            reference = training_reference(model, trained, forwards, tokenizer.pad_token_id,
+                                           _process_cache(cache, accelerator), cfg.chunk_tokens, context)
     laps.lap("reference")
     if cfg.lora is not None:
         model = _with_lora(model, cfg, task="SEQ_CLS" if reward_model else "CAUSAL_LM")
@@ -168,6 +170,13 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
                               settings, accelerator, cfg.chunk_tokens, reward_model)
     return Setup(accelerator, data, model, tokenizer, objective, forwards, optimizer, scheduler, trainable,
                  reference, eval_reference, schedule, mine, step_weights, order, total_steps)
+
+
+def _process_cache(cache: Path | None, accelerator: Accelerator) -> Path | None:
+    """One process's reference cache: processes writing one file at once would each drop the others' entries."""
+    if cache is None or accelerator.num_processes == 1:
+        return cache
+    return cache.with_name(f"{cache.stem}.process-{accelerator.process_index}{cache.suffix}")
 
 
 def _check_accumulation(accelerator: Accelerator, grad_accum: int) -> None:
