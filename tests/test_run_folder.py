@@ -13,7 +13,7 @@ from typing import Any
 import polars as pl
 import pytest
 import yaml
-from servers import FaultProxy, HeldServer, free_port
+from servers import FaultProxy, HeldServer
 
 from conftest import one_line_error, write_jsonl
 
@@ -138,9 +138,10 @@ def test_a_file_the_recipe_reads_that_the_run_writes_is_refused_up_front(tmp_pat
 
 # --- a stage with failed requests is not finished -------------------------------------------------------------
 
-def failing_recipe(folder: Path, stage: str, base_url: str) -> Path:
+def failing_recipe(folder: Path, stage: str, base_url: str, base_model: Path | None = None) -> Path:
     """Answers files of a strong and a weak source, and a model asked over HTTP (at `base_url`) in `stage`: as a
-    source that answers (generate), as the reviser of the weak answers (revise) or as the pairwise judge (judge)."""
+    source that answers (generate), as the reviser of the weak answers (revise), as the pairwise judge (judge) or
+    as the evaluation's pairwise judge of `base_model`'s answers against the strong ones (eval)."""
     files = {name: write_jsonl(folder / f"{name}.jsonl", [{"prompt": p, "source": name, "response": text}
                                                            for p in PROMPTS[:2]])
              for name, text in (("strong", "A full, careful answer."), ("weak", "No idea."))}
@@ -154,6 +155,10 @@ def failing_recipe(folder: Path, stage: str, base_url: str) -> Path:
         data["sources"] = [*sources, {"name": "api", **asked}]
     if stage == "revise":
         data["pairs"] = {"strategy": "revised", "revision": {"reviser": "api", "original": "weak"}}
+    if stage == "eval":
+        data |= {"sources": sources, "train": {"model": str(base_model)},
+                 "eval": {"prompts": data["prompts"], "reference": str(files["strong"]), "max_new_tokens": 4,
+                          "bootstrap": 10, "judge": {"kind": "llm-pairwise", "llm": asked}}}
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
@@ -161,11 +166,14 @@ def failing_recipe(folder: Path, stage: str, base_url: str) -> Path:
 
 @pytest.mark.parametrize(("stage", "requests"), [("generate", 2), ("revise", 2), ("judge", 4)])
 def test_a_stage_whose_requests_failed_is_not_finished_and_retry_failed_asks_again(tmp_path: Path, stage: str,
-                                                                                   requests: int) -> None:
+                                                                                   requests: int,
+                                                                                   llama_server: Any) -> None:
     """Every request of the stage fails (the server answers each with an error): the run stops at that stage with
     how many failed and --retry-failed, and records no finished stage; a plain rerun runs the stage again without
     asking again (the failures wait in the store), `--retry-failed` asks them again."""
-    failing = FaultProxy(free_port(), every=1)  # answers every request itself with an error, and counts it
+    # answers every request (POST) itself with an error, and counts it; the model list (the run's check that the
+    # server answers) passes through to the real server
+    failing = FaultProxy(llama_server.port, every=1)
     try:
         recipe = failing_recipe(tmp_path, stage, failing.base_url)
         marker = tmp_path / "run" / "stages" / f"{stage}.json"
@@ -201,3 +209,25 @@ def test_a_source_that_now_only_revises_has_no_answers_left_in_the_responses(tmp
         server.close()
     assert set(pl.read_parquet(responses)["source"]) == {"weak"}
     assert set(pl.read_parquet(tmp_path / "run" / "revisions.parquet")["source"]) == {"weak+api"}
+
+
+def test_an_eval_whose_judge_requests_failed_is_not_finished_and_retry_failed_asks_again(
+        tmp_path: Path, tiny_model_dir: Path, llama_server: Any) -> None:
+    """The evaluation's LLM judge fails every request (2 prompts x both orders; the proxy in front of the real server
+    answers each POST with an error, its model list passes through): the run stops at eval with how many failed and
+    --retry-failed and records no finished eval (nor runs the report), so a plain rerun runs it again (the failures
+    wait in eval's store) and `run --retry-failed` asks them again."""
+    failing = FaultProxy(llama_server.port, every=1)
+    try:
+        recipe = failing_recipe(tmp_path, "eval", failing.base_url, tiny_model_dir)
+        run_dir = tmp_path / "run"
+        for flags, asked in (([], 4), ([], 4), (["--retry-failed"], 8)):
+            result = finished(pairforge("run", recipe, "--to", "eval", *flags))
+            assert result.returncode == 2, result.stderr
+            assert "eval: 4 requests failed" in result.stderr and "--retry-failed" in result.stderr
+            assert "Traceback" not in result.stderr
+            assert not (run_dir / "stages" / "eval.json").exists() and not (run_dir / "report.html").exists()
+            assert re.search(r"^eval: running", result.stderr, flags=re.MULTILINE), result.stderr
+            assert failing.requests == asked
+    finally:
+        failing.close()
