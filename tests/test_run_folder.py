@@ -4,9 +4,12 @@ recipe's current sources."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,37 +53,65 @@ def api_recipe(folder: Path, base_url: str, **changes: Any) -> Path:
     return path
 
 
-def test_a_second_command_on_a_run_folder_in_use_stops_with_the_holder_s_pid(tmp_path: Path) -> None:
-    """While one `pairforge run` works in its folder (its requests held by the server), a second `run` and a
-    `generate --out` on the same folder exit 2 with one line naming the folder and the first one's pid; a dry run
-    still checks (no lock); the first run then finishes as if alone."""
-    server = HeldServer()
-    processes: list[subprocess.Popen[str]] = []
+@contextmanager
+def busy(server: HeldServer, recipe: Path, stage: str) -> Iterator[subprocess.Popen[str]]:
+    """`pairforge run RECIPE --to STAGE` at work in its folder for the block (its requests held by `server`); then
+    let finish (exit 0 checked), or killed when the block failed; the server is closed either way."""
+    first = pairforge("run", recipe, "--to", stage)
     try:
-        recipe, run_dir = api_recipe(tmp_path, server.base_url), tmp_path / "run"
-        dry = finished(pairforge("run", recipe, "--dry-run"))
-        assert dry.returncode == 0, dry.stderr
-        assert not run_dir.exists()  # a dry run writes nothing
-        first = pairforge("run", recipe, "--to", "generate")
-        processes.append(first)
         assert server.arrived.wait(timeout=300), "the first run never asked the server"
-        second = finished(pairforge("run", recipe), timeout=120)
-        one_line_error(second, "run_dir", str(run_dir), "in use", f"pid {first.pid}")
-        stage = finished(pairforge("generate", recipe, "--out", run_dir), timeout=120)
-        one_line_error(stage, "--out", str(run_dir), "in use", f"pid {first.pid}")
-        assert finished(pairforge("run", recipe, "--dry-run")).returncode == 0
+        yield first
         server.release()
         done = finished(first)
         assert done.returncode == 0, done.stderr
     finally:
         server.release()
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
+        if first.poll() is None:
+            first.kill()
         server.close()
+
+
+def test_a_second_command_on_a_run_folder_in_use_stops_with_the_holder_s_pid(tmp_path: Path) -> None:
+    """While one `pairforge run` works in its folder (its requests held by the server), a second `run` and a
+    `generate --out` on the same folder exit 2 with one line naming the folder and the first one's pid; a dry run
+    still checks (no lock); the first run then finishes as if alone."""
+    server = HeldServer()
+    recipe, run_dir = api_recipe(tmp_path, server.base_url), tmp_path / "run"
+    dry = finished(pairforge("run", recipe, "--dry-run"))
+    assert dry.returncode == 0, dry.stderr
+    assert not run_dir.exists()  # a dry run writes nothing
+    with busy(server, recipe, "generate") as first:
+        second = finished(pairforge("run", recipe), timeout=120)
+        one_line_error(second, "run_dir", str(run_dir), "in use", f"pid {first.pid}")
+        stage = finished(pairforge("generate", recipe, "--out", run_dir), timeout=120)
+        one_line_error(stage, "--out", str(run_dir), "in use", f"pid {first.pid}")
+        assert finished(pairforge("run", recipe, "--dry-run")).returncode == 0
     responses = pl.read_parquet(run_dir / "responses.parquet")
     assert sorted(responses["source"]) == ["api"] * 3 + ["weak"] * 3
     assert set(responses.filter(pl.col("source") == "api")["response"]) == {"A held answer."}
+
+
+def test_train_into_a_run_folder_in_use_stops_with_the_holder_s_pid(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """While a `pairforge run` works in its folder, `train --config RECIPE --run NAME` and `train --out
+    <run>/train/NAME` (which write into it) exit 2 naming the folder and the run's pid; a process of `accelerate
+    launch` other than the main one (RANK 1) does not check (the main one holds the folder for all of them). Once
+    the run has ended, the same training runs, and leaves no lock behind."""
+    server = HeldServer()
+    recipe = api_recipe(tmp_path, server.base_url, train={"model": str(tiny_model_dir)},
+                        runs=[{"name": "sft", "method": "sft", "max_steps": 1, "batch_size": 2}])
+    run_dir = tmp_path / "run"
+    with busy(server, recipe, "pairs") as first:
+        by_run = finished(pairforge("train", "--config", recipe, "--run", "sft"), timeout=120)
+        one_line_error(by_run, "--run", str(run_dir), "in use", f"pid {first.pid}")
+        by_out = finished(pairforge("train", "--out", run_dir / "train" / "other", "--pairs", tmp_path / "pairs.jsonl",
+                                    "--model", tiny_model_dir), timeout=120)
+        one_line_error(by_out, "--out", str(run_dir), "in use", f"pid {first.pid}")
+        env = {**os.environ, "RANK": "1"}
+        other_rank = finished(pairforge("train", "--config", recipe, "--run", "sft", env=env), timeout=120)
+        assert "in use" not in other_rank.stderr and "pairs.parquet" in other_rank.stderr, other_rank.stderr
+    trained = finished(pairforge("train", "--config", recipe, "--run", "sft"))
+    assert trained.returncode == 0, trained.stderr
+    assert (run_dir / "train" / "sft" / "model").is_dir() and not (run_dir / "pairforge.lock").exists()
 
 
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path) -> None:
