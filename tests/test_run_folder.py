@@ -4,16 +4,19 @@ recipe's current sources."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 import yaml
-from servers import FaultProxy, HeldServer, free_port
+from servers import FaultProxy, HeldServer
 
 from conftest import one_line_error, write_jsonl
 
@@ -50,34 +53,39 @@ def api_recipe(folder: Path, base_url: str, **changes: Any) -> Path:
     return path
 
 
-def test_a_second_command_on_a_run_folder_in_use_stops_with_the_holder_s_pid(tmp_path: Path) -> None:
-    """While one `pairforge run` works in its folder (its requests held by the server), a second `run` and a
-    `generate --out` on the same folder exit 2 with one line naming the folder and the first one's pid; a dry run
-    still checks (no lock); the first run then finishes as if alone."""
-    server = HeldServer()
-    processes: list[subprocess.Popen[str]] = []
+@contextmanager
+def busy(server: HeldServer, recipe: Path, stage: str, *flags: str) -> Iterator[subprocess.Popen[str]]:
+    """`pairforge run RECIPE --to STAGE [FLAGS]` at work in its folder for the block (its requests held by
+    `server`); then let finish (exit 0 checked), or killed when the block failed; the server is closed either way."""
+    first = pairforge("run", recipe, "--to", stage, *flags)
     try:
-        recipe, run_dir = api_recipe(tmp_path, server.base_url), tmp_path / "run"
-        dry = finished(pairforge("run", recipe, "--dry-run"))
-        assert dry.returncode == 0, dry.stderr
-        assert not run_dir.exists()  # a dry run writes nothing
-        first = pairforge("run", recipe, "--to", "generate")
-        processes.append(first)
         assert server.arrived.wait(timeout=300), "the first run never asked the server"
-        second = finished(pairforge("run", recipe), timeout=120)
-        one_line_error(second, "run_dir", str(run_dir), "in use", f"pid {first.pid}")
-        stage = finished(pairforge("generate", recipe, "--out", run_dir), timeout=120)
-        one_line_error(stage, "--out", str(run_dir), "in use", f"pid {first.pid}")
-        assert finished(pairforge("run", recipe, "--dry-run")).returncode == 0
+        yield first
         server.release()
         done = finished(first)
         assert done.returncode == 0, done.stderr
     finally:
         server.release()
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
+        if first.poll() is None:
+            first.kill()
         server.close()
+
+
+def test_a_second_command_on_a_run_folder_in_use_stops_with_the_holder_s_pid(tmp_path: Path) -> None:
+    """While one `pairforge run` works in its folder (its requests held by the server), a second `run` and a
+    `generate --out` on the same folder exit 2 with one line naming the folder and the first one's pid; a dry run
+    still checks (no lock); the first run then finishes as if alone."""
+    server = HeldServer()
+    recipe, run_dir = api_recipe(tmp_path, server.base_url), tmp_path / "run"
+    dry = finished(pairforge("run", recipe, "--dry-run"))
+    assert dry.returncode == 0, dry.stderr
+    assert not run_dir.exists()  # a dry run writes nothing
+    with busy(server, recipe, "generate") as first:
+        second = finished(pairforge("run", recipe), timeout=120)
+        one_line_error(second, "run_dir", str(run_dir), "in use", f"pid {first.pid}")
+        stage = finished(pairforge("generate", recipe, "--out", run_dir), timeout=120)
+        one_line_error(stage, "--out", str(run_dir), "in use", f"pid {first.pid}")
+        assert finished(pairforge("run", recipe, "--dry-run")).returncode == 0
     responses = pl.read_parquet(run_dir / "responses.parquet")
     assert sorted(responses["source"]) == ["api"] * 3 + ["weak"] * 3
     assert set(responses.filter(pl.col("source") == "api")["response"]) == {"A held answer."}
@@ -87,25 +95,38 @@ def test_a_second_quick_run_writes_nothing_in_a_folder_in_use(tmp_path: Path) ->
     """`run --quick` writes its prompts into the run folder: a second one, of an edited recipe, on a folder in use
     must be refused before it writes them (it replaced the working run's prompts, then stopped)."""
     server = HeldServer()
-    try:
-        recipe, quick_dir = api_recipe(tmp_path, server.base_url), tmp_path / "run-quick"
-        first = pairforge("run", recipe, "--quick", "--to", "generate")
-        try:
-            assert server.arrived.wait(timeout=300), "the first run never asked the server"
-            prompts = (quick_dir / "quick-prompts.parquet").read_bytes()
-            edited = yaml.safe_load(recipe.read_text())
-            recipe.write_text(yaml.safe_dump({**edited, "quick": {"prompts": 2}}), encoding="utf-8")
-            second = finished(pairforge("run", recipe, "--quick"), timeout=120)
-            one_line_error(second, "run_dir", "in use", f"pid {first.pid}")
-            assert (quick_dir / "quick-prompts.parquet").read_bytes() == prompts
-        finally:
-            server.release()
-            done = finished(first)
-        assert done.returncode == 0, done.stderr
-    finally:
-        server.release()
-        server.close()
+    recipe, quick_dir = api_recipe(tmp_path, server.base_url), tmp_path / "run-quick"
+    with busy(server, recipe, "generate", "--quick") as first:
+        prompts = (quick_dir / "quick-prompts.parquet").read_bytes()
+        edited = yaml.safe_load(recipe.read_text())
+        recipe.write_text(yaml.safe_dump({**edited, "quick": {"prompts": 2}}), encoding="utf-8")
+        second = finished(pairforge("run", recipe, "--quick"), timeout=120)
+        one_line_error(second, "run_dir", "in use", f"pid {first.pid}")
+        assert (quick_dir / "quick-prompts.parquet").read_bytes() == prompts
     assert pl.read_parquet(quick_dir / "responses.parquet").height == 6
+
+
+def test_train_into_a_run_folder_in_use_stops_with_the_holder_s_pid(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """While a `pairforge run` works in its folder, `train --config RECIPE --run NAME` and `train --out
+    <run>/train/NAME` (which write into it) exit 2 naming the folder and the run's pid; a process of `accelerate
+    launch` other than the main one (RANK 1) does not check (the main one holds the folder for all of them). Once
+    the run has ended, the same training runs, and leaves no lock behind."""
+    server = HeldServer()
+    recipe = api_recipe(tmp_path, server.base_url, train={"model": str(tiny_model_dir)},
+                        runs=[{"name": "sft", "method": "sft", "max_steps": 1, "batch_size": 2}])
+    run_dir = tmp_path / "run"
+    with busy(server, recipe, "pairs") as first:
+        by_run = finished(pairforge("train", "--config", recipe, "--run", "sft"), timeout=120)
+        one_line_error(by_run, "--run", str(run_dir), "in use", f"pid {first.pid}")
+        by_out = finished(pairforge("train", "--out", run_dir / "train" / "other", "--pairs", tmp_path / "pairs.jsonl",
+                                    "--model", tiny_model_dir), timeout=120)
+        one_line_error(by_out, "--out", str(run_dir), "in use", f"pid {first.pid}")
+        env = {**os.environ, "RANK": "1"}
+        other_rank = finished(pairforge("train", "--config", recipe, "--run", "sft", env=env), timeout=120)
+        assert "in use" not in other_rank.stderr and "pairs.parquet" in other_rank.stderr, other_rank.stderr
+    trained = finished(pairforge("train", "--config", recipe, "--run", "sft"))
+    assert trained.returncode == 0, trained.stderr
+    assert (run_dir / "train" / "sft" / "model").is_dir() and not (run_dir / "pairforge.lock").exists()
 
 
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path) -> None:
@@ -163,9 +184,10 @@ def test_a_file_the_recipe_reads_that_the_run_writes_is_refused_up_front(tmp_pat
 
 # --- a stage with failed requests is not finished -------------------------------------------------------------
 
-def failing_recipe(folder: Path, stage: str, base_url: str) -> Path:
+def failing_recipe(folder: Path, stage: str, base_url: str, base_model: Path | None = None) -> Path:
     """Answers files of a strong and a weak source, and a model asked over HTTP (at `base_url`) in `stage`: as a
-    source that answers (generate), as the reviser of the weak answers (revise) or as the pairwise judge (judge)."""
+    source that answers (generate), as the reviser of the weak answers (revise), as the pairwise judge (judge) or
+    as the evaluation's pairwise judge of `base_model`'s answers against the strong ones (eval)."""
     files = {name: write_jsonl(folder / f"{name}.jsonl", [{"prompt": p, "source": name, "response": text}
                                                            for p in PROMPTS[:2]])
              for name, text in (("strong", "A full, careful answer."), ("weak", "No idea."))}
@@ -179,6 +201,10 @@ def failing_recipe(folder: Path, stage: str, base_url: str) -> Path:
         data["sources"] = [*sources, {"name": "api", **asked}]
     if stage == "revise":
         data["pairs"] = {"strategy": "revised", "revision": {"reviser": "api", "original": "weak"}}
+    if stage == "eval":
+        data |= {"sources": sources, "train": {"model": str(base_model)},
+                 "eval": {"prompts": data["prompts"], "reference": str(files["strong"]), "max_new_tokens": 4,
+                          "bootstrap": 10, "judge": {"kind": "llm-pairwise", "llm": asked}}}
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
@@ -186,11 +212,14 @@ def failing_recipe(folder: Path, stage: str, base_url: str) -> Path:
 
 @pytest.mark.parametrize(("stage", "requests"), [("generate", 2), ("revise", 2), ("judge", 4)])
 def test_a_stage_whose_requests_failed_is_not_finished_and_retry_failed_asks_again(tmp_path: Path, stage: str,
-                                                                                   requests: int) -> None:
+                                                                                   requests: int,
+                                                                                   llama_server: Any) -> None:
     """Every request of the stage fails (the server answers each with an error): the run stops at that stage with
     how many failed and --retry-failed, and records no finished stage; a plain rerun runs the stage again without
     asking again (the failures wait in the store), `--retry-failed` asks them again."""
-    failing = FaultProxy(free_port(), every=1)  # answers every request itself with an error, and counts it
+    # answers every request (POST) itself with an error, and counts it; the model list (the run's check that the
+    # server answers) passes through to the real server
+    failing = FaultProxy(llama_server.port, every=1)
     try:
         recipe = failing_recipe(tmp_path, stage, failing.base_url)
         marker = tmp_path / "run" / "stages" / f"{stage}.json"
@@ -226,3 +255,25 @@ def test_a_source_that_now_only_revises_has_no_answers_left_in_the_responses(tmp
         server.close()
     assert set(pl.read_parquet(responses)["source"]) == {"weak"}
     assert set(pl.read_parquet(tmp_path / "run" / "revisions.parquet")["source"]) == {"weak+api"}
+
+
+def test_an_eval_whose_judge_requests_failed_is_not_finished_and_retry_failed_asks_again(
+        tmp_path: Path, tiny_model_dir: Path, llama_server: Any) -> None:
+    """The evaluation's LLM judge fails every request (2 prompts x both orders; the proxy in front of the real server
+    answers each POST with an error, its model list passes through): the run stops at eval with how many failed and
+    --retry-failed and records no finished eval (nor runs the report), so a plain rerun runs it again (the failures
+    wait in eval's store) and `run --retry-failed` asks them again."""
+    failing = FaultProxy(llama_server.port, every=1)
+    try:
+        recipe = failing_recipe(tmp_path, "eval", failing.base_url, tiny_model_dir)
+        run_dir = tmp_path / "run"
+        for flags, asked in (([], 4), ([], 4), (["--retry-failed"], 8)):
+            result = finished(pairforge("run", recipe, "--to", "eval", *flags))
+            assert result.returncode == 2, result.stderr
+            assert "eval: 4 requests failed" in result.stderr and "--retry-failed" in result.stderr
+            assert "Traceback" not in result.stderr
+            assert not (run_dir / "stages" / "eval.json").exists() and not (run_dir / "report.html").exists()
+            assert re.search(r"^eval: running", result.stderr, flags=re.MULTILINE), result.stderr
+            assert failing.requests == asked
+    finally:
+        failing.close()

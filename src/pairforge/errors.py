@@ -30,6 +30,13 @@ class InputError(Exception):
         return f"{where}: {self.problem}"
 
 
+def unanswered(command: str, failed: int, detail: str = "") -> InputError:
+    """Failed requests stop their stage (it is not finished, so the next run runs it again); they wait in the store
+    until asked again with --retry-failed."""
+    return InputError(command, f"{failed} requests failed{detail}; they are kept in the store: run again with "
+                      "`pairforge run RECIPE --retry-failed` (or the stage's own command with --retry-failed)")
+
+
 def describe(value: object) -> str:
     """How a found value is named in an error: its JSON type and a short preview."""
     kind = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array",

@@ -115,6 +115,16 @@ _OWN_FOLDERS = {"eval", "train", "stages", f"{Path(REPORT).stem}_files"}  # repo
 _ROUND = re.compile(r"round-\d+")
 
 
+def run_folder_of(train_out: Path) -> Path | None:
+    """The run folder a training run's folder lies in (`<run>/train/NAME`, `<run>/round-K/train/NAME`): the one whose
+    lock `pairforge run` holds while it works there; None for a training folder anywhere else."""
+    out = Path(train_out).resolve()
+    if out.parent.name != "train":
+        return None
+    root = out.parent.parent
+    return root.parent if _ROUND.fullmatch(root.name) else root
+
+
 class RunDir:
     """A pipeline run folder (or one round's folder of an iterative run, with the run's shared `store`)."""
 

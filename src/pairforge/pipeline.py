@@ -172,7 +172,7 @@ def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int, retry_failed: 
                                            else "")
         plan_.append(Stage("eval", f"{judges} vs reference on {eval_prompts}",
                             f"{len(models)} models", estimates.eval_estimate(recipe, len(models), n_prompts),
-                            lambda: stages.evaluate(recipe, folder),
+                            lambda: stages.evaluate(recipe, folder, retry_failed),
                             [pairs_cfg.out, *[folder.marker(f"train:{r.name}") for r in recipe.runs],
                              *stages.eval_files(recipe.eval, folder)],
                             [{**recipe.eval.model_dump(mode="json"), "dtype": resolved_dtype(recipe.eval.dtype)},

@@ -15,7 +15,7 @@ import polars as pl
 
 from pairforge import schema as S
 from pairforge.config import EvalConfig, JudgeConfig, PairsConfig
-from pairforge.errors import InputError
+from pairforge.errors import InputError, unanswered
 from pairforge.files import check_output, write_json
 from pairforge.layout import EVAL_PROMPTS, EVAL_REFERENCE, LEADERBOARD, MODEL_OUTPUTS, RunDir, TrainDir
 from pairforge.recipe import Recipe
@@ -42,10 +42,9 @@ def revise(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path
 
 def _all_answered(failed: int, command: str) -> None:
     """A stage with failed requests is not finished: it stops before the pipeline records it (so the next run, and
-    --retry-failed, runs it again); they wait in the store for `pairforge run RECIPE --retry-failed`."""
+    --retry-failed, runs it again)."""
     if failed:
-        raise InputError(command, f"{failed} requests failed; they are kept in the store: run again with "
-                         "`pairforge run RECIPE --retry-failed` (or the stage's own command with --retry-failed)")
+        raise unanswered(command, failed)
 
 
 def judge(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path]:
@@ -141,9 +140,10 @@ def policies(recipe: Recipe) -> list[RunConfig]:
     return [r for r in recipe.runs if r.method != "reward-model"]
 
 
-def evaluate(recipe: Recipe, run: RunDir) -> list[Path]:
+def evaluate(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path]:
     """The base and every trained policy answer the eval prompts; the judge compares them with the
-    reference; with `judge_run`, a reward model trained on pairs kept apart scores the same answers again."""
+    reference; with `judge_run`, a reward model trained on pairs kept apart scores the same answers again.
+    A failed request (an answer or a verdict) leaves the evaluation unfinished, like any stage's."""
     from pairforge.evaluate.run import EvalSettings, trained_endpoint
     from pairforge.evaluate.run import evaluate as judge_models
 
@@ -159,14 +159,17 @@ def evaluate(recipe: Recipe, run: RunDir) -> list[Path]:
     settings = EvalSettings(endpoint=endpoint, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                             batch_size=cfg.batch_size, dtype=cfg.dtype, baseline="base" if cfg.base else None,
                             bootstrap=cfg.bootstrap)
-    result = judge_models(models, [], reference, cfg.judge, run.eval, prompts, settings, store_path=run.eval_store)
+    result = judge_models(models, [], reference, cfg.judge, run.eval, prompts, settings, store_path=run.eval_store,
+                          retry_failed=retry_failed)
+    _all_answered(result["judge_summary"].get("failed_requests", 0), "eval")
     written = [run.leaderboard]
     if cfg.judge_run:
         answers = [f"{e['model']}={run.eval / (e['model'] + MODEL_OUTPUTS)}" for e in result["models"]]
         judge_cfg = JudgeConfig(kind="reward-model", model=str(run.train(cfg.judge_run).model),
                                 batch_size=cfg.batch_size)
-        judge_models([], answers, reference, judge_cfg, run.eval / cfg.judge_run, prompts, settings,
-                     store_path=run.eval_store)
+        scored = judge_models([], answers, reference, judge_cfg, run.eval / cfg.judge_run, prompts, settings,
+                              store_path=run.eval_store, retry_failed=retry_failed)
+        _all_answered(scored["judge_summary"].get("failed_requests", 0), "eval")
         written.append(run.eval / cfg.judge_run / LEADERBOARD)
     return written
 

@@ -64,6 +64,8 @@ def eval_command(
                                           f"({_EVAL['batch_size']})"),
     dtype: str | None = typer.Option(None, help=f"--models: auto | float32 | bfloat16 | float16 while answering "
                                      f"({_EVAL['dtype']}: bfloat16 where the device computes it natively)"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="ask the models and the judge again where they "
+                                      "failed before"),
 ) -> None:
     """Judge models against reference answers: win rate, interval, length-controlled win rate, leaderboard."""
     def run() -> None:
@@ -75,7 +77,7 @@ def eval_command(
         result = evaluate(models or [], outputs or [], reference, options.judge_config(judge), out, prompts,
                           EvalSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                        bootstrap=cfg.bootstrap, baseline=baseline, batch_size=cfg.batch_size,
-                                       dtype=cfg.dtype))
+                                       dtype=cfg.dtype), retry_failed=retry_failed)
         _show_leaderboard(result)
         console.print(f"wrote {out / 'leaderboard.json'}, {out / 'eval.parquet'}", highlight=False)
 

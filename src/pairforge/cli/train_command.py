@@ -3,6 +3,8 @@ a stopped or interrupted run says how to resume."""
 
 from __future__ import annotations
 
+import os
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,8 @@ import typer
 from pairforge import options
 from pairforge.cli.common import console, fail_cleanly
 from pairforge.errors import EXIT_INTERRUPTED, InputError
+from pairforge.folder_lock import held
+from pairforge.layout import RunDir, run_folder_of
 from pairforge.train_config import TrainConfig
 
 
@@ -71,7 +75,8 @@ def train_command(
         if cfg.pairs is None:
             raise InputError("--pairs", "expected a pairs file (or `pairs:` in the recipe's train section)")
         try:
-            result = train(cfg, fresh=fresh)
+            with _holding_run_folder(cfg.out, "--run" if run_name else "--out"):
+                result = train(cfg, fresh=fresh)
         except TrainingStopped as exc:
             console.print(f"[bold red]stopped:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
@@ -83,6 +88,17 @@ def train_command(
                       f"{result.out / 'metrics.jsonl'}", highlight=False)
 
     fail_cleanly(run)
+
+
+def _holding_run_folder(out: Path, option: str) -> AbstractContextManager[Any]:
+    """Training into a run folder (`<run>/train/NAME`) holds the run folder's lock like any command writing it, so a
+    `pairforge run` there and this training never write it at once. Under `accelerate launch` several processes
+    train into one --out: only the main one (RANK 0) takes the lock, for all of them (the launcher ends the others
+    when it stops)."""
+    root = run_folder_of(out)
+    if root is None or os.environ.get("RANK", "0") != "0":
+        return nullcontext()
+    return held(RunDir(root).lock, option)
 
 
 def _lora(base: TrainConfig, lora: bool, merge: bool, rank: int | None) -> dict[str, Any] | None:

@@ -26,7 +26,7 @@ import polars as pl
 from pairforge import layout
 from pairforge import schema as S
 from pairforge.config import Dtype, EvalConfig, JudgeConfig, SourceConfig
-from pairforge.errors import InputError
+from pairforge.errors import InputError, unanswered
 from pairforge.evaluate.stats import length_controlled_win_rate, paired_difference, win_rate
 from pairforge.files import Records, check_output, read_json_object, read_records, write_json, write_table
 from pairforge.generate.run import source_requests
@@ -59,7 +59,10 @@ class EvalSettings:
 
 def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg: JudgeConfig, out_dir: Path,
              prompts_path: Path | None = None, settings: EvalSettings | None = None,
-             show_progress: bool = True, store_path: Path | None = None) -> dict[str, Any]:
+             show_progress: bool = True, store_path: Path | None = None, retry_failed: bool = False) -> dict[str, Any]:
+    """Every model judged against the reference; the leaderboard is also written to `out_dir`. Failed judge requests
+    are counted (`judge_summary.failed_requests`) and their prompts left unjudged; `retry_failed` asks them, and any
+    failed answers, again."""
     settings = settings or EvalSettings()
     settings = replace(settings, dtype=resolved_dtype(settings.dtype))
     check_output(out_dir, "folder", "--out")
@@ -81,11 +84,11 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
     check_judge(judge_cfg)
     with opened(store_path or out_dir / layout.STORE) as store:
         for name, model in _named(models, "models"):
-            answers[name] = _generate(name, model, prompts, settings, store, show_progress)
+            answers[name] = _generate(name, model, prompts, settings, store, show_progress, retry_failed)
             _write_model_outputs(answers[name], prompts, name, out_dir / f"{name}{layout.MODEL_OUTPUTS}")
         frame = _responses(answers, prompts)
         cfg = judge_cfg.model_copy(update={"reference": REFERENCE, "max_prompts": None})
-        scores, judgments, judge_summary = judge_frame(frame, cfg, store, show_progress=show_progress)
+        scores, judgments, judge_summary = judge_frame(frame, cfg, store, retry_failed, show_progress)
     verdicts = _verdicts(frame.with_columns(pl.Series(S.SCORE, scores, dtype=pl.Float64)), judgments, cfg.kind)
     verdicts = verdicts.join(prompts.select(S.PROMPT_ID, "dataset"), on=S.PROMPT_ID, how="left")
     write_table(verdicts, out_dir / layout.VERDICTS)
@@ -151,7 +154,7 @@ def _refuse_repeated_instructions(frame: pl.DataFrame, records: Records, what: s
 
 
 def _generate(name: str, model: str, prompts: pl.DataFrame, settings: EvalSettings, store: Store,
-              show_progress: bool) -> dict[str, str]:
+              show_progress: bool, retry_failed: bool) -> dict[str, str]:
     path = Path(model)
     if (path / "model" / "config.json").exists() or (path / "model" / "adapter_config.json").exists():
         model = str(path / "model")  # a training run's folder
@@ -161,10 +164,10 @@ def _generate(name: str, model: str, prompts: pl.DataFrame, settings: EvalSettin
     check_source(source)
     requests = source_requests(source, prompts, 1)
     with progress_bar(show_progress) as progress:
-        tally = answer_all(requests, lambda: make_backend(source), store, "generation", name, progress)
+        tally = answer_all(requests, lambda: make_backend(source), store, "generation", name, progress, retry_failed)
     if tally.failed or tally.failed_before:
-        raise InputError(f"--models {name}", f"{tally.failed + tally.failed_before} answers failed to generate "
-                         f"({', '.join(tally.reasons)})")
+        reasons = f": {', '.join(tally.reasons)}" if tally.reasons else ""
+        raise unanswered("eval", tally.failed + tally.failed_before, f" (answers of {name}{reasons})")
     entries = store.get(r.key for r in requests)
     return {pid: entries[r.key].value["text"] for pid, r in zip(prompts[S.PROMPT_ID], requests, strict=True)}  # type: ignore[index]
 
