@@ -19,6 +19,7 @@ from servers import FaultProxy, free_port
 
 from conftest import SAMPLE, answer_failed_judge_requests
 from pairforge.config import JudgeConfig, SourceConfig
+from pairforge.errors import InputError
 from pairforge.evaluate.run import EvalSettings, evaluate
 from pairforge.schema import prompt_id_of, to_messages
 
@@ -55,8 +56,8 @@ def linked_model(model: Path, folder: Path) -> Path:
 
 
 def spoil_weights(folder: Path) -> None:
-    """Zeros instead of the weights, with the same name, size and time: the cache key (which stamps the folder's
-    files by name, size and time) is unchanged, but a model loaded from the folder fails."""
+    """Zeros instead of the weights, with the same name, size and time (a half-copied file): another model by its
+    content, which a load refuses."""
     weights = folder / "model.safetensors"
     stat = weights.stat()
     weights.unlink()
@@ -98,10 +99,13 @@ def test_models_answer_in_alpaca_eval_shape_and_known_verdicts_give_the_win_rate
             return {"text": "A" if better[prompt_id] == first else "B"}
 
         assert answer_failed_judge_requests(tmp_path / "eval" / "store.sqlite", reply) == 8
-        spoil_weights(model)
         again = evaluate([f"tiny={model}"], [], reference, judge, tmp_path / "eval", settings=settings,
                          show_progress=False)
-        assert failing.requests == 8  # verdicts and answers come from the store (a model load would fail)
+        assert failing.requests == 8  # the verdicts come from the store, and the answers (the same model)
+        spoil_weights(model)  # another model in the same folder: its answers are not the store's
+        with pytest.raises(InputError, match="cannot load a causal language model from it"):
+            evaluate([f"tiny={model}"], [], reference, judge, tmp_path / "spoiled", settings=settings,
+                     show_progress=False)
     finally:
         failing.close()
     entry = again["models"][0]

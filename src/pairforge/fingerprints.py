@@ -105,19 +105,28 @@ def by_content(settings: dict[str, Any]) -> dict[str, Any]:
 def _folder_content(folder: Path) -> str:
     """Every file's content under its relative path: weights by their checksum, JSON settings without the
     places they were loaded from, model cards (*.md) left out (they do not change what the model does)."""
-    from safetensors import safe_open
-
     digest = hashlib.sha256()
     for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".md"):
         digest.update(f"\x1e{file.relative_to(folder)}\x1f".encode())
         if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt") as weights:
-                add_weights(digest, ((key, weights.get_tensor(key)) for key in sorted(weights.keys())))
+            _add_weights_file(digest, file)
         elif file.suffix == ".json":
             digest.update(_settings_content(file).encode())
         else:
             digest.update(file_digest(file).encode())
     return digest.hexdigest()[:16]
+
+
+def _add_weights_file(digest: Any, file: Path) -> None:
+    """A safetensors file by its tensors; one that cannot be read as such (damaged, half-copied) by its bytes: it is
+    another model all the same, and loading it, not naming it, is what reports the damage."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as weights:
+            add_weights(digest, ((key, weights.get_tensor(key)) for key in sorted(weights.keys())))
+    except (SafetensorError, OSError):
+        digest.update(f"unreadable {file_digest(file)}".encode())
 
 
 def _settings_content(file: Path) -> str:

@@ -132,6 +132,7 @@ def load_causal_lm(name: str, dtype: str = "float32", reward_head: bool = False)
     Bradley-Terry reward model) and its tokenizer; pad token = EOS when missing; one clear line when
     the path is not a model."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -147,7 +148,7 @@ def load_causal_lm(name: str, dtype: str = "float32", reward_head: bool = False)
                 path, dtype=getattr(torch, dtype), num_labels=1, pad_token_id=tokenizer.pad_token_id)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: damaged or half-copied weights
         raise InputError(name, f"cannot load a causal language model from it ({str(exc).splitlines()[0]})") from None
     return model, tokenizer
 
