@@ -4,6 +4,7 @@ recipe's current sources."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -103,6 +104,37 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert not (run_dir / "pairforge.lock").exists()  # a command that ends removes its lock
     assert pl.read_parquet(run_dir / "responses.parquet").height == 6
+
+
+def file_recipe(folder: Path) -> Path:
+    """Two answers files, ranked pairs: a run that needs no model or server."""
+    sources = []
+    for name, answer in (("strong", "Paris."), ("weak", "No idea.")):
+        path = write_jsonl(folder / f"{name}.jsonl", [{"prompt": p, "source": name, "response": answer}
+                                                      for p in PROMPTS])
+        sources.append({"name": name, "backend": "file", "path": str(path)})
+    recipe = folder / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "run_dir": str(folder / "run"), "sources": sources, "pairs": {"rank": "strong > weak"},
+        "prompts": str(write_jsonl(folder / "prompts.jsonl", [{"prompt": p} for p in PROMPTS]))}), encoding="utf-8")
+    return recipe
+
+
+def test_a_symlink_at_the_lock_path_is_refused_and_nothing_is_written_through_it(tmp_path: Path) -> None:
+    """A symlink at the lock path (dangling, or to a user's file) is not our lock file: the run stops at once with one
+    line naming it (never spins retrying the missing target), writes nothing through it and deletes nothing."""
+    recipe, lock = file_recipe(tmp_path), tmp_path / "run" / "pairforge.lock"
+    lock.parent.mkdir()
+    users = tmp_path / "precious.txt"
+    users.write_text("precious\n", encoding="utf-8")
+    for target in (tmp_path / "nonexistent" / "x", users):
+        lock.symlink_to(target)
+        one_line_error(finished(pairforge("run", recipe), timeout=60), "run_dir", str(lock), "a symlink",
+                       "expected a regular lock file")
+        assert lock.is_symlink() and os.readlink(lock) == str(target)
+        lock.unlink()
+    assert users.read_text(encoding="utf-8") == "precious\n"
+    assert not (tmp_path / "run" / "responses.parquet").exists()
 
 
 @pytest.mark.parametrize(("key", "output"), [("sources.0.path", "responses.parquet"),
