@@ -137,6 +137,42 @@ def test_a_symlink_at_the_lock_path_is_refused_and_nothing_is_written_through_it
     assert not (tmp_path / "run" / "responses.parquet").exists()
 
 
+def _immutable(path: Path, on: bool) -> bool:
+    """chattr ±i on `path`; False where the file system or user cannot."""
+    return subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("odd", ["folder", "FIFO", "immutable file"])
+def test_a_lock_path_that_is_not_a_writable_file_is_refused_and_kept(tmp_path: Path, odd: str) -> None:
+    """A folder, a FIFO or a file nobody may write at the lock path: one line naming the path and what was expected,
+    exit 2, and the thing is still there afterwards (pairforge deletes only the lock file it made)."""
+    recipe, lock = file_recipe(tmp_path), tmp_path / "run" / "pairforge.lock"
+    lock.parent.mkdir()
+    if odd == "folder":
+        lock.mkdir()
+        (lock / "notes.txt").write_text("mine\n", encoding="utf-8")
+    elif odd == "FIFO":
+        os.mkfifo(lock)
+    else:
+        lock.write_text("123\n", encoding="ascii")
+        if not _immutable(lock, True):
+            pytest.skip("chattr +i is not available here")
+    try:
+        result = finished(pairforge("run", recipe), timeout=60)
+    finally:
+        if odd == "immutable file":
+            _immutable(lock, False)
+    expected = "a regular lock file pairforge can write" if odd == "immutable file" else f"is a {odd}"
+    one_line_error(result, "run_dir", str(lock), expected, "expected a regular lock file")
+    if odd == "folder":
+        assert (lock / "notes.txt").read_text(encoding="utf-8") == "mine\n"
+    elif odd == "FIFO":
+        assert lock.is_fifo()
+    else:
+        assert lock.read_text(encoding="ascii") == "123\n"
+    assert not (tmp_path / "run" / "responses.parquet").exists()
+
+
 @pytest.mark.parametrize(("key", "output"), [("sources.0.path", "responses.parquet"),
                                              ("pairs.filters.decontaminate.0", "round-2/pairs.eval.parquet")])
 def test_a_file_the_recipe_reads_that_the_run_writes_is_refused_up_front(tmp_path: Path, key: str,
