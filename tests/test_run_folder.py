@@ -17,6 +17,8 @@ import yaml
 from servers import FaultProxy, HeldServer, free_port
 
 from conftest import one_line_error, write_jsonl
+from pairforge.errors import InputError
+from pairforge.folder_lock import held
 
 PROMPTS = ["What is the capital of France?", "Name a primary color.", "How many legs does a spider have?"]
 
@@ -171,6 +173,46 @@ def test_a_lock_path_that_is_not_a_writable_file_is_refused_and_kept(tmp_path: P
     else:
         assert lock.read_text(encoding="ascii") == "123\n"
     assert not (tmp_path / "run" / "responses.parquet").exists()
+
+
+def test_a_run_folder_moved_while_held_stops_its_holder_and_keeps_the_new_holder_s_lock(tmp_path: Path) -> None:
+    """The run folder renamed while a command holds it, and a second command locking a new folder at the same path:
+    the first one's check between stages stops it with one line, and its ending leaves the second one's lock file."""
+    folder = tmp_path / "run"
+    with held(folder / "pairforge.lock", "run_dir") as still_held:
+        still_held()  # nothing moved yet
+        folder.rename(tmp_path / "run-moved")
+        folder.mkdir()
+        (folder / "pairforge.lock").write_text("999\n", encoding="ascii")  # the second command's lock
+        with pytest.raises(InputError, match=f"{folder} was moved or removed while this command worked in it"):
+            still_held()
+    assert (folder / "pairforge.lock").read_text(encoding="ascii") == "999\n"
+    assert (tmp_path / "run-moved").is_dir()
+
+
+def test_run_stops_at_the_next_stage_when_its_folder_is_moved_away(tmp_path: Path) -> None:
+    """`pairforge run` whose folder is renamed mid-stage: at the next stage it stops with an error line naming the
+    folder, exit 2, and writes no later stage's outputs."""
+    server = HeldServer()
+    try:
+        recipe, run_dir = api_recipe(tmp_path, server.base_url), tmp_path / "run"
+        first = pairforge("run", recipe)
+        try:
+            assert server.arrived.wait(timeout=300), "the run never asked the server"
+            run_dir.rename(tmp_path / "run-moved")
+            server.release()
+            result = finished(first)
+        finally:
+            if first.poll() is None:
+                first.kill()
+    finally:
+        server.release()
+        server.close()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # after the plan and the first stage's progress
+    assert last.startswith(f"error: run_dir: {run_dir} was moved or removed while this command worked in it"), last
+    assert not list(tmp_path.rglob("pairs.parquet"))
 
 
 @pytest.mark.parametrize(("key", "output"), [("sources.0.path", "responses.parquet"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -21,21 +21,29 @@ from pairforge.errors import InputError
 
 
 @contextmanager
-def held(path: Path, option: str) -> Iterator[None]:
+def held(path: Path, option: str) -> Iterator[Callable[[], None]]:
     """Hold the lock file `path` for the `with` block; a folder another process holds is bad input: one line naming
     the folder and that process, under `option` (the flag or key that chose the folder). The lock file goes when the
     block ends (a crash leaves it, with its dead pid), and so does a folder made for it that stayed empty: a failed
-    check leaves nothing behind."""
+    check leaves nothing behind. The block gets a check to call between steps: the folder moved or removed meanwhile
+    (a second command may now hold a new one at the same path) stops this one rather than mixing their outputs."""
     folder = Path(path).parent
     made = not folder.exists()
     fd = _locked(Path(path), option)
+
+    def still_held() -> None:
+        if not _is_at(Path(path), fd):
+            raise InputError(option, f"{folder} was moved or removed while this command worked in it ({path} is "
+                             "no longer its lock file): stopped, so as not to write into a folder it does not hold")
+
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        yield
+        yield still_held
     finally:
         with suppress(OSError):  # a folder removed by hand meanwhile: nothing to tidy
-            Path(path).unlink(missing_ok=True)  # while still held: one that opened it meanwhile sees it gone
+            if _is_at(Path(path), fd):  # never another command's lock, in a new folder at the old path
+                Path(path).unlink()  # while still held: one that opened it meanwhile sees it gone
             if made and not any(folder.iterdir()):
                 folder.rmdir()
         os.close(fd)  # releases the lock

@@ -151,12 +151,15 @@ def run_command(
                 raise InputError(str(recipe), warnings[0])
             console.print("dry run: the recipe is valid and its inputs read; nothing was run", highlight=False)
             return
-        with writing(run_dir, "run_dir"):  # one command per run folder at a time
+        with writing(run_dir, "run_dir") as still_held:  # one command per run folder at a time
             _show_plan(recipe, run_dir, quick, the_plan, [])
             started = time.perf_counter()
-            done = pipeline.run(the_plan, from_stage,
-                                lambda name, message: console.print(f"[bold]{name}[/]: {message}", highlight=False),
-                                to_stage)
+
+            def progress(name: str, message: str) -> None:  # called as each stage begins: the folder still ours?
+                still_held()
+                console.print(f"[bold]{name}[/]: {message}", highlight=False)
+
+            done = pipeline.run(the_plan, from_stage, progress, to_stage)
             show(render.finished(done, time.perf_counter() - started))
             _show_outcome(cfg, run_dir)
 
