@@ -19,6 +19,8 @@ import yaml
 from servers import FaultProxy, HeldServer
 
 from conftest import one_line_error, write_jsonl
+from pairforge.errors import InputError
+from pairforge.folder_lock import held
 
 PROMPTS = ["What is the capital of France?", "Name a primary color.", "How many legs does a spider have?"]
 
@@ -149,6 +151,113 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert not (run_dir / "pairforge.lock").exists()  # a command that ends removes its lock
     assert pl.read_parquet(run_dir / "responses.parquet").height == 6
+
+
+def file_recipe(folder: Path) -> Path:
+    """Two answers files, ranked pairs: a run that needs no model or server."""
+    sources = []
+    for name, answer in (("strong", "Paris."), ("weak", "No idea.")):
+        path = write_jsonl(folder / f"{name}.jsonl", [{"prompt": p, "source": name, "response": answer}
+                                                      for p in PROMPTS])
+        sources.append({"name": name, "backend": "file", "path": str(path)})
+    recipe = folder / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "run_dir": str(folder / "run"), "sources": sources, "pairs": {"rank": "strong > weak"},
+        "prompts": str(write_jsonl(folder / "prompts.jsonl", [{"prompt": p} for p in PROMPTS]))}), encoding="utf-8")
+    return recipe
+
+
+def test_a_symlink_at_the_lock_path_is_refused_and_nothing_is_written_through_it(tmp_path: Path) -> None:
+    """A symlink at the lock path (dangling, or to a user's file) is not our lock file: the run stops at once with one
+    line naming it (never spins retrying the missing target), writes nothing through it and deletes nothing."""
+    recipe, lock = file_recipe(tmp_path), tmp_path / "run" / "pairforge.lock"
+    lock.parent.mkdir()
+    users = tmp_path / "precious.txt"
+    users.write_text("precious\n", encoding="utf-8")
+    for target in (tmp_path / "nonexistent" / "x", users):
+        lock.symlink_to(target)
+        one_line_error(finished(pairforge("run", recipe), timeout=60), "run_dir", str(lock), "a symlink",
+                       "expected a regular lock file")
+        assert lock.is_symlink() and os.readlink(lock) == str(target)
+        lock.unlink()
+    assert users.read_text(encoding="utf-8") == "precious\n"
+    assert not (tmp_path / "run" / "responses.parquet").exists()
+
+
+def _immutable(path: Path, on: bool) -> bool:
+    """chattr ±i on `path`; False where the file system or user cannot."""
+    return subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("odd", ["folder", "FIFO", "immutable file"])
+def test_a_lock_path_that_is_not_a_writable_file_is_refused_and_kept(tmp_path: Path, odd: str) -> None:
+    """A folder, a FIFO or a file nobody may write at the lock path: one line naming the path and what was expected,
+    exit 2, and the thing is still there afterwards (pairforge deletes only the lock file it made)."""
+    recipe, lock = file_recipe(tmp_path), tmp_path / "run" / "pairforge.lock"
+    lock.parent.mkdir()
+    if odd == "folder":
+        lock.mkdir()
+        (lock / "notes.txt").write_text("mine\n", encoding="utf-8")
+    elif odd == "FIFO":
+        os.mkfifo(lock)
+    else:
+        lock.write_text("123\n", encoding="ascii")
+        if not _immutable(lock, True):
+            pytest.skip("chattr +i is not available here")
+    try:
+        result = finished(pairforge("run", recipe), timeout=60)
+    finally:
+        if odd == "immutable file":
+            _immutable(lock, False)
+    expected = "a regular lock file pairforge can write" if odd == "immutable file" else f"is a {odd}"
+    one_line_error(result, "run_dir", str(lock), expected, "expected a regular lock file")
+    if odd == "folder":
+        assert (lock / "notes.txt").read_text(encoding="utf-8") == "mine\n"
+    elif odd == "FIFO":
+        assert lock.is_fifo()
+    else:
+        assert lock.read_text(encoding="ascii") == "123\n"
+    assert not (tmp_path / "run" / "responses.parquet").exists()
+
+
+def test_a_run_folder_moved_while_held_stops_its_holder_and_keeps_the_new_holder_s_lock(tmp_path: Path) -> None:
+    """The run folder renamed while a command holds it, and a second command locking a new folder at the same path:
+    the first one's check between stages stops it with one line, and its ending leaves the second one's lock file."""
+    folder = tmp_path / "run"
+    with held(folder / "pairforge.lock", "run_dir") as still_held:
+        still_held()  # nothing moved yet
+        folder.rename(tmp_path / "run-moved")
+        folder.mkdir()
+        (folder / "pairforge.lock").write_text("999\n", encoding="ascii")  # the second command's lock
+        with pytest.raises(InputError, match=f"{folder} was moved or removed while this command worked in it"):
+            still_held()
+    assert (folder / "pairforge.lock").read_text(encoding="ascii") == "999\n"
+    assert (tmp_path / "run-moved").is_dir()
+
+
+def test_run_stops_at_the_next_stage_when_its_folder_is_moved_away(tmp_path: Path) -> None:
+    """`pairforge run` whose folder is renamed mid-stage: at the next stage it stops with an error line naming the
+    folder, exit 2, and writes no later stage's outputs."""
+    server = HeldServer()
+    try:
+        recipe, run_dir = api_recipe(tmp_path, server.base_url), tmp_path / "run"
+        first = pairforge("run", recipe)
+        try:
+            assert server.arrived.wait(timeout=300), "the run never asked the server"
+            run_dir.rename(tmp_path / "run-moved")
+            server.release()
+            result = finished(first)
+        finally:
+            if first.poll() is None:
+                first.kill()
+    finally:
+        server.release()
+        server.close()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # after the plan and the first stage's progress
+    assert last.startswith(f"error: run_dir: {run_dir} was moved or removed while this command worked in it"), last
+    assert not list(tmp_path.rglob("pairs.parquet"))
 
 
 @pytest.mark.parametrize(("key", "output"), [("sources.0.path", "responses.parquet"),

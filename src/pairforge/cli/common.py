@@ -51,9 +51,9 @@ def fail_cleanly(run: Callable[[], T]) -> T:
 
 
 @contextmanager
-def writing(folder: Path, option: str = "--out") -> Iterator[None]:
+def writing(folder: Path, option: str = "--out") -> Iterator[Callable[[], None]]:
     """A command's work on a run folder: the folder checked, then held by this command alone (`folder_lock`), so a
     second command on it stops with one line instead of mixing its outputs with this one's."""
     check_output(folder, "folder", option)
-    with held(RunDir(folder).lock, option):
-        yield
+    with held(RunDir(folder).lock, option) as still_held:
+        yield still_held

@@ -146,16 +146,19 @@ def run_command(
             _show_plan(recipe, run_dir, quick, the_plan, warnings)
             console.print("dry run: the recipe is valid and its inputs read; nothing was run", highlight=False)
             return
-        with writing(run_dir, "run_dir"):  # one command per run folder at a time, from its first write on
+        with writing(run_dir, "run_dir") as still_held:  # one command per run folder, from its first write on
             cfg = pipeline.quick_recipe(cfg, run_dir) if quick else cfg
             the_plan, warnings = _checked_plan(cfg, run_dir, from_stage, to_stage, retry_failed, dry_run)
             _show_plan(recipe, run_dir, quick, the_plan, warnings)
             if warnings:
                 raise InputError(str(recipe), warnings[0])
             started = time.perf_counter()
-            done = pipeline.run(the_plan, from_stage,
-                                lambda name, message: console.print(f"[bold]{name}[/]: {message}", highlight=False),
-                                to_stage)
+
+            def progress(name: str, message: str) -> None:  # called as each stage begins: the folder still ours?
+                still_held()
+                console.print(f"[bold]{name}[/]: {message}", highlight=False)
+
+            done = pipeline.run(the_plan, from_stage, progress, to_stage)
             show(render.finished(done, time.perf_counter() - started))
             _show_outcome(cfg, run_dir)
 
