@@ -24,6 +24,7 @@ import yaml
 from servers import FaultProxy
 
 from pairforge.config import SourceConfig
+from pairforge.errors import InputError
 from pairforge.generate.run import generate
 from pairforge.recipe import load_recipe
 from pairforge.requests.backends.base import Request
@@ -360,3 +361,40 @@ def test_the_local_sampler_draws_from_the_tempered_nucleus_distribution(temperat
     frequencies = torch.bincount(picked, minlength=5).float() / n
     assert torch.allclose(frequencies, expected, atol=0.004), (frequencies, expected)
     assert (frequencies[~kept] == 0).all()
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def file_source_recipe(folder: Path, prompt_rows: list[dict[str, Any]], ref_rows: list[dict[str, Any]]) -> Path:
+    """Prompts and a `backend: file` source, each with the ids (or none) a test gives."""
+    write_jsonl(folder / "ref.jsonl", ref_rows)
+    write_jsonl(folder / "other.jsonl", [{"prompt": r["prompt"], "response": "x"} for r in prompt_rows])
+    recipe = write_recipe(folder, [], [{"name": "ref", "backend": "file", "path": "ref.jsonl"},
+                                       {"name": "other", "backend": "file", "path": "other.jsonl"}],
+                          pairs={"rank": "ref > other"})
+    write_jsonl(folder / "prompts.jsonl", prompt_rows)
+    return recipe
+
+
+def test_a_file_source_without_ids_answers_the_prompts_that_carry_their_own(tmp_path: Path) -> None:
+    recipe = file_source_recipe(tmp_path, [{"prompt": "A?", "prompt_id": "k"}, {"prompt": "B?", "prompt_id": "k2"}],
+                                [{"prompt": "B?", "response": "b"}, {"prompt": "A?", "response": "a"}])
+    frame = pl.read_parquet(generate(load_recipe(recipe), tmp_path / "out", show_progress=False).responses)
+    ref = frame.filter(pl.col("source") == "ref").select("prompt_id", "prompt", "response").rows()
+    assert ref == [("k", "A?", "a"), ("k2", "B?", "b")]  # matched by text, under the prompts' own ids
+
+
+def test_a_file_source_whose_ids_name_other_prompts_is_refused_in_the_dry_run(tmp_path: Path) -> None:
+    recipe = file_source_recipe(tmp_path, [{"prompt": "A?", "prompt_id": "k"}, {"prompt": "B?", "prompt_id": "k2"}],
+                                [{"prompt": "A?", "response": "a", "prompt_id": "k2"},
+                                 {"prompt": "B?", "response": "b", "prompt_id": "k"}])
+    result = run_cli("run", str(recipe), "--dry-run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert all(s in result.stderr for s in ("ref.jsonl line 1", "'k2'", "'A?'", "'B?'", "prompts.jsonl"))
+    with pytest.raises(InputError, match="paired across prompts"):  # the generate stage alone refuses it too
+        generate(load_recipe(recipe), tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out" / "responses.parquet").exists()

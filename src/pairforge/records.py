@@ -43,7 +43,7 @@ from pairforge.fields import (
     turn_problem,
 )
 from pairforge.files import Records, read_records
-from pairforge.text import prompt_text
+from pairforge.text import prompt_preview
 
 MESSAGES = S.MESSAGES
 _ALIASES = {
@@ -371,15 +371,11 @@ def _refuse_shared_ids(frame: pl.DataFrame, inputs: list[Records]) -> None:
     first = own.filter(pl.col(S.PROMPT_ID) == row[S.PROMPT_ID]).row(0, named=True)
     records, earlier = inputs[row["_file"]], inputs[first["_file"]]
     where = earlier.label(first["_row"]) if earlier is records else f"{earlier.path} {earlier.label(first['_row'])}"
+    first_text, text = prompt_preview(first[S.PROMPT]), prompt_preview(row[S.PROMPT])
     raise InputError(str(records.path), f"prompt_id {row[S.PROMPT_ID]!r} is given to two different prompts "
-                     f"({_preview(first[S.PROMPT])} at {where}, {_preview(row[S.PROMPT])} here): their answers would "
-                     "be paired across prompts; give each prompt its own id, or leave prompt_id out to derive it",
+                     f"({first_text} at {where}, {text} here): their answers would be paired across prompts; give "
+                     "each prompt its own id, or leave prompt_id out to derive it",
                      row=records.label(row["_row"]), field=S.PROMPT_ID)
-
-
-def _preview(prompt: S.Prompt) -> str:
-    text = prompt_text(prompt)
-    return repr(text[:30] + ("..." if len(text) > 30 else ""))
 
 
 def _refuse_first(frame: pl.DataFrame, bad: pl.Expr, inputs: list[Records], problem: str) -> None:
