@@ -25,7 +25,7 @@ from servers import FaultProxy
 
 from pairforge.config import SourceConfig
 from pairforge.errors import InputError
-from pairforge.generate.run import generate
+from pairforge.generate.run import generate, source_requests
 from pairforge.recipe import load_recipe
 from pairforge.requests.backends.base import Request
 from pairforge.requests.store import Store
@@ -195,6 +195,8 @@ def test_vllm_missing_is_one_clear_line(tmp_path: Path) -> None:
     ([{"name": "a"}, {"name": "a"}], "source name 'a' is used twice"),
     ([{"name": "a", "backend": "tgi"}], "sources.0.backend"),
     ([{"name": "a", "temperature": -1}], "sources.0.temperature"),
+    # 'x:y' answering prompt 'q' would share the cache key of 'x' answering prompt 'y:q'
+    ([{"name": "x"}, {"name": "x:y"}], "field 'sources.1.name': source name 'x:y' contains ':'"),
 ])
 def test_bad_generation_recipes_are_one_line(tmp_path: Path, sources: list[dict[str, Any]], expected: str) -> None:
     recipe = write_recipe(tmp_path, prompts(1), sources)
@@ -398,3 +400,11 @@ def test_a_file_source_whose_ids_name_other_prompts_is_refused_in_the_dry_run(tm
     with pytest.raises(InputError, match="paired across prompts"):  # the generate stage alone refuses it too
         generate(load_recipe(recipe), tmp_path / "out", show_progress=False)
     assert not (tmp_path / "out" / "responses.parquet").exists()
+
+
+def test_request_keys_and_seeds_of_valid_recipes_stay_as_they_were() -> None:
+    """Cached answers and sampling seeds derive from these keys: refusing ':' in source names must not move them."""
+    source = SourceConfig(name="api", backend="openai", model="m", base_url="http://h", api_key_env="K")
+    requests = source_requests(source, pl.DataFrame({"prompt_id": ["alpaca:12"], "prompt": ["Hi"]}), 2)
+    assert [(r.key, r.seed) for r in requests] == [("gen:api:alpaca:12:0:edd898f9aaf2", 25250609),
+                                                   ("gen:api:alpaca:12:1:edd898f9aaf2", 302756795)]
