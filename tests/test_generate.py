@@ -24,7 +24,8 @@ import yaml
 from servers import FaultProxy
 
 from pairforge.config import SourceConfig
-from pairforge.generate.run import generate
+from pairforge.errors import InputError
+from pairforge.generate.run import generate, source_requests
 from pairforge.recipe import load_recipe
 from pairforge.requests.backends.base import Request
 from pairforge.requests.store import Store
@@ -194,6 +195,8 @@ def test_vllm_missing_is_one_clear_line(tmp_path: Path) -> None:
     ([{"name": "a"}, {"name": "a"}], "source name 'a' is used twice"),
     ([{"name": "a", "backend": "tgi"}], "sources.0.backend"),
     ([{"name": "a", "temperature": -1}], "sources.0.temperature"),
+    # 'x:y' answering prompt 'q' would share the cache key of 'x' answering prompt 'y:q'
+    ([{"name": "x"}, {"name": "x:y"}], "field 'sources.1.name': source name 'x:y' contains ':'"),
 ])
 def test_bad_generation_recipes_are_one_line(tmp_path: Path, sources: list[dict[str, Any]], expected: str) -> None:
     recipe = write_recipe(tmp_path, prompts(1), sources)
@@ -360,3 +363,48 @@ def test_the_local_sampler_draws_from_the_tempered_nucleus_distribution(temperat
     frequencies = torch.bincount(picked, minlength=5).float() / n
     assert torch.allclose(frequencies, expected, atol=0.004), (frequencies, expected)
     assert (frequencies[~kept] == 0).all()
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def file_source_recipe(folder: Path, prompt_rows: list[dict[str, Any]], ref_rows: list[dict[str, Any]]) -> Path:
+    """Prompts and a `backend: file` source, each with the ids (or none) a test gives."""
+    write_jsonl(folder / "ref.jsonl", ref_rows)
+    write_jsonl(folder / "other.jsonl", [{"prompt": r["prompt"], "response": "x"} for r in prompt_rows])
+    recipe = write_recipe(folder, [], [{"name": "ref", "backend": "file", "path": "ref.jsonl"},
+                                       {"name": "other", "backend": "file", "path": "other.jsonl"}],
+                          pairs={"rank": "ref > other"})
+    write_jsonl(folder / "prompts.jsonl", prompt_rows)
+    return recipe
+
+
+def test_a_file_source_without_ids_answers_the_prompts_that_carry_their_own(tmp_path: Path) -> None:
+    recipe = file_source_recipe(tmp_path, [{"prompt": "A?", "prompt_id": "k"}, {"prompt": "B?", "prompt_id": "k2"}],
+                                [{"prompt": "B?", "response": "b"}, {"prompt": "A?", "response": "a"}])
+    frame = pl.read_parquet(generate(load_recipe(recipe), tmp_path / "out", show_progress=False).responses)
+    ref = frame.filter(pl.col("source") == "ref").select("prompt_id", "prompt", "response").rows()
+    assert ref == [("k", "A?", "a"), ("k2", "B?", "b")]  # matched by text, under the prompts' own ids
+
+
+def test_a_file_source_whose_ids_name_other_prompts_is_refused_in_the_dry_run(tmp_path: Path) -> None:
+    recipe = file_source_recipe(tmp_path, [{"prompt": "A?", "prompt_id": "k"}, {"prompt": "B?", "prompt_id": "k2"}],
+                                [{"prompt": "A?", "response": "a", "prompt_id": "k2"},
+                                 {"prompt": "B?", "response": "b", "prompt_id": "k"}])
+    result = run_cli("run", str(recipe), "--dry-run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert all(s in result.stderr for s in ("ref.jsonl line 1", "'k2'", "'A?'", "'B?'", "prompts.jsonl"))
+    with pytest.raises(InputError, match="paired across prompts"):  # the generate stage alone refuses it too
+        generate(load_recipe(recipe), tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out" / "responses.parquet").exists()
+
+
+def test_request_keys_and_seeds_of_valid_recipes_stay_as_they_were() -> None:
+    """Cached answers and sampling seeds derive from these keys: refusing ':' in source names must not move them."""
+    source = SourceConfig(name="api", backend="openai", model="m", base_url="http://h", api_key_env="K")
+    requests = source_requests(source, pl.DataFrame({"prompt_id": ["alpaca:12"], "prompt": ["Hi"]}), 2)
+    assert [(r.key, r.seed) for r in requests] == [("gen:api:alpaca:12:0:edd898f9aaf2", 25250609),
+                                                   ("gen:api:alpaca:12:1:edd898f9aaf2", 302756795)]

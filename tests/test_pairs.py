@@ -381,3 +381,43 @@ def test_a_standard_preference_file_keeps_its_format_and_names_pair_types_by_sou
     assert set(pairs["pair_type"]) == {"big>small"} and set(pairs["margin"]) == {1.0}  # one level: no scores
     refused = CliRunner().invoke(app, ["pairs", "build", str(path), "--rank", "big > small", "--out", str(out)])
     assert refused.exit_code == 2 and "--rank" in refused.stderr and "preference file" in refused.stderr
+
+
+def standard_pairs(n: int) -> list[dict]:
+    return [{"prompt": f"Say {i}.", "chosen": f"{i}, as you asked.", "rejected": "No."} for i in range(n)]
+
+
+def test_the_same_preference_file_twice_and_empty_prompts_are_dropped_and_counted(jsonl, tmp_path):
+    from typer.testing import CliRunner
+
+    from pairforge.cli import app
+
+    rows = [*standard_pairs(3), {"prompt": "  ", "chosen": "Yes.", "rejected": "No."}]
+    path = jsonl("ok.jsonl", rows)
+    out = tmp_path / "pairs.jsonl"
+    result = CliRunner().invoke(app, ["pairs", "build", str(path), str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(pl.read_ndjson(out)["prompt"]) == ["Say 0.", "Say 1.", "Say 2."]
+    summary = json.loads((tmp_path / "pairs.summary.json").read_text())
+    assert summary["dropped_pairs"] == {"empty prompt": {"ok": 2}, "the same pair again (prompt, chosen, rejected)":
+                                        {"ok": 3}}
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({1: {"prompt_id": "p0"}, 0: {"prompt_id": "p0"}}, "line 2, field 'prompt_id': prompt_id 'p0' is given to two "
+                                                        "different prompts ('Say 0.' at line 1, 'Say 1.' here)"),
+    ({1: {"prompt_id": ""}}, "line 2, field 'prompt_id': expected a non-empty prompt_id"),
+    ({2: {"prompt_id": " "}}, "line 3, field 'prompt_id': expected a non-empty prompt_id"),
+])
+def test_a_preference_file_prompt_id_names_one_prompt(jsonl, tmp_path, change, expected):
+    from typer.testing import CliRunner
+
+    from pairforge.cli import app
+
+    rows = standard_pairs(3)
+    for index, fields in change.items():
+        rows[index].update(fields)
+    out = tmp_path / "pairs.jsonl"
+    result = CliRunner().invoke(app, ["pairs", "build", str(jsonl("ids.jsonl", rows)), "--out", str(out)])
+    assert result.exit_code == 2 and expected in result.stderr and "ids.jsonl" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and not out.exists()

@@ -178,6 +178,17 @@ class PairsConfig(Section):
         return self.strategy or ("ranked" if self.rank or self.rank_from else "scored")
 
 
+def key_name_problem(name: str) -> str | None:
+    """Why a model's name cannot be part of a request cache key, or None. ':' separates the key's parts
+    (gen:SOURCE:PROMPT_ID:SAMPLE:settings), so source 'x:y' answering prompt 'q' would reuse source 'x''s cached
+    answer to prompt 'y:q' (ids like 'alpaca:12' are common); refusing it keeps every valid recipe's keys as they
+    were."""
+    if ":" in name:
+        return f"source name {name!r} contains ':', which separates the parts of the answer cache's keys; rename it " \
+               f"(e.g. {name.replace(':', '-')!r})"
+    return None
+
+
 class SourceConfig(Section):
     """One model that answers the prompts (an entry of `sources`), or the model behind an LLM judge.
 
@@ -213,6 +224,13 @@ class SourceConfig(Section):
     batch_size: int = Field(GENERATION_BATCH, ge=1, description=f"transformers: prompts per generate() call "
                             f"({GENERATION_BATCH_WHY})")
     dtype: Dtype = Field("auto", description=f"transformers / vllm weights ({AUTO_DTYPE_WHY})")
+
+    @field_validator("name")
+    @classmethod
+    def _keyable_name(cls, name: str) -> str:
+        if (problem := key_name_problem(name)) is not None:
+            raise ValueError(problem)
+        return name
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> SourceConfig:

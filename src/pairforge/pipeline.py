@@ -205,9 +205,9 @@ def preflight(recipe: Recipe) -> list[str]:
     is a line returned (a dry run only warns); a file source that fails the generate stage's checks (read in full)
     or an API server that does not answer a ping is an InputError, in the dry run too."""
     from pairforge.files import read_records
-    from pairforge.generate.run import read_file_source
+    from pairforge.generate.run import file_answers, read_file_source
     from pairforge.judge.run import judge_llm
-    from pairforge.records import responses_from_files
+    from pairforge.records import prompts_from_file, responses_from_files
     from pairforge.requests.backends.base import check_source
 
     recipe = round_recipe(recipe, Path("."), 1)  # '@round' sources are the base model in round 1
@@ -220,7 +220,9 @@ def preflight(recipe: Recipe) -> list[str]:
         except InputError as exc:
             problems.append(str(exc))
             continue
-        if source.backend == "file":
+        if source.backend == "file" and recipe.prompts is not None and recipe.prompts.is_file():
+            file_answers(source, prompts_from_file(recipe.prompts), recipe.samples_per_source, recipe.prompts)
+        elif source.backend == "file":
             read_file_source(source)
         elif source.backend == "openai" and (source.base_url, source.api_key_env) not in servers:
             servers.add((source.base_url, source.api_key_env))

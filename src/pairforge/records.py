@@ -43,7 +43,7 @@ from pairforge.fields import (
     turn_problem,
 )
 from pairforge.files import Records, read_records
-from pairforge.text import prompt_text
+from pairforge.text import prompt_preview
 
 MESSAGES = S.MESSAGES
 _ALIASES = {
@@ -129,7 +129,7 @@ def prompts_from_file(path: Path) -> pl.DataFrame:
         frame = frame.with_columns(_chat_prompt(frame))
     frame = frame.with_columns(S.prompt_ids(frame[S.PROMPT]).alias("_computed"), pl.lit(0).alias("_file"),
                                pl.col(S.PROMPT_ID).is_not_null().alias("_own_id"))
-    _refuse_shared_ids(frame, [records])
+    refuse_shared_ids(frame, [records])
     ids = pl.coalesce(S.PROMPT_ID, "_computed")
     return frame.select(ids.alias(S.PROMPT_ID), S.PROMPT, "dataset").unique(S.PROMPT_ID, maintain_order=True)
 
@@ -342,7 +342,7 @@ def _finalise(frames: list[pl.DataFrame], inputs: list[Records]) -> pl.DataFrame
         frames = [f.with_columns(_chat_prompt(f)) for f in frames]
     frame = pl.concat(frames, how="diagonal_relaxed").select(list(_CANONICAL_SCHEMA) + [S.PROMPT])
     frame = frame.with_columns(S.prompt_ids(frame[S.PROMPT]).alias("_computed")).sort("_file", "_row")
-    _refuse_shared_ids(frame, inputs)
+    refuse_shared_ids(frame, inputs)
     frame = frame.with_columns(pl.coalesce(S.PROMPT_ID, "_computed").alias(S.PROMPT_ID))
     missing = pl.col(S.SAMPLE).is_null()
     if frame.select(missing.any()).item():
@@ -359,7 +359,7 @@ def _finalise(frames: list[pl.DataFrame], inputs: list[Records]) -> pl.DataFrame
     return frame.select(S.RESPONSE_COLUMNS)
 
 
-def _refuse_shared_ids(frame: pl.DataFrame, inputs: list[Records]) -> None:
+def refuse_shared_ids(frame: pl.DataFrame, inputs: list[Records]) -> None:
     """A prompt_id the input gives (`_own_id`) names one prompt (`_computed`: the id of its text). Two prompts
     under one id would have their answers paired across prompts (the answer to "B?" under "A?") and one of them
     lost, so the second prompt is refused, naming the first."""
@@ -371,15 +371,11 @@ def _refuse_shared_ids(frame: pl.DataFrame, inputs: list[Records]) -> None:
     first = own.filter(pl.col(S.PROMPT_ID) == row[S.PROMPT_ID]).row(0, named=True)
     records, earlier = inputs[row["_file"]], inputs[first["_file"]]
     where = earlier.label(first["_row"]) if earlier is records else f"{earlier.path} {earlier.label(first['_row'])}"
+    first_text, text = prompt_preview(first[S.PROMPT]), prompt_preview(row[S.PROMPT])
     raise InputError(str(records.path), f"prompt_id {row[S.PROMPT_ID]!r} is given to two different prompts "
-                     f"({_preview(first[S.PROMPT])} at {where}, {_preview(row[S.PROMPT])} here): their answers would "
-                     "be paired across prompts; give each prompt its own id, or leave prompt_id out to derive it",
+                     f"({first_text} at {where}, {text} here): their answers would be paired across prompts; give "
+                     "each prompt its own id, or leave prompt_id out to derive it",
                      row=records.label(row["_row"]), field=S.PROMPT_ID)
-
-
-def _preview(prompt: S.Prompt) -> str:
-    text = prompt_text(prompt)
-    return repr(text[:30] + ("..." if len(text) > 30 else ""))
 
 
 def _refuse_first(frame: pl.DataFrame, bad: pl.Expr, inputs: list[Records], problem: str) -> None:

@@ -17,6 +17,12 @@ def prompt_text(prompt: str | list[dict[str, str]], with_roles: bool = False) ->
     return "\n\n".join(f"{m['role']}: {m['content']}" if roles else m["content"] for m in prompt)
 
 
+def prompt_preview(prompt: str | list[dict[str, str]]) -> str:
+    """A prompt's first 30 characters, quoted: enough to tell two prompts apart in a one-line error."""
+    text = prompt_text(prompt)
+    return repr(text[:30] + ("..." if len(text) > 30 else ""))
+
+
 def answer_text(answer: Any) -> str:
     """An answer's text: a string as it is, or the assistant turns of a conversational answer."""
     if isinstance(answer, list):

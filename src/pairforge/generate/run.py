@@ -23,6 +23,7 @@ from pairforge.records import prompts_from_file, responses_from_files
 from pairforge.requests.backends.base import Request, check_source
 from pairforge.requests.engine import Tally, answer_all, cache_key, make_backend, progress_bar, request_seed
 from pairforge.requests.store import Store, opened
+from pairforge.text import prompt_preview
 
 
 @dataclass
@@ -105,13 +106,46 @@ def read_file_source(source: SourceConfig) -> pl.DataFrame:
     return frame
 
 
-def file_answers(source: SourceConfig, prompts: pl.DataFrame, samples: int) -> pl.DataFrame:
-    """A file source's answers to the recipe's prompts (those it has; the pairs stage counts the rest)."""
-    frame = read_file_source(source)
-    index = prompts.select(S.PROMPT_ID).with_row_index("_index").with_columns(pl.col("_index").cast(pl.Int64))
-    return (frame.filter(pl.col(S.SAMPLE) < samples).join(index, on=S.PROMPT_ID)
+def file_answers(source: SourceConfig, prompts: pl.DataFrame, samples: int, prompts_path: Path | None = None
+                 ) -> pl.DataFrame:
+    """A file source's answers to the recipe's prompts (those it has; the pairs stage counts the rest).
+
+    An answer belongs to a recipe prompt by prompt_id when the two texts agree, else by its text: a file without
+    ids answers prompts that carry their own. The same id on two different texts is refused, never paired across
+    prompts (`pairs build` refuses the same across its input files)."""
+    frame = read_file_source(source).with_row_index("_row")
+    index = (prompts.select(S.PROMPT_ID, S.PROMPT).with_row_index("_index")
+             .with_columns(pl.col("_index").cast(pl.Int64), _question_ids(prompts[S.PROMPT]).alias("_question"),
+                           S.prompt_ids(prompts[S.PROMPT]).alias("_text")))
+    frame = frame.with_columns(_question_ids(frame[S.PROMPT]).alias("_question"),
+                               S.prompt_ids(frame[S.PROMPT]).alias("_text"))
+    by_id = frame.join(index.select(S.PROMPT_ID, "_index", pl.col(S.PROMPT).alias("_theirs"),
+                                    pl.col("_question").alias("_their_question")), on=S.PROMPT_ID, how="left")
+    clash = by_id.filter(pl.col("_index").is_not_null() & (pl.col("_question") != pl.col("_their_question")))
+    if not clash.is_empty():
+        row = clash.row(0, named=True)
+        raise InputError(str(source.path), f"prompt_id {row[S.PROMPT_ID]!r} is {prompt_preview(row[S.PROMPT])} "
+                         f"here but {prompt_preview(row['_theirs'])} in {prompts_path or 'the prompts file'}: the "
+                         "answers would be paired across prompts; give both files the same ids, or leave prompt_id "
+                         "out of this one",
+                         row=read_records(source.path).label(row["_row"]), field=S.PROMPT_ID)
+    by_text = index.unique("_text", keep="first", maintain_order=True).select("_text", pl.col("_index").alias("_t"),
+                                                                               pl.col(S.PROMPT_ID).alias("_tid"))
+    matched = (by_id.join(by_text, on="_text", how="left")
+               .with_columns(pl.coalesce("_index", "_t").alias("_index"), pl.coalesce(
+                   pl.when(pl.col("_index").is_not_null()).then(pl.col(S.PROMPT_ID)), "_tid").alias(S.PROMPT_ID)))
+    return (matched.filter(pl.col("_index").is_not_null() & (pl.col(S.SAMPLE) < samples))
             .select(S.PROMPT_ID, "_index", pl.lit(source.name).alias(S.SOURCE), S.SAMPLE, S.RESPONSE,
                     pl.col(S.FINISH_REASON).fill_null("stop")))
+
+
+def _question_ids(prompts: pl.Series) -> pl.Series:
+    """The id of each prompt without its system turn: an answer asked under a system prompt answers the same
+    question (a source's own `system:` keeps prompt ids too)."""
+    if prompts.dtype == pl.String:
+        return S.prompt_ids(prompts)
+    turns = prompts.list.eval(pl.element().filter(pl.element().struct.field("role") != "system"))
+    return S.prompt_ids(turns)
 
 
 def exported_responses(store: Store, recipe: Recipe, prompts: pl.DataFrame) -> pl.DataFrame:
@@ -119,7 +153,8 @@ def exported_responses(store: Store, recipe: Recipe, prompts: pl.DataFrame) -> p
     source that only revises now has none, whatever it answered before)."""
     rows: dict[str, list[Any]] = {c: [] for c in (S.PROMPT_ID, "_index", S.SOURCE, S.SAMPLE, S.RESPONSE,
                                                    S.FINISH_REASON)}
-    files = [file_answers(s, prompts, recipe.samples_per_source) for s in recipe.sources if s.backend == "file"]
+    files = [file_answers(s, prompts, recipe.samples_per_source, recipe.prompts)
+             for s in recipe.sources if s.backend == "file"]
     for source in recipe.answering_sources:
         if source.backend == "file":
             continue

@@ -6,10 +6,11 @@ Derived when not given: prompt_id (the prompt's stable id), the scores (`chosen_
 `score_chosen` / `score_rejected` as in HuggingFaceH4/ultrafeedback_binarized), margin (the score gap, else 1),
 difficulty (1 - margin / the score range, else / the largest margin), pair_type (chosen_source>rejected_source
 when both are given, else the file's name, so pairs of several files stay apart for a staged curriculum).
-Dropped and counted: a pair whose chosen or rejected answer an answer filter drops (empty, leaked role marker,
-length), whose scores tie (within `schema.SCORE_TIE`) or put the rejected answer first, and the pair filters'
-(chosen == rejected, near-duplicates, length ratio). Columns outside the contract are left out, except a
-`weight` (the trainer reads it) and revised pairs' `edit_distance`.
+Refused (one line): an empty or blank prompt_id, one prompt_id given to two prompts. Dropped and counted: an
+empty prompt, the same pair again (a file given twice), a pair whose chosen or rejected answer an answer filter
+drops (empty, leaked role marker, length), whose scores tie (within `schema.SCORE_TIE`) or put the rejected
+answer first, and the pair filters' (chosen == rejected, near-duplicates, length ratio). Columns outside the
+contract are left out, except a `weight` (the trainer reads it) and revised pairs' `edit_distance`.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import polars as pl
 
 from pairforge import schema as S
 from pairforge.config import PairsConfig
+from pairforge.errors import InputError
 from pairforge.fields import Field
 from pairforge.files import Records
 from pairforge.pair_files import checked_pairs
 from pairforge.pairs import filters
 from pairforge.pairs.build import PairSet, check_invariants, count_drops, split
+from pairforge.records import refuse_shared_ids
 from pairforge.text import answer_text_column, prompt_text_column
 
 CONTRACT_FIELDS = (
@@ -38,10 +41,29 @@ _KEPT = ("weight", "edit_distance")  # beyond the contract: read by the trainer,
 
 def pairs_from_files(inputs: list[Records], prompt_format: str) -> pl.DataFrame:
     """Every file's pairs, checked as the trainer checks them, in the contract's columns. `prompt_format` chat or
-    text converts; auto keeps the files' format (conversational when they differ)."""
-    frames = [_contract(checked_pairs(records, optional=CONTRACT_FIELDS), records.path.stem) for records in inputs]
+    text converts; auto keeps the files' format (conversational when they differ). A prompt_id given names one
+    prompt, in every file, as in answer files: else pairs of two prompts would share a split and a curriculum."""
+    frames = []
+    for file_index, records in enumerate(inputs):
+        frame = checked_pairs(records, optional=CONTRACT_FIELDS)
+        _refuse_blank_ids(frame, records)
+        own = pl.col(S.PROMPT_ID).is_not_null() if S.PROMPT_ID in frame.columns else pl.lit(False)
+        frames.append(_contract(frame.with_columns(own.alias("_own_id")), records.path.stem).with_columns(
+            pl.lit(file_index, pl.Int32).alias("_file"), pl.int_range(pl.len(), dtype=pl.Int64).alias("_row")))
     chat = prompt_format == "chat" or (prompt_format == "auto" and any(_is_chat(f) for f in frames))
-    return pl.concat([_in_format(frame, chat) for frame in frames], how="diagonal_relaxed")
+    pairs = pl.concat([_in_format(frame, chat) for frame in frames], how="diagonal_relaxed")
+    refuse_shared_ids(pairs.with_columns(S.prompt_ids(pairs[S.PROMPT]).alias("_computed")), inputs)
+    return pairs.drop("_own_id", "_file", "_row")
+
+
+def _refuse_blank_ids(frame: pl.DataFrame, records: Records) -> None:
+    """An empty or blank prompt_id is a mistake (a blank cell, a failed join), not an id to group pairs by."""
+    if S.PROMPT_ID not in frame.columns:
+        return
+    blank = frame.select(pl.arg_where(pl.col(S.PROMPT_ID).cast(pl.String).str.strip_chars() == "").first()).item()
+    if blank is not None:
+        raise InputError(str(records.path), f"expected a non-empty prompt_id (or leave it out to derive it from the "
+                         f"prompt), found {frame[S.PROMPT_ID][blank]!r}", row=records.label(blank), field=S.PROMPT_ID)
 
 
 def refilter(pairs: pl.DataFrame, cfg: PairsConfig) -> PairSet:
@@ -62,7 +84,11 @@ def refilter(pairs: pl.DataFrame, cfg: PairsConfig) -> PairSet:
     gap = pl.col("chosen_score") - pl.col("rejected_score")
     evidence = [(f"scores tied (within {S.SCORE_TIE})", gap.abs() <= S.SCORE_TIE),
                 ("the rejected answer scored higher", gap < -S.SCORE_TIE)]
-    pairs, dropped = filters.apply(pairs, [*either, *evidence, *filters.pair_drop_reasons(cfg.filters)])
+    prompt = prompt_text_column(pl.col(S.PROMPT)) if _is_chat(pairs) else pl.col(S.PROMPT)
+    given = [("empty prompt", prompt.str.strip_chars() == ""),
+             ("the same pair again (prompt, chosen, rejected)",  # a file given twice, or a row repeated
+              ~pl.struct(S.PROMPT_ID, "chosen", "rejected").is_first_distinct())]
+    pairs, dropped = filters.apply(pairs, [*given, *either, *evidence, *filters.pair_drop_reasons(cfg.filters)])
     summary["dropped_pairs"] = count_drops(dropped, [filters.DROP, "pair_type"])
     pairs = _with_margin(pairs)
     check_invariants(pairs, None)
