@@ -33,6 +33,9 @@ def identity(cfg: TrainConfig) -> dict[str, Any]:
     return {**settings, "pairs": file_digest(Path(cfg.pairs)) if cfg.pairs else "-", "model_files": model_files}
 
 
+_EXTENDS = ("max_steps", "epochs")  # more of these continue a finished run whose final state was saved
+
+
 def finished_step(run: TrainDir, identity_now: dict[str, Any]) -> int | None:
     """The last step of a finished run with the same identity; None when there is nothing to resume, a
     checkpoint of the same identity, or a finished run to extend (more max_steps or epochs) from its saved final
@@ -62,16 +65,19 @@ def finished_step(run: TrainDir, identity_now: dict[str, Any]) -> int | None:
     return earlier["finished_step"] if finished else None
 
 
-_EXTENDS = ("max_steps", "epochs")  # more of these continue a finished run whose final state was saved
-
-
-def extends(run: TrainDir, cfg: TrainConfig) -> bool:
-    """Whether training `cfg` in this folder continues its finished run (more steps, final state saved), so that
-    a pipeline whose run settings changed keeps that run instead of starting it over."""
+def continues(run: TrainDir, cfg: TrainConfig) -> bool:
+    """Whether training `cfg` in this folder carries on the work already there, so that a pipeline that asks for a
+    fresh start (its run settings changed, or its last start was fresh and never finished) keeps it: an unfinished
+    run of this very identity with a checkpoint (an interrupted extension, or a fresh start that got that far),
+    or a finished run that the new settings extend (more steps, final state saved)."""
     try:
-        finished = "finished_step" in json.loads(run.run_info.read_text())
-        return finished and finished_step(run, identity(cfg.resolved())) is None
-    except (OSError, ValueError, InputError):  # no run, a damaged record, or other settings: not an extension
+        earlier = read_json_object(run.run_info, "a JSON object")
+        identity_now = identity(cfg.resolved())
+        if "finished_step" not in earlier:
+            same = earlier.get("identity") == json.loads(json.dumps(identity_now))
+            return same and latest_checkpoint(run) is not None
+        return finished_step(run, identity_now) is None
+    except (OSError, ValueError, InputError):  # no run, a damaged record, or other settings: start over
         return False
 
 
