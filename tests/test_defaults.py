@@ -159,6 +159,18 @@ def test_a_finished_run_with_its_final_state_is_extended(tiny_model_dir: Path, p
         [(r["step"], round(r["train/loss"], 6)) for r in train_rows(whole)]
 
 
+def test_an_extension_trains_every_added_step_at_the_new_schedules_rate(tiny_model_dir: Path, pairs_file: Path,
+                                                                      tmp_path: Path) -> None:
+    """A linear schedule extended from 2 to 4 steps: steps 3 and 4 use the rates of a run planned for 4 steps (the
+    first added step too, not the old schedule's final rate of 0)."""
+    settings = dict(lr=5e-3, schedule="linear", save_final_state=True)
+    whole = train(config(tiny_model_dir, pairs_file, tmp_path / "whole", max_steps=4, **settings), progress=False)
+    train(config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=2, **settings), progress=False)
+    extended = train(config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=4, **settings), progress=False)
+    assert [(m["step"], m["lr"]) for m in extended.metrics if "train/loss" in m] == \
+        [(m["step"], m["lr"]) for m in whole.metrics if "train/loss" in m][2:] == [(3, 2.5e-3), (4, 1.25e-3)]
+
+
 @pytest.mark.slow
 def test_a_finished_run_without_its_final_state_is_not_extended(tiny_model_dir: Path, pairs_file: Path,
                                                                 tmp_path: Path) -> None:
