@@ -249,3 +249,18 @@ def test_an_interrupted_extension_is_resumed_by_the_next_pipeline_run(tmp_path: 
     pairforge_run(path)
     assert [r["step"] for r in train_rows(out)] == list(range(1, 61))
     assert (out / "metrics.jsonl").read_text().splitlines()[0] == first_line  # step 1 not trained again
+
+
+@pytest.mark.slow
+def test_more_epochs_of_a_pacing_curriculum_train_the_run_again(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A pacing curriculum spreads its pool's growth over all epochs, so more epochs change the batches already
+    trained: not an extension; the pipeline's changed settings start the run over (as any other change does)."""
+    paced = {"schedule": "pacing", "start_fraction": 0.5}
+    path, out = pipeline_recipe(tmp_path, tiny_model_dir, batch_size=1, epochs=1, curriculum=paced)
+    pairforge_run(path)
+    first_line = (out / "metrics.jsonl").read_text().splitlines()[0]
+    path, out = pipeline_recipe(tmp_path, tiny_model_dir, batch_size=1, epochs=2, curriculum=paced)
+    pairforge_run(path)
+    steps = [r["step"] for r in train_rows(out)]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) == 2 * 8
+    assert (out / "metrics.jsonl").read_text().splitlines()[0] != first_line  # trained again from step 1

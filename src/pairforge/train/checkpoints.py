@@ -50,7 +50,7 @@ def finished_step(run: TrainDir, identity_now: dict[str, Any]) -> int | None:
     before = earlier.get("identity", {})
     keys = [key for key in sorted(before.keys() | identity_now.keys()) if before.get(key) != identity_now.get(key)]
     changed = "; ".join(_change(key, before.get(key), identity_now.get(key)) for key in keys)
-    if keys and finished and all(k in _EXTENDS and _more(before.get(k), identity_now.get(k)) for k in keys):
+    if keys and finished and _extends(keys, before, identity_now):
         latest = latest_checkpoint(run)
         final = latest is not None and json.loads((latest / "position.json").read_text())["step"]
         if final == earlier["finished_step"]:
@@ -79,6 +79,13 @@ def continues(run: TrainDir, cfg: TrainConfig) -> bool:
         return finished_step(run, identity_now) is None
     except (OSError, ValueError, InputError):  # no run, a damaged record, or other settings: start over
         return False
+
+
+def _extends(keys: list[str], before: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Only more steps or epochs, which keep the batches already trained as they were: a pacing curriculum grows
+    its pool over the total epochs, so more epochs change the earlier batches too (that run is trained again)."""
+    paced = (now.get("curriculum") or {}).get("schedule") == "pacing"
+    return all(k in _EXTENDS and _more(before.get(k), now.get(k)) and not (k == "epochs" and paced) for k in keys)
 
 
 def _more(before: Any, now: Any) -> bool:
