@@ -52,7 +52,7 @@ def finished_step(run: TrainDir, identity_now: dict[str, Any]) -> int | None:
     changed = "; ".join(_change(key, before.get(key), identity_now.get(key)) for key in keys)
     if keys and finished and _extends(keys, before, identity_now):
         latest = latest_checkpoint(run)
-        final = latest is not None and json.loads((latest / "position.json").read_text())["step"]
+        final = json.loads((latest / "position.json").read_text())["step"] if latest is not None else None
         if final == earlier["finished_step"]:
             return None  # the loop resumes from the final state and trains only the added steps
         raise InputError(str(run.root), f"holds a finished run of {earlier['finished_step']} steps ({changed}) whose "
@@ -108,7 +108,7 @@ def clear(run: TrainDir) -> None:
 
 
 @dataclass(frozen=True)
-class Order:
+class PlannedOrder:
     """The planned order a checkpoint's position counts micro-batches in: the digest of the whole plan, and the
     (global micro-batch, stage) list trained, whose first part a longer plan of the same run repeats."""
 
@@ -117,21 +117,21 @@ class Order:
     grad_accum: int
     world: int
 
-    def done(self, micro_batches: int) -> str:
+    def trained_digest(self, micro_batches: int) -> str:
         """The digest of the first `micro_batches` micro-batches: what a checkpoint has trained on."""
         part = self.kept[:micro_batches]
         return order_digest([b for b, _ in part], [s for _, s in part], self.grad_accum, self.world)
 
 
 def save_checkpoint(accelerator: Accelerator, run: TrainDir, step: int, micro_batches: int, keep: int,
-                    order: Order) -> Path:
+                    order: PlannedOrder) -> Path:
     """Model, optimiser, scheduler and RNG (accelerate), then our data position in the planned `order` (its
     digest, and the digest of the part trained); older ones pruned."""
     path = run.checkpoints / f"step-{step:06d}"
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
         write_json({"step": step, "micro_batches": micro_batches, "order": order.digest,
-                    "done": order.done(micro_batches)}, path / "position.json")
+                    "trained_digest": order.trained_digest(micro_batches)}, path / "position.json")
         for old in sorted(run.checkpoints.glob("step-*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -144,7 +144,7 @@ def latest_checkpoint(run: TrainDir) -> Path | None:
     return done[-1] if done else None
 
 
-def resume(accelerator: Accelerator, run: TrainDir, order: Order) -> tuple[int, int]:
+def resume(accelerator: Accelerator, run: TrainDir, order: PlannedOrder) -> tuple[int, int]:
     """Load the latest checkpoint, if any: (optimiser steps, micro-batches) done. Its position counts
     micro-batches of the planned order, so a checkpoint made with another order (the same settings planned
     by another pairforge version) is refused rather than resumed at a position that means other pairs; a plan
@@ -153,7 +153,7 @@ def resume(accelerator: Accelerator, run: TrainDir, order: Order) -> tuple[int, 
     if latest is None:
         return 0, 0
     state = json.loads((latest / "position.json").read_text())
-    same_start = "done" in state and state["done"] == order.done(state["micro_batches"])
+    same_start = state.get("trained_digest") == order.trained_digest(state["micro_batches"])
     if state.get("order", order.digest) != order.digest and not same_start:
         raise InputError(str(run.root), f"expected {latest.name} to continue this run's batch order, found "
                          "another (planned by another pairforge version, or with another share_prompt: rows of other "
