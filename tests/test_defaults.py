@@ -159,6 +159,18 @@ def test_a_finished_run_with_its_final_state_is_extended(tiny_model_dir: Path, p
         [(r["step"], round(r["train/loss"], 6)) for r in train_rows(whole)]
 
 
+def test_an_extension_trains_every_added_step_at_the_new_schedules_rate(tiny_model_dir: Path, pairs_file: Path,
+                                                                      tmp_path: Path) -> None:
+    """A linear schedule extended from 2 to 4 steps: steps 3 and 4 use the rates of a run planned for 4 steps (the
+    first added step too, not the old schedule's final rate of 0)."""
+    settings = dict(lr=5e-3, schedule="linear", save_final_state=True)
+    whole = train(config(tiny_model_dir, pairs_file, tmp_path / "whole", max_steps=4, **settings), progress=False)
+    train(config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=2, **settings), progress=False)
+    extended = train(config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=4, **settings), progress=False)
+    assert [(m["step"], m["lr"]) for m in extended.metrics if "train/loss" in m] == \
+        [(m["step"], m["lr"]) for m in whole.metrics if "train/loss" in m][2:] == [(3, 2.5e-3), (4, 1.25e-3)]
+
+
 @pytest.mark.slow
 def test_a_finished_run_without_its_final_state_is_not_extended(tiny_model_dir: Path, pairs_file: Path,
                                                                 tmp_path: Path) -> None:
@@ -170,32 +182,85 @@ def test_a_finished_run_without_its_final_state_is_not_extended(tiny_model_dir: 
     assert "run.json" not in line and json.loads((out / "run.json").read_text())["finished_step"] == 2
 
 
-@pytest.mark.slow
-def test_a_pipeline_run_given_more_steps_continues_its_finished_run(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """`pairforge run` after raising a run's max_steps: the run continues from its saved final state (its first
-    step's log line and checkpoint kept) instead of starting over."""
-    import subprocess
-    import sys
-
+def pipeline_recipe(tmp_path: Path, tiny_model_dir: Path, **run: Any) -> tuple[Path, Path]:
+    """A recipe of one DPO run on the sample's 8 prompts, whose final state is saved: (its file, its run folder)."""
     from conftest import SAMPLE, write_jsonl
 
     rows = json.loads((SAMPLE / "strong.json").read_text())[:8]
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": r["instruction"]} for r in rows])
-    run = {"name": "dpo", "model": str(tiny_model_dir), "max_steps": 1, "max_length": 64, "batch_size": 4,
-           "save_final_state": True}
+    run = {"name": "dpo", "model": str(tiny_model_dir), "max_length": 64, "batch_size": 4, "save_final_state": True,
+           **run}
     recipe = {"run_dir": str(tmp_path / "run"), "prompts": str(prompts),
               "sources": [{"name": "strong", "backend": "file", "path": str(SAMPLE / "strong.json")},
                           {"name": "weak", "backend": "file", "path": str(SAMPLE / "weak.json")}],
               "pairs": {"rank": "strong > weak", "filters": {"drop_truncated": False}}, "runs": [run]}
     path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path, tmp_path / "run" / "train" / "dpo"
+
+
+def pairforge_run(recipe: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "pairforge", "run", str(recipe)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_pipeline_run_given_more_steps_continues_its_finished_run(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`pairforge run` after raising a run's max_steps: the run continues from its saved final state (its first
+    step's log line and checkpoint kept) instead of starting over."""
     out = tmp_path / "run" / "train" / "dpo"
     for steps in (1, 2):
-        path.write_text(yaml.safe_dump({**recipe, "runs": [{**run, "max_steps": steps}]}), encoding="utf-8")
-        result = subprocess.run([sys.executable, "-m", "pairforge", "run", str(path)], capture_output=True, text=True,
-                                timeout=600)
-        assert result.returncode == 0, result.stderr[-2000:]
+        path, out = pipeline_recipe(tmp_path, tiny_model_dir, max_steps=steps)
+        pairforge_run(path)
         if steps == 1:
             first_line = (out / "metrics.jsonl").read_text().splitlines()[0]
     assert [r["step"] for r in train_rows(out)] == [1, 2]
     assert (out / "metrics.jsonl").read_text().splitlines()[0] == first_line  # step 1 not trained again
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_extension_is_resumed_by_the_next_pipeline_run(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Ctrl-C during an extension, then `pairforge run` again: the extension resumes from its checkpoint; the
+    original steps are not trained again (the folder is not cleared although the stage began as a fresh start)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path, out = pipeline_recipe(tmp_path, tiny_model_dir, max_steps=1, epochs=20, batch_size=1, save_steps=1)
+    pairforge_run(path)
+    first_line = (out / "metrics.jsonl").read_text().splitlines()[0]
+    path, out = pipeline_recipe(tmp_path, tiny_model_dir, max_steps=60, epochs=20, batch_size=1, save_steps=1)
+    process = subprocess.Popen([sys.executable, "-m", "pairforge", "run", str(path)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "checkpoints" / "step-000003" / "position.json").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-2000:]
+    stopped_at = train_rows(out)[-1]["step"]
+    assert 3 <= stopped_at < 60 and "finished_step" not in json.loads((out / "run.json").read_text())
+    pairforge_run(path)
+    assert [r["step"] for r in train_rows(out)] == list(range(1, 61))
+    assert (out / "metrics.jsonl").read_text().splitlines()[0] == first_line  # step 1 not trained again
+
+
+@pytest.mark.slow
+def test_more_epochs_of_a_pacing_curriculum_train_the_run_again(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A pacing curriculum spreads its pool's growth over all epochs, so more epochs change the batches already
+    trained: not an extension; the pipeline's changed settings start the run over (as any other change does)."""
+    paced = {"schedule": "pacing", "start_fraction": 0.5}
+    path, out = pipeline_recipe(tmp_path, tiny_model_dir, batch_size=1, epochs=1, curriculum=paced)
+    pairforge_run(path)
+    first_line = (out / "metrics.jsonl").read_text().splitlines()[0]
+    path, out = pipeline_recipe(tmp_path, tiny_model_dir, batch_size=1, epochs=2, curriculum=paced)
+    pairforge_run(path)
+    steps = [r["step"] for r in train_rows(out)]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) == 2 * 8
+    assert (out / "metrics.jsonl").read_text().splitlines()[0] != first_line  # trained again from step 1

@@ -125,13 +125,13 @@ def run_config(entry: RunConfig, run: RunDir) -> RunConfig:
 
 
 def train(entry: RunConfig, run: RunDir, fresh: bool = False) -> list[Path]:
-    """One training run; `fresh` starts its folder over (see `train.trainer.train`), unless the new settings only
-    extend its finished run, which then continues from its saved final state."""
-    from pairforge.train.checkpoints import extends
+    """One training run; `fresh` starts its folder over (see `train.trainer.train`), unless the work there is this
+    run's (`checkpoints.continues`: an interrupted run of these settings, or a finished run they only extend)."""
+    from pairforge.train.checkpoints import continues
     from pairforge.train.trainer import train as train_model
 
     cfg = run_config(entry, run)
-    out = TrainDir(train_model(cfg, fresh=fresh and not extends(TrainDir(cfg.out), cfg)).out)
+    out = TrainDir(train_model(cfg, fresh=fresh and not continues(TrainDir(cfg.out), cfg)).out)
     return [out.model, out.metrics]
 
 

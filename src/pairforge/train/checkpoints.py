@@ -33,6 +33,9 @@ def identity(cfg: TrainConfig) -> dict[str, Any]:
     return {**settings, "pairs": file_digest(Path(cfg.pairs)) if cfg.pairs else "-", "model_files": model_files}
 
 
+_EXTENDS = ("max_steps", "epochs")  # more of these continue a finished run whose final state was saved
+
+
 def finished_step(run: TrainDir, identity_now: dict[str, Any]) -> int | None:
     """The last step of a finished run with the same identity; None when there is nothing to resume, a
     checkpoint of the same identity, or a finished run to extend (more max_steps or epochs) from its saved final
@@ -47,9 +50,9 @@ def finished_step(run: TrainDir, identity_now: dict[str, Any]) -> int | None:
     before = earlier.get("identity", {})
     keys = [key for key in sorted(before.keys() | identity_now.keys()) if before.get(key) != identity_now.get(key)]
     changed = "; ".join(_change(key, before.get(key), identity_now.get(key)) for key in keys)
-    if keys and finished and all(k in _EXTENDS and _more(before.get(k), identity_now.get(k)) for k in keys):
+    if keys and finished and _extends(keys, before, identity_now):
         latest = latest_checkpoint(run)
-        final = latest is not None and json.loads((latest / "position.json").read_text())["step"]
+        final = json.loads((latest / "position.json").read_text())["step"] if latest is not None else None
         if final == earlier["finished_step"]:
             return None  # the loop resumes from the final state and trains only the added steps
         raise InputError(str(run.root), f"holds a finished run of {earlier['finished_step']} steps ({changed}) whose "
@@ -62,17 +65,27 @@ def finished_step(run: TrainDir, identity_now: dict[str, Any]) -> int | None:
     return earlier["finished_step"] if finished else None
 
 
-_EXTENDS = ("max_steps", "epochs")  # more of these continue a finished run whose final state was saved
-
-
-def extends(run: TrainDir, cfg: TrainConfig) -> bool:
-    """Whether training `cfg` in this folder continues its finished run (more steps, final state saved), so that
-    a pipeline whose run settings changed keeps that run instead of starting it over."""
+def continues(run: TrainDir, cfg: TrainConfig) -> bool:
+    """Whether training `cfg` in this folder carries on the work already there, so that a pipeline that asks for a
+    fresh start (its run settings changed, or its last start was fresh and never finished) keeps it: an unfinished
+    run of this very identity with a checkpoint (an interrupted extension, or a fresh start that got that far),
+    or a finished run that the new settings extend (more steps, final state saved)."""
     try:
-        finished = "finished_step" in json.loads(run.run_info.read_text())
-        return finished and finished_step(run, identity(cfg.resolved())) is None
-    except (OSError, ValueError, InputError):  # no run, a damaged record, or other settings: not an extension
+        earlier = read_json_object(run.run_info, "a JSON object")
+        identity_now = identity(cfg.resolved())
+        if "finished_step" not in earlier:
+            same = earlier.get("identity") == json.loads(json.dumps(identity_now))
+            return same and latest_checkpoint(run) is not None
+        return finished_step(run, identity_now) is None
+    except (OSError, ValueError, InputError):  # no run, a damaged record, or other settings: start over
         return False
+
+
+def _extends(keys: list[str], before: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Only more steps or epochs, which keep the batches already trained as they were: a pacing curriculum grows
+    its pool over the total epochs, so more epochs change the earlier batches too (that run is trained again)."""
+    paced = (now.get("curriculum") or {}).get("schedule") == "pacing"
+    return all(k in _EXTENDS and _more(before.get(k), now.get(k)) and not (k == "epochs" and paced) for k in keys)
 
 
 def _more(before: Any, now: Any) -> bool:
@@ -95,7 +108,7 @@ def clear(run: TrainDir) -> None:
 
 
 @dataclass(frozen=True)
-class Order:
+class PlannedOrder:
     """The planned order a checkpoint's position counts micro-batches in: the digest of the whole plan, and the
     (global micro-batch, stage) list trained, whose first part a longer plan of the same run repeats."""
 
@@ -104,21 +117,21 @@ class Order:
     grad_accum: int
     world: int
 
-    def done(self, micro_batches: int) -> str:
+    def trained_digest(self, micro_batches: int) -> str:
         """The digest of the first `micro_batches` micro-batches: what a checkpoint has trained on."""
         part = self.kept[:micro_batches]
         return order_digest([b for b, _ in part], [s for _, s in part], self.grad_accum, self.world)
 
 
 def save_checkpoint(accelerator: Accelerator, run: TrainDir, step: int, micro_batches: int, keep: int,
-                    order: Order) -> Path:
+                    order: PlannedOrder) -> Path:
     """Model, optimiser, scheduler and RNG (accelerate), then our data position in the planned `order` (its
     digest, and the digest of the part trained); older ones pruned."""
     path = run.checkpoints / f"step-{step:06d}"
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
         write_json({"step": step, "micro_batches": micro_batches, "order": order.digest,
-                    "done": order.done(micro_batches)}, path / "position.json")
+                    "trained_digest": order.trained_digest(micro_batches)}, path / "position.json")
         for old in sorted(run.checkpoints.glob("step-*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -131,7 +144,7 @@ def latest_checkpoint(run: TrainDir) -> Path | None:
     return done[-1] if done else None
 
 
-def resume(accelerator: Accelerator, run: TrainDir, order: Order) -> tuple[int, int]:
+def resume(accelerator: Accelerator, run: TrainDir, order: PlannedOrder) -> tuple[int, int]:
     """Load the latest checkpoint, if any: (optimiser steps, micro-batches) done. Its position counts
     micro-batches of the planned order, so a checkpoint made with another order (the same settings planned
     by another pairforge version) is refused rather than resumed at a position that means other pairs; a plan
@@ -140,7 +153,7 @@ def resume(accelerator: Accelerator, run: TrainDir, order: Order) -> tuple[int, 
     if latest is None:
         return 0, 0
     state = json.loads((latest / "position.json").read_text())
-    same_start = "done" in state and state["done"] == order.done(state["micro_batches"])
+    same_start = state.get("trained_digest") == order.trained_digest(state["micro_batches"])
     if state.get("order", order.digest) != order.digest and not same_start:
         raise InputError(str(run.root), f"expected {latest.name} to continue this run's batch order, found "
                          "another (planned by another pairforge version, or with another share_prompt: rows of other "

@@ -29,7 +29,7 @@ from pairforge.prompting import PromptFormat, has_chat_template, prompt_format_o
 from pairforge.sequences.logprobs import AnswerLogps, Forwards, SequenceScores, row_width
 from pairforge.sequences.tokenize import TokenizedPair, TokenizeStats, tokenize_pairs
 from pairforge.train import losses as L
-from pairforge.train.checkpoints import Order, order_digest
+from pairforge.train.checkpoints import PlannedOrder, order_digest
 from pairforge.train.curriculum import Plan, difficulty_of, length_grouped, needs_difficulty, plan, reference_margin
 from pairforge.train.lean import use_lean_blocks
 from pairforge.train.metrics import held_out_batches
@@ -67,7 +67,7 @@ class Setup:
     schedule: Plan  # every global micro-batch in order, with its curriculum stage
     mine: list[tuple[list[int], int]]  # this process's (micro-batch, stage) share
     step_weights: list[float]  # each optimiser step's total pair weight over every process's micro-batches
-    order: Order  # the planned order, which a checkpoint's position counts in
+    order: PlannedOrder  # the planned order, which a checkpoint's position counts in
     total_steps: int
 
 
@@ -138,8 +138,8 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
     first = accelerator.process_index * cfg.batch_size
     mine = [(batch[first : first + cfg.batch_size], stage) for batch, stage in kept]
     step_weights = _step_weights([batch for batch, _ in kept], data.train, cfg.grad_accum)
-    order = Order(order_digest(schedule.batches, schedule.stages, cfg.grad_accum, accelerator.num_processes), kept,
-                  cfg.grad_accum, accelerator.num_processes)
+    order = PlannedOrder(order_digest(schedule.batches, schedule.stages, cfg.grad_accum, accelerator.num_processes),
+                         kept, cfg.grad_accum, accelerator.num_processes)
     total_steps = _total_steps(cfg, len(mine), len(data.train), accelerator.num_processes)
     reference, eval_reference = {}, {}
     if L.needs_reference(weights) and cfg.precompute_reference:

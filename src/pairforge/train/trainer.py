@@ -68,6 +68,9 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
         checkpoints.clear(run)
     accelerator.wait_for_everyone()
     step, consumed = checkpoints.resume(accelerator, run, state.order)
+    if step:  # the checkpoint restored the rates it stopped at: an extended run's schedule differs from there on
+        state.scheduler.last_epoch -= 1
+        state.scheduler.step()  # the rate of the resumed step, from this run's schedule
     run.root.mkdir(parents=True, exist_ok=True)  # every process: each appends its own consumed-rows file
     checkpoints.truncate_jsonl(run.consumed(accelerator.process_index), lambda r: r["micro"] < consumed)
     if accelerator.is_main_process:
