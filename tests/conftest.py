@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -69,6 +70,20 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_tokenizer)
     path = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(str(path))
     embedded_tokenizer.save_pretrained(str(path))
+    return path
+
+
+def sample_recipe(folder: Path, runs: list[dict[str, Any]], prompts: int = 8, **sections: Any) -> Path:
+    """folder/recipe.yaml: a pipeline over the sample's strong and weak answers files (ranked pairs, short answers
+    kept) on its first `prompts` prompts, with these runs and further sections (`pairs` adds to the default)."""
+    rows = json.loads((SAMPLE / "strong.json").read_text())[:prompts]
+    prompt_file = write_jsonl(folder / "prompts.jsonl", [{"instruction": r["instruction"]} for r in rows])
+    pairs = {"rank": "strong > weak", "filters": {"drop_truncated": False}, **sections.pop("pairs", {})}
+    sources = [{"name": n, "backend": "file", "path": str(SAMPLE / f"{n}.json")} for n in ("strong", "weak")]
+    recipe = {"run_dir": str(folder / "run"), "prompts": str(prompt_file), "sources": sources, "pairs": pairs,
+              "runs": runs, **sections}
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     return path
 
 

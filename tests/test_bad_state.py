@@ -278,18 +278,11 @@ def test_a_judge_score_row_that_is_no_number_is_one_line(tmp_path: Path) -> None
 
 def _pipeline_recipe(tmp_path: Path, tiny_model_dir: Path) -> Path:
     """File sources, ranked pairs, one DPO step on the tiny model, an evaluation against the strong answers."""
-    from conftest import SAMPLE, write_jsonl
+    from conftest import sample_recipe
 
-    rows = json.loads((SAMPLE / "strong.json").read_text())[:10]
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": r["instruction"]} for r in rows])
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "run_dir": str(tmp_path / "run"), "prompts": str(prompts),
-        "sources": [{"name": n, "backend": "file", "path": str(SAMPLE / f"{n}.json")} for n in ("strong", "weak")],
-        "pairs": {"rank": "strong > weak", "eval_fraction": 0.3, "filters": {"drop_truncated": False}},
-        "runs": [{"name": "dpo", "model": str(tiny_model_dir), "max_steps": 1, "max_length": 64, "batch_size": 4}],
-        "eval": {"reference_source": "strong", "max_new_tokens": 3, "bootstrap": 20}}))
-    return recipe
+    return sample_recipe(tmp_path, [{"name": "dpo", "model": str(tiny_model_dir), "max_steps": 1, "max_length": 64,
+                                     "batch_size": 4}], prompts=10, pairs={"eval_fraction": 0.3},
+                         eval={"reference_source": "strong", "max_new_tokens": 3, "bootstrap": 20})
 
 
 @pytest.mark.parametrize(("damage", "found"), [("{bad", "cannot be read (JSONDecodeError"),

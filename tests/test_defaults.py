@@ -184,18 +184,10 @@ def test_a_finished_run_without_its_final_state_is_not_extended(tiny_model_dir: 
 
 def pipeline_recipe(tmp_path: Path, tiny_model_dir: Path, **run: Any) -> tuple[Path, Path]:
     """A recipe of one DPO run on the sample's 8 prompts, whose final state is saved: (its file, its run folder)."""
-    from conftest import SAMPLE, write_jsonl
+    from conftest import sample_recipe
 
-    rows = json.loads((SAMPLE / "strong.json").read_text())[:8]
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": r["instruction"]} for r in rows])
-    run = {"name": "dpo", "model": str(tiny_model_dir), "max_length": 64, "batch_size": 4, "save_final_state": True,
-           **run}
-    recipe = {"run_dir": str(tmp_path / "run"), "prompts": str(prompts),
-              "sources": [{"name": "strong", "backend": "file", "path": str(SAMPLE / "strong.json")},
-                          {"name": "weak", "backend": "file", "path": str(SAMPLE / "weak.json")}],
-              "pairs": {"rank": "strong > weak", "filters": {"drop_truncated": False}}, "runs": [run]}
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    path = sample_recipe(tmp_path, [{"name": "dpo", "model": str(tiny_model_dir), "max_length": 64, "batch_size": 4,
+                                     "save_final_state": True, **run}])
     return path, tmp_path / "run" / "train" / "dpo"
 
 

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import REPO, SAMPLE, write_jsonl
+from conftest import REPO, sample_recipe
 
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 
@@ -266,15 +266,9 @@ def test_a_bad_edit_of_a_finished_run_loses_nothing(tmp_path: Path, tiny_model_d
     that does not load is one line, and the trained model is still there. A damaged stage record (a hand edit,
     a full disk) makes that stage run again instead of a traceback. A renamed run's old folder stays on disk
     but leaves the report."""
-    rows = json.loads((SAMPLE / "strong.json").read_text())[:8]
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": r["instruction"]} for r in rows])
     run = {"name": "dpo", "model": str(tiny_model_dir), "max_steps": 1, "max_length": 64, "batch_size": 4}
-    recipe = {"run_dir": str(tmp_path / "run"), "prompts": str(prompts),
-              "sources": [{"name": "strong", "backend": "file", "path": str(SAMPLE / "strong.json")},
-                          {"name": "weak", "backend": "file", "path": str(SAMPLE / "weak.json")}],
-              "pairs": {"rank": "strong > weak", "filters": {"drop_truncated": False}}, "runs": [run]}
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    path = sample_recipe(tmp_path, [run])
+    recipe = yaml.safe_load(path.read_text())
     assert pairforge("run", str(path)).returncode == 0
     weights = tmp_path / "run" / "train" / "dpo" / "model" / "model.safetensors"
     trained = weights.read_bytes()
@@ -348,15 +342,9 @@ def test_model_folders_replaced_in_place_are_trained_and_scored_again(tmp_path: 
     judge, tokenizer = load_causal_lm(str(tiny_model_dir), reward_head=True)
     judge.save_pretrained(str(tmp_path / "rm"))
     tokenizer.save_pretrained(str(tmp_path / "rm"))
-    rows = json.loads((SAMPLE / "strong.json").read_text())[:8]
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"instruction": r["instruction"]} for r in rows])
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump({
-        "run_dir": str(tmp_path / "run"), "prompts": str(prompts),
-        "sources": [{"name": n, "backend": "file", "path": str(SAMPLE / f"{n}.json")} for n in ("strong", "weak")],
-        "judge": {"kind": "reward-model", "model": str(tmp_path / "rm"), "max_length": 64},
-        "pairs": {"rank": "strong > weak", "filters": {"drop_truncated": False}},
-        "runs": [{"name": "dpo", "model": str(base), "max_steps": 1, "max_length": 64, "batch_size": 4}]}))
+    path = sample_recipe(tmp_path, [{"name": "dpo", "model": str(base), "max_steps": 1, "max_length": 64,
+                                      "batch_size": 4}],
+                         judge={"kind": "reward-model", "model": str(tmp_path / "rm"), "max_length": 64})
     assert pairforge("run", str(path)).returncode == 0
     scores = pl.read_parquet(tmp_path / "run" / "responses.scored.parquet")["score"].to_list()
     again = pairforge("run", str(path))
