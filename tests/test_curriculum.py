@@ -224,8 +224,8 @@ def test_a_random_order_needs_no_margin_column(tmp_path, tiny_model_dir):
     assert needs_difficulty(CurriculumConfig(schedule="random", drop_hardest=0.2))
     one_line_error(_curriculum_cli(tmp_path / "trl.parquet", "--schedule", "sorted"), "trl.parquet",
                    "no column 'margin'")
-    from pairforge.config import TrainConfig
     from pairforge.train.trainer import train
+    from pairforge.train_config import TrainConfig
 
     trained = train(TrainConfig(model=str(tiny_model_dir), pairs=tmp_path / "trl.parquet", out=tmp_path / "run",
                                 batch_size=4, max_length=64, max_steps=1, prompt_format="text",

@@ -194,7 +194,7 @@ def test_prompts_of_several_chat_turns_go_from_generate_through_pairs_to_train(t
                       {"role": "assistant", "content": f"{i + 1}."},
                       {"role": "user", "content": "Why that one?"}] for i in range(6)]
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": c} for c in conversations])
-    tiny = {"model": str(tiny_model_dir), "max_new_tokens": 6}
+    tiny = {"model": str(tiny_model_dir), "max_new_tokens": 6, "dtype": "float32"}  # as the check below
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({
         "run_dir": str(tmp_path / "run"), "prompts": str(prompts),

@@ -87,8 +87,8 @@ def test_bf16_step_one_is_exactly_ln2_on_real_length_pairs_and_after_a_resume(tm
     import shutil
 
     from conftest import rewind
-    from pairforge.config import CurriculumConfig, TrainConfig
     from pairforge.train.trainer import train
+    from pairforge.train_config import CurriculumConfig, TrainConfig
 
     real_length_pairs(tmp_path / "pairs.parquet")
     curriculum = CurriculumConfig(difficulty="column:level", schedule="sorted") if order == "curriculum" else None
