@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pairforge"
 LAYERS = [
     {"errors", "schema"},
     {"files", "text", "layout", "models", "edits", "folder_lock"},
-    {"fingerprints"},
+    {"fingerprints", "results"},
     {"config", "fields", "prompting"},
     {"train_config"},
     {"recipe", "records", "pair_files"},
