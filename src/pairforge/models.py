@@ -11,6 +11,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -55,7 +58,7 @@ def load_tokenizer(name: str = EMBEDDED):  # -> transformers.PreTrainedTokenizer
     if not (saved / "tokenizer.json").exists():
         gguf = embedded_gguf()
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        tokenizer.save_pretrained(str(saved))
+        _publish(saved, lambda tmp: tokenizer.save_pretrained(str(tmp)))
     return AutoTokenizer.from_pretrained(str(saved))
 
 
@@ -78,11 +81,30 @@ def embedded_model_dir() -> Path:
         del config.quantization_config
     model = LlamaForCausalLM(config)
     model.load_state_dict(loaded.state_dict())
-    tmp = saved.with_name(f"{saved.name}.tmp")
-    model.save_pretrained(str(tmp))
-    load_tokenizer(EMBEDDED).save_pretrained(str(tmp))
-    tmp.replace(saved)
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(str(tmp))
+        load_tokenizer(EMBEDDED).save_pretrained(str(tmp))
+
+    _publish(saved, save)
     return saved
+
+
+def _publish(saved: Path, write: Callable[[Path], None]) -> None:
+    """Write a cache folder under a name of this process's own, then rename it into place: two commands that
+    convert the embedded model at once (a user's first run beside a test) each write their own folder, the
+    first rename wins and the other's copy is dropped (it was a shared `.tmp` folder: garbage, then a
+    'Directory not empty' traceback)."""
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{saved.name}.", dir=saved.parent))
+    try:
+        write(tmp)
+        tmp.replace(saved)
+    except OSError:
+        if not saved.exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def model_path(name: str) -> str:
