@@ -63,6 +63,12 @@ def _flag_of(location: tuple[Any, ...], message: str, flags: dict[str, Any]) -> 
     return named[0][1] if named else (given or ["config"])[0]  # the recipe's section alone was valid: a flag broke it
 
 
+def defaults(model: type[BaseModel]) -> dict[str, Any]:
+    """A section's defaults by field name, for the help of the flags laid over it: one default per setting, the
+    model's, on the command line as in a recipe (tests/test_cli_settings.py checks every flag against it)."""
+    return {name: info.default for name, info in model.model_fields.items()}
+
+
 def judge_config(text: str) -> JudgeConfig:
     if text.endswith((".yaml", ".yml")):
         cfg = load_recipe(Path(text)).judge
