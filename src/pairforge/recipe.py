@@ -240,7 +240,7 @@ def _rebase(section: dict[str, Any], model: type[BaseModel], base: Path) -> None
     for name, info in model.model_fields.items():
         value = section.get(name)
         kinds = _members(info.annotation)
-        if Path in kinds and name not in WRITTEN_HERE:
+        if Path in kinds and name not in WRITTEN_HERE and name in section:
             words = {k for k in kinds if isinstance(k, str)} | ({OWN_FILES[name]} if name in OWN_FILES else set())
             section[name] = _rebased(value, base, words)
         for inner in (k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)):
