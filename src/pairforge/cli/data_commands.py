@@ -34,7 +34,7 @@ def pairs_build(
     strategy: str | None = typer.Option(None, help="ranked | scored | verified (default: ranked if --rank) | revised "
                                         "(the recipe's pairs.revision; inputs: answers and `pairforge revise`'s "
                                         "revisions.parquet)"),
-    scored_mode: str | None = typer.Option(None, help="scored: best-worst | best-random | all"),
+    scored_mode: str | None = typer.Option(None, help=f"scored: {options.choices(PairsConfig, 'scored_mode')}"),
     min_margin: float | None = typer.Option(None, help="scored: smallest score gap that makes a pair"),
     min_edit: float | None = typer.Option(None, help="revised: keep revisions whose token edit distance is above this "
                                           "(0: drops only no-op revisions)"),
@@ -110,7 +110,7 @@ def generate_command(
     out: Path = typer.Option(Path("."), help="folder for responses.parquet and the cache store.sqlite"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="try again the requests that failed before"),
     source: list[str] | None = typer.Option(None, help="only this source (repeatable)"),
-    dtype: str | None = typer.Option(None, help="the local sources' weights: auto | float32 | bfloat16 | float16 "
+    dtype: str | None = typer.Option(None, help=f"the local sources' weights: {options.choices(SourceConfig, 'dtype')} "
                                      "(default: each source's own, auto unless set)"),
 ) -> None:
     """Answer the prompts with every source; resumes where it stopped (cached in <out>/store.sqlite)."""
@@ -218,7 +218,7 @@ def rank_command(
 def curriculum_show(
     pairs: Path | None = typer.Argument(None, help="pairs file (default: the train section's or --run's pairs)"),
     difficulty: str | None = typer.Option(None, help=DIFFICULTIES_HELP),
-    schedule: str | None = typer.Option(None, help="random | staged | sorted | anti | buckets | pacing (staged: its "
+    schedule: str | None = typer.Option(None, help=f"{options.choices(CurriculumConfig, 'schedule')} (staged: its "
                                         "stages come from a recipe)"),
     batch_size: int | None = typer.Option(None, help="pairs per batch, the global batch when training on several "
                                           f"processes (default: the train section's, {_TRAIN['batch_size']})"),
