@@ -42,8 +42,8 @@ def train_command(
     prompt_format: str | None = typer.Option(None, help="auto (follow the records) | chat | text"),
     dtype: str | None = typer.Option(None, help=f"{_TRAIN['dtype']} (default) | bfloat16: weights and autocast (~2.3x "
                                      "faster on CPUs with AVX512-BF16 / AMX and on GPUs)"),
-    report_to: list[str] | None = typer.Option(None, help=f"{options.choices(TrainConfig, 'report_to')}: a tracker besides metrics.jsonl "
-                                               "(repeatable; needs its package)"),
+    report_to: list[str] | None = typer.Option(None, help=f"{options.choices(TrainConfig, 'report_to')}: a tracker "
+                                               "besides metrics.jsonl (repeatable; needs its package)"),
     save_steps: int | None = typer.Option(None, help="checkpoint every N steps"),
     save_final_state: bool = typer.Option(False, "--save-final-state", help="also save the training state at the "
                                           "end, so that a rerun with more --max-steps / --epochs extends the run"),
