@@ -224,14 +224,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-WRITTEN_HERE = frozenset({"out"})  # a stage command's output (--out): relative to where the command runs, as the flag
-OWN_FILES = {"rank_from": "ranking"}  # a value that names the run's own file, not a path: 'ranking': its ranking.json
+_WRITTEN_HERE = frozenset({"out"})  # a stage command's output (--out): relative to where the command runs, as the flag
+_OWN_FILES = {"rank_from": "ranking"}  # a value that names the run's own file, not a path: 'ranking': its ranking.json
 
 
 def _relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Paths inside a recipe are relative to the recipe's folder, so a recipe runs from anywhere: every field typed
     `Path` (alone, optional or in a list) of every section, found from the models, is rebased; a Literal the field
-    also allows ('held-out') and a name of the run's own file (OWN_FILES) are words, not paths."""
+    also allows ('held-out') and a name of the run's own file (_OWN_FILES) are words, not paths."""
     _rebase(data, Recipe, base)
     return data
 
@@ -240,8 +240,8 @@ def _rebase(section: dict[str, Any], model: type[BaseModel], base: Path) -> None
     for name, info in model.model_fields.items():
         value = section.get(name)
         kinds = _members(info.annotation)
-        if Path in kinds and name not in WRITTEN_HERE and name in section:
-            words = {k for k in kinds if isinstance(k, str)} | ({OWN_FILES[name]} if name in OWN_FILES else set())
+        if Path in kinds and name not in _WRITTEN_HERE and name in section:
+            words = {k for k in kinds if isinstance(k, str)} | ({_OWN_FILES[name]} if name in _OWN_FILES else set())
             section[name] = _rebased(value, base, words)
         for inner in (k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)):
             # anything not a mapping (`sources: 5`) is left as it is for validation, which names the key
