@@ -16,8 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pairforge"
 LAYERS = [
     {"errors", "schema"},
     {"files", "text", "layout", "models", "edits", "folder_lock"},
-    {"fingerprints", "results"},
-    {"config", "fields", "prompting"},
+    {"fingerprints", "results", "prompting"},
+    {"config", "fields"},
     {"train_config"},
     {"recipe", "records", "pair_files"},
     {"requests", "sequences", "recipe_docs", "rounds"},

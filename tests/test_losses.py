@@ -191,3 +191,16 @@ def test_loss_at_step1(name):
     expected, overrides = AT_STEP1[name]
     value = L.LOSSES[name](x(**{**STEP1, **overrides}), L.LossSettings(**STEP1_SETTINGS))
     assert value.item() == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_loss_settings_are_the_train_sections_loss_knobs() -> None:
+    """Every loss knob a recipe sets (flat in its train section) reaches the losses, and an unset one has the
+    section's default."""
+    from pairforge.train_config import TrainConfig
+
+    knobs = {"beta": 0.3, "label_smoothing": 0.2, "gamma": 1.5, "alpha": 0.01, "delta": 2.0, "lam": 0.5,
+             "slic_nll": "mean"}
+    assert L.LossSettings.of(TrainConfig(**knobs)) == L.LossSettings(**knobs)
+    assert L.LossSettings.of(TrainConfig()) == L.LossSettings()
+    assert L.LossSettings() == L.LossSettings(beta=0.1, label_smoothing=0.0, gamma=0.5, alpha=0.0, delta=1.0,
+                                              lam=0.1, slic_nll="sum")

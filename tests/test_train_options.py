@@ -355,6 +355,31 @@ def test_default_order_is_length_grouped_and_seeded(tiny_model_dir, tmp_path):
     assert len(set(widths)) > 8  # the widths really differ, so grouping is visible
 
 
+def test_a_reward_model_orders_its_pairs_by_the_rows_it_scores(tiny_model_dir, tmp_path):
+    """A reward model scores each answer in a row of its own, whatever `share_prompt` says: its length-grouped order
+    groups pairs by that row's width (the longer prompt + answer). The order was once planned as if the prompt were
+    shared (prompt + both answers in one row) while the batches were laid out unshared."""
+    from pairforge.models import load_tokenizer
+    from pairforge.sequences.tokenize import tokenize_pairs
+
+    rows = [{**row, "prompt": f"Question {i}:" + " why" * (i * 7 % 23) + " is it a number?",
+             "rejected": row["rejected"] + " and so on" * (i * 5 % 7)} for i, row in enumerate(preference_rows(32))]
+    pl.DataFrame(rows).write_parquet(tmp_path / "pairs.parquet")
+    tokenized, _ = tokenize_pairs(pl.DataFrame(rows), load_tokenizer(str(tiny_model_dir)), max_length=64)
+
+    def grouped(width: dict[int, int]) -> list[tuple[int, ...]]:
+        widths = sorted(width.values())
+        return sorted(tuple(widths[i : i + 4]) for i in range(0, 32, 4))
+
+    own = {p.index: p.length for p in tokenized}  # a row per answer: its prompt + the longer answer
+    packed = {p.index: p.packed_length for p in tokenized}
+    assert grouped(own) != grouped(packed)  # the two rules order these pairs differently
+    train(config(tiny_model_dir, tmp_path / "pairs.parquet", tmp_path / "rm", method="reward-model", batch_size=4,
+                 max_steps=8), progress=False)
+    assert TrainConfig(method="reward-model", share_prompt=True).shares_prompt is False
+    assert sorted(tuple(sorted(own[i] for i in batch)) for batch in consumed(tmp_path / "rm")) == grouped(own)
+
+
 # --- 8. no full optimiser step --------------------------------------------------------------------------------
 
 def test_too_few_pairs_for_one_optimiser_step_is_one_line(tiny_model_dir, tmp_path):

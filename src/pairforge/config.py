@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pairforge.errors import describe
 from pairforge.fingerprints import by_content
 from pairforge.models import AUTO_DTYPE, resolved_dtype
+from pairforge.prompting import Endpoint, PromptFormat
 
 ROLE_MARKERS = (
     r"(?m)^\s*(?:###\s*(?:Instruction|Response|Input)\s*:|Human:|Assistant:|USER:|ASSISTANT:)"
@@ -150,7 +151,7 @@ class PairsConfig(Section):
     judge_fraction: float = Field(0.0, ge=0, lt=1, description="share of prompts kept apart from both training and "
                                   "the eval split, in <out>.judge.*: pairs to train a reward-model judge on (a run "
                                   "with method reward-model and split: judge, named by eval.judge_run)")
-    prompt_format: Literal["auto", "chat", "text"] = Field(
+    prompt_format: Literal["auto", PromptFormat] = Field(
         "auto", description="chat: conversational records (TRL's [{role, content}]), trained through the chat "
         "template the answers were asked with; text: plain strings, for answers that continued the prompt as "
         "plain text. auto: chat, or text when every generating source of the recipe used endpoint completions")
@@ -203,7 +204,7 @@ class SourceConfig(Section):
     path: Path | None = Field(None, description="file: an answers file (AlpacaEval outputs, long, ...) to take "
                               "this source's answers from")
     model: str = Field("embedded", description="'embedded', a model folder or hub id, or the server's model name")
-    endpoint: Literal["chat", "completions"] = Field("chat", description="chat: chat template / chat API; "
+    endpoint: Endpoint = Field("chat", description="chat: chat template / chat API; "
                                                      "completions: the prompt as plain text, no template")
     temperature: float = Field(0.7, ge=0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: keep the smallest set of tokens with this "

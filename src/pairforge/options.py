@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -61,6 +61,20 @@ def _flag_of(location: tuple[Any, ...], message: str, flags: dict[str, Any]) -> 
         return named[0][1] if named else names[-1]
     named = sorted((message.find(f"`{k}`"), k) for k in given if f"`{k}`" in message)
     return named[0][1] if named else (given or ["config"])[0]  # the recipe's section alone was valid: a flag broke it
+
+
+def defaults(model: type[BaseModel]) -> dict[str, Any]:
+    """A section's defaults by field name, for the help of the flags laid over it: one default per setting, the
+    model's, on the command line as in a recipe (tests/test_cli_settings.py checks every flag against it)."""
+    return {name: info.default for name, info in model.model_fields.items()}
+
+
+def choices(model: type[BaseModel], field: str) -> str:
+    """The values a field's Literal allows, as a flag's help lists them ('a | b | c')."""
+    annotation = model.model_fields[field].annotation
+    while get_origin(annotation) is not Literal:  # through `X | None` and `list[X]` to the Literal
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    return " | ".join(get_args(annotation))
 
 
 def judge_config(text: str) -> JudgeConfig:

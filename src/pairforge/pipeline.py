@@ -87,7 +87,7 @@ def plan(recipe: Recipe, run_dir: Path, retry_failed: bool = False) -> Plan:
         raise InputError("recipe", "`pairforge run` needs `prompts:` and `sources:`")
     n_prompts = prompts_from_file(recipe.prompts).height
     stages_: list[Stage] = []
-    restarted = {f"train:{r.name}" for r in recipe.runs if r.after is None and r.method != "reward-model"}
+    restarted = {f"train:{r.name}" for r in recipe.runs if r.after is None and r.trains_policy}
     first_round: dict[str, float | None] = {}
     for k in range(1, recipe.rounds + 1):
         folder = round_dir(run_dir, recipe, k)

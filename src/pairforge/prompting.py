@@ -6,6 +6,8 @@ Two prompt formats exist, and a pair is trained in the one its answers were aske
         Alpaca-style instruction template, everywhere instead.
   text  the prompt's text as it is, the answer continuing it (TRL's standard records; the
         `completions` endpoint of a source).
+A source's `endpoint` (chat / completions) and a pairs file's `prompt_format` (chat / text) name this one fact;
+`endpoint_of` and `prompt_format_of_endpoint` are the only converters between the two spellings.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pairforge.schema import Message
 from pairforge.text import prompt_text
 
 PromptFormat = Literal["chat", "text"]
+Endpoint = Literal["chat", "completions"]  # a source's spelling of the prompt format it asks in
+_ENDPOINTS: dict[str, Endpoint] = {"chat": "chat", "text": "completions"}
 
 TEXT_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes "
                  "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
@@ -37,6 +41,11 @@ def prompt_format_of(prompts_are_messages: bool, requested: str) -> PromptFormat
     return "chat" if prompts_are_messages else "text"
 
 
-def endpoint_of(prompt_format: PromptFormat) -> Literal["chat", "completions"]:
+def endpoint_of(prompt_format: PromptFormat) -> Endpoint:
     """The generation endpoint that asks a prompt in this format."""
-    return "chat" if prompt_format == "chat" else "completions"
+    return _ENDPOINTS[prompt_format]
+
+
+def prompt_format_of_endpoint(endpoint: Endpoint) -> PromptFormat:
+    """The prompt format answers asked through this endpoint are trained in."""
+    return next(fmt for fmt, asked in _ENDPOINTS.items() if asked == endpoint)  # type: ignore[return-value]

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from pairforge.config import (
     ROUND_MODEL,
@@ -25,6 +26,7 @@ from pairforge.config import (
 )
 from pairforge.errors import InputError, describe
 from pairforge.layout import RunDir, eval_folder_problem
+from pairforge.prompting import PromptFormat, prompt_format_of_endpoint
 from pairforge.train_config import RunConfig, TrainConfig
 
 MAX_ROUNDS = 50  # each round trains and evaluates again: published iterative DPO runs 3-5; 100000 is a typo
@@ -76,7 +78,7 @@ class Recipe(Section):
             raise ValueError(f"eval.judge_run: {problem}")
         if judge_run is not None:
             run = next((r for r in self.runs if r.name == judge_run), None)
-            if run is None or run.method != "reward-model" or run.split != "judge":
+            if run is None or run.trains_policy or run.split != "judge":
                 raise ValueError(f"eval.judge_run '{judge_run}' must name a run with method: reward-model and split: "
                                  "judge (a judge trained on pairs kept apart from the policies' training pairs)")
             if self.pairs.judge_fraction <= 0:
@@ -88,7 +90,7 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _rounds(self) -> Recipe:
-        policies = [r.name for r in self.runs if r.method != "reward-model"]
+        policies = [r.name for r in self.runs if r.trains_policy]
         if self.round_run is not None and self.round_run not in policies:
             raise ValueError(f"round_run '{self.round_run}' is not a run that trains a policy (runs: "
                              f"{', '.join(policies) or 'none'})")
@@ -128,6 +130,13 @@ class Recipe(Section):
         revision = self.pairs.revision
         only_revises = revision.reviser if revision and revision.reviser != revision.original else None
         return [s for s in self.sources if s.name != only_revises]
+
+    @property
+    def asked_format(self) -> PromptFormat:
+        """The prompt format the recipe's answers were asked in, which its pairs are trained in (`pairs.
+        prompt_format: auto`): text when every generating source used the completions endpoint, else chat."""
+        asked = {prompt_format_of_endpoint(s.endpoint) for s in self.answering_sources if s.backend != "file"}
+        return "text" if asked == {"text"} else "chat"
 
 
 def read_files(recipe: Recipe) -> list[tuple[str, Path]]:
@@ -215,39 +224,45 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Paths inside a recipe are relative to the recipe's folder, so a recipe runs from anywhere."""
-    def rebase(section: Any, key: str) -> None:
-        if isinstance(section, dict) and isinstance(section.get(key), str):
-            section[key] = os.path.normpath(base / section[key])
-        elif isinstance(section, dict) and isinstance(section.get(key), list):
-            section[key] = [os.path.normpath(base / p) if isinstance(p, str) else p for p in section[key]]
+_WRITTEN_HERE = frozenset({"out"})  # a stage command's output (--out): relative to where the command runs, as the flag
+_OWN_FILES = {"rank_from": "ranking"}  # a value that names the run's own file, not a path: 'ranking': its ranking.json
 
-    pairs, train = data.get("pairs"), data.get("train")
-    rebase(data, "prompts")
-    rebase(data, "run_dir")
-    for source in _listed(data, "sources"):
-        rebase(source, "path")
-    for run in _listed(data, "runs"):
-        rebase(run, "pairs")
-        rebase(run, "eval_pairs")
-    if isinstance(data.get("eval"), dict) and data["eval"].get("prompts") != "held-out":
-        rebase(data["eval"], "prompts")
-    rebase(data.get("eval"), "reference")
-    rebase(pairs, "inputs")
-    if isinstance(pairs, dict) and pairs.get("rank_from") != "ranking":  # 'ranking': the run's own ranking.json
-        rebase(pairs, "rank_from")
-    rebase(pairs.get("filters") if isinstance(pairs, dict) else None, "decontaminate")
-    rebase(train, "pairs")
-    rebase(train, "eval_pairs")
+
+def _relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Paths inside a recipe are relative to the recipe's folder, so a recipe runs from anywhere: every field typed
+    `Path` (alone, optional or in a list) of every section, found from the models, is rebased; a Literal the field
+    also allows ('held-out') and a name of the run's own file (_OWN_FILES) are words, not paths."""
+    _rebase(data, Recipe, base)
     return data
 
 
-def _listed(data: dict[str, Any], key: str) -> list[Any]:
-    """A recipe list (sources:, runs:) to look through for paths. Anything else (`sources: 5`) is left as it is for
-    validation, which names the key and says a list was expected, instead of failing here on iterating it."""
-    value = data.get(key)
-    return value if isinstance(value, list) else []
+def _rebase(section: dict[str, Any], model: type[BaseModel], base: Path) -> None:
+    for name, info in model.model_fields.items():
+        value = section.get(name)
+        kinds = _members(info.annotation)
+        if Path in kinds and name not in _WRITTEN_HERE and name in section:
+            words = {k for k in kinds if isinstance(k, str)} | ({_OWN_FILES[name]} if name in _OWN_FILES else set())
+            section[name] = _rebased(value, base, words)
+        for inner in (k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)):
+            # anything not a mapping (`sources: 5`) is left as it is for validation, which names the key
+            for entry in value if isinstance(value, list) else [value]:
+                if isinstance(entry, dict):
+                    _rebase(entry, inner, base)
+
+
+def _rebased(value: Any, base: Path, words: set[str]) -> Any:
+    if isinstance(value, list):
+        return [_rebased(v, base, words) for v in value]
+    return os.path.normpath(base / value) if isinstance(value, str) and value not in words else value
+
+
+def _members(annotation: Any) -> set[Any]:
+    """The types a field's annotation admits, through unions, lists and Literals (a Literal gives its values)."""
+    if get_origin(annotation) in (Union, UnionType, list):
+        return set().union(*(_members(a) for a in get_args(annotation)))
+    if get_origin(annotation) is Literal:
+        return set(get_args(annotation))
+    return {annotation}
 
 
 def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:

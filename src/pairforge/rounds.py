@@ -24,7 +24,7 @@ def round_dir(run_dir: Path, recipe: Recipe, k: int) -> RunDir:
 
 def base_model(recipe: Recipe) -> str:
     """The model round 1 starts from and the evaluation's baseline: the first policy run's starting model."""
-    policies = [r for r in recipe.runs if r.method != "reward-model" and r.after is None]
+    policies = [r for r in recipe.runs if r.trains_policy and r.after is None]
     return policies[0].model if policies else recipe.train.model
 
 
@@ -38,7 +38,7 @@ def round_recipe(recipe: Recipe, run_dir: Path, k: int) -> Recipe:
         if source.model == ROUND_MODEL:
             source.model = policy
     for run in resolved.runs if k > 1 else []:
-        if run.after is None and run.method != "reward-model":
+        if run.after is None and run.trains_policy:
             run.model = policy
     if resolved.eval is not None:
         resolved.eval.base_model = resolved.eval.base_model or base
@@ -49,4 +49,4 @@ def policy_run(recipe: Recipe) -> str:
     """The run whose trained model answers as "@round" in the next round."""
     if recipe.round_run is not None:
         return recipe.round_run
-    return [r.name for r in recipe.runs if r.method != "reward-model"][-1]
+    return [r.name for r in recipe.runs if r.trains_policy][-1]

@@ -99,10 +99,8 @@ def pairs_config(recipe: Recipe, run: RunDir) -> PairsConfig:
     cfg = recipe.pairs
     revisions = [run.revisions] if cfg.revision else []  # read beside the answers they revise
     update: dict[str, Any] = {"inputs": [pairs_input(recipe, run), *revisions], "out": run.pairs()}
-    generating = [s for s in recipe.answering_sources if s.backend != "file"]
     if cfg.prompt_format == "auto":  # pairs are trained in the format their answers were asked in
-        plain = generating and all(s.endpoint == "completions" for s in generating)
-        update["prompt_format"] = "text" if plain else "chat"
+        update["prompt_format"] = recipe.asked_format
     if cfg.rank_from is not None and str(cfg.rank_from) == "ranking":
         update["rank_from"] = run.ranking
     return cfg.model_copy(update=update)
@@ -137,7 +135,7 @@ def train(entry: RunConfig, run: RunDir, fresh: bool = False) -> list[Path]:
 
 def policies(recipe: Recipe) -> list[RunConfig]:
     """The runs that train a model to answer (a reward-model run trains a judge: it is not evaluated)."""
-    return [r for r in recipe.runs if r.method != "reward-model"]
+    return [r for r in recipe.runs if r.trains_policy]
 
 
 def evaluate(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path]:

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pairforge.config import SEED_MAX, Section
 from pairforge.layout import run_name_problem
+from pairforge.prompting import PromptFormat
 
 FULL_LR, LORA_LR = 5e-7, 1e-4  # an unset `lr`: full fine-tuning's, a LoRA adapter's
 
@@ -38,11 +39,14 @@ class Stage(Section):
         return self
 
 
+DIFFICULTIES = ("strength-gap", "score-margin", "reference-margin", "embedding-similarity")  # or column:NAME
+DIFFICULTIES_HELP = f"{' | '.join(DIFFICULTIES)} | column:NAME"
+
+
 class CurriculumConfig(Section):
     """The order pairs are trained in (the `curriculum` part of a train section)."""
 
-    difficulty: str = Field("strength-gap", description="strength-gap | score-margin | reference-margin | "
-                            "embedding-similarity | column:NAME (higher = harder)")
+    difficulty: str = Field("strength-gap", description=f"{DIFFICULTIES_HELP} (higher = harder)")
     schedule: Literal["random", "staged", "sorted", "anti", "buckets", "pacing"] = Field(
         "sorted", description="random; staged (stages in order); sorted easy->hard; anti hard->easy; buckets; "
         "pacing (a growing pool of the easiest pairs)")
@@ -58,9 +62,8 @@ class CurriculumConfig(Section):
     @field_validator("difficulty")
     @classmethod
     def _known_difficulty(cls, value: str) -> str:
-        known = ("strength-gap", "score-margin", "reference-margin", "embedding-similarity")
-        if value not in known and not (value.startswith("column:") and len(value) > 7):
-            raise ValueError(f"unknown difficulty '{value}': expected one of {', '.join(known)} or column:NAME")
+        if value not in DIFFICULTIES and not (value.startswith("column:") and len(value) > 7):
+            raise ValueError(f"unknown difficulty '{value}': expected one of {', '.join(DIFFICULTIES)} or column:NAME")
         return value
 
     @model_validator(mode="after")
@@ -72,7 +75,11 @@ class CurriculumConfig(Section):
 
 Method = Literal["dpo", "sigmoid", "cdpo", "robust", "hinge", "ipo", "apo_zero", "apo_down", "simpo", "r-dpo",
                  "slic", "sft", "reward-model"]
-METHODS: tuple[str, ...] = get_args(Method)  # train/losses.py has one loss function for each
+METHODS: tuple[str, ...] = get_args(Method)  # the one list of method names: train/losses.py has a loss for each
+REWARD_MODEL = "reward-model"  # the method that trains a score head (a judge), not a policy
+METHODS_HELP = f"{' | '.join(METHODS)}, or a weighted sum 'dpo=1,sft=0.2'"
+# the fields of a train section that the losses read (train/losses.py's LossSettings): flat in the recipe, one group
+LOSS_KNOBS = ("beta", "label_smoothing", "gamma", "alpha", "delta", "lam", "slic_nll")
 
 
 LossWeight = Annotated[float, Field(allow_inf_nan=True)]  # a bad weight is `_known_methods`' one line, not a union's
@@ -81,8 +88,7 @@ LossWeight = Annotated[float, Field(allow_inf_nan=True)]  # a bad weight is `_kn
 class TrainConfig(Section):
     """Contrastive post-training (the `train` section of a recipe)."""
 
-    method: str | dict[str, LossWeight] = Field("dpo", description="a loss name (dpo, cdpo, robust, hinge, ipo, "
-                                                "apo_zero, apo_down, simpo, r-dpo, slic, sft, reward-model) or a "
+    method: str | dict[str, LossWeight] = Field("dpo", description=f"a loss name ({', '.join(METHODS)}) or a "
                                                 "weighted sum {dpo: 1, sft: 0.2}")
     model: str = Field("embedded", description="'embedded', a model folder, or a hub id")
     pairs: Path | None = Field(None, description="pairs file (ours or any TRL prompt/chosen/rejected file)")
@@ -108,7 +114,7 @@ class TrainConfig(Section):
                             "batch of batch_size x grad_accum x processes, short micro-batches included)")
     max_length: int = Field(1024, ge=8, description="tokens of prompt + answer")
     max_prompt_length: int | None = Field(None, ge=1, description="truncate: prompt tokens kept (its end) at most")
-    prompt_format: Literal["auto", "chat", "text"] = Field(
+    prompt_format: Literal["auto", PromptFormat] = Field(
         "auto", description="how prompts are shown to the model: chat (its chat template; an instruction template "
         "for a model without one), text (prompt + answer as plain text, TRL's rule for string prompts); auto "
         "follows the records: conversational pairs as chat, string prompts as text")
@@ -151,7 +157,7 @@ class TrainConfig(Section):
         unknown = [n for n in names if n not in METHODS]
         if unknown or not names:
             raise ValueError(f"unknown method {', '.join(unknown) or '(none)'}: expected one of {', '.join(METHODS)}")
-        if "reward-model" in names and len(names) > 1:
+        if REWARD_MODEL in names and len(names) > 1:
             raise ValueError("reward-model trains a score head and cannot be mixed with other losses")
         if isinstance(value, dict):
             bad = {n: w for n, w in value.items() if not (math.isfinite(w) and w >= 0)}
@@ -162,6 +168,22 @@ class TrainConfig(Section):
     @property
     def loss_weights(self) -> dict[str, float]:
         return {self.method: 1.0} if isinstance(self.method, str) else dict(self.method)
+
+    @property
+    def trains_policy(self) -> bool:
+        """A run trains a policy (a model that answers) unless its method is reward-model, which trains a judge."""
+        return REWARD_MODEL not in self.loss_weights
+
+    @property
+    def shares_prompt(self) -> bool:
+        """Whether batches put each prompt once in a row for both answers: `share_prompt`, except for a reward
+        model, which scores each answer in a row of its own (its last token). Every layout decision (the
+        length-grouped order, the forwards, the reference pass) asks this one property."""
+        return self.share_prompt and self.trains_policy
+
+    def loss_knobs(self) -> dict[str, object]:
+        """The settings the losses read (LOSS_KNOBS), by name: train/losses.py's LossSettings is built from them."""
+        return {name: getattr(self, name) for name in LOSS_KNOBS}
 
     def resolved(self) -> TrainConfig:
         """The settings a run trains with: an unset `lr` becomes the default of its kind of run."""

@@ -13,12 +13,15 @@ import typer
 
 from pairforge import options, render
 from pairforge.cli.common import console, fail_cleanly, say, show, stop_on_failures, writing
-from pairforge.config import SEED_MAX, PairsConfig, SourceConfig
+from pairforge.config import SEED_MAX, FilterConfig, PairsConfig, RevisionConfig, SourceConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output
 from pairforge.layout import RunDir
 from pairforge.recipe import check_reads_apart, load_recipe
-from pairforge.train_config import CurriculumConfig
+from pairforge.train_config import DIFFICULTIES_HELP, CurriculumConfig, TrainConfig
+
+_PAIRS, _FILTERS = options.defaults(PairsConfig), options.defaults(FilterConfig)  # the flags' defaults: the recipe's
+_REVISION, _TRAIN = options.defaults(RevisionConfig), options.defaults(TrainConfig)
 
 
 def pairs_build(
@@ -26,35 +29,38 @@ def pairs_build(
                                         "saved HF dataset folder"),
     rank: str | None = typer.Option(None, help="strength order, strongest first: 'gpt-4 > chatgpt > davinci'"),
     rank_from: Path | None = typer.Option(None, help="or a ranking.json from `pairforge rank` (significant orders)"),
-    pair_types: str | None = typer.Option(None, help="'all' (default), 'adjacent', 'extremes' or 'a>b,c>d'"),
+    pair_types: str | None = typer.Option(None, help=f"'{_PAIRS['pair_types']}' (default), 'adjacent', 'extremes' or "
+                                          "'a>b,c>d'"),
     strategy: str | None = typer.Option(None, help="ranked | scored | verified (default: ranked if --rank) | revised "
                                         "(the recipe's pairs.revision; inputs: answers and `pairforge revise`'s "
                                         "revisions.parquet)"),
-    scored_mode: str | None = typer.Option(None, help="scored: best-worst | best-random | all"),
+    scored_mode: str | None = typer.Option(None, help=f"scored: {options.choices(PairsConfig, 'scored_mode')}"),
     min_margin: float | None = typer.Option(None, help="scored: smallest score gap that makes a pair"),
     min_edit: float | None = typer.Option(None, help="revised: keep revisions whose token edit distance is above this "
                                           "(0: drops only no-op revisions)"),
-    max_edit: float | None = typer.Option(None, help="revised: and at most this (0.5): a larger edit rewrote the "
-                                          "answer"),
+    max_edit: float | None = typer.Option(None, help=f"revised: and at most this ({_REVISION['max_edit']}): a larger "
+                                          "edit rewrote the answer"),
     format: str | None = typer.Option(None, "--format", help="auto | long | wide | ultrafeedback | nectar | sharegpt "
                                       "| preference (TRL prompt/chosen/rejected pairs in: re-filtered and split)"),
     columns: str | None = typer.Option(None, help="wide format: source=column pairs, 'gpt4=out_gpt4,chatgpt=out2'"),
-    out: Path | None = typer.Option(None, help="output .parquet or .jsonl (default pairs.parquet)"),
+    out: Path | None = typer.Option(None, help=f"output .parquet or .jsonl (default {_PAIRS['out']})"),
     eval_fraction: float | None = typer.Option(None, help="share of prompts held out into <out>.eval.*"),
-    prompt_format: str | None = typer.Option(None, help="chat (default: conversational records, trained through "
-                                             "the chat template) | text (plain strings, for answers that "
-                                             "continued the prompt as plain text)"),
+    prompt_format: str | None = typer.Option(None, help="auto (default): chat, a preference file's own | chat "
+                                             "(conversational records, trained through the chat template) | text "
+                                             "(plain strings, for answers that continued the prompt as plain text)"),
     seed: int | None = typer.Option(None, help="seed for best-random"),
     keep_truncated: bool = typer.Option(False, "--keep-truncated", help="keep answers with finish_reason=length"),
     no_role_marker_filter: bool = typer.Option(False, "--no-role-marker-filter", help="keep answers with role markers"),
-    near_duplicate: str | None = typer.Option(None, help="Jaccard threshold for near-duplicates (0.9), or 'off'"),
+    near_duplicate: str | None = typer.Option(None, help=f"Jaccard threshold for near-duplicates "
+                                              f"({_FILTERS['near_duplicate']}), or 'off'"),
     min_length: int | None = typer.Option(None, help="drop answers shorter than this"),
     max_length: int | None = typer.Option(None, help="drop answers longer than this"),
-    length_unit: str | None = typer.Option(None, help="words (default) | tokens"),
-    tokenizer: str | None = typer.Option(None, help="tokenizer for --length-unit tokens (default: embedded)"),
+    length_unit: str | None = typer.Option(None, help=f"{_FILTERS['length_unit']} (default) | tokens"),
+    tokenizer: str | None = typer.Option(None, help=f"tokenizer for --length-unit tokens (default: "
+                                         f"{_FILTERS['tokenizer']})"),
     length_ratio: str | None = typer.Option(None, help="keep pairs with len(chosen)/len(rejected) in 'low,high'"),
     decontaminate: list[Path] | None = typer.Option(None, help="eval prompt file(s) to decontaminate against"),
-    ngram: int | None = typer.Option(None, help="n-gram size for --decontaminate (13)"),
+    ngram: int | None = typer.Option(None, help=f"n-gram size for --decontaminate ({_FILTERS['ngram']})"),
     config: Path | None = typer.Option(None, help="recipe YAML; its `pairs:` section gives the defaults"),
 ) -> None:
     """Turn answers of models of different strength into a TRL-ready pairs file and a summary."""
@@ -104,7 +110,7 @@ def generate_command(
     out: Path = typer.Option(Path("."), help="folder for responses.parquet and the cache store.sqlite"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="try again the requests that failed before"),
     source: list[str] | None = typer.Option(None, help="only this source (repeatable)"),
-    dtype: str | None = typer.Option(None, help="the local sources' weights: auto | float32 | bfloat16 | float16 "
+    dtype: str | None = typer.Option(None, help=f"the local sources' weights: {options.choices(SourceConfig, 'dtype')} "
                                      "(default: each source's own, auto unless set)"),
 ) -> None:
     """Answer the prompts with every source; resumes where it stopped (cached in <out>/store.sqlite)."""
@@ -211,14 +217,13 @@ def rank_command(
 
 def curriculum_show(
     pairs: Path | None = typer.Argument(None, help="pairs file (default: the train section's or --run's pairs)"),
-    difficulty: str | None = typer.Option(None, help="strength-gap | score-margin | embedding-similarity | "
-                                           "column:NAME"),
-    schedule: str | None = typer.Option(None, help="random | staged | sorted | anti | buckets | pacing (staged: its "
+    difficulty: str | None = typer.Option(None, help=DIFFICULTIES_HELP),
+    schedule: str | None = typer.Option(None, help=f"{options.choices(CurriculumConfig, 'schedule')} (staged: its "
                                         "stages come from a recipe)"),
     batch_size: int | None = typer.Option(None, help="pairs per batch, the global batch when training on several "
-                                          "processes (default: the train section's, 8)"),
-    epochs: int | None = typer.Option(None, help="epochs (default: the train section's, 1)"),
-    seed: int | None = typer.Option(None, help="seed (default: the train section's, 0)"),
+                                          f"processes (default: the train section's, {_TRAIN['batch_size']})"),
+    epochs: int | None = typer.Option(None, help=f"epochs (default: the train section's, {_TRAIN['epochs']})"),
+    seed: int | None = typer.Option(None, help=f"seed (default: the train section's, {_TRAIN['seed']})"),
     config: Path | None = typer.Option(None, help="recipe YAML; its train.curriculum gives the defaults"),
     run_name: str | None = typer.Option(None, "--run", help="with --config: the curriculum of this entry of the "
                                         "recipe's `runs:` (round-K:NAME in an iterative recipe)"),

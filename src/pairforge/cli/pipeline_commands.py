@@ -62,7 +62,7 @@ def eval_command(
                                         "difference with its 95% interval"),
     batch_size: int | None = typer.Option(None, help=f"--models: prompts per generate() call "
                                           f"({_EVAL['batch_size']})"),
-    dtype: str | None = typer.Option(None, help=f"--models: auto | float32 | bfloat16 | float16 while answering "
+    dtype: str | None = typer.Option(None, help=f"--models: {options.choices(EvalConfig, 'dtype')} while answering "
                                      f"({_EVAL['dtype']}: bfloat16 where the device computes it natively)"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="ask the models and the judge again where they "
                                       "failed before"),

@@ -15,43 +15,44 @@ from pairforge.cli.common import console, fail_cleanly
 from pairforge.errors import EXIT_INTERRUPTED, InputError
 from pairforge.folder_lock import held
 from pairforge.layout import RunDir, run_folder_of
-from pairforge.train_config import TrainConfig
+from pairforge.train_config import DIFFICULTIES_HELP, METHODS_HELP, LoraSettings, TrainConfig
+
+_TRAIN = options.defaults(TrainConfig)  # the flags' defaults: the recipe's
 
 
 def train_command(
-    method: str | None = typer.Option(None, help="dpo | cdpo | robust | hinge | ipo | apo_zero | apo_down | simpo | "
-                                         "r-dpo | slic | sft, or a weighted sum 'dpo=1,sft=0.2'"),
-    model: str | None = typer.Option(None, help="'embedded' (default), a model folder or a hub id"),
+    method: str | None = typer.Option(None, help=METHODS_HELP),
+    model: str | None = typer.Option(None, help=f"'{_TRAIN['model']}' (default), a model folder or a hub id"),
     pairs: Path | None = typer.Option(None, help="pairs file (ours or TRL prompt/chosen/rejected)"),
     eval_pairs: Path | None = typer.Option(None, help="held-out pairs (default: <pairs>.eval.*)"),
     out: Path | None = typer.Option(None, help="output folder (model/, checkpoints/, metrics.jsonl)"),
-    beta: float | None = typer.Option(None, help="DPO-family beta (0.1)"),
+    beta: float | None = typer.Option(None, help=f"DPO-family beta ({_TRAIN['beta']})"),
     lr: float | None = typer.Option(None, help="learning rate (5e-7; with LoRA 1e-4)"),
-    batch_size: int | None = typer.Option(None, help="pairs per device per micro-batch (8)"),
-    grad_accum: int | None = typer.Option(None, help="micro-batches per optimiser step (1)"),
-    epochs: int | None = typer.Option(None, help="epochs (1)"),
+    batch_size: int | None = typer.Option(None, help=f"pairs per device per micro-batch ({_TRAIN['batch_size']})"),
+    grad_accum: int | None = typer.Option(None, help=f"micro-batches per optimiser step ({_TRAIN['grad_accum']})"),
+    epochs: int | None = typer.Option(None, help=f"epochs ({_TRAIN['epochs']})"),
     max_steps: int | None = typer.Option(None, help="stop after this many optimiser steps"),
-    max_length: int | None = typer.Option(None, help="max tokens of prompt + answer (1024)"),
-    target: str | None = typer.Option(None, help="sft/slic likelihood target column (chosen)"),
+    max_length: int | None = typer.Option(None, help=f"max tokens of prompt + answer ({_TRAIN['max_length']})"),
+    target: str | None = typer.Option(None, help=f"sft/slic likelihood target column ({_TRAIN['target']})"),
     lora: bool = typer.Option(False, "--lora", help="train a LoRA adapter; reference = adapter disabled"),
-    lora_rank: int | None = typer.Option(None, help="LoRA rank (16; implies --lora)"),
+    lora_rank: int | None = typer.Option(None, help=f"LoRA rank ({LoraSettings.model_fields['r'].default}; implies "
+                                         "--lora)"),
     merge: bool = typer.Option(False, "--merge",
                                help="save the merged model (with --lora or a recipe's lora: section)"),
     prompt_format: str | None = typer.Option(None, help="auto (follow the records) | chat | text"),
-    dtype: str | None = typer.Option(None, help="float32 (default) | bfloat16: weights and autocast (~2.3x faster "
-                                     "on CPUs with AVX512-BF16 / AMX and on GPUs)"),
-    report_to: list[str] | None = typer.Option(None, help="tensorboard | wandb: a tracker besides metrics.jsonl "
-                                               "(repeatable; needs its package)"),
+    dtype: str | None = typer.Option(None, help=f"{_TRAIN['dtype']} (default) | bfloat16: weights and autocast (~2.3x "
+                                     "faster on CPUs with AVX512-BF16 / AMX and on GPUs)"),
+    report_to: list[str] | None = typer.Option(None, help=f"{options.choices(TrainConfig, 'report_to')}: a tracker "
+                                               "besides metrics.jsonl (repeatable; needs its package)"),
     save_steps: int | None = typer.Option(None, help="checkpoint every N steps"),
     save_final_state: bool = typer.Option(False, "--save-final-state", help="also save the training state at the "
                                           "end, so that a rerun with more --max-steps / --epochs extends the run"),
     fresh: bool = typer.Option(False, "--fresh", help="delete an earlier run in --out (checkpoints, model, "
                                "metrics) and start over; without it a run resumes, and only with the same settings"),
-    seed: int | None = typer.Option(None, help="seed (0)"),
+    seed: int | None = typer.Option(None, help=f"seed ({_TRAIN['seed']})"),
     curriculum: str | None = typer.Option(None, help="order by difficulty: sorted | anti | buckets | pacing | "
                                           "random (staged needs stages: use a recipe)"),
-    difficulty: str | None = typer.Option(None, help="with --curriculum: strength-gap | score-margin | "
-                                          "reference-margin | embedding-similarity | column:NAME"),
+    difficulty: str | None = typer.Option(None, help=f"with --curriculum: {DIFFICULTIES_HELP}"),
     config: Path | None = typer.Option(None, help="recipe YAML; its `train:` section gives the defaults"),
     run_name: str | None = typer.Option(None, "--run", help="with --config: train this entry of the recipe's "
                                         "`runs:` (in its run folder, as `pairforge run` would; for accelerate launch)"),

@@ -34,13 +34,13 @@ Rewards reported with them are b * (logp - ref) (b * logp / |y| for reference-fr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-from pairforge.train_config import METHODS
+from pairforge.train_config import LOSS_KNOBS, METHODS, REWARD_MODEL, TrainConfig
 
 
 @dataclass
@@ -57,19 +57,34 @@ class SequenceLogps:
     target_tokens: torch.Tensor | None = None  # its answer tokens: target_nll * target_tokens = -log P(target)
 
 
+def _knob(name: str) -> Any:
+    """A loss knob's default: the train section's (each knob is documented and validated there, once)."""
+    return TrainConfig.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class LossSettings:
-    beta: float = 0.1
-    label_smoothing: float = 0.0  # cdpo, robust: assumed share of flipped labels, in [0, 0.5)
-    gamma: float = 0.5  # simpo: target reward margin
-    alpha: float = 0.0  # r-dpo: length regulariser per token of |y+| - |y-|
-    delta: float = 1.0  # slic: hinge margin on log p(y+) - log p(y-)
-    lam: float = 0.1  # slic: weight of the NLL regulariser on y_ref
-    slic_nll: Literal["sum", "mean"] = "sum"  # slic: -log P(y_ref|x) as in the paper, or its token mean
+    """The train section's loss knobs (train_config.LOSS_KNOBS), grouped: what every loss function reads."""
+
+    beta: float = _knob("beta")
+    label_smoothing: float = _knob("label_smoothing")  # cdpo, robust: assumed share of flipped labels, in [0, 0.5)
+    gamma: float = _knob("gamma")  # simpo: target reward margin
+    alpha: float = _knob("alpha")  # r-dpo: length regulariser per token of |y+| - |y-|
+    delta: float = _knob("delta")  # slic: hinge margin on log p(y+) - log p(y-)
+    lam: float = _knob("lam")  # slic: weight of the NLL regulariser on y_ref
+    slic_nll: Literal["sum", "mean"] = _knob("slic_nll")  # slic: -log P(y_ref|x) as in the paper, or its token mean
 
     def __post_init__(self) -> None:
         if self.slic_nll not in ("sum", "mean"):
             raise ValueError(f"slic_nll must be 'sum' or 'mean', not {self.slic_nll!r}")
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> LossSettings:
+        """A train section's (or run's) loss knobs, taken by name: a knob added to LOSS_KNOBS comes along."""
+        return cls(**cfg.loss_knobs())  # type: ignore[arg-type]
+
+
+assert tuple(f.name for f in fields(LossSettings)) == LOSS_KNOBS, "LossSettings must hold exactly LOSS_KNOBS"
 
 
 LossFunction = Callable[[SequenceLogps, LossSettings], torch.Tensor]
@@ -173,7 +188,6 @@ LOSSES: dict[str, LossFunction] = {
     "apo_down": apo_down, "simpo": simpo, "r-dpo": r_dpo, "slic": slic, "sft": sft, "reward-model": bradley_terry,
 }
 assert set(LOSSES) == set(METHODS), "train_config.Method and LOSSES must name the same methods"
-REWARD_MODEL = "reward-model"
 REFERENCE_FREE = frozenset({"simpo", "slic", "sft", REWARD_MODEL})
 NEEDS_TARGET = frozenset({"slic", "sft"})
 

@@ -111,8 +111,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
     """Read the pairs, load the model, tokenise, plan the order, compute the reference in the planned forwards,
     build the optimiser — in that order, since each needs the one before."""
     weights = cfg.loss_weights
-    reward_model = L.REWARD_MODEL in weights
-    share = cfg.share_prompt and not reward_model
+    reward_model, share = not cfg.trains_policy, cfg.shares_prompt
     _check_forward_tokens(accelerator.distributed_type, cfg.forward_tokens)
     files = _read(cfg)  # before loading the model: a bad pairs file fails fast
     if cfg.curriculum is not None and cfg.curriculum.difficulty == "embedding-similarity":
@@ -164,10 +163,8 @@ def setup(cfg: TrainConfig, accelerator: Accelerator, say: bool, laps: Laps) -> 
     _check_accumulation(accelerator, cfg.grad_accum)
     # not prepared: accelerate would step it once per process per step; our step count is already global
     accelerator.register_for_checkpointing(scheduler)
-    settings = L.LossSettings(beta=cfg.beta, label_smoothing=cfg.label_smoothing, gamma=cfg.gamma,
-                              alpha=cfg.alpha, delta=cfg.delta, lam=cfg.lam, slic_nll=cfg.slic_nll)
     objective = PairObjective(policy, model, frozen.to(accelerator.device) if frozen is not None else None, weights,
-                              settings, accelerator, cfg.chunk_tokens, reward_model)
+                              L.LossSettings.of(cfg), accelerator, cfg.chunk_tokens, reward_model)
     return Setup(accelerator, data, model, tokenizer, objective, forwards, optimizer, scheduler, trainable,
                  reference, eval_reference, schedule, mine, step_weights, order, total_steps)
 
@@ -314,7 +311,7 @@ def _training_plan(data: Data, cfg: TrainConfig, world: int,
     size = cfg.batch_size * world
     pairs = data.train
     if cfg.curriculum is None:
-        widths = [row_width(p, cfg.share_prompt, L.likelihood_only(cfg.loss_weights)) for p in pairs]
+        widths = [row_width(p, cfg.shares_prompt, L.likelihood_only(cfg.loss_weights)) for p in pairs]
         return length_grouped(widths, size, cfg.epochs, cfg.seed)
     method = cfg.curriculum.difficulty
     if not needs_difficulty(cfg.curriculum):  # a random order: the pairs need no margin column
