@@ -7,7 +7,6 @@ are never exported as answers, they wait in the store for `--retry-failed`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -18,9 +18,7 @@ written at optimiser-step boundaries, so this never arises from our own checkpoi
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
