@@ -160,7 +160,9 @@ def test_report_of_well_formed_outputs(tmp_path: Path) -> None:
     ("eval/leaderboard.json", {**_LEADERBOARD, "models": [{**_LEADERBOARD["models"][0], "score": 0.5}]},
      ("leaderboard.json, field 'models[0].score'", "expected a JSON object, found number 0.5")),
     ("ranking.json", {}, ("ranking.json, field 'rank'", "the field is missing (fields found: none)")),
-    ("train/dpo/run.json", {}, ("run.json, field 'config'", "expected a JSON object, but the field is missing")),
+    ("train/dpo/run.json", {}, ("run.json: field 'config': Field required", "expected a JSON object as `pairforge "
+                                "train` writes it")),
+    ("train/dpo/run.json", {"config": {"lr": 1e-3}}, ("run.json: field 'config'", "expected 'method' in it")),
 ])
 def test_report_on_hand_edited_outputs(tmp_path: Path, name: str, data: Any, fragments: tuple[str, ...]) -> None:
     run = _run_outputs(tmp_path / "run", **{name: data})

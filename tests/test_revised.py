@@ -80,16 +80,16 @@ def test_levenshtein_classic_and_against_a_plain_dynamic_programme() -> None:
 
 def test_distribution_quartiles_and_histogram() -> None:
     d = distribution([0.0, 0.1, 0.2, 0.3, 1.0])
-    assert (d["n"], d["min"], d["q1"], d["median"], d["q3"], d["max"]) == (5, 0.0, 0.1, 0.2, 0.3, 1.0)
-    assert len(d["histogram"]) == 50 and sum(d["histogram"]) == 5  # bins 0.02 wide: [0.1, 0.12) is bin 5
-    assert [i for i, count in enumerate(d["histogram"]) if count] == [0, 5, 10, 15, 49]
-    assert distribution([]) == {"n": 0, "histogram": [0] * 50}
+    assert (d.n, d.min, d.q1, d.median, d.q3, d.max) == (5, 0.0, 0.1, 0.2, 0.3, 1.0)
+    assert len(d.histogram) == 50 and sum(d.histogram) == 5  # bins 0.02 wide: [0.1, 0.12) is bin 5
+    assert [i for i, count in enumerate(d.histogram) if count] == [0, 5, 10, 15, 49]
+    assert distribution([]).model_dump(exclude_none=True) == {"n": 0, "histogram": [0] * 50}  # no statistic of none
 
 
 def test_terminal_bars_sum_neighbouring_bins_to_fit_their_column() -> None:
     from pairforge.render import bars
 
-    assert bars(distribution([0.0, 0.01, 0.1, 0.3, 1.0])["histogram"]) == "█▄ ▄     ▄"  # 10 cells of 0.1
+    assert bars(distribution([0.0, 0.01, 0.1, 0.3, 1.0]).histogram) == "█▄ ▄     ▄"  # 10 cells of 0.1
     assert bars([1, 0, 2]) == "▄ █"  # already narrow: as it is
 
 

@@ -116,6 +116,20 @@ def test_a_resume_in_another_batch_order_is_refused(tiny_model_dir, tmp_path):
     assert train(cfg, progress=False).steps == 6
 
 
+def test_train_returns_the_run_it_wrote_and_a_finished_run_reads_back_the_same(tiny_model_dir, pairs_file, tmp_path):
+    """`train`'s result is what the run folder holds: the record (run.json) and the metric rows read back equal,
+    and a finished run found again is the same run."""
+    from pairforge.train.result import TrainResult
+
+    trained = train(config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=2), progress=False)
+    found = TrainResult.read(tmp_path / "run")
+    assert found.info == trained.info and found.metrics == trained.metrics and found.steps == trained.steps == 2
+    assert trained.info.method == "dpo" and trained.model == tmp_path / "run" / "model" and trained.seconds > 0
+    assert [m["step"] for m in trained.train_rows] == [1, 2] and trained.eval_rows[-1]["step"] == 2
+    again = train(config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=2), progress=False)
+    assert again.already_trained and again.info == trained.info and again.steps == 2
+
+
 def test_the_final_save_is_the_model_and_a_finished_run_is_not_trained_again(tiny_model_dir, pairs_file, tmp_path):
     out = tmp_path / "run"
     args = ["--model", tiny_model_dir, "--pairs", pairs_file, "--out", out, "--batch-size", "8", "--max-steps", "2"]

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 BINS = 50  # histogram bins over [0, 1]: 0.02 wide, fine enough to show where min_edit / max_edit cut
@@ -53,14 +53,28 @@ def edit_distance(original: str, revision: str) -> float:
     return levenshtein(a, b) / longest if longest else 0.0
 
 
-def distribution(values: Sequence[float]) -> dict[str, Any]:
+class EditDistances(BaseModel):
+    """The distribution of edit distances (none of the statistics without a distance): `n`, min, quartiles, max
+    and mean, and a `BINS`-bin histogram over [0, 1] — in a pairs summary and in what `revise` shows."""
+
+    n: int
+    min: float | None = None
+    q1: float | None = None
+    median: float | None = None
+    q3: float | None = None
+    max: float | None = None
+    mean: float | None = None
+    histogram: list[int]
+
+
+def distribution(values: Sequence[float]) -> EditDistances:
     """n, min, quartiles, max, mean and a `BINS`-bin histogram over [0, 1] of edit distances."""
     array = np.asarray(values, dtype=np.float64)
     bins = np.minimum(np.floor(np.clip(array, 0, 1) * BINS), BINS - 1).astype(np.int64)  # 0.3 -> [0.3, 0.32)
     counts = np.bincount(bins, minlength=BINS).tolist()
     if not len(array):
-        return {"n": 0, "histogram": counts}
+        return EditDistances(n=0, histogram=counts)
     q1, median, q3 = np.quantile(array, [0.25, 0.5, 0.75])
-    return {"n": len(array), "min": round(float(array.min()), 4), "q1": round(float(q1), 4),
-            "median": round(float(median), 4), "q3": round(float(q3), 4), "max": round(float(array.max()), 4),
-            "mean": round(float(array.mean()), 4), "histogram": counts}
+    return EditDistances(n=len(array), min=round(float(array.min()), 4), q1=round(float(q1), 4),
+                         median=round(float(median), 4), q3=round(float(q3), 4), max=round(float(array.max()), 4),
+                         mean=round(float(array.mean()), 4), histogram=counts)

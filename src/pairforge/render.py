@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from pairforge.generate.summary import GenerationSummary
+from pairforge.pairs.summary import PairsSummary, RevisionStats
+from pairforge.revise import RevisionSummary
+
 
 @dataclass
 class Grid:
@@ -89,64 +93,64 @@ def bars(counts: list[int], width: int = 10) -> str:
 
 # --- pairs --------------------------------------------------------------------------------------------
 
-def pair_counts(summary: dict[str, Any]) -> Grid:
+def pair_counts(summary: PairsSummary) -> Grid:
     """Pairs per type in each split (train, eval and, when kept apart, judge)."""
-    splits = summary["pairs"]
-    grid = Grid(f"pairs ({summary['strategy']})", ["pair type", *splits])
-    for pair_type in sorted(set().union(*splits.values())):
+    splits = summary.pairs
+    grid = Grid(f"pairs ({summary.strategy})", ["pair type", *splits])
+    for pair_type in summary.pair_types:
         grid.rows.append([pair_type, *(str(counts.get(pair_type, 0)) for counts in splits.values())])
-    grid.rows.append(["total", *(str(sum(counts.values())) for counts in splits.values())])
+    grid.rows.append(["total", *(str(summary.total(split)) for split in splits)])
     return grid
 
 
-def pair_drops(summary: dict[str, Any]) -> Grid:
+def pair_drops(summary: PairsSummary) -> Grid:
     grid = Grid("dropped", ["what", "reason", "count"], left=2)
-    grid.rows += [["answers", reason, str(n)] for reason, n in summary["dropped_answers"].items()]
+    grid.rows += [["answers", reason, str(n)] for reason, n in summary.dropped_answers.items()]
     grid.rows += [["pairs" if reason.startswith("pairs") else "prompts", reason, str(n)]
-                  for reason, n in summary["dropped_prompts"].items() if n]
+                  for reason, n in summary.dropped_prompts.items() if n]
     grid.rows += [["pairs", reason, ", ".join(f"{t}: {n}" for t, n in per_type.items())]
-                  for reason, per_type in summary["dropped_pairs"].items()]
+                  for reason, per_type in summary.dropped_pairs.items()]
     return grid
 
 
-def pair_verification(summary: dict[str, Any]) -> Grid | None:
-    if "verification" not in summary:
+def pair_verification(summary: PairsSummary) -> Grid | None:
+    if summary.verification is None:
         return None
     keys = ("candidates", "agree", "contradicted", "tied", "unscored")
     grid = Grid("verification (scores vs declared order)", ["pair type", *keys, "disagreement"])
-    grid.rows += [[pair_type, *(str(s[k]) for k in keys), f"{s['disagreement_rate']:.1%}"]
-                  for pair_type, s in summary["verification"].items()]
+    grid.rows += [[pair_type, *(str(getattr(s, k)) for k in keys), f"{s.disagreement_rate:.1%}"]
+                  for pair_type, s in summary.verification.items()]
     return grid
 
 
-def revisions(revision: dict[str, Any]) -> Grid:
+def revisions(revision: RevisionStats) -> Grid:
     """The revised strategy's edit distances (all revisions, and those kept) and what was dropped."""
-    title = (f"revisions by {revision['reviser']} of {revision['original']}'s answers: edit distance (tokens); "
-             f"kept in ({revision['min_edit']}, {revision['max_edit']}]: {revision['kept']}, dropped as no-op: "
-             f"{revision['no_op']}, as rewrites: {revision['rewrite']}")
+    title = (f"revisions by {revision.reviser} of {revision.original}'s answers: edit distance (tokens); "
+             f"kept in ({revision.min_edit}, {revision.max_edit}]: {revision.kept}, dropped as no-op: "
+             f"{revision.no_op}, as rewrites: {revision.rewrite}")
     grid = Grid(title, ["revisions", "n", "min", "q1", "median", "q3", "max", "histogram 0..1"])
     for name in ("all", "kept"):
-        d = revision["edit_distance"][name]
-        cells = [f"{d[k]:.3f}" if k in d else "-" for k in ("min", "q1", "median", "q3", "max")]
-        grid.rows.append([name, str(d["n"]), *cells, bars(d["histogram"])])
+        d = revision.edit_distance[name]
+        cells = [number(getattr(d, k)) for k in ("min", "q1", "median", "q3", "max")]
+        grid.rows.append([name, str(d.n), *cells, bars(d.histogram)])
     return grid
 
 
-def pair_lengths(summary: dict[str, Any]) -> Grid:
-    lengths = summary["lengths"]
-    grid = Grid(f"length ({lengths['unit']}): chosen vs rejected",
+def pair_lengths(summary: PairsSummary) -> Grid:
+    lengths = summary.lengths
+    grid = Grid(f"length ({lengths.unit}): chosen vs rejected",
                 ["pair type", "pairs", "chosen mean / p90", "rejected mean / p90", "chosen longer"])
-    for name, s in [*lengths["per_pair_type"].items(), ("all", lengths["all"])]:
-        chosen, rejected = s["chosen"], s["rejected"]
-        grid.rows.append([name, str(s["pairs"]), f"{chosen['mean']:.1f} / {chosen['p90']:.0f}",
-                          f"{rejected['mean']:.1f} / {rejected['p90']:.0f}", f"{s['chosen_longer_rate']:.0%}"])
+    for name, s in [*lengths.per_pair_type.items(), ("all", lengths.all)]:
+        chosen, rejected = s.chosen, s.rejected
+        grid.rows.append([name, str(s.pairs), f"{chosen.mean:.1f} / {chosen.p90:.0f}",
+                          f"{rejected.mean:.1f} / {rejected.p90:.0f}", f"{s.chosen_longer_rate:.0%}"])
     return grid
 
 
-def pairs_summary(summary: dict[str, Any]) -> list[Grid]:
+def pairs_summary(summary: PairsSummary) -> list[Grid]:
     """The summary of `pairs build`: counts, drops (when any), verification (when verified), lengths."""
     drops = pair_drops(summary)
-    revised = revisions(summary["revision"]) if "revision" in summary else None
+    revised = revisions(summary.revision) if summary.revision is not None else None
     return [g for g in (pair_counts(summary), drops if drops.rows else None, revised, pair_verification(summary),
                         pair_lengths(summary)) if g is not None]
 
@@ -247,21 +251,22 @@ def declared_check(check: dict[str, Any]) -> str:
     return line
 
 
-def generation(tallies: dict[str, Any]) -> Grid:
-    """What happened to each source's requests (`requests.engine.Tally` per source)."""
+def generation(summary: GenerationSummary) -> Grid:
+    """What happened to each source's requests."""
     grid = Grid("generate", ["source", "answers", "cached", "new", "failed", "retries", "tok/s"])
     grid.rows += [[name, str(t.total), str(t.cached), str(t.done), str(t.failed + t.failed_before), str(t.retries),
-                   f"{t.tokens_per_s:.1f}" if t.done else "-"] for name, t in tallies.items()]
+                   f"{t.tokens_per_s:.1f}" if t.done else "-"] for name, t in summary.tallies.items()]
     return grid
 
 
-def revising(tally: Any, distances: dict[str, Any]) -> Grid:
-    """What the reviser did (`requests.engine.Tally`) and the edit distances of the revisions that came back."""
+def revising(summary: RevisionSummary) -> Grid:
+    """What the reviser did and the edit distances of the revisions that came back."""
+    tally, distances = summary.tally, summary.edit_distance
     grid = Grid("revise", ["answers", "cached", "new", "failed", "retries", "edit distance q1 / median / q3",
                            "histogram 0..1"], left=0)
-    quartiles = " / ".join(f"{distances[k]:.3f}" for k in ("q1", "median", "q3")) if distances["n"] else "-"
-    grid.rows.append([str(tally.total), str(tally.cached), str(tally.done), str(tally.failed + tally.failed_before),
-                      str(tally.retries), quartiles, bars(distances["histogram"])])
+    quartiles = " / ".join(number(getattr(distances, k)) for k in ("q1", "median", "q3")) if distances.n else "-"
+    grid.rows.append([str(tally.total), str(tally.cached), str(tally.done), str(summary.failed),
+                      str(tally.retries), quartiles, bars(distances.histogram)])
     return grid
 
 

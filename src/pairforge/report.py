@@ -6,8 +6,9 @@ section: pairs (`*.summary.json` of `pairs build`, and its pairs file), sources 
 `eval.parquet`). The page ends with the exact settings found and the library versions, so a run can
 be reproduced. Sections without artifacts are left out, and the page says which ones were found.
 
-Each kind of file is read through one validating reader (`_run_info`, `_metrics`, ...) that checks the fields
-the page uses: a hand-edited file is one line naming the file and the field expected, never a traceback.
+Each kind of file is read through its typed result (`PairsSummary`, `TrainResult`) or one validating reader
+(`_ranking`, ...) that checks the fields the page uses: a hand-edited file is one line naming the file and the
+field expected, never a traceback.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from pairforge import render  # noqa: E402
 from pairforge.errors import InputError  # noqa: E402
 from pairforge.fields import check_shape  # noqa: E402
-from pairforge.files import check_output, numbered_log, write_atomically  # noqa: E402
+from pairforge.files import check_output, write_atomically  # noqa: E402
 from pairforge.layout import JUDGE_SUMMARY, LEADERBOARD, METRICS, RANKING, RUN_INFO  # noqa: E402
+from pairforge.pairs.summary import PairsSummary, RevisionStats  # noqa: E402
 from pairforge.render import Grid  # noqa: E402
 from pairforge.text import answer_text  # noqa: E402
+from pairforge.train.result import TrainResult, read_metrics  # noqa: E402
 
 _COLORS = ("#1f6fb4", "#e6862a", "#2f9e44", "#c92a2a", "#7048e8", "#868e96")
 
@@ -76,61 +79,62 @@ def build_report(paths: list[Path], out: Path, leave_out: frozenset[Path] = froz
 
 def _pairs(files: list[Path]) -> Section | None:
     summaries = [(f, _json(f)) for f in files if f.name.endswith(".summary.json")]
-    summaries = [(f, s) for f, s in summaries if isinstance(s, dict) and "pairs" in s and "dropped_answers" in s]
+    summaries = [(f, PairsSummary.from_json(s, where=str(f))) for f, s in summaries
+                 if isinstance(s, dict) and "pairs" in s and "dropped_answers" in s]
     if not summaries:
         return None
     section = Section("pairs", "Pairs")
     for path, summary in summaries:
-        splits = summary["pairs"]  # train, eval and, when kept apart, judge
+        splits = summary.pairs  # train, eval and, when kept apart, judge
         train, held_out = splits["train"], splits["eval"]
-        types = sorted(set().union(*splits.values()))
+        types = summary.pair_types
         section.tables.append(render.pair_counts(summary))
-        section.paragraphs.append(f"{_label(path)}: " + ", ".join(f"{sum(c.values())} {split}" for split, c in
-                                                              splits.items()) + f" pairs ({summary['strategy']}).")
-        if "revision" in summary:
-            section.paragraphs.append(_revision_paragraph(summary["revision"]))
-            section.tables.append(render.revisions(summary["revision"]))
+        section.paragraphs.append(f"{_label(path)}: " + ", ".join(f"{summary.total(split)} {split}" for split in
+                                                              splits) + f" pairs ({summary.strategy}).")
+        if summary.revision is not None:
+            section.paragraphs.append(_revision_paragraph(summary.revision))
+            section.tables.append(render.revisions(summary.revision))
             name = f"revisions-{_label(path.with_suffix(''))}"
-            section.figures.append((name, _revision_histogram(summary["revision"])))
+            section.figures.append((name, _revision_histogram(summary.revision)))
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
         axes[0].bar(types, [train.get(t, 0) for t in types], color=_COLORS[0], label="train")
         axes[0].bar(types, [held_out.get(t, 0) for t in types], bottom=[train.get(t, 0) for t in types],
                     color=_COLORS[1], label="eval")
         axes[0].set_title("pairs per type")
         axes[0].legend()
-        drops = {f"answers: {k}": v for k, v in summary["dropped_answers"].items()}
-        drops |= {f"pairs: {k}": sum(v.values()) for k, v in summary["dropped_pairs"].items()}
+        drops = {f"answers: {k}": v for k, v in summary.dropped_answers.items()}
+        drops |= {f"pairs: {k}": sum(v.values()) for k, v in summary.dropped_pairs.items()}
         axes[1].barh(list(drops) or ["(nothing dropped)"], list(drops.values()) or [0], color=_COLORS[3])
         axes[1].set_title("dropped, by reason")
         section.figures.append((f"pairs-counts-{_label(path.with_suffix(''))}", _png(fig)))
-        pairs_file = Path(summary.get("outputs", {}).get("train", ""))
+        pairs_file = Path(summary.outputs.get("train", ""))
         if pairs_file.is_file():
             name = f"pairs-distributions-{_label(path.with_suffix(''))}"
             section.figures.append((name, _pair_distributions(pairs_file)))
     return section
 
 
-def _revision_paragraph(revision: dict[str, Any]) -> str:
-    return (f"{revision['reviser']} revised {revision['revisions']} of {revision['original']}'s answers: "
-            f"{revision['kept']} kept with a token-level edit distance in ({revision['min_edit']}, "
-            f"{revision['max_edit']}], {revision['no_op']} dropped as no-op, {revision['rewrite']} as rewrites "
-            f"(median edit distance {revision['edit_distance']['all'].get('median', 0):.3f}).")
+def _revision_paragraph(revision: RevisionStats) -> str:
+    return (f"{revision.reviser} revised {revision.revisions} of {revision.original}'s answers: "
+            f"{revision.kept} kept with a token-level edit distance in ({revision.min_edit}, "
+            f"{revision.max_edit}], {revision.no_op} dropped as no-op, {revision.rewrite} as rewrites "
+            f"(median edit distance {revision.median_edit:.3f}).")
 
 
-def _revision_histogram(revision: dict[str, Any]) -> bytes:
+def _revision_histogram(revision: RevisionStats) -> bytes:
     """The edit distances of all revisions (the summary's histogram over [0, 1]), the kept ones on top and the
     kept interval shaded: where the bounds cut shows whether they fit this reviser."""
-    low, high = revision["min_edit"], revision["max_edit"]
+    low, high = revision.min_edit, revision.max_edit
     fig, ax = plt.subplots(figsize=(7, 3.2))
     for which, color in (("all", _COLORS[5]), ("kept", _COLORS[2])):
-        counts = revision["edit_distance"][which]["histogram"]
+        counts = revision.edit_distance[which].histogram
         ax.bar([i / len(counts) for i in range(len(counts))], counts, width=1 / len(counts), align="edge",
                color=color, edgecolor="white", label=f"{which} ({sum(counts)})")
     ax.axvspan(low, high, color=_COLORS[2], alpha=0.12, zorder=0, label=f"kept interval ({low}, {high}]")
     ax.set_xlim(0, 1)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("token edit distance (0 = unchanged, 1 = nothing in common)")
-    ax.set_title(f"revisions: no-op {revision['no_op']}, kept {revision['kept']}, rewrite {revision['rewrite']}")
+    ax.set_title(f"revisions: no-op {revision.no_op}, kept {revision.kept}, rewrite {revision.rewrite}")
     ax.legend(fontsize=7)
     return _png(fig)
 
@@ -179,23 +183,19 @@ def _sources(files: list[Path]) -> Section | None:
 
 
 def _training(files: list[Path]) -> Section | None:
-    runs = [f.parent for f in files if f.name == "run.json" and (f.parent / "metrics.jsonl").exists()]
+    runs = [TrainResult.read(f.parent) for f in files if f.name == RUN_INFO and (f.parent / METRICS).exists()]
     if not runs:
         return None
     section = Section("training", "Training")
     rows = []
     for run in runs:
-        info = _run_info(run / RUN_INFO)
-        metrics = _metrics(run / METRICS)
-        train = [m for m in metrics if "train/loss" in m]
-        evals = [m for m in metrics if "eval/loss" in m]
-        method = info["config"]["method"]
+        train, evals = run.train_rows, run.eval_rows
         final = evals[-1] if evals else {}
         first, last = (train[0]["train/loss"], train[-1]["train/loss"]) if train else (None, None)
-        rows.append([_label(run), str(method), str(train[-1]["step"] if train else 0), render.number(first),
-                     render.number(last), render.number(final.get("eval/rewards/accuracies"))])
+        rows.append([_label(run.out), str(run.info.method), str(train[-1]["step"] if train else 0),
+                     render.number(first), render.number(last), render.number(final.get("eval/rewards/accuracies"))])
         if train:
-            section.figures.append((f"training-{_label(run)}", _training_plot(_label(run), train, evals)))
+            section.figures.append((f"training-{_label(run.out)}", _training_plot(_label(run.out), train, evals)))
     section.tables.insert(0, Grid("training runs", ["run", "method", "steps", "first loss", "last loss",
                                                     "eval accuracy"], rows))
     section.paragraphs.append("Loss, reward margin and accuracy per pair type; dashed lines mark curriculum stages. "
@@ -277,7 +277,7 @@ def round_entries(files: list[Path]) -> list[render.Round]:
         summary = folder / "pairs.summary.json"
         margins = {}
         for metrics in sorted((folder / "train").glob(f"*/{METRICS}")):
-            evals = [m for m in _metrics(metrics) if "eval/rewards/margins" in m]
+            evals = [m for m in read_metrics(metrics) if "eval/rewards/margins" in m]
             if evals:
                 margins[metrics.parent.name] = evals[-1]["eval/rewards/margins"]
         entries.append(render.Round(folder.name, _json(summary) if summary.exists() else None, _leaderboard(board),
@@ -394,7 +394,6 @@ def _json(path: Path) -> Any:
 _NUM = (int, float)
 _INTERVAL = {"value": _NUM, "low": _NUM, "high": _NUM}
 _VERSUS = {"model": str, "difference": _NUM, "low": _NUM, "high": _NUM, "p_value": _NUM}
-_RUN_INFO_SPEC = {"config": {"method": (str, dict)}}  # a method, or a mix of them with weights
 _RANKING_SPEC = {"rank": (str, type(None)), "confidence": _NUM, "min_win_probability": _NUM, "comparisons": int,
                  "prompts": int, "sources": [{"name": str, "strength": _NUM, "low": _NUM, "high": _NUM}],
                  "adjacent": [{"probability": _NUM, "win_probability": _NUM, "significant": bool}],
@@ -411,11 +410,6 @@ _JUDGE_SUMMARY_SPEC = {"judge": str, "per_source": {"*": {"answers": int, "score
                        "p_first_shown_wins?": (*_NUM, type(None))}
 
 
-def _run_info(path: Path) -> dict[str, Any]:
-    """A training run's run.json: its config, with the method the page names."""
-    return check_shape(path, _json(path), _RUN_INFO_SPEC)
-
-
 def _ranking(path: Path) -> dict[str, Any]:
     """ranking.json of `rank`: the order, each source's strength interval and each adjacent pair's probabilities."""
     return check_shape(path, _json(path), _RANKING_SPEC)
@@ -429,18 +423,6 @@ def _leaderboard(path: Path) -> dict[str, Any]:
 def _judge_summary(path: Path) -> dict[str, Any]:
     """judge.summary.json of `judge`: per-source counts and means (and, for a pairwise judge, its position bias)."""
     return check_shape(path, _json(path), _JUDGE_SUMMARY_SPEC)
-
-
-def _metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl of a training run: each row an object with an integer step and numbers (or null) for every
-    train/ and eval/ value, since the page plots them."""
-    numbered = numbered_log(path)
-    for line, row in numbered:
-        spec = {"step": int, "*": (*_NUM, type(None))} if isinstance(row, dict) else {}
-        check_shape(path, row if not isinstance(row, dict) else
-                    {k: v for k, v in row.items() if k == "step" or k.startswith(("train/", "eval/"))}, spec,
-                    row=f"line {line}")
-    return [row for _, row in numbered]
 
 
 def _version(name: str) -> str:

@@ -26,7 +26,7 @@ import polars as pl
 from pairforge import layout
 from pairforge import schema as S
 from pairforge.config import RevisionConfig, SourceConfig
-from pairforge.edits import distribution, edit_distance
+from pairforge.edits import EditDistances, distribution, edit_distance
 from pairforge.errors import InputError
 from pairforge.files import check_output, read_records, write_table
 from pairforge.recipe import Recipe
@@ -40,11 +40,13 @@ _PLACEHOLDER = re.compile(r"\{(instruction|answer)\}")
 
 
 @dataclass
-class ReviseResult:
-    tally: Tally
-    revisions: Path
-    exported: int
-    edit_distance: dict[str, Any]  # distribution of the exported revisions' edit distances
+class RevisionSummary:
+    """What `revise` did (nothing of it is written as a file: the CLI shows it with `render.revising`)."""
+
+    tally: Tally  # the reviser's requests
+    revisions: Path  # the exported revisions (revisions.parquet)
+    exported: int  # revisions in it
+    edit_distance: EditDistances  # distribution of the exported revisions' edit distances
 
     @property
     def failed(self) -> int:
@@ -52,7 +54,7 @@ class ReviseResult:
 
 
 def revise(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_failed: bool = False,
-           show_progress: bool = True, store_path: Path | None = None) -> ReviseResult:
+           show_progress: bool = True, store_path: Path | None = None) -> RevisionSummary:
     """Revise the original source's answers in `responses` (default <out_dir>/responses.parquet); write
     <out_dir>/revisions.parquet with every revision that came back."""
     check_output(out_dir, "folder", "--out")
@@ -78,7 +80,7 @@ def revise(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_f
     texts = [entries[r.key].value if r.key in entries and entries[r.key].ok else None for r in requests]
     revisions = _revision_rows(originals, texts, cfg)
     written = write_table(revisions, out_dir / layout.REVISIONS)
-    return ReviseResult(tally, written, revisions.height, distribution(revisions["edit_distance"].to_list()))
+    return RevisionSummary(tally, written, revisions.height, distribution(revisions["edit_distance"].to_list()))
 
 
 def revision_requests(originals: pl.DataFrame, reviser: SourceConfig, cfg: RevisionConfig) -> list[Request]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -125,9 +124,9 @@ def generate_command(
         check_reads_apart(cfg, out, str(recipe))
         with writing(out):
             result = generate(cfg, out, retry_failed, source)
-        show(render.generation(result.tallies))
+        show(render.generation(result))
         console.print(f"wrote {result.exported} answers to {result.responses}", highlight=False)
-        reasons = Counter(r for t in result.tallies.values() for r in t.reasons.elements())
+        reasons = result.reasons
         stop_on_failures(result.failed, "requests", f" ({', '.join(f'{r}: {n}' for r, n in reasons.most_common(3))})"
                           if reasons else "")
 
@@ -187,7 +186,7 @@ def revise_command(
         check_reads_apart(cfg, out, str(recipe))
         with writing(out):
             result = revise(cfg, out, responses, retry_failed)
-        show(render.revising(result.tally, result.edit_distance))
+        show(render.revising(result))
         say(f"wrote {result.exported} revisions to {result.revisions}")
         stop_on_failures(result.failed, "revision requests")
 

@@ -85,8 +85,8 @@ def train_command(
             console.print("interrupted: checkpoint saved; run the same command again to resume", highlight=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         done = "already trained (same data and settings; --fresh trains again)" if result.already_trained else "trained"
-        console.print(f"{done} {result.steps} steps; model in {result.out / 'model'}, metrics in "
-                      f"{result.out / 'metrics.jsonl'}", highlight=False)
+        console.print(f"{done} {result.steps} steps; model in {result.model}, metrics in {result.metrics_file}",
+                      highlight=False)
 
     fail_cleanly(run)
 

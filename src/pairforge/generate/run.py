@@ -7,7 +7,6 @@ are never exported as answers, they wait in the store for `--retry-failed`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from pairforge import schema as S
 from pairforge.config import SourceConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output, read_records, write_table
+from pairforge.generate.summary import GenerationSummary
 from pairforge.recipe import Recipe
 from pairforge.records import prompts_from_file, responses_from_files
 from pairforge.requests.backends.base import Request, check_source
@@ -26,19 +26,8 @@ from pairforge.requests.store import Store, opened
 from pairforge.text import prompt_preview
 
 
-@dataclass
-class GenerateResult:
-    tallies: dict[str, Tally]
-    responses: Path
-    exported: int
-
-    @property
-    def failed(self) -> int:
-        return sum(t.failed + t.failed_before for t in self.tallies.values())
-
-
 def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: list[str] | None = None,
-             show_progress: bool = True, store_path: Path | None = None) -> GenerateResult:
+             show_progress: bool = True, store_path: Path | None = None) -> GenerationSummary:
     """Answer the recipe's prompts with its sources; export every success to <out_dir>/responses.parquet."""
     check_output(out_dir, "folder", "--out")
     if recipe.prompts is None:
@@ -76,7 +65,7 @@ def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: li
                 found = frame.filter(pl.col(S.SOURCE) == source.name).height
                 tallies[source.name] = Tally(total=prompts.height * recipe.samples_per_source, cached=found)
     path = write_table(frame, out_dir / layout.RESPONSES)
-    return GenerateResult(tallies, path, frame.height)
+    return GenerationSummary(tallies, path, frame.height)
 
 
 def source_requests(source: SourceConfig, prompts: pl.DataFrame, samples: int) -> list[Request]:

@@ -20,16 +20,17 @@ from typing import Any
 
 from pairforge.config import PairsConfig
 from pairforge.errors import InputError
-from pairforge.files import Records, check_output, read_records, write_json, write_table
+from pairforge.files import Records, check_output, read_records, write_table
 from pairforge.layout import pending_path, split_path, summary_path
 from pairforge.pairs.build import PairSet, build_pairs
 from pairforge.pairs.preference import pairs_from_files, refilter
+from pairforge.pairs.summary import InputFile, PairsSummary
 from pairforge.records import detect_format, responses_from_files
 
 
 @dataclass
 class StageResult:
-    summary: dict[str, Any]
+    summary: PairsSummary
     written: list[Path]
     removed: list[Path] = field(default_factory=list)  # stale split files of an earlier build
 
@@ -58,14 +59,14 @@ def build_from_files(cfg: PairsConfig) -> StageResult:
     earlier = _outputs_of(paths["summary"])  # read before this build's summary replaces it
     staged = {name: write_table(frame, pending_path(paths[name]))
               for name, frame in splits.items() if frame is not None}
-    summary = {
-        "inputs": [{"file": str(r.path), "records": len(r), "format": shape} for r, shape in zip(records, shapes,
-                                                                                                  strict=True)],
+    summary = PairsSummary(
+        inputs=[InputFile(file=str(r.path), records=len(r), format=shape) for r, shape in zip(records, shapes,
+                                                                                               strict=True)],
         **result.summary,
-        "outputs": {name: str(path) for name, path in paths.items() if splits.get(name, True) is not None},
-        "config": cfg.model_dump(mode="json"),
-    }
-    staged["summary"] = write_json(summary, pending_path(paths["summary"]))
+        outputs={name: str(path) for name, path in paths.items() if splits.get(name, True) is not None},
+        config=cfg.model_dump(mode="json"),
+    )
+    staged["summary"] = summary.write(pending_path(paths["summary"]))
     written = [paths[name] for name in staged]
     inputs = [*cfg.inputs, *([cfg.rank_from] if cfg.rank_from else []), *cfg.filters.decontaminate]
     removed = stale_splits(paths["train"], written, inputs, earlier)
@@ -131,12 +132,13 @@ def stale_splits(out: Path, written: list[Path], inputs: list[Path], earlier: se
 
 
 def _outputs_of(summary: Path) -> set[str]:
-    """The names of the files an earlier build's summary (beside them) says it wrote; none without a summary."""
+    """The names of the files an earlier build's summary (beside them) says it wrote; none without a summary, or
+    with one this version cannot read (then no split beside it is known to be ours, and none is removed)."""
     try:
-        outputs = json.loads(summary.read_text(encoding="utf-8")).get("outputs", {})
-    except (OSError, ValueError, AttributeError):
+        outputs = PairsSummary.read(summary).outputs
+    except InputError:
         return set()
-    return {Path(p).name for p in outputs.values() if isinstance(p, str)} if isinstance(outputs, dict) else set()
+    return {Path(p).name for p in outputs.values()}
 
 
 def rank_from_file(path: Path) -> str:

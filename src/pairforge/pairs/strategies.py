@@ -19,7 +19,6 @@ edit distance (revised: a small edit is a hard pair, as a small strength gap is)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -29,6 +28,7 @@ from pairforge.config import RevisionConfig
 from pairforge.edits import distribution, edit_distance
 from pairforge.pairs.filters import ANSWER, LENGTH, N_WORDS, NORM
 from pairforge.pairs.order import StrengthOrder
+from pairforge.pairs.summary import RevisionStats
 
 SIDE_COLUMNS = (S.SOURCE, S.SAMPLE, S.RESPONSE, S.SCORE, LENGTH, NORM, N_WORDS, ANSWER)  # the last ones if present
 
@@ -41,7 +41,7 @@ class Candidates:
     span: float  # the largest margin possible in this input (for difficulty)
     set_aside: dict[str, int] = field(default_factory=dict)  # "prompts with ...", "pairs with ..." -> count
     verification: dict[str, dict[str, float]] = field(default_factory=dict)
-    revision: dict[str, Any] = field(default_factory=dict)  # revised: counts and edit-distance distributions
+    revision: RevisionStats | None = None  # revised: counts and edit-distance distributions
 
 
 def side(responses: pl.DataFrame, role: str) -> pl.DataFrame:
@@ -158,7 +158,7 @@ def revised(responses: pl.DataFrame, cfg: RevisionConfig) -> Candidates:
     set_aside = {f"pairs with a no-op revision (edit distance <= {cfg.min_edit})": counts["no_op"],
                  f"pairs with a rewrite, not a revision (edit distance > {cfg.max_edit})": counts["rewrite"],
                  "pairs whose original answer was left out": revisions.height - pairs.height}
-    summary = {"reviser": cfg.reviser, "original": cfg.original, "min_edit": cfg.min_edit, "max_edit": cfg.max_edit,
-               **counts, "edit_distance": {"all": distribution(distances),
-                                           "kept": distribution(kept["edit_distance"].to_list())}}
+    summary = RevisionStats(reviser=cfg.reviser, original=cfg.original, min_edit=cfg.min_edit, max_edit=cfg.max_edit,
+                            **counts, edit_distance={"all": distribution(distances),
+                                                     "kept": distribution(kept["edit_distance"].to_list())})
     return Candidates(kept, span=cfg.max_edit, set_aside=set_aside, revision=summary)

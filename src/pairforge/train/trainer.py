@@ -18,34 +18,25 @@ written at optimiser-step boundaries, so this never arises from our own checkpoi
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate.utils import set_seed
 
-from pairforge.files import check_output, read_log, write_json
+from pairforge.files import check_output, read_log
 from pairforge.layout import TrainDir
 from pairforge.train import checkpoints
 from pairforge.train.memory import return_freed_memory
 from pairforge.train.metrics import Window, evaluate_pairs
+from pairforge.train.result import RunInfo, TrainResult
 from pairforge.train.setup import Laps, Setup, accelerator_for, check_trackers, setup
 from pairforge.train_config import TrainConfig
 
 
 class TrainingStopped(Exception):
     """The run stopped early (NaN loss); the message says why and where the last good state is."""
-
-
-@dataclass
-class TrainResult:
-    out: Path
-    steps: int
-    metrics: list[dict[str, Any]]
-    already_trained: bool = False  # a finished run of the same settings, returned without training
 
 
 def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> TrainResult:
@@ -60,7 +51,7 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
     identity = checkpoints.identity(cfg)
     done = None if fresh else checkpoints.finished_step(run, identity)
     if done is not None:
-        return TrainResult(run.root, done, read_log(run.metrics), already_trained=True)
+        return TrainResult(run.root, RunInfo.read(run.run_info), read_log(run.metrics), already_trained=True)
     set_seed(cfg.seed)
     laps = Laps()
     state = setup(cfg, accelerator, progress and accelerator.is_main_process, laps)
@@ -73,12 +64,12 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
         state.scheduler.step()  # the rate of the resumed step, from this run's schedule
     run.root.mkdir(parents=True, exist_ok=True)  # every process: each appends its own consumed-rows file
     checkpoints.truncate_jsonl(run.consumed(accelerator.process_index), lambda r: r["micro"] < consumed)
+    info = RunInfo(config=cfg.model_dump(mode="json"), identity=identity, prompt_format=state.data.prompt_format,
+                   tokenize=state.data.stats.__dict__, pairs=len(state.data.train), eval_pairs=len(state.data.eval),
+                   total_steps=state.total_steps, stages=state.schedule.stage_names,
+                   curriculum_dropped=state.schedule.dropped)
     if accelerator.is_main_process:
-        write_json({"config": cfg.model_dump(mode="json"), "identity": identity,
-                    "prompt_format": state.data.prompt_format, "tokenize": state.data.stats.__dict__,
-                    "pairs": len(state.data.train), "eval_pairs": len(state.data.eval),
-                    "total_steps": state.total_steps, "stages": state.schedule.stage_names,
-                    "curriculum_dropped": state.schedule.dropped}, run.run_info)
+        info.write(run.run_info)
         checkpoints.truncate_jsonl(run.metrics, lambda r: r["step"] <= step)
     if cfg.report_to:
         accelerator.init_trackers("pairforge", config=cfg.model_dump(mode="json"))
@@ -92,11 +83,11 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
         checkpoints.save_checkpoint(accelerator, run, step, consumed, cfg.keep_checkpoints, state.order)
     checkpoints.save_model(accelerator, state.model, state.tokenizer, run, cfg.lora is not None and cfg.lora.merge)
     laps.lap("save")
+    info = info.model_copy(update={"finished_step": step, "seconds": laps.seconds})
     if accelerator.is_main_process:
-        write_json({**json.loads(run.run_info.read_text()), "finished_step": step, "seconds": laps.seconds},
-                   run.run_info)
+        info.write(run.run_info)
     accelerator.end_training()
-    return TrainResult(out=run.root, steps=step, metrics=history)
+    return TrainResult(run.root, info, history)
 
 
 def _loop(cfg: TrainConfig, state: Setup, run: TrainDir, step: int, consumed: int,
