@@ -22,13 +22,13 @@ from pairforge import rank_stage, report_stage, revise_stage
 from pairforge import schema as S
 from pairforge.config import SourceConfig
 from pairforge.errors import InputError
-from pairforge.files import check_output, write_json, write_table
-from pairforge.layout import RunDir
-from pairforge.recipe import Recipe, check_reads_apart, load_recipe
 from pairforge.evaluate import stage as eval_stage
+from pairforge.files import check_output, write_json, write_table
 from pairforge.generate import stage as generate_stage
 from pairforge.judge import stage as judge_stage
+from pairforge.layout import RunDir
 from pairforge.pairs import stage as pairs_stage
+from pairforge.recipe import Recipe, check_reads_apart, load_recipe
 from pairforge.rounds import policy_run, round_dir, round_recipe
 from pairforge.stage_unit import Round, StageUnit
 from pairforge.train import stage as train_stage

@@ -4,7 +4,6 @@ file, or the pairs' held-out split) and the judge compares them with the referen
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
