@@ -59,7 +59,7 @@ def run_stage(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[P
     return written
 
 
-def eval_files(cfg: EvalConfig, run: RunDir) -> list[Path]:
+def _eval_files(cfg: EvalConfig, run: RunDir) -> list[Path]:
     """The files an evaluation reads besides the runs: its reference and prompts files (the pairs' held-out split
     for 'held-out'), or the answers a reference source's come from — by content, so an edited file reruns it."""
     files = [cfg.reference] if cfg.reference else [run.responses] if cfg.reference_source else []
@@ -77,7 +77,7 @@ def units(r: Round) -> list[StageUnit]:
     return [StageUnit("eval", f"{judges} vs reference on {eval_prompts}", f"{len(models)} models",
                       eval_estimate(recipe, len(models), r.n_prompts),
                       lambda: run_stage(recipe, folder, r.retry_failed),
-                      [*[folder.marker(f"train:{run.name}") for run in recipe.runs], *eval_files(cfg, folder)],
+                      [*[folder.marker(f"train:{run.name}") for run in recipe.runs], *_eval_files(cfg, folder)],
                       [{**cfg.model_dump(mode="json"), "dtype": resolved_dtype(cfg.dtype)}, models], written,
                       models=[*([cfg.base_model or base_model(recipe)] if cfg.base else []), *judge_models(cfg.judge)])]
 
