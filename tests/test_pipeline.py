@@ -151,7 +151,8 @@ def test_a_train_stage_resumes_only_its_own_unfinished_work(tmp_path: Path) -> N
     """Checkpoints survive a crash and are resumed with the same settings; they are wiped when the settings
     changed or when a finished stage is run again (--from), so no run resumes another's checkpoint."""
     from pairforge.layout import RunDir
-    from pairforge.pipeline import Plan, Stage, run
+    from pairforge.pipeline import Plan, run
+    from pairforge.stage_unit import StageUnit
 
     work = tmp_path / "train" / "x"
     seen: list[bool] = []
@@ -167,8 +168,8 @@ def test_a_train_stage_resumes_only_its_own_unfinished_work(tmp_path: Path) -> N
                 raise KeyboardInterrupt
             (work / "model").write_text("weights")
             return [work / "model"]
-        return Plan(None, RunDir(tmp_path), [Stage("train:x", "t", "1", None, train, [], settings, work_dir=work,  # type: ignore[arg-type]
-                                                   run_fresh=lambda: train(fresh=True))])
+        return Plan(None, RunDir(tmp_path), [StageUnit("train:x", "t", "1", None, train, [], settings, work_dir=work,  # type: ignore[arg-type]
+                                                       run_fresh=lambda: train(fresh=True))])
 
     with pytest.raises(KeyboardInterrupt):
         run(stage({"lr": 1}, crash=True))
@@ -182,7 +183,8 @@ def test_a_fresh_start_that_failed_before_clearing_starts_fresh_again(tmp_path: 
     """Settings changed, and the new run fails before it clears the folder (its model does not load): the next
     attempt must start fresh again, not resume the earlier run's checkpoint as its own."""
     from pairforge.layout import RunDir
-    from pairforge.pipeline import Plan, Stage, run
+    from pairforge.pipeline import Plan, run
+    from pairforge.stage_unit import StageUnit
 
     work = tmp_path / "train" / "x"
     calls: list[tuple[str, int]] = []
@@ -195,8 +197,8 @@ def test_a_fresh_start_that_failed_before_clearing_starts_fresh_again(tmp_path: 
             work.mkdir(parents=True, exist_ok=True)
             (work / "model").write_text(f"lr {lr}")
             return [work / "model"]
-        return Plan(None, RunDir(tmp_path), [Stage("train:x", "t", "1", None, lambda: train("run"), [],  # type: ignore[arg-type]
-                                                   {"lr": lr}, work_dir=work, run_fresh=lambda: train("fresh"))])
+        return Plan(None, RunDir(tmp_path), [StageUnit("train:x", "t", "1", None, lambda: train("run"), [],  # type: ignore[arg-type]
+                                                       {"lr": lr}, work_dir=work, run_fresh=lambda: train("fresh"))])
 
     run(stage(1))
     with pytest.raises(RuntimeError):
@@ -259,6 +261,32 @@ def test_the_plan_sizes_each_run_by_the_pairs_it_trains_on(tmp_path: Path) -> No
     recipe.runs[1].epochs = 2
     assert {s.name: s for s in plan(recipe, tmp_path / "run").stages}["train:dpo"].size == \
         f"~{round(2 * 3 * train_prompts)} pair passes"
+
+
+def test_eval_is_stale_when_its_held_out_prompts_change_and_only_then(tmp_path: Path) -> None:
+    """The quickstart evaluates on the pairs' held-out split: an edited pairs.eval.parquet makes a finished eval
+    stale, while pairs edited only in their train split leave it finished (it reads them only through the trained
+    runs, whose markers change when they train again). Its fingerprint covered pairs.parquet instead."""
+    from pairforge.layout import RunDir
+    from pairforge.pipeline import plan
+    from pairforge.recipe import load_recipe
+
+    recipe, run = load_recipe(QUICKSTART), RunDir(tmp_path / "run")
+
+    def eval_fingerprint() -> str:
+        return {s.name: s for s in plan(recipe, run.root).stages}["eval"].fingerprint()
+
+    def write(path: Path, prompt: str) -> None:
+        pl.DataFrame({"prompt_id": ["p1"], "prompt": [prompt]}).write_parquet(path)
+
+    run.root.mkdir()
+    write(run.pairs("train"), "Say one.")
+    write(run.pairs("eval"), "Say two.")
+    finished = eval_fingerprint()
+    write(run.pairs("train"), "Say three.")
+    assert eval_fingerprint() == finished
+    write(run.pairs("eval"), "Say four.")
+    assert eval_fingerprint() != finished
 
 
 def test_a_bad_edit_of_a_finished_run_loses_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -99,7 +99,8 @@ def train_section(config: Path | None, run_name: str | None) -> TrainConfig:
         return TrainConfig()
     if run_name is None:
         return load_recipe(config).train
-    from pairforge import pipeline, rounds, stages
+    from pairforge import pipeline, rounds
+    from pairforge.train.stage import run_config
 
     recipe, run_dir = pipeline.load(config)
     round_, _, name = run_name.rpartition(":") if recipe.rounds > 1 else ("round-1", "", run_name)
@@ -110,7 +111,7 @@ def train_section(config: Path | None, run_name: str | None) -> TrainConfig:
     runs = {r.name: r for r in rounds.round_recipe(recipe, run_dir, k).runs}
     if name not in runs:
         raise InputError("--run", f"no run '{name}' in {config} (runs: {', '.join(runs) or 'none'})")
-    run = stages.run_config(runs[name], rounds.round_dir(run_dir, recipe, k))
+    run = run_config(runs[name], rounds.round_dir(run_dir, recipe, k))
     return TrainConfig.model_validate(run.model_dump(exclude={"name", "after", "split"}))
 
 

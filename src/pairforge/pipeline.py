@@ -11,61 +11,38 @@ it again. Inside a stage, the work is resumable too (the generation store, train
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pairforge import estimates, stages
+from pairforge import rank_stage, report_stage, revise_stage
 from pairforge import schema as S
-from pairforge.config import JudgeConfig, SourceConfig
+from pairforge.config import SourceConfig
 from pairforge.errors import InputError
-from pairforge.files import check_output, file_digest, write_json, write_table
-from pairforge.fingerprints import model_content
+from pairforge.evaluate import stage as eval_stage
+from pairforge.files import check_output, write_json, write_table
+from pairforge.generate import stage as generate_stage
+from pairforge.judge import stage as judge_stage
 from pairforge.layout import RunDir
-from pairforge.models import resolved_dtype
+from pairforge.pairs import stage as pairs_stage
 from pairforge.recipe import Recipe, check_reads_apart, load_recipe
-from pairforge.rounds import base_model, policy_run, round_dir, round_recipe
+from pairforge.rounds import policy_run, round_dir, round_recipe
+from pairforge.stage_unit import Round, StageUnit
+from pairforge.train import stage as train_stage
 
-
-@dataclass
-class Stage:
-    name: str
-    what: str
-    size: str
-    estimate_s: float | None
-    run: Callable[[], list[Path]]
-    inputs: list[Path] = field(default_factory=list)
-    settings: Any = None
-    work_dir: Path | None = None  # partial work (checkpoints) a rerun of the same settings resumes from
-    # the same work with `work_dir` started over: it deletes the earlier work itself once its inputs are checked,
-    # so a bad edit of a finished run's settings costs nothing
-    run_fresh: Callable[[], list[Path]] | None = None
-
-    def __post_init__(self) -> None:
-        assert (self.work_dir is None) == (self.run_fresh is None), "a stage with a work folder can start it over"
-    marker: Path | None = None  # the record of its last finished run (`RunDir.marker`)
-    models: list[str] = field(default_factory=list)  # models it reads: a local folder counts by its content
-
-    def fingerprint(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode())
-        for path in self.inputs:
-            digest.update(file_digest(path).encode())
-        for model in self.models:  # read when the stage is reached: a model an earlier stage trains exists by then
-            content = model_content(model)
-            if content is not None:
-                digest.update(f"{model}={content}".encode())
-        return digest.hexdigest()
+# one round's stages, in order (the report follows the last round)
+STAGES = (generate_stage.units, revise_stage.units, judge_stage.units, rank_stage.units, pairs_stage.units,
+          train_stage.units, eval_stage.units)
 
 
 @dataclass
 class Plan:
     recipe: Recipe
     run: RunDir
-    stages: list[Stage]
+    stages: list[StageUnit]
 
 
 def load(recipe_path: Path, quick: bool = False) -> tuple[Recipe, Path]:
@@ -80,106 +57,30 @@ def load(recipe_path: Path, quick: bool = False) -> tuple[Recipe, Path]:
 def plan(recipe: Recipe, run_dir: Path, retry_failed: bool = False) -> Plan:
     """The stages this recipe needs, with sizes and rough time estimates; checks inputs, runs nothing.
     An iterative recipe has every stage but the report once per round ('round-2:train:dpo'), each round's
-    first stage taking the previous round's trained policy as an input."""
+    units given their round's recipe and the previous round's trained policy (`Round`)."""
     from pairforge.records import prompts_from_file
 
     if recipe.prompts is None or not recipe.sources:
         raise InputError("recipe", "`pairforge run` needs `prompts:` and `sources:`")
     n_prompts = prompts_from_file(recipe.prompts).height
-    stages_: list[Stage] = []
-    restarted = {f"train:{r.name}" for r in recipe.runs if r.after is None and r.trains_policy}
+    units: list[StageUnit] = []
     first_round: dict[str, float | None] = {}
     for k in range(1, recipe.rounds + 1):
         folder = round_dir(run_dir, recipe, k)
-        after = [round_dir(run_dir, recipe, k - 1).marker(f"train:{policy_run(recipe)}")] if k > 1 else []
-        prefix = f"round-{k}:" if recipe.rounds > 1 else ""
-        for stage in _round_stages(round_recipe(recipe, run_dir, k), folder, n_prompts, retry_failed):
-            stage.marker = folder.marker(stage.name)
+        previous = [round_dir(run_dir, recipe, k - 1).marker(f"train:{policy_run(recipe)}")] if k > 1 else []
+        this_round = round_recipe(recipe, run_dir, k)
+        round_ = Round(recipe, this_round, k, folder, n_prompts, retry_failed, previous,
+                       pairs_stage.pair_counts(this_round))
+        for unit in (u for stage_units in STAGES for u in stage_units(round_)):
+            unit.marker = folder.marker(unit.name)
             if k == 1:
-                first_round[stage.name] = stage.estimate_s
-            elif stage.estimate_s is None:  # round k starts from a trained folder: no size known from its name
-                stage.estimate_s = estimates.later_round_estimate(recipe, stage.name, first_round,
-                                                         n_prompts * recipe.samples_per_source)
-            stage.name = prefix + stage.name
-            if stage.name.endswith("generate") and recipe.rounds > 1:
-                # the policy's identity is its round's start model: the base, or the previous round's training
-                # (the marker in `after`), not the trained folder, which does not exist when the plan is made
-                stage.inputs += after
-                stage.settings = [stage.settings[0], base_model(recipe),
-                                  [{"name": s.name, **s.cache_settings()} for s in recipe.answering_sources]]
-            if stage.name.removeprefix(prefix) in restarted:  # it starts from the previous round's policy
-                stage.inputs += after
-            stages_.append(stage)
+                first_round[unit.name] = unit.estimate_s
+            elif unit.estimate_s is None:  # round k does round 1's work on models of round 1's shape (a trained
+                unit.estimate_s = first_round.get(unit.name)  # folder has no size known from its name)
+            unit.name = f"round-{k}:{unit.name}" if recipe.rounds > 1 else unit.name
+            units.append(unit)
     top = RunDir(run_dir)
-    stages_.append(Stage("report", "HTML + Markdown report", "1 page", 10, lambda: stages.report(recipe, top), [], None,
-                         marker=top.marker("report")))
-    return Plan(recipe, top, stages_)
-
-
-def _round_stages(recipe: Recipe, folder: RunDir, n_prompts: int, retry_failed: bool) -> list[Stage]:
-    """One round's stages (the whole recipe's when it has one round), in order, without the report."""
-    answers = n_prompts * recipe.samples_per_source
-    answering = recipe.answering_sources
-    plan_ = [Stage("generate", f"{len(answering)} sources answer {n_prompts} prompts",
-                   f"{answers * len(answering)} answers",
-                   estimates.generation_estimate(recipe, answers),
-                   lambda: stages.generate(recipe, folder, retry_failed),
-                   [recipe.prompts, *[s.path for s in recipe.sources if s.path]],
-                   [recipe.samples_per_source, [{"name": s.name, **s.cache_settings()} for s in answering]])]
-    revision = recipe.pairs.revision
-    if revision is not None:
-        reviser = next(s for s in recipe.sources if s.name == revision.reviser)
-        plan_.append(Stage("revise", f"{revision.reviser} revises {revision.original}'s answers",
-                           f"{answers} revisions", None, lambda: stages.revise(recipe, folder, retry_failed),
-                           [folder.responses],
-                           [revision.model_dump(include={"reviser", "original", "template"}),
-                            reviser.cache_settings()]))  # the bounds are the pairs stage's
-    if recipe.judge is not None:
-        judge_estimate = 10 if recipe.judge.kind == "similarity" else None
-        plan_.append(Stage("judge", f"{recipe.judge.kind} judge", f"{answers * len(recipe.sources)} answers",
-                           judge_estimate, lambda: stages.judge(recipe, folder, retry_failed), [folder.responses],
-                           recipe.judge.model_dump(mode="json"), models=_judge_models(recipe.judge)))
-        plan_.append(Stage("rank", "Bradley-Terry source strength", f"{len(recipe.sources)} sources", 5,
-                            lambda: [stages.rank(recipe, folder).written], [folder.scored],
-                            recipe.ranking.model_dump(mode="json")))
-    pairs_cfg = stages.pairs_config(recipe, folder)
-    if revision is not None:
-        what = f"pairs (revised, edit in ({revision.min_edit}, {revision.max_edit}])"
-    else:
-        what = f"pairs ({pairs_cfg.resolved_strategy}, {pairs_cfg.pair_types})"
-    types, per_prompt = estimates.pair_types(recipe)
-    plan_.append(Stage("pairs", what, f"<= {n_prompts * per_prompt} pairs", 5,
-                        lambda: stages.pairs(recipe, folder),
-                        [*pairs_cfg.inputs, *([pairs_cfg.rank_from] if pairs_cfg.rank_from else []),
-                         *pairs_cfg.filters.decontaminate], pairs_cfg.model_dump(mode="json")))
-    for entry in recipe.runs:
-        cfg = stages.run_config(entry, folder)
-        split = recipe.pairs.judge_fraction if cfg.split == "judge" else \
-            1 - recipe.pairs.eval_fraction - recipe.pairs.judge_fraction
-        passes = round(n_prompts * split * per_prompt * estimates.passes_per_pair(cfg, types))
-        steps = f"<= {cfg.max_steps} steps" if cfg.max_steps else f"~{passes} pair passes"
-        plan_.append(Stage(f"train:{entry.name}", f"{_method(cfg.method)}" + (f" after {entry.after}" if entry.after
-                                                                                  else "") +
-                            (f", curriculum {cfg.curriculum.schedule}" if cfg.curriculum else ""), steps,
-                            estimates.train_estimate(cfg, passes), lambda e=entry: stages.train(e, folder),
-                            [cfg.pairs, *([folder.marker(f"train:{entry.after}")] if entry.after else [])],
-                            cfg.resolved().model_dump(mode="json"), work_dir=cfg.out,
-                            run_fresh=lambda e=entry: stages.train(e, folder, fresh=True), models=[cfg.model]))
-    if recipe.eval is not None:
-        models = (["base"] if recipe.eval.base else []) + [r.name for r in stages.policies(recipe)]
-        eval_prompts = "held-out prompts" if recipe.eval.prompts == "held-out" else str(recipe.eval.prompts)
-        judges = recipe.eval.judge.kind + (f" and the {recipe.eval.judge_run} reward model" if recipe.eval.judge_run
-                                           else "")
-        plan_.append(Stage("eval", f"{judges} vs reference on {eval_prompts}",
-                            f"{len(models)} models", estimates.eval_estimate(recipe, len(models), n_prompts),
-                            lambda: stages.evaluate(recipe, folder, retry_failed),
-                            [pairs_cfg.out, *[folder.marker(f"train:{r.name}") for r in recipe.runs],
-                             *stages.eval_files(recipe.eval, folder)],
-                            [{**recipe.eval.model_dump(mode="json"), "dtype": resolved_dtype(recipe.eval.dtype)},
-                             models],
-                            models=[*([recipe.eval.base_model or base_model(recipe)] if recipe.eval.base else []),
-                                    *_judge_models(recipe.eval.judge)]))
-    return plan_
+    return Plan(recipe, top, [*units, report_stage.unit(recipe, top)])
 
 
 def check_folders(plan_: Plan) -> None:
@@ -188,16 +89,9 @@ def check_folders(plan_: Plan) -> None:
     recipe, root = plan_.recipe, plan_.run.root
     rounds = [round_dir(root, recipe, k).folders() for k in range(1, recipe.rounds + 1)]
     folders = [*plan_.run.folders(), *(f for folders in rounds for f in folders),
-               *(s.work_dir for s in plan_.stages if s.work_dir)]
+               *(s.work_dir for s in plan_.stages if s.work_dir), *(o.parent for s in plan_.stages for o in s.outputs)]
     for folder in dict.fromkeys(folders):
         check_output(folder, "folder", "run_dir")
-
-
-def _judge_models(judge: JudgeConfig) -> list[str]:
-    """The models a judge reads: its scoring model, or its LLM when that runs here."""
-    if judge.llm is None:
-        return [judge.model]
-    return [judge.llm.model] if judge.llm.backend in ("transformers", "vllm") else []
 
 
 def preflight(recipe: Recipe) -> list[str]:
@@ -308,7 +202,7 @@ def check_stage_names(plan_: Plan, start: str | None, stop: str | None) -> None:
                              "after it (nothing would run)")
 
 
-def _starts_fresh(stage: Stage, done_file: Path, fingerprint: str) -> bool:
+def _starts_fresh(stage: StageUnit, done_file: Path, fingerprint: str) -> bool:
     """A stage's partial work is resumed only when it was begun with the same settings and never finished;
     otherwise (settings changed, or a finished stage run again) its work folder starts over (`run_fresh`), so
     a checkpoint made under other settings is never taken for this run's."""
@@ -351,10 +245,6 @@ def _marker(path: Path) -> dict[str, Any]:
 
 
 # --- --quick ---------------------------------------------------------------------------------------
-
-def _method(method: Any) -> str:
-    return method if isinstance(method, str) else "+".join(f"{w}*{n}" for n, w in method.items())
-
 
 def quick_recipe(recipe: Recipe, run_dir: Path, scratch: Path | None = None) -> Recipe:
     """The recipe shrunk for a smoke test (`--quick`): the first prompts (written in the run folder, or in `scratch`

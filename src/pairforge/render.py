@@ -273,7 +273,7 @@ def revising(summary: RevisionSummary) -> Grid:
 # --- the pipeline and the curriculum ------------------------------------------------------------------
 
 def plan(title: str, stages: list[Any]) -> Grid:
-    """The stages of `pairforge run` (`pipeline.Stage`) with their sizes and rough estimates."""
+    """The stages of `pairforge run` (`stage_unit.StageUnit`) with their sizes and rough estimates."""
     grid = Grid(title, ["stage", "what", "size", "estimate"], left=3)
     grid.rows += [[s.name, s.what, s.size, duration(s.estimate_s)] for s in stages]
     known = [s.estimate_s for s in stages if s.estimate_s is not None]

@@ -199,12 +199,12 @@ def rank_command(
 ) -> None:
     """Estimate source strength (Bradley-Terry, bootstrap intervals) from the judge's verdicts."""
     def run() -> None:
-        from pairforge import stages
+        from pairforge.rank_stage import rank
 
         cfg = load_recipe(recipe)
         check_reads_apart(cfg, out, str(recipe))
         with writing(out):
-            ranked = stages.rank(cfg, RunDir(out))
+            ranked = rank(cfg, RunDir(out))
         result = ranked.ranking.to_json()
         show(render.ranking(result, ranked.evidence.name))
         say(render.significant_order(result))

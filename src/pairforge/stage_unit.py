@@ -1,0 +1,76 @@
+"""One stage of `pairforge run` as a unit: the files it reads, its settings, the files it writes, how it runs and
+how long it should take, declared together in its package's `stage.py`, so the pipeline only loops over units
+and a stage's fingerprint covers exactly what the stage reads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pairforge.errors import unanswered
+from pairforge.files import file_digest
+from pairforge.fingerprints import model_content
+from pairforge.layout import RunDir
+from pairforge.recipe import Recipe
+
+
+@dataclass
+class StageUnit:
+    name: str
+    what: str
+    size: str
+    estimate_s: float | None
+    run: Callable[[], list[Path]]
+    inputs: list[Path] = field(default_factory=list)  # the files it reads: an edited one makes it stale
+    settings: Any = None  # its section of the recipe, as the fingerprint sees it
+    outputs: list[Path] = field(default_factory=list)  # what it writes (the folders they go in are checked first)
+    work_dir: Path | None = None  # partial work (checkpoints) a rerun of the same settings resumes from
+    # the same work with `work_dir` started over: it deletes the earlier work itself once its inputs are checked,
+    # so a bad edit of a finished run's settings costs nothing
+    run_fresh: Callable[[], list[Path]] | None = None
+    marker: Path | None = None  # the record of its last finished run (`RunDir.marker`)
+    models: list[str] = field(default_factory=list)  # models it reads: a local folder counts by its content
+
+    def __post_init__(self) -> None:
+        assert (self.work_dir is None) == (self.run_fresh is None), "a stage with a work folder can start it over"
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode())
+        for path in self.inputs:
+            digest.update(file_digest(path).encode())
+        for model in self.models:  # read when the stage is reached: a model an earlier stage trains exists by then
+            content = model_content(model)
+            if content is not None:
+                digest.update(f"{model}={content}".encode())
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Round:
+    """What every unit of one round is given: the recipe as written (`whole`), this round's recipe ("@round"
+    resolved, `rounds.round_recipe`) and folder, and what earlier rounds leave it."""
+
+    whole: Recipe
+    recipe: Recipe
+    k: int
+    folder: RunDir
+    n_prompts: int
+    retry_failed: bool
+    previous: list[Path]  # the marker of the previous round's policy training (none in round 1)
+    pair_counts: tuple[int, int]  # (pair types, most pairs per prompt) the pairs stage makes: runs are sized by it
+
+    @property
+    def answers(self) -> int:
+        """Answers per source."""
+        return self.n_prompts * self.recipe.samples_per_source
+
+
+def all_answered(failed: int, command: str) -> None:
+    """A stage with failed requests is not finished: it stops before the pipeline records it (so the next run, and
+    --retry-failed, runs it again)."""
+    if failed:
+        raise unanswered(command, failed)
