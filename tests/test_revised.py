@@ -208,6 +208,31 @@ def test_revised_pairs_keep_minimal_edits_and_count_no_ops_and_rewrites(tmp_path
     assert "edit distance (tokens)" in result.stderr and "dropped as no-op: 2" in result.stderr  # the summary table
 
 
+def test_scored_answers_keep_the_revision_order_and_carry_their_scores(tmp_path: Path) -> None:
+    """Answers a judge scored (a `score` column, as responses.scored.parquet has): a revision pair's evidence is the
+    revision, so a revision the judge scored below its original is still chosen, and both scores travel with it.
+    This used to stop with a traceback ('a scored pair's chosen answer does not outscore the rejected one')."""
+    scores = {"A primary colour?": (0.9, 0.4), "Photosynthesis?": (0.2, 0.7)}  # (original, revision)
+    base, revised = written_answers(tmp_path)
+    for path, side in ((base, 0), (revised, 1)):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        write_jsonl(path, [{**r, "score": scores.get(r["prompt"], (0.5, 0.5))[side]} for r in rows])
+    out = tmp_path / "pairs.parquet"
+    result = cli("pairs", "build", base, revised, "--config", revision_recipe(tmp_path), "--out", out)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    pairs = pl.read_parquet(out).sort("edit_distance")
+    prompts = [turns[-1]["content"] for turns in pairs["prompt"]]
+    assert prompts == ["Photosynthesis?", "A primary colour?"]
+    assert [turns[-1]["content"] for turns in pairs["chosen"]] == [ANSWERS[p][1] for p in prompts]  # the revision
+    assert [turns[-1]["content"] for turns in pairs["rejected"]] == [ANSWERS[p][0] for p in prompts]
+    assert pairs["chosen_score"].to_list() == [0.7, 0.4] and pairs["rejected_score"].to_list() == [0.2, 0.9]
+    assert pairs["margin"].to_list() == pytest.approx([2 / 31, 1 / 6])  # the edit, not the score gap
+    summary = json.loads(out.with_name("pairs.summary.json").read_text())
+    assert summary["strategy"] == "revised" and summary["pairs"]["train"] == {"revision": 2}
+    revision = summary["revision"]
+    assert (revision["revisions"], revision["no_op"], revision["rewrite"], revision["kept"]) == (6, 2, 1, 3)
+
+
 def test_the_edit_bounds_come_from_the_recipe(tmp_path: Path) -> None:
     base, revised = written_answers(tmp_path)
     out = tmp_path / "pairs.parquet"

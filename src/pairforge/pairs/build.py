@@ -84,7 +84,7 @@ def build_pairs(responses: pl.DataFrame, cfg: PairsConfig) -> PairSet:
     pairs, dropped = filters.apply(pairs, filters.pair_drop_reasons(pair_filters))
     summary["dropped_pairs"] = count_drops(dropped, [filters.DROP, "pair_type"])
     pairs = _finish(pairs, answers, candidates.span, chat=cfg.prompt_format != "text")
-    check_invariants(pairs, order)
+    check_invariants(pairs, order, by_score=strategy == "scored")
 
     return split(pairs, cfg, summary)
 
@@ -146,8 +146,10 @@ def _assistant_turn(column: str) -> pl.Expr:
     return pl.concat_list(pl.struct(role=pl.lit("assistant"), content=pl.col(column))).alias(column)
 
 
-def check_invariants(pairs: pl.DataFrame, order: StrengthOrder | None) -> None:
-    """A pairs file never has chosen == rejected, nor an order that contradicts its evidence."""
+def check_invariants(pairs: pl.DataFrame, order: StrengthOrder | None, *, by_score: bool) -> None:
+    """A pairs file never has chosen == rejected, nor an order that contradicts its evidence: the declared order
+    when given, the scores when `by_score`. Scores that are not the evidence are provenance only (a revision pair's
+    evidence is the revision, a ranked pair's the order), so they may disagree with it."""
     same = pairs.filter(pl.col("chosen") == pl.col("rejected"))
     if same.height:
         raise AssertionError(f"internal error: pair {same['pair_id'][0]} has chosen == rejected")
@@ -156,7 +158,7 @@ def check_invariants(pairs: pl.DataFrame, order: StrengthOrder | None) -> None:
         if bad:
             raise AssertionError(f"internal error: pairs {bad[0][0]}>{bad[0][1]} contradict the declared order")
     scored = pairs.filter(pl.col("chosen_score").is_not_null() & pl.col("rejected_score").is_not_null())
-    if order is None and scored.filter(pl.col("chosen_score") <= pl.col("rejected_score")).height:
+    if by_score and scored.filter(pl.col("chosen_score") <= pl.col("rejected_score")).height:
         raise AssertionError("internal error: a scored pair's chosen answer does not outscore the rejected one")
 
 

@@ -91,7 +91,7 @@ def refilter(pairs: pl.DataFrame, cfg: PairsConfig) -> PairSet:
     pairs, dropped = filters.apply(pairs, [*given, *either, *evidence, *filters.pair_drop_reasons(cfg.filters)])
     summary["dropped_pairs"] = count_drops(dropped, [filters.DROP, "pair_type"])
     pairs = _with_margin(pairs)
-    check_invariants(pairs, None)
+    check_invariants(pairs, None, by_score=True)  # its evidence filter dropped the rest
     return split(pairs.select(*S.PAIR_COLUMNS, *(c for c in _KEPT if c in pairs.columns), "chosen_length",
                               "rejected_length"), cfg, summary)
 
