@@ -19,7 +19,7 @@ LAYERS = [
     {"fingerprints", "results"},
     {"config", "fields", "prompting"},
     {"train_config"},
-    {"recipe", "records", "pair_files"},
+    {"recipe", "records", "pair_files", "memory_records"},
     {"requests", "sequences", "recipe_docs", "rounds"},
     {"generate", "revise", "judge", "pairs", "train"},
     {"evaluate"},
@@ -28,6 +28,7 @@ LAYERS = [
     {"stages", "estimates"},
     {"pipeline"},
     {"options"},
+    {"api"},
     {"cli"},
     {"__main__"},
 ]
