@@ -16,11 +16,11 @@ from typing import Any
 import pandas as pd
 import polars as pl
 import pytest
-from conftest import SAMPLE, preference_rows, sample_recipe
 from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 import pairforge as pf
+from conftest import SAMPLE, preference_rows, sample_recipe
 from pairforge.cli import app
 from pairforge.errors import InputError
 

@@ -64,7 +64,8 @@ def run(recipe: Recipe | str | Path, quick: bool = False, *, run_dir: str | Path
     return RunResult(folder, cfg, done, **found)
 
 
-def _recipe_and_folder(recipe: Recipe | str | Path, quick: bool, run_dir: str | Path | None) -> tuple[Recipe, Path, str]:
+def _recipe_and_folder(recipe: Recipe | str | Path, quick: bool,
+                       run_dir: str | Path | None) -> tuple[Recipe, Path, str]:
     """The recipe, its run folder (`-quick` beside it for a smoke test) and the name its errors go by."""
     from pairforge import pipeline
 
