@@ -179,3 +179,11 @@ def test_a_stage_package_imported_leaves_the_function_its_name() -> None:
     import pairforge.train.trainer  # noqa: F401
 
     assert callable(pf.train) and callable(pf.evaluate) and pf.train.__module__ == "pairforge.api.models"
+
+
+def test_a_filter_given_keeps_the_other_filters() -> None:
+    rows = answers(4)
+    rows[0]["response"] = "Human: " + rows[0]["response"]  # a role marker: dropped by the default filter
+    pairs = pf.build_pairs(pl.DataFrame(rows), rank=RANK, filters={"min_length": 1})
+    assert pairs.config.filters.min_length == 1 and pairs.config.filters.role_markers
+    assert pairs.train.height == 3 * 3 + 1  # the prompt whose best answer was dropped pairs the other two

@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pairforge.api.folders import recipe_for, writing
-from pairforge.config import SourceConfig
 from pairforge.layout import RunDir
-from pairforge.options import validated
 from pairforge.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -27,12 +25,7 @@ def generate(recipe: Recipe | str | Path, out: str | Path = ".", *, retry_failed
     from pairforge.generate.run import generate as answer_prompts
 
     out = Path(out)
-    cfg = recipe_for(recipe, out)
-    if dtype is not None:  # over every source that loads weights here (a Recipe given stays as it was)
-        cfg = cfg.model_copy(deep=True)
-        for entry in cfg.sources:
-            if entry.backend in ("transformers", "vllm"):
-                entry.dtype = validated(SourceConfig, entry, {"dtype": dtype}).dtype
+    cfg = recipe_for(recipe, out, dtype)
     with writing(out):
         return answer_prompts(cfg, out, retry_failed, sources)
 

@@ -7,15 +7,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pairforge.config import SourceConfig
 from pairforge.files import check_output
 from pairforge.folder_lock import held
 from pairforge.layout import RunDir
+from pairforge.options import validated
 from pairforge.recipe import Recipe, check_reads_apart, load_recipe
 
 
-def recipe_for(recipe: Recipe | str | Path, out: Path) -> Recipe:
-    """A recipe read (when given as a path) and checked not to read what `out` is written with."""
-    cfg = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+def recipe_for(recipe: Recipe | str | Path, out: Path, dtype: str | None = None) -> Recipe:
+    """A recipe read (when given as a path), with `dtype` over every source that loads weights here (a `Recipe`
+    given stays as it was), and checked not to read what `out` is written with."""
+    cfg = recipe.model_copy(deep=True) if isinstance(recipe, Recipe) else load_recipe(recipe)
+    if dtype is not None:
+        for entry in cfg.sources:
+            if entry.backend in ("transformers", "vllm"):
+                entry.dtype = validated(SourceConfig, entry, {"dtype": dtype}).dtype
     check_reads_apart(cfg, out, "recipe" if isinstance(recipe, Recipe) else str(recipe))
     return cfg
 

@@ -21,13 +21,13 @@ if TYPE_CHECKING:
     from pairforge.train.trainer import TrainResult
 
 
-def train(pairs: Any, *, method: str | dict[str, float] = "dpo", model: str = "embedded",
-          out: str | Path = "runs/train", fresh: bool = False, progress: bool = True,
+def train(pairs: Any, *, method: str | dict[str, float] | None = None, model: str | None = None,
+          out: str | Path | None = None, fresh: bool = False, progress: bool = True,
           config: TrainConfig | None = None, **settings: Any) -> TrainResult:
-    """Post-train `model` on `pairs` with `method` (dpo, slic, sft, ... or a weighted sum {"dpo": 1, "sft": 0.2})
-    into `out` (model/, checkpoints/, metrics.jsonl); resumes an interrupted run of the same settings, and `fresh`
-    starts over. `settings` are the `train:` section's fields (beta, lr, batch_size, max_steps, ...), laid over
-    `config`.
+    """Post-train `model` (default 'embedded') on `pairs` with `method` (default dpo; slic, sft, ... or a weighted
+    sum {"dpo": 1, "sft": 0.2}) into `out` (default runs/train: model/, checkpoints/, metrics.jsonl); resumes an
+    interrupted run of the same settings, and `fresh` starts over. `settings` are the `train:` section's fields
+    (beta, lr, batch_size, max_steps, ...), laid over `config` (a recipe's `Recipe.load(path).train`, say).
 
     `pairs` is a pairs file (ours or any TRL prompt/chosen/rejected file), a `Pairs`, a polars or pandas DataFrame
     or a `datasets.Dataset`: pairs in memory are checked as a file is, then written under `out` as the run's pairs
@@ -35,20 +35,18 @@ def train(pairs: Any, *, method: str | dict[str, float] = "dpo", model: str = "e
     the steps, the metrics and the output folder."""
     from pairforge.train.trainer import train as train_model
 
-    out = Path(out)
     flags = {**settings, "method": method, "model": model, "out": out}
-    validated(TrainConfig, config or TrainConfig(), flags)  # bad settings are said before any pairs are written
+    cfg = validated(TrainConfig, config or TrainConfig(), flags)  # bad settings are said before pairs are written
     if isinstance(pairs, Pairs):
-        path: Path = pairs.write(out / "pairs.parquet")[0]
+        path: Path = pairs.write(cfg.out / "pairs.parquet")[0]
     elif is_in_memory(pairs):
         records = records_of(pairs)
-        checked_pairs(records, settings.get("target"))
-        check_output(out, "folder", "--out")
-        path = save_records(records, out / "pairs.parquet")
+        checked_pairs(records, cfg.target)
+        check_output(cfg.out, "folder", "--out")
+        path = save_records(records, cfg.out / "pairs.parquet")
     else:
         path = Path(pairs)
-    cfg = validated(TrainConfig, config or TrainConfig(), {**flags, "pairs": path})
-    return train_model(cfg, progress=progress, fresh=fresh)  # typed: TrainResult
+    return train_model(cfg.model_copy(update={"pairs": path}), progress=progress, fresh=fresh)  # typed: TrainResult
 
 
 def evaluate(outputs: Mapping[str, Any] | list[Any] | None = None, reference: Any = None, *,
@@ -70,10 +68,10 @@ def evaluate(outputs: Mapping[str, Any] | list[Any] | None = None, reference: An
 
     out = Path(out)
     cfg = validated(EvalConfig, EvalConfig(), settings)
+    judge_cfg = judge if isinstance(judge, JudgeConfig) else judge_config(judge)
     check_output(out, "folder", "--out")
     answers = [_file(data, out, f"{name}.outputs", name) for name, data in _items(outputs or [])]
     reference_file = _file(reference, out, "reference", None)
-    judge_cfg = judge if isinstance(judge, JudgeConfig) else judge_config(judge)
     run_settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                 bootstrap=cfg.bootstrap, baseline=baseline, batch_size=cfg.batch_size,
                                 dtype=cfg.dtype)

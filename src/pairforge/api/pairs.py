@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from pydantic import BaseModel
 
 from pairforge.config import PairsConfig
 from pairforge.errors import InputError
@@ -92,7 +93,8 @@ def build_pairs(answers: Any, *, config: PairsConfig | None = None, **settings: 
     Nothing is written: see `Pairs.write`."""
     given = answers if isinstance(answers, list) and not _is_rows(answers) else [answers]
     records = [records_of(a) for a in given]
-    cfg = validated(PairsConfig, config or PairsConfig(), {**settings, "inputs": [r.path for r in records]})
+    base = config or PairsConfig()
+    cfg = validated(PairsConfig, base, {**_over_sections(base, settings), "inputs": [r.path for r in records]})
     if cfg.rank_from is not None:
         cfg = cfg.model_copy(update={"rank": rank_from_file(cfg.rank_from)})
     columns = cfg.columns or None
@@ -103,6 +105,15 @@ def build_pairs(answers: Any, *, config: PairsConfig | None = None, **settings: 
     inputs = [{"file": str(r.path), "records": len(r), "format": s} for r, s in zip(records, shapes, strict=True)]
     return Pairs(built.train, built.eval if cfg.eval_fraction > 0 else None, built.summary,
                  built.judge if cfg.judge_fraction > 0 else None, cfg, inputs)
+
+
+def _over_sections(base: PairsConfig, settings: dict[str, Any]) -> dict[str, Any]:
+    """`filters={"min_length": 3}` sets that filter and keeps the others (`filters.min_length`, as a flag does)."""
+    def nested(key: str, value: Any) -> bool:
+        return isinstance(value, dict) and isinstance(getattr(base, key, None), BaseModel)
+
+    flat = {key: value for key, value in settings.items() if not nested(key, value)}
+    return flat | {f"{key}.{k}": v for key, value in settings.items() if nested(key, value) for k, v in value.items()}
 
 
 def _is_rows(answers: list[Any]) -> bool:
