@@ -187,3 +187,15 @@ def test_a_filter_given_keeps_the_other_filters() -> None:
     pairs = pf.build_pairs(pl.DataFrame(rows), rank=RANK, filters={"min_length": 1})
     assert pairs.config.filters.min_length == 1 and pairs.config.filters.role_markers
     assert pairs.train.height == 3 * 3 + 1  # the prompt whose best answer was dropped pairs the other two
+
+
+def test_generate_from_python_holds_the_folder_and_returns_its_answers(tmp_path: Path) -> None:
+    from pairforge.folder_lock import held
+    from pairforge.layout import RunDir
+
+    recipe = sample_recipe(tmp_path, runs=[])
+    with held(RunDir(tmp_path / "run").lock, "--out"), pytest.raises(InputError, match="--out"):
+        pf.generate(recipe, tmp_path / "run")  # another command writes there
+    result = pf.generate(recipe, tmp_path / "run")
+    assert result.exported == 16 and result.failed == 0  # 8 prompts, 2 sources
+    assert pl.read_parquet(result.responses)["source"].unique().sort().to_list() == ["strong", "weak"]
