@@ -19,7 +19,7 @@ LAYERS = [
     {"fingerprints", "results", "prompting"},
     {"config", "fields"},
     {"train_config"},
-    {"recipe", "records", "pair_files"},
+    {"recipe", "records", "pair_files", "memory_records"},
     {"requests", "sequences", "recipe_docs", "rounds", "work_rates"},
     {"stage_unit"},
     {"generate", "revise", "judge", "pairs", "train"},
@@ -29,6 +29,7 @@ LAYERS = [
     {"report_stage"},
     {"pipeline"},
     {"options"},
+    {"api"},
     {"cli"},
     {"__main__"},
 ]

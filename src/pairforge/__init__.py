@@ -1,4 +1,50 @@
 """pairforge: automatic preference pairs from models of different strength, contrastive post-training
-(DPO, SLiC-HF and relatives) on an easy-to-hard curriculum, and pairwise evaluation (arXiv 2310.02263)."""
+(DPO, SLiC-HF and relatives) on an easy-to-hard curriculum, and pairwise evaluation (arXiv 2310.02263).
+
+From Python (docs/python.md):
+
+    import pairforge as pf
+    pairs = pf.build_pairs(answers_df, rank="gpt-4 > chatgpt > davinci", eval_fraction=0.1)
+    pairs.to_dataset()      # a datasets.DatasetDict for TRL's DPOTrainer
+    pf.train(pairs, method="dpo", out="runs/dpo", max_steps=100)
+    pf.evaluate(outputs={"mine": outputs_df}, reference="reference.json", out="eval")
+    pf.run("recipe.yaml", quick=True)
+
+The names load on first use (PEP 562), so `import pairforge` and the command start without torch or polars.
+"""
+
+import importlib as _importlib
+import sys as _sys
+import types as _types
+from typing import Any as _Any
 
 __version__ = "0.1.0"
+
+_WHERE = {"build_pairs": "api.pairs", "Pairs": "api.pairs", "train": "api.models", "evaluate": "api.models",
+          "report": "api.models", "generate": "api.data", "revise": "api.data", "judge": "api.data",
+          "rank": "api.data", "run": "api.recipes", "RunResult": "api.recipes", "Recipe": "recipe"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> _Any:
+    if name in _WHERE:
+        globals()[name] = value = getattr(_importlib.import_module(f"pairforge.{_WHERE[name]}"), name)
+        return value
+    raise AttributeError(f"module 'pairforge' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, "__version__"])
+
+
+class _Package(_types.ModuleType):
+    """`pairforge.train` is the function, while `pairforge/train/` stays the stage's package: Python sets a
+    subpackage as an attribute of its parent once imported (`import pairforge.train.trainer`), which would hide
+    the function; an API name keeps its function (`from pairforge.train import x` reads sys.modules, unchanged)."""
+
+    def __setattr__(self, name: str, value: _Any) -> None:
+        if not (name in __all__ and isinstance(value, _types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package

@@ -44,6 +44,11 @@ class QuickConfig(Section):
 class Recipe(Section):
     """A whole recipe; stages not configured yet are simply absent."""
 
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        """Read and validate a recipe YAML (see `load_recipe`): relative paths are the recipe's folder's."""
+        return load_recipe(path)
+
     run_dir: Path | None = Field(None, description="where `pairforge run` writes every stage (default: "
                                  "runs/<recipe name> beside the recipe)")
     prompts: Path | None = Field(None, description="prompts to answer: JSONL/JSON/Parquet rows with prompt (or "

@@ -3,9 +3,7 @@ them print tables, failures and bad input alike (one line, exit 1 or 2)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
 from typing import TypeVar
 
 import typer
@@ -14,9 +12,6 @@ from rich.markup import escape
 
 from pairforge import render
 from pairforge.errors import EXIT_BAD_INPUT, InputError
-from pairforge.files import check_output
-from pairforge.folder_lock import held
-from pairforge.layout import RunDir
 
 console = Console(stderr=True, soft_wrap=True, emoji=False)  # one line per message; "train:dpo" is no emoji
 
@@ -48,12 +43,3 @@ def fail_cleanly(run: Callable[[], T]) -> T:
     except InputError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
-
-
-@contextmanager
-def writing(folder: Path, option: str = "--out") -> Iterator[Callable[[], None]]:
-    """A command's work on a run folder: the folder checked, then held by this command alone (`folder_lock`), so a
-    second command on it stops with one line instead of mixing its outputs with this one's."""
-    check_output(folder, "folder", option)
-    with held(RunDir(folder).lock, option) as still_held:
-        yield still_held

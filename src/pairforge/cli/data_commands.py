@@ -11,12 +11,11 @@ import polars as pl
 import typer
 
 from pairforge import options, render
-from pairforge.cli.common import console, fail_cleanly, say, show, stop_on_failures, writing
+from pairforge.cli.common import console, fail_cleanly, say, show, stop_on_failures
 from pairforge.config import SEED_MAX, FilterConfig, PairsConfig, RevisionConfig, SourceConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output
-from pairforge.layout import RunDir
-from pairforge.recipe import check_reads_apart, load_recipe
+from pairforge.recipe import load_recipe
 from pairforge.train_config import DIFFICULTIES_HELP, CurriculumConfig, TrainConfig
 
 _PAIRS, _FILTERS = options.defaults(PairsConfig), options.defaults(FilterConfig)  # the flags' defaults: the recipe's
@@ -114,16 +113,9 @@ def generate_command(
 ) -> None:
     """Answer the prompts with every source; resumes where it stopped (cached in <out>/store.sqlite)."""
     def run() -> None:
-        from pairforge.generate.run import generate
+        from pairforge.api.data import generate
 
-        cfg = load_recipe(recipe)
-        if dtype is not None:  # over every source that loads weights here
-            for entry in cfg.sources:
-                if entry.backend in ("transformers", "vllm"):
-                    entry.dtype = options.validated(SourceConfig, entry, {"dtype": dtype}).dtype
-        check_reads_apart(cfg, out, str(recipe))
-        with writing(out):
-            result = generate(cfg, out, retry_failed, source)
+        result = generate(recipe, out, retry_failed=retry_failed, sources=source, dtype=dtype)
         show(render.generation(result))
         console.print(f"wrote {result.exported} answers to {result.responses}", highlight=False)
         reasons = result.reasons
@@ -155,12 +147,9 @@ def judge_command(
 ) -> None:
     """Score answers (reward model, similarity) or compare them pairwise with an LLM judge, both orders."""
     def run() -> None:
-        from pairforge.judge.run import judge
+        from pairforge.api.data import judge
 
-        cfg = load_recipe(recipe)
-        check_reads_apart(cfg, out, str(recipe))
-        with writing(out):
-            result = judge(cfg, out, responses, retry_failed)
+        result = judge(recipe, out, responses=responses, retry_failed=retry_failed)
         summary = result.summary
         show(render.judge_summary(summary))
         if summary["judge"] == "llm-pairwise":
@@ -180,12 +169,9 @@ def revise_command(
 ) -> None:
     """Have the reviser minimally edit the original source's answers (cached in <out>/store.sqlite, resumable)."""
     def run() -> None:
-        from pairforge.revise import revise
+        from pairforge.api.data import revise
 
-        cfg = load_recipe(recipe)
-        check_reads_apart(cfg, out, str(recipe))
-        with writing(out):
-            result = revise(cfg, out, responses, retry_failed)
+        result = revise(recipe, out, responses=responses, retry_failed=retry_failed)
         show(render.revising(result))
         say(f"wrote {result.exported} revisions to {result.revisions}")
         stop_on_failures(result.failed, "revision requests")
@@ -199,12 +185,9 @@ def rank_command(
 ) -> None:
     """Estimate source strength (Bradley-Terry, bootstrap intervals) from the judge's verdicts."""
     def run() -> None:
-        from pairforge.rank_stage import rank
+        from pairforge.api.data import rank
 
-        cfg = load_recipe(recipe)
-        check_reads_apart(cfg, out, str(recipe))
-        with writing(out):
-            ranked = rank(cfg, RunDir(out))
+        ranked = rank(recipe, out)
         result = ranked.ranking.to_json()
         show(render.ranking(result, ranked.evidence.name))
         say(render.significant_order(result))

@@ -14,9 +14,8 @@ from rich.markup import escape
 from typer.core import TyperCommand
 
 from pairforge import options, render
-from pairforge.cli.common import console, fail_cleanly, say, show, writing
+from pairforge.cli.common import console, fail_cleanly, say, show
 from pairforge.config import EvalConfig
-from pairforge.errors import InputError
 from pairforge.layout import RunDir
 from pairforge.recipe import Recipe
 
@@ -69,15 +68,11 @@ def eval_command(
 ) -> None:
     """Judge models against reference answers: win rate, interval, length-controlled win rate, leaderboard."""
     def run() -> None:
-        from pairforge.evaluate.run import EvalSettings, evaluate
+        from pairforge.api.models import evaluate
 
-        given = {"max_new_tokens": max_new_tokens, "temperature": temperature, "bootstrap": bootstrap,
-                 "batch_size": batch_size, "dtype": dtype}
-        cfg = options.validated(EvalConfig, EvalConfig(), given)
-        result = evaluate(models or [], outputs or [], reference, options.judge_config(judge), out, prompts,
-                          EvalSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                       bootstrap=cfg.bootstrap, baseline=baseline, batch_size=cfg.batch_size,
-                                       dtype=cfg.dtype), retry_failed=retry_failed)
+        result = evaluate(outputs or [], reference, models=models or [], judge=judge, out=out, prompts=prompts,
+                          baseline=baseline, retry_failed=retry_failed, max_new_tokens=max_new_tokens,
+                          temperature=temperature, bootstrap=bootstrap, batch_size=batch_size, dtype=dtype)
         _show_leaderboard(result)
         console.print(f"wrote {out / 'leaderboard.json'}, {out / 'eval.parquet'}", highlight=False)
 
@@ -113,9 +108,9 @@ def report_command(
 ) -> None:
     """One self-contained HTML report (and a Markdown twin) of pairs, sources, training and evaluation."""
     def run() -> None:
-        from pairforge.report import build_report
+        from pairforge.api.models import report
 
-        sections = build_report(paths, out)
+        sections = report(paths, out)
         console.print(f"wrote {out} and {out.with_suffix('.md')} ({', '.join(s.title for s in sections)})",
                       highlight=False)
 
@@ -137,45 +132,32 @@ def run_command(
     """The whole recipe end to end in one run folder; finished stages are skipped, so a re-run resumes."""
     def run() -> None:
         from pairforge import pipeline
+        from pairforge.api.recipes import checked_plan
+        from pairforge.api.recipes import run as run_recipe
 
-        cfg, run_dir = pipeline.load(recipe, quick)
         if dry_run:  # takes no lock and writes nothing: --quick's prompts go to a folder gone once they are counted
+            cfg, run_dir = pipeline.load(recipe, quick)
             with tempfile.TemporaryDirectory(prefix="pairforge-") as scratch:
                 small = pipeline.quick_recipe(cfg, run_dir, Path(scratch)) if quick else cfg
-                the_plan, warnings = _checked_plan(small, run_dir, from_stage, to_stage, retry_failed, dry_run)
+                the_plan, warnings = checked_plan(small, run_dir, from_stage, to_stage, retry_failed, dry_run)
             _show_plan(recipe, run_dir, quick, the_plan, warnings)
             console.print("dry run: the recipe is valid and its inputs read; nothing was run", highlight=False)
             return
-        with writing(run_dir, "run_dir") as still_held:  # one command per run folder, from its first write on
-            cfg = pipeline.quick_recipe(cfg, run_dir) if quick else cfg
-            the_plan, warnings = _checked_plan(cfg, run_dir, from_stage, to_stage, retry_failed, dry_run)
-            _show_plan(recipe, run_dir, quick, the_plan, warnings)
-            if warnings:
-                raise InputError(str(recipe), warnings[0])
-            started = time.perf_counter()
+        started = [0.0]
 
-            def progress(name: str, message: str) -> None:  # called as each stage begins: the folder still ours?
-                still_held()
-                console.print(f"[bold]{name}[/]: {message}", highlight=False)
+        def planned(the_plan: Plan, warnings: list[str]) -> None:
+            _show_plan(recipe, the_plan.run.root, quick, the_plan, warnings)
+            started[0] = time.perf_counter()
 
-            done = pipeline.run(the_plan, from_stage, progress, to_stage)
-            show(render.finished(done, time.perf_counter() - started))
-            _show_outcome(cfg, run_dir)
+        def progress(name: str, message: str) -> None:
+            console.print(f"[bold]{name}[/]: {message}", highlight=False)
+
+        result = run_recipe(recipe, quick, from_stage=from_stage, to_stage=to_stage, retry_failed=retry_failed,
+                            progress=progress, on_plan=planned)
+        show(render.finished(result.stages, time.perf_counter() - started[0]))
+        _show_outcome(result.recipe, result.run_dir)
 
     fail_cleanly(run)
-
-
-def _checked_plan(cfg: Recipe, run_dir: Path, start: str | None, stop: str | None, retry_failed: bool,
-                  dry_run: bool) -> tuple[Plan, list[str]]:
-    """The plan, checked: stage names, the folders it writes in, and what would stop it (`preflight`) as warnings;
-    a dry run checks input files not there yet on their format samples."""
-    from pairforge import pipeline
-
-    checked, notes = pipeline.with_format_samples(cfg) if dry_run else (cfg, [])
-    the_plan = pipeline.plan(checked, run_dir, retry_failed)
-    pipeline.check_stage_names(the_plan, start, stop)
-    pipeline.check_folders(the_plan)
-    return the_plan, [*notes, *pipeline.preflight(checked)]
 
 
 def _show_plan(path: Path, run_dir: Path, quick: bool, the_plan: Plan, warnings: list[str]) -> None:

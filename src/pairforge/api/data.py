@@ -1,0 +1,65 @@
+"""The data stages from Python: `generate`, `revise`, `judge` and `rank` on a run folder, as their commands run
+them (the recipe checked against the folder, the folder held while they write). Each returns its stage's result
+with the paths it wrote; a request that failed is kept in the store and counted there (`.failed`), not raised."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pairforge.api.folders import recipe_for, writing
+from pairforge.layout import RunDir
+from pairforge.recipe import Recipe
+
+if TYPE_CHECKING:
+    from pairforge.generate.summary import GenerationSummary
+    from pairforge.judge.run import JudgeResult
+    from pairforge.rank_stage import Ranked
+    from pairforge.revise import RevisionSummary
+
+
+def generate(recipe: Recipe | str | Path, out: str | Path = ".", *, retry_failed: bool = False,
+             sources: list[str] | None = None, dtype: str | None = None) -> GenerationSummary:
+    """Answer the recipe's prompts with every source (or only `sources`) into `<out>/responses.parquet`; resumes
+    where it stopped (answers cached in `<out>/store.sqlite`). `dtype` sets the weights of every local source."""
+    from pairforge.generate.run import generate as answer_prompts
+
+    out = Path(out)
+    cfg = recipe_for(recipe, out, dtype)
+    with writing(out):
+        return answer_prompts(cfg, out, retry_failed, sources)
+
+
+def revise(recipe: Recipe | str | Path, out: str | Path = ".", *, responses: str | Path | None = None,
+           retry_failed: bool = False) -> RevisionSummary:
+    """The reviser's minimal edits of the original source's answers (`pairs.revision`) into
+    `<out>/revisions.parquet`."""
+    from pairforge.revise import revise as revise_answers
+
+    out = Path(out)
+    cfg = recipe_for(recipe, out)
+    with writing(out):
+        return revise_answers(cfg, out, Path(responses) if responses else None, retry_failed)
+
+
+def judge(recipe: Recipe | str | Path, out: str | Path = ".", *, responses: str | Path | None = None,
+          retry_failed: bool = False) -> JudgeResult:
+    """Score the answers (reward model, similarity) or compare them pairwise (an LLM judge, both orders) into
+    `<out>/responses.scored.parquet` (and `judgments.parquet`)."""
+    from pairforge.judge.run import judge as judge_answers
+
+    out = Path(out)
+    cfg = recipe_for(recipe, out)
+    with writing(out):
+        return judge_answers(cfg, out, Path(responses) if responses else None, retry_failed)  # typed: JudgeSummary
+
+
+def rank(recipe: Recipe | str | Path, out: str | Path = ".") -> Ranked:
+    """Source strength (Bradley-Terry with bootstrap intervals) from the judge's verdicts in `out`, written to
+    `<out>/ranking.json`; `.ranking` holds the fit."""
+    from pairforge.rank_stage import rank as rank_sources
+
+    out = Path(out)
+    cfg = recipe_for(recipe, out)
+    with writing(out):
+        return rank_sources(cfg, RunDir(out))  # typed: Ranking

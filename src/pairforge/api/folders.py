@@ -1,0 +1,37 @@
+"""What every API call that writes a run folder shares with the CLI: the recipe taken as a path or a `Recipe`,
+checked against the folder it writes, and the folder held by one writer at a time (`folder_lock`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pairforge.config import SourceConfig
+from pairforge.files import check_output
+from pairforge.folder_lock import held
+from pairforge.layout import RunDir
+from pairforge.options import validated
+from pairforge.recipe import Recipe, check_reads_apart, load_recipe
+
+
+def recipe_for(recipe: Recipe | str | Path, out: Path, dtype: str | None = None) -> Recipe:
+    """A recipe read (when given as a path), with `dtype` over every source that loads weights here (a `Recipe`
+    given stays as it was), and checked not to read what `out` is written with."""
+    cfg = recipe.model_copy(deep=True) if isinstance(recipe, Recipe) else load_recipe(recipe)
+    if dtype is not None:
+        for entry in cfg.sources:
+            if entry.backend in ("transformers", "vllm"):
+                entry.dtype = validated(SourceConfig, entry, {"dtype": dtype}).dtype
+    check_reads_apart(cfg, out, "recipe" if isinstance(recipe, Recipe) else str(recipe))
+    return cfg
+
+
+@contextmanager
+def writing(folder: Path, option: str = "--out") -> Iterator[Callable[[], None]]:
+    """Work on a run folder: the folder checked, then held by this call alone (`folder_lock`), so a second command
+    on it stops with one line instead of mixing its outputs with this one's; yields a check that it is still
+    held."""
+    check_output(folder, "folder", option)
+    with held(RunDir(folder).lock, option) as still_held:
+        yield still_held

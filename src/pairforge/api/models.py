@@ -1,0 +1,106 @@
+"""Training and evaluation from Python: `train` on pairs in a file or in memory, `evaluate` answers you already
+have (or models that answer) against reference answers, and `report` over the outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pairforge.api.pairs import Pairs, records_of
+from pairforge.config import EvalConfig, JudgeConfig
+from pairforge.errors import InputError
+from pairforge.files import check_output
+from pairforge.memory_records import is_in_memory, save_records
+from pairforge.options import judge_config, validated
+from pairforge.pair_files import checked_pairs
+from pairforge.train_config import TrainConfig
+
+if TYPE_CHECKING:
+    from pairforge.report import Section
+    from pairforge.train.trainer import TrainResult
+
+
+def train(pairs: Any, *, method: str | dict[str, float] | None = None, model: str | None = None,
+          out: str | Path | None = None, fresh: bool = False, progress: bool = True,
+          config: TrainConfig | None = None, **settings: Any) -> TrainResult:
+    """Post-train `model` (default 'embedded') on `pairs` with `method` (default dpo; slic, sft, ... or a weighted
+    sum {"dpo": 1, "sft": 0.2}) into `out` (default runs/train: model/, checkpoints/, metrics.jsonl); resumes an
+    interrupted run of the same settings, and `fresh` starts over. `settings` are the `train:` section's fields
+    (beta, lr, batch_size, max_steps, ...), laid over `config` (a recipe's `Recipe.load(path).train`, say).
+
+    `pairs` is a pairs file (ours or any TRL prompt/chosen/rejected file), a `Pairs`, a polars or pandas DataFrame
+    or a `datasets.Dataset`: pairs in memory are checked as a file is, then written under `out` as the run's pairs
+    file (`<out>/pairs.parquet`, with its eval split when a `Pairs` has one), which run.json records. Returns
+    the steps, the metrics and the output folder."""
+    from pairforge.train.trainer import train as train_model
+
+    flags = {**settings, "method": method, "model": model, "out": out}
+    cfg = validated(TrainConfig, config or TrainConfig(), flags)  # bad settings are said before pairs are written
+    if isinstance(pairs, Pairs):
+        path: Path = pairs.write(cfg.out / "pairs.parquet")[0]
+    elif is_in_memory(pairs):
+        records = records_of(pairs)
+        checked_pairs(records, cfg.target)
+        check_output(cfg.out, "folder", "--out")
+        path = save_records(records, cfg.out / "pairs.parquet")
+    else:
+        path = Path(pairs)
+    return train_model(cfg.model_copy(update={"pairs": path}), progress=progress, fresh=fresh)  # typed: TrainResult
+
+
+def evaluate(outputs: Mapping[str, Any] | list[Any] | None = None, reference: Any = None, *,
+             models: Mapping[str, str] | list[str] | None = None, judge: str | JudgeConfig = "similarity",
+             out: str | Path = "eval", prompts: str | Path | None = None, baseline: str | None = None,
+             retry_failed: bool = False, progress: bool = True, **settings: Any) -> dict[str, Any]:
+    """Judge models against `reference` answers: win rate (or score) with its interval, length-controlled win
+    rate, and with `baseline` each model's difference to it; writes `<out>/leaderboard.json` and
+    `<out>/eval.parquet` and returns the leaderboard.
+
+    `outputs` maps a name to answers you already have (AlpacaEval's model_outputs shape: instruction, output),
+    each a file or a DataFrame / `datasets.Dataset`; `models` maps a name to a model folder or training run that
+    answers the prompts here. `reference` is a file or a table alike; tables are saved under `out` first
+    (`<name>.outputs.parquet`, `reference.parquet`, or .jsonl for pandas rows) and read from there. `judge` is
+    'similarity', 'reward-model:PATH', a recipe path (its judge: section) or a `JudgeConfig`; `settings` are
+    the eval section's max_new_tokens, temperature, bootstrap, batch_size and dtype."""
+    from pairforge.evaluate.run import EvalSettings
+    from pairforge.evaluate.run import evaluate as judge_models
+
+    out = Path(out)
+    cfg = validated(EvalConfig, EvalConfig(), settings)
+    judge_cfg = judge if isinstance(judge, JudgeConfig) else judge_config(judge)
+    check_output(out, "folder", "--out")
+    answers = [_file(data, out, f"{name}.outputs", name) for name, data in _items(outputs or [])]
+    reference_file = _file(reference, out, "reference", None)
+    run_settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                bootstrap=cfg.bootstrap, baseline=baseline, batch_size=cfg.batch_size,
+                                dtype=cfg.dtype)
+    named_models = [str(m) for _, m in _items(models or [])]
+    return judge_models(named_models, answers, reference_file, judge_cfg, out, Path(prompts) if prompts else None,
+                        run_settings, show_progress=progress, retry_failed=retry_failed)  # typed: Leaderboard
+
+
+def _items(given: Mapping[str, Any] | list[Any]) -> list[tuple[str | None, Any]]:
+    """{name: x} as (name, 'name=x'-ready pairs); a list as given (paths, or NAME=PATH strings)."""
+    if isinstance(given, Mapping):
+        return [(name, value if is_in_memory(value) else f"{name}={value}") for name, value in given.items()]
+    return [(None, value) for value in given]
+
+
+def _file(data: Any, out: Path, stem: str, name: str | None) -> Any:
+    """A table saved under `out` (named NAME=PATH when it has a name), or the path given."""
+    if data is None:
+        raise InputError("--reference", "expected reference answers (a file or a table)")
+    if not is_in_memory(data):
+        return Path(data) if name is None else data
+    saved = save_records(records_of(data), out / stem)
+    return saved if name is None else f"{name}={saved}"
+
+
+def report(paths: list[str | Path] | str | Path, out: str | Path = "report.html") -> list[Section]:
+    """One self-contained HTML report (and a Markdown twin, PNGs beside it) of the run folders or files in
+    `paths`: pairs summaries, training runs, judge and eval outputs. Returns its sections."""
+    from pairforge.report import build_report
+
+    given = paths if isinstance(paths, list) else [paths]
+    return build_report([Path(p) for p in given], Path(out))
