@@ -62,14 +62,14 @@ def test_answers_in_memory_give_the_pairs_the_command_gives_from_the_file(tmp_pa
     assert pairs.eval is not None and pairs.eval.height and pairs.train.height  # both splits hold pairs
     assert_frame_equal(pairs.train, pl.read_parquet(cli))
     assert_frame_equal(pairs.eval, pl.read_parquet(cli.with_name("pairs.eval.parquet")))
-    assert pairs.summary["pairs"] == json.loads(cli.with_name("pairs.summary.json").read_text())["pairs"]
+    assert pairs.summary.pairs == json.loads(cli.with_name("pairs.summary.json").read_text())["pairs"]
 
 
 def test_pairs_write_writes_what_the_command_writes(tmp_path: Path) -> None:
     rows = answers()
     cli = cli_pairs(tmp_path, rows, "--rank", RANK, "--eval-fraction", "0.3")
     written = pf.build_pairs(tmp_path / "answers.jsonl", rank=RANK, eval_fraction=0.3).write(tmp_path / "api" /
-                                                                                               "pairs.parquet")
+                                                                                               "pairs.parquet").written
     assert [p.name for p in written] == ["pairs.parquet", "pairs.eval.parquet", "pairs.summary.json"]
     for path in written[:2]:
         assert path.read_bytes() == (cli.parent / path.name).read_bytes()
@@ -80,7 +80,7 @@ def test_pairs_write_writes_what_the_command_writes(tmp_path: Path) -> None:
 def test_a_dataframe_without_eval_split_has_no_eval(tmp_path: Path) -> None:
     pairs = pf.build_pairs(pl.DataFrame(answers(4)), rank=RANK)
     assert pairs.eval is None and list(pairs.to_dataset()) == ["train"]
-    written = pairs.write(tmp_path / "pairs.jsonl")
+    written = pairs.write(tmp_path / "pairs.jsonl").written
     summary = json.loads(written[-1].read_text())
     assert summary["inputs"] == [{"file": "<polars.DataFrame>", "records": 12, "format": "long"}]
 

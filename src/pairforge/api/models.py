@@ -38,7 +38,7 @@ def train(pairs: Any, *, method: str | dict[str, float] | None = None, model: st
     flags = {**settings, "method": method, "model": model, "out": out}
     cfg = validated(TrainConfig, config or TrainConfig(), flags)  # bad settings are said before pairs are written
     if isinstance(pairs, Pairs):
-        path: Path = pairs.write(cfg.out / "pairs.parquet")[0]
+        path: Path = pairs.write(cfg.out / "pairs.parquet").written[0]
     elif is_in_memory(pairs):
         records = records_of(pairs)
         checked_pairs(records, cfg.target)

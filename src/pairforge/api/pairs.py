@@ -6,79 +6,18 @@ validated as its Parquet file would be, and `Pairs.write` writes what the comman
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import polars as pl
 from pydantic import BaseModel
 
 from pairforge.config import PairsConfig
-from pairforge.errors import InputError
-from pairforge.files import Records, check_output, read_records, write_json, write_table
-from pairforge.layout import pending_path
+from pairforge.files import Records, read_records
 from pairforge.memory_records import is_in_memory, records_in_memory
 from pairforge.options import validated
+from pairforge.pairs.result import Pairs
+from pairforge.pairs.run import build
 
-# the stage's own steps; pairs/run.py's build_from_files runs them on files (the integrator makes them public)
-from pairforge.pairs.run import (
-    _commit,
-    _outputs_of,
-    _pairs_in,
-    _pairs_of_answers,
-    _refuse_nothing_to_train,
-    output_paths,
-    rank_from_file,
-    stale_splits,
-)
-from pairforge.records import detect_format
-
-
-@dataclass
-class Pairs:
-    """Preference pairs: `train` and `eval` (None without an eval split) are polars frames in TRL's columns
-    (prompt, chosen, rejected, plus ours); `to_dataset()` hands them to TRL as they are, `write(path)` saves them
-    as `pairforge pairs build --out path` does."""
-
-    train: pl.DataFrame
-    eval: pl.DataFrame | None
-    summary: dict[str, Any]  # typed: PairsSummary
-    judge: pl.DataFrame | None = None  # pairs kept apart for a reward-model judge (judge_fraction > 0)
-    config: PairsConfig = field(default_factory=PairsConfig)
-    inputs: list[dict[str, Any]] = field(default_factory=list)  # file (or DataFrame name), records, format
-
-    def to_dataset(self) -> Any:
-        """A `datasets.DatasetDict` with "train" (and "eval" when there is an eval split), which TRL's
-        `DPOTrainer` takes as it is (conversational records where the pairs are chat messages)."""
-        from datasets import Dataset, DatasetDict
-
-        splits = {"train": self.train, "eval": self.eval}
-        return DatasetDict({name: Dataset(frame.to_arrow()) for name, frame in splits.items() if frame is not None})
-
-    def write(self, path: str | Path) -> list[Path]:
-        """Write the pairs file, its splits and `<stem>.summary.json` as `pairs build --out path` does (split files
-        of an earlier build there are removed, so training never takes them for these pairs' splits); returns the
-        files written."""
-        out = Path(path)
-        paths = output_paths(out)
-        if paths["train"].suffix not in (".parquet", ".jsonl"):
-            raise InputError("--out", f"{out}: expected a name ending in .parquet or .jsonl")
-        sources = [*self.config.inputs, *([self.config.rank_from] if self.config.rank_from else [])]
-        for target in paths.values():
-            check_output(target, "file", "--out", sources)
-        splits = {"train": self.train, "eval": self.eval, "judge": self.judge}
-        earlier = _outputs_of(paths["summary"])
-        staged = {name: write_table(frame, pending_path(paths[name]))
-                  for name, frame in splits.items() if frame is not None}
-        config = self.config.model_copy(update={"out": out})
-        summary = {"inputs": self.inputs, **self.summary,
-                   "outputs": {name: str(p) for name, p in paths.items() if splits.get(name, True) is not None},
-                   "config": config.model_dump(mode="json")}
-        staged["summary"] = write_json(summary, pending_path(paths["summary"]))
-        written = [paths[name] for name in staged]
-        removed = stale_splits(paths["train"], written, [*sources, *self.config.filters.decontaminate], earlier)
-        _commit(staged, paths, removed)
-        return written
+__all__ = ["Pairs", "build_pairs"]
 
 
 def build_pairs(answers: Any, *, config: PairsConfig | None = None, **settings: Any) -> Pairs:
@@ -95,16 +34,7 @@ def build_pairs(answers: Any, *, config: PairsConfig | None = None, **settings: 
     records = [records_of(a) for a in given]
     base = config or PairsConfig()
     cfg = validated(PairsConfig, base, {**_over_sections(base, settings), "inputs": [r.path for r in records]})
-    if cfg.rank_from is not None:
-        cfg = cfg.model_copy(update={"rank": rank_from_file(cfg.rank_from)})
-    columns = cfg.columns or None
-    shapes = [cfg.format if cfg.format != "auto" else detect_format(r, columns) for r in records]
-    built, built_from = _pairs_in(records, shapes, cfg) if "preference" in shapes else _pairs_of_answers(records, cfg)
-    if built.train.is_empty():
-        _refuse_nothing_to_train(built, cfg, built_from)
-    inputs = [{"file": str(r.path), "records": len(r), "format": s} for r, s in zip(records, shapes, strict=True)]
-    return Pairs(built.train, built.eval if cfg.eval_fraction > 0 else None, built.summary,
-                 built.judge if cfg.judge_fraction > 0 else None, cfg, inputs)
+    return build(records, cfg)
 
 
 def _over_sections(base: PairsConfig, settings: dict[str, Any]) -> dict[str, Any]:

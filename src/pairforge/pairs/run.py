@@ -1,77 +1,45 @@
 """The `pairs build` stage end to end: files in (answers, or TRL preference files: pairs in), pairs files and a JSON
-summary out.
-
-Outputs: `<out>` (train pairs), `<stem>.eval<suffix>` / `<stem>.judge<suffix>` (held-out and judge prompts, only
-with eval_fraction / judge_fraction > 0) and `<stem>.summary.json`. Every input is read and validated before
-anything is written, so bad input leaves earlier outputs untouched. The files are written under pending names
-first, then put in place in one commit (`_commit`) that also removes the split files of an earlier build beside
-them that this build did not write (`stale_splits`): a crash at any point never leaves a pairs file beside
-another build's split, so training never picks up held-out pairs from other data.
+summary out (written by `result.Pairs.write`). Every input is read and validated before anything is written, so
+bad input leaves earlier outputs untouched.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pairforge.config import PairsConfig
 from pairforge.errors import InputError
-from pairforge.files import Records, check_output, read_records, write_table
-from pairforge.layout import pending_path, split_path, summary_path
+from pairforge.files import Records, read_records
 from pairforge.pairs.build import PairSet, build_pairs
 from pairforge.pairs.preference import pairs_from_files, refilter
+from pairforge.pairs.result import Pairs, Written, check_outputs
 from pairforge.pairs.summary import InputFile, PairsSummary
 from pairforge.records import detect_format, responses_from_files
 
 
-@dataclass
-class StageResult:
-    summary: PairsSummary
-    written: list[Path]
-    removed: list[Path] = field(default_factory=list)  # stale split files of an earlier build
+def build_from_files(cfg: PairsConfig) -> Written:
+    """`pairs build`: the inputs named in `cfg` read, checked, made into pairs and written to `cfg.out`."""
+    check_outputs(cfg.out, cfg)
+    return build([read_records(path) for path in cfg.inputs], cfg).write(cfg.out)
 
 
-def output_paths(out: Path) -> dict[str, Path]:
-    """Where the stage writes, derived from `out`."""
-    return {**{split: split_path(out, split) for split in ("train", "eval", "judge")}, "summary": summary_path(out)}
-
-
-def build_from_files(cfg: PairsConfig) -> StageResult:
-    paths = output_paths(cfg.out)
-    if paths["train"].suffix not in (".parquet", ".jsonl"):
-        raise InputError("--out", f"{cfg.out}: expected a name ending in .parquet or .jsonl")
-    for path in paths.values():
-        check_output(path, "file", "--out", [*cfg.inputs, *([cfg.rank_from] if cfg.rank_from else [])])
+def build(records: list[Records], cfg: PairsConfig) -> Pairs:
+    """Pairs from records already read (files, or rows in memory: the Python API), nothing written."""
     if cfg.rank_from is not None:
         cfg = cfg.model_copy(update={"rank": rank_from_file(cfg.rank_from)})
-    records = [read_records(path) for path in cfg.inputs]
     columns = cfg.columns or None
     shapes = [cfg.format if cfg.format != "auto" else detect_format(r, columns) for r in records]
     result, built_from = _pairs_in(records, shapes, cfg) if "preference" in shapes else _pairs_of_answers(records, cfg)
     if result.train.is_empty():
         _refuse_nothing_to_train(result, cfg, built_from)
-    splits = {"train": result.train, "eval": result.eval if cfg.eval_fraction > 0 else None,
-              "judge": result.judge if cfg.judge_fraction > 0 else None}
-    earlier = _outputs_of(paths["summary"])  # read before this build's summary replaces it
-    staged = {name: write_table(frame, pending_path(paths[name]))
-              for name, frame in splits.items() if frame is not None}
-    summary = PairsSummary(
-        inputs=[InputFile(file=str(r.path), records=len(r), format=shape) for r, shape in zip(records, shapes,
-                                                                                               strict=True)],
-        **result.summary,
-        outputs={name: str(path) for name, path in paths.items() if splits.get(name, True) is not None},
-        config=cfg.model_dump(mode="json"),
-    )
-    staged["summary"] = summary.write(pending_path(paths["summary"]))
-    written = [paths[name] for name in staged]
-    inputs = [*cfg.inputs, *([cfg.rank_from] if cfg.rank_from else []), *cfg.filters.decontaminate]
-    removed = stale_splits(paths["train"], written, inputs, earlier)
-    _commit(staged, paths, removed)
-    return StageResult(summary, written, removed)
+    inputs = [InputFile(file=str(r.path), records=len(r), format=shape) for r, shape in zip(records, shapes,
+                                                                                              strict=True)]
+    summary = PairsSummary(inputs=inputs, **result.summary, outputs={}, config=cfg.model_dump(mode="json"))
+    return Pairs(result.train, result.eval if cfg.eval_fraction > 0 else None,
+                 result.judge if cfg.judge_fraction > 0 else None, summary, cfg)
 
 
 def _pairs_of_answers(records: list[Records], cfg: PairsConfig) -> tuple[PairSet, str]:
@@ -106,39 +74,6 @@ def _refuse_nothing_to_train(result: PairSet, cfg: PairsConfig, built_from: str)
                          f"({fractions}; prompts are split by a hash of prompt_id): lower the fractions or add prompts")
     dropped = [result.summary.get(k, {}) for k in ("dropped_answers", "dropped_prompts", "dropped_pairs")]
     raise InputError(", ".join(map(str, cfg.inputs)), f"{where} (left out: {_said(dropped) or 'nothing'})")
-
-
-def _commit(staged: dict[str, Path], paths: dict[str, Path], stale: list[Path]) -> None:
-    """Put a build's pending files in place in an order where a crash at any point leaves no pairs file beside a
-    split of another build: the earlier pairs file goes first, then the stale splits; the new splits and the
-    summary move in, the new pairs file last (the build is there once it is)."""
-    paths["train"].unlink(missing_ok=True)
-    for path in stale:
-        path.unlink(missing_ok=True)  # removed by hand meanwhile: gone all the same
-    for name, pending in staged.items():
-        if name != "train":
-            os.replace(pending, paths[name])
-    os.replace(staged["train"], paths["train"])
-
-
-def stale_splits(out: Path, written: list[Path], inputs: list[Path], earlier: set[str]) -> list[Path]:
-    """Split files beside `out` (`<stem>.eval|judge.jsonl|parquet`) that an earlier build wrote (its summary lists
-    them) and this one did not: `train --pairs <out>` would take its eval split as held-out pairs of other data.
-    Only those exact names; never an input of this build, nor a file no build of ours wrote (a hand-made split)."""
-    keep = {p.resolve() for p in [*written, *inputs] if p.exists()}
-    candidates = [split_path(out.with_suffix(suffix), split) for split in ("eval", "judge")
-                  for suffix in (".jsonl", ".parquet")]
-    return [p for p in candidates if p.is_file() and p.resolve() not in keep and p.name in earlier]
-
-
-def _outputs_of(summary: Path) -> set[str]:
-    """The names of the files an earlier build's summary (beside them) says it wrote; none without a summary, or
-    with one this version cannot read (then no split beside it is known to be ours, and none is removed)."""
-    try:
-        outputs = PairsSummary.read(summary).outputs
-    except InputError:
-        return set()
-    return {Path(p).name for p in outputs.values()}
 
 
 def rank_from_file(path: Path) -> str:
