@@ -18,7 +18,7 @@ from pairforge.train_config import TrainConfig
 
 if TYPE_CHECKING:
     from pairforge.report import Section
-    from pairforge.train.trainer import TrainResult
+    from pairforge.train.result import TrainResult
 
 
 def train(pairs: Any, *, method: str | dict[str, float] | None = None, model: str | None = None,
@@ -46,7 +46,7 @@ def train(pairs: Any, *, method: str | dict[str, float] | None = None, model: st
         path = save_records(records, cfg.out / "pairs.parquet")
     else:
         path = Path(pairs)
-    return train_model(cfg.model_copy(update={"pairs": path}), progress=progress, fresh=fresh)  # typed: TrainResult
+    return train_model(cfg.model_copy(update={"pairs": path}), progress=progress, fresh=fresh)
 
 
 def evaluate(outputs: Mapping[str, Any] | list[Any] | None = None, reference: Any = None, *,
