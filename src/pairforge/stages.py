@@ -9,18 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from pairforge import schema as S
 from pairforge.config import EvalConfig, JudgeConfig, PairsConfig
 from pairforge.errors import InputError, unanswered
-from pairforge.files import check_output, write_json
+from pairforge.files import check_output
 from pairforge.layout import EVAL_PROMPTS, EVAL_REFERENCE, LEADERBOARD, MODEL_OUTPUTS, RunDir, TrainDir
 from pairforge.recipe import Recipe
 from pairforge.rounds import base_model, round_dir
 from pairforge.train_config import RunConfig
+
+if TYPE_CHECKING:
+    from pairforge.judge.ranking import DeclaredCheck, Ranking
 
 
 def generate(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path]:
@@ -51,13 +54,13 @@ def judge(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path]
     from pairforge.judge.run import judge as judge_answers
 
     result = judge_answers(recipe, run.root, retry_failed=retry_failed, store_path=run.store)
-    _all_answered(result.summary.get("failed_requests", 0), "judge")  # no verdict is no finished judge
+    _all_answered(result.summary.failed_requests, "judge")  # no verdict is no finished judge
     return [result.scored, *([result.judgments] if result.judgments else [])]
 
 
 @dataclass
 class Ranked:
-    ranking: Any  # judge.ranking.Ranking
+    ranking: Ranking
     evidence: Path  # the file the comparisons came from
     written: Path
 
@@ -69,24 +72,24 @@ def rank(recipe: Recipe, run: RunDir) -> Ranked:
     check_output(run.ranking, "file", "--out")
     evidence, comparisons = read_comparisons(run.judgments, run.scored)
     cfg = recipe.ranking
-    ranking = fit(comparisons, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.min_win_probability)
-    result = ranking.to_json()
+    ranking = fit(comparisons, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.min_win_probability).ranking()
     if recipe.pairs.rank:
-        result["declared_check"] = _declared_check(recipe.pairs.rank, result)
-    return Ranked(ranking, evidence, write_json(result, run.ranking))
+        ranking.declared_check = _declared_check(recipe.pairs.rank, ranking)
+    return Ranked(ranking, evidence, ranking.write(run.ranking))
 
 
-def _declared_check(declared: str, ranking: dict[str, Any]) -> dict[str, Any]:
+def _declared_check(declared: str, ranking: Ranking) -> DeclaredCheck:
     """Which of the declared 'a > b' the judge's significant order confirms."""
+    from pairforge.judge.ranking import DeclaredCheck
     from pairforge.pairs.order import parse_rank
 
-    found = set(ranking["rank"].split(", ")) if ranking["rank"] else set()
-    judged = {s["name"] for s in ranking["sources"]}  # a judge's own reference is not judged against itself
+    found = set(ranking.rank.split(", ")) if ranking.rank else set()
+    judged = {s.name for s in ranking.sources}  # a judge's own reference is not judged against itself
     beats = sorted(parse_rank(declared).beats)
     checkable = [f"{a} > {b}" for a, b in beats if a in judged and b in judged]
-    return {"declared": declared, "confirmed": [d for d in checkable if d in found],
-            "not_confirmed": [d for d in checkable if d not in found],
-            "not_judged": [f"{a} > {b}" for a, b in beats if a not in judged or b not in judged]}
+    return DeclaredCheck(declared=declared, confirmed=[d for d in checkable if d in found],
+                         not_confirmed=[d for d in checkable if d not in found],
+                         not_judged=[f"{a} > {b}" for a, b in beats if a not in judged or b not in judged])
 
 
 def pairs_input(recipe: Recipe, run: RunDir) -> Path:
@@ -161,15 +164,15 @@ def evaluate(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Pa
                             bootstrap=cfg.bootstrap)
     result = judge_models(models, [], reference, cfg.judge, run.eval, prompts, settings, store_path=run.eval_store,
                           retry_failed=retry_failed)
-    _all_answered(result["judge_summary"].get("failed_requests", 0), "eval")
+    _all_answered(result.judge_summary.failed_requests, "eval")
     written = [run.leaderboard]
     if cfg.judge_run:
-        answers = [f"{e['model']}={run.eval / (e['model'] + MODEL_OUTPUTS)}" for e in result["models"]]
+        answers = [f"{row.model}={run.eval / (row.model + MODEL_OUTPUTS)}" for row in result.models]
         judge_cfg = JudgeConfig(kind="reward-model", model=str(run.train(cfg.judge_run).model),
                                 batch_size=cfg.batch_size)
         scored = judge_models([], answers, reference, judge_cfg, run.eval / cfg.judge_run, prompts, settings,
                               store_path=run.eval_store, retry_failed=retry_failed)
-        _all_answered(scored["judge_summary"].get("failed_requests", 0), "eval")
+        _all_answered(scored.judge_summary.failed_requests, "eval")
         written.append(run.eval / cfg.judge_run / LEADERBOARD)
     return written
 
