@@ -126,3 +126,16 @@ def test_a_similarity_leaderboard_with_a_baseline_reads_back_equal(tmp_path: Pat
         versus = row.vs_baseline
         assert record["difference"] == (versus.difference if versus else None)
         assert record["p_value"] == (versus.p_value if versus else None)
+
+
+def test_a_leaderboard_written_before_the_test_verdict_was_stored_is_read_by_its_interval(tmp_path: Path) -> None:
+    """Older leaderboards had no `significant`: a difference whose interval excludes 0 reads as significant."""
+    row = {"model": "a", "prompts": 4, "mean_length": 7.0, "reference_length": 9.0, "unjudged": 0,
+           "score": {"value": 0.5, "low": 0.4, "high": 0.6}}
+    versus = {"model": "b", "difference": 0.2, "low": 0.05, "high": 0.3, "p_value": 0.01, "prompts": 4}
+    path = tmp_path / "leaderboard.json"
+    path.write_text(json.dumps({"judge": "similarity", "prompts": 4, "reference": "ref.json", "models": [
+        {**row, "vs_baseline": versus}, {**row, "model": "c", "vs_baseline": {**versus, "low": -0.1}}]}))
+    board = Leaderboard.read(path)
+    assert [row.vs_baseline.significant for row in board.models] == [True, False]
+    assert board.judge_summary.failed_requests == 0  # no tally in the file: nothing failed that it knows of
