@@ -115,7 +115,7 @@ def test_a_similarity_leaderboard_with_a_baseline_reads_back_equal(tmp_path: Pat
     back equal, and the frame holds the same numbers as the rows."""
     files = {name: SAMPLE / f"{name}.json" for name in ("strong", "medium", "weak")}
     board = evaluate([], [f"copy={files['strong']}", f"medium={files['medium']}", f"weak={files['weak']}"],
-                     files["strong"], JudgeConfig(kind="similarity"), tmp_path / "eval",
+                     files["strong"], JudgeConfig(kind="similarity", reference="reference"), tmp_path / "eval",
                      settings=EvalSettings(bootstrap=50, baseline="weak"), show_progress=False)
     reads_back(Leaderboard, tmp_path / "eval" / "leaderboard.json", board, tmp_path)
     assert board.measure.label == "score" and board.baseline == "weak"
