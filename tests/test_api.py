@@ -23,6 +23,7 @@ import pairforge as pf
 from conftest import SAMPLE, preference_rows, sample_recipe
 from pairforge.cli import app
 from pairforge.errors import InputError
+from pairforge.evaluate.leaderboard import Leaderboard
 
 RANK = "gpt-4 > chatgpt > davinci"
 
@@ -152,8 +153,11 @@ def test_evaluate_outputs_in_memory_writes_a_leaderboard(tmp_path: Path) -> None
                                  "weak": pl.read_json(SAMPLE / "weak.json")},
                         reference=pl.read_json(SAMPLE / "strong.json"), judge="similarity", out=tmp_path / "eval",
                         bootstrap=200, progress=False)
-    assert [m["model"] for m in board["models"]] == ["close", "weak"] and board["prompts"] == 50
-    assert json.loads((tmp_path / "eval" / "leaderboard.json").read_text()) == json.loads(json.dumps(board))
+    assert [m.model for m in board.models] == ["close", "weak"] and board.prompts == 50
+    assert Leaderboard.read(tmp_path / "eval" / "leaderboard.json") == board
+    table = board.to_polars()
+    assert table["model"].to_list() == ["close", "weak"] and table["value"][0] > table["value"][1]
+    assert (table["low"] <= table["value"]).all() and (table["value"] <= table["high"]).all()
 
 
 def test_run_from_python_returns_what_it_did(tmp_path: Path) -> None:

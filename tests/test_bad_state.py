@@ -134,11 +134,12 @@ def _write(path: Path, data: Any) -> Path:
 
 
 def _run_outputs(root: Path, **replace: Any) -> Path:
-    """A run folder with a training run, a ranking and a leaderboard; `replace` swaps one file's content."""
+    """A run folder with a training run, a ranking and a leaderboard; `replace` swaps one file's content (or adds
+    one)."""
     files = {"train/dpo/run.json": {"config": {"method": "dpo"}}, "train/dpo/metrics.jsonl": _METRICS,
              "ranking.json": _RANKING, "eval/leaderboard.json": _LEADERBOARD}
-    for name, data in files.items():
-        _write(root / name, replace.get(name, data))
+    for name, data in {**files, **replace}.items():
+        _write(root / name, data)
     return root
 
 
@@ -156,10 +157,16 @@ def test_report_of_well_formed_outputs(tmp_path: Path) -> None:
      ("metrics.jsonl line 1, field 'step'", "expected an integer, found string 'one'")),
     ("eval/leaderboard.json", [], ("leaderboard.json", "expected a JSON object with 'judge'", "found array []")),
     ("eval/leaderboard.json", {k: v for k, v in _LEADERBOARD.items() if k != "judge"},
-     ("leaderboard.json, field 'judge'", "expected a string, but the field is missing")),
+     ("leaderboard.json: field 'judge'", "Field required", "expected a JSON object with 'judge'")),
     ("eval/leaderboard.json", {**_LEADERBOARD, "models": [{**_LEADERBOARD["models"][0], "score": 0.5}]},
-     ("leaderboard.json, field 'models[0].score'", "expected a JSON object, found number 0.5")),
-    ("ranking.json", {}, ("ranking.json, field 'rank'", "the field is missing (fields found: none)")),
+     ("leaderboard.json: field 'models.0.score'", "should be a dictionary")),
+    ("eval/leaderboard.json", {**_LEADERBOARD, "models": [{**_LEADERBOARD["models"][0], "mean_length": "long"}]},
+     ("leaderboard.json: field 'models.0.mean_length'", "should be a valid number")),
+    ("ranking.json", {}, ("ranking.json: field 'rank'", "Field required", "as `pairforge rank` writes it")),
+    ("ranking.json", {**_RANKING, "adjacent": [{**_RANKING["adjacent"][0], "significant": "maybe"}]},
+     ("ranking.json: field 'adjacent.0.significant'", "should be a valid boolean")),
+    ("sources/judge.summary.json", {"judge": "similarity", "answers": 2, "scored": 1, "per_source": {"a": {}}},
+     ("judge.summary.json: field 'per_source.a.answers'", "Field required")),
     ("train/dpo/run.json", {}, ("run.json: field 'config': Field required", "expected a JSON object as `pairforge "
                                 "train` writes it")),
     ("train/dpo/run.json", {"config": {"lr": 1e-3}}, ("run.json: field 'config'", "expected 'method' in it")),

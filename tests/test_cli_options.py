@@ -239,7 +239,7 @@ def sampled_prompts(tmp_path: Path, responses: Path, seed: int, max_prompts: int
         "kind": "similarity", "reference": "ref", "max_prompts": max_prompts, "seed": seed}))
     result = judge(recipe, tmp_path / name, responses=responses, show_progress=False)
     scored = pl.read_parquet(result.scored)
-    assert result.summary["answers"] == scored.height == 2 * scored["prompt_id"].n_unique()
+    assert result.summary.answers == scored.height == 2 * scored["prompt_id"].n_unique()
     return scored["prompt_id"].unique(maintain_order=True).to_list()
 
 
@@ -321,9 +321,9 @@ def test_llm_pairwise_with_a_reference_compares_every_source_with_it_only(tmp_pa
     assert sorted(zip(judgments["source_a"], judgments["source_b"], strict=True)) == [
         ("mid", "strong"), ("mid", "strong"), ("weak", "strong"), ("weak", "strong")]
     assert judgments["p_a"].to_list() == pytest.approx([0.1] * 4)  # (0.1 + 1 - 0.9) / 2: the reference wins
-    per_source = {s: v["mean"] for s, v in result.summary["per_source"].items()}
+    per_source = {s: v.mean for s, v in result.summary.per_source.items()}
     assert per_source == pytest.approx({"strong": 0.9, "mid": 0.1, "weak": 0.1})
-    assert result.summary["comparisons"] == 4
+    assert result.summary.comparisons == 4
 
 
 # --- generate ------------------------------------------------------------------------------------------------

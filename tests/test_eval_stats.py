@@ -69,14 +69,18 @@ def test_paired_test_keeps_its_level_on_small_samples() -> None:
 def test_a_length_controlled_rate_far_from_the_raw_one_is_pointed_out() -> None:
     """A model whose answers are all much longer: its length-controlled win rate extrapolates, and the notes
     say to read both (as AlpacaEval 2 warns); a small gap gets no note."""
+    from pairforge.evaluate.leaderboard import Leaderboard
     from pairforge.render import leaderboard_notes
 
     def model(name: str, raw: float, controlled: float) -> dict:
         rate = {"value": raw, "low": raw - 0.05, "high": raw + 0.05}
-        return {"model": name, "unjudged": 0, "prompts": 100, "win_rate": rate,
+        return {"model": name, "unjudged": 0, "prompts": 100, "mean_length": 50.0, "reference_length": 20.0,
+                "win_rate": rate,
                 "length_controlled_win_rate": {"value": controlled, "low": controlled - 0.1, "high": controlled + 0.1}}
 
-    notes = leaderboard_notes({"models": [model("long", 0.61, 0.80), model("fair", 0.55, 0.52)]})
+    board = Leaderboard(judge="reward-model", prompts=100, reference="ref.json",
+                        models=[model("long", 0.61, 0.80), model("fair", 0.55, 0.52)])
+    notes = leaderboard_notes(board)
     assert [n for n in notes if "length-controlled" in n] == [
         "long: the length-controlled win rate (0.800) is +0.190 from the raw one (0.610): length explains much of "
         "its verdicts, or its lengths barely overlap the reference's (then the length-controlled value is an "

@@ -87,9 +87,9 @@ def test_models_answer_in_alpaca_eval_shape_and_known_verdicts_give_the_win_rate
         assert {"instruction", "output", "generator", "dataset"} <= set(outputs.columns)
         assert outputs["instruction"].tolist() == questions and set(outputs["generator"]) == {"tiny"}
         assert outputs["output"].map(lambda o: isinstance(o, str)).all()
-        entry = result["models"][0]
-        assert failing.requests == 8 and result["judge_summary"]["failed_requests"] == 8  # 4 prompts, both orders
-        assert entry["unjudged"] == 4 and "win_rate" not in entry  # no verdict: no number invented
+        entry = result.models[0]
+        assert failing.requests == 8 and result.judge_summary.failed_requests == 8  # 4 prompts, both orders
+        assert entry.unjudged == 4 and entry.win_rate is None  # no verdict: no number invented
         ids = {q: prompt_id_of(to_messages(q)) for q in questions}
         better = {ids[questions[0]]: "tiny", ids[questions[1]]: "tiny", ids[questions[2]]: "reference"}
 
@@ -108,13 +108,13 @@ def test_models_answer_in_alpaca_eval_shape_and_known_verdicts_give_the_win_rate
                      show_progress=False)
     finally:
         failing.close()
-    entry = again["models"][0]
-    assert entry["win_rate"]["value"] == pytest.approx(2 / 3)  # better on 2 of the 3 prompts with a verdict
-    assert entry["per_dataset"] == pytest.approx({"toy": 2 / 3}) and entry["unjudged"] == 1
+    entry = again.models[0]
+    assert entry.win_rate.value == pytest.approx(2 / 3)  # better on 2 of the 3 prompts with a verdict
+    assert entry.per_dataset == pytest.approx({"toy": 2 / 3}) and entry.unjudged == 1
     verdicts = pl.read_parquet(tmp_path / "eval" / "eval.parquet")
     assert dict(zip(verdicts["prompt_id"], verdicts["verdict"], strict=True)) == {
         ids[questions[0]]: 1.0, ids[questions[1]]: 1.0, ids[questions[2]]: 0.0, ids[questions[3]]: None}
-    assert again["judge_summary"]["unreadable"] == 1 and again["judge_summary"]["failed_requests"] == 0
+    assert again.judge_summary.unreadable == 1 and again.judge_summary.failed_requests == 0
     assert pd.read_json(tmp_path / "eval" / "tiny.model_outputs.json")["output"].tolist() == outputs["output"].tolist()
 
 
@@ -160,8 +160,8 @@ def test_a_real_llm_judge_gives_win_rates_from_its_stored_verdicts(tmp_path: Pat
         assert counter.requests == 2 * len(rows)  # the rerun reads every verdict from the store
     finally:
         counter.close()
-    assert again["models"] == result["models"]
-    assert result["judge_summary"]["failed_requests"] == 0
+    assert again.models == result.models
+    assert result.judge_summary.failed_requests == 0
 
     # the verdicts again, from the judge's raw replies in the store (key judge:<prompt>:<first>:<second>:...)
     store = sqlite3.connect(tmp_path / "eval" / "store.sqlite")
@@ -175,14 +175,14 @@ def test_a_real_llm_judge_gives_win_rates_from_its_stored_verdicts(tmp_path: Pat
 
     table = pl.read_parquet(tmp_path / "eval" / "eval.parquet")  # one row per prompt: P(model beats reference)
     assert dict(zip(table["prompt_id"], table["verdict"], strict=True)) == pytest.approx(verdict)
-    entry = result["models"][0]
-    assert entry["model"] == "model" and entry["unjudged"] == 0
-    win = entry["win_rate"]
-    assert 0 <= win["low"] <= win["value"] <= win["high"] <= 1
-    assert win["value"] == pytest.approx(sum(verdict.values()) / len(verdict))
-    controlled = entry["length_controlled_win_rate"]
-    assert 0 <= controlled["low"] <= controlled["value"] <= controlled["high"] <= 1
-    assert entry["per_dataset"] == pytest.approx(
+    entry = result.models[0]
+    assert entry.model == "model" and entry.unjudged == 0
+    win = entry.win_rate
+    assert 0 <= win.low <= win.value <= win.high <= 1
+    assert win.value == pytest.approx(sum(verdict.values()) / len(verdict))
+    controlled = entry.length_controlled_win_rate
+    assert 0 <= controlled.low <= controlled.value <= controlled.high <= 1
+    assert entry.per_dataset == pytest.approx(
         {d: sum(v for p, v in verdict.items() if ids[p] == d) / 2 for d in ("geo", "math")})
 
 
@@ -225,7 +225,7 @@ def test_a_reward_model_judge_retrained_in_its_folder_scores_again(tmp_path: Pat
     def mean_reward() -> float:
         board = evaluate([], [answers], reference, judge, tmp_path / "eval", settings=EvalSettings(bootstrap=20),
                          show_progress=False, store_path=tmp_path / "store.sqlite")
-        return board["models"][0]["score"]["value"]
+        return board.models[0].score.value
 
     before = mean_reward()
     assert mean_reward() == before  # the same judge: its scores come from the store

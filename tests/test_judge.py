@@ -87,7 +87,7 @@ def test_similarity_judge_scores_closeness_to_the_reference(tmp_path: Path) -> N
     assert by_source["reference"].is_null().all()  # the reference is not judged against itself
     assert (by_source["close"].to_numpy() > by_source["off"].to_numpy() + 0.3).all()
     again = judge(recipe, tmp_path, responses=path, show_progress=False)
-    assert again.summary["cached"] == 6  # cached in the store: nothing recomputed
+    assert again.summary.cached == 6  # cached in the store: nothing recomputed
 
 
 @pytest.mark.slow
@@ -164,11 +164,11 @@ def test_llm_pairwise_judge_on_a_real_llama_cpp_server(tmp_path: Path, llama_ser
         result = judge(recipe, tmp_path, responses=path, show_progress=False)
         judgments = pl.read_parquet(result.judgments)
         assert judgments.height == 9  # 3 prompts x 3 source pairs, each asked in both orders
-        assert counter.requests == 18 and result.summary["failed_requests"] == 0
+        assert counter.requests == 18 and result.summary.failed_requests == 0
         assert set(judgments["method_ab"]) | set(judgments["method_ba"]) <= {"logprobs", "text", "unparseable"}
         assert (judgments["method_ab"] == "logprobs").sum() > 0  # llama.cpp returns log-probs: used first
         assert judgments["p_a"].drop_nulls().is_between(0, 1).all()
-        assert 0 <= result.summary["p_first_shown_wins"] <= 1
+        assert 0 <= result.summary.p_first_shown_wins <= 1
         scored = pl.read_parquet(result.scored)
         assert scored["score"].drop_nulls().is_between(0, 1).all()
         again = judge(recipe, tmp_path, responses=path, show_progress=False)
@@ -211,8 +211,8 @@ def test_known_verdicts_give_exact_probabilities_scores_and_direction(tmp_path: 
             mode="json", exclude_unset=True)))
         failed = judge(recipe, tmp_path, responses=path, show_progress=False)
         scored = pl.read_parquet(failed.scored)
-        assert failing.requests == 12 and failed.summary["failed_requests"] == 12  # 2 prompts x 3 pairs x 2 orders
-        assert failed.summary["unreadable"] == 6 and scored["score"].is_null().all()  # no verdict, no score
+        assert failing.requests == 12 and failed.summary.failed_requests == 12  # 2 prompts x 3 pairs x 2 orders
+        assert failed.summary.unreadable == 6 and scored["score"].is_null().all()  # no verdict, no score
         prompt_ids = dict(zip(scored["prompt"], scored["prompt_id"], strict=True))
         assert answer_failed_judge_requests(tmp_path / "store.sqlite", known_reply(prompt_ids)) == 12
         result = judge(recipe, tmp_path, responses=path, show_progress=False)
@@ -231,10 +231,10 @@ def test_known_verdicts_give_exact_probabilities_scores_and_direction(tmp_path: 
     assert by_answer == pytest.approx({(first, "strong"): 1.0, (first, "mid"): 0.5, (first, "weak"): 0.0,
                                        (second, "strong"): 0.8, (second, "mid"): 0.2, (second, "weak"): 0.2})
     summary = result.summary
-    assert {s: v["mean"] for s, v in summary["per_source"].items()} == pytest.approx(
+    assert {s: v.mean for s, v in summary.per_source.items()} == pytest.approx(
         {"strong": 0.9, "mid": 0.35, "weak": 0.1})
-    assert list(summary["per_source"]) == ["strong", "mid", "weak"]  # best first: the judge's direction
-    assert (summary["comparisons"], summary["unreadable"], summary["failed_requests"]) == (6, 1, 0)
-    assert summary["verdicts_from_logprobs"] == 5
+    assert list(summary.per_source) == ["strong", "mid", "weak"]  # best first: the judge's direction
+    assert (summary.comparisons, summary.unreadable, summary.failed_requests) == (6, 1, 0)
+    assert summary.verdicts_from_logprobs == 5
     # shown first and won: 3 x 1 and 3 x 0 on the first prompt, 3 x 0.8 and 2 x 0.2 on the second (11 readable)
-    assert summary["p_first_shown_wins"] == pytest.approx(5.8 / 11)
+    assert summary.p_first_shown_wins == pytest.approx(5.8 / 11)

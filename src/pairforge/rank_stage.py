@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from pairforge.files import check_output, write_json
-from pairforge.judge.ranking import Ranking, fit, read_comparisons
+from pairforge.files import check_output
+from pairforge.judge.ranking import DeclaredCheck, Ranking, fit, read_comparisons
 from pairforge.layout import RunDir
 from pairforge.pairs.order import parse_rank
 from pairforge.recipe import Recipe
@@ -28,22 +27,21 @@ def rank(recipe: Recipe, run: RunDir) -> Ranked:
     check_output(run.ranking, "file", "--out")
     evidence, comparisons = read_comparisons(run.judgments, run.scored)
     cfg = recipe.ranking
-    ranking = fit(comparisons, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.min_win_probability)
-    result = ranking.to_json()
+    ranking = fit(comparisons, cfg.bootstrap, cfg.confidence, cfg.seed, cfg.min_win_probability).ranking()
     if recipe.pairs.rank:
-        result["declared_check"] = _declared_check(recipe.pairs.rank, result)
-    return Ranked(ranking, evidence, write_json(result, run.ranking))
+        ranking.declared_check = _declared_check(recipe.pairs.rank, ranking)
+    return Ranked(ranking, evidence, ranking.write(run.ranking))
 
 
-def _declared_check(declared: str, ranking: dict[str, Any]) -> dict[str, Any]:
+def _declared_check(declared: str, ranking: Ranking) -> DeclaredCheck:
     """Which of the declared 'a > b' the judge's significant order confirms."""
-    found = set(ranking["rank"].split(", ")) if ranking["rank"] else set()
-    judged = {s["name"] for s in ranking["sources"]}  # a judge's own reference is not judged against itself
+    found = set(ranking.rank.split(", ")) if ranking.rank else set()
+    judged = {s.name for s in ranking.sources}  # a judge's own reference is not judged against itself
     beats = sorted(parse_rank(declared).beats)
     checkable = [f"{a} > {b}" for a, b in beats if a in judged and b in judged]
-    return {"declared": declared, "confirmed": [d for d in checkable if d in found],
-            "not_confirmed": [d for d in checkable if d not in found],
-            "not_judged": [f"{a} > {b}" for a, b in beats if a not in judged or b not in judged]}
+    return DeclaredCheck(declared=declared, confirmed=[d for d in checkable if d in found],
+                         not_confirmed=[d for d in checkable if d not in found],
+                         not_judged=[f"{a} > {b}" for a, b in beats if a not in judged or b not in judged])
 
 
 def units(r: Round) -> list[StageUnit]:

@@ -8,7 +8,7 @@ look the same everywhere: three decimals, intervals as '0.612 [0.540, 0.690]', d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.table import Table
@@ -16,6 +16,12 @@ from rich.table import Table
 from pairforge.generate.summary import GenerationSummary
 from pairforge.pairs.summary import PairsSummary, RevisionStats
 from pairforge.revise import RevisionSummary
+
+if TYPE_CHECKING:  # the stages' results: read here by attribute, imported by their stages
+    from pairforge.evaluate.leaderboard import Leaderboard, Versus
+    from pairforge.evaluate.stats import Interval
+    from pairforge.judge.ranking import DeclaredCheck, Ranking
+    from pairforge.judge.summary import JudgeSummary
 
 
 @dataclass
@@ -42,14 +48,14 @@ def number(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def interval(value: dict[str, float] | None) -> str:
-    """{value, low, high} as '0.612 [0.540, 0.690]', '-' when absent."""
-    return "-" if not value else f"{value['value']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+def interval(value: Interval | None) -> str:
+    """A value with its interval as '0.612 [0.540, 0.690]', '-' when absent."""
+    return "-" if not value else f"{value.value:.3f} [{value.low:.3f}, {value.high:.3f}]"
 
 
-def difference(versus: dict[str, float]) -> str:
-    """A paired difference {difference, low, high} as '+0.034 [+0.012, +0.055]'."""
-    return f"{versus['difference']:+.3f} [{versus['low']:+.3f}, {versus['high']:+.3f}]"
+def difference(versus: Versus) -> str:
+    """A paired difference with its interval as '+0.034 [+0.012, +0.055]'."""
+    return f"{versus.difference:+.3f} [{versus.low:+.3f}, {versus.high:+.3f}]"
 
 
 def p_value(p: float) -> str:
@@ -57,17 +63,12 @@ def p_value(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
-def significance(model: str, versus: dict[str, Any]) -> str:
+def significance(model: str, versus: Versus) -> str:
     """One sentence on a paired difference: better or worse when its test says significant, in its direction."""
-    verdict = ("not significantly different from" if not _significant(versus) else
-               "significantly better than" if versus["difference"] > 0 else "significantly worse than")
-    return (f"{model} is {verdict} {versus['model']}: {difference(versus)} (95% interval, "
-            f"{p_value(versus['p_value'])}, {versus['prompts']} prompts)")
-
-
-def _significant(versus: dict[str, Any]) -> bool:
-    """The test's verdict; leaderboards written before it was stored said it by the interval."""
-    return bool(versus.get("significant", versus["low"] > 0 or versus["high"] < 0))
+    verdict = ("not significantly different from" if not versus.significant else
+               "significantly better than" if versus.difference > 0 else "significantly worse than")
+    return (f"{model} is {verdict} {versus.model}: {difference(versus)} (95% interval, "
+            f"{p_value(versus.p_value)}, {versus.prompts} prompts)")
 
 
 def duration(seconds: float | None) -> str:
@@ -157,23 +158,20 @@ def pairs_summary(summary: PairsSummary) -> list[Grid]:
 
 # --- evaluation -----------------------------------------------------------------------------------------
 
-def leaderboard(board: dict[str, Any]) -> Grid:
-    """Score or win rate with interval, lengths, the paired test against the next row and against the
-    baseline (the untrained base) when there is one."""
-    pairwise = board["judge"] != "similarity"
-    against = next((e["vs_baseline"]["model"] for e in board["models"] if "vs_baseline" in e), None)
-    keys = ("win_rate", "length_controlled_win_rate", "score") if pairwise else ("score",)
-    headers = ["win rate [95%]", "LC win rate [95%]", "mean score"] if pairwise else ["similarity [95%]"]
-    grid = Grid(f"{board['judge']} vs reference, {board['prompts']} prompts",
-                ["model", *headers, "words (ref)", "unjudged", "vs next (p)",
+def leaderboard(board: Leaderboard) -> Grid:
+    """Score or win rate with interval (as the board's measure shows them), lengths, the paired test against the
+    next row and against the baseline (the untrained base) when there is one."""
+    shown, against = board.measure.shown, board.baseline
+    grid = Grid(f"{board.judge} vs reference, {board.prompts} prompts",
+                ["model", *(header for _, header in shown), "words (ref)", "unjudged", "vs next (p)",
                  *([f"vs {against} [95%]"] if against else [])])
-    for entry in board["models"]:
-        nxt = entry.get("vs_next")
-        cells = [entry["model"], *(interval(entry.get(k)) for k in keys),
-                 f"{entry['mean_length']:.0f} ({entry['reference_length']:.0f})", str(entry["unjudged"]),
-                 f"{nxt['difference']:+.3f} ({p_value(nxt['p_value'])})" if nxt else ""]
+    for entry in board.models:
+        nxt = entry.vs_next
+        cells = [entry.model, *(interval(getattr(entry, key)) for key, _ in shown),
+                 f"{entry.mean_length:.0f} ({entry.reference_length:.0f})", str(entry.unjudged),
+                 f"{nxt.difference:+.3f} ({p_value(nxt.p_value)})" if nxt else ""]
         if against:
-            cells.append(difference(entry["vs_baseline"]) if "vs_baseline" in entry else "")
+            cells.append(difference(entry.vs_baseline) if entry.vs_baseline else "")
         grid.rows.append(cells)
     return grid
 
@@ -181,73 +179,72 @@ def leaderboard(board: dict[str, Any]) -> Grid:
 _LC_GAP = 0.1  # AlpacaEval 2 warns likewise when its length-controlled win rate strays far from the raw one
 
 
-def leaderboard_notes(board: dict[str, Any]) -> list[str]:
+def leaderboard_notes(board: Leaderboard) -> list[str]:
     """What the leaderboard's numbers mean, one sentence each: prompts left unjudged, each model against the
     baseline, and whether each gap to the next row is significant."""
     notes = []
-    for entry in board["models"]:
-        if entry["unjudged"]:
-            notes.append(f"{entry['model']}: {entry['unjudged']} of {entry['prompts']} prompts got no usable verdict "
+    for entry in board.models:
+        if entry.unjudged:
+            notes.append(f"{entry.model}: {entry.unjudged} of {entry.prompts} prompts got no usable verdict "
                          "and are left out of its numbers")
-    for entry in board["models"]:
-        raw, controlled = entry.get("win_rate"), entry.get("length_controlled_win_rate")
-        if raw and controlled and abs(controlled["value"] - raw["value"]) > _LC_GAP:
-            notes.append(f"{entry['model']}: the length-controlled win rate ({controlled['value']:.3f}) is "
-                         f"{controlled['value'] - raw['value']:+.3f} from the raw one ({raw['value']:.3f}): length "
+    for entry in board.models:
+        raw, controlled = entry.win_rate, entry.length_controlled_win_rate
+        if raw and controlled and abs(controlled.value - raw.value) > _LC_GAP:
+            notes.append(f"{entry.model}: the length-controlled win rate ({controlled.value:.3f}) is "
+                         f"{controlled.value - raw.value:+.3f} from the raw one ({raw.value:.3f}): length "
                          "explains much of its verdicts, or its lengths barely overlap the reference's (then the "
                          "length-controlled value is an extrapolation): read both")
-    notes += [significance(e["model"], e["vs_baseline"]) for e in board["models"] if "vs_baseline" in e]
-    for entry in board["models"]:
-        if nxt := entry.get("vs_next"):
-            verdict = (("better" if nxt["difference"] > 0 else "worse") + f" on the {nxt['prompts']} prompts both "
-                       "were judged on" if _significant(nxt) else "not significantly different at this size")
-            notes.append(f"{entry['model']} vs {nxt['model']}: {verdict} ({p_value(nxt['p_value'])})")
+    notes += [significance(e.model, e.vs_baseline) for e in board.models if e.vs_baseline]
+    for entry in board.models:
+        if nxt := entry.vs_next:
+            verdict = (("better" if nxt.difference > 0 else "worse") + f" on the {nxt.prompts} prompts both "
+                       "were judged on" if nxt.significant else "not significantly different at this size")
+            notes.append(f"{entry.model} vs {nxt.model}: {verdict} ({p_value(nxt.p_value)})")
     return notes
 
 
 # --- sources ----------------------------------------------------------------------------------------------
 
-def judge_summary(summary: dict[str, Any]) -> Grid:
-    pairwise = summary["judge"] == "llm-pairwise"
-    grid = Grid(f"judge: {summary['judge']}", ["source", "answers", "scored", "win rate" if pairwise else "mean score",
-                                                "std"])
-    grid.rows += [[name, str(s["answers"]), str(s["scored"]), number(s["mean"]), number(s["std"])]
-                  for name, s in summary["per_source"].items()]
+def judge_summary(summary: JudgeSummary) -> Grid:
+    grid = Grid(f"judge: {summary.judge}", ["source", "answers", "scored",
+                                            "win rate" if summary.pairwise else "mean score", "std"])
+    grid.rows += [[name, str(s.answers), str(s.scored), number(s.mean), number(s.std)]
+                  for name, s in summary.per_source.items()]
     return grid
 
 
-def position_bias(summary: dict[str, Any]) -> str:
-    return (f"{summary['comparisons']} comparisons, {summary['unreadable']} unreadable (left out), "
-            f"{summary['verdicts_from_logprobs']} verdicts from log-probs; the answer shown first wins "
-            f"{number(summary['p_first_shown_wins'])} of the time (0.5 = no position bias)")
+def position_bias(summary: JudgeSummary) -> str:
+    return (f"{summary.comparisons} comparisons, {summary.unreadable} unreadable (left out), "
+            f"{summary.verdicts_from_logprobs} verdicts from log-probs; the answer shown first wins "
+            f"{number(summary.p_first_shown_wins)} of the time (0.5 = no position bias)")
 
 
-def ranking(result: dict[str, Any], evidence: str) -> Grid:
+def ranking(result: Ranking, evidence: str) -> Grid:
     """Source strength from ranking.json: rank, strength with interval, P(above next), P(beats next)."""
-    grid = Grid(f"source strength (Bradley-Terry, {result['prompts']} prompts, {result['comparisons']} comparisons "
-                f"from {evidence})", ["rank", "source", "strength", f"{result['confidence']:.0%} interval",
+    grid = Grid(f"source strength (Bradley-Terry, {result.prompts} prompts, {result.comparisons} comparisons "
+                f"from {evidence})", ["rank", "source", "strength", f"{result.confidence:.0%} interval",
                                       "P(above next)", "P(beats next)"], left=2)
-    below = [*result["adjacent"], None]
-    for i, (s, nxt) in enumerate(zip(result["sources"], below, strict=True)):
-        grid.rows.append([str(i + 1), s["name"], f"{s['strength']:+.3f}", f"[{s['low']:+.3f}, {s['high']:+.3f}]",
-                          f"{nxt['probability']:.3f}" + (" *" if nxt["significant"] else "") if nxt else "",
-                          f"{nxt['win_probability']:.3f}" if nxt else ""])
+    below = [*result.adjacent, None]
+    for i, (s, nxt) in enumerate(zip(result.sources, below, strict=True)):
+        grid.rows.append([str(i + 1), s.name, f"{s.strength:+.3f}", f"[{s.low:+.3f}, {s.high:+.3f}]",
+                          f"{nxt.probability:.3f}" + (" *" if nxt.significant else "") if nxt else "",
+                          f"{nxt.win_probability:.3f}" if nxt else ""])
     return grid
 
 
-def significant_order(result: dict[str, Any]) -> str:
-    return (f"significant order (* : two-sided at {1 - result['confidence']:.2g} over all pairs (Holm) and P(beats) "
-            f">= {result['min_win_probability']}): {result['rank'] or '(none)'}")
+def significant_order(result: Ranking) -> str:
+    return (f"significant order (* : two-sided at {1 - result.confidence:.2g} over all pairs (Holm) and P(beats) "
+            f">= {result.min_win_probability}): {result.rank or '(none)'}")
 
 
-def declared_check(check: dict[str, Any]) -> str:
+def declared_check(check: DeclaredCheck) -> str:
     """Which of the recipe's declared strength orders the judge's ranking confirms."""
-    confirmed = ", ".join(check["confirmed"]) or "nothing"
-    line = f"declared order {check['declared']}: the judge's ranking confirms {confirmed}"
-    if check["not_confirmed"]:
-        line += f"; not confirmed: {', '.join(check['not_confirmed'])}"
-    if check.get("not_judged"):
-        line += f"; not judged (the judge's reference): {', '.join(check['not_judged'])}"
+    confirmed = ", ".join(check.confirmed) or "nothing"
+    line = f"declared order {check.declared}: the judge's ranking confirms {confirmed}"
+    if check.not_confirmed:
+        line += f"; not confirmed: {', '.join(check.not_confirmed)}"
+    if check.not_judged:
+        line += f"; not judged (the judge's reference): {', '.join(check.not_judged)}"
     return line
 
 
@@ -309,7 +306,7 @@ class Round:
 
     name: str
     summary: dict[str, Any] | None
-    board: dict[str, Any]
+    board: Leaderboard
     margins: dict[str, float]
 
 
@@ -319,12 +316,11 @@ def rounds(entries: list[Round]) -> Grid:
     grid = Grid("rounds", ["round", "pairs", "model", "reward margin", "score [95%]", "vs base [95%]", "p"], left=3)
     for i, r in enumerate(entries):
         pairs = str(sum(r.summary["pairs"]["train"].values())) if r.summary else "-"
-        key = "score" if r.board["judge"] == "similarity" else "win_rate"
-        for entry in r.board["models"]:
-            if entry["model"] == "base" and i > 0:
+        for entry in r.board.models:
+            if entry.model == "base" and i > 0:
                 continue  # the same base every round
-            versus = entry.get("vs_baseline")
-            grid.rows.append([r.name, pairs, entry["model"], number(r.margins.get(entry["model"])),
-                              interval(entry.get(key)), difference(versus) if versus else "",
-                              p_value(versus["p_value"]).removeprefix("p = ") if versus else ""])
+            versus = entry.vs_baseline
+            grid.rows.append([r.name, pairs, entry.model, number(r.margins.get(entry.model)),
+                              interval(r.board.measure.of(entry)), difference(versus) if versus else "",
+                              p_value(versus.p_value).removeprefix("p = ") if versus else ""])
     return grid

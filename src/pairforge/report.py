@@ -6,8 +6,8 @@ section: pairs (`*.summary.json` of `pairs build`, and its pairs file), sources 
 `eval.parquet`). The page ends with the exact settings found and the library versions, so a run can
 be reproduced. Sections without artifacts are left out, and the page says which ones were found.
 
-Each kind of file is read through its typed result (`PairsSummary`, `TrainResult`) or one validating reader
-(`_ranking`, ...) that checks the fields the page uses: a hand-edited file is one line naming the file and the
+Each kind of file is read through its stage's typed result (`PairsSummary`, `TrainResult`, `Leaderboard`,
+`Ranking`, `JudgeSummary`), whose `read` checks the whole file: a hand-edited file is one line naming the file and the
 field expected, never a traceback.
 """
 
@@ -33,8 +33,11 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from pairforge import render  # noqa: E402
 from pairforge.errors import InputError  # noqa: E402
-from pairforge.fields import check_shape  # noqa: E402
+from pairforge.evaluate.leaderboard import Leaderboard  # noqa: E402
+from pairforge.evaluate.stats import Interval  # noqa: E402
 from pairforge.files import check_output, write_atomically  # noqa: E402
+from pairforge.judge.ranking import Ranking  # noqa: E402
+from pairforge.judge.summary import JudgeSummary  # noqa: E402
 from pairforge.layout import JUDGE_SUMMARY, LEADERBOARD, METRICS, RANKING, RUN_INFO  # noqa: E402
 from pairforge.pairs.summary import PairsSummary, RevisionStats  # noqa: E402
 from pairforge.render import Grid  # noqa: E402
@@ -156,27 +159,26 @@ def _pair_distributions(path: Path) -> bytes:
 
 
 def _sources(files: list[Path]) -> Section | None:
-    judged = [_judge_summary(f) for f in files if f.name == JUDGE_SUMMARY]
-    ranked = [_ranking(f) for f in files if f.name == RANKING]
+    judged = [JudgeSummary.read(f) for f in files if f.name == JUDGE_SUMMARY]
+    ranked = [Ranking.read(f) for f in files if f.name == RANKING]
     if not judged and not ranked:
         return None
     section = Section("sources", "Sources: judge and strength")
     for summary in judged:
         section.tables.append(render.judge_summary(summary))
-        if summary.get("p_first_shown_wins") is not None:
+        if summary.p_first_shown_wins is not None:
             section.paragraphs.append(render.position_bias(summary) + "; every comparison was asked in both orders.")
     for ranking in ranked:
         section.tables.append(render.ranking(ranking, "the judge's verdicts"))
         section.paragraphs.append(render.significant_order(ranking))
-        if check := ranking.get("declared_check"):
-            section.paragraphs.append(render.declared_check(check))
-        fig, ax = plt.subplots(figsize=(6, 0.6 + 0.5 * len(ranking["sources"])))
-        strengths = ranking["sources"][::-1]
-        ax.errorbar([s["strength"] for s in strengths], range(len(strengths)),
-                    xerr=[[s["strength"] - s["low"] for s in strengths],
-                          [s["high"] - s["strength"] for s in strengths]],
+        if ranking.declared_check:
+            section.paragraphs.append(render.declared_check(ranking.declared_check))
+        fig, ax = plt.subplots(figsize=(6, 0.6 + 0.5 * len(ranking.sources)))
+        strengths = ranking.sources[::-1]
+        ax.errorbar([s.strength for s in strengths], range(len(strengths)),
+                    xerr=[[s.strength - s.low for s in strengths], [s.high - s.strength for s in strengths]],
                     fmt="o", color=_COLORS[4], capsize=3)
-        ax.set_yticks(range(len(strengths)), [s["name"] for s in strengths])
+        ax.set_yticks(range(len(strengths)), [s.name for s in strengths])
         ax.set_title("source strength (Bradley-Terry log-strength, 95% interval)")
         section.figures.append(("source-strength", _png(fig)))
     return section
@@ -227,41 +229,38 @@ def _training_plot(name: str, train: list[dict[str, Any]], evals: list[dict[str,
 
 
 def _evaluation(files: list[Path]) -> Section | None:
-    boards = [f for f in files if f.name == "leaderboard.json"]
+    boards = [f for f in files if f.name == LEADERBOARD]
     if not boards:
         return None
     section = Section("evaluation", "Evaluation")
     for path in boards:
-        board = _leaderboard(path)
-        models = board["models"]
-        pairwise = board["judge"] != "similarity"
-        key = "win_rate" if pairwise else "score"
+        board = Leaderboard.read(path)
+        measure = board.measure
+        measured = [(m, value) for m in board.models if (value := measure.of(m))]
         section.tables.append(render.leaderboard(board))
-        section.paragraphs.append(f"{board['judge']} judge against {Path(board['reference']).name}, "
-                                  f"{board['prompts']} prompts; ties count half. " +
+        section.paragraphs.append(f"{board.judge} judge against {Path(board.reference).name}, "
+                                  f"{board.prompts} prompts; ties count half. " +
                                   "; ".join(render.leaderboard_notes(board)))
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
-        names = [m["model"] for m in models if key in m]
-        for offset, (metric, color) in enumerate(((key, _COLORS[0]), ("length_controlled_win_rate", _COLORS[1]))):
-            values = [m[metric] for m in models if metric in m]
+        for offset, (metric, color) in enumerate(((measure.key, _COLORS[0]),
+                                                  ("length_controlled_win_rate", _COLORS[1]))):
+            values = [value for m in board.models if (value := getattr(m, metric))]
             if not values:
                 continue
             y = [i + 0.2 * offset for i in range(len(values))]
-            axes[0].errorbar([v["value"] for v in values], y, xerr=[[v["value"] - v["low"] for v in values],
-                                                                     [v["high"] - v["value"] for v in values]],
+            axes[0].errorbar([v.value for v in values], y, xerr=[[v.value - v.low for v in values],
+                                                                 [v.high - v.value for v in values]],
                              fmt="o", color=color, capsize=3, label=metric.replace("_", " "))
-        axes[0].set_yticks(range(len(names)), names)
-        if pairwise:
-            axes[0].axvline(0.5, linestyle=":", color="grey")
+        axes[0].set_yticks(range(len(measured)), [m.model for m, _ in measured])
+        if measure.chance is not None:
+            axes[0].axvline(measure.chance, linestyle=":", color="grey")
         axes[0].legend(fontsize=7)
-        axes[0].set_title(f"{key.replace('_', ' ')} with 95% intervals")
-        axes[1].scatter([m["mean_length"] for m in models if key in m], [m[key]["value"] for m in models if key in m],
-                        color=_COLORS[2])
-        for m in models:
-            if key in m:
-                axes[1].annotate(m["model"], (m["mean_length"], m[key]["value"]), fontsize=8)
+        axes[0].set_title(f"{measure.label} with 95% intervals")
+        axes[1].scatter([m.mean_length for m, _ in measured], [v.value for _, v in measured], color=_COLORS[2])
+        for m, v in measured:
+            axes[1].annotate(m.model, (m.mean_length, v.value), fontsize=8)
         axes[1].set_xlabel("mean answer length (words)")
-        axes[1].set_title(f"length vs {key.replace('_', ' ')}")
+        axes[1].set_title(f"length vs {measure.label}")
         section.figures.append((f"evaluation-{_label(path.parent)}", _png(fig)))
     return section
 
@@ -280,8 +279,8 @@ def round_entries(files: list[Path]) -> list[render.Round]:
             evals = [m for m in read_metrics(metrics) if "eval/rewards/margins" in m]
             if evals:
                 margins[metrics.parent.name] = evals[-1]["eval/rewards/margins"]
-        entries.append(render.Round(folder.name, _json(summary) if summary.exists() else None, _leaderboard(board),
-                                    margins))
+        entries.append(render.Round(folder.name, _json(summary) if summary.exists() else None,
+                                    Leaderboard.read(board), margins))
     return entries
 
 
@@ -295,17 +294,20 @@ def _rounds(files: list[Path]) -> Section | None:
     section.paragraphs.append("Each round trains on pairs that include the previous round's model's own answers; "
                               "every round is evaluated on the same held-out prompts against the same base model.")
     fig, ax = plt.subplots(figsize=(7, 3.4))
-    key = "score" if entries[0].board["judge"] == "similarity" else "win_rate"
-    names = sorted({m["model"] for r in entries for m in r.board["models"] if key in m})
-    for color, name in zip(_COLORS * 4, names, strict=False):
-        points = [(i + 1, m[key]) for i, r in enumerate(entries) for m in r.board["models"]
-                  if m["model"] == name and key in m]
-        ax.errorbar([x for x, _ in points], [v["value"] for _, v in points], yerr=[
-            [v["value"] - v["low"] for _, v in points], [v["high"] - v["value"] for _, v in points]],
+    measure = entries[0].board.measure
+    by_model: dict[str, list[tuple[int, Interval]]] = {}
+    for i, r in enumerate(entries):
+        for m in r.board.models:
+            if value := measure.of(m):
+                by_model.setdefault(m.model, []).append((i + 1, value))
+    for color, name in zip(_COLORS * 4, sorted(by_model), strict=False):
+        points = by_model[name]
+        ax.errorbar([x for x, _ in points], [v.value for _, v in points], yerr=[
+            [v.value - v.low for _, v in points], [v.high - v.value for _, v in points]],
             fmt="o-", capsize=3, color=color, label=name)
     ax.set_xticks(range(1, len(entries) + 1))
     ax.set_xlabel("round")
-    ax.set_title(f"{key.replace('_', ' ')} by round (95% intervals)")
+    ax.set_title(f"{measure.label} by round (95% intervals)")
     ax.legend(fontsize=7)
     section.figures.append(("rounds", _png(fig)))
     return section
@@ -387,42 +389,6 @@ def _json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(str(path), f"not readable JSON ({exc})") from None
-
-
-# --- validating readers: one per kind of file, each checking the fields the page uses --------------------------
-
-_NUM = (int, float)
-_INTERVAL = {"value": _NUM, "low": _NUM, "high": _NUM}
-_VERSUS = {"model": str, "difference": _NUM, "low": _NUM, "high": _NUM, "p_value": _NUM}
-_RANKING_SPEC = {"rank": (str, type(None)), "confidence": _NUM, "min_win_probability": _NUM, "comparisons": int,
-                 "prompts": int, "sources": [{"name": str, "strength": _NUM, "low": _NUM, "high": _NUM}],
-                 "adjacent": [{"probability": _NUM, "win_probability": _NUM, "significant": bool}],
-                 "declared_check?": {"declared": str, "confirmed": [str], "not_confirmed": [str],
-                                     "not_judged?": [str]}}
-_LEADERBOARD_SPEC = {"judge": str, "prompts": int, "reference": str,
-                     "models": [{"model": str, "prompts": int, "mean_length": _NUM, "reference_length": _NUM,
-                                 "unjudged": int, "score?": _INTERVAL, "win_rate?": _INTERVAL,
-                                 "length_controlled_win_rate?": _INTERVAL, "vs_next?": _VERSUS,
-                                 "vs_baseline?": _VERSUS}]}
-_JUDGE_SUMMARY_SPEC = {"judge": str, "per_source": {"*": {"answers": int, "scored": int, "mean": (*_NUM, type(None)),
-                                                          "std": (*_NUM, type(None))}},
-                       "comparisons?": int, "unreadable?": int, "verdicts_from_logprobs?": int,
-                       "p_first_shown_wins?": (*_NUM, type(None))}
-
-
-def _ranking(path: Path) -> dict[str, Any]:
-    """ranking.json of `rank`: the order, each source's strength interval and each adjacent pair's probabilities."""
-    return check_shape(path, _json(path), _RANKING_SPEC)
-
-
-def _leaderboard(path: Path) -> dict[str, Any]:
-    """leaderboard.json of `eval`: the judge, the reference and one entry per model."""
-    return check_shape(path, _json(path), _LEADERBOARD_SPEC)
-
-
-def _judge_summary(path: Path) -> dict[str, Any]:
-    """judge.summary.json of `judge`: per-source counts and means (and, for a pairwise judge, its position bias)."""
-    return check_shape(path, _json(path), _JUDGE_SUMMARY_SPEC)
 
 
 def _version(name: str) -> str:

@@ -46,6 +46,12 @@ class Result(BaseModel):
             raise InputError(where or cls.WHAT, _first_problem(exc, cls.WHAT)) from None
 
 
+class Part(BaseModel):
+    """A part of a result (a row, an interval, a tally): read as strictly as the result it belongs to."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
 def _first_problem(exc: ValidationError, what: str) -> str:
     error = exc.errors()[0]
     field = ".".join(str(part) for part in error["loc"]) or "(top level)"

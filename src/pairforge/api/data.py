@@ -51,7 +51,7 @@ def judge(recipe: Recipe | str | Path, out: str | Path = ".", *, responses: str 
     out = Path(out)
     cfg = recipe_for(recipe, out)
     with writing(out):
-        return judge_answers(cfg, out, Path(responses) if responses else None, retry_failed)  # typed: JudgeSummary
+        return judge_answers(cfg, out, Path(responses) if responses else None, retry_failed)
 
 
 def rank(recipe: Recipe | str | Path, out: str | Path = ".") -> Ranked:
@@ -62,4 +62,4 @@ def rank(recipe: Recipe | str | Path, out: str | Path = ".") -> Ranked:
     out = Path(out)
     cfg = recipe_for(recipe, out)
     with writing(out):
-        return rank_sources(cfg, RunDir(out))  # typed: Ranking
+        return rank_sources(cfg, RunDir(out))

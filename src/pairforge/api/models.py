@@ -17,6 +17,7 @@ from pairforge.pair_files import checked_pairs
 from pairforge.train_config import TrainConfig
 
 if TYPE_CHECKING:
+    from pairforge.evaluate.leaderboard import Leaderboard
     from pairforge.report import Section
     from pairforge.train.result import TrainResult
 
@@ -52,10 +53,10 @@ def train(pairs: Any, *, method: str | dict[str, float] | None = None, model: st
 def evaluate(outputs: Mapping[str, Any] | list[Any] | None = None, reference: Any = None, *,
              models: Mapping[str, str] | list[str] | None = None, judge: str | JudgeConfig = "similarity",
              out: str | Path = "eval", prompts: str | Path | None = None, baseline: str | None = None,
-             retry_failed: bool = False, progress: bool = True, **settings: Any) -> dict[str, Any]:
+             retry_failed: bool = False, progress: bool = True, **settings: Any) -> Leaderboard:
     """Judge models against `reference` answers: win rate (or score) with its interval, length-controlled win
     rate, and with `baseline` each model's difference to it; writes `<out>/leaderboard.json` and
-    `<out>/eval.parquet` and returns the leaderboard.
+    `<out>/eval.parquet` and returns the `Leaderboard` (`.to_polars()`: model, value, low, high, difference, ...).
 
     `outputs` maps a name to answers you already have (AlpacaEval's model_outputs shape: instruction, output),
     each a file or a DataFrame / `datasets.Dataset`; `models` maps a name to a model folder or training run that
@@ -77,7 +78,7 @@ def evaluate(outputs: Mapping[str, Any] | list[Any] | None = None, reference: An
                                 dtype=cfg.dtype)
     named_models = [str(m) for _, m in _items(models or [])]
     return judge_models(named_models, answers, reference_file, judge_cfg, out, Path(prompts) if prompts else None,
-                        run_settings, show_progress=progress, retry_failed=retry_failed)  # typed: Leaderboard
+                        run_settings, show_progress=progress, retry_failed=retry_failed)
 
 
 def _items(given: Mapping[str, Any] | list[Any]) -> list[tuple[str | None, Any]]:

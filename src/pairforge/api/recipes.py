@@ -15,6 +15,8 @@ from pairforge.recipe import Recipe, check_reads_apart, load_recipe
 from pairforge.rounds import round_dir
 
 if TYPE_CHECKING:
+    from pairforge.evaluate.leaderboard import Leaderboard
+    from pairforge.judge.ranking import Ranking
     from pairforge.pipeline import Plan
 
 
@@ -25,8 +27,8 @@ class RunResult:
     run_dir: Path
     recipe: Recipe  # as run (--quick: shrunk)
     stages: list[dict[str, Any]] = field(default_factory=list)  # stage, status (ran | skipped), seconds, outputs
-    leaderboard: Path | None = None  # typed: Leaderboard
-    ranking: Path | None = None  # typed: Ranking
+    leaderboard: Leaderboard | None = None  # eval/leaderboard.json
+    ranking: Ranking | None = None  # ranking.json
     pairs: Path | None = None
     report: Path | None = None
 
@@ -41,6 +43,8 @@ def run(recipe: Recipe | str | Path, quick: bool = False, *, run_dir: str | Path
     `-quick` folder beside. A `Recipe` runs in `run_dir` (default: its own `run_dir`). `progress(stage, message)`
     is called as each stage begins; `on_plan(plan, warnings)` once the plan is made; a warning stops the run."""
     from pairforge import pipeline
+    from pairforge.evaluate.leaderboard import Leaderboard
+    from pairforge.judge.ranking import Ranking
 
     cfg, folder, where = _recipe_and_folder(recipe, quick, run_dir)
     with writing(folder, "run_dir") as still_held:  # one command per run folder, from its first write on
@@ -59,9 +63,10 @@ def run(recipe: Recipe | str | Path, quick: bool = False, *, run_dir: str | Path
         done = pipeline.run(the_plan, from_stage, stage_begins, to_stage)
     last = round_dir(folder, cfg, cfg.rounds)
     found = {name: path if path.exists() else None for name, path in
-             {"leaderboard": last.leaderboard, "ranking": last.ranking, "pairs": last.pairs(),
-              "report": RunDir(folder).report}.items()}
-    return RunResult(folder, cfg, done, **found)
+             {"pairs": last.pairs(), "report": RunDir(folder).report}.items()}
+    board = Leaderboard.read(last.leaderboard) if last.leaderboard.exists() else None
+    ranking = Ranking.read(last.ranking) if last.ranking.exists() else None
+    return RunResult(folder, cfg, done, board, ranking, **found)
 
 
 def _recipe_and_folder(recipe: Recipe | str | Path, quick: bool,

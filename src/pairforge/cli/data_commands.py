@@ -152,11 +152,11 @@ def judge_command(
         result = judge(recipe, out, responses=responses, retry_failed=retry_failed)
         summary = result.summary
         show(render.judge_summary(summary))
-        if summary["judge"] == "llm-pairwise":
+        if summary.pairwise:
             say(render.position_bias(summary))
         written = [result.scored, *([result.judgments] if result.judgments else [])]
         console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
-        stop_on_failures(summary.get("failed_requests", 0), "judge requests")
+        stop_on_failures(summary.failed_requests, "judge requests")
 
     fail_cleanly(run)
 
@@ -188,9 +188,8 @@ def rank_command(
         from pairforge.api.data import rank
 
         ranked = rank(recipe, out)
-        result = ranked.ranking.to_json()
-        show(render.ranking(result, ranked.evidence.name))
-        say(render.significant_order(result))
+        show(render.ranking(ranked.ranking, ranked.evidence.name))
+        say(render.significant_order(ranked.ranking))
         say(f"wrote {ranked.written}; use it with `pairs build --rank-from`")
 
     fail_cleanly(run)

@@ -3,11 +3,10 @@ answers) and `report`; the first two end with the same leaderboard."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -20,6 +19,7 @@ from pairforge.layout import RunDir
 from pairforge.recipe import Recipe
 
 if TYPE_CHECKING:
+    from pairforge.evaluate.leaderboard import Leaderboard
     from pairforge.pipeline import Plan
 
 _EVAL = {name: info.default for name, info in EvalConfig.model_fields.items()}  # the flags' defaults: the recipe's
@@ -81,21 +81,23 @@ def eval_command(
 
 def _show_outcome(recipe: Recipe, run_dir: Path) -> None:
     """After `pairforge run`: the declared order checked, the (last round's) leaderboard, every round's scores."""
+    from pairforge.evaluate.leaderboard import Leaderboard
+    from pairforge.judge.ranking import Ranking
     from pairforge.report import round_entries
     from pairforge.rounds import round_dir
 
     last = round_dir(run_dir, recipe, recipe.rounds)
-    if last.ranking.exists() and (check := json.loads(last.ranking.read_text()).get("declared_check")):
+    if last.ranking.exists() and (check := Ranking.read(last.ranking).declared_check):
         say(render.declared_check(check))
     if last.leaderboard.exists():
-        _show_leaderboard(json.loads(last.leaderboard.read_text()))
+        _show_leaderboard(Leaderboard.read(last.leaderboard))
     if recipe.rounds > 1:
         show(render.rounds(round_entries(sorted(run_dir.glob("round-*/eval/leaderboard.json")))))
     if RunDir(run_dir).report.exists():
         say(f"report: {RunDir(run_dir).report}")
 
 
-def _show_leaderboard(board: dict[str, Any]) -> None:
+def _show_leaderboard(board: Leaderboard) -> None:
     show(render.leaderboard(board))
     for note in render.leaderboard_notes(board):
         say(note)

@@ -16,7 +16,7 @@ p < 0.05. Verdicts the judge could not give are counted and left out, never gues
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from pairforge import layout
 from pairforge import schema as S
 from pairforge.config import Dtype, EvalConfig, JudgeConfig, SourceConfig
 from pairforge.errors import InputError, unanswered
+from pairforge.evaluate.leaderboard import Leaderboard, Measure, Standing, Versus, measure_of
 from pairforge.evaluate.stats import length_controlled_win_rate, paired_difference, win_rate
 from pairforge.files import Records, check_output, read_json_object, read_records, write_json, write_table
 from pairforge.generate.run import source_requests
@@ -59,8 +60,8 @@ class EvalSettings:
 
 def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg: JudgeConfig, out_dir: Path,
              prompts_path: Path | None = None, settings: EvalSettings | None = None,
-             show_progress: bool = True, store_path: Path | None = None, retry_failed: bool = False) -> dict[str, Any]:
-    """Every model judged against the reference; the leaderboard is also written to `out_dir`. Failed judge requests
+             show_progress: bool = True, store_path: Path | None = None, retry_failed: bool = False) -> Leaderboard:
+    """Every model judged against the reference: the leaderboard, also written to `out_dir`. Failed judge requests
     are counted (`judge_summary.failed_requests`) and their prompts left unjudged; `retry_failed` asks them, and any
     failed answers, again."""
     settings = settings or EvalSettings()
@@ -88,17 +89,16 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
             _write_model_outputs(answers[name], prompts, name, out_dir / f"{name}{layout.MODEL_OUTPUTS}")
         frame = _responses(answers, prompts)
         cfg = judge_cfg.model_copy(update={"reference": REFERENCE, "max_prompts": None})
-        scores, judgments, judge_summary = judge_frame(frame, cfg, store, retry_failed, show_progress)
+        scores, judgments, tally = judge_frame(frame, cfg, store, retry_failed, show_progress)
     verdicts = _verdicts(frame.with_columns(pl.Series(S.SCORE, scores, dtype=pl.Float64)), judgments, cfg.kind)
     verdicts = verdicts.join(prompts.select(S.PROMPT_ID, "dataset"), on=S.PROMPT_ID, how="left")
     write_table(verdicts, out_dir / layout.VERDICTS)
-    board = _leaderboard(verdicts, cfg.kind, settings, settings.baseline)
-    result = {"judge": cfg.kind, "prompts": prompts.height, "reference": str(reference), "models": board,
-              "judge_summary": {k: v for k, v in judge_summary.items() if k != "per_source"},
-              "config": {"judge": cfg.model_dump(mode="json"), "settings": settings.__dict__,
-                         "models": [str(m) for m in models], "outputs": [str(o) for o in outputs]}}
-    write_json(result, out_dir / layout.LEADERBOARD)
-    return result
+    board = Leaderboard(judge=cfg.kind, prompts=prompts.height, reference=str(reference),
+                        models=_leaderboard(verdicts, measure_of(cfg.kind), settings), judge_summary=tally,
+                        config={"judge": cfg.model_dump(mode="json"), "settings": settings.__dict__,
+                                "models": [str(m) for m in models], "outputs": [str(o) for o in outputs]})
+    board.write(out_dir / layout.LEADERBOARD)
+    return board
 
 
 def _named(items: list[Any], option: str) -> list[tuple[str, Any]]:
@@ -223,47 +223,45 @@ def _verdicts(scored: pl.DataFrame, judgments: pl.DataFrame | None, kind: str) -
     return rows
 
 
-def _leaderboard(verdicts: pl.DataFrame, kind: str, settings: EvalSettings,
-                 baseline: str | None) -> list[dict[str, Any]]:
-    """Models best first, each with its interval, its paired test against the next row, and against the
-    baseline model (the untrained base, say) with the difference's 95% interval."""
-    board = []
-    for model in verdicts["model"].unique(maintain_order=True):
-        rows = verdicts.filter(pl.col("model") == model)
-        entry: dict[str, Any] = {"model": model, "prompts": rows.height, "mean_length": float(rows["length"].mean()),
-                                 "reference_length": float(rows["reference_length"].mean())}
-        scores = rows[S.SCORE].drop_nulls().to_numpy()
-        if len(scores):
-            entry["score"] = asdict(win_rate(scores, settings.bootstrap, settings.seed))
-        usable = rows.filter(pl.col("verdict").is_not_null())
-        entry["unjudged"] = rows.height - (usable.height if kind != "similarity" else len(scores))
-        if kind != "similarity" and usable.height:
-            v = usable["verdict"].to_numpy()
-            entry["win_rate"] = asdict(win_rate(v, settings.bootstrap, settings.seed))
-            entry["length_controlled_win_rate"] = asdict(length_controlled_win_rate(
-                v, usable["length"].to_numpy(), usable["reference_length"].to_numpy(), settings.bootstrap,
-                settings.seed))
-            entry["per_dataset"] = {d or "-": float(g["verdict"].mean()) for (d,), g in
-                                    usable.group_by("dataset", maintain_order=True)}
-        board.append(entry)
-    key = "win_rate" if kind != "similarity" else "score"
-    board.sort(key=lambda e: -e[key]["value"] if key in e else np.inf)
-    column = "verdict" if key == "win_rate" else S.SCORE
+def _leaderboard(verdicts: pl.DataFrame, measure: Measure, settings: EvalSettings) -> list[Standing]:
+    """Models best first by `measure`, each with its interval, its paired test against the next row, and against
+    the baseline model (the untrained base, say) with the difference's 95% interval."""
+    board = [_standing(model, verdicts.filter(pl.col("model") == model), measure, settings)
+             for model in verdicts["model"].unique(maintain_order=True)]
+    board.sort(key=lambda row: -value.value if (value := measure.of(row)) else np.inf)
 
-    def versus(model: str, other: str) -> dict[str, Any] | None:
+    def versus(model: str, other: str) -> Versus | None:
         both = verdicts.filter(pl.col("model").is_in([model, other])).pivot(
-            on="model", index=S.PROMPT_ID, values=column).drop_nulls()
+            on="model", index=S.PROMPT_ID, values=measure.column).drop_nulls()
         if not both.height:
             return None
         gap = paired_difference(both[model].to_numpy(), both[other].to_numpy(), settings.bootstrap, settings.seed)
-        return {"model": other, "difference": gap.value, "low": gap.low, "high": gap.high, "p_value": gap.p_value,
-                "significant": gap.significant, "prompts": both.height}
+        return Versus(model=other, difference=gap.value, low=gap.low, high=gap.high, p_value=gap.p_value,
+                      significant=gap.significant, prompts=both.height)
 
     for upper, lower in zip(board, board[1:], strict=False):
-        if (found := versus(upper["model"], lower["model"])) is not None:
-            upper["vs_next"] = found
-    names = [entry["model"] for entry in board]
-    for entry in board:
-        if baseline in names and entry["model"] != baseline and (found := versus(entry["model"], baseline)):
-            entry["vs_baseline"] = found
+        upper.vs_next = versus(upper.model, lower.model)
+    names = [row.model for row in board]
+    for row in board:
+        if settings.baseline in names and row.model != settings.baseline:
+            row.vs_baseline = versus(row.model, settings.baseline)
     return board
+
+
+def _standing(model: str, rows: pl.DataFrame, measure: Measure, settings: EvalSettings) -> Standing:
+    """One model's row: its mean score and, where the judge gave verdicts against the reference, its win rate,
+    length-controlled win rate and per-dataset win rate; prompts without a value of `measure` are unjudged."""
+    scores = rows[S.SCORE].drop_nulls().to_numpy()
+    usable = rows.filter(pl.col("verdict").is_not_null())  # none with the similarity judge: it has no verdicts
+    standing = Standing(model=model, prompts=rows.height, mean_length=float(rows["length"].mean()),
+                        reference_length=float(rows["reference_length"].mean()),
+                        score=win_rate(scores, settings.bootstrap, settings.seed) if len(scores) else None,
+                        unjudged=rows.height - rows[measure.column].count())
+    if usable.height:
+        v = usable["verdict"].to_numpy()
+        standing.win_rate = win_rate(v, settings.bootstrap, settings.seed)
+        standing.length_controlled_win_rate = length_controlled_win_rate(
+            v, usable["length"].to_numpy(), usable["reference_length"].to_numpy(), settings.bootstrap, settings.seed)
+        standing.per_dataset = {d or "-": float(g["verdict"].mean()) for (d,), g in
+                                usable.group_by("dataset", maintain_order=True)}
+    return standing

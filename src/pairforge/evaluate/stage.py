@@ -46,15 +46,15 @@ def run_stage(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[P
                             bootstrap=cfg.bootstrap)
     result = judge_models_against(models, [], reference, cfg.judge, run.eval, prompts, settings,
                                   store_path=run.eval_store, retry_failed=retry_failed)
-    all_answered(result["judge_summary"].get("failed_requests", 0), "eval")
+    all_answered(result.judge_summary.failed_requests, "eval")
     written = [run.leaderboard]
     if cfg.judge_run:
-        answers = [f"{e['model']}={run.eval / (e['model'] + MODEL_OUTPUTS)}" for e in result["models"]]
+        answers = [f"{row.model}={run.eval / (row.model + MODEL_OUTPUTS)}" for row in result.models]
         judge_cfg = JudgeConfig(kind="reward-model", model=str(run.train(cfg.judge_run).model),
                                 batch_size=cfg.batch_size)
         scored = judge_models_against([], answers, reference, judge_cfg, run.eval / cfg.judge_run, prompts, settings,
                                       store_path=run.eval_store, retry_failed=retry_failed)
-        all_answered(scored["judge_summary"].get("failed_requests", 0), "eval")
+        all_answered(scored.judge_summary.failed_requests, "eval")
         written.append(run.eval / cfg.judge_run / LEADERBOARD)
     return written
 

@@ -9,7 +9,7 @@ resamples in which x's strength exceeds y's. An order counts as significant when
 probability that x beats y is at least `min_win_probability` (a position-biased judge gives verdicts
 near 0.5 whose tiny edge can be "significant" without meaning anything). `rank` is those
 orders in the `--rank` syntax, so the pairs stage makes pairs only between sources whose order is
-established.
+established. `StrengthFit` is the fit; `Ranking` is ranking.json, what `rank` writes and every reader reads.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -26,12 +25,15 @@ from pairforge import schema as S
 from pairforge.errors import InputError
 from pairforge.fields import Field, check_fields
 from pairforge.files import Records, read_records
+from pairforge.results import Part, Result
 
 _PSEUDO_WINS = 0.5
 
 
 @dataclass
-class Ranking:
+class StrengthFit:
+    """The Bradley-Terry fit: every pair of sources' probabilities, from which `ranking()` keeps what is shown."""
+
     sources: list[str]  # strongest first
     strength: np.ndarray  # log-strength, mean 0, in `sources` order
     low: np.ndarray
@@ -72,18 +74,62 @@ class Ranking:
         return ", ".join(f"{self.sources[i]} > {self.sources[j]}" for i in range(k) for j in range(i + 1, k)
                          if self.significant(i, j))
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "rank": self.rank, "confidence": self.confidence, "min_win_probability": self.min_win_probability,
-            "comparisons": self.comparisons,
-            "prompts": self.prompts,
-            "sources": [{"name": s, "strength": float(self.strength[i]), "low": float(self.low[i]),
-                         "high": float(self.high[i])} for i, s in enumerate(self.sources)],
-            "adjacent": [{"stronger": self.sources[i], "weaker": self.sources[i + 1],
-                          "probability": float(self.stronger[i, i + 1]),
-                          "win_probability": self.win_probability(i, i + 1), "significant": self.significant(i, i + 1)}
-                         for i in range(len(self.sources) - 1)],
-        }
+    def ranking(self) -> Ranking:
+        """What ranking.json holds: the order, each source's interval, and each adjacent pair's probabilities."""
+        return Ranking(
+            rank=self.rank, confidence=self.confidence, min_win_probability=self.min_win_probability,
+            comparisons=self.comparisons, prompts=self.prompts,
+            sources=[SourceStrength(name=s, strength=float(self.strength[i]), low=float(self.low[i]),
+                                    high=float(self.high[i])) for i, s in enumerate(self.sources)],
+            adjacent=[Adjacent(stronger=self.sources[i], weaker=self.sources[i + 1],
+                               probability=float(self.stronger[i, i + 1]),
+                               win_probability=self.win_probability(i, i + 1), significant=self.significant(i, i + 1))
+                      for i in range(len(self.sources) - 1)])
+
+
+class SourceStrength(Part):
+    """A source's log-strength (mean 0 over sources) with its bootstrap interval."""
+
+    name: str
+    strength: float
+    low: float
+    high: float
+
+
+class Adjacent(Part):
+    """Two neighbours of the order: P(stronger above weaker) over resamples, the fitted P(stronger beats weaker),
+    and whether the order is established (see the module's docstring)."""
+
+    stronger: str
+    weaker: str
+    probability: float
+    win_probability: float
+    significant: bool
+
+
+class DeclaredCheck(Part):
+    """Which of the recipe's declared orders 'a > b' the ranking's significant order confirms; orders with a
+    source the judge did not judge (its own reference) are not judged (rankings before it said nothing)."""
+
+    declared: str
+    confirmed: list[str]
+    not_confirmed: list[str]
+    not_judged: list[str] = []
+
+
+class Ranking(Result):
+    """ranking.json of `rank`: the significant orders in --rank syntax ('' when none), the sources strongest
+    first, their neighbours' probabilities, and, when the recipe declares an order, that order checked."""
+
+    WHAT = "a JSON object with 'rank', 'sources' and 'adjacent' as `pairforge rank` writes it"
+    rank: str | None
+    confidence: float
+    min_win_probability: float
+    comparisons: int
+    prompts: int
+    sources: list[SourceStrength]
+    adjacent: list[Adjacent]
+    declared_check: DeclaredCheck | None = None
 
 
 def read_comparisons(judgments: Path, scored: Path) -> tuple[Path, pl.DataFrame]:
@@ -129,7 +175,7 @@ def comparisons_from_scores(scored: pl.DataFrame) -> pl.DataFrame:
 
 
 def fit(comparisons: pl.DataFrame, bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0,
-        min_win_probability: float = 0.55) -> Ranking:
+        min_win_probability: float = 0.55) -> StrengthFit:
     """Bradley-Terry strengths with percentile intervals over `bootstrap` resamples of prompts."""
     usable = comparisons.filter(pl.col("p_a").is_not_null())
     sources = sorted(set(usable["source_a"]) | set(usable["source_b"]))
@@ -154,7 +200,7 @@ def fit(comparisons: pl.DataFrame, bootstrap: int = 1000, confidence: float = 0.
     tail = (1 - confidence) / 2
     low, high = np.quantile(draws, [tail, 1 - tail], axis=0)
     stronger = (draws[:, :, None] > draws[:, None, :]).mean(axis=0)
-    return Ranking([sources[i] for i in order], strength[order], low[order], high[order],
+    return StrengthFit([sources[i] for i in order], strength[order], low[order], high[order],
                    stronger[np.ix_(order, order)], confidence, min_win_probability, usable.height, len(prompt_ids))
 
 

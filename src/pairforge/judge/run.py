@@ -23,9 +23,10 @@ from pairforge import layout
 from pairforge import schema as S
 from pairforge.config import JudgeConfig, SourceConfig
 from pairforge.errors import InputError
-from pairforge.files import check_output, read_records, write_json, write_table
+from pairforge.files import check_output, read_records, write_table
 from pairforge.judge import pairwise
 from pairforge.judge.pointwise import check_reward_model, reward_scores, similarity_scores
+from pairforge.judge.summary import JudgeSummary, JudgeTally, SourceStats
 from pairforge.models import check_sentence_model
 from pairforge.recipe import Recipe
 from pairforge.records import responses_from_files
@@ -39,7 +40,7 @@ from pairforge.text import prompt_text
 class JudgeResult:
     scored: Path
     judgments: Path | None
-    summary: dict[str, Any]
+    summary: JudgeSummary
 
 
 def judge(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_failed: bool = False,
@@ -58,19 +59,20 @@ def judge(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_fa
     frame = _sampled_prompts(frame, cfg)
     check_judge(cfg)
     with opened(store_path or out_dir / layout.STORE) as store:
-        scores, judgments, summary = judge_frame(frame, cfg, store, retry_failed, show_progress)
+        scores, judgments, tally = judge_frame(frame, cfg, store, retry_failed, show_progress)
     scored = frame.with_columns(pl.Series(S.SCORE, scores, dtype=pl.Float64))
-    summary = {"judge": cfg.kind, "answers": frame.height, "scored": int(scored[S.SCORE].is_not_null().sum()),
-               **summary, "per_source": _per_source(scored)}
+    summary = JudgeSummary.model_validate(  # the tally's fields as the judge set them (see JudgeTally)
+        {"judge": cfg.kind, "answers": frame.height, "scored": int(scored[S.SCORE].is_not_null().sum()),
+         **tally.model_dump(), "per_source": _per_source(scored)})
     judgments_path = write_table(judgments, out_dir / layout.JUDGMENTS) if judgments is not None else None
     scored_path = write_table(scored, out_dir / layout.SCORED)
-    write_json(summary, out_dir / layout.JUDGE_SUMMARY)
+    summary.write(out_dir / layout.JUDGE_SUMMARY)
     return JudgeResult(scored_path, judgments_path, summary)
 
 
 def judge_frame(frame: pl.DataFrame, cfg: JudgeConfig, store: Store, retry_failed: bool = False,
-                show_progress: bool = True) -> tuple[list[float | None], pl.DataFrame | None, dict[str, Any]]:
-    """Scores for every row of a responses frame (in row order), the pairwise judgments if any, a summary."""
+                show_progress: bool = True) -> tuple[list[float | None], pl.DataFrame | None, JudgeTally]:
+    """Scores for every row of a responses frame (in row order), the pairwise judgments if any, the tally."""
     if cfg.kind == "llm-pairwise":
         return _pairwise(frame, cfg, store, retry_failed, show_progress)
     scores, summary = _pointwise(frame, cfg, store, show_progress)
@@ -90,7 +92,7 @@ def _text_hash(*texts: str) -> str:
 
 
 def _pointwise(frame: pl.DataFrame, cfg: JudgeConfig, store: Store,
-               show_progress: bool) -> tuple[list[float | None], dict[str, Any]]:
+               show_progress: bool) -> tuple[list[float | None], JudgeTally]:
     settings = cfg.cache_settings()
     references: dict[str, str] = {}
     if cfg.kind == "similarity":
@@ -121,8 +123,8 @@ def _pointwise(frame: pl.DataFrame, cfg: JudgeConfig, store: Store,
                 store.put(keys[i], "score", {"score": value})  # type: ignore[arg-type]
     entries = store.get(k for k in keys if k)
     scores = [entries[k].value["score"] if k else None for k in keys]  # type: ignore[index]
-    return scores, {"cached": sum(1 for k in keys if k and k in known),
-                    "without_reference": sum(1 for k in keys if k is None)}
+    return scores, JudgeTally(cached=sum(1 for k in keys if k and k in known),
+                              without_reference=sum(1 for k in keys if k is None))
 
 
 def check_judge(cfg: JudgeConfig) -> None:
@@ -144,7 +146,7 @@ def judge_llm(cfg: JudgeConfig) -> SourceConfig:
 
 
 def _pairwise(frame: pl.DataFrame, cfg: JudgeConfig, store: Store, retry_failed: bool,
-              show_progress: bool) -> tuple[list[float | None], pl.DataFrame, dict[str, Any]]:
+              show_progress: bool) -> tuple[list[float | None], pl.DataFrame, JudgeTally]:
     llm = judge_llm(cfg)
     settings = {**llm.cache_settings(), "template": pairwise.TEMPLATE_VERSION}
     first = frame.filter(pl.col(S.SAMPLE) == 0)
@@ -183,11 +185,11 @@ def _pairwise(frame: pl.DataFrame, cfg: JudgeConfig, store: Store, retry_failed:
                                            "p_b_shown_first": pl.Float64, "method_ab": pl.String,
                                            "method_ba": pl.String})
     shown_first = pl.concat([judgments["p_a_shown_first"], judgments["p_b_shown_first"]]).drop_nulls()
-    summary = {"comparisons": judgments.height, "unreadable": int(judgments["p_a"].is_null().sum()),
-               "failed_requests": tally.failed + tally.failed_before, "retries": tally.retries,
-               "p_first_shown_wins": float(shown_first.mean()) if len(shown_first) else None,
-               "verdicts_from_logprobs": int((judgments["method_ab"] == "logprobs").sum()
-                                             + (judgments["method_ba"] == "logprobs").sum())}
+    summary = JudgeTally(comparisons=judgments.height, unreadable=int(judgments["p_a"].is_null().sum()),
+                         failed_requests=tally.failed + tally.failed_before, retries=tally.retries,
+                         p_first_shown_wins=float(shown_first.mean()) if len(shown_first) else None,
+                         verdicts_from_logprobs=int((judgments["method_ab"] == "logprobs").sum()
+                                                    + (judgments["method_ba"] == "logprobs").sum()))
     return _win_rates(frame, judgments), judgments, summary
 
 
@@ -214,9 +216,9 @@ def _win_rates(frame: pl.DataFrame, judgments: pl.DataFrame) -> list[float | Non
     return joined["p"].to_list()
 
 
-def _per_source(scored: pl.DataFrame) -> dict[str, dict[str, Any]]:
+def _per_source(scored: pl.DataFrame) -> dict[str, SourceStats]:
     stats = (scored.group_by(S.SOURCE).agg(pl.len().alias("answers"), pl.col(S.SCORE).count().alias("scored"),
                                            pl.col(S.SCORE).mean().alias("mean"), pl.col(S.SCORE).std().alias("std"))
              .sort("mean", descending=True, nulls_last=True))
-    return {row.pop(S.SOURCE): row for row in stats.to_dicts()}
+    return {row.pop(S.SOURCE): SourceStats(**row) for row in stats.to_dicts()}
 

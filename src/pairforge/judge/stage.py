@@ -14,7 +14,7 @@ def run_stage(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[P
     from pairforge.judge.run import judge as judge_answers
 
     result = judge_answers(recipe, run.root, retry_failed=retry_failed, store_path=run.store)
-    all_answered(result.summary.get("failed_requests", 0), "judge")  # no verdict is no finished judge
+    all_answered(result.summary.failed_requests, "judge")  # no verdict is no finished judge
     return [result.scored, *([result.judgments] if result.judgments else [])]
 
 
