@@ -29,7 +29,7 @@ from pairforge.config import Dtype, EvalConfig, JudgeConfig, SourceConfig
 from pairforge.errors import InputError, unanswered
 from pairforge.evaluate.leaderboard import Leaderboard, Measure, Standing, Versus, measure_of
 from pairforge.evaluate.stats import length_controlled_win_rate, paired_difference, win_rate
-from pairforge.files import Records, check_output, read_json_object, read_records, write_json, write_table
+from pairforge.files import Records, check_output, read_records, write_json, write_table
 from pairforge.generate.run import source_requests
 from pairforge.judge.run import check_judge, judge_frame
 from pairforge.models import resolved_dtype
@@ -39,6 +39,7 @@ from pairforge.requests.backends.base import check_source
 from pairforge.requests.engine import answer_all, make_backend, progress_bar
 from pairforge.requests.store import Store, opened
 from pairforge.text import prompt_text, word_count
+from pairforge.train.result import RunInfo
 
 REFERENCE = layout.REFERENCE_NAME
 
@@ -178,8 +179,7 @@ def trained_endpoint(model: Path) -> Literal["chat", "completions"] | None:
     run_json = (model.parent if model.name == layout.MODEL else model) / layout.RUN_INFO
     if not run_json.exists():
         return None
-    trained = read_json_object(run_json, "a JSON object as `pairforge train` writes it (a damaged record: "
-                               "train this model again)").get("prompt_format")
+    trained = RunInfo.read(run_json).prompt_format
     return endpoint_of(trained) if trained in ("chat", "text") else None
 
 
