@@ -163,10 +163,10 @@ def test_evaluate_outputs_in_memory_writes_a_leaderboard(tmp_path: Path) -> None
 def test_run_from_python_returns_what_it_did(tmp_path: Path) -> None:
     recipe = sample_recipe(tmp_path, runs=[])
     result = pf.run(recipe, to_stage="pairs")
-    assert [s["stage"] for s in result.stages] == ["generate", "pairs"]
+    assert [s.stage for s in result.stages] == ["generate", "pairs"]
     assert result.pairs == tmp_path / "run" / "pairs.parquet" and result.pairs.exists()
     again = pf.run(pf.Recipe.load(recipe), to_stage="pairs")  # a Recipe in memory runs in its run_dir
-    assert {s["status"] for s in again.stages} == {"skipped"} and again.run_dir == result.run_dir
+    assert {s.status for s in again.stages} == {"skipped"} and again.run_dir == result.run_dir
 
 
 def test_the_api_is_listed_by_help_and_loads_lazily() -> None:

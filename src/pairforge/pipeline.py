@@ -11,26 +11,24 @@ it again. Inside a stage, the work is resumable too (the generation store, train
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pairforge import rank_stage, report_stage, revise_stage
 from pairforge import schema as S
 from pairforge.config import SourceConfig
 from pairforge.errors import InputError
 from pairforge.evaluate import stage as eval_stage
-from pairforge.files import check_output, write_json, write_table
+from pairforge.files import check_output, write_table
 from pairforge.generate import stage as generate_stage
 from pairforge.judge import stage as judge_stage
 from pairforge.layout import RunDir
 from pairforge.pairs import stage as pairs_stage
 from pairforge.recipe import Recipe, check_reads_apart, load_recipe
 from pairforge.rounds import policy_run, round_dir, round_recipe
-from pairforge.stage_unit import Round, StageUnit
+from pairforge.stage_unit import Round, StageMarker, StageRun, StageUnit
 from pairforge.train import stage as train_stage
 
 # one round's stages, in order (the report follows the last round)
@@ -162,7 +160,7 @@ def with_format_samples(recipe: Recipe) -> tuple[Recipe, list[str]]:
 
 
 def run(plan_: Plan, start: str | None = None, progress: Callable[[str, str], None] = lambda s, m: None,
-        stop: str | None = None) -> list[dict[str, Any]]:
+        stop: str | None = None) -> list[StageRun]:
     """Run the plan's stages from the first up to `stop` (the last one named so); skip finished ones unless
     at or after `start`. Returns what each did."""
     check_stage_names(plan_, start, stop)
@@ -174,18 +172,19 @@ def run(plan_: Plan, start: str | None = None, progress: Callable[[str, str], No
         forced = forced or _is(stage.name, start)
         done_file = stage.marker or plan_.run.marker(stage.name)
         fingerprint = stage.fingerprint()
-        if not forced and stage.name != "report" and _finished(done_file, fingerprint):
+        marker = StageMarker.found(done_file)
+        if not forced and stage.name != "report" and marker is not None and marker.finished(fingerprint):
             progress(stage.name, "skipped (finished, inputs and settings unchanged)")
-            done.append({"stage": stage.name, "status": "skipped"})
+            done.append(StageRun(stage.name, "skipped"))
             continue
         progress(stage.name, f"running: {stage.what}")
         fresh = _starts_fresh(stage, done_file, fingerprint)
         began = time.perf_counter()
         outputs = stage.run_fresh() if fresh and stage.run_fresh else stage.run()
         seconds = time.perf_counter() - began
-        write_json({"fingerprint": stage.fingerprint(), "outputs": [str(p) for p in outputs], "seconds": seconds},
-                   done_file)
-        done.append({"stage": stage.name, "status": "ran", "seconds": seconds, "outputs": [str(p) for p in outputs]})
+        written = [str(p) for p in outputs]
+        StageMarker(fingerprint=stage.fingerprint(), outputs=written, seconds=seconds).write(done_file)
+        done.append(StageRun(stage.name, "ran", seconds, written))
     return done
 
 
@@ -209,7 +208,8 @@ def _starts_fresh(stage: StageUnit, done_file: Path, fingerprint: str) -> bool:
     if stage.work_dir is None:
         return False
     started = done_file.with_suffix(".started")
-    finished_before = _marker(done_file).get("fingerprint") == fingerprint
+    earlier = StageMarker.found(done_file)
+    finished_before = earlier is not None and earlier.fingerprint == fingerprint
     fresh = stage.work_dir.exists() and (finished_before or not started.exists() or started.read_text() != fingerprint)
     started.parent.mkdir(parents=True, exist_ok=True)
     # a fresh start may fail before it clears the folder: until the stage finishes, the next attempt starts fresh
@@ -225,23 +225,6 @@ def _is(stage: str, name: str | None) -> bool:
         return False
     bare = stage.split(":", 1)[1] if stage.startswith("round-") else stage
     return any(s == name or s.startswith(name + ":") for s in (stage, bare))
-
-
-def _finished(marker: Path, fingerprint: str) -> bool:
-    info = _marker(marker)
-    outputs = info.get("outputs", [])
-    return (info.get("fingerprint") == fingerprint and isinstance(outputs, list)
-            and all(Path(str(p)).exists() for p in outputs))
-
-
-def _marker(path: Path) -> dict[str, Any]:
-    """A stage's record of its last finished run; none, or one that is not a JSON object (a hand edit, a disk
-    that filled up), counts as not finished: the stage runs again."""
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return info if isinstance(info, dict) else {}
 
 
 # --- --quick ---------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the stages' results: read here by attribute, imported by th
     from pairforge.evaluate.stats import Interval
     from pairforge.judge.ranking import DeclaredCheck, Ranking
     from pairforge.judge.summary import JudgeSummary
+    from pairforge.stage_unit import StageRun
 
 
 @dataclass
@@ -279,9 +280,9 @@ def plan(title: str, stages: list[Any]) -> Grid:
     return grid
 
 
-def finished(done: list[dict[str, Any]], seconds: float) -> Grid:
+def finished(done: list[StageRun], seconds: float) -> Grid:
     grid = Grid(f"done in {duration(seconds)}", ["stage", "status", "time"], left=3)
-    grid.rows += [[entry["stage"], entry["status"], duration(entry.get("seconds"))] for entry in done]
+    grid.rows += [[entry.stage, entry.status, duration(entry.seconds)] for entry in done]
     return grid
 
 

@@ -9,13 +9,47 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pairforge.errors import unanswered
+from pairforge.errors import InputError, unanswered
 from pairforge.files import file_digest
 from pairforge.fingerprints import model_content
 from pairforge.layout import RunDir
 from pairforge.recipe import Recipe
+from pairforge.results import Result
+
+
+class StageMarker(Result):
+    """stages/<stage>.json: the fingerprint a stage last finished with, what it wrote and how long it took. A stage
+    whose marker is missing, damaged or names an output that is gone is not finished: it runs again."""
+
+    WHAT = "a stage marker as `pairforge run` writes it"
+
+    fingerprint: str
+    outputs: list[str]
+    seconds: float
+
+    @classmethod
+    def found(cls, path: Path) -> StageMarker | None:
+        """The marker in `path`, or None where there is none that can be read (a hand edit, a full disk)."""
+        try:
+            return cls.read(path) if path.is_file() else None
+        except InputError:
+            return None
+
+    def finished(self, fingerprint: str) -> bool:
+        """Finished with these settings and inputs, its outputs still there."""
+        return self.fingerprint == fingerprint and all(Path(p).exists() for p in self.outputs)
+
+
+@dataclass
+class StageRun:
+    """What `pairforge run` did with one stage: ran it (in `seconds`, writing `outputs`) or skipped it."""
+
+    stage: str
+    status: Literal["ran", "skipped"]
+    seconds: float | None = None
+    outputs: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pairforge.api.folders import writing
 from pairforge.errors import InputError
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from pairforge.evaluate.leaderboard import Leaderboard
     from pairforge.judge.ranking import Ranking
     from pairforge.pipeline import Plan
+    from pairforge.stage_unit import StageRun
 
 
 @dataclass
@@ -26,7 +27,7 @@ class RunResult:
 
     run_dir: Path
     recipe: Recipe  # as run (--quick: shrunk)
-    stages: list[dict[str, Any]] = field(default_factory=list)  # stage, status (ran | skipped), seconds, outputs
+    stages: list[StageRun] = field(default_factory=list)  # each stage: ran (seconds, outputs) or skipped
     leaderboard: Leaderboard | None = None  # eval/leaderboard.json
     ranking: Ranking | None = None  # ranking.json
     pairs: Path | None = None
