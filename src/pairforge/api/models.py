@@ -73,9 +73,7 @@ def evaluate(outputs: Mapping[str, Any] | list[Any] | None = None, reference: An
     check_output(out, "folder", "--out")
     answers = [_file(data, out, f"{name}.outputs", name) for name, data in _items(outputs or [])]
     reference_file = _file(reference, out, "reference", None)
-    run_settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                bootstrap=cfg.bootstrap, baseline=baseline, batch_size=cfg.batch_size,
-                                dtype=cfg.dtype)
+    run_settings = EvalSettings.of(cfg, baseline=baseline)
     named_models = [str(m) for _, m in _items(models or [])]
     return judge_models(named_models, answers, reference_file, judge_cfg, out, Path(prompts) if prompts else None,
                         run_settings, show_progress=progress, retry_failed=retry_failed)

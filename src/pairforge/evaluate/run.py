@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -33,7 +33,7 @@ from pairforge.files import Records, check_output, read_records, write_json, wri
 from pairforge.generate.run import source_requests
 from pairforge.judge.run import check_judge, judge_frame
 from pairforge.models import resolved_dtype
-from pairforge.prompting import endpoint_of
+from pairforge.prompting import Endpoint, endpoint_of
 from pairforge.records import prompts_from_file, responses_from_files
 from pairforge.requests.backends.base import check_source
 from pairforge.requests.engine import answer_all, make_backend, progress_bar
@@ -49,7 +49,7 @@ _DEFAULTS = EvalConfig.model_fields  # one default per setting: the recipe's `ev
 
 @dataclass
 class EvalSettings:
-    endpoint: Literal["chat", "completions"] = "chat"  # for models that are not training runs (a run: as trained)
+    endpoint: Endpoint = "chat"  # for models that are not training runs (a run: as trained)
     max_new_tokens: int = _DEFAULTS["max_new_tokens"].default
     temperature: float = _DEFAULTS["temperature"].default
     batch_size: int = _DEFAULTS["batch_size"].default
@@ -57,6 +57,12 @@ class EvalSettings:
     baseline: str | None = None  # every other model is tested against this one (difference + interval)
     bootstrap: int = _DEFAULTS["bootstrap"].default
     seed: int = 0
+
+    @classmethod
+    def of(cls, cfg: EvalConfig, endpoint: Endpoint = "chat", baseline: str | None = None) -> EvalSettings:
+        """The answering and statistics settings of an `eval:` section (a recipe's, or the API's keywords)."""
+        return cls(endpoint=endpoint, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                   batch_size=cfg.batch_size, dtype=cfg.dtype, baseline=baseline, bootstrap=cfg.bootstrap)
 
 
 def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg: JudgeConfig, out_dir: Path,
@@ -173,7 +179,7 @@ def _generate(name: str, model: str, prompts: pl.DataFrame, settings: EvalSettin
     return {pid: entries[r.key].value["text"] for pid, r in zip(prompts[S.PROMPT_ID], requests, strict=True)}  # type: ignore[index]
 
 
-def trained_endpoint(model: Path) -> Literal["chat", "completions"] | None:
+def trained_endpoint(model: Path) -> Endpoint | None:
     """How a model trained by pairforge must be asked: in the prompt format it was trained in (its run.json,
     beside the model folder); None for any other model."""
     run_json = (model.parent if model.name == layout.MODEL else model) / layout.RUN_INFO

@@ -41,9 +41,7 @@ def run_stage(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[P
     models = ([f"base={base}"] if cfg.base else []) + [f"{r.name}={run.train(r.name).root}" for r in trained]
     endpoints = [trained_endpoint(run.train(r.name).model) for r in trained]
     endpoint = next((e for e in endpoints if e), "chat")  # the base is asked as the runs were trained
-    settings = EvalSettings(endpoint=endpoint, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                            batch_size=cfg.batch_size, dtype=cfg.dtype, baseline="base" if cfg.base else None,
-                            bootstrap=cfg.bootstrap)
+    settings = EvalSettings.of(cfg, endpoint, baseline="base" if cfg.base else None)
     result = judge_models_against(models, [], reference, cfg.judge, run.eval, prompts, settings,
                                   store_path=run.eval_store, retry_failed=retry_failed)
     all_answered(result.judge_summary.failed_requests, "eval")
