@@ -75,10 +75,10 @@ class CurriculumConfig(Section):
 
 Method = Literal["dpo", "sigmoid", "cdpo", "robust", "hinge", "ipo", "apo_zero", "apo_down", "simpo", "r-dpo",
                  "slic", "sft", "reward-model"]
-METHODS: tuple[str, ...] = get_args(Method)  # the one list of method names: train/losses.py has a loss for each
+METHODS: tuple[str, ...] = get_args(Method)  # the one list of method names: training/losses.py has a loss for each
 REWARD_MODEL = "reward-model"  # the method that trains a score head (a judge), not a policy
 METHODS_HELP = f"{' | '.join(METHODS)}, or a weighted sum 'dpo=1,sft=0.2'"
-# the fields of a train section that the losses read (train/losses.py's LossSettings): flat in the recipe, one group
+# the fields of a train section that the losses read (training/losses.py's LossSettings): flat in the recipe, one group
 LOSS_KNOBS = ("beta", "label_smoothing", "gamma", "alpha", "delta", "lam", "slic_nll")
 
 
@@ -182,7 +182,7 @@ class TrainConfig(Section):
         return self.share_prompt and self.trains_policy
 
     def loss_knobs(self) -> dict[str, object]:
-        """The settings the losses read (LOSS_KNOBS), by name: train/losses.py's LossSettings is built from them."""
+        """The settings the losses read (LOSS_KNOBS), by name: training/losses.py's LossSettings is built from them."""
         return {name: getattr(self, name) for name in LOSS_KNOBS}
 
     def resolved(self) -> TrainConfig:

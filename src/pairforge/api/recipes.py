@@ -15,8 +15,8 @@ from pairforge.recipe import Recipe, check_reads_apart, load_recipe
 from pairforge.rounds import round_dir
 
 if TYPE_CHECKING:
-    from pairforge.evaluate.leaderboard import Leaderboard
-    from pairforge.judge.ranking import Ranking
+    from pairforge.evaluation.leaderboard import Leaderboard
+    from pairforge.judging.ranking import Ranking
     from pairforge.pipeline import Plan
 
 
@@ -43,8 +43,8 @@ def run(recipe: Recipe | str | Path, quick: bool = False, *, run_dir: str | Path
     `-quick` folder beside. A `Recipe` runs in `run_dir` (default: its own `run_dir`). `progress(stage, message)`
     is called as each stage begins; `on_plan(plan, warnings)` once the plan is made; a warning stops the run."""
     from pairforge import pipeline
-    from pairforge.evaluate.leaderboard import Leaderboard
-    from pairforge.judge.ranking import Ranking
+    from pairforge.evaluation.leaderboard import Leaderboard
+    from pairforge.judging.ranking import Ranking
 
     cfg, folder, where = _recipe_and_folder(recipe, quick, run_dir)
     with writing(folder, "run_dir") as still_held:  # one command per run folder, from its first write on

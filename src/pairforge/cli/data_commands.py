@@ -80,7 +80,7 @@ def pairs_build(
 
 
 def _run_pairs_build(config: Path | None, flags: dict[str, Any], filter_flags: dict[str, Any]) -> None:
-    from pairforge.pairs.run import build_from_files  # keeps `pairforge --help` fast
+    from pairforge.pairs.build_files import build_from_files  # keeps `pairforge --help` fast
 
     base = load_recipe(config).pairs if config else PairsConfig()
     filters = base.filters.model_dump()
@@ -213,7 +213,7 @@ def curriculum_show(
     """Print a curriculum's stages or buckets with their sizes and difficulty, and plot difficulty by step."""
     def run() -> None:
         from pairforge.pair_files import read_pairs
-        from pairforge.train.curriculum import plan, shown_difficulty, write_plot
+        from pairforge.training.curriculum import plan, shown_difficulty, write_plot
 
         train = options.train_section(config, run_name)
         base = train.curriculum or CurriculumConfig()

@@ -19,7 +19,7 @@ from pairforge.layout import RunDir
 from pairforge.recipe import Recipe
 
 if TYPE_CHECKING:
-    from pairforge.evaluate.leaderboard import Leaderboard
+    from pairforge.evaluation.leaderboard import Leaderboard
     from pairforge.pipeline import Plan
 
 _EVAL = {name: info.default for name, info in EvalConfig.model_fields.items()}  # the flags' defaults: the recipe's
@@ -81,9 +81,9 @@ def eval_command(
 
 def _show_outcome(recipe: Recipe, run_dir: Path) -> None:
     """After `pairforge run`: the declared order checked, the (last round's) leaderboard, every round's scores."""
-    from pairforge.evaluate.leaderboard import Leaderboard
-    from pairforge.judge.ranking import Ranking
-    from pairforge.report import round_entries
+    from pairforge.evaluation.leaderboard import Leaderboard
+    from pairforge.judging.ranking import Ranking
+    from pairforge.reporting.sections import round_entries
     from pairforge.rounds import round_dir
 
     last = round_dir(run_dir, recipe, recipe.rounds)

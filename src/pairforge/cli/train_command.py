@@ -59,7 +59,7 @@ def train_command(
 ) -> None:
     """Post-train a model on preference pairs (SFT, DPO and relatives, SLiC-HF); resumes from its checkpoints."""
     def run() -> None:
-        from pairforge.train.trainer import TrainingStopped, train
+        from pairforge.training.trainer import TrainingStopped, train
 
         base = options.train_section(config, run_name)
         flags = {"method": options.parse_method(method) if method else None, "model": model, "pairs": pairs,
