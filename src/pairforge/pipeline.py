@@ -162,7 +162,7 @@ def with_format_samples(recipe: Recipe) -> tuple[Recipe, list[str]]:
     return checked, notes
 
 
-def run(plan_: Plan, start: str | None = None, progress: Callable[[str, str], None] = lambda s, m: None,
+def execute(plan_: Plan, start: str | None = None, progress: Callable[[str, str], None] = lambda s, m: None,
         stop: str | None = None) -> list[dict[str, Any]]:
     """Run the plan's stages from the first up to `stop` (the last one named so); skip finished ones unless
     at or after `start`. Returns what each did."""

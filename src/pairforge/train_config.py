@@ -24,7 +24,7 @@ class LoraSettings(Section):
     merge: bool = Field(False, description="save the merged model instead of the adapter")
 
 
-class Stage(Section):
+class CurriculumStage(Section):
     """One stage of a staged curriculum: which pairs, and how many passes over them."""
 
     pair_types: list[str] | None = Field(None, description="pair types in this stage")
@@ -33,7 +33,7 @@ class Stage(Section):
     restart_lr: bool = Field(False, description="restart warmup + decay at this stage's start")
 
     @model_validator(mode="after")
-    def _one_selector(self) -> Stage:
+    def _one_selector(self) -> CurriculumStage:
         if (self.pair_types is None) == (self.difficulty is None):
             raise ValueError("a stage names either pair_types or a difficulty range [low, high)")
         return self
@@ -50,7 +50,7 @@ class CurriculumConfig(Section):
     schedule: Literal["random", "staged", "sorted", "anti", "buckets", "pacing"] = Field(
         "sorted", description="random; staged (stages in order); sorted easy->hard; anti hard->easy; buckets; "
         "pacing (a growing pool of the easiest pairs)")
-    stages: list[Stage] = Field(default_factory=list, description="staged: the stages, in order")
+    stages: list[CurriculumStage] = Field(default_factory=list, description="staged: the stages, in order")
     buckets: int = Field(3, ge=1, description="buckets: how many difficulty buckets")
     pacing: Literal["root", "linear"] = Field("root", description="pacing: growth of the pool of allowed pairs")
     start_fraction: float = Field(0.2, gt=0, le=1, description="pacing: share of easiest pairs allowed at step 0")

@@ -60,7 +60,7 @@ def run(recipe: Recipe | str | Path, quick: bool = False, *, run_dir: str | Path
             if progress is not None:
                 progress(name, message)
 
-        done = pipeline.run(the_plan, from_stage, stage_begins, to_stage)
+        done = pipeline.execute(the_plan, from_stage, stage_begins, to_stage)
     last = round_dir(folder, cfg, cfg.rounds)
     found = {name: path if path.exists() else None for name, path in
              {"pairs": last.pairs(), "report": RunDir(folder).report}.items()}
