@@ -35,8 +35,8 @@ try:
     from pairforge.requests.backends.base import Request
     from pairforge.requests.backends.local import TransformersBackend
 except ImportError:  # --before-src: a checkout from before the backends moved to requests/ (2026-11-28)
-    from pairforge.generation.base import Request  # type: ignore[no-redef]
-    from pairforge.generation.local import TransformersBackend  # type: ignore[no-redef]
+    from pairforge.generate.base import Request  # type: ignore[no-redef]
+    from pairforge.generate.local import TransformersBackend  # type: ignore[no-redef]
 
 PROMPTS = Path(__file__).resolve().parents[1] / "data" / "quickstart" / "reference.json"
 SETTINGS = {"before": {"dtype": "float32", "batch_size": 10}, "after": {"dtype": "bfloat16", "batch_size": 64}}
