@@ -56,7 +56,7 @@ def make_responses(prompts: int, path: Path, seed: int = 0) -> None:
 
 def run_ours(src: str, dst: str) -> None:
     from pairforge.config import PairsConfig
-    from pairforge.pairs.run import build_from_files
+    from pairforge.pairs.build_files import build_from_files
 
     build_from_files(PairsConfig(inputs=[Path(src)], rank=RANK, pair_types="all", out=Path(dst)))
 

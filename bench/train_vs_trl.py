@@ -92,8 +92,8 @@ def make_model(size: str, folder: Path, tokenizer_from: str) -> None:
 
 def run_ours(pairs: Path, work: Path) -> dict:
     from pairforge.models import cache_dir, load_tokenizer
-    from pairforge.train.trainer import train
     from pairforge.train_config import TrainConfig
+    from pairforge.training.trainer import train
 
     s = setting()
     load_tokenizer(s["model"])  # warm the embedded conversion cache outside the timing, as TRL gets a ready folder
@@ -157,7 +157,7 @@ def _memory_model(largest_forward: int, width: int) -> float:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from pairforge.models import embedded_model_dir
-    from pairforge.train.memory import estimate
+    from pairforge.training.memory import estimate
 
     config = AutoConfig.from_pretrained(str(embedded_model_dir()))
     with torch.device("meta"):  # shapes only: no memory

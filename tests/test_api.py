@@ -23,7 +23,7 @@ import pairforge as pf
 from conftest import SAMPLE, preference_rows, sample_recipe
 from pairforge.cli import app
 from pairforge.errors import InputError
-from pairforge.evaluate.leaderboard import Leaderboard
+from pairforge.evaluation.leaderboard import Leaderboard
 
 RANK = "gpt-4 > chatgpt > davinci"
 
@@ -179,8 +179,8 @@ def test_the_api_is_listed_by_help_and_loads_lazily() -> None:
 
 
 def test_a_stage_package_imported_leaves_the_function_its_name() -> None:
-    import pairforge.evaluate.run  # noqa: F401 - Python sets pairforge.evaluate to the package on import
-    import pairforge.train.trainer  # noqa: F401
+    import pairforge.evaluation.compare  # noqa: F401 - Python sets a subpackage on its parent on import
+    import pairforge.training.trainer  # noqa: F401
 
     assert callable(pf.train) and callable(pf.evaluate) and pf.train.__module__ == "pairforge.api.models"
 

@@ -12,7 +12,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pairforge"
 
-# bottom to top; a module imports only from lower layers, or from its own package (train.* from train.*)
+# bottom to top; a module imports only from lower layers, or from its own package (training.* from training.*)
 LAYERS = [
     {"errors", "schema"},
     {"files", "text", "layout", "models", "edits", "folder_lock"},
@@ -22,11 +22,10 @@ LAYERS = [
     {"recipe", "records", "pair_files", "memory_records"},
     {"requests", "sequences", "recipe_docs", "rounds", "work_rates"},
     {"stage_unit"},
-    {"generate", "revise", "judge", "pairs", "train"},
-    {"evaluate", "revise_stage", "rank_stage"},
+    {"generation", "revision", "judging", "pairs", "training"},
+    {"evaluation", "revision_stage", "rank_stage"},
     {"render"},
-    {"report"},
-    {"report_stage"},
+    {"reporting"},
     {"pipeline"},
     {"options"},
     {"api"},
@@ -61,7 +60,7 @@ def _imports(path: Path, module: str) -> set[str]:
 
 
 def _resolve(name: str, modules: dict[str, Path]) -> str | None:
-    """`train.losses.LOSSES` -> `train.losses`; `config` -> `config`."""
+    """`training.losses.LOSSES` -> `training.losses`; `config` -> `config`."""
     while name and name not in modules:
         name = name.rpartition(".")[0]
     return name or None
@@ -133,8 +132,8 @@ def test_functions_and_modules_stay_readable() -> None:
 def test_the_layer_rule_would_catch_an_upward_import(tmp_path: Path) -> None:
     """The checker itself: an import from a higher layer is found."""
     (tmp_path / "sample.py").write_text("from pairforge.pipeline import plan\nfrom . import losses\n")
-    assert _imports(tmp_path / "sample.py", "train.sample") == {"pipeline.plan", "train.losses"}
-    assert _layer("pipeline") > _layer("train.sample")
+    assert _imports(tmp_path / "sample.py", "training.sample") == {"pipeline.plan", "training.losses"}
+    assert _layer("pipeline") > _layer("training.sample")
 
 
 def test_readme_architecture_lists_the_layers_top_first() -> None:

@@ -268,7 +268,7 @@ def test_a_failed_build_and_an_input_keep_the_split_files(tmp_path, jsonl):
 # and removals that put a build's files in place), as a crash or kill -9 at that point would leave it
 KILLED_AT = """
 import os, signal, sys
-import pairforge.cli, pairforge.pairs.run
+import pairforge.cli, pairforge.pairs.build_files
 limit, done = int(sys.argv[1]), [0]
 def counted(operation):
     def run(*args, **kwargs):

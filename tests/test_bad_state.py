@@ -77,7 +77,7 @@ def test_store_that_is_a_folder(tmp_path: Path, gen_recipe: Path) -> None:
     ("[1, 2]", "found array [1, 2]"),
 ])
 def test_store_row_that_is_not_an_answer(tmp_path: Path, gen_recipe: Path, value: str, found: str) -> None:
-    from pairforge.generate.run import source_requests
+    from pairforge.generation.answers import source_requests
     from pairforge.recipe import load_recipe
     from pairforge.records import prompts_from_file
     from pairforge.requests.store import Store

@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 
 from conftest import SAMPLE, answer_failed_judge_requests, one_line_error, write_jsonl
 from pairforge.cli import app
-from pairforge.generate.run import generate
-from pairforge.judge.run import judge
+from pairforge.generation.answers import generate
+from pairforge.judging.scoring import judge
 from pairforge.recipe import load_recipe
 
 

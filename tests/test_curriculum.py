@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from pairforge.cli import app
 from pairforge.errors import InputError
-from pairforge.train.curriculum import difficulty_of, pacing_pool, plan
 from pairforge.train_config import CurriculumConfig
+from pairforge.training.curriculum import difficulty_of, pacing_pool, plan
 
 RNG = np.random.default_rng(0)
 DIFFICULTY = np.round(RNG.random(60), 1)  # many ties, so tie shuffling matters
@@ -211,7 +211,7 @@ def test_a_random_order_needs_no_margin_column(tmp_path, tiny_model_dir):
     """A random order of a TRL pairs file (prompt/chosen/rejected, no margin): shown (no difficulty, no plot) and
     trained on, where both asked for the margin column that only its difficulty would have used."""
     from conftest import one_line_error, preference_rows
-    from pairforge.train.curriculum import needs_difficulty, shown_difficulty
+    from pairforge.training.curriculum import needs_difficulty, shown_difficulty
 
     frame = pl.DataFrame([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in preference_rows(12)])
     frame.write_parquet(tmp_path / "trl.parquet")
@@ -224,8 +224,8 @@ def test_a_random_order_needs_no_margin_column(tmp_path, tiny_model_dir):
     assert needs_difficulty(CurriculumConfig(schedule="random", drop_hardest=0.2))
     one_line_error(_curriculum_cli(tmp_path / "trl.parquet", "--schedule", "sorted"), "trl.parquet",
                    "no column 'margin'")
-    from pairforge.train.trainer import train
     from pairforge.train_config import TrainConfig
+    from pairforge.training.trainer import train
 
     trained = train(TrainConfig(model=str(tiny_model_dir), pairs=tmp_path / "trl.parquet", out=tmp_path / "run",
                                 batch_size=4, max_length=64, max_steps=1, prompt_format="text",

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from conftest import one_line_error, preference_rows
 from pairforge.cli import app
 from pairforge.config import EvalConfig, SourceConfig
-from pairforge.train.trainer import train
 from pairforge.train_config import LoraSettings, TrainConfig
+from pairforge.training.trainer import train
 
 
 def fast_dtype() -> str:
@@ -66,7 +66,7 @@ def test_lr_unset_is_5e_7_for_full_fine_tuning_and_1e_4_with_lora(tiny_model_dir
 # --- dtype and batch size for generation and evaluation ----------------------------------------------------------
 
 def test_auto_dtype_is_resolved_before_it_keys_the_answers(tiny_model_dir: Path) -> None:
-    from pairforge.generate.run import source_requests
+    from pairforge.generation.answers import source_requests
 
     prompts = pl.DataFrame({"prompt_id": ["a"], "prompt": ["Name a colour."]})
     local = SourceConfig(name="s", model=str(tiny_model_dir))
@@ -81,7 +81,7 @@ def test_auto_dtype_is_resolved_before_it_keys_the_answers(tiny_model_dir: Path)
 @pytest.mark.slow
 def test_an_evaluation_records_the_dtype_it_ran_in(tiny_model_dir: Path, tmp_path: Path) -> None:
     from pairforge.config import JudgeConfig
-    from pairforge.evaluate.run import EvalSettings, evaluate
+    from pairforge.evaluation.compare import EvalSettings, evaluate
 
     reference = tmp_path / "ref.json"
     reference.write_text(json.dumps([{"instruction": f"Name fruit {i}.", "output": "An apple.", "generator": "ref"}
@@ -95,7 +95,7 @@ def test_an_evaluation_records_the_dtype_it_ran_in(tiny_model_dir: Path, tmp_pat
 def test_eval_flags_default_to_the_eval_sections_defaults() -> None:
     """`pairforge eval`, `EvalSettings` (the Python API) and a recipe's `eval:` section agree on every default."""
     from pairforge.cli.pipeline_commands import eval_command
-    from pairforge.evaluate.run import EvalSettings
+    from pairforge.evaluation.compare import EvalSettings
 
     flags = {name: parameter.default.default for name, parameter in inspect.signature(eval_command).parameters.items()}
     for name in ("max_new_tokens", "temperature", "bootstrap", "batch_size", "dtype"):  # --judge, --reference: own
@@ -121,7 +121,7 @@ def test_train_takes_dtype_lora_rank_and_report_to_flags(tiny_model_dir: Path, p
 
 
 def test_generate_takes_a_dtype_flag_for_its_local_sources(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from pairforge.generate.run import source_requests
+    from pairforge.generation.answers import source_requests
     from pairforge.records import prompts_from_file
 
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "Name a colour."}\n')

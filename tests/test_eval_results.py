@@ -14,11 +14,11 @@ from servers import FaultProxy, free_port
 
 from conftest import SAMPLE
 from pairforge.config import JudgeConfig, SourceConfig
-from pairforge.evaluate.leaderboard import Leaderboard
-from pairforge.evaluate.run import EvalSettings, evaluate
-from pairforge.judge.ranking import Ranking
-from pairforge.judge.run import judge
-from pairforge.judge.summary import JudgeSummary
+from pairforge.evaluation.compare import EvalSettings, evaluate
+from pairforge.evaluation.leaderboard import Leaderboard
+from pairforge.judging.ranking import Ranking
+from pairforge.judging.scoring import judge
+from pairforge.judging.summary import JudgeSummary
 from pairforge.layout import RunDir
 from pairforge.rank_stage import rank
 from pairforge.recipe import load_recipe

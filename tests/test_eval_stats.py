@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pairforge.evaluate.stats import length_controlled_win_rate, paired_difference, win_rate
+from pairforge.evaluation.stats import length_controlled_win_rate, paired_difference, win_rate
 
 
 def test_win_rate_counts_ties_half_and_its_interval_is_sane() -> None:
@@ -69,7 +69,7 @@ def test_paired_test_keeps_its_level_on_small_samples() -> None:
 def test_a_length_controlled_rate_far_from_the_raw_one_is_pointed_out() -> None:
     """A model whose answers are all much longer: its length-controlled win rate extrapolates, and the notes
     say to read both (as AlpacaEval 2 warns); a small gap gets no note."""
-    from pairforge.evaluate.leaderboard import Leaderboard
+    from pairforge.evaluation.leaderboard import Leaderboard
     from pairforge.render import leaderboard_notes
 
     def model(name: str, raw: float, controlled: float) -> dict:

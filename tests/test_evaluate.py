@@ -20,7 +20,7 @@ from servers import FaultProxy, free_port
 from conftest import SAMPLE, answer_failed_judge_requests
 from pairforge.config import JudgeConfig, SourceConfig
 from pairforge.errors import InputError
-from pairforge.evaluate.run import EvalSettings, evaluate
+from pairforge.evaluation.compare import EvalSettings, evaluate
 from pairforge.schema import prompt_id_of, to_messages
 
 
@@ -119,7 +119,7 @@ def test_models_answer_in_alpaca_eval_shape_and_known_verdicts_give_the_win_rate
 
 
 def p_shown_first_from_reply(reply: dict[str, Any]) -> float:
-    """P(the answer shown first is better) from a stored judge reply, as judge/pairwise.py documents it: when the
+    """P(the answer shown first is better) from a stored judge reply, as judging/pairwise.py documents it: when the
     judge's first token is the letter A or B, the first token's log-probs of 'A' and 'B' renormalised over the
     two; otherwise the letter its text names ("The answer is A")."""
     logprobs = reply["first_token_logprobs"]

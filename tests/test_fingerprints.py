@@ -54,7 +54,7 @@ def test_the_weights_are_read_once_per_state_of_the_files(tiny_model_dir: Path, 
 def test_two_copies_of_a_model_sample_the_same_answers(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Two identical runs, each with its own copy of a trained model (as two fresh iterative runs have in
     round 2), sample the same answers at temperature 1."""
-    from pairforge.generate.run import generate
+    from pairforge.generation.answers import generate
     from pairforge.recipe import load_recipe
 
     answers = []

@@ -25,7 +25,7 @@ from servers import FaultProxy
 
 from pairforge.config import SourceConfig
 from pairforge.errors import InputError
-from pairforge.generate.run import generate, source_requests
+from pairforge.generation.answers import generate, source_requests
 from pairforge.recipe import load_recipe
 from pairforge.requests.backends.base import Request
 from pairforge.requests.store import Store

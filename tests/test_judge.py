@@ -18,8 +18,8 @@ from servers import FaultProxy, free_port
 
 from conftest import answer_failed_judge_requests, preference_rows
 from pairforge.config import JudgeConfig, SourceConfig
-from pairforge.judge.pairwise import Verdict, both_orders, read_verdict
-from pairforge.judge.run import judge
+from pairforge.judging.pairwise import Verdict, both_orders, read_verdict
+from pairforge.judging.scoring import judge
 from pairforge.recipe import load_recipe
 
 
@@ -94,8 +94,8 @@ def test_similarity_judge_scores_closeness_to_the_reference(tmp_path: Path) -> N
 def test_reward_model_judge_then_rank_then_pairs(tmp_path: Path, tiny_model_dir: Path) -> None:
     """A reward model trained by the engine scores held-out answers the way it was trained; its scores
     give a significant ranking, and the pairs stage builds pairs from that ranking."""
-    from pairforge.train.trainer import train
     from pairforge.train_config import TrainConfig
+    from pairforge.training.trainer import train
 
     pl.DataFrame(preference_rows(48)).write_parquet(tmp_path / "pairs.parquet")
     train(TrainConfig(model=str(tiny_model_dir), pairs=tmp_path / "pairs.parquet", out=tmp_path / "rm",

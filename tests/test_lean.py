@@ -1,4 +1,4 @@
-"""The memory-lean blocks (train/lean.py) and the fused head (sequences/logprobs.py): the same numbers as the
+"""The memory-lean blocks (training/lean.py) and the fused head (sequences/logprobs.py): the same numbers as the
 plain modules, less kept for backward, and the memory model's activation figure matching what is kept."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _saved_bytes(model: nn.Module, tokens: int) -> int:
 
 
 def test_lean_blocks_give_the_same_outputs_and_gradients():
-    from pairforge.train.lean import use_lean_blocks
+    from pairforge.training.lean import use_lean_blocks
 
     plain = _tiny_llama()
     lean = copy.deepcopy(plain)
@@ -57,9 +57,9 @@ def test_lean_blocks_give_the_same_outputs_and_gradients():
 def test_lean_blocks_keep_less_and_the_memory_model_counts_it_exactly(shape):
     """Per token and decoder layer, the activation bytes the memory model expects are the bytes autograd keeps
     (counted with saved-tensor hooks), for shapes that vary one dimension at a time (and SmolLM2-135M's):
-    each coefficient of train/memory.py is pinned by one of them."""
-    from pairforge.train.lean import use_lean_blocks
-    from pairforge.train.memory import estimate
+    each coefficient of training/memory.py is pinned by one of them."""
+    from pairforge.training.lean import use_lean_blocks
+    from pairforge.training.memory import estimate
 
     def kept(lean: bool) -> int:
         """One layer x 100 tokens: two differences leave out weights, embeddings and the final norm."""
@@ -80,7 +80,7 @@ def test_lean_blocks_keep_less_and_the_memory_model_counts_it_exactly(shape):
 def test_lean_mlp_runs_a_lora_adapter_instead_of_bypassing_it():
     from peft import LoraConfig, get_peft_model
 
-    from pairforge.train.lean import use_lean_blocks
+    from pairforge.training.lean import use_lean_blocks
 
     def adapted(lean: bool) -> nn.Module:
         model = _tiny_llama()
@@ -99,7 +99,7 @@ def test_lean_mlp_runs_a_lora_adapter_instead_of_bypassing_it():
 
 
 def test_modules_with_other_maths_are_left_alone():
-    from pairforge.train.lean import use_lean_blocks
+    from pairforge.training.lean import use_lean_blocks
 
     class OnePlusNorm(nn.Module):  # Gemma-style: (1 + weight), not Llama's maths
         def __init__(self) -> None:
@@ -127,7 +127,7 @@ def test_head_log_probs_match_log_softmax_and_their_gradients_are_exact():
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_swiglu_and_norm_gradients_are_exact(bias):
-    from pairforge.train.lean import _RMSNorm, _SwiGLUDown
+    from pairforge.training.lean import _RMSNorm, _SwiGLUDown
 
     torch.manual_seed(0)
     gate, up = torch.randn(2, 3, 7, dtype=torch.double), torch.randn(2, 3, 7, dtype=torch.double)

@@ -85,7 +85,7 @@ def test_the_attention_mask_is_kept_once_not_once_per_layer(tiny, share_prompt):
     a boolean mask itself (the shared layout's block mask, or the one transformers makes of right padding);
     made once as an additive mask of the compute dtype (also under bf16 autocast), one copy serves all
     layers — the bytes the memory model counts for it."""
-    from pairforge.train.memory import estimate
+    from pairforge.training.memory import estimate
 
     batch = collate(random_pairs(with_target=False), pad_id=2, with_targets=False, share_prompt=share_prompt)
     rows, width = batch.input_ids.shape

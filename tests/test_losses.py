@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pairforge.train import losses as L
+from pairforge.training import losses as L
 
 B = 0.1
 LOGPS = dict(chosen=-10.0, rejected=-14.0, ref_chosen=-11.0, ref_rejected=-12.0, chosen_tokens=5.0,

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from conftest import SAMPLE, one_line_error
 from pairforge.cli import app
 from pairforge.config import PairsConfig
-from pairforge.pairs.run import build_from_files
+from pairforge.pairs.build_files import build_from_files
 from pairforge.pairs.summary import PairsSummary
 
 SAMPLE_FILES = [SAMPLE / f"{name}.json" for name in ("strong", "medium", "weak")]

@@ -151,7 +151,7 @@ def test_a_train_stage_resumes_only_its_own_unfinished_work(tmp_path: Path) -> N
     """Checkpoints survive a crash and are resumed with the same settings; they are wiped when the settings
     changed or when a finished stage is run again (--from), so no run resumes another's checkpoint."""
     from pairforge.layout import RunDir
-    from pairforge.pipeline import Plan, run
+    from pairforge.pipeline import Plan, execute
     from pairforge.stage_unit import StageUnit
 
     work = tmp_path / "train" / "x"
@@ -172,10 +172,10 @@ def test_a_train_stage_resumes_only_its_own_unfinished_work(tmp_path: Path) -> N
                                                        run_fresh=lambda: train(fresh=True))])
 
     with pytest.raises(KeyboardInterrupt):
-        run(stage({"lr": 1}, crash=True))
-    run(stage({"lr": 1}))  # same settings after a crash: resumes from the checkpoint
-    run(stage({"lr": 2}))  # settings changed: starts empty
-    run(stage({"lr": 2}), start="train:x")  # finished, run again on purpose: starts empty
+        execute(stage({"lr": 1}, crash=True))
+    execute(stage({"lr": 1}))  # same settings after a crash: resumes from the checkpoint
+    execute(stage({"lr": 2}))  # settings changed: starts empty
+    execute(stage({"lr": 2}), start="train:x")  # finished, run again on purpose: starts empty
     assert seen == [False, True, False, False]
 
 
@@ -183,7 +183,7 @@ def test_a_fresh_start_that_failed_before_clearing_starts_fresh_again(tmp_path: 
     """Settings changed, and the new run fails before it clears the folder (its model does not load): the next
     attempt must start fresh again, not resume the earlier run's checkpoint as its own."""
     from pairforge.layout import RunDir
-    from pairforge.pipeline import Plan, run
+    from pairforge.pipeline import Plan, execute
     from pairforge.stage_unit import StageUnit
 
     work = tmp_path / "train" / "x"
@@ -200,10 +200,10 @@ def test_a_fresh_start_that_failed_before_clearing_starts_fresh_again(tmp_path: 
         return Plan(None, RunDir(tmp_path), [StageUnit("train:x", "t", "1", None, lambda: train("run"), [],  # type: ignore[arg-type]
                                                        {"lr": lr}, work_dir=work, run_fresh=lambda: train("fresh"))])
 
-    run(stage(1))
+    execute(stage(1))
     with pytest.raises(RuntimeError):
-        run(stage(2, fails=True))
-    run(stage(2))
+        execute(stage(2, fails=True))
+    execute(stage(2))
     assert calls == [("run", 1), ("fresh", 2), ("fresh", 2)]
 
 

@@ -11,15 +11,15 @@ import torch
 
 from conftest import preference_rows
 from pairforge.config import JudgeConfig, SourceConfig
-from pairforge.evaluate.run import EvalSettings, evaluate
-from pairforge.generate.run import source_requests
+from pairforge.evaluation.compare import EvalSettings, evaluate
+from pairforge.generation.answers import source_requests
 from pairforge.prompting import TEXT_TEMPLATE
 from pairforge.requests.backends.base import Request
 from pairforge.requests.backends.local import TransformersBackend
 from pairforge.requests.store import Store
 from pairforge.sequences.tokenize import encode
-from pairforge.train.trainer import train
 from pairforge.train_config import TrainConfig
+from pairforge.training.trainer import train
 
 pytestmark = pytest.mark.slow
 

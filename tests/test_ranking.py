@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pairforge.judge.ranking import comparisons_from_scores, fit
+from pairforge.judging.ranking import comparisons_from_scores, fit
 
 
 def comparisons(rows: list[tuple[str, str, str, float]]) -> pl.DataFrame:

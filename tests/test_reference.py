@@ -8,7 +8,7 @@ import torch
 from pairforge.fingerprints import model_fingerprint
 from pairforge.models import load_causal_lm
 from pairforge.sequences.tokenize import tokenize_pairs
-from pairforge.train.reference import reference_logps
+from pairforge.training.reference import reference_logps
 
 pytestmark = pytest.mark.slow
 
@@ -87,8 +87,8 @@ def test_bf16_step_one_is_exactly_ln2_on_real_length_pairs_and_after_a_resume(tm
     import shutil
 
     from conftest import rewind
-    from pairforge.train.trainer import train
     from pairforge.train_config import CurriculumConfig, TrainConfig
+    from pairforge.training.trainer import train
 
     real_length_pairs(tmp_path / "pairs.parquet")
     curriculum = CurriculumConfig(difficulty="column:level", schedule="sorted") if order == "curriculum" else None

@@ -98,7 +98,7 @@ def test_terminal_bars_sum_neighbouring_bins_to_fit_their_column() -> None:
 def test_revision_requests_carry_the_filled_template_and_a_key_that_changes_with_what_changes_the_revision() -> None:
     from pairforge.config import RevisionConfig, SourceConfig
     from pairforge.records import responses_frame
-    from pairforge.revise import revision_requests
+    from pairforge.revision import revision_requests
     from pairforge.schema import Response
 
     originals = responses_frame([Response("What is {answer}?", "base", "It is {instruction}: 5."),
@@ -131,7 +131,7 @@ def test_a_reviser_that_only_revises_answers_no_prompt(tmp_path: Path) -> None:
     every request) is not asked to answer the prompts; a reviser that revises its own answers still answers."""
     from servers import free_port
 
-    from pairforge.generate.run import generate
+    from pairforge.generation.answers import generate
     from pairforge.recipe import load_recipe
 
     written_answers(tmp_path)

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from conftest import preference_rows, rewind
 from pairforge.cli import app
-from pairforge.train.trainer import TrainingStopped, TrainResult, train
 from pairforge.train_config import LoraSettings, TrainConfig
+from pairforge.training.trainer import TrainingStopped, TrainResult, train
 
 pytestmark = pytest.mark.slow
 
@@ -119,7 +119,7 @@ def test_a_resume_in_another_batch_order_is_refused(tiny_model_dir, tmp_path):
 def test_train_returns_the_run_it_wrote_and_a_finished_run_reads_back_the_same(tiny_model_dir, pairs_file, tmp_path):
     """`train`'s result is what the run folder holds: the record (run.json) and the metric rows read back equal,
     and a finished run found again is the same run."""
-    from pairforge.train.result import TrainResult
+    from pairforge.training.result import TrainResult
 
     trained = train(config(tiny_model_dir, pairs_file, tmp_path / "run", max_steps=2), progress=False)
     found = TrainResult.read(tmp_path / "run")
@@ -542,7 +542,7 @@ def test_memory_model_counts_what_each_setting_keeps(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
 
     from pairforge.models import load_causal_lm
-    from pairforge.train.memory import estimate
+    from pairforge.training.memory import estimate
 
     def held(model: torch.nn.Module) -> int:
         return sum(p.nbytes for p in model.parameters())

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import preference_rows, rewind
-from pairforge.train.curriculum import difficulty_of, plan
-from pairforge.train.trainer import train
 from pairforge.train_config import CurriculumConfig, TrainConfig
+from pairforge.training.curriculum import difficulty_of, plan
+from pairforge.training.trainer import train
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from conftest import one_line_error, preference_rows
 from pairforge.cli import app
-from pairforge.train.trainer import train
 from pairforge.train_config import TrainConfig
+from pairforge.training.trainer import train
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def target_pairs(tmp_path: Path) -> Path:
 
 # --- 1. each loss is the one trained, with its settings passed through -----------------------------------
 
-# The module docstring of src/pairforge/train/losses.py, written out again with D = logp - ref (ref = the
+# The module docstring of src/pairforge/training/losses.py, written out again with D = logp - ref (ref = the
 # untrained policy, so D is 0 in value but carries the policy's gradient), z = b (Dc - Dr), e = label_smoothing.
 FORMULAS = {
     "dpo": lambda v, s: -F.logsigmoid(v["z"]),
@@ -475,7 +475,7 @@ def test_forward_tokens_is_refused_under_deepspeed_where_each_piece_would_step()
     from accelerate.utils import DistributedType
 
     from pairforge.errors import InputError
-    from pairforge.train.setup import _check_forward_tokens
+    from pairforge.training.setup import _check_forward_tokens
 
     for kind in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.FSDP):
         _check_forward_tokens(kind, 512)

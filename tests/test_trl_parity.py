@@ -17,7 +17,7 @@ import torch
 from conftest import preference_rows
 from pairforge.sequences.logprobs import answer_logps, collate
 from pairforge.sequences.tokenize import tokenize_pairs
-from pairforge.train import losses as L
+from pairforge.training import losses as L
 
 pytestmark = pytest.mark.slow
 

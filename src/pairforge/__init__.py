@@ -14,8 +14,6 @@ The names load on first use (PEP 562), so `import pairforge` and the command sta
 """
 
 import importlib as _importlib
-import sys as _sys
-import types as _types
 from typing import Any as _Any
 
 __version__ = "0.1.0"
@@ -36,15 +34,3 @@ def __getattr__(name: str) -> _Any:
 def __dir__() -> list[str]:
     return sorted([*__all__, "__version__"])
 
-
-class _Package(_types.ModuleType):
-    """`pairforge.train` is the function, while `pairforge/train/` stays the stage's package: Python sets a
-    subpackage as an attribute of its parent once imported (`import pairforge.train.trainer`), which would hide
-    the function; an API name keeps its function (`from pairforge.train import x` reads sys.modules, unchanged)."""
-
-    def __setattr__(self, name: str, value: _Any) -> None:
-        if not (name in __all__ and isinstance(value, _types.ModuleType)):
-            super().__setattr__(name, value)
-
-
-_sys.modules[__name__].__class__ = _Package

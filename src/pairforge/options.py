@@ -100,7 +100,7 @@ def train_section(config: Path | None, run_name: str | None) -> TrainConfig:
     if run_name is None:
         return load_recipe(config).train
     from pairforge import pipeline, rounds
-    from pairforge.train.stage import run_config
+    from pairforge.training.stage import run_config
 
     recipe, run_dir = pipeline.load(config)
     round_, _, name = run_name.rpartition(":") if recipe.rounds > 1 else ("round-1", "", run_name)

@@ -16,23 +16,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pairforge import rank_stage, report_stage, revise_stage
+from pairforge import rank_stage, revision_stage
 from pairforge import schema as S
 from pairforge.config import SourceConfig
 from pairforge.errors import InputError
-from pairforge.evaluate import stage as eval_stage
+from pairforge.evaluation import stage as eval_stage
 from pairforge.files import check_output, write_table
-from pairforge.generate import stage as generate_stage
-from pairforge.judge import stage as judge_stage
+from pairforge.generation import stage as generate_stage
+from pairforge.judging import stage as judge_stage
 from pairforge.layout import RunDir
 from pairforge.pairs import stage as pairs_stage
 from pairforge.recipe import Recipe, check_reads_apart, load_recipe
+from pairforge.reporting import stage as report_stage
 from pairforge.rounds import policy_run, round_dir, round_recipe
 from pairforge.stage_unit import Round, StageMarker, StageRun, StageUnit
-from pairforge.train import stage as train_stage
+from pairforge.training import stage as train_stage
 
 # one round's stages, in order (the report follows the last round)
-STAGES = (generate_stage.units, revise_stage.units, judge_stage.units, rank_stage.units, pairs_stage.units,
+STAGES = (generate_stage.units, revision_stage.units, judge_stage.units, rank_stage.units, pairs_stage.units,
           train_stage.units, eval_stage.units)
 
 
@@ -97,8 +98,8 @@ def preflight(recipe: Recipe) -> list[str]:
     is a line returned (a dry run only warns); a file source that fails the generate stage's checks (read in full)
     or an API server that does not answer a ping is an InputError, in the dry run too."""
     from pairforge.files import read_records
-    from pairforge.generate.run import file_answers, read_file_source
-    from pairforge.judge.run import judge_llm
+    from pairforge.generation.answers import file_answers, read_file_source
+    from pairforge.judging.scoring import judge_llm
     from pairforge.records import prompts_from_file, responses_from_files
     from pairforge.requests.backends.base import check_source
 
@@ -159,7 +160,7 @@ def with_format_samples(recipe: Recipe) -> tuple[Recipe, list[str]]:
     return checked, notes
 
 
-def run(plan_: Plan, start: str | None = None, progress: Callable[[str, str], None] = lambda s, m: None,
+def execute(plan_: Plan, start: str | None = None, progress: Callable[[str, str], None] = lambda s, m: None,
         stop: str | None = None) -> list[StageRun]:
     """Run the plan's stages from the first up to `stop` (the last one named so); skip finished ones unless
     at or after `start`. Returns what each did."""

@@ -1,4 +1,4 @@
-"""The rank stage as a unit of `pairforge run`: source strength from the judge's verdicts (judge/ranking.py),
+"""The rank stage as a unit of `pairforge run`: source strength from the judge's verdicts (judging/ranking.py),
 and the pairs' declared order (pairs/order.py) checked against it. It reads both packages, so it lives a layer
 above them."""
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pairforge.files import check_output
-from pairforge.judge.ranking import DeclaredCheck, Ranking, fit, read_comparisons
+from pairforge.judging.ranking import DeclaredCheck, Ranking, fit, read_comparisons
 from pairforge.layout import RunDir
 from pairforge.pairs.order import parse_rank
 from pairforge.recipe import Recipe

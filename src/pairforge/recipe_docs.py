@@ -28,7 +28,8 @@ PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
                ("pairs.revision", C.RevisionConfig)]),
     "train": ("Train: SFT, DPO and relatives, SLiC-HF, reward models, with a curriculum (`pairforge train`; "
               "`runs[]` in a pipeline).", [("train / runs[]", T.RunConfig), ("lora", T.LoraSettings),
-                                           ("curriculum", T.CurriculumConfig), ("curriculum.stages[]", T.Stage)]),
+                                           ("curriculum", T.CurriculumConfig),
+                                           ("curriculum.stages[]", T.CurriculumStage)]),
     "eval": ("Eval: every run judged against reference answers (`pairforge eval`; `eval` in a pipeline).",
              [("eval", C.EvalConfig)]),
     "run": ("Run: the whole recipe end to end (`pairforge run`), resumable; `--quick` shrinks it; `rounds` repeats "

@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rich.table import Table
 
-from pairforge.generate.summary import GenerationSummary
+from pairforge.generation.summary import GenerationSummary
 from pairforge.pairs.summary import PairsSummary, RevisionStats
-from pairforge.revise import RevisionSummary
+from pairforge.revision import RevisionSummary
 
 if TYPE_CHECKING:  # the stages' results: read here by attribute, imported by their stages
-    from pairforge.evaluate.leaderboard import Leaderboard, Versus
-    from pairforge.evaluate.stats import Interval
-    from pairforge.judge.ranking import DeclaredCheck, Ranking
-    from pairforge.judge.summary import JudgeSummary
+    from pairforge.evaluation.leaderboard import Leaderboard, Versus
+    from pairforge.evaluation.stats import Interval
+    from pairforge.judging.ranking import DeclaredCheck, Ranking
+    from pairforge.judging.summary import JudgeSummary
     from pairforge.stage_unit import StageRun
 
 

@@ -24,7 +24,7 @@ class LoraSettings(Section):
     merge: bool = Field(False, description="save the merged model instead of the adapter")
 
 
-class Stage(Section):
+class CurriculumStage(Section):
     """One stage of a staged curriculum: which pairs, and how many passes over them."""
 
     pair_types: list[str] | None = Field(None, description="pair types in this stage")
@@ -33,7 +33,7 @@ class Stage(Section):
     restart_lr: bool = Field(False, description="restart warmup + decay at this stage's start")
 
     @model_validator(mode="after")
-    def _one_selector(self) -> Stage:
+    def _one_selector(self) -> CurriculumStage:
         if (self.pair_types is None) == (self.difficulty is None):
             raise ValueError("a stage names either pair_types or a difficulty range [low, high)")
         return self
@@ -50,7 +50,7 @@ class CurriculumConfig(Section):
     schedule: Literal["random", "staged", "sorted", "anti", "buckets", "pacing"] = Field(
         "sorted", description="random; staged (stages in order); sorted easy->hard; anti hard->easy; buckets; "
         "pacing (a growing pool of the easiest pairs)")
-    stages: list[Stage] = Field(default_factory=list, description="staged: the stages, in order")
+    stages: list[CurriculumStage] = Field(default_factory=list, description="staged: the stages, in order")
     buckets: int = Field(3, ge=1, description="buckets: how many difficulty buckets")
     pacing: Literal["root", "linear"] = Field("root", description="pacing: growth of the pool of allowed pairs")
     start_fraction: float = Field(0.2, gt=0, le=1, description="pacing: share of easiest pairs allowed at step 0")
@@ -75,10 +75,10 @@ class CurriculumConfig(Section):
 
 Method = Literal["dpo", "sigmoid", "cdpo", "robust", "hinge", "ipo", "apo_zero", "apo_down", "simpo", "r-dpo",
                  "slic", "sft", "reward-model"]
-METHODS: tuple[str, ...] = get_args(Method)  # the one list of method names: train/losses.py has a loss for each
+METHODS: tuple[str, ...] = get_args(Method)  # the one list of method names: training/losses.py has a loss for each
 REWARD_MODEL = "reward-model"  # the method that trains a score head (a judge), not a policy
 METHODS_HELP = f"{' | '.join(METHODS)}, or a weighted sum 'dpo=1,sft=0.2'"
-# the fields of a train section that the losses read (train/losses.py's LossSettings): flat in the recipe, one group
+# the fields of a train section that the losses read (training/losses.py's LossSettings): flat in the recipe, one group
 LOSS_KNOBS = ("beta", "label_smoothing", "gamma", "alpha", "delta", "lam", "slic_nll")
 
 
@@ -182,7 +182,7 @@ class TrainConfig(Section):
         return self.share_prompt and self.trains_policy
 
     def loss_knobs(self) -> dict[str, object]:
-        """The settings the losses read (LOSS_KNOBS), by name: train/losses.py's LossSettings is built from them."""
+        """The settings the losses read (LOSS_KNOBS), by name: training/losses.py's LossSettings is built from them."""
         return {name: getattr(self, name) for name in LOSS_KNOBS}
 
     def resolved(self) -> TrainConfig:

@@ -12,17 +12,17 @@ from pairforge.layout import RunDir
 from pairforge.recipe import Recipe
 
 if TYPE_CHECKING:
-    from pairforge.generate.summary import GenerationSummary
-    from pairforge.judge.run import JudgeResult
+    from pairforge.generation.summary import GenerationSummary
+    from pairforge.judging.scoring import JudgeResult
     from pairforge.rank_stage import Ranked
-    from pairforge.revise import RevisionSummary
+    from pairforge.revision import RevisionSummary
 
 
 def generate(recipe: Recipe | str | Path, out: str | Path = ".", *, retry_failed: bool = False,
              sources: list[str] | None = None, dtype: str | None = None) -> GenerationSummary:
     """Answer the recipe's prompts with every source (or only `sources`) into `<out>/responses.parquet`; resumes
     where it stopped (answers cached in `<out>/store.sqlite`). `dtype` sets the weights of every local source."""
-    from pairforge.generate.run import generate as answer_prompts
+    from pairforge.generation.answers import generate as answer_prompts
 
     out = Path(out)
     cfg = recipe_for(recipe, out, dtype)
@@ -34,7 +34,7 @@ def revise(recipe: Recipe | str | Path, out: str | Path = ".", *, responses: str
            retry_failed: bool = False) -> RevisionSummary:
     """The reviser's minimal edits of the original source's answers (`pairs.revision`) into
     `<out>/revisions.parquet`."""
-    from pairforge.revise import revise as revise_answers
+    from pairforge.revision import revise as revise_answers
 
     out = Path(out)
     cfg = recipe_for(recipe, out)
@@ -46,7 +46,7 @@ def judge(recipe: Recipe | str | Path, out: str | Path = ".", *, responses: str 
           retry_failed: bool = False) -> JudgeResult:
     """Score the answers (reward model, similarity) or compare them pairwise (an LLM judge, both orders) into
     `<out>/responses.scored.parquet` (and `judgments.parquet`)."""
-    from pairforge.judge.run import judge as judge_answers
+    from pairforge.judging.scoring import judge as judge_answers
 
     out = Path(out)
     cfg = recipe_for(recipe, out)

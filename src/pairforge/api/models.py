@@ -17,9 +17,9 @@ from pairforge.pair_files import checked_pairs
 from pairforge.train_config import TrainConfig
 
 if TYPE_CHECKING:
-    from pairforge.evaluate.leaderboard import Leaderboard
-    from pairforge.report import Section
-    from pairforge.train.result import TrainResult
+    from pairforge.evaluation.leaderboard import Leaderboard
+    from pairforge.reporting.sections import Section
+    from pairforge.training.result import TrainResult
 
 
 def train(pairs: Any, *, method: str | dict[str, float] | None = None, model: str | None = None,
@@ -34,7 +34,7 @@ def train(pairs: Any, *, method: str | dict[str, float] | None = None, model: st
     or a `datasets.Dataset`: pairs in memory are checked as a file is, then written under `out` as the run's pairs
     file (`<out>/pairs.parquet`, with its eval split when a `Pairs` has one), which run.json records. Returns
     the steps, the metrics and the output folder."""
-    from pairforge.train.trainer import train as train_model
+    from pairforge.training.trainer import train as train_model
 
     flags = {**settings, "method": method, "model": model, "out": out}
     cfg = validated(TrainConfig, config or TrainConfig(), flags)  # bad settings are said before pairs are written
@@ -64,8 +64,8 @@ def evaluate(outputs: Mapping[str, Any] | list[Any] | None = None, reference: An
     (`<name>.outputs.parquet`, `reference.parquet`, or .jsonl for pandas rows) and read from there. `judge` is
     'similarity', 'reward-model:PATH', a recipe path (its judge: section) or a `JudgeConfig`; `settings` are
     the eval section's max_new_tokens, temperature, bootstrap, batch_size and dtype."""
-    from pairforge.evaluate.run import EvalSettings
-    from pairforge.evaluate.run import evaluate as judge_models
+    from pairforge.evaluation.compare import EvalSettings
+    from pairforge.evaluation.compare import evaluate as judge_models
 
     out = Path(out)
     cfg = validated(EvalConfig, EvalConfig(), settings)
@@ -99,7 +99,7 @@ def _file(data: Any, out: Path, stem: str, name: str | None) -> Any:
 def report(paths: list[str | Path] | str | Path, out: str | Path = "report.html") -> list[Section]:
     """One self-contained HTML report (and a Markdown twin, PNGs beside it) of the run folders or files in
     `paths`: pairs summaries, training runs, judge and eval outputs. Returns its sections."""
-    from pairforge.report import build_report
+    from pairforge.reporting.page import build_report
 
     given = paths if isinstance(paths, list) else [paths]
     return build_report([Path(p) for p in given], Path(out))

@@ -14,8 +14,8 @@ from pairforge.config import PairsConfig
 from pairforge.files import Records, read_records
 from pairforge.memory_records import is_in_memory, records_in_memory
 from pairforge.options import validated
+from pairforge.pairs.build_files import build
 from pairforge.pairs.result import Pairs
-from pairforge.pairs.run import build
 
 __all__ = ["Pairs", "build_pairs"]
 

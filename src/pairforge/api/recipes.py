@@ -15,8 +15,8 @@ from pairforge.recipe import Recipe, check_reads_apart, load_recipe
 from pairforge.rounds import round_dir
 
 if TYPE_CHECKING:
-    from pairforge.evaluate.leaderboard import Leaderboard
-    from pairforge.judge.ranking import Ranking
+    from pairforge.evaluation.leaderboard import Leaderboard
+    from pairforge.judging.ranking import Ranking
     from pairforge.pipeline import Plan
     from pairforge.stage_unit import StageRun
 
@@ -44,8 +44,8 @@ def run(recipe: Recipe | str | Path, quick: bool = False, *, run_dir: str | Path
     `-quick` folder beside. A `Recipe` runs in `run_dir` (default: its own `run_dir`). `progress(stage, message)`
     is called as each stage begins; `on_plan(plan, warnings)` once the plan is made; a warning stops the run."""
     from pairforge import pipeline
-    from pairforge.evaluate.leaderboard import Leaderboard
-    from pairforge.judge.ranking import Ranking
+    from pairforge.evaluation.leaderboard import Leaderboard
+    from pairforge.judging.ranking import Ranking
 
     cfg, folder, where = _recipe_and_folder(recipe, quick, run_dir)
     with writing(folder, "run_dir") as still_held:  # one command per run folder, from its first write on
@@ -61,7 +61,7 @@ def run(recipe: Recipe | str | Path, quick: bool = False, *, run_dir: str | Path
             if progress is not None:
                 progress(name, message)
 
-        done = pipeline.run(the_plan, from_stage, stage_begins, to_stage)
+        done = pipeline.execute(the_plan, from_stage, stage_begins, to_stage)
     last = round_dir(folder, cfg, cfg.rounds)
     found = {name: path if path.exists() else None for name, path in
              {"pairs": last.pairs(), "report": RunDir(folder).report}.items()}

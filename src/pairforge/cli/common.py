@@ -36,10 +36,10 @@ def stop_on_failures(failed: int, what: str, detail: str = "") -> None:
         raise typer.Exit(1)
 
 
-def fail_cleanly(run: Callable[[], T]) -> T:
+def fail_cleanly(command: Callable[[], T]) -> T:
     """Run a command; bad input becomes one line and exit 2."""
     try:
-        return run()
+        return command()
     except InputError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None

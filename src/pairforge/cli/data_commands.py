@@ -62,7 +62,7 @@ def pairs_build(
     config: Path | None = typer.Option(None, help="recipe YAML; its `pairs:` section gives the defaults"),
 ) -> None:
     """Turn answers of models of different strength into a TRL-ready pairs file and a summary."""
-    def run() -> None:
+    def command() -> None:
         flags = {"inputs": inputs or None, "rank": rank, "rank_from": rank_from, "pair_types": pair_types,
                  "strategy": strategy, "scored_mode": scored_mode, "min_margin": min_margin, "format": format,
                  "out": out, "revision.min_edit": min_edit, "revision.max_edit": max_edit,
@@ -76,11 +76,11 @@ def pairs_build(
                         "decontaminate": decontaminate or None, "ngram": ngram}
         _run_pairs_build(config, flags, filter_flags)
 
-    fail_cleanly(run)
+    fail_cleanly(command)
 
 
 def _run_pairs_build(config: Path | None, flags: dict[str, Any], filter_flags: dict[str, Any]) -> None:
-    from pairforge.pairs.run import build_from_files  # keeps `pairforge --help` fast
+    from pairforge.pairs.build_files import build_from_files  # keeps `pairforge --help` fast
 
     base = load_recipe(config).pairs if config else PairsConfig()
     filters = base.filters.model_dump()
@@ -112,7 +112,7 @@ def generate_command(
                                      "(default: each source's own, auto unless set)"),
 ) -> None:
     """Answer the prompts with every source; resumes where it stopped (cached in <out>/store.sqlite)."""
-    def run() -> None:
+    def command() -> None:
         from pairforge.api.data import generate
 
         result = generate(recipe, out, retry_failed=retry_failed, sources=source, dtype=dtype)
@@ -122,7 +122,7 @@ def generate_command(
         stop_on_failures(result.failed, "requests", f" ({', '.join(f'{r}: {n}' for r, n in reasons.most_common(3))})"
                           if reasons else "")
 
-    fail_cleanly(run)
+    fail_cleanly(command)
 
 
 # `judge` and `revise` both ask a model about every answer of a run folder: the same three options
@@ -146,7 +146,7 @@ def judge_command(
     retry_failed: bool = _retry_failed(asking="judge"),
 ) -> None:
     """Score answers (reward model, similarity) or compare them pairwise with an LLM judge, both orders."""
-    def run() -> None:
+    def command() -> None:
         from pairforge.api.data import judge
 
         result = judge(recipe, out, responses=responses, retry_failed=retry_failed)
@@ -158,7 +158,7 @@ def judge_command(
         console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
         stop_on_failures(summary.failed_requests, "judge requests")
 
-    fail_cleanly(run)
+    fail_cleanly(command)
 
 
 def revise_command(
@@ -168,7 +168,7 @@ def revise_command(
     retry_failed: bool = _retry_failed(asking="reviser"),
 ) -> None:
     """Have the reviser minimally edit the original source's answers (cached in <out>/store.sqlite, resumable)."""
-    def run() -> None:
+    def command() -> None:
         from pairforge.api.data import revise
 
         result = revise(recipe, out, responses=responses, retry_failed=retry_failed)
@@ -176,7 +176,7 @@ def revise_command(
         say(f"wrote {result.exported} revisions to {result.revisions}")
         stop_on_failures(result.failed, "revision requests")
 
-    fail_cleanly(run)
+    fail_cleanly(command)
 
 
 def rank_command(
@@ -184,7 +184,7 @@ def rank_command(
     out: Path = typer.Option(Path("."), help="run folder: reads judgments.parquet (or responses.scored.parquet)"),
 ) -> None:
     """Estimate source strength (Bradley-Terry, bootstrap intervals) from the judge's verdicts."""
-    def run() -> None:
+    def command() -> None:
         from pairforge.api.data import rank
 
         ranked = rank(recipe, out)
@@ -192,7 +192,7 @@ def rank_command(
         say(render.significant_order(ranked.ranking))
         say(f"wrote {ranked.written}; use it with `pairs build --rank-from`")
 
-    fail_cleanly(run)
+    fail_cleanly(command)
 
 
 
@@ -211,9 +211,9 @@ def curriculum_show(
     out: Path = typer.Option(Path("."), help="folder for curriculum.png"),
 ) -> None:
     """Print a curriculum's stages or buckets with their sizes and difficulty, and plot difficulty by step."""
-    def run() -> None:
+    def command() -> None:
         from pairforge.pair_files import read_pairs
-        from pairforge.train.curriculum import plan, shown_difficulty, write_plot
+        from pairforge.training.curriculum import plan, shown_difficulty, write_plot
 
         train = options.train_section(config, run_name)
         base = train.curriculum or CurriculumConfig()
@@ -246,4 +246,4 @@ def curriculum_show(
         else:
             console.print(f"wrote {write_plot(result, values, out / 'curriculum.png')}", highlight=False)
 
-    fail_cleanly(run)
+    fail_cleanly(command)

@@ -19,7 +19,7 @@ from pairforge.layout import RunDir
 from pairforge.recipe import Recipe
 
 if TYPE_CHECKING:
-    from pairforge.evaluate.leaderboard import Leaderboard
+    from pairforge.evaluation.leaderboard import Leaderboard
     from pairforge.pipeline import Plan
 
 _EVAL = {name: info.default for name, info in EvalConfig.model_fields.items()}  # the flags' defaults: the recipe's
@@ -67,7 +67,7 @@ def eval_command(
                                       "failed before"),
 ) -> None:
     """Judge models against reference answers: win rate, interval, length-controlled win rate, leaderboard."""
-    def run() -> None:
+    def command() -> None:
         from pairforge.api.models import evaluate
 
         result = evaluate(outputs or [], reference, models=models or [], judge=judge, out=out, prompts=prompts,
@@ -76,14 +76,14 @@ def eval_command(
         _show_leaderboard(result)
         console.print(f"wrote {out / 'leaderboard.json'}, {out / 'eval.parquet'}", highlight=False)
 
-    fail_cleanly(run)
+    fail_cleanly(command)
 
 
 def _show_outcome(recipe: Recipe, run_dir: Path) -> None:
     """After `pairforge run`: the declared order checked, the (last round's) leaderboard, every round's scores."""
-    from pairforge.evaluate.leaderboard import Leaderboard
-    from pairforge.judge.ranking import Ranking
-    from pairforge.report import round_entries
+    from pairforge.evaluation.leaderboard import Leaderboard
+    from pairforge.judging.ranking import Ranking
+    from pairforge.reporting.sections import round_entries
     from pairforge.rounds import round_dir
 
     last = round_dir(run_dir, recipe, recipe.rounds)
@@ -109,14 +109,14 @@ def report_command(
     out: Path = typer.Option(Path("report.html"), help="the HTML page; the Markdown twin and PNGs go beside it"),
 ) -> None:
     """One self-contained HTML report (and a Markdown twin) of pairs, sources, training and evaluation."""
-    def run() -> None:
+    def command() -> None:
         from pairforge.api.models import report
 
         sections = report(paths, out)
         console.print(f"wrote {out} and {out.with_suffix('.md')} ({', '.join(s.title for s in sections)})",
                       highlight=False)
 
-    fail_cleanly(run)
+    fail_cleanly(command)
 
 
 def run_command(
@@ -132,7 +132,7 @@ def run_command(
                                       "verdicts) that failed before; they wait in the store"),
 ) -> None:
     """The whole recipe end to end in one run folder; finished stages are skipped, so a re-run resumes."""
-    def run() -> None:
+    def command() -> None:
         from pairforge import pipeline
         from pairforge.api.recipes import checked_plan
         from pairforge.api.recipes import run as run_recipe
@@ -159,7 +159,7 @@ def run_command(
         show(render.finished(result.stages, time.perf_counter() - started[0]))
         _show_outcome(result.recipe, result.run_dir)
 
-    fail_cleanly(run)
+    fail_cleanly(command)
 
 
 def _show_plan(path: Path, run_dir: Path, quick: bool, the_plan: Plan, warnings: list[str]) -> None:

@@ -58,8 +58,8 @@ def train_command(
                                         "`runs:` (in its run folder, as `pairforge run` would; for accelerate launch)"),
 ) -> None:
     """Post-train a model on preference pairs (SFT, DPO and relatives, SLiC-HF); resumes from its checkpoints."""
-    def run() -> None:
-        from pairforge.train.trainer import TrainingStopped, train
+    def command() -> None:
+        from pairforge.training.trainer import TrainingStopped, train
 
         base = options.train_section(config, run_name)
         flags = {"method": options.parse_method(method) if method else None, "model": model, "pairs": pairs,
@@ -88,7 +88,7 @@ def train_command(
         console.print(f"{done} {result.steps} steps; model in {result.model}, metrics in {result.metrics_file}",
                       highlight=False)
 
-    fail_cleanly(run)
+    fail_cleanly(command)
 
 
 def _holding_run_folder(out: Path, option: str) -> AbstractContextManager[Any]:

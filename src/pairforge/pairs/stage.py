@@ -32,7 +32,7 @@ def pairs_config(recipe: Recipe, run: RunDir) -> PairsConfig:
 
 
 def run_stage(recipe: Recipe, run: RunDir) -> list[Path]:
-    from pairforge.pairs.run import build_from_files
+    from pairforge.pairs.build_files import build_from_files
 
     return build_from_files(pairs_config(recipe, run)).written  # no pair at all is its error
 

@@ -28,14 +28,14 @@ from pairforge.pair_files import read_pairs
 from pairforge.prompting import PromptFormat, has_chat_template, prompt_format_of
 from pairforge.sequences.logprobs import AnswerLogps, Forwards, SequenceScores, row_width
 from pairforge.sequences.tokenize import TokenizedPair, TokenizeStats, tokenize_pairs
-from pairforge.train import losses as L
-from pairforge.train.checkpoints import PlannedOrder, order_digest
-from pairforge.train.curriculum import Plan, difficulty_of, length_grouped, needs_difficulty, plan, reference_margin
-from pairforge.train.lean import use_lean_blocks
-from pairforge.train.metrics import held_out_batches
-from pairforge.train.objective import PairObjective, ReferenceTable
-from pairforge.train.reference import reference_logps, training_reference
 from pairforge.train_config import TrainConfig
+from pairforge.training import losses as L
+from pairforge.training.checkpoints import PlannedOrder, order_digest
+from pairforge.training.curriculum import Plan, difficulty_of, length_grouped, needs_difficulty, plan, reference_margin
+from pairforge.training.lean import use_lean_blocks
+from pairforge.training.metrics import held_out_batches
+from pairforge.training.objective import PairObjective, ReferenceTable
+from pairforge.training.reference import reference_logps, training_reference
 
 
 @dataclass

@@ -24,9 +24,9 @@ from pairforge import schema as S
 from pairforge.config import JudgeConfig, SourceConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output, read_records, write_table
-from pairforge.judge import pairwise
-from pairforge.judge.pointwise import check_reward_model, reward_scores, similarity_scores
-from pairforge.judge.summary import JudgeSummary, JudgeTally, SourceStats
+from pairforge.judging import pairwise
+from pairforge.judging.pointwise import check_reward_model, reward_scores, similarity_scores
+from pairforge.judging.summary import JudgeSummary, JudgeTally, SourceStats
 from pairforge.models import check_sentence_model
 from pairforge.recipe import Recipe
 from pairforge.records import responses_from_files

@@ -25,8 +25,8 @@ def run_config(entry: RunConfig, run: RunDir) -> RunConfig:
 def run_stage(entry: RunConfig, run: RunDir, fresh: bool = False) -> list[Path]:
     """One training run; `fresh` starts its folder over (see `train.trainer.train`), unless the work there is this
     run's (`checkpoints.continues`: an interrupted run of these settings, or a finished run they only extend)."""
-    from pairforge.train.checkpoints import continues
-    from pairforge.train.trainer import train as train_model
+    from pairforge.training.checkpoints import continues
+    from pairforge.training.trainer import train as train_model
 
     cfg = run_config(entry, run)
     out = TrainDir(train_model(cfg, fresh=fresh and not continues(TrainDir(cfg.out), cfg)).out)
@@ -79,7 +79,7 @@ def passes_per_pair(cfg: RunConfig, types: int) -> float:
 
 
 def train_estimate(cfg: RunConfig, passes: int) -> float | None:
-    from pairforge.train.losses import likelihood_only
+    from pairforge.training.losses import likelihood_only
 
     if cfg.model != "embedded" and cfg.after is None:
         return None

@@ -13,8 +13,8 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from pairforge import schema as S
-from pairforge.evaluate.stats import Interval
-from pairforge.judge.summary import JudgeTally
+from pairforge.evaluation.stats import Interval
+from pairforge.judging.summary import JudgeTally
 from pairforge.results import Part, Result
 
 

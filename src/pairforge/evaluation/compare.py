@@ -27,11 +27,11 @@ from pairforge import layout
 from pairforge import schema as S
 from pairforge.config import Dtype, EvalConfig, JudgeConfig, SourceConfig
 from pairforge.errors import InputError, unanswered
-from pairforge.evaluate.leaderboard import Leaderboard, Measure, Standing, Versus, measure_of
-from pairforge.evaluate.stats import length_controlled_win_rate, paired_difference, win_rate
+from pairforge.evaluation.leaderboard import Leaderboard, Measure, Standing, Versus, measure_of
+from pairforge.evaluation.stats import length_controlled_win_rate, paired_difference, win_rate
 from pairforge.files import Records, check_output, read_records, write_json, write_table
-from pairforge.generate.run import source_requests
-from pairforge.judge.run import check_judge, judge_frame
+from pairforge.generation.answers import source_requests
+from pairforge.judging.scoring import check_judge, judge_frame
 from pairforge.models import resolved_dtype
 from pairforge.prompting import Endpoint, endpoint_of
 from pairforge.records import prompts_from_file, responses_from_files
@@ -39,7 +39,7 @@ from pairforge.requests.backends.base import check_source
 from pairforge.requests.engine import answer_all, make_backend, progress_bar
 from pairforge.requests.store import Store, opened
 from pairforge.text import prompt_text, word_count
-from pairforge.train.result import RunInfo
+from pairforge.training.result import RunInfo
 
 REFERENCE = layout.REFERENCE_NAME
 

@@ -11,7 +11,7 @@ from pairforge.stage_unit import Round, StageUnit, all_answered
 
 
 def run_stage(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path]:
-    from pairforge.judge.run import judge as judge_answers
+    from pairforge.judging.scoring import judge as judge_answers
 
     result = judge_answers(recipe, run.root, retry_failed=retry_failed, store_path=run.store)
     all_answered(result.summary.failed_requests, "judge")  # no verdict is no finished judge

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from pairforge.sequences.logprobs import Batch, answer_logps
-from pairforge.train import losses as L
+from pairforge.training import losses as L
 
 # one forward's pairs (pairs file rows, in order) -> each pair's reference log-probs of (chosen, rejected), computed
 # in that forward's shape (`reference.training_reference`)

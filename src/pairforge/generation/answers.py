@@ -17,7 +17,7 @@ from pairforge import schema as S
 from pairforge.config import SourceConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output, read_records, write_table
-from pairforge.generate.summary import GenerationSummary
+from pairforge.generation.summary import GenerationSummary
 from pairforge.recipe import Recipe
 from pairforge.records import prompts_from_file, responses_from_files
 from pairforge.requests.backends.base import Request, check_source

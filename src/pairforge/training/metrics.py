@@ -14,8 +14,8 @@ from accelerate.utils import gather_object
 
 from pairforge.sequences.logprobs import Batch, Forwards
 from pairforge.sequences.tokenize import TokenizedPair
-from pairforge.train.checkpoints import append_jsonl
-from pairforge.train.objective import PairObjective, ReferenceTable
+from pairforge.training.checkpoints import append_jsonl
+from pairforge.training.objective import PairObjective, ReferenceTable
 
 
 class Window:

@@ -10,7 +10,7 @@ import polars as pl
 from pairforge import schema as S
 from pairforge.config import EvalConfig, JudgeConfig
 from pairforge.errors import InputError
-from pairforge.judge.stage import judge_models
+from pairforge.judging.stage import judge_models
 from pairforge.layout import EVAL_PROMPTS, EVAL_REFERENCE, LEADERBOARD, MODEL_OUTPUTS, RunDir
 from pairforge.models import resolved_dtype
 from pairforge.recipe import Recipe
@@ -29,8 +29,8 @@ def run_stage(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[P
     """The base and every trained policy answer the eval prompts; the judge compares them with the
     reference; with `judge_run`, a reward model trained on pairs kept apart scores the same answers again.
     A failed request (an answer or a verdict) leaves the evaluation unfinished, like any stage's."""
-    from pairforge.evaluate.run import EvalSettings, trained_endpoint
-    from pairforge.evaluate.run import evaluate as judge_models_against
+    from pairforge.evaluation.compare import EvalSettings, trained_endpoint
+    from pairforge.evaluation.compare import evaluate as judge_models_against
 
     cfg = recipe.eval
     assert cfg is not None

@@ -11,7 +11,7 @@
   padding mask is always given, so attention runs on keys and values repeated to every head):
   10 x hidden + 4 x intermediate + heads + 2 values (norm inputs, q and the repeated k/v, attention output
   and its per-head log-sum-exp, MLP intermediates, two rstd), or 8 x hidden + 2 x intermediate + heads + 2
-  with `lean_blocks` (train/lean.py) — exact: tests/test_lean.py counts the bytes with saved-tensor hooks on
+  with `lean_blocks` (training/lean.py) — exact: tests/test_lean.py counts the bytes with saved-tensor hooks on
   shapes that vary one dimension at a time (SmolLM2-135M: 47.7 KB per token and layer in fp32, 30.8 KB
   lean) — times layers and the tokens of the largest forward (rows x width; see `forward_tokens`);
 - the attention mask: one [rows, 1, width, width] additive mask for all layers (sequences/logprobs.py

@@ -24,7 +24,7 @@ import torch
 from pairforge.files import write_table
 from pairforge.sequences.logprobs import Forwards, answer_logps, collate, forward_pieces, row_width
 from pairforge.sequences.tokenize import TokenizedPair
-from pairforge.train.objective import ReferenceTable
+from pairforge.training.objective import ReferenceTable
 
 Values = dict[str, tuple[float, float]]  # cache key -> (ref log p(chosen), ref log p(rejected))
 

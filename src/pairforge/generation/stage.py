@@ -14,7 +14,7 @@ from pairforge.work_rates import answering_seconds
 
 
 def run_stage(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path]:
-    from pairforge.generate.run import generate as answer_prompts
+    from pairforge.generation.answers import generate as answer_prompts
 
     result = answer_prompts(recipe, run.root, retry_failed, store_path=run.store)
     all_answered(result.failed, "generate")

@@ -6,7 +6,7 @@ Difficulty scores, higher = harder, one number per pair:
   score-margin          1 - (chosen_score - rejected_score) / largest score gap in the file.
   reference-margin      -(ref log p(y+)/|y+| - ref log p(y-)/|y-|): the reference model's own
                         preference, length-normalised; pairs it already gets right are easy (computed by
-                        the trainer from its cached reference log-probs, see `train/`).
+                        the trainer from its cached reference log-probs, see `training/`).
   embedding-similarity  cosine similarity of chosen and rejected sentence embeddings: alike = harder.
   column:NAME           any numeric column.
 

@@ -13,7 +13,7 @@ from pairforge.stage_unit import StageUnit
 def run_stage(recipe: Recipe, run: RunDir) -> list[Path]:
     """The run folder's report, without training runs the recipe no longer has (renamed or removed: their
     folders stay on disk, untouched, but are not this recipe's results)."""
-    from pairforge.report import build_report
+    from pairforge.reporting.page import build_report
 
     current = {round_dir(run.root, recipe, k).train(r.name).root for k in range(1, recipe.rounds + 1)
                for r in recipe.runs}

@@ -1,5 +1,5 @@
 """The revise stage as a unit of `pairforge run` (strategy revised): a reviser's minimal edits of one source's
-answers. revise.py is one module, not a package, so its unit lives beside it, a layer up."""
+answers. revision.py is one module, not a package, so its unit lives beside it, a layer up."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pairforge.stage_unit import Round, StageUnit, all_answered
 
 
 def run_stage(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[Path]:
-    from pairforge.revise import revise as revise_answers
+    from pairforge.revision import revise as revise_answers
 
     result = revise_answers(recipe, run.root, retry_failed=retry_failed, store_path=run.store)
     all_answered(result.failed, "revise")

@@ -27,12 +27,12 @@ from accelerate.utils import set_seed
 
 from pairforge.files import check_output, read_log
 from pairforge.layout import TrainDir
-from pairforge.train import checkpoints
-from pairforge.train.memory import return_freed_memory
-from pairforge.train.metrics import Window, evaluate_pairs
-from pairforge.train.result import RunInfo, TrainResult
-from pairforge.train.setup import Laps, Setup, accelerator_for, check_trackers, setup
 from pairforge.train_config import TrainConfig
+from pairforge.training import checkpoints
+from pairforge.training.memory import return_freed_memory
+from pairforge.training.metrics import Window, evaluate_pairs
+from pairforge.training.result import RunInfo, TrainResult
+from pairforge.training.setup import Laps, Setup, accelerator_for, check_trackers, setup
 
 
 class TrainingStopped(Exception):
@@ -188,6 +188,6 @@ class _CatchInterrupt:
 
 
 def _progress(enabled: bool, total: int, start: int):
-    from pairforge.train.progress import TrainProgress
+    from pairforge.training.progress import TrainProgress
 
     return TrainProgress(enabled, total, start)
