@@ -148,3 +148,37 @@ def test_readme_architecture_lists_the_layers_top_first() -> None:
     assert set(line_of) == set().union(*layers)
     for lower, upper in zip(layers, layers[1:], strict=False):
         assert max(line_of[name] for name in upper) < min(line_of[name] for name in lower), (lower, upper)
+
+
+def _architecture_section() -> str:
+    return (PACKAGE.parents[1] / "README.md").read_text().split("## Architecture", 1)[1].split("Where to add")[0]
+
+
+def test_readme_architecture_names_every_module_and_only_real_ones() -> None:
+    """Every module of the package is named in README's picture (by its file name, under its package), and every
+    file name the picture gives exists: a module added, renamed or removed shows up here."""
+    section = _architecture_section()
+    named = set(re.findall(r"\b([a-z_]+\.py)\b", section))
+    files = [p.relative_to(PACKAGE) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"]
+    missing = sorted(str(f) for f in files if f.name not in named and f.name != "__main__.py")
+    assert not missing, f"README Architecture does not name: {missing}"
+    real = {p.name for p in PACKAGE.rglob("*.py")} | {Path(__file__).name}
+    assert not sorted(named - real), "README Architecture names files that do not exist"
+
+
+MODEL_LIBRARIES = ("transformers", "openai", "vllm", "sentence_transformers", "llama_cpp", "peft")
+
+
+def test_stages_ask_models_only_through_requests_and_the_loaders() -> None:
+    """README's claim: a stage asks a model only through requests/ (answers) and models.py (loading); only training
+    builds models itself. So a new backend or loader is one place, and the stages stay testable without one."""
+    allowed = ("models.py", "requests/backends/", "training/")
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        where = str(path.relative_to(PACKAGE))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(n.split(".")[0] in MODEL_LIBRARIES for n in names) and not where.startswith(allowed):
+                offenders.append(f"{where}: {names}")
+    assert not offenders, offenders
