@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from pairforge.cli import app
 from pairforge.errors import InputError
 from pairforge.train_config import CurriculumConfig
-from pairforge.training.curriculum import difficulty_of, pacing_pool, plan
+from pairforge.training.curriculum import difficulty_of, order_batches, pacing_pool
 
 RNG = np.random.default_rng(0)
 DIFFICULTY = np.round(RNG.random(60), 1)  # many ties, so tie shuffling matters
@@ -30,7 +30,7 @@ def rows_of_stage(result, stage: int) -> list[int]:
 
 
 def make(schedule: str, epochs: int = 1, **settings):
-    return plan(DIFFICULTY, TYPES, CurriculumConfig(schedule=schedule, **settings), 8, epochs, seed=3)
+    return order_batches(DIFFICULTY, TYPES, CurriculumConfig(schedule=schedule, **settings), 8, epochs, seed=3)
 
 
 def test_sorted_and_anti_follow_difficulty_every_epoch_with_seeded_ties():
@@ -129,9 +129,11 @@ def test_bad_curriculum_input(tmp_path):
     frame = pl.DataFrame({"prompt": ["p"] * 4, "chosen": ["a"] * 4, "rejected": ["b"] * 4,
                           "pair_type": ["x>y"] * 4, "margin": [1.0] * 4, "score": [1.0, float("nan"), 2.0, 3.0]})
     with pytest.raises(InputError, match="pair type 'x>z' is not in the data"):
-        plan(np.zeros(4), ["x>y"] * 4, CurriculumConfig(schedule="staged", stages=[{"pair_types": ["x>z"]}]), 2, 1, 0)
+        order_batches(np.zeros(4), ["x>y"] * 4,
+                      CurriculumConfig(schedule="staged", stages=[{"pair_types": ["x>z"]}]), 2, 1, 0)
     with pytest.raises(InputError, match="selects no pairs"):
-        plan(np.zeros(4), ["x>y"] * 4, CurriculumConfig(schedule="staged", stages=[{"difficulty": [0.5, 1]}]), 2, 1, 0)
+        order_batches(np.zeros(4), ["x>y"] * 4,
+                      CurriculumConfig(schedule="staged", stages=[{"difficulty": [0.5, 1]}]), 2, 1, 0)
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         CurriculumConfig(schedule="staged", stages=[{"pair_types": ["x>y"], "epochs": 0}])
     frame.write_parquet(tmp_path / "p.parquet")

@@ -169,7 +169,7 @@ def test_a_train_stage_resumes_only_its_own_unfinished_work(tmp_path: Path) -> N
             (work / "model").write_text("weights")
             return [work / "model"]
         return Plan(None, RunDir(tmp_path), [StageUnit("train:x", "t", "1", None, train, [], settings, work_dir=work,  # type: ignore[arg-type]
-                                                       run_fresh=lambda: train(fresh=True))])
+                                                       produce_fresh=lambda: train(fresh=True))])
 
     with pytest.raises(KeyboardInterrupt):
         execute(stage({"lr": 1}, crash=True))
@@ -198,7 +198,8 @@ def test_a_fresh_start_that_failed_before_clearing_starts_fresh_again(tmp_path: 
             (work / "model").write_text(f"lr {lr}")
             return [work / "model"]
         return Plan(None, RunDir(tmp_path), [StageUnit("train:x", "t", "1", None, lambda: train("run"), [],  # type: ignore[arg-type]
-                                                       {"lr": lr}, work_dir=work, run_fresh=lambda: train("fresh"))])
+                                                       {"lr": lr}, work_dir=work,
+                                                       produce_fresh=lambda: train("fresh"))])
 
     execute(stage(1))
     with pytest.raises(RuntimeError):

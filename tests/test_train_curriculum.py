@@ -14,7 +14,7 @@ import torch
 
 from conftest import preference_rows, rewind
 from pairforge.train_config import CurriculumConfig, TrainConfig
-from pairforge.training.curriculum import difficulty_of, plan
+from pairforge.training.curriculum import difficulty_of, order_batches
 from pairforge.training.trainer import train
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,8 @@ def consumed(out: Path, rank: int = 0) -> list[list[int]]:
 def expected(pairs: Path, curriculum: dict, batch: int, epochs: int = 2, seed: int = 1) -> list[list[int]]:
     frame = pl.read_parquet(pairs)
     cfg = CurriculumConfig(**curriculum)
-    return plan(difficulty_of(frame, cfg.difficulty), frame["pair_type"].to_list(), cfg, batch, epochs, seed).batches
+    types = frame["pair_type"].to_list()
+    return order_batches(difficulty_of(frame, cfg.difficulty), types, cfg, batch, epochs, seed).batches
 
 
 @pytest.mark.parametrize("curriculum", [

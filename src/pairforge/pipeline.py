@@ -40,7 +40,7 @@ STAGES = (generate_stage.units, revision_stage.units, judge_stage.units, rank_st
 @dataclass
 class Plan:
     recipe: Recipe
-    run: RunDir
+    folder: RunDir  # the run folder
     stages: list[StageUnit]
 
 
@@ -85,9 +85,9 @@ def plan(recipe: Recipe, run_dir: Path, retry_failed: bool = False) -> Plan:
 def check_folders(plan_: Plan) -> None:
     """Every folder the run writes in is a folder or not there yet: a file in the way (`eval`, `stages`) is one
     line now, before any stage runs, not a traceback when a stage makes the folder."""
-    recipe, root = plan_.recipe, plan_.run.root
+    recipe, root = plan_.recipe, plan_.folder.root
     rounds = [round_dir(root, recipe, k).folders() for k in range(1, recipe.rounds + 1)]
-    folders = [*plan_.run.folders(), *(f for folders in rounds for f in folders),
+    folders = [*plan_.folder.folders(), *(f for folders in rounds for f in folders),
                *(s.work_dir for s in plan_.stages if s.work_dir), *(o.parent for s in plan_.stages for o in s.outputs)]
     for folder in dict.fromkeys(folders):
         check_output(folder, "folder", "run_dir")
@@ -171,7 +171,7 @@ def execute(plan_: Plan, start: str | None = None, progress: Callable[[str, str]
     done = []
     for stage in plan_.stages[:last + 1]:
         forced = forced or _is(stage.name, start)
-        done_file = stage.marker or plan_.run.marker(stage.name)
+        done_file = stage.marker or plan_.folder.marker(stage.name)
         fingerprint = stage.fingerprint()
         marker = StageMarker.found(done_file)
         if not forced and stage.name != "report" and marker is not None and marker.finished(fingerprint):
@@ -181,7 +181,7 @@ def execute(plan_: Plan, start: str | None = None, progress: Callable[[str, str]
         progress(stage.name, f"running: {stage.what}")
         fresh = _starts_fresh(stage, done_file, fingerprint)
         began = time.perf_counter()
-        outputs = stage.run_fresh() if fresh and stage.run_fresh else stage.run()
+        outputs = stage.produce_fresh() if fresh and stage.produce_fresh else stage.produce()
         seconds = time.perf_counter() - began
         written = [str(p) for p in outputs]
         StageMarker(fingerprint=stage.fingerprint(), outputs=written, seconds=seconds).write(done_file)
@@ -204,7 +204,7 @@ def check_stage_names(plan_: Plan, start: str | None, stop: str | None) -> None:
 
 def _starts_fresh(stage: StageUnit, done_file: Path, fingerprint: str) -> bool:
     """A stage's partial work is resumed only when it was begun with the same settings and never finished;
-    otherwise (settings changed, or a finished stage run again) its work folder starts over (`run_fresh`), so
+    otherwise (settings changed, or a finished stage run again) its work folder starts over (`produce_fresh`), so
     a checkpoint made under other settings is never taken for this run's."""
     if stage.work_dir is None:
         return False

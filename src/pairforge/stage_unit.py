@@ -58,19 +58,19 @@ class StageUnit:
     what: str
     size: str
     estimate_s: float | None
-    run: Callable[[], list[Path]]
+    produce: Callable[[], list[Path]]  # does the stage's work: the files it wrote
     inputs: list[Path] = field(default_factory=list)  # the files it reads: an edited one makes it stale
     settings: Any = None  # its section of the recipe, as the fingerprint sees it
     outputs: list[Path] = field(default_factory=list)  # what it writes (the folders they go in are checked first)
     work_dir: Path | None = None  # partial work (checkpoints) a rerun of the same settings resumes from
     # the same work with `work_dir` started over: it deletes the earlier work itself once its inputs are checked,
     # so a bad edit of a finished run's settings costs nothing
-    run_fresh: Callable[[], list[Path]] | None = None
+    produce_fresh: Callable[[], list[Path]] | None = None
     marker: Path | None = None  # the record of its last finished run (`RunDir.marker`)
     models: list[str] = field(default_factory=list)  # models it reads: a local folder counts by its content
 
     def __post_init__(self) -> None:
-        assert (self.work_dir is None) == (self.run_fresh is None), "a stage with a work folder can start it over"
+        assert (self.work_dir is None) == (self.produce_fresh is None), "a stage with a work folder can start it over"
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(json.dumps(self.settings, sort_keys=True, default=str).encode())

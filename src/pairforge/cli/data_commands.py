@@ -213,7 +213,7 @@ def curriculum_show(
     """Print a curriculum's stages or buckets with their sizes and difficulty, and plot difficulty by step."""
     def command() -> None:
         from pairforge.pair_files import read_pairs
-        from pairforge.training.curriculum import plan, shown_difficulty, write_plot
+        from pairforge.training.curriculum import order_batches, shown_difficulty, write_plot
 
         train = options.train_section(config, run_name)
         base = train.curriculum or CurriculumConfig()
@@ -236,7 +236,7 @@ def curriculum_show(
         frame = read_pairs(path)
         values = shown_difficulty(frame, cfg, str(path))
         types = frame["pair_type"].cast(pl.String).to_list() if "pair_type" in frame.columns else ["all"] * len(values)
-        result = plan(values, types, cfg, sizes["--batch-size"], sizes["--epochs"], seed_)
+        result = order_batches(values, types, cfg, sizes["--batch-size"], sizes["--epochs"], seed_)
         show(render.curriculum(f"curriculum: {cfg.schedule} by {cfg.difficulty}", result.stage_names,
                                 result.batches, result.stages, values))
         if result.dropped:

@@ -148,7 +148,7 @@ def run_command(
         started = [0.0]
 
         def planned(the_plan: Plan, warnings: list[str]) -> None:
-            _show_plan(recipe, the_plan.run.root, quick, the_plan, warnings)
+            _show_plan(recipe, the_plan.folder.root, quick, the_plan, warnings)
             started[0] = time.perf_counter()
 
         def progress(name: str, message: str) -> None:

@@ -10,7 +10,7 @@ Difficulty scores, higher = harder, one number per pair:
   embedding-similarity  cosine similarity of chosen and rejected sentence embeddings: alike = harder.
   column:NAME           any numeric column.
 
-Schedules produce a `Plan`: global micro-batches in order, each tagged with its stage; without a
+Schedules produce a `CurriculumOrder`: global micro-batches in order, each tagged with its stage; without a
 curriculum the trainer uses `length_grouped` (seeded random order, similar lengths batched together).
   random   seeded shuffle per epoch (the baseline).          sorted   easy -> hard, every epoch.
   anti     hard -> easy (ablations).                          buckets  k difficulty buckets in order.
@@ -39,7 +39,7 @@ from pairforge.train_config import CurriculumConfig
 
 
 @dataclass
-class Plan:
+class CurriculumOrder:
     """Global micro-batches (lists of pair positions) in training order, with their stage."""
 
     batches: list[list[int]]
@@ -97,8 +97,8 @@ def embedding_similarity(frame: pl.DataFrame, model_name: str) -> np.ndarray:
     return cosine_similarities(model_name, "curriculum.embedding_model", chosen, rejected)
 
 
-def plan(difficulty: np.ndarray, pair_types: list[str], cfg: CurriculumConfig, batch_size: int, epochs: int,
-         seed: int) -> Plan:
+def order_batches(difficulty: np.ndarray, pair_types: list[str], cfg: CurriculumConfig, batch_size: int, epochs: int,
+         seed: int) -> CurriculumOrder:
     """The order of training: global micro-batches of `batch_size` pairs (positions into `difficulty`)."""
     kept = _drop_hardest(difficulty, cfg.drop_hardest)
     dropped = len(difficulty) - len(kept)
@@ -112,7 +112,7 @@ def plan(difficulty: np.ndarray, pair_types: list[str], cfg: CurriculumConfig, b
     return result
 
 
-def length_grouped(widths: list[int], batch_size: int, epochs: int, seed: int) -> Plan:
+def length_grouped(widths: list[int], batch_size: int, epochs: int, seed: int) -> CurriculumOrder:
     """The order without a curriculum: seeded shuffle per epoch, pairs of similar width grouped into
     batches (less padding) within windows of 16 batches, then the batches shuffled so that lengths do
     not trend within an epoch."""
@@ -125,11 +125,11 @@ def length_grouped(widths: list[int], batch_size: int, epochs: int, seed: int) -
                    for batch in _chunks(sorted(order[start : start + window], key=widths.__getitem__), batch_size)]
         rng.shuffle(grouped)
         batches += grouped
-    return Plan(batches, [0] * len(batches), ["all"])
+    return CurriculumOrder(batches, [0] * len(batches), ["all"])
 
 
 def _ordered(difficulty: np.ndarray, kept: list[int], cfg: CurriculumConfig, batch_size: int, epochs: int,
-             seed: int) -> Plan:
+             seed: int) -> CurriculumOrder:
     """random, sorted, anti and buckets: one ordering per epoch, chunked into batches."""
     batches: list[list[int]] = []
     stages: list[int] = []
@@ -146,11 +146,11 @@ def _ordered(difficulty: np.ndarray, kept: list[int], cfg: CurriculumConfig, bat
             for batch in _chunks(list(group), batch_size):
                 batches.append(batch)
                 stages.append(stage)
-    return Plan(batches, stages, names)
+    return CurriculumOrder(batches, stages, names)
 
 
 def _staged(difficulty: np.ndarray, pair_types: list[str], kept: list[int], cfg: CurriculumConfig,
-            batch_size: int, epochs: int, seed: int) -> Plan:
+            batch_size: int, epochs: int, seed: int) -> CurriculumOrder:
     present = set(pair_types)
     members: list[list[int]] = []
     names: list[str] = []
@@ -182,11 +182,11 @@ def _staged(difficulty: np.ndarray, pair_types: list[str], kept: list[int], cfg:
                 for batch in _chunks(_shuffled(chosen, rng, cfg.shuffle_within), batch_size):
                     batches.append(batch)
                     stages.append(number)
-    return Plan(batches, stages, names, restarts=restarts)
+    return CurriculumOrder(batches, stages, names, restarts=restarts)
 
 
 def _pacing(difficulty: np.ndarray, kept: list[int], cfg: CurriculumConfig, batch_size: int, epochs: int,
-            seed: int) -> Plan:
+            seed: int) -> CurriculumOrder:
     order = _by_difficulty(difficulty, kept, random.Random(seed), cfg.shuffle_within)
     total = epochs * math.ceil(len(order) / batch_size)
     batches, pools = [], []
@@ -195,7 +195,7 @@ def _pacing(difficulty: np.ndarray, kept: list[int], cfg: CurriculumConfig, batc
         rng = random.Random(seed * 1_000_003 + step)
         batches.append(rng.sample(order[:size], min(batch_size, size)))
         pools.append(size)
-    return Plan(batches, [0] * total, ["paced"], pool_sizes=pools)
+    return CurriculumOrder(batches, [0] * total, ["paced"], pool_sizes=pools)
 
 
 def pacing_pool(step: int, total_steps: int, pairs: int, batch_size: int, cfg: CurriculumConfig) -> int:
@@ -245,7 +245,7 @@ def _numeric(frame: pl.DataFrame, column: str, source: str, hint: str = "") -> n
     return array
 
 
-def write_plot(plan_: Plan, difficulty: np.ndarray, path: Path) -> Path:
+def write_plot(plan_: CurriculumOrder, difficulty: np.ndarray, path: Path) -> Path:
     """A PNG of mean difficulty per training batch, one colour per stage."""
     import matplotlib
 

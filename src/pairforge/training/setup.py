@@ -31,7 +31,14 @@ from pairforge.sequences.tokenize import TokenizedPair, TokenizeStats, tokenize_
 from pairforge.train_config import TrainConfig
 from pairforge.training import losses as L
 from pairforge.training.checkpoints import PlannedOrder, order_digest
-from pairforge.training.curriculum import Plan, difficulty_of, length_grouped, needs_difficulty, plan, reference_margin
+from pairforge.training.curriculum import (
+    CurriculumOrder,
+    difficulty_of,
+    length_grouped,
+    needs_difficulty,
+    order_batches,
+    reference_margin,
+)
 from pairforge.training.lean import use_lean_blocks
 from pairforge.training.metrics import held_out_batches
 from pairforge.training.objective import PairObjective, ReferenceTable
@@ -64,7 +71,7 @@ class Setup:
     trainable: list[torch.nn.Parameter]
     reference: ReferenceTable  # precomputed reference log-probs of every training forward (empty when live)
     eval_reference: ReferenceTable
-    schedule: Plan  # every global micro-batch in order, with its curriculum stage
+    schedule: CurriculumOrder  # every global micro-batch in order, with its curriculum stage
     mine: list[tuple[list[int], int]]  # this process's (micro-batch, stage) share
     step_weights: list[float]  # each optimiser step's total pair weight over every process's micro-batches
     order: PlannedOrder  # the planned order, which a checkpoint's position counts in
@@ -306,7 +313,7 @@ def _check_lora_targets(model: torch.nn.Module, targets: list[str] | str) -> Non
 
 
 def _training_plan(data: Data, cfg: TrainConfig, world: int,
-                   pair_reference: Callable[[], dict[int, tuple[float, float]]]) -> Plan:
+                   pair_reference: Callable[[], dict[int, tuple[float, float]]]) -> CurriculumOrder:
     """Global micro-batches (batch_size x processes pairs) in training order, with their stages."""
     size = cfg.batch_size * world
     pairs = data.train
@@ -324,10 +331,10 @@ def _training_plan(data: Data, cfg: TrainConfig, world: int,
     else:
         per_row = difficulty_of(data.frame, method, str(cfg.pairs), cfg.curriculum.embedding_model)
         difficulty = per_row[[p.index for p in pairs]]
-    return plan(difficulty, [p.pair_type for p in pairs], cfg.curriculum, size, cfg.epochs, cfg.seed)
+    return order_batches(difficulty, [p.pair_type for p in pairs], cfg.curriculum, size, cfg.epochs, cfg.seed)
 
 
-def _kept_batches(schedule: Plan, batch_size: int, world: int) -> list[tuple[list[int], int]]:
+def _kept_batches(schedule: CurriculumOrder, batch_size: int, world: int) -> list[tuple[list[int], int]]:
     """The global (micro-batch, stage) list the processes train on: every global batch is cut into `world`
     equal slices, so N processes see exactly the pairs one process would with an N times larger batch.
     With several processes an incomplete global batch is left out."""

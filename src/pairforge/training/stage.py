@@ -52,7 +52,7 @@ def _unit(r: Round, entry: RunConfig) -> StageUnit:
     return StageUnit(f"train:{entry.name}", what, steps, train_estimate(cfg, passes),
                      lambda: run_stage(entry, folder), [cfg.pairs, *after, *(r.previous if restarted else [])],
                      cfg.resolved().model_dump(mode="json"), [out.model, out.metrics], work_dir=cfg.out,
-                     run_fresh=lambda: run_stage(entry, folder, fresh=True), models=[cfg.model])
+                     produce_fresh=lambda: run_stage(entry, folder, fresh=True), models=[cfg.model])
 
 
 def _method(method: Any) -> str:
