@@ -135,8 +135,43 @@ def test_train_on_pairs_in_memory_writes_a_model(tmp_path: Path, tiny_model_dir:
     result = pf.train(pl.DataFrame(preference_rows(8)), method="dpo", model=str(tiny_model_dir), out=out,
                       max_steps=2, batch_size=4, max_length=64, progress=False)
     assert result.steps == 2 and (out / "model" / "config.json").exists()
-    assert_frame_equal(pl.read_parquet(out / "pairs.parquet"), pl.DataFrame(preference_rows(8)))  # the run's pairs
-    assert json.loads((out / "run.json").read_text())["config"]["pairs"] == str(out / "pairs.parquet")
+    saved = Path(json.loads((out / "run.json").read_text())["config"]["pairs"])  # the run's pairs, by content
+    assert saved.parent == out and saved.name.startswith("pairs-")
+    assert_frame_equal(pl.read_parquet(saved), pl.DataFrame(preference_rows(8)))
+
+
+def test_other_pairs_trained_into_a_finished_runs_folder_leave_its_pairs_file(tmp_path: Path,
+                                                                                tiny_model_dir: Path) -> None:
+    """A second `train` of other pairs into the same folder is refused (other settings) and the first run's pairs
+    file, which its run.json names, is still the one it trained on (it was overwritten before the refusal)."""
+    out = tmp_path / "dpo"
+    settings = {"method": "dpo", "model": str(tiny_model_dir), "out": out, "max_steps": 1, "batch_size": 4,
+                "max_length": 64, "progress": False}
+    pf.train(pl.DataFrame(preference_rows(8)), **settings)
+    first = Path(json.loads((out / "run.json").read_text())["config"]["pairs"])
+    with pytest.raises(InputError, match="other settings"):
+        pf.train(pl.DataFrame(preference_rows(6)), **settings)
+    assert_frame_equal(pl.read_parquet(first), pl.DataFrame(preference_rows(8)))
+
+
+def test_train_runs_in_a_worker_thread(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Only the main thread may catch Ctrl-C: training from a thread pool (a notebook's worker) trains all the same."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        result = pool.submit(pf.train, pl.DataFrame(preference_rows(8)), method="dpo", model=str(tiny_model_dir),
+                             out=tmp_path / "dpo", max_steps=1, batch_size=4, max_length=64, progress=False).result()
+    assert result.steps == 1
+
+
+def test_a_filtered_dataset_gives_only_the_rows_it_shows() -> None:
+    """`Dataset.filter` / `.select` keep the whole table and an indices mapping: the rows shown are the ones read."""
+    from datasets import Dataset
+
+    rows = answers()
+    kept = Dataset.from_list(rows).filter(lambda row: row["prompt"] in {rows[0]["prompt"], rows[3]["prompt"]})
+    pairs = pf.build_pairs(kept, rank=RANK)
+    assert pairs.summary.prompts == 2 and pairs.summary.responses == kept.num_rows
 
 
 def test_train_refuses_bad_pairs_in_memory_before_writing(tmp_path: Path) -> None:
@@ -155,6 +190,8 @@ def test_evaluate_outputs_in_memory_writes_a_leaderboard(tmp_path: Path) -> None
                         bootstrap=200, progress=False)
     assert [m.model for m in board.models] == ["close", "weak"] and board.prompts == 50
     assert Leaderboard.read(tmp_path / "eval" / "leaderboard.json") == board
+    saved = {p.name for p in (tmp_path / "eval").iterdir()}  # tables saved as <name>.outputs.*, never as eval.parquet
+    assert {"close.outputs.jsonl", "weak.outputs.parquet", "reference.parquet"} <= saved
     table = board.to_polars()
     assert table["model"].to_list() == ["close", "weak"] and table["value"][0] > table["value"][1]
     assert (table["low"] <= table["value"]).all() and (table["value"] <= table["high"]).all()

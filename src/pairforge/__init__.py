@@ -20,7 +20,9 @@ __version__ = "0.1.0"
 
 _WHERE = {"build_pairs": "api.pairs", "Pairs": "api.pairs", "train": "api.models", "evaluate": "api.models",
           "report": "api.models", "generate": "api.data", "revise": "api.data", "judge": "api.data",
-          "rank": "api.data", "run": "api.recipes", "RunResult": "api.recipes", "Recipe": "recipe"}
+          "rank": "api.data", "run": "api.recipes", "RunResult": "api.recipes", "Recipe": "recipe",
+          "Leaderboard": "evaluation.leaderboard", "TrainResult": "training.result", "PairsSummary": "pairs.summary",
+          "InputError": "errors"}
 __all__ = sorted(_WHERE)
 
 

@@ -137,7 +137,7 @@ def _check_columns(records: Records, fields: list[Field]) -> None:
         hits = frame.select(pl.arg_where(bad).first()).item()
         if hits is not None:
             value = frame[f.key][hits]
-            raise InputError(str(records.path), f"expected a {'finite number' if dtype.is_float() else f.kind}, "
+            raise InputError(str(records.path), f"expected {'a finite number' if dtype.is_float() else _a(f.kind)}, "
                              f"found {describe(value)}", row=records.label(hits), field=f.key)
         if dtype == S.MESSAGES and f.kind in ("prompt", "answer"):
             hits = frame.select(pl.arg_where(_bad_turns(pl.col(f.key), f.kind)).first()).item()
@@ -255,6 +255,11 @@ def _expected(spec: Any) -> str:
 
 def _mismatch(path: Path, field: str, row: str | None, expected: str, found: Any) -> NoReturn:
     raise InputError(str(path), f"expected {expected}, found {describe(found)}", row=row, field=field or None)
+
+
+def _a(word: str) -> str:
+    """'an answer', 'a prompt'."""
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 _COLUMN_KINDS = {"answer": "text or chat-messages (list of {role, content})", "prompt": "text or chat-messages "

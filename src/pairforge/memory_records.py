@@ -31,7 +31,9 @@ def records_in_memory(data: Any, name: str | None = None) -> Records:
     if isinstance(data, pl.DataFrame):
         records = Records(label, frame=data)
     elif _is_dataset(data):
-        records = Records(label, frame=pl.from_arrow(data.data.table))  # type: ignore[arg-type]
+        # the rows the Dataset shows: after .filter / .shuffle / .select its table is the whole original, and an
+        # indices mapping picks the rows
+        records = Records(label, frame=pl.from_arrow(data.flatten_indices().data.table))  # type: ignore[arg-type]
     elif _is_pandas(data):
         records = Records(label, rows=[{k: _native(v) for k, v in row.items()} for row in data.to_dict("records")])
     elif isinstance(data, list) and all(isinstance(row, dict) for row in data):
@@ -45,10 +47,11 @@ def records_in_memory(data: Any, name: str | None = None) -> Records:
 
 
 def save_records(records: Records, path: Path) -> Path:
-    """Records from memory as a file the readers take back unchanged: a typed frame as Parquet, rows as JSONL."""
+    """Records from memory as a file the readers take back unchanged: a typed frame as `<path>.parquet`, rows as
+    `<path>.jsonl`."""
     if records.frame is not None:
-        return write_table(records.frame, path.with_suffix(".parquet"))
-    path = path.with_suffix(".jsonl")
+        return write_table(records.frame, path.with_name(path.name + ".parquet"))
+    path = path.with_name(path.name + ".jsonl")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in records.as_rows()),
                     encoding="utf-8")

@@ -3,9 +3,13 @@ have (or models that answer) against reference answers, and `report` over the ou
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import polars as pl
 
 from pairforge.api.pairs import Pairs, records_of
 from pairforge.config import EvalConfig, JudgeConfig
@@ -32,19 +36,21 @@ def train(pairs: Any, *, method: str | dict[str, float] | None = None, model: st
 
     `pairs` is a pairs file (ours or any TRL prompt/chosen/rejected file), a `Pairs`, a polars or pandas DataFrame
     or a `datasets.Dataset`: pairs in memory are checked as a file is, then written under `out` as the run's pairs
-    file (`<out>/pairs.parquet`, with its eval split when a `Pairs` has one), which run.json records. Returns
+    file (`<out>/pairs-<content>.parquet`, named by its content, with its eval split when a `Pairs` has one), which
+    run.json records. Returns
     the steps, the metrics and the output folder."""
     from pairforge.training.trainer import train as train_model
 
     flags = {**settings, "method": method, "model": model, "out": out}
     cfg = validated(TrainConfig, config or TrainConfig(), flags)  # bad settings are said before pairs are written
     if isinstance(pairs, Pairs):
-        path: Path = pairs.write(cfg.out / "pairs.parquet").written[0]
+        path: Path = pairs.write(cfg.out / f"pairs-{_content(pairs.train)}.parquet").written[0]
     elif is_in_memory(pairs):
         records = records_of(pairs)
         checked_pairs(records, cfg.target)
         check_output(cfg.out, "folder", "--out")
-        path = save_records(records, cfg.out / "pairs.parquet")
+        content = _content(records.frame if records.frame is not None else records.as_rows())
+        path = save_records(records, cfg.out / f"pairs-{content}")
     else:
         path = Path(pairs)
     return train_model(cfg.model_copy(update={"pairs": path}), progress=progress, fresh=fresh)
@@ -77,6 +83,17 @@ def evaluate(outputs: Mapping[str, Any] | list[Any] | None = None, reference: An
     named_models = [str(m) for _, m in _items(models or [])]
     return judge_models(named_models, answers, reference_file, judge_cfg, out, Path(prompts) if prompts else None,
                         run_settings, show_progress=progress, retry_failed=retry_failed)
+
+
+def _content(data: pl.DataFrame | list[dict[str, Any]]) -> str:
+    """12 hex digits of the pairs' content: in-memory pairs are saved as `<out>/pairs-<content>.*`, so training other
+    pairs into the folder of a finished run never overwrites the file that run trained on (and records)."""
+    if isinstance(data, pl.DataFrame):
+        digest = hashlib.sha256(data.hash_rows(seed=0).to_numpy().tobytes())
+        digest.update(str(data.schema).encode())
+    else:
+        digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:12]
 
 
 def _items(given: Mapping[str, Any] | list[Any]) -> list[tuple[str | None, Any]]:

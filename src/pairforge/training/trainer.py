@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -168,14 +169,17 @@ def _evaluate(cfg: TrainConfig, state: Setup, run: TrainDir, step: int) -> dict[
 
 
 class _CatchInterrupt:
-    """Turns the first Ctrl-C into a request to checkpoint at the next step boundary."""
+    """Turns the first Ctrl-C into a request to checkpoint at the next step boundary. Only the main thread can
+    catch a signal: trained from another thread (a notebook's worker, `pf.train` in a thread pool), Ctrl-C
+    interrupts as Python does by default."""
 
     def __init__(self) -> None:
         self.requested = False
         self._previous: Any = None
 
     def __enter__(self) -> _CatchInterrupt:
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
     def _handle(self, *_: Any) -> None:
@@ -184,7 +188,8 @@ class _CatchInterrupt:
         self.requested = True
 
     def __exit__(self, *_: Any) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _progress(enabled: bool, total: int, start: int):
