@@ -125,6 +125,19 @@ def test_a_wrong_type_in_row_3_is_one_input_error_naming_row_and_field() -> None
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("given", ["series", "dataset_dict", "nothing"])
+def test_a_table_that_is_not_one_is_one_input_error(given: str) -> None:
+    """A pandas Series, a DatasetDict (not one split of it) or an empty list: one line saying what was expected."""
+    from datasets import Dataset, DatasetDict
+
+    rows = answers(2)
+    data = {"series": pd.Series([1, 2]), "dataset_dict": DatasetDict({"train": Dataset.from_list(rows)}),
+            "nothing": []}[given]
+    with pytest.raises(InputError, match="expected") as caught:
+        pf.build_pairs(data, rank=RANK)
+    assert "\n" not in str(caught.value)
+
+
 def test_a_bad_setting_is_the_flags_one_line_error() -> None:
     with pytest.raises(InputError, match="eval-fraction"):
         pf.build_pairs(pl.DataFrame(answers(3)), rank=RANK, eval_fraction=1.5)

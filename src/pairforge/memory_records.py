@@ -32,15 +32,16 @@ def records_in_memory(data: Any, name: str | None = None) -> Records:
         records = Records(label, frame=data)
     elif _is_dataset(data):
         # the rows the Dataset shows: after .filter / .shuffle / .select its table is the whole original, and an
-        # indices mapping picks the rows
-        records = Records(label, frame=pl.from_arrow(data.flatten_indices().data.table))  # type: ignore[arg-type]
+        # indices mapping picks the rows (an Arrow-formatted slice applies it)
+        records = Records(label, frame=pl.from_arrow(data.with_format("arrow")[:]))  # type: ignore[arg-type]
     elif _is_pandas(data):
         records = Records(label, rows=[{k: _native(v) for k, v in row.items()} for row in data.to_dict("records")])
     elif isinstance(data, list) and all(isinstance(row, dict) for row in data):
         records = Records(label, rows=data)
     else:
+        split = " (a DatasetDict: pass one split, data['train'])" if type(data).__name__ == "DatasetDict" else ""
         raise InputError(str(label), "expected a path, a polars or pandas DataFrame, a datasets.Dataset or a list of "
-                         f"dicts, found {type(data).__name__}")
+                         f"dicts, found {type(data).__name__}{split}")
     if len(records) == 0:
         raise InputError(str(label), "no rows: expected at least one record")
     return records
@@ -59,11 +60,11 @@ def save_records(records: Records, path: Path) -> Path:
 
 
 def _is_dataset(data: Any) -> bool:
-    return type(data).__module__.startswith("datasets") and hasattr(data, "data")
+    return type(data).__module__.startswith("datasets") and hasattr(data, "num_rows") and not isinstance(data, dict)
 
 
 def _is_pandas(data: Any) -> bool:
-    return type(data).__module__.startswith("pandas") and hasattr(data, "to_dict")
+    return type(data).__module__.startswith("pandas") and hasattr(data, "columns")  # a DataFrame, not a Series
 
 
 def _native(value: Any) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from pairforge.config import PairsConfig
+from pairforge.errors import InputError
 from pairforge.files import Records, read_records
 from pairforge.memory_records import is_in_memory, records_in_memory
 from pairforge.options import validated
@@ -31,6 +32,8 @@ def build_pairs(answers: Any, *, config: PairsConfig | None = None, **settings: 
     flags: bad settings or bad rows raise one `InputError` naming the setting, or the DataFrame, row and field.
     Nothing is written: see `Pairs.write`."""
     given = answers if isinstance(answers, list) and not _is_rows(answers) else [answers]
+    if not given:
+        raise InputError("answers", "expected answers: a path, a table, or a list of them, found an empty list")
     records = [records_of(a) for a in given]
     base = config or PairsConfig()
     cfg = validated(PairsConfig, base, {**_over_sections(base, settings), "inputs": [r.path for r in records]})
