@@ -90,6 +90,24 @@ def test_similarity_judge_scores_closeness_to_the_reference(tmp_path: Path) -> N
     assert again.summary.cached == 6  # cached in the store: nothing recomputed
 
 
+def test_a_pointwise_judge_leaves_no_earlier_pairwise_verdicts_for_rank(tmp_path: Path) -> None:
+    """A folder judged pairwise before, judged again by a pointwise judge: rank ranks by the new scores, never by
+    the old judge's verdicts (rank reads judgments.parquet first when there is one)."""
+    answers = {"reference": ["The capital of France is Paris.", "A spider has eight legs.", "The sky is blue."],
+               "close": ["Paris is the capital of France.", "Spiders have eight legs.", "It is blue."],
+               "off": ["I like turtles.", "Bananas are yellow.", "Taxes are due in April."]}
+    stale = pl.DataFrame({"prompt_id": ["x"] * 3, "source_a": ["off"] * 3, "source_b": ["close"] * 3,
+                          "p_a": [1.0] * 3})  # an earlier LLM judge that preferred 'off'
+    stale.write_parquet(tmp_path / "judgments.parquet")
+    recipe = recipe_file(tmp_path, judge={"kind": "similarity", "reference": "reference"})
+    path = responses_file(tmp_path, answers, PROMPTS)
+    judge(load_recipe(recipe), tmp_path, responses=path, show_progress=False)
+    ranked = run_cli("rank", str(recipe), "--out", str(tmp_path))
+    assert ranked.returncode == 0, ranked.stderr
+    assert not (tmp_path / "judgments.parquet").exists()
+    assert json.loads((tmp_path / "ranking.json").read_text())["sources"][0]["name"] == "close"
+
+
 @pytest.mark.slow
 def test_reward_model_judge_then_rank_then_pairs(tmp_path: Path, tiny_model_dir: Path) -> None:
     """A reward model trained by the engine scores held-out answers the way it was trained; its scores

@@ -65,6 +65,8 @@ def judge(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_fa
         {"judge": cfg.kind, "answers": frame.height, "scored": int(scored[S.SCORE].is_not_null().sum()),
          **tally.model_dump(), "per_source": _per_source(scored)})
     judgments_path = write_table(judgments, out_dir / layout.JUDGMENTS) if judgments is not None else None
+    if judgments is None:  # an earlier pairwise judge's verdicts must not outlive it: rank reads them first
+        (out_dir / layout.JUDGMENTS).unlink(missing_ok=True)
     scored_path = write_table(scored, out_dir / layout.SCORED)
     summary.write(out_dir / layout.JUDGE_SUMMARY)
     return JudgeResult(scored_path, judgments_path, summary)
