@@ -253,3 +253,13 @@ def test_generate_from_python_holds_the_folder_and_returns_its_answers(tmp_path:
     result = pf.generate(recipe, tmp_path / "run")
     assert result.exported == 16 and result.failed == 0  # 8 prompts, 2 sources
     assert pl.read_parquet(result.responses)["source"].unique().sort().to_list() == ["strong", "weak"]
+
+
+@pytest.mark.parametrize("outputs", ["unnamed", "bare"])
+def test_evaluate_outputs_need_a_name_each(tmp_path: Path, outputs: str) -> None:
+    """A table in a list, or a table alone, has no model name: one line, nothing saved (was 'None.parquet')."""
+    table = pl.read_json(SAMPLE / "weak.json")
+    given = [table] if outputs == "unnamed" else table
+    with pytest.raises(InputError, match="outputs"):
+        pf.evaluate(outputs=given, reference=SAMPLE / "strong.json", out=tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()

@@ -77,10 +77,10 @@ def evaluate(outputs: Mapping[str, Any] | list[Any] | None = None, reference: An
     cfg = validated(EvalConfig, EvalConfig(), settings)
     judge_cfg = judge if isinstance(judge, JudgeConfig) else judge_config(judge)
     check_output(out, "folder", "--out")
-    answers = [_file(data, out, f"{name}.outputs", name) for name, data in _items(outputs or [])]
+    answers = [_file(data, out, f"{name}.outputs", name) for name, data in _items([] if outputs is None else outputs)]
     reference_file = _file(reference, out, "reference", None)
     run_settings = EvalSettings.of(cfg, baseline=baseline)
-    named_models = [str(m) for _, m in _items(models or [])]
+    named_models = [str(m) for _, m in _items([] if models is None else models)]
     return judge_models(named_models, answers, reference_file, judge_cfg, out, Path(prompts) if prompts else None,
                         run_settings, show_progress=progress, retry_failed=retry_failed)
 
@@ -100,6 +100,11 @@ def _items(given: Mapping[str, Any] | list[Any]) -> list[tuple[str | None, Any]]
     """{name: x} as (name, 'name=x'-ready pairs); a list as given (paths, or NAME=PATH strings)."""
     if isinstance(given, Mapping):
         return [(name, value if is_in_memory(value) else f"{name}={value}") for name, value in given.items()]
+    if not isinstance(given, list):
+        raise InputError("outputs", f"expected {{name: answers}} or a list of paths, found {type(given).__name__}")
+    for value in given:
+        if is_in_memory(value):
+            raise InputError("outputs", f"a {type(value).__name__} in a list has no name: expected {{name: table}}")
     return [(None, value) for value in given]
 
 
