@@ -263,3 +263,17 @@ def test_evaluate_outputs_need_a_name_each(tmp_path: Path, outputs: str) -> None
     with pytest.raises(InputError, match="outputs"):
         pf.evaluate(outputs=given, reference=SAMPLE / "strong.json", out=tmp_path / "eval")
     assert not (tmp_path / "eval").exists()
+
+
+def test_train_into_a_run_folder_in_use_is_refused_like_the_command(tmp_path: Path) -> None:
+    """`pf.train(out=<run>/train/NAME)` holds the run folder as `pairforge train` does: while another writer holds
+    it, one line naming the folder, and nothing trained."""
+    from pairforge.folder_lock import held
+    from pairforge.layout import RunDir
+
+    run = tmp_path / "run"
+    (run / "stages").mkdir(parents=True)  # a run folder (pairforge run's markers live here)
+    with held(RunDir(run).lock, "run_dir"), pytest.raises(InputError, match="in use") as caught:
+        pf.train(pl.DataFrame(preference_rows(4)), out=run / "train" / "dpo", max_steps=1, progress=False)
+    assert caught.value.location == "--out" and str(run) in str(caught.value)
+    assert not (run / "train" / "dpo" / "model").exists()

@@ -49,5 +49,5 @@ def units(r: Round) -> list[StageUnit]:
     if recipe.judge is None:
         return []
     return [StageUnit("rank", "Bradley-Terry source strength", f"{len(recipe.sources)} sources", 5,
-                      lambda: [rank(recipe, folder).written], [folder.judgments, folder.scored], recipe.ranking.model_dump(mode="json"),
-                      [folder.ranking])]
+                      lambda: [rank(recipe, folder).written], [folder.judgments, folder.scored],
+                      recipe.ranking.model_dump(mode="json"), [folder.ranking])]

@@ -3,14 +3,16 @@ checked against the folder it writes, and the folder held by one writer at a tim
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 from pairforge.config import SourceConfig
 from pairforge.files import check_output
 from pairforge.folder_lock import held
-from pairforge.layout import RunDir
+from pairforge.layout import RunDir, run_folder_of
 from pairforge.options import validated
 from pairforge.recipe import Recipe, check_reads_apart, load_recipe
 
@@ -35,3 +37,14 @@ def writing(folder: Path, option: str = "--out") -> Iterator[Callable[[], None]]
     check_output(folder, "folder", option)
     with held(RunDir(folder).lock, option) as still_held:
         yield still_held
+
+
+def training_folder_held(out: Path, option: str) -> AbstractContextManager[Any]:
+    """Training into a run folder (`<run>/train/NAME`) holds the run folder's lock like any command writing it, so a
+    `pairforge run` there and this training never write it at once. Under `accelerate launch` several processes
+    train into one --out: only the main one (RANK 0) takes the lock, for all of them (the launcher ends the others
+    when it stops)."""
+    root = run_folder_of(out)
+    if root is None or os.environ.get("RANK", "0") != "0":
+        return nullcontext()
+    return held(RunDir(root).lock, option)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from pairforge.api.folders import training_folder_held
 from pairforge.api.pairs import Pairs, records_of
 from pairforge.config import EvalConfig, JudgeConfig
 from pairforge.errors import InputError
@@ -39,8 +40,6 @@ def train(pairs: Any, *, method: str | dict[str, float] | None = None, model: st
     file (`<out>/pairs-<content>.parquet`, named by its content, with its eval split when a `Pairs` has one), which
     run.json records. Returns
     the steps, the metrics and the output folder."""
-    from pairforge.training.trainer import train as train_model
-
     flags = {**settings, "method": method, "model": model, "out": out}
     cfg = validated(TrainConfig, config or TrainConfig(), flags)  # bad settings are said before pairs are written
     if isinstance(pairs, Pairs):
@@ -53,7 +52,16 @@ def train(pairs: Any, *, method: str | dict[str, float] | None = None, model: st
         path = save_records(records, cfg.out / f"pairs-{content}")
     else:
         path = Path(pairs)
-    return train_model(cfg.model_copy(update={"pairs": path}), progress=progress, fresh=fresh)
+    return trained(cfg.model_copy(update={"pairs": path}), fresh=fresh, progress=progress)
+
+
+def trained(cfg: TrainConfig, *, fresh: bool = False, progress: bool = True, option: str = "--out") -> TrainResult:
+    """`cfg` trained as `train` and `pairforge train` do: a run inside a run folder holds that folder while it trains
+    (`option` names the setting that chose it in the one-line error when another command holds it)."""
+    from pairforge.training.trainer import train as train_model
+
+    with training_folder_held(cfg.out, option):
+        return train_model(cfg, progress=progress, fresh=fresh)
 
 
 def evaluate(outputs: Mapping[str, Any] | list[Any] | None = None, reference: Any = None, *,

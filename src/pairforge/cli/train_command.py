@@ -3,8 +3,6 @@ a stopped or interrupted run says how to resume."""
 
 from __future__ import annotations
 
-import os
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +11,6 @@ import typer
 from pairforge import options
 from pairforge.cli.common import console, fail_cleanly
 from pairforge.errors import EXIT_INTERRUPTED, InputError
-from pairforge.folder_lock import held
-from pairforge.layout import RunDir, run_folder_of
 from pairforge.train_config import DIFFICULTIES_HELP, METHODS_HELP, LoraSettings, TrainConfig
 
 _TRAIN = options.defaults(TrainConfig)  # the flags' defaults: the recipe's
@@ -59,7 +55,8 @@ def train_command(
 ) -> None:
     """Post-train a model on preference pairs (SFT, DPO and relatives, SLiC-HF); resumes from its checkpoints."""
     def command() -> None:
-        from pairforge.training.trainer import TrainingStopped, train
+        from pairforge.api.models import trained
+        from pairforge.training.trainer import TrainingStopped
 
         base = options.train_section(config, run_name)
         flags = {"method": options.parse_method(method) if method else None, "model": model, "pairs": pairs,
@@ -76,8 +73,7 @@ def train_command(
         if cfg.pairs is None:
             raise InputError("--pairs", "expected a pairs file (or `pairs:` in the recipe's train section)")
         try:
-            with _holding_run_folder(cfg.out, "--run" if run_name else "--out"):
-                result = train(cfg, fresh=fresh)
+            result = trained(cfg, fresh=fresh, option="--run" if run_name else "--out")
         except TrainingStopped as exc:
             console.print(f"[bold red]stopped:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
@@ -89,17 +85,6 @@ def train_command(
                       highlight=False)
 
     fail_cleanly(command)
-
-
-def _holding_run_folder(out: Path, option: str) -> AbstractContextManager[Any]:
-    """Training into a run folder (`<run>/train/NAME`) holds the run folder's lock like any command writing it, so a
-    `pairforge run` there and this training never write it at once. Under `accelerate launch` several processes
-    train into one --out: only the main one (RANK 0) takes the lock, for all of them (the launcher ends the others
-    when it stops)."""
-    root = run_folder_of(out)
-    if root is None or os.environ.get("RANK", "0") != "0":
-        return nullcontext()
-    return held(RunDir(root).lock, option)
 
 
 def _lora(base: TrainConfig, lora: bool, merge: bool, rank: int | None) -> dict[str, Any] | None:
