@@ -161,7 +161,7 @@ def with_format_samples(recipe: Recipe) -> tuple[Recipe, list[str]]:
 
 
 def execute(plan_: Plan, start: str | None = None, progress: Callable[[str, str], None] = lambda s, m: None,
-        stop: str | None = None) -> list[StageRun]:
+            stop: str | None = None) -> list[StageRun]:
     """Run the plan's stages from the first up to `stop` (the last one named so); skip finished ones unless
     at or after `start`. Returns what each did."""
     check_stage_names(plan_, start, stop)

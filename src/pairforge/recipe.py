@@ -46,8 +46,12 @@ class Recipe(Section):
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
-        """Read and validate a recipe YAML (see `load_recipe`): relative paths are the recipe's folder's."""
-        return load_recipe(path)
+        """Read and validate a recipe YAML (see `load_recipe`): relative paths are the recipe's folder's, and without
+        `run_dir` it runs where `pairforge run` would run it (runs/<recipe name> beside the recipe)."""
+        recipe = load_recipe(path)
+        if recipe.run_dir is None:
+            recipe.run_dir = Path(path).parent / "runs" / Path(path).stem
+        return recipe
 
     run_dir: Path | None = Field(None, description="where `pairforge run` writes every stage (default: "
                                  "runs/<recipe name> beside the recipe)")

@@ -306,7 +306,7 @@ class Round:
     held-out reward margin at the end of training."""
 
     name: str
-    summary: dict[str, Any] | None
+    summary: PairsSummary | None
     board: Leaderboard
     margins: dict[str, float]
 
@@ -316,7 +316,7 @@ def rounds(entries: list[Round]) -> Grid:
     margin, and every model's held-out score with its difference to the base."""
     grid = Grid("rounds", ["round", "pairs", "model", "reward margin", "score [95%]", "vs base [95%]", "p"], left=3)
     for i, r in enumerate(entries):
-        pairs = str(sum(r.summary["pairs"]["train"].values())) if r.summary else "-"
+        pairs = str(r.summary.total("train")) if r.summary else "-"
         for entry in r.board.models:
             if entry.model == "base" and i > 0:
                 continue  # the same base every round

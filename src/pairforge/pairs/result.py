@@ -44,6 +44,11 @@ class Pairs:
     summary: PairsSummary
     config: PairsConfig
 
+    def __repr__(self) -> str:
+        splits = {"train": self.train, "eval": self.eval, "judge": self.judge}
+        shown = ", ".join(f"{name}={frame.height} pairs" for name, frame in splits.items() if frame is not None)
+        return f"Pairs({shown}, types={self.summary.pair_types})"
+
     def to_dataset(self) -> Any:
         """A `datasets.DatasetDict` with "train" (and "eval" when there is an eval split), which TRL's
         `DPOTrainer` takes as it is (conversational records where the pairs are chat messages)."""

@@ -156,7 +156,7 @@ def round_entries(files: list[Path]) -> list[render.Round]:
             evals = [m for m in read_metrics(metrics) if "eval/rewards/margins" in m]
             if evals:
                 margins[metrics.parent.name] = evals[-1]["eval/rewards/margins"]
-        entries.append(render.Round(folder.name, _json(summary) if summary.exists() else None,
+        entries.append(render.Round(folder.name, PairsSummary.read(summary) if summary.exists() else None,
                                     Leaderboard.read(board), margins))
     return entries
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate.utils import set_seed
 
-from pairforge.files import check_output, read_log
+from pairforge.files import check_output
 from pairforge.layout import TrainDir
 from pairforge.train_config import TrainConfig
 from pairforge.training import checkpoints
@@ -52,7 +53,7 @@ def train(cfg: TrainConfig, progress: bool = True, fresh: bool = False) -> Train
     identity = checkpoints.identity(cfg)
     done = None if fresh else checkpoints.finished_step(run, identity)
     if done is not None:
-        return TrainResult(run.root, RunInfo.read(run.run_info), read_log(run.metrics), already_trained=True)
+        return replace(TrainResult.read(run.root), already_trained=True)
     set_seed(cfg.seed)
     laps = Laps()
     state = setup(cfg, accelerator, progress and accelerator.is_main_process, laps)
