@@ -232,7 +232,7 @@ def test_a_stage_package_imported_leaves_the_function_its_name() -> None:
     import pairforge.evaluation.compare  # noqa: F401 - Python sets a subpackage on its parent on import
     import pairforge.training.trainer  # noqa: F401
 
-    assert callable(pf.train) and callable(pf.evaluate) and pf.train.__module__ == "pairforge.api.models"
+    assert callable(pf.train) and callable(pf.evaluate) and pf.train.__module__ == "pairforge.api.post_training"
 
 
 def test_a_filter_given_keeps_the_other_filters() -> None:

@@ -11,7 +11,7 @@ import pytest
 from conftest import SAMPLE, write_jsonl
 from pairforge.config import FilterConfig, PairsConfig
 from pairforge.files import read_records
-from pairforge.pairs.build import build_pairs
+from pairforge.pairs.build import pair_answers
 from pairforge.records import responses_from_files
 
 PAPER_RANK = "gpt-4 > chatgpt > davinci"
@@ -23,7 +23,7 @@ def build(path: Path, **settings):
     filters = settings.pop("filters", {})
     settings.setdefault("prompt_format", "text")
     cfg = PairsConfig(filters=FilterConfig(**filters), **settings)
-    return build_pairs(responses_from_files([read_records(path)]), cfg)
+    return pair_answers(responses_from_files([read_records(path)]), cfg)
 
 
 def scored_rows(scores: dict[str, list[float]], prompts: int = 1) -> list[dict]:
@@ -75,7 +75,8 @@ def test_chat_prompts_give_trl_conversational_pairs(jsonl):
 def test_plain_prompts_are_conversational_by_default_because_answers_were_asked_through_a_template(jsonl):
     rows = [{"instruction": "Capital of France?", "output": "Paris.", "generator": "strong"},
             {"instruction": "Capital of France?", "output": "Lyon.", "generator": "weak"}]
-    pairs = build_pairs(responses_from_files([read_records(jsonl("a.jsonl", rows))]), PairsConfig(rank="strong > weak"))
+    answers = responses_from_files([read_records(jsonl("a.jsonl", rows))])
+    pairs = pair_answers(answers, PairsConfig(rank="strong > weak"))
     pair = pairs.train.row(0, named=True)
     assert pair["prompt"] == [{"role": "user", "content": "Capital of France?"}]
     assert pair["chosen"] == [{"role": "assistant", "content": "Paris."}]
@@ -259,7 +260,7 @@ def test_eval_split_is_by_prompt_and_deterministic():
     records = [read_records(SAMPLE / f"{name}.json") for name in ("strong", "medium", "weak")]
     responses = responses_from_files(records)
     cfg = PairsConfig(rank="strong > medium > weak", eval_fraction=0.3)
-    first, again = build_pairs(responses, cfg), build_pairs(responses, cfg)
+    first, again = pair_answers(responses, cfg), pair_answers(responses, cfg)
     assert first.train.equals(again.train)
     train_prompts, eval_prompts = set(first.train["prompt_id"]), set(first.eval["prompt_id"])
     assert not train_prompts & eval_prompts
@@ -290,7 +291,7 @@ def test_ids_led_by_hex_digits_keep_the_split_they_always_had(jsonl):
 
 def test_sample_set_gives_every_paper_pair():
     records = [read_records(SAMPLE / f"{name}.json") for name in ("strong", "medium", "weak")]
-    result = build_pairs(responses_from_files(records), PairsConfig(rank="strong > medium > weak"))
+    result = pair_answers(responses_from_files(records), PairsConfig(rank="strong > medium > weak"))
     assert result.summary["pairs"]["train"] == {"medium>weak": 50, "strong>medium": 50, "strong>weak": 50}
     assert result.summary["dropped_answers"] == {} and result.summary["dropped_pairs"] == {}
 
@@ -302,7 +303,7 @@ def test_pairs_from_response_records_built_in_python():
     answers = [Response(prompt="Capital of France?", source="big", response="Paris.", score=9.0),
                Response(prompt="Capital of France?", source="small", response="Lyon.", score=2.0),
                Response(prompt="Capital of France?", source="small", response="Maybe Paris.", sample=1, score=5.0)]
-    result = build_pairs(responses_frame(answers), PairsConfig(strategy="scored", scored_mode="all",
+    result = pair_answers(responses_frame(answers), PairsConfig(strategy="scored", scored_mode="all",
                                                                prompt_format="text"))
     assert sorted(zip(result.train["chosen"], result.train["rejected"], strict=True)) == [
         ("Maybe Paris.", "Lyon."), ("Paris.", "Lyon."), ("Paris.", "Maybe Paris.")]

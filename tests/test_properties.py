@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from pairforge.config import PairsConfig
 from pairforge.files import Records
-from pairforge.pairs.build import build_pairs
+from pairforge.pairs.build import pair_answers
 from pairforge.pairs.order import parse_rank
 from pairforge.records import responses_from_files
 
@@ -34,7 +34,7 @@ def normalised(answer: str | list[dict]) -> str:
 
 def pairs_of(rows: list[dict], **settings_) -> pl.DataFrame:
     responses = responses_from_files([Records(Path("random.jsonl"), rows=rows)])
-    result = build_pairs(responses, PairsConfig(**settings_))
+    result = pair_answers(responses, PairsConfig(**settings_))
     return pl.concat([result.train, result.eval])
 
 

@@ -301,7 +301,7 @@ def curriculum(title: str, stage_names: list[str], batches: list[list[int]], sta
 
 
 @dataclass
-class Round:
+class RoundRow:
     """One round of an iterative run, as its files say: its pairs summary, leaderboard, and each trained run's
     held-out reward margin at the end of training."""
 
@@ -311,7 +311,7 @@ class Round:
     margins: dict[str, float]
 
 
-def rounds(entries: list[Round]) -> Grid:
+def rounds(entries: list[RoundRow]) -> Grid:
     """An iterative run's rounds side by side: the training pairs of each round, every run's held-out reward
     margin, and every model's held-out score with its difference to the base."""
     grid = Grid("rounds", ["round", "pairs", "model", "reward margin", "score [95%]", "vs base [95%]", "p"], left=3)

@@ -68,7 +68,7 @@ def eval_command(
 ) -> None:
     """Judge models against reference answers: win rate, interval, length-controlled win rate, leaderboard."""
     def command() -> None:
-        from pairforge.api.models import evaluate
+        from pairforge.api.post_training import evaluate
 
         result = evaluate(outputs or [], reference, models=models or [], judge=judge, out=out, prompts=prompts,
                           baseline=baseline, retry_failed=retry_failed, max_new_tokens=max_new_tokens,
@@ -110,7 +110,7 @@ def report_command(
 ) -> None:
     """One self-contained HTML report (and a Markdown twin) of pairs, sources, training and evaluation."""
     def command() -> None:
-        from pairforge.api.models import report
+        from pairforge.api.post_training import report
 
         sections = report(paths, out)
         console.print(f"wrote {out} and {out.with_suffix('.md')} ({', '.join(s.title for s in sections)})",

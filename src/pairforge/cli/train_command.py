@@ -55,7 +55,7 @@ def train_command(
 ) -> None:
     """Post-train a model on preference pairs (SFT, DPO and relatives, SLiC-HF); resumes from its checkpoints."""
     def command() -> None:
-        from pairforge.api.models import trained
+        from pairforge.api.post_training import trained
         from pairforge.training.trainer import TrainingStopped
 
         base = options.train_section(config, run_name)

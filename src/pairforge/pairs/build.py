@@ -37,7 +37,7 @@ class PairSet:
     judge: pl.DataFrame | None = None  # kept apart from both, to train a judge on (judge_fraction)
 
 
-def build_pairs(responses: pl.DataFrame, cfg: PairsConfig) -> PairSet:
+def pair_answers(responses: pl.DataFrame, cfg: PairsConfig) -> PairSet:
     """Build pairs from a validated responses frame (see `formats.responses_from_files`)."""
     strategy = cfg.resolved_strategy
     order, pair_types = _resolve_order(responses, cfg, strategy)

@@ -13,7 +13,7 @@ from typing import Any
 from pairforge.config import PairsConfig
 from pairforge.errors import InputError
 from pairforge.files import Records, read_records
-from pairforge.pairs.build import PairSet, build_pairs
+from pairforge.pairs.build import PairSet, pair_answers
 from pairforge.pairs.preference import pairs_from_files, refilter
 from pairforge.pairs.result import Pairs, Written, check_outputs
 from pairforge.pairs.summary import InputFile, PairsSummary
@@ -44,7 +44,7 @@ def build(records: list[Records], cfg: PairsConfig) -> Pairs:
 
 def _pairs_of_answers(records: list[Records], cfg: PairsConfig) -> tuple[PairSet, str]:
     responses = responses_from_files(records, cfg.format, cfg.columns or None)
-    return build_pairs(responses, cfg), f"{responses.height} answers"
+    return pair_answers(responses, cfg), f"{responses.height} answers"
 
 
 def _pairs_in(records: list[Records], shapes: list[str], cfg: PairsConfig) -> tuple[PairSet, str]:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from pairforge.errors import InputError
 from pairforge.files import check_output, write_atomically
-from pairforge.reporting.sections import Section, report_sections
+from pairforge.reporting.sections import PageSection, report_sections
 
 
-def build_report(paths: list[Path], out: Path, leave_out: frozenset[Path] = frozenset()) -> list[Section]:
+def build_report(paths: list[Path], out: Path, leave_out: frozenset[Path] = frozenset()) -> list[PageSection]:
     """Find the artifacts under `paths`, not `leave_out`, write `out` (HTML) and its Markdown twin: the sections."""
     missing = [p for p in paths if not p.exists()]
     if missing:
@@ -30,7 +30,7 @@ def build_report(paths: list[Path], out: Path, leave_out: frozenset[Path] = froz
     return sections
 
 
-def _write_html(sections: list[Section], out: Path) -> None:
+def _write_html(sections: list[PageSection], out: Path) -> None:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>pairforge report</title><style>",
              "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
@@ -54,7 +54,7 @@ def _write_html(sections: list[Section], out: Path) -> None:
     write_atomically(out, lambda tmp: tmp.write_text("".join(parts), encoding="utf-8"))
 
 
-def _write_markdown(sections: list[Section], out: Path) -> None:
+def _write_markdown(sections: list[PageSection], out: Path) -> None:
     images = out.with_name(f"{out.stem}_files")
     images.mkdir(parents=True, exist_ok=True)
     lines = ["# pairforge report", ""]

@@ -135,7 +135,7 @@ def evaluation(board: Leaderboard) -> bytes:
     return png(fig)
 
 
-def rounds(entries: list[render.Round]) -> bytes:
+def rounds(entries: list[render.RoundRow]) -> bytes:
     """Every model's value by round, with its interval."""
     fig, ax = plt.subplots(figsize=(7, 3.4))
     measure = entries[0].board.measure

@@ -35,7 +35,7 @@ from pairforge.training.result import TrainResult, read_metrics
 
 
 @dataclass
-class Section:
+class PageSection:
     id: str
     title: str
     paragraphs: list[str] = field(default_factory=list)
@@ -44,7 +44,7 @@ class Section:
     tables: list[Grid] = field(default_factory=list)
 
 
-def report_sections(paths: list[Path], files: list[Path]) -> list[Section]:
+def report_sections(paths: list[Path], files: list[Path]) -> list[PageSection]:
     """A section per kind of artifact among `files` (found under `paths`), and the settings and versions last."""
     sections = [s for s in (_rounds(files), _pairs(files), _sources(files), _training(files), _evaluation(files)) if s]
     if not sections:
@@ -54,13 +54,13 @@ def report_sections(paths: list[Path], files: list[Path]) -> list[Section]:
     return sections
 
 
-def _pairs(files: list[Path]) -> Section | None:
+def _pairs(files: list[Path]) -> PageSection | None:
     summaries = [(f, _json(f)) for f in files if f.name.endswith(".summary.json")]
     summaries = [(f, PairsSummary.from_json(s, where=str(f))) for f, s in summaries
                  if isinstance(s, dict) and "pairs" in s and "dropped_answers" in s]
     if not summaries:
         return None
-    section = Section("pairs", "Pairs")
+    section = PageSection("pairs", "Pairs")
     for path, summary in summaries:
         splits = summary.pairs  # train, eval and, when kept apart, judge
         section.tables.append(render.pair_counts(summary))
@@ -86,12 +86,12 @@ def _revision_paragraph(revision: RevisionStats) -> str:
             f"(median edit distance {revision.median_edit:.3f}).")
 
 
-def _sources(files: list[Path]) -> Section | None:
+def _sources(files: list[Path]) -> PageSection | None:
     judged = [JudgeSummary.read(f) for f in files if f.name == JUDGE_SUMMARY]
     ranked = [Ranking.read(f) for f in files if f.name == RANKING]
     if not judged and not ranked:
         return None
-    section = Section("sources", "Sources: judge and strength")
+    section = PageSection("sources", "Sources: judge and strength")
     for summary in judged:
         section.tables.append(render.judge_summary(summary))
         if summary.p_first_shown_wins is not None:
@@ -105,11 +105,11 @@ def _sources(files: list[Path]) -> Section | None:
     return section
 
 
-def _training(files: list[Path]) -> Section | None:
+def _training(files: list[Path]) -> PageSection | None:
     runs = [TrainResult.read(f.parent) for f in files if f.name == RUN_INFO and (f.parent / METRICS).exists()]
     if not runs:
         return None
-    section = Section("training", "Training")
+    section = PageSection("training", "Training")
     rows = []
     for run in runs:
         train, evals = run.train_rows, run.eval_rows
@@ -127,11 +127,11 @@ def _training(files: list[Path]) -> Section | None:
     return section
 
 
-def _evaluation(files: list[Path]) -> Section | None:
+def _evaluation(files: list[Path]) -> PageSection | None:
     boards = [f for f in files if f.name == LEADERBOARD]
     if not boards:
         return None
-    section = Section("evaluation", "Evaluation")
+    section = PageSection("evaluation", "Evaluation")
     for path in boards:
         board = Leaderboard.read(path)
         section.tables.append(render.leaderboard(board))
@@ -142,7 +142,7 @@ def _evaluation(files: list[Path]) -> Section | None:
     return section
 
 
-def round_entries(files: list[Path]) -> list[render.Round]:
+def round_entries(files: list[Path]) -> list[render.RoundRow]:
     """The rounds of an iterative run (round-K/ folders with a leaderboard), in order."""
     boards = sorted((f for f in files if f.name == LEADERBOARD and f.parent.name == "eval"
                      and re.fullmatch(r"round-\d+", f.parent.parent.name)),
@@ -156,17 +156,17 @@ def round_entries(files: list[Path]) -> list[render.Round]:
             evals = [m for m in read_metrics(metrics) if "eval/rewards/margins" in m]
             if evals:
                 margins[metrics.parent.name] = evals[-1]["eval/rewards/margins"]
-        entries.append(render.Round(folder.name, PairsSummary.read(summary) if summary.exists() else None,
+        entries.append(render.RoundRow(folder.name, PairsSummary.read(summary) if summary.exists() else None,
                                     Leaderboard.read(board), margins))
     return entries
 
 
-def _rounds(files: list[Path]) -> Section | None:
+def _rounds(files: list[Path]) -> PageSection | None:
     """An iterative run: every round's pairs, margins and scores side by side, and the scores by round."""
     entries = round_entries(files)
     if not entries:
         return None
-    section = Section("rounds", "Rounds")
+    section = PageSection("rounds", "Rounds")
     section.tables.append(render.rounds(entries))
     section.paragraphs.append("Each round trains on pairs that include the previous round's model's own answers; "
                               "every round is evaluated on the same held-out prompts against the same base model.")
@@ -174,8 +174,8 @@ def _rounds(files: list[Path]) -> Section | None:
     return section
 
 
-def _reproduce(files: list[Path]) -> Section:
-    section = Section("reproduce", "Settings and versions")
+def _reproduce(files: list[Path]) -> PageSection:
+    section = PageSection("reproduce", "Settings and versions")
     found = {str(f): _json(f) for f in files if f.name in (RUN_INFO, LEADERBOARD) or f.name.endswith(".summary.json")}
     configs = {name: data.get("config") for name, data in found.items() if isinstance(data, dict)}
     section.code = json.dumps({k: v for k, v in configs.items() if v}, indent=1)

@@ -23,7 +23,7 @@ from pairforge.train_config import TrainConfig
 
 if TYPE_CHECKING:
     from pairforge.evaluation.leaderboard import Leaderboard
-    from pairforge.reporting.sections import Section
+    from pairforge.reporting.sections import PageSection
     from pairforge.training.result import TrainResult
 
 
@@ -126,7 +126,7 @@ def _file(data: Any, out: Path, stem: str, name: str | None) -> Any:
     return saved if name is None else f"{name}={saved}"
 
 
-def report(paths: list[str | Path] | str | Path, out: str | Path = "report.html") -> list[Section]:
+def report(paths: list[str | Path] | str | Path, out: str | Path = "report.html") -> list[PageSection]:
     """One self-contained HTML report (and a Markdown twin, PNGs beside it) of the run folders or files in
     `paths`: pairs summaries, training runs, judge and eval outputs. Returns its sections."""
     from pairforge.reporting.page import build_report
