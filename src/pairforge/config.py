@@ -178,6 +178,11 @@ class PairsConfig(Section):
     def resolved_strategy(self) -> str:
         return self.strategy or ("ranked" if self.rank or self.rank_from else "scored")
 
+    @property
+    def read_files(self) -> list[Path]:
+        """Every file a build reads: its inputs, the ranking it takes its order from, the decontamination files."""
+        return [*self.inputs, *([self.rank_from] if self.rank_from else []), *self.filters.decontaminate]
+
 
 def key_name_problem(name: str) -> str | None:
     """Why a model's name cannot be part of a request cache key, or None. ':' separates the key's parts

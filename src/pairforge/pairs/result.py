@@ -71,9 +71,7 @@ class Pairs:
             "config": self.config.model_copy(update={"out": out}).model_dump(mode="json")})
         staged["summary"] = self.summary.write(pending_path(paths["summary"]))
         written = [paths[name] for name in staged]
-        cfg = self.config
-        inputs = [*cfg.inputs, *([cfg.rank_from] if cfg.rank_from else []), *cfg.filters.decontaminate]
-        removed = stale_splits(paths["train"], written, inputs, earlier)
+        removed = stale_splits(paths["train"], written, self.config.read_files, earlier)
         _commit(staged, paths, removed)
         return Written(self.summary, written, removed)
 

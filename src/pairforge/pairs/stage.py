@@ -48,7 +48,7 @@ def units(r: Round) -> list[StageUnit]:
     splits = [folder.pairs(s) for s, share in (("eval", cfg.eval_fraction), ("judge", cfg.judge_fraction)) if share]
     return [StageUnit("pairs", what, f"<= {r.n_prompts * r.pair_counts[1]} pairs", 5,
                       lambda: run_stage(recipe, folder),
-                      [*cfg.inputs, *([cfg.rank_from] if cfg.rank_from else []), *cfg.filters.decontaminate],
+                      cfg.read_files,
                       cfg.model_dump(mode="json"), [cfg.out, *splits, summary_path(cfg.out)])]
 
 
