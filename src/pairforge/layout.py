@@ -4,6 +4,7 @@ and the report agree on them.
 A run folder (`pairforge run`, or the `--out` of a stage command) holds:
 
     store.sqlite                every request and its answer or failure (generation, judge, eval)
+    shards/K-of-N.sqlite        a prompt shard's own store (`--shard K/N`), merged by the unsharded command
     responses.parquet           the answers (generate); revisions.parquet: a reviser's edits of them (revise)
     responses.scored.parquet    the answers with the judge's scores (judge); judgments.parquet: pairwise
                                 verdicts; judge.summary.json
@@ -36,6 +37,7 @@ METRICS = "metrics.jsonl"
 MODEL = "model"
 REPORT = "report.html"
 LOCK = "pairforge.lock"
+SHARDS = "shards"  # <store's folder>/shards/K-of-N.sqlite: one store per prompt shard
 EVAL_PROMPTS, EVAL_REFERENCE = "prompts.parquet", "reference.parquet"  # eval/: held-out prompts, a source's answers
 MODEL_OUTPUTS = ".model_outputs.json"  # eval/<model>.model_outputs.json
 # the evaluation's own model names: the untrained starting model and the reference answers (no run may take them)
@@ -111,7 +113,7 @@ _OWN_FILES = {STORE, f"{STORE}-wal", f"{STORE}-shm", f"{STORE}-journal", RESPONS
               JUDGE_SUMMARY, RANKING, REPORT, Path(REPORT).with_suffix(".md").name, QUICK_PROMPTS, LOCK,
               *(split_path(Path(PAIRS), split).name for split in ("train", "eval", "judge")),
               summary_path(Path(PAIRS)).name}
-_OWN_FOLDERS = {"eval", "train", "stages", f"{Path(REPORT).stem}_files"}  # report_files: the Markdown's images
+_OWN_FOLDERS = {"eval", "train", "stages", SHARDS, f"{Path(REPORT).stem}_files"}  # report_files: the Markdown's images
 _ROUND = re.compile(r"round-\d+")
 
 

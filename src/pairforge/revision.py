@@ -33,6 +33,7 @@ from pairforge.recipe import Recipe
 from pairforge.records import responses_from_files
 from pairforge.requests.backends.base import Request, check_source
 from pairforge.requests.engine import Tally, answer_all, cache_key, make_backend, progress_bar, request_seed
+from pairforge.requests.shards import Shard
 from pairforge.requests.store import opened
 from pairforge.text import prompt_text
 
@@ -54,9 +55,10 @@ class RevisionSummary:
 
 
 def revise(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_failed: bool = False,
-           show_progress: bool = True, store_path: Path | None = None) -> RevisionSummary:
+           show_progress: bool = True, store_path: Path | None = None, shard: Shard | None = None) -> RevisionSummary:
     """Revise the original source's answers in `responses` (default <out_dir>/responses.parquet); write
-    <out_dir>/revisions.parquet with every revision that came back."""
+    <out_dir>/revisions.parquet with every revision that came back. A `shard` revises only its prompts' answers into
+    its own store and writes no file: the summary's `revisions` is that store, `exported` the revisions it holds."""
     check_output(out_dir, "folder", "--out")
     cfg = recipe.pairs.revision
     if cfg is None:
@@ -71,11 +73,14 @@ def revise(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_f
         raise InputError(str(path), f"no answers from source '{cfg.original}' (pairs.revision.original) to revise "
                          f"(sources: {', '.join(sorted(set(frame[S.SOURCE])))})")
     check_source(reviser)
+    originals = shard.keep(originals) if shard else originals
     requests = revision_requests(originals, reviser, cfg)
-    with opened(store_path or out_dir / layout.STORE) as store:
+    with opened(store_path or out_dir / layout.STORE, shard) as store:
         with progress_bar(show_progress) as progress:
             tally = answer_all(requests, lambda: make_backend(reviser), store, "revision", f"{cfg.reviser} revises",
                                progress, retry_failed)
+        if shard:
+            return RevisionSummary(tally, store.path, tally.cached + tally.done, distribution([]))
         entries = store.get(r.key for r in requests)
     texts = [entries[r.key].value if r.key in entries and entries[r.key].ok else None for r in requests]
     revisions = _revision_rows(originals, texts, cfg)

@@ -1,6 +1,10 @@
 """The data stages from Python: `generate`, `revise`, `judge` and `rank` on a run folder, as their commands run
 them (the recipe checked against the folder, the folder held while they write). Each returns its stage's result
-with the paths it wrote; a request that failed is kept in the store and counted there (`.failed`), not raised."""
+with the paths it wrote; a request that failed is kept in the store and counted there (`.failed`), not raised.
+
+`shard="K/N"` (generate, revise, an LLM judge) asks only the prompts of shard K of N into the folder's
+`shards/K-of-N.sqlite` and writes no output: the result's path is that store and its counts are the shard's.
+Shards of one folder run at once (on other machines too); the call without `shard` merges them."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import TYPE_CHECKING
 from pairforge.api.folders import recipe_for, writing
 from pairforge.layout import RunDir
 from pairforge.recipe import Recipe
+from pairforge.requests.shards import Shard, chosen
 
 if TYPE_CHECKING:
     from pairforge.generation.summary import GenerationSummary
@@ -19,39 +24,40 @@ if TYPE_CHECKING:
 
 
 def generate(recipe: Recipe | str | Path, out: str | Path = ".", *, retry_failed: bool = False,
-             sources: list[str] | None = None, dtype: str | None = None) -> GenerationSummary:
+             sources: list[str] | None = None, dtype: str | None = None, shard: str | Shard | None = None
+             ) -> GenerationSummary:
     """Answer the recipe's prompts with every source (or only `sources`) into `<out>/responses.parquet`; resumes
     where it stopped (answers cached in `<out>/store.sqlite`). `dtype` sets the weights of every local source."""
     from pairforge.generation.answers import generate as answer_prompts
 
-    out = Path(out)
+    out, part = Path(out), chosen(shard)
     cfg = recipe_for(recipe, out, dtype)
-    with writing(out):
-        return answer_prompts(cfg, out, retry_failed, sources)
+    with writing(out, shard=part):
+        return answer_prompts(cfg, out, retry_failed, sources, shard=part)
 
 
 def revise(recipe: Recipe | str | Path, out: str | Path = ".", *, responses: str | Path | None = None,
-           retry_failed: bool = False) -> RevisionSummary:
+           retry_failed: bool = False, shard: str | Shard | None = None) -> RevisionSummary:
     """The reviser's minimal edits of the original source's answers (`pairs.revision`) into
     `<out>/revisions.parquet`."""
     from pairforge.revision import revise as revise_answers
 
-    out = Path(out)
+    out, part = Path(out), chosen(shard)
     cfg = recipe_for(recipe, out)
-    with writing(out):
-        return revise_answers(cfg, out, Path(responses) if responses else None, retry_failed)
+    with writing(out, shard=part):
+        return revise_answers(cfg, out, Path(responses) if responses else None, retry_failed, shard=part)
 
 
 def judge(recipe: Recipe | str | Path, out: str | Path = ".", *, responses: str | Path | None = None,
-          retry_failed: bool = False) -> JudgeResult:
+          retry_failed: bool = False, shard: str | Shard | None = None) -> JudgeResult:
     """Score the answers (reward model, similarity) or compare them pairwise (an LLM judge, both orders) into
     `<out>/responses.scored.parquet` (and `judgments.parquet`)."""
     from pairforge.judging.scoring import judge as judge_answers
 
-    out = Path(out)
+    out, part = Path(out), chosen(shard)
     cfg = recipe_for(recipe, out)
-    with writing(out):
-        return judge_answers(cfg, out, Path(responses) if responses else None, retry_failed)
+    with writing(out, shard=part):
+        return judge_answers(cfg, out, Path(responses) if responses else None, retry_failed, shard=part)
 
 
 def rank(recipe: Recipe | str | Path, out: str | Path = ".") -> Ranked:

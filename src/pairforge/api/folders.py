@@ -12,9 +12,10 @@ from typing import Any
 from pairforge.config import SourceConfig
 from pairforge.files import check_output
 from pairforge.folder_lock import held
-from pairforge.layout import RunDir, run_folder_of
+from pairforge.layout import STORE, RunDir, run_folder_of
 from pairforge.options import validated
 from pairforge.recipe import Recipe, check_reads_apart, load_recipe
+from pairforge.requests.shards import Shard
 
 
 def recipe_for(recipe: Recipe | str | Path, out: Path, dtype: str | None = None) -> Recipe:
@@ -30,13 +31,20 @@ def recipe_for(recipe: Recipe | str | Path, out: Path, dtype: str | None = None)
 
 
 @contextmanager
-def writing(folder: Path, option: str = "--out") -> Iterator[Callable[[], None]]:
+def writing(folder: Path, option: str = "--out", shard: Shard | None = None) -> Iterator[Callable[[], None]]:
     """Work on a run folder: the folder checked, then held by this call alone (`folder_lock`), so a second command
     on it stops with one line instead of mixing its outputs with this one's; yields a check that it is still
-    held."""
+    held. A `shard` holds only its own shard's lock: the shards of one folder run at once, each shard once."""
     check_output(folder, "folder", option)
-    with held(RunDir(folder).lock, option) as still_held:
+    lock = shard.lock(folder / STORE) if shard else RunDir(folder).lock
+    with held(lock, "--shard" if shard else option) as still_held:
         yield still_held
+
+
+def shard_held(folder: Path, shard: Shard | None) -> AbstractContextManager[Any]:
+    """An eval into `folder` holds no lock (a pipeline's eval runs inside the run's); a shard of it holds its shard's,
+    so two copies of one shard never write one store."""
+    return held(shard.lock(folder / STORE), "--shard") if shard else nullcontext()
 
 
 def training_folder_held(out: Path, option: str) -> AbstractContextManager[Any]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from pairforge.api.folders import training_folder_held
+from pairforge.api.folders import shard_held, training_folder_held
 from pairforge.api.pairs import Pairs, records_of
 from pairforge.config import EvalConfig, JudgeConfig
 from pairforge.errors import InputError
@@ -19,6 +19,7 @@ from pairforge.files import check_output
 from pairforge.memory_records import is_in_memory, save_records
 from pairforge.options import judge_config, validated
 from pairforge.pair_files import checked_pairs
+from pairforge.requests.shards import Shard, chosen
 from pairforge.train_config import TrainConfig
 
 if TYPE_CHECKING:
@@ -67,7 +68,8 @@ def trained(cfg: TrainConfig, *, fresh: bool = False, progress: bool = True, opt
 def evaluate(outputs: Mapping[str, Any] | list[Any] | None = None, reference: Any = None, *,
              models: Mapping[str, str] | list[str] | None = None, judge: str | JudgeConfig = "similarity",
              out: str | Path = "eval", prompts: str | Path | None = None, baseline: str | None = None,
-             retry_failed: bool = False, progress: bool = True, **settings: Any) -> Leaderboard:
+             retry_failed: bool = False, progress: bool = True, shard: str | Shard | None = None,
+             **settings: Any) -> Leaderboard:
     """Judge models against `reference` answers: win rate (or score) with its interval, length-controlled win
     rate, and with `baseline` each model's difference to it; writes `<out>/leaderboard.json` and
     `<out>/eval.parquet` and returns the `Leaderboard` (`.to_polars()`: model, value, low, high, difference, ...).
@@ -77,11 +79,13 @@ def evaluate(outputs: Mapping[str, Any] | list[Any] | None = None, reference: An
     answers the prompts here. `reference` is a file or a table alike; tables are saved under `out` first
     (`<name>.outputs.parquet`, `reference.parquet`, or .jsonl for pandas rows) and read from there. `judge` is
     'similarity', 'reward-model:PATH', a recipe path (its judge: section) or a `JudgeConfig`; `settings` are
-    the eval section's max_new_tokens, temperature, bootstrap, batch_size and dtype."""
+    the eval section's max_new_tokens, temperature, bootstrap, batch_size and dtype. `shard="K/N"` answers and
+    judges only shard K of N's prompts into `<out>/shards/K-of-N.sqlite` and writes no file; the leaderboard it
+    returns is of those prompts (the call without `shard` merges the shards)."""
     from pairforge.evaluation.compare import EvalSettings
     from pairforge.evaluation.compare import evaluate as judge_models
 
-    out = Path(out)
+    out, part = Path(out), chosen(shard)
     cfg = validated(EvalConfig, EvalConfig(), settings)
     judge_cfg = judge if isinstance(judge, JudgeConfig) else judge_config(judge)
     check_output(out, "folder", "--out")
@@ -89,8 +93,10 @@ def evaluate(outputs: Mapping[str, Any] | list[Any] | None = None, reference: An
     reference_file = _file(reference, out, "reference", None)
     run_settings = EvalSettings.of(cfg, baseline=baseline)
     named_models = [str(m) for _, m in _items([] if models is None else models)]
-    return judge_models(named_models, answers, reference_file, judge_cfg, out, Path(prompts) if prompts else None,
-                        run_settings, show_progress=progress, retry_failed=retry_failed)
+    with shard_held(out, part):
+        return judge_models(named_models, answers, reference_file, judge_cfg, out,
+                            Path(prompts) if prompts else None, run_settings, show_progress=progress,
+                            retry_failed=retry_failed, shard=part)
 
 
 def _content(data: pl.DataFrame | list[dict[str, Any]]) -> str:

@@ -4,7 +4,8 @@ them print tables, failures and bad input alike (one line, exit 1 or 2)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -34,6 +35,22 @@ def stop_on_failures(failed: int, what: str, detail: str = "") -> None:
         console.print(f"[bold red]{failed} {what} failed{detail}[/]; they are kept in the store: run again with "
                       "--retry-failed", highlight=False)
         raise typer.Exit(1)
+
+
+def shard_option(asking: str) -> Any:
+    """--shard K/N, the same on every command that asks a model per prompt."""
+    return typer.Option(None, help=f"K/N: {asking} only the prompts of shard K of N, into <out>/shards/K-of-N.sqlite "
+                        "(shards run at once, on many machines); run without --shard to merge them")
+
+
+def said_sharded(shard: str, out: Path, command: str) -> None:
+    """A sharded command's last line: where its answers are kept and how they come together."""
+    from pairforge.layout import STORE
+    from pairforge.requests.shards import Shard
+
+    part = Shard.parse(shard)
+    say(f"shard {part}: kept in {part.store(out / STORE)}; once every shard is done, run `pairforge {command}` on the "
+        "same --out without --shard: it merges the shards and writes the outputs")
 
 
 def fail_cleanly(command: Callable[[], T]) -> T:

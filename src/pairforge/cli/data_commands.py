@@ -11,7 +11,7 @@ import polars as pl
 import typer
 
 from pairforge import options, render
-from pairforge.cli.common import console, fail_cleanly, say, show, stop_on_failures
+from pairforge.cli.common import console, fail_cleanly, said_sharded, say, shard_option, show, stop_on_failures
 from pairforge.config import SEED_MAX, FilterConfig, PairsConfig, RevisionConfig, SourceConfig
 from pairforge.errors import InputError
 from pairforge.files import check_output
@@ -110,14 +110,18 @@ def generate_command(
     source: list[str] | None = typer.Option(None, help="only this source (repeatable)"),
     dtype: str | None = typer.Option(None, help=f"the local sources' weights: {options.choices(SourceConfig, 'dtype')} "
                                      "(default: each source's own, auto unless set)"),
+    shard: str | None = shard_option(asking="answer"),
 ) -> None:
     """Answer the prompts with every source; resumes where it stopped (cached in <out>/store.sqlite)."""
     def command() -> None:
         from pairforge.api.data import generate
 
-        result = generate(recipe, out, retry_failed=retry_failed, sources=source, dtype=dtype)
+        result = generate(recipe, out, retry_failed=retry_failed, sources=source, dtype=dtype, shard=shard)
         show(render.generation(result))
-        console.print(f"wrote {result.exported} answers to {result.responses}", highlight=False)
+        if shard:
+            said_sharded(shard, out, "generate")
+        else:
+            console.print(f"wrote {result.exported} answers to {result.responses}", highlight=False)
         reasons = result.reasons
         stop_on_failures(result.failed, "requests", f" ({', '.join(f'{r}: {n}' for r, n in reasons.most_common(3))})"
                           if reasons else "")
@@ -144,18 +148,22 @@ def judge_command(
     out: Path = _run_folder(writes="responses.scored.parquet"),
     responses: Path | None = _answers(to="judge"),
     retry_failed: bool = _retry_failed(asking="judge"),
+    shard: str | None = shard_option(asking="an LLM judge compares"),
 ) -> None:
     """Score answers (reward model, similarity) or compare them pairwise with an LLM judge, both orders."""
     def command() -> None:
         from pairforge.api.data import judge
 
-        result = judge(recipe, out, responses=responses, retry_failed=retry_failed)
+        result = judge(recipe, out, responses=responses, retry_failed=retry_failed, shard=shard)
         summary = result.summary
         show(render.judge_summary(summary))
         if summary.pairwise:
             say(render.position_bias(summary))
         written = [result.scored, *([result.judgments] if result.judgments else [])]
-        console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
+        if shard:
+            said_sharded(shard, out, "judge")
+        else:
+            console.print(f"wrote {', '.join(map(str, written))}", highlight=False)
         stop_on_failures(summary.failed_requests, "judge requests")
 
     fail_cleanly(command)
@@ -166,14 +174,18 @@ def revise_command(
     out: Path = _run_folder(writes="revisions.parquet"),
     responses: Path | None = _answers(to="revise"),
     retry_failed: bool = _retry_failed(asking="reviser"),
+    shard: str | None = shard_option(asking="revise the answers to"),
 ) -> None:
     """Have the reviser minimally edit the original source's answers (cached in <out>/store.sqlite, resumable)."""
     def command() -> None:
         from pairforge.api.data import revise
 
-        result = revise(recipe, out, responses=responses, retry_failed=retry_failed)
+        result = revise(recipe, out, responses=responses, retry_failed=retry_failed, shard=shard)
         show(render.revising(result))
-        say(f"wrote {result.exported} revisions to {result.revisions}")
+        if shard:
+            said_sharded(shard, out, "revise")
+        else:
+            say(f"wrote {result.exported} revisions to {result.revisions}")
         stop_on_failures(result.failed, "revision requests")
 
     fail_cleanly(command)

@@ -13,7 +13,7 @@ from rich.markup import escape
 from typer.core import TyperCommand
 
 from pairforge import options, render
-from pairforge.cli.common import console, fail_cleanly, say, show
+from pairforge.cli.common import console, fail_cleanly, said_sharded, say, shard_option, show
 from pairforge.config import EvalConfig
 from pairforge.layout import RunDir
 from pairforge.recipe import Recipe
@@ -65,6 +65,7 @@ def eval_command(
                                      f"({_EVAL['dtype']}: bfloat16 where the device computes it natively)"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="ask the models and the judge again where they "
                                       "failed before"),
+    shard: str | None = shard_option(asking="answer and judge"),
 ) -> None:
     """Judge models against reference answers: win rate, interval, length-controlled win rate, leaderboard."""
     def command() -> None:
@@ -72,9 +73,13 @@ def eval_command(
 
         result = evaluate(outputs or [], reference, models=models or [], judge=judge, out=out, prompts=prompts,
                           baseline=baseline, retry_failed=retry_failed, max_new_tokens=max_new_tokens,
-                          temperature=temperature, bootstrap=bootstrap, batch_size=batch_size, dtype=dtype)
+                          temperature=temperature, bootstrap=bootstrap, batch_size=batch_size, dtype=dtype,
+                          shard=shard)
         _show_leaderboard(result)
-        console.print(f"wrote {out / 'leaderboard.json'}, {out / 'eval.parquet'}", highlight=False)
+        if shard:
+            said_sharded(shard, out, "eval")
+        else:
+            console.print(f"wrote {out / 'leaderboard.json'}, {out / 'eval.parquet'}", highlight=False)
 
     fail_cleanly(command)
 

@@ -37,6 +37,7 @@ from pairforge.prompting import Endpoint, endpoint_of
 from pairforge.records import prompts_from_file, responses_from_files
 from pairforge.requests.backends.base import check_source
 from pairforge.requests.engine import answer_all, make_backend, progress_bar
+from pairforge.requests.shards import Shard
 from pairforge.requests.store import Store, opened
 from pairforge.text import prompt_text, word_count
 from pairforge.training.result import RunInfo
@@ -67,10 +68,12 @@ class EvalSettings:
 
 def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg: JudgeConfig, out_dir: Path,
              prompts_path: Path | None = None, settings: EvalSettings | None = None,
-             show_progress: bool = True, store_path: Path | None = None, retry_failed: bool = False) -> Leaderboard:
+             show_progress: bool = True, store_path: Path | None = None, retry_failed: bool = False,
+             shard: Shard | None = None) -> Leaderboard:
     """Every model judged against the reference: the leaderboard, also written to `out_dir`. Failed judge requests
     are counted (`judge_summary.failed_requests`) and their prompts left unjudged; `retry_failed` asks them, and any
-    failed answers, again."""
+    failed answers, again. A `shard` answers and judges only its prompts, into its own store, and writes no file:
+    the leaderboard it returns is of those prompts alone (the unsharded call merges the shards)."""
     settings = settings or EvalSettings()
     settings = replace(settings, dtype=resolved_dtype(settings.dtype))
     check_output(out_dir, "folder", "--out")
@@ -79,6 +82,10 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
     prompts = prompts_from_file(prompts_path or reference)
     if prompts.is_empty():
         raise InputError(str(prompts_path or reference), "no eval prompts: the file is empty")
+    if shard and shard.keep(prompts).is_empty():
+        raise InputError("--shard", f"shard {shard} holds none of the {prompts.height} eval prompts: expected fewer "
+                         "shards than prompts")
+    prompts = shard.keep(prompts) if shard else prompts
     names = [name for name, _ in _named(outputs, "outputs") + _named(models, "models")]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -90,21 +97,23 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
     answers = {REFERENCE: reference_answers}
     answers |= {name: _answers_for(path, prompts, "outputs") for name, path in _named(outputs, "outputs")}
     check_judge(judge_cfg)
-    with opened(store_path or out_dir / layout.STORE) as store:
+    with opened(store_path or out_dir / layout.STORE, shard) as store:
         for name, model in _named(models, "models"):
             answers[name] = _generate(name, model, prompts, settings, store, show_progress, retry_failed)
-            _write_model_outputs(answers[name], prompts, name, out_dir / f"{name}{layout.MODEL_OUTPUTS}")
+            if not shard:
+                _write_model_outputs(answers[name], prompts, name, out_dir / f"{name}{layout.MODEL_OUTPUTS}")
         frame = _responses(answers, prompts)
         cfg = judge_cfg.model_copy(update={"reference": REFERENCE, "max_prompts": None})
         scores, judgments, tally = judge_frame(frame, cfg, store, retry_failed, show_progress)
     verdicts = _verdicts(frame.with_columns(pl.Series(S.SCORE, scores, dtype=pl.Float64)), judgments, cfg.kind)
     verdicts = verdicts.join(prompts.select(S.PROMPT_ID, "dataset"), on=S.PROMPT_ID, how="left")
-    write_table(verdicts, out_dir / layout.VERDICTS)
     board = Leaderboard(judge=cfg.kind, prompts=prompts.height, reference=str(reference),
                         models=_leaderboard(verdicts, measure_of(cfg.kind), settings), judge_summary=tally,
                         config={"judge": cfg.model_dump(mode="json"), "settings": settings.__dict__,
                                 "models": [str(m) for m in models], "outputs": [str(o) for o in outputs]})
-    board.write(out_dir / layout.LEADERBOARD)
+    if not shard:
+        write_table(verdicts, out_dir / layout.VERDICTS)
+        board.write(out_dir / layout.LEADERBOARD)
     return board
 
 

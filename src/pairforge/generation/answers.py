@@ -22,13 +22,17 @@ from pairforge.recipe import Recipe
 from pairforge.records import prompts_from_file, responses_from_files
 from pairforge.requests.backends.base import Request, check_source
 from pairforge.requests.engine import Tally, answer_all, cache_key, make_backend, progress_bar, request_seed
+from pairforge.requests.shards import Shard
 from pairforge.requests.store import Store, opened
 from pairforge.text import prompt_preview
 
 
 def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: list[str] | None = None,
-             show_progress: bool = True, store_path: Path | None = None) -> GenerationSummary:
-    """Answer the recipe's prompts with its sources; export every success to <out_dir>/responses.parquet."""
+             show_progress: bool = True, store_path: Path | None = None, shard: Shard | None = None
+             ) -> GenerationSummary:
+    """Answer the recipe's prompts with its sources; export every success to <out_dir>/responses.parquet. A `shard`
+    answers only its prompts into its own store and exports nothing: the summary's `responses` is that store and
+    `exported` the answers it holds (the unsharded call merges the shards and writes responses.parquet)."""
     check_output(out_dir, "folder", "--out")
     if recipe.prompts is None:
         raise InputError("recipe", "expected `prompts:` (a file of prompts to answer)")
@@ -51,14 +55,17 @@ def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: li
     if prompts.is_empty():
         raise InputError(str(recipe.prompts), "no prompts in the file")
     tallies: dict[str, Tally] = {}
-    with opened(store_path or out_dir / layout.STORE) as store:
+    with opened(store_path or out_dir / layout.STORE, shard) as store:
         with progress_bar(show_progress) as progress:
             for source in recipe.sources:
                 if only and source.name not in only or source.backend == "file":
                     continue
-                requests = source_requests(source, prompts, recipe.samples_per_source)
+                requests = source_requests(source, shard.keep(prompts) if shard else prompts,
+                                           recipe.samples_per_source)
                 tallies[source.name] = answer_all(requests, lambda s=source: make_backend(s), store, "generation",
                                                   source.name, progress, retry_failed)
+        if shard:
+            return GenerationSummary(tallies, store.path, sum(t.cached + t.done for t in tallies.values()))
         frame = exported_responses(store, recipe, prompts)
         for source in recipe.sources:
             if source.backend == "file" and (not only or source.name in only):

@@ -32,6 +32,7 @@ from pairforge.recipe import Recipe
 from pairforge.records import responses_from_files
 from pairforge.requests.backends.base import Request, check_source
 from pairforge.requests.engine import answer_all, cache_key, make_backend, progress_bar, request_seed
+from pairforge.requests.shards import Shard
 from pairforge.requests.store import Store, opened
 from pairforge.text import prompt_text
 
@@ -44,11 +45,17 @@ class JudgeResult:
 
 
 def judge(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_failed: bool = False,
-          show_progress: bool = True, store_path: Path | None = None) -> JudgeResult:
+          show_progress: bool = True, store_path: Path | None = None, shard: Shard | None = None) -> JudgeResult:
+    """Judge the answers in `responses` (default <out_dir>/responses.parquet). A `shard` asks the LLM judge about its
+    prompts only, into its own store, and writes no file: `scored` is that store, `judgments` None, the summary
+    counts the shard's answers and comparisons."""
     check_output(out_dir, "folder", "--out")
     cfg = recipe.judge
     if cfg is None:
         raise InputError("recipe", "expected a `judge:` section (kind: reward-model | llm-pairwise | similarity)")
+    if shard and cfg.kind != "llm-pairwise":
+        raise InputError("--shard", f"the {cfg.kind} judge sends no requests to split: it scores on this machine; "
+                         "run it without --shard")
     path = responses or out_dir / layout.RESPONSES
     if not path.exists():
         raise InputError(str(path), "no responses to judge: run `pairforge generate` first or pass --responses")
@@ -56,14 +63,17 @@ def judge(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_fa
     if cfg.reference and cfg.reference not in set(frame[S.SOURCE]):
         raise InputError("judge.reference", f"no answers from source '{cfg.reference}' in {path} "
                          f"(sources: {', '.join(sorted(set(frame[S.SOURCE])))})")
-    frame = _sampled_prompts(frame, cfg)
+    frame = _sampled_prompts(frame, cfg)  # the whole run's sample: every shard draws the same prompts
+    frame = shard.keep(frame) if shard else frame
     check_judge(cfg)
-    with opened(store_path or out_dir / layout.STORE) as store:
+    with opened(store_path or out_dir / layout.STORE, shard) as store:
         scores, judgments, tally = judge_frame(frame, cfg, store, retry_failed, show_progress)
     scored = frame.with_columns(pl.Series(S.SCORE, scores, dtype=pl.Float64))
     summary = JudgeSummary.model_validate(  # the tally's fields as the judge set them (see JudgeTally)
         {"judge": cfg.kind, "answers": frame.height, "scored": int(scored[S.SCORE].is_not_null().sum()),
          **tally.model_dump(), "per_source": _per_source(scored)})
+    if shard:
+        return JudgeResult(store.path, None, summary)
     judgments_path = write_table(judgments, out_dir / layout.JUDGMENTS) if judgments is not None else None
     if judgments is None:  # an earlier pairwise judge's verdicts must not outlive it: rank reads them first
         (out_dir / layout.JUDGMENTS).unlink(missing_ok=True)

@@ -9,6 +9,7 @@ look while a run writes.
 A file that is not such a store (garbage bytes, a folder, another program's SQLite file, a `results`
 table of another shape, a row whose value is not the JSON its kind writes) is refused with one line that
 names the file and how to recover; the store is never rewritten, repaired or removed on the user's behalf.
+The same holds for a shard's store (`shards.py`), which the run's store merges in one statement.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from pairforge.errors import InputError, describe
 from pairforge.fields import is_kind
+from pairforge.requests.shards import Shard, shard_stores
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -58,14 +60,20 @@ class Entry:
 
 
 @contextmanager
-def opened(path: Path) -> Iterator[Store]:
-    """A store for the length of a command. When the command stops on bad input (a model that does not load,
-    a missing file) before anything was stored, a store it created is removed again, with the folders made
-    for it: a failed check leaves nothing behind."""
+def opened(path: Path, shard: Shard | None = None) -> Iterator[Store]:
+    """A store for the length of a command. With a `shard`, that shard's own store beside `path` (shards.py);
+    without one, the run's store with every finished shard's answers merged in first, so nothing a shard answered
+    is asked again. When the command stops on bad input (a model that does not load, a missing file) before
+    anything was stored, a store it created is removed again, with the folders made for it: a failed check leaves
+    nothing behind."""
+    shards = [] if shard else [_checked(p) for p in shard_stores(path)]  # one line for a bad one, nothing written
+    path = shard.store(path) if shard else path
     made = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
     created = not path.exists()
     store = Store(path)
     try:
+        for other in shards:
+            store.merge(other)
         yield store
     except InputError:
         store.close()
@@ -78,6 +86,17 @@ def opened(path: Path) -> Iterator[Store]:
         raise
     finally:
         store.close()
+
+
+def _checked(path: Path) -> Path:
+    """A shard's store checked to be a store, read-only (another machine may be writing it)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+            _check_schema(db, path)
+    except sqlite3.DatabaseError as exc:
+        raise InputError(str(path), f"expected {_EXPECTED} (a shard's store), but it cannot be opened ({exc}); "
+                         "move it out of shards/") from None
+    return path
 
 
 class Store:
@@ -123,6 +142,23 @@ class Store:
             "ON CONFLICT(key) DO UPDATE SET error = excluded.error, attempts = attempts + 1, "
             "updated = excluded.updated WHERE results.value IS NULL",
             (key, kind, reason, time.time()))
+
+    def merge(self, other: Path) -> int:
+        """Copy another store's successes (a shard's) into this one, as `put` would, in one statement: a success
+        here stays (the first one wins), a failure here is replaced; the other's failures are not copied (this run
+        asks them itself). Returns how many answers came in."""
+        self.db.execute("ATTACH DATABASE ? AS other", (str(other),))
+        try:
+            if not self.db.execute("SELECT 1 FROM other.sqlite_master WHERE name = 'results'").fetchone():
+                return 0  # an empty file: a shard that stored nothing yet
+            return self.db.execute(
+                "INSERT INTO results (key, kind, value, error, attempts, updated) "
+                "SELECT key, kind, value, NULL, attempts, updated FROM other.results WHERE value IS NOT NULL "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, error = NULL, "
+                "attempts = results.attempts + excluded.attempts, updated = excluded.updated "
+                "WHERE results.value IS NULL").rowcount
+        finally:
+            self.db.execute("DETACH DATABASE other")
 
     def get(self, keys: Iterable[str]) -> dict[str, Entry]:
         """The entries known for these keys (absent keys are simply missing)."""

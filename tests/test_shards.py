@@ -1,0 +1,209 @@
+"""Prompt shards: `--shard K/N` answers one bucket of prompts into its own store; the unsharded command (and
+`pairforge run`) merges every shard store and asks only what no shard answered.
+
+The HTTP tests talk to a real llama.cpp server (their own, so they can stop it) through a counting proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+from servers import FaultProxy, LlamaServer
+from test_generate import openai_source, prompts, run_cli, stored_rows, write_recipe
+from typer.testing import CliRunner
+
+import pairforge as pf
+from conftest import one_line_error
+from pairforge.cli import app
+from pairforge.errors import InputError
+from pairforge.folder_lock import held
+from pairforge.records import prompts_from_file
+from pairforge.requests.shards import Shard
+from pairforge.requests.store import Store, opened
+
+KEY_COLUMNS = ["prompt_id", "source", "sample"]
+
+
+@pytest.fixture
+def server(pairforge_cache: Path):
+    """A llama.cpp server of this test's own (stopped by the test when it needs the server gone)."""
+    from pairforge.models import embedded_gguf
+
+    own = LlamaServer(embedded_gguf())
+    own.start()
+    yield own
+    own.stop()
+
+
+def greedy(base_url: str, **settings: Any) -> dict[str, Any]:
+    return openai_source(base_url, temperature=0.0, max_new_tokens=8, **settings)
+
+
+def shard_cli(recipe: Path, out: Path, shard: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "pairforge", "generate", str(recipe), "--out", str(out),
+                             "--shard", shard], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("text", ["0/2", "3/2", "1/0", "a/b", "2", "-1/2", "1/2/3", ""])
+def test_a_bad_shard_is_one_line_in_the_cli_and_an_input_error_in_python(tmp_path: Path, text: str) -> None:
+    recipe = write_recipe(tmp_path, prompts(2), [greedy("http://127.0.0.1:9/v1")])
+    result = CliRunner().invoke(app, ["generate", str(recipe), "--out", str(tmp_path / "out"), "--shard", text])
+    one_line_error(result, "--shard", "expected K/N with 1 <= K <= N (e.g. 2/8)", repr(text))
+    with pytest.raises(InputError, match="expected K/N"):
+        pf.generate(recipe, tmp_path / "out", shard=text)
+    assert not (tmp_path / "out").exists()  # refused before anything was made
+
+
+def test_every_prompt_falls_in_exactly_one_shard_of_any_n() -> None:
+    ids = pl.DataFrame({"prompt_id": [f"{i:016x}" for i in range(400)]})
+    for n in (1, 2, 3, 8):
+        parts = [Shard(k, n).keep(ids)["prompt_id"].to_list() for k in range(1, n + 1)]
+        assert sorted(sum(parts, [])) == ids["prompt_id"].to_list()
+        assert min(map(len, parts)) > 400 / n / 2  # roughly even buckets
+    assert Shard.parse(" 2 / 8 ") == Shard(2, 8) and str(Shard(2, 8)) == "2/8"
+    # the bucket is a content hash: the same on every machine and every Python (never hash())
+    assert [Shard(k, 4).holds("0123456789abcdef") for k in range(1, 5)] == [True, False, False, False]
+
+
+def test_the_unsharded_store_merges_shard_successes_only(tmp_path: Path) -> None:
+    main = tmp_path / "store.sqlite"
+    with opened(main) as store:
+        store.put("a", "generation", {"text": "main's a"})
+        store.put_failure("b", "generation", "APIConnectionError: down")
+    with opened(main, Shard(1, 2)) as one:
+        one.put("a", "generation", {"text": "shard's a"})
+        one.put("b", "generation", {"text": "shard's b"})
+        one.put_failure("c", "generation", "APIConnectionError: down")
+    with opened(main, Shard(2, 3)) as other:  # another N mixes in: keys are content
+        other.put("d", "generation", {"text": "d"})
+    with opened(main) as store:
+        found = store.get(["a", "b", "c", "d"])
+    assert found["a"].value == {"text": "main's a"}  # the first success wins
+    assert found["b"].value == {"text": "shard's b"} and found["b"].error is None  # a success replaces a failure
+    assert "c" not in found  # a shard's failure is this run's to ask
+    assert found["d"].value == {"text": "d"}
+    assert sorted(p.name for p in (tmp_path / "shards").glob("*.sqlite")) == ["1-of-2.sqlite", "2-of-3.sqlite"]
+
+
+def test_fifty_thousand_shard_answers_merge_in_about_a_second(tmp_path: Path) -> None:
+    main = tmp_path / "store.sqlite"
+    for k in (1, 2):
+        shard = Store(Shard(k, 2).store(main))
+        rows = [(f"gen:s:{k}-{i}:0:abc", "generation", json.dumps({"text": f"answer {i}"}), None, 1, 0.0)
+                for i in range(25_000)]
+        shard.db.execute("BEGIN")
+        shard.db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?)", rows)
+        shard.db.execute("COMMIT")
+        shard.close()
+    started = time.perf_counter()
+    with opened(main):
+        pass
+    assert time.perf_counter() - started < 3
+    assert sqlite3.connect(main).execute("SELECT COUNT(*) FROM results WHERE value IS NOT NULL").fetchone() == (50_000,)
+
+
+def test_a_file_in_shards_that_is_no_store_is_one_line_and_nothing_is_written(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, prompts(2), [greedy("http://127.0.0.1:9/v1")])
+    out = tmp_path / "out"
+    (out / "shards").mkdir(parents=True)
+    (out / "shards" / "1-of-2.sqlite").write_bytes(b"not a database at all, just bytes " * 40)
+    result = CliRunner().invoke(app, ["generate", str(recipe), "--out", str(out)])
+    one_line_error(result, "1-of-2.sqlite", "expected a pairforge store")
+    assert sorted(p.name for p in out.rglob("*")) == ["1-of-2.sqlite", "shards"]
+
+
+def test_a_second_copy_of_one_shard_stops_while_other_shards_run(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, prompts(2), [greedy("http://127.0.0.1:9/v1", max_retries=0)])
+    out = tmp_path / "out"
+    with held(Shard(1, 2).lock(out / "store.sqlite"), "--shard"):  # a running copy of shard 1/2
+        second = CliRunner().invoke(app, ["generate", str(recipe), "--out", str(out), "--shard", "1/2"])
+        one_line_error(second, "--shard", "in use by another pairforge command")
+        with held(out / "pairforge.lock", "--out"):  # the folder's own lock (an unsharded command) blocks no shard
+            other = pf.generate(recipe, out, shard="2/2")
+    assert other.responses == out / "shards" / "2-of-2.sqlite"
+    assert not (out / "responses.parquet").exists()
+
+
+@pytest.mark.parametrize("kind", ["similarity", "reward-model"])
+def test_shard_with_a_judge_that_sends_no_requests_is_one_line(tmp_path: Path, kind: str) -> None:
+    answers = tmp_path / "responses.jsonl"
+    answers.write_text("".join(json.dumps({"prompt": "p", "source": s, "response": s}) + "\n" for s in "ab"))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"judge": {"kind": kind, "model": "m", "reference": "a"}}))
+    result = CliRunner().invoke(app, ["judge", str(recipe), "--out", str(tmp_path / "out"), "--responses",
+                                      str(answers), "--shard", "1/2"])
+    one_line_error(result, "--shard", f"the {kind} judge sends no requests")
+
+
+@pytest.mark.slow
+def test_two_shards_at_once_then_the_unsharded_run_merges_without_asking(tmp_path: Path, server: LlamaServer) -> None:
+    sources = [greedy(server.base_url), greedy(server.base_url, name="plain", endpoint="completions")]
+    recipe = write_recipe(tmp_path, prompts(6), sources)
+    out = tmp_path / "out"
+    shards = [shard_cli(recipe, out, s) for s in ("1/2", "2/2")]
+    for process in shards:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+        assert "without --shard" in stderr and "shards/" in stderr
+    assert not (out / "responses.parquet").exists() and not (out / "store.sqlite").exists()
+    reference = pf.generate(recipe, tmp_path / "unsharded")  # the same recipe, one process
+    server.stop()
+    merged = run_cli("generate", str(recipe), "--out", str(out))
+    assert merged.returncode == 0, merged.stderr
+    frame = pl.read_parquet(out / "responses.parquet")
+    assert frame.height == 6 * 2 and frame.select(KEY_COLUMNS).is_unique().all()
+    assert frame["prompt_id"].value_counts()["count"].to_list() == [2] * 6
+    summary = pf.generate(recipe, out)  # merged answers count as cached: nothing new, nothing failed
+    assert summary.failed == 0 and {n: (t.cached, t.done) for n, t in summary.tallies.items()} == \
+        {"served": (6, 0), "plain": (6, 0)}
+    assert frame.equals(pl.read_parquet(reference.responses))  # sharded or not: the same rows
+
+
+@pytest.mark.slow
+def test_a_killed_shard_reasks_only_its_unanswered_prompts(tmp_path: Path, server: LlamaServer) -> None:
+    proxy = FaultProxy(server.port, every=10**9)  # never a fault: counts the POSTs
+    try:
+        recipe = write_recipe(tmp_path, prompts(16), [greedy(proxy.base_url, max_new_tokens=24, concurrency=1)])
+        out = tmp_path / "out"
+        store = out / "shards" / "1-of-2.sqlite"
+        total = Shard(1, 2).keep(prompts_from_file(tmp_path / "prompts.jsonl")).height
+        process = shard_cli(recipe, out, "1/2")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and stored_rows(store) < 2:
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        at_kill, asked = stored_rows(store), proxy.requests
+        assert 1 <= at_kill < total, (at_kill, total)
+        proxy.requests = 0
+        again = shard_cli(recipe, out, "1/2")
+        _, stderr = again.communicate(timeout=300)
+        assert again.returncode == 0, stderr
+        assert proxy.requests == total - at_kill, (proxy.requests, total, at_kill, asked)
+        assert stored_rows(store) == total
+    finally:
+        proxy.close()
+
+
+@pytest.mark.slow
+def test_pairforge_run_merges_shard_stores_before_it_asks(tmp_path: Path, server: LlamaServer) -> None:
+    recipe = write_recipe(tmp_path, prompts(4), [greedy(server.base_url)], run_dir=str(tmp_path / "run"))
+    for shard in ("1/2", "2/2"):
+        done = pf.generate(recipe, tmp_path / "run", shard=shard)
+        assert done.failed == 0 and done.responses.parent == tmp_path / "run" / "shards"
+    server.stop()
+    result = run_cli("run", str(recipe), "--to", "generate")
+    assert result.returncode == 0, result.stderr
+    frame = pl.read_parquet(tmp_path / "run" / "responses.parquet")
+    assert frame.height == 4 and frame["prompt_id"].n_unique() == 4
