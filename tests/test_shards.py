@@ -47,7 +47,7 @@ def server(pairforge_cache: Path):
 
 
 def greedy(base_url: str, **settings: Any) -> dict[str, Any]:
-    return openai_source(base_url, temperature=0.0, max_new_tokens=8, **settings)
+    return openai_source(base_url, **{"temperature": 0.0, "max_new_tokens": 8, **settings})
 
 
 def shard_cli(recipe: Path, out: Path, shard: str) -> subprocess.Popen[str]:
@@ -198,12 +198,17 @@ def test_a_killed_shard_reasks_only_its_unanswered_prompts(tmp_path: Path, serve
 
 @pytest.mark.slow
 def test_pairforge_run_merges_shard_stores_before_it_asks(tmp_path: Path, server: LlamaServer) -> None:
-    recipe = write_recipe(tmp_path, prompts(4), [greedy(server.base_url)], run_dir=str(tmp_path / "run"))
-    for shard in ("1/2", "2/2"):
-        done = pf.generate(recipe, tmp_path / "run", shard=shard)
-        assert done.failed == 0 and done.responses.parent == tmp_path / "run" / "shards"
-    server.stop()
-    result = run_cli("run", str(recipe), "--to", "generate")
-    assert result.returncode == 0, result.stderr
+    proxy = FaultProxy(server.port, every=10**9)  # never a fault: counts the POSTs (run's preflight only GETs)
+    try:
+        recipe = write_recipe(tmp_path, prompts(4), [greedy(proxy.base_url)], run_dir=str(tmp_path / "run"))
+        for shard in ("1/2", "2/2"):
+            done = pf.generate(recipe, tmp_path / "run", shard=shard)
+            assert done.failed == 0 and done.responses.parent == tmp_path / "run" / "shards"
+        asked = proxy.requests
+        result = run_cli("run", str(recipe), "--to", "generate")
+        assert result.returncode == 0, result.stderr
+        assert (asked, proxy.requests) == (4, 4)  # every answer came from the shards
+    finally:
+        proxy.close()
     frame = pl.read_parquet(tmp_path / "run" / "responses.parquet")
     assert frame.height == 4 and frame["prompt_id"].n_unique() == 4
