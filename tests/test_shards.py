@@ -212,3 +212,48 @@ def test_pairforge_run_merges_shard_stores_before_it_asks(tmp_path: Path, server
         proxy.close()
     frame = pl.read_parquet(tmp_path / "run" / "responses.parquet")
     assert frame.height == 4 and frame["prompt_id"].n_unique() == 4
+
+
+def ids_in_both_shards(texts: list[str]) -> list[str]:
+    """Prompts of which shard 1/2 and shard 2/2 each hold some (a test of two shards needs both to work)."""
+    from pairforge.schema import prompt_ids, to_messages
+
+    ids = prompt_ids(pl.Series([to_messages(t) for t in texts]))
+    assert {Shard(1, 2).holds(i) for i in ids} == {True, False}, "pick other prompts"
+    return texts
+
+
+@pytest.mark.slow
+def test_an_llm_judge_and_eval_split_into_shards_from_python(tmp_path: Path, server: LlamaServer) -> None:
+    from pairforge.config import JudgeConfig, SourceConfig
+
+    questions = ids_in_both_shards(["What is 2 + 2?", "Name a colour.", "Is ice cold?", "Say hi."])
+    rows = [{"prompt": q, "source": s, "response": f"{s} says {i}"} for i, q in enumerate(questions)
+            for s in ("x", "y")]
+    answers = tmp_path / "responses.jsonl"
+    answers.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    for name in ("x", "y"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            [{"instruction": q, "output": f"{name} says {i}"} for i, q in enumerate(questions)]), encoding="utf-8")
+    proxy = FaultProxy(server.port, every=10**9)  # never a fault: counts the POSTs
+    try:
+        llm = SourceConfig(backend="openai", model="smollm2", base_url=proxy.base_url, max_new_tokens=4)
+        judge = JudgeConfig(kind="llm-pairwise", llm=llm)
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(yaml.safe_dump({"judge": judge.model_dump(mode="json", exclude_unset=True)}))
+        parts = [pf.judge(recipe, tmp_path / "run", responses=answers, shard=s) for s in ("1/2", "2/2")]
+        assert sum(p.summary.comparisons for p in parts) == 4 and proxy.requests == 8  # both orders
+        assert not (tmp_path / "run" / "responses.scored.parquet").exists()
+        whole = pf.judge(recipe, tmp_path / "run", responses=answers)
+        boards = [pf.evaluate({"x": tmp_path / "x.json"}, tmp_path / "y.json", judge=judge, out=tmp_path / "eval",
+                              shard=s, bootstrap=50) for s in ("1/2", "2/2")]
+        assert sum(b.prompts for b in boards) == 4 and proxy.requests == 16
+        assert not (tmp_path / "eval" / "leaderboard.json").exists()
+        board = pf.evaluate({"x": tmp_path / "x.json"}, tmp_path / "y.json", judge=judge, out=tmp_path / "eval",
+                            bootstrap=50)
+        assert proxy.requests == 16  # the unsharded calls merged every verdict: nothing asked again
+    finally:
+        proxy.close()
+    assert whole.summary.failed_requests == 0 and pl.read_parquet(whole.judgments).height == 4
+    assert board.prompts == 4 and board.judge_summary.failed_requests == 0 and board.judge_summary.comparisons == 4
+    assert (tmp_path / "eval" / "leaderboard.json").exists()

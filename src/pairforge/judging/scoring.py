@@ -67,7 +67,10 @@ def judge(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_fa
     frame = shard.keep(frame) if shard else frame
     check_judge(cfg)
     with opened(store_path or out_dir / layout.STORE, shard) as store:
-        scores, judgments, tally = judge_frame(frame, cfg, store, retry_failed, show_progress)
+        if shard and frame.is_empty():  # a shard that holds none of the prompts: nothing to ask
+            scores, judgments, tally = [], None, JudgeTally(comparisons=0)
+        else:
+            scores, judgments, tally = judge_frame(frame, cfg, store, retry_failed, show_progress)
     scored = frame.with_columns(pl.Series(S.SCORE, scores, dtype=pl.Float64))
     summary = JudgeSummary.model_validate(  # the tally's fields as the judge set them (see JudgeTally)
         {"judge": cfg.kind, "answers": frame.height, "scored": int(scored[S.SCORE].is_not_null().sum()),
