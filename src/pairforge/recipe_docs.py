@@ -18,10 +18,13 @@ from pairforge import recipe as R
 from pairforge import train_config as T
 
 PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
-    "generate": ("Generate: prompts answered by every source, cached in store.sqlite (`pairforge generate`).",
+    "generate": ("Generate: prompts answered by every source, cached in store.sqlite (`pairforge generate`). "
+                 "`--shard K/N` answers only shard K of N's prompts, into shards/K-of-N.sqlite, so many machines "
+                 "share the work; the command without --shard merges the shards (README, \"Scaling out\").",
                  [("(top level)", R.Recipe), ("sources[]", C.SourceConfig)]),
     "judge": ("Judge and rank: scores or pairwise verdicts, then Bradley-Terry strength (`pairforge judge`, "
-              "`pairforge rank`).", [("judge", C.JudgeConfig), ("judge.llm", C.SourceConfig),
+              "`pairforge rank`). An LLM judge takes `--shard K/N` as generate does (one prompt shard per "
+              "machine, merged by the judge without --shard); the reward-model and similarity judges do not.", [("judge", C.JudgeConfig), ("judge.llm", C.SourceConfig),
                                       ("ranking", C.RankingConfig)]),
     "pairs": ("Pairs: responses to preference pairs (`pairforge pairs build`).",
               [("pairs", C.PairsConfig), ("pairs.filters", C.FilterConfig),
@@ -30,7 +33,9 @@ PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
               "`runs[]` in a pipeline).", [("train / runs[]", T.RunConfig), ("lora", T.LoraSettings),
                                            ("curriculum", T.CurriculumConfig),
                                            ("curriculum.stages[]", T.CurriculumStage)]),
-    "eval": ("Eval: every run judged against reference answers (`pairforge eval`; `eval` in a pipeline).",
+    "eval": ("Eval: every run judged against reference answers (`pairforge eval`; `eval` in a pipeline). "
+             "`pairforge eval --shard K/N` answers and judges one prompt shard as generate does; eval without "
+             "--shard merges the shards and writes the leaderboard.",
              [("eval", C.EvalConfig)]),
     "run": ("Run: the whole recipe end to end (`pairforge run`), resumable; `--quick` shrinks it; `rounds` repeats "
             "it with the trained policy answering again.", [("(top level)", R.Recipe), ("quick", R.QuickConfig)]),
