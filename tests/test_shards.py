@@ -257,3 +257,26 @@ def test_an_llm_judge_and_eval_split_into_shards_from_python(tmp_path: Path, ser
     assert whole.summary.failed_requests == 0 and pl.read_parquet(whole.judgments).height == 4
     assert board.prompts == 4 and board.judge_summary.failed_requests == 0 and board.judge_summary.comparisons == 4
     assert (tmp_path / "eval" / "leaderboard.json").exists()
+
+
+@pytest.mark.slow
+def test_revise_splits_into_shards_and_merges_without_a_request(tmp_path: Path, server: LlamaServer) -> None:
+    questions = ids_in_both_shards(["What is 2 + 2?", "Name a colour.", "Is ice cold?", "Say hi."])
+    answers = tmp_path / "responses.jsonl"
+    answers.write_text("".join(json.dumps({"prompt": q, "source": "base", "response": f"Answer {i}."}) + "\n"
+                               for i, q in enumerate(questions)), encoding="utf-8")
+    proxy = FaultProxy(server.port, every=10**9)  # never a fault: counts the POSTs
+    try:
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(yaml.safe_dump({
+            "sources": [{"name": "base", "backend": "file", "path": str(answers)}, greedy(proxy.base_url, name="ed")],
+            "pairs": {"strategy": "revised", "revision": {"reviser": "ed", "original": "base"}}}))
+        out = tmp_path / "run"
+        parts = [pf.revise(recipe, out, responses=answers, shard=s) for s in ("1/2", "2/2")]
+        assert sorted(p.tally.total for p in parts)[0] >= 1 and sum(p.exported for p in parts) == 4
+        assert proxy.requests == 4 and not (out / "revisions.parquet").exists()
+        whole = pf.revise(recipe, out, responses=answers)
+        assert proxy.requests == 4 and (whole.tally.cached, whole.tally.done) == (4, 0)
+    finally:
+        proxy.close()
+    assert pl.read_parquet(whole.revisions).height == 4
