@@ -24,8 +24,8 @@ PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
                  [("(top level)", R.Recipe), ("sources[]", C.SourceConfig)]),
     "judge": ("Judge and rank: scores or pairwise verdicts, then Bradley-Terry strength (`pairforge judge`, "
               "`pairforge rank`). An LLM judge takes `--shard K/N` as generate does (one prompt shard per "
-              "machine, merged by the judge without --shard); the reward-model and similarity judges do not.", [("judge", C.JudgeConfig), ("judge.llm", C.SourceConfig),
-                                      ("ranking", C.RankingConfig)]),
+              "machine, merged by the judge without --shard); the reward-model and similarity judges do not.",
+              [("judge", C.JudgeConfig), ("judge.llm", C.SourceConfig), ("ranking", C.RankingConfig)]),
     "pairs": ("Pairs: responses to preference pairs (`pairforge pairs build`).",
               [("pairs", C.PairsConfig), ("pairs.filters", C.FilterConfig),
                ("pairs.revision", C.RevisionConfig)]),
