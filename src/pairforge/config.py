@@ -227,6 +227,11 @@ class VLLMSettings(Section):
         return value
 
 
+# settings of how fast and on what a model answers, never what it answers: out of the stages' fingerprints (as out of
+# the cache key), so a rate limit or an engine setting changed, or added, on a finished run does not redo it
+PACE_ONLY = ("rpm", "tpm", "vllm")
+
+
 class SourceConfig(Section):
     """One model that answers the prompts (an entry of `sources`), or the model behind an LLM judge.
 
@@ -267,7 +272,8 @@ class SourceConfig(Section):
     tpm: float | None = Field(None, gt=0, description="openai: tokens per minute at most (prompt + answer): a "
                               "request reserves prompt characters / 4 + max_new_tokens before it is sent, corrected by "
                               "the tokens it used (null: no limit)")
-    vllm: VLLMSettings | None = Field(None, description="vllm: the engine's settings (see sources[].vllm)")
+    vllm: VLLMSettings | None = Field(None, description="vllm: the engine's settings (see sources[].vllm; not in "
+                                      "the cache key: changing them keeps the stored answers)")
 
     @field_validator("name")
     @classmethod
