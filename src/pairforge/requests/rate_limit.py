@@ -11,6 +11,7 @@ max_tokens) and corrected by what it used once it is answered.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,14 @@ class RateLimiter:
     tpm: float | None = None
     next_request: float = 0.0
     next_tokens: float = 0.0
+    held_until: float = 0.0  # the server's last Retry-After
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    async def take_turn(self, tokens: float) -> None:
+        """Wait for this request's send slot, and out a Retry-After that arrived while it waited."""
+        await asyncio.sleep(self.reserve(tokens))
+        while (left := self.held_until - time.monotonic()) > 0:
+            await asyncio.sleep(left)
 
     def reserve(self, tokens: float) -> float:
         """Book the next send slot for a request of about `tokens` tokens: the seconds to wait before sending."""
@@ -51,6 +59,7 @@ class RateLimiter:
         """The server asked to wait (a 429's Retry-After): no request of the source is sent before then."""
         with self.lock:
             until = time.monotonic() + seconds
+            self.held_until = max(self.held_until, until)
             self.next_request, self.next_tokens = max(self.next_request, until), max(self.next_tokens, until)
 
 

@@ -58,7 +58,7 @@ class OpenAIBackend:
         estimate = estimated_tokens(self.cfg, request.messages)
         for attempt in range(self.cfg.max_retries + 1):
             if self.limiter is not None:  # every attempt is a request the API counts
-                await asyncio.sleep(self.limiter.reserve(estimate))
+                await self.limiter.take_turn(estimate)
             try:
                 completion = await self._call(client, request)
             except Exception as exc:  # noqa: BLE001 - every failure is recorded with its reason, never raised
