@@ -200,11 +200,11 @@ VLLM_FROM_SOURCE = ("model", "seed", "dtype")  # vllm.LLM's keywords the source 
 
 
 class VLLMSettings(Section):
-    """vLLM's engine settings (backend vllm): how the model is laid over the GPUs and how much memory it takes.
+    """vLLM's engine settings (backend vllm): GPUs, memory, context length; an unset (null) one is vLLM's default.
 
     Not part of the cache key, like an API source's concurrency: they decide where and how fast the engine runs, not
     the model or the sampling its answers are drawn from, so changing them (another GPU count, a longer context)
-    keeps every stored answer. Unset (null) is vLLM's own default."""
+    keeps every stored answer."""
 
     tensor_parallel_size: int | None = Field(None, ge=1, description="GPUs the model is split over (vLLM: 1)")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="share of each GPU's memory the "

@@ -23,7 +23,7 @@ from pairforge.text import prompt_text
 
 @dataclass
 class RateLimiter:
-    """The next send time each limit allows (time.monotonic() seconds); a lock, as judges may ask from threads."""
+    """The next send time each limit allows (time.monotonic() seconds), behind a lock: threads may share it too."""
 
     rpm: float | None = None
     tpm: float | None = None
