@@ -2,7 +2,8 @@
 
 The proxy sits between pairforge and the real server and, on every `every`-th request, answers in turn
 429 (with Retry-After), 500, drops the connection without answering, or returns garbage with status
-200. Everything else is forwarded unchanged. It counts what it did, so tests can check retries.
+200. Everything else is forwarded unchanged. It counts what it did, so tests can check retries, and records when
+each request arrived (a huge `every` makes it a recorder: the rate a client really sends at, seen by the server).
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class FaultProxy(LocalServer):
         self.lock = threading.Lock()
         self.served: Counter[str] = Counter()
         self.bodies: list[bytes] = []  # every POST body, in arrival order (a client's retries included)
+        self.arrivals: list[float] = []  # time.monotonic() of every POST's arrival, in order
         proxy = self
 
         class Handler(QuietHandler):
@@ -107,6 +109,7 @@ class FaultProxy(LocalServer):
                 with proxy.lock:
                     proxy.requests += 1
                     proxy.bodies.append(body)
+                    proxy.arrivals.append(time.monotonic())
                     n = proxy.requests
                     fault = proxy.FAULTS[(n // proxy.every) % 4] if n % proxy.every == 0 else "ok"
                     proxy.served[fault] += 1

@@ -195,6 +195,43 @@ def key_name_problem(name: str) -> str | None:
     return None
 
 
+VLLM_NAMED = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enable_prefix_caching")
+VLLM_FROM_SOURCE = ("model", "seed", "dtype")  # vllm.LLM's keywords the source itself sets
+
+
+class VLLMSettings(Section):
+    """vLLM's engine settings (backend vllm): GPUs, memory, context length; an unset (null) one is vLLM's default.
+
+    Not part of the cache key, like an API source's concurrency: they decide where and how fast the engine runs, not
+    the model or the sampling its answers are drawn from, so changing them (another GPU count, a longer context)
+    keeps every stored answer."""
+
+    tensor_parallel_size: int | None = Field(None, ge=1, description="GPUs the model is split over (vLLM: 1)")
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="share of each GPU's memory the "
+                                                 "engine takes for weights and KV cache (vLLM: 0.9)")
+    max_model_len: int | None = Field(None, ge=1, description="context length (prompt + answer) the engine "
+                                      "reserves for (vLLM: the model's own); lower it when the KV cache does not fit")
+    enable_prefix_caching: bool | None = Field(None, description="reuse the KV cache of shared prompt prefixes "
+                                               "(system prompts, templates)")
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="any other keyword of vllm.LLM, passed "
+                                        "as given ({enforce_eager: true, quantization: awq, ...})")
+
+    @field_validator("engine_args")
+    @classmethod
+    def _no_repeats(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key in VLLM_NAMED:
+                raise ValueError(f"engine_args key {key!r} repeats the setting vllm.{key}: set it there")
+            if key in VLLM_FROM_SOURCE:
+                raise ValueError(f"engine_args key {key!r} is the source's own `{key}`: set it on the source")
+        return value
+
+
+# settings of how fast and on what a model answers, never what it answers: out of the stages' fingerprints (as out of
+# the cache key), so a rate limit or an engine setting changed, or added, on a finished run does not redo it
+PACE_ONLY = ("rpm", "tpm", "vllm")
+
+
 class SourceConfig(Section):
     """One model that answers the prompts (an entry of `sources`), or the model behind an LLM judge.
 
@@ -230,6 +267,13 @@ class SourceConfig(Section):
     batch_size: int = Field(GENERATION_BATCH, ge=1, description=f"transformers: prompts per generate() call "
                             f"({GENERATION_BATCH_WHY})")
     dtype: Dtype = Field("auto", description=f"transformers / vllm weights ({AUTO_DTYPE_WHY})")
+    rpm: float | None = Field(None, gt=0, description="openai: requests per minute this process sends the source at "
+                              "most, evenly spaced (60/rpm seconds apart; null: no limit)")
+    tpm: float | None = Field(None, gt=0, description="openai: tokens per minute at most (prompt + answer): a "
+                              "request reserves prompt characters / 4 + max_new_tokens before it is sent, corrected by "
+                              "the tokens it used (null: no limit)")
+    vllm: VLLMSettings | None = Field(None, description="vllm: the engine's settings (see sources[].vllm; not in "
+                                      "the cache key: changing them keeps the stored answers)")
 
     @field_validator("name")
     @classmethod
@@ -242,6 +286,11 @@ class SourceConfig(Section):
     def _file_needs_path(self) -> SourceConfig:
         if (self.backend == "file") != (self.path is not None):
             raise ValueError("backend file needs `path` (and `path` is only for backend file)")
+        limits = [name for name in ("rpm", "tpm") if getattr(self, name) is not None]
+        if limits and self.backend != "openai":
+            raise ValueError(f"{' and '.join(limits)} limit requests to an API: only for backend openai, not "
+                             f"{self.backend}")
+        vllm_section_only_with_vllm(self.backend, self.vllm)
         return self
 
     def cache_settings(self) -> dict[str, Any]:
@@ -258,6 +307,12 @@ class SourceConfig(Section):
         if self.backend in ("transformers", "vllm"):
             return resolved_dtype(self.dtype)
         return "float32" if self.dtype == AUTO_DTYPE else self.dtype
+
+
+def vllm_section_only_with_vllm(backend: str, section: VLLMSettings | None) -> None:
+    """The `vllm:` engine section is read by backend vllm only: anywhere else it would be silently ignored."""
+    if section is not None and backend != "vllm":
+        raise ValueError(f"the `vllm` section sets vLLM's engine: only for backend vllm, not {backend}")
 
 
 class JudgeConfig(Section):
@@ -320,6 +375,15 @@ class EvalConfig(Section):
     batch_size: int = Field(GENERATION_BATCH, ge=1, description=f"prompts per generate() call of the evaluated "
                             f"models ({GENERATION_BATCH_WHY})")
     dtype: Dtype = Field("auto", description=f"the evaluated models' weights while answering ({AUTO_DTYPE_WHY})")
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="what answers with the evaluated "
+                                                     "models: transformers (local, batched) or vllm (offline GPU "
+                                                     "engine, pairforge[vllm])")
+    vllm: VLLMSettings | None = Field(None, description="backend vllm: the engine's settings (see sources[].vllm)")
     bootstrap: int = Field(1000, ge=10, description="bootstrap resamples for intervals and paired tests")
     judge_run: str | None = Field(None, description="a run with method reward-model trained on the judge split: "
                                   "it scores every answer again as a second, independent judge (eval/<run>/)")
+
+    @model_validator(mode="after")
+    def _vllm_section(self) -> EvalConfig:
+        vllm_section_only_with_vllm(self.backend, self.vllm)
+        return self

@@ -7,9 +7,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
+import yaml
 from pydantic import BaseModel, ValidationError
 
-from pairforge.config import JudgeConfig, error_message
+from pairforge.config import JudgeConfig, VLLMSettings, error_message
 from pairforge.errors import InputError
 from pairforge.recipe import load_recipe
 from pairforge.train_config import TrainConfig
@@ -152,3 +153,21 @@ def _split_once(text: str, sep: str, option: str, shape: str) -> tuple[str, str]
     if not found or not left.strip() or not right.strip():
         raise InputError(option, f"expected '{shape}', found '{text.strip()}'")
     return left.strip(), right.strip()
+
+
+def parse_engine(text: str | None) -> dict[str, Any] | None:
+    """--vllm: the `vllm:` engine section as a YAML mapping ('{tensor_parallel_size: 2}'), checked as a recipe's."""
+    if text is None:
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise InputError("--vllm", f"expected a YAML mapping like '{{tensor_parallel_size: 2}}', found '{text}'")
+    try:
+        VLLMSettings.model_validate(value)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise InputError("--vllm", f"{'.'.join(map(str, error['loc']))}: {error_message(error)}") from None
+    return value

@@ -21,7 +21,7 @@ PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
     "generate": ("Generate: prompts answered by every source, cached in store.sqlite (`pairforge generate`). "
                  "`--shard K/N` answers only shard K of N's prompts, into shards/K-of-N.sqlite, so many machines "
                  "share the work; the command without --shard merges the shards (README, \"Scaling out\").",
-                 [("(top level)", R.Recipe), ("sources[]", C.SourceConfig)]),
+                 [("(top level)", R.Recipe), ("sources[]", C.SourceConfig), ("sources[].vllm", C.VLLMSettings)]),
     "judge": ("Judge and rank: scores or pairwise verdicts, then Bradley-Terry strength (`pairforge judge`, "
               "`pairforge rank`). An LLM judge takes `--shard K/N` as generate does (one prompt shard per "
               "machine, merged by the judge without --shard); the reward-model and similarity judges do not.",
@@ -36,9 +36,28 @@ PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
     "eval": ("Eval: every run judged against reference answers (`pairforge eval`; `eval` in a pipeline). "
              "`pairforge eval --shard K/N` answers and judges one prompt shard as generate does; eval without "
              "--shard merges the shards and writes the leaderboard.",
-             [("eval", C.EvalConfig)]),
+             [("eval", C.EvalConfig), ("eval.vllm", C.VLLMSettings)]),
     "run": ("Run: the whole recipe end to end (`pairforge run`), resumable; `--quick` shrinks it; `rounds` repeats "
             "it with the trained policy answering again.", [("(top level)", R.Recipe), ("quick", R.QuickConfig)]),
+}
+# a recipe snippet closing a page: the settings a GPU or API user sets together
+EXAMPLES = {
+    "generate": ("API quotas and a GPU", """\
+sources:
+  - {name: strong, backend: openai, model: gpt-4o, base_url: https://api.openai.com/v1, api_key_env: OPENAI_API_KEY,
+     concurrency: 16, rpm: 500, tpm: 200000}     # the account's limits: requests and tokens per minute
+  - name: medium
+    backend: vllm                                 # pip install 'pairforge[vllm]' on the GPU machine
+    model: meta-llama/Llama-3.1-70B-Instruct
+    dtype: bfloat16
+    vllm: {tensor_parallel_size: 4, gpu_memory_utilization: 0.85, max_model_len: 4096,
+           enable_prefix_caching: true, engine_args: {enforce_eager: true}}"""),
+    "eval": ("Answering with vLLM on a GPU", """\
+eval:
+  backend: vllm          # the base and every trained run answer through vLLM's engine (pip install 'pairforge[vllm]')
+  dtype: bfloat16
+  max_new_tokens: 512
+  vllm: {tensor_parallel_size: 2, gpu_memory_utilization: 0.8, max_model_len: 4096}"""),
 }
 # the top-level keys each page lists (the others are sections with their own pages)
 _TOP_LEVEL = {"generate": ("run_dir", "prompts", "sources", "samples_per_source"), "run": ("rounds", "round_run")}
@@ -57,6 +76,9 @@ def render(stage: str) -> str:
             lines.append(f"| `{name}` | {_type(info.annotation)} | {_default(info)} | "
                          f"{(info.description or '').replace('|', '/')} |")
         lines.append("")
+    if stage in EXAMPLES:
+        title, snippet = EXAMPLES[stage]
+        lines += [f"## Example: {title}", "", "```yaml", snippet, "```", ""]
     return "\n".join(lines)
 
 

@@ -79,9 +79,9 @@ def evaluate(outputs: Mapping[str, Any] | list[Any] | None = None, reference: An
     answers the prompts here. `reference` is a file or a table alike; tables are saved under `out` first
     (`<name>.outputs.parquet`, `reference.parquet`, or .jsonl for pandas rows) and read from there. `judge` is
     'similarity', 'reward-model:PATH', a recipe path (its judge: section) or a `JudgeConfig`; `settings` are
-    the eval section's max_new_tokens, temperature, bootstrap, batch_size and dtype. `shard="K/N"` answers and
-    judges only shard K of N's prompts into `<out>/shards/K-of-N.sqlite` and writes no file; the leaderboard it
-    returns is of those prompts (the call without `shard` merges the shards)."""
+    the eval section's max_new_tokens, temperature, bootstrap, batch_size, dtype, backend and vllm (its engine).
+    `shard="K/N"` answers and judges only shard K of N's prompts into `<out>/shards/K-of-N.sqlite` and writes no
+    file; the leaderboard it returns is of those prompts (the call without `shard` merges the shards)."""
     from pairforge.evaluation.compare import EvalSettings
     from pairforge.evaluation.compare import evaluate as judge_models
 

@@ -63,6 +63,10 @@ def eval_command(
                                           f"({_EVAL['batch_size']})"),
     dtype: str | None = typer.Option(None, help=f"--models: {options.choices(EvalConfig, 'dtype')} while answering "
                                      f"({_EVAL['dtype']}: bfloat16 where the device computes it natively)"),
+    backend: str | None = typer.Option(None, help=f"--models: what answers, {options.choices(EvalConfig, 'backend')} "
+                                       f"({_EVAL['backend']}; vllm: a GPU and pip install 'pairforge[vllm]')"),
+    vllm: str | None = typer.Option(None, help="--backend vllm: the engine's settings as a YAML mapping, "
+                                    "'{tensor_parallel_size: 2, gpu_memory_utilization: 0.8}' (docs/eval.md)"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="ask the models and the judge again where they "
                                       "failed before"),
     shard: str | None = shard_option(asking="answer and judge"),
@@ -74,7 +78,7 @@ def eval_command(
         result = evaluate(outputs or [], reference, models=models or [], judge=judge, out=out, prompts=prompts,
                           baseline=baseline, retry_failed=retry_failed, max_new_tokens=max_new_tokens,
                           temperature=temperature, bootstrap=bootstrap, batch_size=batch_size, dtype=dtype,
-                          shard=shard)
+                          backend=backend, vllm=options.parse_engine(vllm), shard=shard)
         _show_leaderboard(result)
         if shard:
             said_sharded(shard, out, "eval")

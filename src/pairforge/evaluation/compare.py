@@ -1,8 +1,8 @@
 """The `eval` stage: each model's answers to the eval prompts, judged against reference answers.
 
-Answers come from model folders (generated greedily through the transformers backend, cached in the
-run's store.sqlite like every generation; a model pairforge trained is asked in the prompt format it was
-trained in) or from existing outputs files. Both are written / read in
+Answers come from model folders (generated greedily through the transformers backend, or vLLM's with
+`backend: vllm`, cached in the run's store.sqlite like every generation; a model pairforge trained is asked in
+the prompt format it was trained in) or from existing outputs files. Both are written / read in
 AlpacaEval's model_outputs.json shape (instruction, output, generator, dataset), so the official
 alpaca_eval can judge the same files. Each model is judged against the reference answer of every
 prompt: llm-pairwise in both orders (verdict = P(model better)); reward-model as a win (1), tie (0.5) or
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 
 from pairforge import layout
 from pairforge import schema as S
-from pairforge.config import Dtype, EvalConfig, JudgeConfig, SourceConfig
+from pairforge.config import Dtype, EvalConfig, JudgeConfig, SourceConfig, VLLMSettings
 from pairforge.errors import InputError, unanswered
 from pairforge.evaluation.leaderboard import Leaderboard, Measure, Standing, Versus, measure_of
 from pairforge.evaluation.stats import length_controlled_win_rate, paired_difference, win_rate
@@ -58,12 +58,23 @@ class EvalSettings:
     baseline: str | None = None  # every other model is tested against this one (difference + interval)
     bootstrap: int = _DEFAULTS["bootstrap"].default
     seed: int = 0
+    backend: Literal["transformers", "vllm"] = _DEFAULTS["backend"].default
+    vllm: VLLMSettings | None = None  # backend vllm: the engine's settings
 
     @classmethod
     def of(cls, cfg: EvalConfig, endpoint: Endpoint = "chat", baseline: str | None = None) -> EvalSettings:
         """The answering and statistics settings of an `eval:` section (a recipe's, or the API's keywords)."""
         return cls(endpoint=endpoint, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                   batch_size=cfg.batch_size, dtype=cfg.dtype, baseline=baseline, bootstrap=cfg.bootstrap)
+                   batch_size=cfg.batch_size, dtype=cfg.dtype, baseline=baseline, bootstrap=cfg.bootstrap,
+                   backend=cfg.backend, vllm=cfg.vllm)
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings as leaderboard.json records them; the backend only where it is vllm, so a transformers
+        evaluation writes the file it wrote before backends could be chosen."""
+        settings = {k: v for k, v in self.__dict__.items() if k not in ("backend", "vllm")}
+        if self.backend == "vllm":
+            settings |= {"backend": self.backend, "vllm": self.vllm.model_dump() if self.vllm else None}
+        return settings
 
 
 def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg: JudgeConfig, out_dir: Path,
@@ -109,7 +120,7 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
     verdicts = verdicts.join(prompts.select(S.PROMPT_ID, "dataset"), on=S.PROMPT_ID, how="left")
     board = Leaderboard(judge=cfg.kind, prompts=prompts.height, reference=str(reference),
                         models=_leaderboard(verdicts, measure_of(cfg.kind), settings), judge_summary=tally,
-                        config={"judge": cfg.model_dump(mode="json"), "settings": settings.__dict__,
+                        config={"judge": cfg.model_dump(mode="json"), "settings": settings.recorded(),
                                 "models": [str(m) for m in models], "outputs": [str(o) for o in outputs]})
     if not shard:
         write_table(verdicts, out_dir / layout.VERDICTS)
@@ -176,7 +187,8 @@ def _generate(name: str, model: str, prompts: pl.DataFrame, settings: EvalSettin
         model = str(path / "model")  # a training run's folder
     source = SourceConfig(name=name, model=model, temperature=settings.temperature, batch_size=settings.batch_size,
                           max_new_tokens=settings.max_new_tokens, seed=settings.seed, dtype=settings.dtype,
-                          endpoint=trained_endpoint(Path(model)) or settings.endpoint)
+                          endpoint=trained_endpoint(Path(model)) or settings.endpoint, backend=settings.backend,
+                          vllm=settings.vllm)
     check_source(source)
     requests = source_requests(source, prompts, 1)
     with progress_bar(show_progress) as progress:

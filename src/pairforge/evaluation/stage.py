@@ -4,11 +4,12 @@ file, or the pairs' held-out split) and the judge compares them with the referen
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from pairforge import schema as S
-from pairforge.config import EvalConfig, JudgeConfig
+from pairforge.config import PACE_ONLY, EvalConfig, JudgeConfig
 from pairforge.errors import InputError
 from pairforge.judging.stage import judge_models
 from pairforge.layout import EVAL_PROMPTS, EVAL_REFERENCE, LEADERBOARD, MODEL_OUTPUTS, RunDir
@@ -76,8 +77,16 @@ def units(r: Round) -> list[StageUnit]:
                       eval_estimate(recipe, len(models), r.n_prompts),
                       lambda: run_stage(recipe, folder, r.retry_failed),
                       [*[folder.marker(f"train:{run.name}") for run in recipe.runs], *_eval_files(cfg, folder)],
-                      [{**cfg.model_dump(mode="json"), "dtype": resolved_dtype(cfg.dtype)}, models], written,
+                      [_fingerprinted(cfg), models], written,
                       models=[*([cfg.base_model or base_model(recipe)] if cfg.base else []), *judge_models(cfg.judge)])]
+
+
+def _fingerprinted(cfg: EvalConfig) -> dict[str, Any]:
+    """The section as the stage's fingerprint sees it: the dtype resolved; the engine's settings left out, as they
+    change how fast answers come, not the answers (PACE_ONLY), and the backend only where it is not the default,
+    so an evaluation finished before backends could be chosen stays finished."""
+    settings = {**cfg.model_dump(mode="json", exclude={"backend", *PACE_ONLY}), "dtype": resolved_dtype(cfg.dtype)}
+    return settings | ({"backend": cfg.backend} if cfg.backend != "transformers" else {})
 
 
 def eval_estimate(recipe: Recipe, models: int, n_prompts: int) -> float | None:

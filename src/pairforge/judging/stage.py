@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pairforge.config import JudgeConfig
+from pairforge.config import PACE_ONLY, JudgeConfig
 from pairforge.layout import RunDir
 from pairforge.recipe import Recipe
 from pairforge.stage_unit import Round, StageUnit, all_answered
@@ -24,9 +24,10 @@ def units(r: Round) -> list[StageUnit]:
         return []
     estimate = 10 if recipe.judge.kind == "similarity" else None
     verdicts = [folder.judgments] if recipe.judge.kind == "llm-pairwise" else []
+    settings = recipe.judge.model_dump(mode="json", exclude={"llm": set(PACE_ONLY)})  # config.PACE_ONLY: why
     return [StageUnit("judge", f"{recipe.judge.kind} judge", f"{r.answers * len(recipe.sources)} answers", estimate,
-                      lambda: run_stage(recipe, folder, r.retry_failed), [folder.responses],
-                      recipe.judge.model_dump(mode="json"), [folder.scored, *verdicts],
+                      lambda: run_stage(recipe, folder, r.retry_failed), [folder.responses], settings,
+                      [folder.scored, *verdicts],
                       models=judge_models(recipe.judge))]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from pairforge.config import SourceConfig
@@ -59,6 +60,10 @@ def check_source(cfg: SourceConfig) -> None:
         raise InputError(f"source '{cfg.name}'", f"backend file: no such answers file {cfg.path}")
     if cfg.backend in ("transformers", "vllm") and cfg.model:
         model_path(cfg.model)  # a model folder that does not exist, before the first request
+    if cfg.backend == "vllm" and (Path(cfg.model) / "adapter_config.json").exists() and \
+            not (Path(cfg.model) / "config.json").exists():
+        raise InputError(f"source '{cfg.name}'", f"{cfg.model} is a LoRA adapter, which vLLM does not load as a "
+                         "model: train with lora.merge: true (or use backend transformers)")
     if cfg.backend in needs:
         package, hint = needs[cfg.backend]
         if importlib.util.find_spec(package) is None:

@@ -3,8 +3,9 @@
 Uses the official `openai` client (async), `concurrency` requests in flight. Retries are ours, not the
 client's, so they can be counted: 429, 408/409, 5xx, timeouts, dropped connections and unreadable
 responses are retried with exponential backoff and full jitter (a server's Retry-After is honoured);
-other 4xx are final. The API key is read from the environment variable the recipe names and is
-scrubbed from every error message, so it never reaches the store, the logs or an output.
+other 4xx are final. `rpm` / `tpm` space the requests out (rate_limit.py). The API key is read from the
+environment variable the recipe names and is scrubbed from every error message, so it never reaches the store,
+the logs or an output.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from pairforge.config import SourceConfig
 from pairforge.requests.backends.base import Completion, Reporter, Request, api_key
+from pairforge.requests.rate_limit import estimated_tokens, limiter_for
 from pairforge.text import prompt_text
 
 _RETRYABLE_STATUS = {408, 409, 429}
@@ -29,6 +31,7 @@ class OpenAIBackend:
     def __init__(self, cfg: SourceConfig) -> None:
         self.cfg = cfg
         self.api_key = api_key(cfg)
+        self.limiter = limiter_for(cfg)
 
     def run(self, requests: list[Request], report: Reporter) -> None:
         asyncio.run(self._run_all(requests, report))
@@ -52,11 +55,16 @@ class OpenAIBackend:
             await client.close()
 
     async def _answer(self, client: Any, request: Request, report: Reporter) -> None:
+        estimate = estimated_tokens(self.cfg, request.messages)
         for attempt in range(self.cfg.max_retries + 1):
+            if self.limiter is not None:  # every attempt is a request the API counts
+                await self.limiter.take_turn(estimate)
             try:
                 completion = await self._call(client, request)
             except Exception as exc:  # noqa: BLE001 - every failure is recorded with its reason, never raised
                 reason, retryable, wait = self._classify(exc)
+                if self.limiter is not None and wait:
+                    self.limiter.hold(wait)  # the server's wait holds the source's other requests too
                 if not retryable or attempt == self.cfg.max_retries:
                     report.failed(request, reason)
                     return
@@ -64,6 +72,8 @@ class OpenAIBackend:
                 backoff = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** attempt)
                 await asyncio.sleep(max(wait or 0.0, random.uniform(0, backoff)))
                 continue
+            if self.limiter is not None and completion.tokens:  # the prompt's estimate + the answer's own count
+                self.limiter.settle(estimate, estimate - self.cfg.max_new_tokens + completion.tokens)
             report.completed(request, completion)
             return
 

@@ -1,7 +1,8 @@
 """Generation with vLLM's offline engine (GPU; the optional extra `pairforge[vllm]`).
 
 All requests go to the engine in chunks, so answers are committed to the store chunk by chunk while
-vLLM batches continuously inside each chunk. Per-request seeds make sampling reproducible.
+vLLM batches continuously inside each chunk. Per-request seeds make sampling reproducible. The engine's settings
+(GPUs, memory, context length, any other vllm.LLM keyword) come from the source's `vllm:` section.
 """
 
 from __future__ import annotations
@@ -16,13 +17,21 @@ from pairforge.text import prompt_text
 _CHUNK = 512
 
 
+def engine_args(cfg: SourceConfig) -> dict[str, Any]:
+    """vllm.LLM's keywords for a source: its model, dtype and seed, then the `vllm:` section's settings that are set
+    (an unset one keeps vLLM's default) and its engine_args as given (config.py refuses keys that repeat these)."""
+    section = cfg.vllm.model_dump(exclude={"engine_args"}, exclude_none=True) if cfg.vllm else {}
+    return {"model": model_path(cfg.model), "dtype": cfg.resolved_dtype, "seed": cfg.seed, **section,
+            **(cfg.vllm.engine_args if cfg.vllm else {})}
+
+
 class VLLMBackend:
     def __init__(self, cfg: SourceConfig) -> None:
         import vllm
 
         self.cfg = cfg
         self.vllm = vllm
-        self.llm = vllm.LLM(model=model_path(cfg.model), dtype=cfg.resolved_dtype, seed=cfg.seed)
+        self.llm = vllm.LLM(**engine_args(cfg))
 
     def run(self, requests: list[Request], report: Reporter) -> None:
         cfg = self.cfg
