@@ -11,7 +11,16 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from pairforge.errors import describe
 from pairforge.fingerprints import by_content
@@ -195,6 +204,14 @@ def key_name_problem(name: str) -> str | None:
     return None
 
 
+class Price(Section):
+    """What a source's tokens cost, in USD per million tokens (the unit API price lists use): the dry run's
+    estimate and the summaries' cost. Never part of the cache key: a new price list redoes no work."""
+
+    input: float = Field(..., ge=0, description="USD per million prompt tokens")
+    output: float = Field(..., ge=0, description="USD per million completion tokens")
+
+
 class SourceConfig(Section):
     """One model that answers the prompts (an entry of `sources`), or the model behind an LLM judge.
 
@@ -230,6 +247,8 @@ class SourceConfig(Section):
     batch_size: int = Field(GENERATION_BATCH, ge=1, description=f"transformers: prompts per generate() call "
                             f"({GENERATION_BATCH_WHY})")
     dtype: Dtype = Field("auto", description=f"transformers / vllm weights ({AUTO_DTYPE_WHY})")
+    price: Price | None = Field(None, description="{input: USD, output: USD} per million tokens: the cost that "
+                                "`--dry-run` estimates and the summaries and report show (not part of the cache key)")
 
     @field_validator("name")
     @classmethod
@@ -243,6 +262,14 @@ class SourceConfig(Section):
         if (self.backend == "file") != (self.path is not None):
             raise ValueError("backend file needs `path` (and `path` is only for backend file)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _price_when_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A source without a price dumps as it did before prices existed (stage fingerprints, written configs)."""
+        data = handler(self)
+        if self.price is None:
+            data.pop("price", None)
+        return data
 
     def cache_settings(self) -> dict[str, Any]:
         """What determines the answers: the cache key's settings part (and so each request's sampling seed)."""
@@ -258,6 +285,9 @@ class SourceConfig(Section):
         if self.backend in ("transformers", "vllm"):
             return resolved_dtype(self.dtype)
         return "float32" if self.dtype == AUTO_DTYPE else self.dtype
+
+
+UNPRICED = {"llm": {"price"}}  # a judge's dump without its price: a stage fingerprint a new price list keeps
 
 
 class JudgeConfig(Section):

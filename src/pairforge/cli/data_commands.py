@@ -110,13 +110,21 @@ def generate_command(
     source: list[str] | None = typer.Option(None, help="only this source (repeatable)"),
     dtype: str | None = typer.Option(None, help=f"the local sources' weights: {options.choices(SourceConfig, 'dtype')} "
                                      "(default: each source's own, auto unless set)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="check the sources, ping every API server once, print the "
+                                 "estimated requests, tokens and cost; answer nothing, write nothing"),
 ) -> None:
     """Answer the prompts with every source; resumes where it stopped (cached in <out>/store.sqlite)."""
     def command() -> None:
-        from pairforge.api.data import generate
+        from pairforge.api.data import generate, generate_estimate
 
+        if dry_run:
+            grid, how = render.estimate(generate_estimate(recipe, out, sources=source, dtype=dtype))
+            show(grid)
+            say(how)
+            say("dry run: the sources are ready; nothing was asked or written")
+            return
         result = generate(recipe, out, retry_failed=retry_failed, sources=source, dtype=dtype)
-        show(render.generation(result))
+        show(render.generation(result), render.usage("tokens and cost", result.usage))
         console.print(f"wrote {result.exported} answers to {result.responses}", highlight=False)
         reasons = result.reasons
         stop_on_failures(result.failed, "requests", f" ({', '.join(f'{r}: {n}' for r, n in reasons.most_common(3))})"
@@ -152,6 +160,8 @@ def judge_command(
         result = judge(recipe, out, responses=responses, retry_failed=retry_failed)
         summary = result.summary
         show(render.judge_summary(summary))
+        if summary.usage is not None:
+            show(render.usage("tokens and cost", {"judge": summary.usage}))
         if summary.pairwise:
             say(render.position_bias(summary))
         written = [result.scored, *([result.judgments] if result.judgments else [])]
@@ -172,7 +182,7 @@ def revise_command(
         from pairforge.api.data import revise
 
         result = revise(recipe, out, responses=responses, retry_failed=retry_failed)
-        show(render.revising(result))
+        show(render.revising(result), render.usage("tokens and cost", {result.reviser: result.tally.usage}))
         say(f"wrote {result.exported} revisions to {result.revisions}")
         stop_on_failures(result.failed, "revision requests")
 

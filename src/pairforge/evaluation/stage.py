@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from pairforge import schema as S
-from pairforge.config import EvalConfig, JudgeConfig
+from pairforge.config import UNPRICED, EvalConfig, JudgeConfig
 from pairforge.errors import InputError
 from pairforge.judging.stage import judge_models
 from pairforge.layout import EVAL_PROMPTS, EVAL_REFERENCE, LEADERBOARD, MODEL_OUTPUTS, RunDir
@@ -76,7 +76,8 @@ def units(r: Round) -> list[StageUnit]:
                       eval_estimate(recipe, len(models), r.n_prompts),
                       lambda: run_stage(recipe, folder, r.retry_failed),
                       [*[folder.marker(f"train:{run.name}") for run in recipe.runs], *_eval_files(cfg, folder)],
-                      [{**cfg.model_dump(mode="json"), "dtype": resolved_dtype(cfg.dtype)}, models], written,
+                      [{**cfg.model_dump(mode="json", exclude={"judge": UNPRICED}), "dtype": resolved_dtype(cfg.dtype)},
+                       models], written,
                       models=[*([cfg.base_model or base_model(recipe)] if cfg.base else []), *judge_models(cfg.judge)])]
 
 

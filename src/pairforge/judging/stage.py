@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pairforge.config import JudgeConfig
+from pairforge.config import UNPRICED, JudgeConfig
 from pairforge.layout import RunDir
 from pairforge.recipe import Recipe
 from pairforge.stage_unit import Round, StageUnit, all_answered
@@ -26,7 +26,7 @@ def units(r: Round) -> list[StageUnit]:
     verdicts = [folder.judgments] if recipe.judge.kind == "llm-pairwise" else []
     return [StageUnit("judge", f"{recipe.judge.kind} judge", f"{r.answers * len(recipe.sources)} answers", estimate,
                       lambda: run_stage(recipe, folder, r.retry_failed), [folder.responses],
-                      recipe.judge.model_dump(mode="json"), [folder.scored, *verdicts],
+                      recipe.judge.model_dump(mode="json", exclude=UNPRICED), [folder.scored, *verdicts],
                       models=judge_models(recipe.judge))]
 
 

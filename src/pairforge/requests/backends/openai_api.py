@@ -92,7 +92,8 @@ class OpenAIBackend:
             raise MalformedResponse("the server's choice has no text or no finish_reason")
         usage = getattr(response, "usage", None)
         tokens = usage.completion_tokens if usage is not None and usage.completion_tokens is not None else 0
-        return Completion(text, "length" if choice.finish_reason == "length" else "stop", tokens, first)
+        prompt_tokens = getattr(usage, "prompt_tokens", None) if usage is not None else None
+        return Completion(text, "length" if choice.finish_reason == "length" else "stop", tokens, first, prompt_tokens)
 
     def _classify(self, exc: Exception) -> tuple[str, bool, float | None]:
         """(reason without the key, whether to retry, seconds the server asked us to wait)."""

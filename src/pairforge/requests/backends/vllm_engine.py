@@ -36,7 +36,9 @@ class VLLMBackend:
             else:
                 outputs = self.llm.generate([prompt_text(r.messages) for r in chunk], params, use_tqdm=False)
             for request, output in zip(chunk, outputs, strict=True):
-                report.completed(request, self._completion(output.outputs[0]))
+                completion = self._completion(output.outputs[0])
+                completion.prompt_tokens = len(output.prompt_token_ids or [])
+                report.completed(request, completion)
 
     def _completion(self, output: Any) -> Completion:
         first: dict[str, float] = {}
