@@ -290,9 +290,9 @@ def usage(title: str, sources: dict[str, Usage], total: bool = False) -> Grid | 
     if total:
         rows["total"] = Usage.total(list(sources.values()))
     for name, u in rows.items():
-        unknown = f" (+{u.unknown} answers unknown)" if u.unknown else ""
+        unknown = f" + {u.unknown} answers unknown" if u.unknown else ""  # stored before prompts were counted
         grid.rows.append([name, str(u.answers), f"{u.prompt_tokens}{unknown}", str(u.completion_tokens),
-                          ("at least " if u.unknown and u.cost is not None else "") + dollars(u.cost)])
+                          ("≥" if u.unknown and u.cost is not None else "") + dollars(u.cost)])
     return grid
 
 

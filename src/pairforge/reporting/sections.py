@@ -5,7 +5,8 @@ figures (page.py writes them; plots.py draws the figures).
 section: pairs (`*.summary.json` of `pairs build`, and its pairs file), sources (`judge.summary.json`,
 `ranking.json`), cost (`generate.summary.json`, `revise.summary.json`, an LLM judge's usage), training (`run.json` +
 `metrics.jsonl` per run) and evaluation (`leaderboard.json` + `eval.parquet`). The page ends with the exact settings
-found and the library versions, so a run can be reproduced. Sections without artifacts are left out, and the page says which ones were found.
+found and the library versions, so a run can be reproduced. Sections without artifacts are left out, and the page
+says which ones were found.
 
 Each kind of file is read through its stage's typed result (`PairsSummary`, `TrainResult`, `Leaderboard`,
 `Ranking`, `JudgeSummary`), whose `read` checks the whole file: a hand-edited file is one line naming the file and the
