@@ -18,8 +18,11 @@ from pairforge import recipe as R
 from pairforge import train_config as T
 
 PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
-    "generate": ("Generate: prompts answered by every source, cached in store.sqlite (`pairforge generate`).",
-                 [("(top level)", R.Recipe), ("sources[]", C.SourceConfig)]),
+    "generate": ("Generate: prompts answered by every source, cached in store.sqlite (`pairforge generate`). Each "
+                 "answer's prompt and completion tokens are stored with it: the summary shows them per source with "
+                 "their cost at `price` (generate.summary.json); `--dry-run` pings every API server once and prints "
+                 "the estimated requests, tokens and cost, writing nothing.",
+                 [("(top level)", R.Recipe), ("sources[]", C.SourceConfig), ("sources[].price", C.Price)]),
     "judge": ("Judge and rank: scores or pairwise verdicts, then Bradley-Terry strength (`pairforge judge`, "
               "`pairforge rank`).", [("judge", C.JudgeConfig), ("judge.llm", C.SourceConfig),
                                       ("ranking", C.RankingConfig)]),
@@ -33,7 +36,9 @@ PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
     "eval": ("Eval: every run judged against reference answers (`pairforge eval`; `eval` in a pipeline).",
              [("eval", C.EvalConfig)]),
     "run": ("Run: the whole recipe end to end (`pairforge run`), resumable; `--quick` shrinks it; `rounds` repeats "
-            "it with the trained policy answering again.", [("(top level)", R.Recipe), ("quick", R.QuickConfig)]),
+            "it with the trained policy answering again. `--dry-run` prints the plan and the estimated requests, "
+            "tokens and cost per stage and source (generate, revise, an LLM judge, eval; `pf.estimate` in Python); "
+            "the report's Cost section shows what every source's stored answers cost.", [("(top level)", R.Recipe), ("quick", R.QuickConfig)]),
 }
 # the top-level keys each page lists (the others are sections with their own pages)
 _TOP_LEVEL = {"generate": ("run_dir", "prompts", "sources", "samples_per_source"), "run": ("rounds", "round_run")}
