@@ -1,8 +1,9 @@
 """What a recipe will ask its models before it runs: requests, tokens and cost per stage and source (`pairforge run
 --dry-run`, `pairforge generate --dry-run`, `pf.estimate`).
 
-A prompt is counted with the model's own tokenizer where the model is here (transformers, vllm, the embedded model),
-rendered as it will be sent; a server's model (openai) is estimated at characters / 4, the usual rule for English.
+A prompt is counted with the model's own tokenizer where the model is here (transformers, vllm: the embedded model or a
+model folder), rendered as it will be sent; a server's model (openai), or a hub id not in a folder here, is estimated at
+characters / 4, the usual rule for English.
 A completion counts max_new_tokens: the estimate is an upper bound of what is generated. An answer that does not
 exist yet (what the reviser and an LLM judge read) counts as its source's max_new_tokens (a file source's: the mean
 length of its answers, characters / 4). The run's store already holds some answers: they cost nothing again, and the
@@ -25,6 +26,7 @@ from pairforge.evaluation.stage import policies
 from pairforge.generation.answers import read_file_source, source_requests
 from pairforge.judging.pairwise import judge_messages
 from pairforge.judging.scoring import judge_llm
+from pairforge.models import EMBEDDED
 from pairforge.prompting import endpoint_of
 from pairforge.recipe import Recipe
 from pairforge.records import prompts_from_file
@@ -87,19 +89,21 @@ def _line(stage: str, source: SourceConfig, asked: list[list[Message]], answers_
 
 def _counter(source: SourceConfig) -> tuple[Count, bool]:
     """How a source's prompts are counted: its tokenizer when the model is here, else characters / 4."""
-    if source.backend in ("transformers", "vllm"):
+    if source.backend in ("transformers", "vllm") and _here(source.model):
         from pairforge.models import load_tokenizer
         from pairforge.requests.backends.local import prompt_ids
 
-        try:
-            tokenizer = load_tokenizer(source.model)
-        except InputError:  # a hub id not downloaded yet: estimated like a server's model
-            pass
-        else:
-            return (lambda messages: len(prompt_ids(tokenizer, source.endpoint, messages))), True
+        tokenizer = load_tokenizer(source.model)
+        return (lambda messages: len(prompt_ids(tokenizer, source.endpoint, messages))), True
     if source.endpoint == "completions":
         return (lambda messages: math.ceil(len(prompt_text(messages)) / CHARS_PER_TOKEN)), False
     return (lambda messages: math.ceil(sum(len(m["content"]) for m in messages) / CHARS_PER_TOKEN)), False
+
+
+def _here(model: str) -> bool:
+    """Whether a model's tokenizer is on this machine (the embedded model, a folder): a dry run downloads nothing, so
+    a hub id is estimated like a server's model."""
+    return model == EMBEDDED or Path(model).expanduser().is_dir()
 
 
 def _answer_tokens(source: SourceConfig) -> int:
@@ -146,8 +150,8 @@ def _eval(recipe: Recipe, prompts: pl.DataFrame) -> list[Line]:
     cfg = recipe.eval
     if cfg is None:
         return []
-    held_out = round(prompts.height * recipe.pairs.eval_fraction)
-    asked = prompts.head(held_out) if cfg.prompts == "held-out" else prompts_from_file(cfg.prompts)  # type: ignore[arg-type]
+    held_out = prompts.filter(pl.lit(S.prompt_buckets(prompts[S.PROMPT_ID])) < recipe.pairs.eval_fraction)  # as pairs
+    asked = held_out if cfg.prompts == "held-out" else prompts_from_file(cfg.prompts)  # type: ignore[arg-type]
     models = (["base"] if cfg.base else []) + [run.name for run in policies(recipe)]
     answering = SourceConfig(name="eval", model=cfg.base_model or base_model(recipe), max_new_tokens=cfg.max_new_tokens,
                              endpoint=endpoint_of(recipe.asked_format))

@@ -38,7 +38,8 @@ PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
     "run": ("Run: the whole recipe end to end (`pairforge run`), resumable; `--quick` shrinks it; `rounds` repeats "
             "it with the trained policy answering again. `--dry-run` prints the plan and the estimated requests, "
             "tokens and cost per stage and source (generate, revise, an LLM judge, eval; `pf.estimate` in Python); "
-            "the report's Cost section shows what every source's stored answers cost.", [("(top level)", R.Recipe), ("quick", R.QuickConfig)]),
+            "the report's Cost section shows what every source's stored answers cost.",
+            [("(top level)", R.Recipe), ("quick", R.QuickConfig)]),
 }
 # the top-level keys each page lists (the others are sections with their own pages)
 _TOP_LEVEL = {"generate": ("run_dir", "prompts", "sources", "samples_per_source"), "run": ("rounds", "round_run")}

@@ -298,8 +298,9 @@ def usage(title: str, sources: dict[str, Usage], total: bool = False) -> Grid | 
 
 def estimate(result: Estimate) -> tuple[Grid, str]:
     """The dry run's estimate per stage and source, and the line that says how it was made."""
-    per_round = " per round" if result.rounds > 1 else ""
-    grid = Grid(f"estimate{per_round}: requests, tokens, cost", ["stage", "source", "requests", "prompt tokens",
+    rounds = f" of round 1 of {result.rounds} (later rounds: the '@round' sources and what follows)" \
+        if result.rounds > 1 else ""
+    grid = Grid(f"estimate{rounds}: requests, tokens, cost", ["stage", "source", "requests", "prompt tokens",
                                                                 "completion tokens (at most)", "cost (USD, at most)"],
                 left=2)
     for line in result.lines:
