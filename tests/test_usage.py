@@ -176,3 +176,25 @@ def test_an_unreachable_judge_server_stops_run_dry_run_in_one_line(tmp_path: Pat
 def test_a_bad_price_is_one_line_naming_the_field(tmp_path: Path, price: dict[str, Any], field: str) -> None:
     recipe = write_recipe(tmp_path, [{"name": "a", "price": price}])
     one_line_error(pairforge("generate", str(recipe), "--out", str(tmp_path / "out"), "--dry-run"), field)
+
+
+def test_the_judges_tokens_and_the_reports_cost_table(tmp_path: Path, tiny_model_dir: Path) -> None:
+    judge = {"kind": "llm-pairwise", "llm": local(tiny_model_dir, name="judge", max_new_tokens=1)}
+    recipe = write_recipe(tmp_path, [local(tiny_model_dir), local(tiny_model_dir, name="other", price=None)],
+                          judge=judge)
+    out = tmp_path / "out"
+    generated = pf.generate(recipe, out)
+    judged = pf.judge(recipe, out).summary.usage
+    assert judged is not None and judged.answers == 4  # 2 prompts, one pair of sources, both orders
+    assert judged.cost == pytest.approx(dollars(judged.prompt_tokens, judged.completion_tokens))
+    pf.report(out, tmp_path / "report.html")
+    page = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "## Cost" in page and "cached ones included" in page
+    rows = {cells[1].strip(): [c.strip() for c in cells[2:6]] for cells in
+            (line.split("|") for line in page.splitlines()) if len(cells) > 6}
+    tiny, other = generated.usage["tiny"], generated.usage["other"]
+    assert rows["generate: tiny"] == [str(tiny.answers), str(tiny.prompt_tokens), str(tiny.completion_tokens),
+                                      f"${tiny.cost:.4f}"]
+    assert rows["generate: other"][3] == "-"  # no price, no cost
+    assert rows["judge"][1:3] == [str(judged.prompt_tokens), str(judged.completion_tokens)]
+    assert rows["total"][1] == str(tiny.prompt_tokens + other.prompt_tokens + judged.prompt_tokens)

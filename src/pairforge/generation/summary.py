@@ -1,6 +1,7 @@
 """What `generate` did, typed: each source's requests (answered from the cache, newly, failed), the responses
-file and how many answers it holds. The CLI shows it (`render.generation`) and the pipeline stops on its failures;
-of it only each source's tokens and cost are written (generate.summary.json, `usage_summary`)."""
+file and how many answers it holds, each asked source's tokens and cost. The CLI shows it (`render.generation`,
+`render.usage`) and the pipeline stops on its failures; only the tokens and cost are written (generate.summary.json,
+which the report reads)."""
 
 from __future__ import annotations
 
