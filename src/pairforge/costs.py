@@ -138,12 +138,10 @@ def _judge(recipe: Recipe, prompts: pl.DataFrame) -> list[Line]:
     others = [s for s in sources if s.name != judge.reference]
     pairs = ([(s, r) for s in others for r in sources if r.name == judge.reference] if judge.reference else
              [(a, b) for i, a in enumerate(sources) for b in sources[i + 1:]])
-    asked, answers = [], 0
-    for prompt in prompts[S.PROMPT].head(judge.max_prompts or prompts.height):
-        messages = judge_messages(prompt_text(prompt, with_roles=True), "", "")
-        asked += [messages] * 2 * len(pairs)  # both orders
-        answers += 2 * sum(_answer_tokens(a) + _answer_tokens(b) for a, b in pairs)
-    return [_line("judge", judge_llm(judge), asked, answers)]
+    per_prompt = 2 * sum(_answer_tokens(a) + _answer_tokens(b) for a, b in pairs)  # both orders read both answers
+    sampled = prompts[S.PROMPT].head(judge.max_prompts or prompts.height)
+    asked = [judge_messages(prompt_text(p, with_roles=True), "", "") for p in sampled for _ in range(2 * len(pairs))]
+    return [_line("judge", judge_llm(judge), asked, per_prompt * len(sampled))]
 
 
 def _eval(recipe: Recipe, prompts: pl.DataFrame) -> list[Line]:
