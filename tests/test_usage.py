@@ -198,3 +198,15 @@ def test_the_judges_tokens_and_the_reports_cost_table(tmp_path: Path, tiny_model
     assert rows["generate: other"][3] == "-"  # no price, no cost
     assert rows["judge"][1:3] == [str(judged.prompt_tokens), str(judged.completion_tokens)]
     assert rows["total"][1] == str(tiny.prompt_tokens + other.prompt_tokens + judged.prompt_tokens)
+
+
+def test_a_new_price_redoes_no_stage(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from pairforge import pipeline
+
+    def fingerprints(price: dict[str, float] | None) -> dict[str, str]:
+        judge = {"kind": "llm-pairwise", "llm": local(tiny_model_dir, name="judge", price=price)}
+        recipe = write_recipe(tmp_path, [local(tiny_model_dir, price=price), local(tiny_model_dir, name="other")],
+                              run_dir="run", judge=judge, pairs={"rank": "tiny > other"})
+        return {unit.name: unit.fingerprint() for unit in pipeline.plan(load_recipe(recipe), tmp_path / "run").stages}
+
+    assert fingerprints(PRICE) == fingerprints({"input": 5.0, "output": 50.0}) == fingerprints(None)
