@@ -205,8 +205,9 @@ def key_name_problem(name: str) -> str | None:
 
 
 class Price(Section):
-    """What a source's tokens cost, in USD per million tokens (the unit API price lists use): the dry run's
-    estimate and the summaries' cost. Never part of the cache key: a new price list redoes no work."""
+    """What a source's tokens cost in USD per million tokens, the unit of API price lists (not in the cache key).
+
+    The dry run's estimate and the summaries' and report's cost; a new price list redoes no work."""
 
     input: float = Field(..., ge=0, description="USD per million prompt tokens")
     output: float = Field(..., ge=0, description="USD per million completion tokens")
