@@ -24,6 +24,7 @@ LAYERS = [
     {"stage_unit"},
     {"generation", "revision", "judging", "pairs", "training"},
     {"evaluation", "revision_stage", "rank_stage"},
+    {"costs"},
     {"render"},
     {"reporting"},
     {"pipeline"},

@@ -300,9 +300,14 @@ def test_the_shipped_recipe_passes_a_dry_run() -> None:
     recipe = Path(__file__).parents[1] / "recipes" / "revised.yaml"
     result = pairforge("run", recipe, "--dry-run")
     assert result.returncode == 0, result.stderr
-    plan = {line.split("│")[1].strip(): line.split("│")[3].strip() for line in result.stderr.splitlines()
-            if line.startswith("│ ") and line.split("│")[1].strip()}  # stage -> size
+    plan: dict[str, str] = {}  # stage -> size, from the plan (the estimate's table after it names the stages too)
+    for line in result.stderr.splitlines():
+        if line.startswith("│ ") and line.split("│")[1].strip():
+            plan.setdefault(line.split("│")[1].strip(), line.split("│")[3].strip())
     assert plan["generate"] == "290 answers" and plan["revise"] == "290 revisions"  # the reviser answers nothing
+    estimate = {line.split("│")[1].strip(): line.split("│")[3].strip() for line in result.stderr.splitlines()
+                if line.startswith("│ ") and "│" in line[2:] and line.split("│")[2].strip()}
+    assert estimate["generate"] == "290" and estimate["revise"] == "290"  # requests: the reviser's are revisions
 
 
 # --- bad recipes -----------------------------------------------------------------------------------------------

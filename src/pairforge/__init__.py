@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 
 _WHERE = {"build_pairs": "api.pairs", "Pairs": "api.pairs", "train": "api.post_training",
           "evaluate": "api.post_training", "report": "api.post_training", "generate": "api.data", "revise": "api.data",
-          "judge": "api.data", "rank": "api.data", "run": "api.recipes", "RunResult": "api.recipes", "Recipe": "recipe",
+          "judge": "api.data", "rank": "api.data", "run": "api.recipes", "RunResult": "api.recipes",
+          "estimate": "api.recipes", "Estimate": "costs", "Recipe": "recipe",
           "Leaderboard": "evaluation.leaderboard", "TrainResult": "training.result", "PairsSummary": "pairs.summary",
           "InputError": "errors"}
 __all__ = sorted(_WHERE)

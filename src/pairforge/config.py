@@ -11,7 +11,16 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from pairforge.errors import describe
 from pairforge.fingerprints import by_content
@@ -227,9 +236,19 @@ class VLLMSettings(Section):
         return value
 
 
-# settings of how fast and on what a model answers, never what it answers: out of the stages' fingerprints (as out of
-# the cache key), so a rate limit or an engine setting changed, or added, on a finished run does not redo it
-PACE_ONLY = ("rpm", "tpm", "vllm")
+# settings of how fast, on what and at what price a model answers, never what it answers: out of the stages'
+# fingerprints (as out of the cache key), so a rate limit, an engine setting or a price list changed, or added, on a
+# finished run does not redo it; a source without them dumps as it did before they existed
+PACE_ONLY = ("rpm", "tpm", "vllm", "price")
+
+
+class Price(Section):
+    """What a source's tokens cost in USD per million tokens, the unit of API price lists (not in the cache key).
+
+    The dry run's estimate and the summaries' and report's cost; a new price list redoes no work."""
+
+    input: float = Field(..., ge=0, description="USD per million prompt tokens")
+    output: float = Field(..., ge=0, description="USD per million completion tokens")
 
 
 class SourceConfig(Section):
@@ -274,6 +293,8 @@ class SourceConfig(Section):
                               "the tokens it used (null: no limit)")
     vllm: VLLMSettings | None = Field(None, description="vllm: the engine's settings (see sources[].vllm; not in "
                                       "the cache key: changing them keeps the stored answers)")
+    price: Price | None = Field(None, description="{input: USD, output: USD} per million tokens: the cost that "
+                                "`--dry-run` estimates and the summaries and report show (not part of the cache key)")
 
     @field_validator("name")
     @classmethod
@@ -292,6 +313,16 @@ class SourceConfig(Section):
                              f"{self.backend}")
         vllm_section_only_with_vllm(self.backend, self.vllm)
         return self
+
+    @model_serializer(mode="wrap")
+    def _pace_when_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A source without rate limits, engine settings or a price dumps as it did before they existed (written
+        configs such as leaderboard.json's judge)."""
+        data = handler(self)
+        for name in PACE_ONLY:
+            if getattr(self, name) is None:
+                data.pop(name, None)
+        return data
 
     def cache_settings(self) -> dict[str, Any]:
         """What determines the answers: the cache key's settings part (and so each request's sampling seed)."""

@@ -6,6 +6,7 @@ A run folder (`pairforge run`, or the `--out` of a stage command) holds:
     store.sqlite                every request and its answer or failure (generation, judge, eval)
     shards/K-of-N.sqlite        a prompt shard's own store (`--shard K/N`), merged by the unsharded command
     responses.parquet           the answers (generate); revisions.parquet: a reviser's edits of them (revise)
+    generate.summary.json       each source's tokens and cost (revise.summary.json: the reviser's)
     responses.scored.parquet    the answers with the judge's scores (judge); judgments.parquet: pairwise
                                 verdicts; judge.summary.json
     ranking.json                source strength (rank)
@@ -29,6 +30,7 @@ REVISIONS = "revisions.parquet"
 SCORED = "responses.scored.parquet"
 JUDGMENTS = "judgments.parquet"
 JUDGE_SUMMARY = "judge.summary.json"
+GENERATE_SUMMARY, REVISE_SUMMARY = "generate.summary.json", "revise.summary.json"  # tokens and cost per source
 RANKING = "ranking.json"
 LEADERBOARD = "leaderboard.json"
 VERDICTS = "eval.parquet"
@@ -112,7 +114,7 @@ QUICK_PROMPTS = "quick-prompts.parquet"
 _OWN_FILES = {STORE, f"{STORE}-wal", f"{STORE}-shm", f"{STORE}-journal", RESPONSES, REVISIONS, SCORED, JUDGMENTS,
               JUDGE_SUMMARY, RANKING, REPORT, Path(REPORT).with_suffix(".md").name, QUICK_PROMPTS, LOCK,
               *(split_path(Path(PAIRS), split).name for split in ("train", "eval", "judge")),
-              summary_path(Path(PAIRS)).name}
+              summary_path(Path(PAIRS)).name, GENERATE_SUMMARY, REVISE_SUMMARY}
 _OWN_FOLDERS = {"eval", "train", "stages", SHARDS, f"{Path(REPORT).stem}_files"}  # report_files: the Markdown's images
 _ROUND = re.compile(r"round-\d+")
 
@@ -135,6 +137,7 @@ class RunDir:
         self.store = store or self.root / STORE
         self.responses, self.scored = self.root / RESPONSES, self.root / SCORED
         self.revisions = self.root / REVISIONS
+        self.generate_summary, self.revise_summary = self.root / GENERATE_SUMMARY, self.root / REVISE_SUMMARY
         self.judgments, self.ranking, self.report = self.root / JUDGMENTS, self.root / RANKING, self.root / REPORT
         self.eval = self.root / "eval"
         self.stages = self.root / "stages"

@@ -106,7 +106,7 @@ def preflight(recipe: Recipe) -> list[str]:
     recipe = round_recipe(recipe, Path("."), 1)  # '@round' sources are the base model in round 1
     problems = []
     judges = [judge_llm(j) for j in (recipe.judge, recipe.eval.judge if recipe.eval else None) if j and j.llm]
-    servers = set()
+    asked = []
     for source in [*recipe.sources, *judges]:
         try:
             check_source(source)
@@ -117,20 +117,27 @@ def preflight(recipe: Recipe) -> list[str]:
             file_answers(source, prompts_from_file(recipe.prompts), recipe.samples_per_source, recipe.prompts)
         elif source.backend == "file":
             read_file_source(source)
-        elif source.backend == "openai" and (source.base_url, source.api_key_env) not in servers:
-            servers.add((source.base_url, source.api_key_env))
-            _check_answers(source)
+        else:
+            asked.append(source)
+    ping_servers(asked)
     if recipe.eval is not None and recipe.eval.reference is not None:
         responses_from_files([read_records(recipe.eval.reference)], "auto")
     return problems
 
 
-def _check_answers(source: SourceConfig) -> None:
+def ping_servers(sources: list[SourceConfig]) -> None:
+    """Every API server these sources ask (generation sources, a reviser, LLM judges) asked once for its model list:
+    one that does not answer is an InputError naming the first source that uses it."""
     from pairforge.requests.backends.openai_api import unanswered_ping
 
-    if (reason := unanswered_ping(source)) is not None:
-        raise InputError(f"source '{source.name}'", f"the server at base_url {source.base_url or '(OpenAI)'} does "
-                         f"not answer ({reason}); start it, or fix base_url")
+    servers = set()
+    for source in sources:
+        if source.backend != "openai" or (source.base_url, source.api_key_env) in servers:
+            continue
+        servers.add((source.base_url, source.api_key_env))
+        if (reason := unanswered_ping(source)) is not None:
+            raise InputError(f"source '{source.name}'", f"the server at base_url {source.base_url or '(OpenAI)'} does "
+                             f"not answer ({reason}); start it, or fix base_url")
 
 
 def with_format_samples(recipe: Recipe) -> tuple[Recipe, list[str]]:

@@ -20,8 +20,12 @@ from pairforge import train_config as T
 PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
     "generate": ("Generate: prompts answered by every source, cached in store.sqlite (`pairforge generate`). "
                  "`--shard K/N` answers only shard K of N's prompts, into shards/K-of-N.sqlite, so many machines "
-                 "share the work; the command without --shard merges the shards (README, \"Scaling out\").",
-                 [("(top level)", R.Recipe), ("sources[]", C.SourceConfig), ("sources[].vllm", C.VLLMSettings)]),
+                 "share the work; the command without --shard merges the shards (README, \"Scaling out\"). Each "
+                 "answer's prompt and completion tokens are stored with it: the summary shows them per source with "
+                 "their cost at `price` (generate.summary.json); `--dry-run` pings every API server once and prints "
+                 "the estimated requests, tokens and cost, writing nothing.",
+                 [("(top level)", R.Recipe), ("sources[]", C.SourceConfig), ("sources[].price", C.Price),
+                  ("sources[].vllm", C.VLLMSettings)]),
     "judge": ("Judge and rank: scores or pairwise verdicts, then Bradley-Terry strength (`pairforge judge`, "
               "`pairforge rank`). An LLM judge takes `--shard K/N` as generate does (one prompt shard per "
               "machine, merged by the judge without --shard); the reward-model and similarity judges do not.",
@@ -38,7 +42,10 @@ PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
              "--shard merges the shards and writes the leaderboard.",
              [("eval", C.EvalConfig), ("eval.vllm", C.VLLMSettings)]),
     "run": ("Run: the whole recipe end to end (`pairforge run`), resumable; `--quick` shrinks it; `rounds` repeats "
-            "it with the trained policy answering again.", [("(top level)", R.Recipe), ("quick", R.QuickConfig)]),
+            "it with the trained policy answering again. `--dry-run` prints the plan and the estimated requests, "
+            "tokens and cost per stage and source (generate, revise, an LLM judge, eval; `pf.estimate` in Python); "
+            "the report's Cost section shows what every source's stored answers cost.",
+            [("(top level)", R.Recipe), ("quick", R.QuickConfig)]),
 }
 # a recipe snippet closing a page: the settings a GPU or API user sets together
 EXAMPLES = {

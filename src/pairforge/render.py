@@ -15,9 +15,11 @@ from rich.table import Table
 
 from pairforge.generation.summary import GenerationSummary
 from pairforge.pairs.summary import PairsSummary, RevisionStats
+from pairforge.requests.usage import Usage
 from pairforge.revision import RevisionSummary
 
 if TYPE_CHECKING:  # the stages' results: read here by attribute, imported by their stages
+    from pairforge.costs import Estimate
     from pairforge.evaluation.leaderboard import Leaderboard, Versus
     from pairforge.evaluation.stats import Interval
     from pairforge.judging.ranking import DeclaredCheck, Ranking
@@ -266,6 +268,52 @@ def revising(summary: RevisionSummary) -> Grid:
     grid.rows.append([str(tally.total), str(tally.cached), str(tally.done), str(summary.failed),
                       str(tally.retries), quartiles, bars(distances.histogram)])
     return grid
+
+
+# --- tokens and cost ---------------------------------------------------------------------------------
+
+USAGE_NOTE = "every stored answer of these requests, cached ones included: what the data cost"
+
+
+def dollars(value: float | None) -> str:
+    """USD with cents, tenths of a cent below a dollar; '-' without a price."""
+    return "-" if value is None else f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
+
+
+def usage(title: str, sources: dict[str, Usage], total: bool = False) -> Grid | None:
+    """Each source's tokens and cost (and their total); prompt tokens of answers stored before they were counted
+    are unknown."""
+    if not sources:
+        return None
+    grid = Grid(f"{title} ({USAGE_NOTE})", ["source", "answers", "prompt tokens", "completion tokens", "cost (USD)"])
+    rows = dict(sources)
+    if total:
+        rows["total"] = Usage.total(list(sources.values()))
+    for name, u in rows.items():
+        unknown = f" + {u.unknown} answers unknown" if u.unknown else ""  # stored before prompts were counted
+        grid.rows.append([name, str(u.answers), f"{u.prompt_tokens}{unknown}", str(u.completion_tokens),
+                          ("≥" if u.unknown and u.cost is not None else "") + dollars(u.cost)])
+    return grid
+
+
+def estimate(result: Estimate) -> tuple[Grid, str]:
+    """The dry run's estimate per stage and source, and the line that says how it was made."""
+    rounds = f" of round 1 of {result.rounds} (later rounds: the '@round' sources and what follows)" \
+        if result.rounds > 1 else ""
+    grid = Grid(f"estimate{rounds}: requests, tokens, cost", ["stage", "source", "requests", "prompt tokens",
+                                                                "completion tokens (at most)", "cost (USD, at most)"],
+                left=2)
+    for line in result.lines:
+        grid.rows.append([line.stage, line.source, str(line.requests), ("" if line.counted else "≈") +
+                          str(line.prompt_tokens), str(line.completion_tokens), dollars(line.cost)])
+    grid.rows.append(["total", "", str(sum(x.requests for x in result.lines)),
+                      ("" if all(x.counted for x in result.lines) else "≈") +
+                      str(sum(x.prompt_tokens for x in result.lines)),
+                      str(sum(x.completion_tokens for x in result.lines)), dollars(result.cost)])
+    return grid, ("prompt tokens counted with each local model's tokenizer; ≈: a server's model, estimated as "
+                  "characters / 4; completions at max_new_tokens (an upper bound); answers not written yet (what "
+                  "a reviser or judge reads) at their source's max_new_tokens; cost = tokens x price / 1e6, - "
+                  "without a `price`; answers already in the store are not asked again and are not subtracted")
 
 
 # --- the pipeline and the curriculum ------------------------------------------------------------------

@@ -35,6 +35,7 @@ from pairforge.requests.backends.base import Request, check_source
 from pairforge.requests.engine import Tally, answer_all, cache_key, make_backend, progress_bar, request_seed
 from pairforge.requests.shards import Shard
 from pairforge.requests.store import opened
+from pairforge.requests.usage import UsageSummary
 from pairforge.text import prompt_text
 
 _PLACEHOLDER = re.compile(r"\{(instruction|answer)\}")
@@ -42,12 +43,15 @@ _PLACEHOLDER = re.compile(r"\{(instruction|answer)\}")
 
 @dataclass
 class RevisionSummary:
-    """What `revise` did (nothing of it is written as a file: the CLI shows it with `render.revising`)."""
+    """What `revise` did (the CLI shows it with `render.revising`; of it only the reviser's tokens and cost are
+    written, revise.summary.json)."""
 
     tally: Tally  # the reviser's requests
     revisions: Path  # the exported revisions (revisions.parquet)
     exported: int  # revisions in it
     edit_distance: EditDistances  # distribution of the exported revisions' edit distances
+    reviser: str = ""  # the reviser's source name
+    usage_file: Path | None = None  # revise.summary.json: the reviser's tokens and cost (`tally.usage`)
 
     @property
     def failed(self) -> int:
@@ -78,14 +82,16 @@ def revise(recipe: Recipe, out_dir: Path, responses: Path | None = None, retry_f
     with opened(store_path or out_dir / layout.STORE, shard) as store:
         with progress_bar(show_progress) as progress:
             tally = answer_all(requests, lambda: make_backend(reviser), store, "revision", f"{cfg.reviser} revises",
-                               progress, retry_failed)
+                               progress, retry_failed, reviser.price)
         if shard:
-            return RevisionSummary(tally, store.path, tally.cached + tally.done, distribution([]))
+            return RevisionSummary(tally, store.path, tally.cached + tally.done, distribution([]), reviser.name)
         entries = store.get(r.key for r in requests)
     texts = [entries[r.key].value if r.key in entries and entries[r.key].ok else None for r in requests]
     revisions = _revision_rows(originals, texts, cfg)
     written = write_table(revisions, out_dir / layout.REVISIONS)
-    return RevisionSummary(tally, written, revisions.height, distribution(revisions["edit_distance"].to_list()))
+    usage_file = UsageSummary(sources={reviser.name: tally.usage}).write(out_dir / layout.REVISE_SUMMARY)
+    return RevisionSummary(tally, written, revisions.height, distribution(revisions["edit_distance"].to_list()),
+                           reviser.name, usage_file)
 
 
 def revision_requests(originals: pl.DataFrame, reviser: SourceConfig, cfg: RevisionConfig) -> list[Request]:

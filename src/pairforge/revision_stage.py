@@ -15,7 +15,7 @@ def run_stage(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[P
 
     result = revise_answers(recipe, run.root, retry_failed=retry_failed, store_path=run.store)
     all_answered(result.failed, "revise")
-    return [result.revisions]
+    return [result.revisions, *([result.usage_file] if result.usage_file else [])]
 
 
 def units(r: Round) -> list[StageUnit]:

@@ -17,6 +17,7 @@ from pairforge.recipe import Recipe
 from pairforge.requests.shards import Shard, chosen
 
 if TYPE_CHECKING:
+    from pairforge.costs import Estimate
     from pairforge.generation.summary import GenerationSummary
     from pairforge.judging.scoring import JudgeResult
     from pairforge.rank_stage import Ranked
@@ -34,6 +35,21 @@ def generate(recipe: Recipe | str | Path, out: str | Path = ".", *, retry_failed
     cfg = recipe_for(recipe, out, dtype)
     with writing(out, shard=part):
         return answer_prompts(cfg, out, retry_failed, sources, shard=part)
+
+
+def generate_estimate(recipe: Recipe | str | Path, out: str | Path = ".", *, sources: list[str] | None = None,
+                      dtype: str | None = None) -> Estimate:
+    """`generate --dry-run`: the sources checked as `generate` checks them, every API server they ask pinged once (one
+    that does not answer is an InputError naming the source), and what generating will ask (`estimate`). Writes
+    nothing."""
+    from pairforge.api.recipes import estimate
+    from pairforge.generation.answers import checked_sources
+    from pairforge.pipeline import ping_servers
+
+    cfg = recipe_for(recipe, Path(out), dtype)
+    names = checked_sources(cfg, sources)
+    ping_servers([s for s in cfg.sources if s.name in names])
+    return estimate(cfg, ("generate",), names)
 
 
 def revise(recipe: Recipe | str | Path, out: str | Path = ".", *, responses: str | Path | None = None,

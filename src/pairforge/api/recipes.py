@@ -15,6 +15,7 @@ from pairforge.recipe import Recipe, check_reads_apart, load_recipe
 from pairforge.rounds import round_dir
 
 if TYPE_CHECKING:
+    from pairforge.costs import Estimate
     from pairforge.evaluation.leaderboard import Leaderboard
     from pairforge.judging.ranking import Ranking
     from pairforge.pipeline import Plan
@@ -99,3 +100,17 @@ def checked_plan(cfg: Recipe, run_dir: Path, start: str | None, stop: str | None
     pipeline.check_stage_names(the_plan, start, stop)
     pipeline.check_folders(the_plan)
     return the_plan, [*notes, *pipeline.preflight(checked)]
+
+
+def estimate(recipe: Recipe | str | Path, stages: tuple[str, ...] = ("generate", "revise", "judge", "eval"),
+             sources: list[str] | None = None) -> Estimate:
+    """What the recipe (a YAML path or a `Recipe`) will ask its models in these stages, before anything runs: requests,
+    prompt tokens (each local model's tokenizer; a server's model at characters / 4), completion tokens at most and
+    cost at each source's `price`, per stage and source (`sources`: only these). Asks no model, writes nothing;
+    `pairforge run --dry-run` and `pairforge generate --dry-run` print it."""
+    from pairforge.costs import Estimate
+    from pairforge.costs import estimate as estimated
+
+    cfg = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    result = estimated(cfg, stages)
+    return result if sources is None else Estimate([x for x in result.lines if x.source in sources], result.rounds)

@@ -111,13 +111,21 @@ def generate_command(
     dtype: str | None = typer.Option(None, help=f"the local sources' weights: {options.choices(SourceConfig, 'dtype')} "
                                      "(default: each source's own, auto unless set)"),
     shard: str | None = shard_option(asking="answer"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="check the sources, ping every API server once, print the "
+                                 "estimated requests, tokens and cost; answer nothing, write nothing"),
 ) -> None:
     """Answer the prompts with every source; resumes where it stopped (cached in <out>/store.sqlite)."""
     def command() -> None:
-        from pairforge.api.data import generate
+        from pairforge.api.data import generate, generate_estimate
 
+        if dry_run:
+            grid, how = render.estimate(generate_estimate(recipe, out, sources=source, dtype=dtype))
+            show(grid)
+            say(how)
+            say("dry run: the sources are ready; nothing was asked or written")
+            return
         result = generate(recipe, out, retry_failed=retry_failed, sources=source, dtype=dtype, shard=shard)
-        show(render.generation(result))
+        show(render.generation(result), render.usage("tokens and cost", result.usage))
         if shard:
             said_sharded(shard, out, "generate")
         else:
@@ -157,6 +165,8 @@ def judge_command(
         result = judge(recipe, out, responses=responses, retry_failed=retry_failed, shard=shard)
         summary = result.summary
         show(render.judge_summary(summary))
+        if summary.usage is not None:
+            show(render.usage("tokens and cost", {"judge": summary.usage}))
         if summary.pairwise:
             say(render.position_bias(summary))
         written = [result.scored, *([result.judgments] if result.judgments else [])]
@@ -181,7 +191,7 @@ def revise_command(
         from pairforge.api.data import revise
 
         result = revise(recipe, out, responses=responses, retry_failed=retry_failed, shard=shard)
-        show(render.revising(result))
+        show(render.revising(result), render.usage("tokens and cost", {result.reviser: result.tally.usage}))
         if shard:
             said_sharded(shard, out, "revise")
         else:

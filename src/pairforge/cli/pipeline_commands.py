@@ -143,7 +143,7 @@ def run_command(
     """The whole recipe end to end in one run folder; finished stages are skipped, so a re-run resumes."""
     def command() -> None:
         from pairforge import pipeline
-        from pairforge.api.recipes import checked_plan
+        from pairforge.api.recipes import checked_plan, estimate
         from pairforge.api.recipes import run as run_recipe
 
         if dry_run:  # takes no lock and writes nothing: --quick's prompts go to a folder gone once they are counted
@@ -151,7 +151,11 @@ def run_command(
             with tempfile.TemporaryDirectory(prefix="pairforge-") as scratch:
                 small = pipeline.quick_recipe(cfg, run_dir, Path(scratch)) if quick else cfg
                 the_plan, warnings = checked_plan(small, run_dir, from_stage, to_stage, retry_failed, dry_run)
+                cost = estimate(the_plan.recipe)  # --quick's prompts are counted before their folder goes
             _show_plan(recipe, run_dir, quick, the_plan, warnings)
+            grid, how = render.estimate(cost)
+            show(grid)
+            say(how)
             console.print("dry run: the recipe is valid and its inputs read; nothing was run", highlight=False)
             return
         started = [0.0]

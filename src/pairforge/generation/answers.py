@@ -24,6 +24,7 @@ from pairforge.requests.backends.base import Request, check_source
 from pairforge.requests.engine import Tally, answer_all, cache_key, make_backend, progress_bar, request_seed
 from pairforge.requests.shards import Shard
 from pairforge.requests.store import Store, opened
+from pairforge.requests.usage import UsageSummary
 from pairforge.text import prompt_preview
 
 
@@ -34,6 +35,38 @@ def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: li
     answers only its prompts into its own store and exports nothing: the summary's `responses` is that store and
     `exported` the answers it holds (the unsharded call merges the shards and writes responses.parquet)."""
     check_output(out_dir, "folder", "--out")
+    only = checked_sources(recipe, only)
+    assert recipe.prompts is not None
+    prompts = prompts_from_file(recipe.prompts)
+    if prompts.is_empty():
+        raise InputError(str(recipe.prompts), "no prompts in the file")
+    tallies: dict[str, Tally] = {}
+    asked = [s.name for s in recipe.sources if s.name in only and s.backend != "file"]
+    with opened(store_path or out_dir / layout.STORE, shard) as store:
+        with progress_bar(show_progress) as progress:
+            for source in recipe.sources:
+                if only and source.name not in only or source.backend == "file":
+                    continue
+                requests = source_requests(source, shard.keep(prompts) if shard else prompts,
+                                           recipe.samples_per_source)
+                tallies[source.name] = answer_all(requests, lambda s=source: make_backend(s), store, "generation",
+                                                  source.name, progress, retry_failed, source.price)
+        usage = {name: tally.usage for name, tally in tallies.items() if name in asked}
+        if shard:
+            return GenerationSummary(tallies, store.path, sum(t.cached + t.done for t in tallies.values()), usage)
+        frame = exported_responses(store, recipe, prompts)
+        for source in recipe.sources:
+            if source.backend == "file" and (not only or source.name in only):
+                found = frame.filter(pl.col(S.SOURCE) == source.name).height
+                tallies[source.name] = Tally(total=prompts.height * recipe.samples_per_source, cached=found)
+    path = write_table(frame, out_dir / layout.RESPONSES)
+    written = UsageSummary(sources=usage).write(out_dir / layout.GENERATE_SUMMARY)
+    return GenerationSummary(tallies, path, frame.height, usage, written)
+
+
+def checked_sources(recipe: Recipe, only: list[str] | None = None) -> list[str]:
+    """The names of the sources that answer (`only` those, checked to be answering sources), each checked to run
+    here (`check_source`): what `generate` and its dry run ask."""
     if recipe.prompts is None:
         raise InputError("recipe", "expected `prompts:` (a file of prompts to answer)")
     if not recipe.sources:
@@ -49,30 +82,9 @@ def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: li
                          "answers no prompts; `pairforge revise` asks it")
     only = only or answering
     for source in recipe.sources:
-        if not only or source.name in only:
+        if source.name in only:
             check_source(source)
-    prompts = prompts_from_file(recipe.prompts)
-    if prompts.is_empty():
-        raise InputError(str(recipe.prompts), "no prompts in the file")
-    tallies: dict[str, Tally] = {}
-    with opened(store_path or out_dir / layout.STORE, shard) as store:
-        with progress_bar(show_progress) as progress:
-            for source in recipe.sources:
-                if only and source.name not in only or source.backend == "file":
-                    continue
-                requests = source_requests(source, shard.keep(prompts) if shard else prompts,
-                                           recipe.samples_per_source)
-                tallies[source.name] = answer_all(requests, lambda s=source: make_backend(s), store, "generation",
-                                                  source.name, progress, retry_failed)
-        if shard:
-            return GenerationSummary(tallies, store.path, sum(t.cached + t.done for t in tallies.values()))
-        frame = exported_responses(store, recipe, prompts)
-        for source in recipe.sources:
-            if source.backend == "file" and (not only or source.name in only):
-                found = frame.filter(pl.col(S.SOURCE) == source.name).height
-                tallies[source.name] = Tally(total=prompts.height * recipe.samples_per_source, cached=found)
-    path = write_table(frame, out_dir / layout.RESPONSES)
-    return GenerationSummary(tallies, path, frame.height)
+    return only
 
 
 def source_requests(source: SourceConfig, prompts: pl.DataFrame, samples: int) -> list[Request]:

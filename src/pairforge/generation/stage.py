@@ -18,7 +18,7 @@ def run_stage(recipe: Recipe, run: RunDir, retry_failed: bool = False) -> list[P
 
     result = answer_prompts(recipe, run.root, retry_failed, store_path=run.store)
     all_answered(result.failed, "generate")
-    return [result.responses]
+    return [result.responses, *([result.usage_file] if result.usage_file else [])]
 
 
 def units(r: Round) -> list[StageUnit]:

@@ -1,14 +1,16 @@
 """What `generate` did, typed: each source's requests (answered from the cache, newly, failed), the responses
-file and how many answers it holds. Nothing of it is written as a file: the CLI shows it (`render.generation`)
-and the pipeline stops on its failures."""
+file and how many answers it holds, each asked source's tokens and cost. The CLI shows it (`render.generation`,
+`render.usage`) and the pipeline stops on its failures; only the tokens and cost are written (generate.summary.json,
+which the report reads)."""
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pairforge.requests.engine import Tally
+from pairforge.requests.usage import Usage
 
 
 @dataclass
@@ -16,6 +18,8 @@ class GenerationSummary:
     tallies: dict[str, Tally]  # source -> what happened to its requests
     responses: Path  # the exported answers (responses.parquet)
     exported: int  # answers in it
+    usage: dict[str, Usage] = field(default_factory=dict)  # each asked source's tokens and cost, cached answers too
+    usage_file: Path | None = None  # generate.summary.json: `usage` as the report reads it
 
     @property
     def failed(self) -> int:

@@ -186,7 +186,8 @@ def _pairwise(frame: pl.DataFrame, cfg: JudgeConfig, store: Store, retry_failed:
         raise InputError("judge", "nothing to compare: the pairwise judge needs at least two sources answering the "
                          "same prompt")
     with progress_bar(show_progress) as progress:
-        tally = answer_all(requests, lambda: make_backend(llm), store, "judgment", "judge", progress, retry_failed)
+        tally = answer_all(requests, lambda: make_backend(llm), store, "judgment", "judge", progress, retry_failed,
+                            llm.price)
     entries = store.get(r.key for r in requests)
     rows = []
     for prompt_id, x, y, key_xy, key_yx in comparisons:
@@ -204,7 +205,8 @@ def _pairwise(frame: pl.DataFrame, cfg: JudgeConfig, store: Store, retry_failed:
                          failed_requests=tally.failed + tally.failed_before, retries=tally.retries,
                          p_first_shown_wins=float(shown_first.mean()) if len(shown_first) else None,
                          verdicts_from_logprobs=int((judgments["method_ab"] == "logprobs").sum()
-                                                    + (judgments["method_ba"] == "logprobs").sum()))
+                                                    + (judgments["method_ba"] == "logprobs").sum()),
+                         usage=tally.usage)
     return _win_rates(frame, judgments), judgments, summary
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import model_serializer
 
+from pairforge.requests.usage import Usage
 from pairforge.results import Part, Result
 
 
@@ -36,6 +37,7 @@ class JudgeTally(_AsSet):
     retries: int | None = None
     p_first_shown_wins: float | None = None
     verdicts_from_logprobs: int | None = None
+    usage: Usage | None = None  # the LLM judge's tokens and cost, its cached verdicts included
 
 
 class SourceStats(_AsSet):

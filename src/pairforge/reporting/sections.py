@@ -3,9 +3,10 @@ figures (page.py writes them; plots.py draws the figures).
 
 `pairforge report PATH...` looks through the given folders for what the stages wrote and gives each a
 section: pairs (`*.summary.json` of `pairs build`, and its pairs file), sources (`judge.summary.json`,
-`ranking.json`), training (`run.json` + `metrics.jsonl` per run) and evaluation (`leaderboard.json` +
-`eval.parquet`). The page ends with the exact settings found and the library versions, so a run can
-be reproduced. Sections without artifacts are left out, and the page says which ones were found.
+`ranking.json`), cost (`generate.summary.json`, `revise.summary.json`, an LLM judge's usage), training (`run.json` +
+`metrics.jsonl` per run) and evaluation (`leaderboard.json` + `eval.parquet`). The page ends with the exact settings
+found and the library versions, so a run can be reproduced. Sections without artifacts are left out, and the page
+says which ones were found.
 
 Each kind of file is read through its stage's typed result (`PairsSummary`, `TrainResult`, `Leaderboard`,
 `Ranking`, `JudgeSummary`), whose `read` checks the whole file: a hand-edited file is one line naming the file and the
@@ -27,10 +28,11 @@ from pairforge.errors import InputError
 from pairforge.evaluation.leaderboard import Leaderboard
 from pairforge.judging.ranking import Ranking
 from pairforge.judging.summary import JudgeSummary
-from pairforge.layout import JUDGE_SUMMARY, LEADERBOARD, METRICS, RANKING, RUN_INFO
+from pairforge.layout import GENERATE_SUMMARY, JUDGE_SUMMARY, LEADERBOARD, METRICS, RANKING, REVISE_SUMMARY, RUN_INFO
 from pairforge.pairs.summary import PairsSummary, RevisionStats
 from pairforge.render import Grid
 from pairforge.reporting import plots
+from pairforge.requests.usage import Usage, UsageSummary
 from pairforge.training.result import TrainResult, read_metrics
 
 
@@ -46,7 +48,8 @@ class PageSection:
 
 def report_sections(paths: list[Path], files: list[Path]) -> list[PageSection]:
     """A section per kind of artifact among `files` (found under `paths`), and the settings and versions last."""
-    sections = [s for s in (_rounds(files), _pairs(files), _sources(files), _training(files), _evaluation(files)) if s]
+    sections = [s for s in (_rounds(files), _pairs(files), _sources(files), _costs(files), _training(files),
+                            _evaluation(files)) if s]
     if not sections:
         raise InputError(", ".join(map(str, paths)), "nothing to report: expected pairs summaries, training runs "
                          "(run.json + metrics.jsonl), judge/rank or eval outputs")
@@ -102,6 +105,31 @@ def _sources(files: list[Path]) -> PageSection | None:
         if ranking.declared_check:
             section.paragraphs.append(render.declared_check(ranking.declared_check))
         section.figures.append(("source-strength", plots.source_strength(ranking)))
+    return section
+
+
+def _costs(files: list[Path]) -> PageSection | None:
+    """Every model the run asked: its tokens and cost (generate.summary.json, revise.summary.json, an LLM judge's
+    judge.summary.json and leaderboard.json)."""
+    spent: dict[str, Usage] = {}
+    for f in files:
+        where = f"{_round(f)}-" if _round(f) else ""
+        if f.name in (GENERATE_SUMMARY, REVISE_SUMMARY):
+            stage = f.name.split(".")[0]
+            spent.update({f"{where}{stage}: {name}": u for name, u in UsageSummary.read(f).sources.items()})
+        elif f.name == JUDGE_SUMMARY and (judged := JudgeSummary.read(f).usage) is not None:
+            spent[f"{where}judge"] = judged
+        elif f.name == LEADERBOARD and (judged := Leaderboard.read(f).judge_summary.usage) is not None:
+            spent[f"{where}eval judge" + (f" ({f.parent.name})" if f.parent.name != "eval" else "")] = judged
+    grid = render.usage("tokens and cost", spent, total=True)
+    if grid is None:
+        return None
+    section = PageSection("cost", "Cost")
+    section.tables.append(grid)
+    section.paragraphs.append("Prompt and completion tokens of every answer in the store for this run's requests, "
+                              "cached ones included (what the data cost, not only this run's requests); cost at each "
+                              "source's `price` (USD per million tokens), - without one. Answers stored before "
+                              "pairforge counted prompt tokens are counted as unknown.")
     return section
 
 
@@ -188,8 +216,13 @@ def _reproduce(files: list[Path]) -> PageSection:
 def _label(path: Path) -> str:
     """A file's or run's name, with its round when it belongs to one (round-2-dpo): names stay unique in an
     iterative run, where every round has a pairs file, an sft run, an eval..."""
-    round_ = next((p.name for p in path.parents if re.fullmatch(r"round-\d+", p.name)), None)
+    round_ = _round(path)
     return f"{round_}-{path.name}" if round_ else path.name
+
+
+def _round(path: Path) -> str | None:
+    """The round a file or run belongs to (round-2), None outside an iterative run's rounds."""
+    return next((p.name for p in path.parents if re.fullmatch(r"round-\d+", p.name)), None)
 
 
 def _json(path: Path) -> Any:

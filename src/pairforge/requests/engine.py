@@ -19,9 +19,10 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pairforge.config import SourceConfig
+from pairforge.config import Price, SourceConfig
 from pairforge.requests.backends.base import Backend, Completion, Request
 from pairforge.requests.store import Store
+from pairforge.requests.usage import Usage, stored_usage
 
 
 @dataclass
@@ -37,6 +38,8 @@ class Tally:
     tokens: int = 0
     seconds: float = 0.0
     reasons: Counter[str] = field(default_factory=Counter)
+    prompt_tokens: int = 0  # of the requests answered now
+    usage: Usage = field(default_factory=Usage)  # every stored answer to these requests, cached ones included
 
     @property
     def tokens_per_s(self) -> float:
@@ -53,9 +56,11 @@ class _StoreReporter:
     def completed(self, request: Request, completion: Completion) -> None:
         self.store.put(request.key, self.kind, {"text": completion.text, "finish_reason": completion.finish_reason,
                                                 "tokens": completion.tokens,
-                                                "first_token_logprobs": completion.first_token_logprobs})
+                                                "first_token_logprobs": completion.first_token_logprobs,
+                                                "prompt_tokens": completion.prompt_tokens})
         self.tally.done += 1
         self.tally.tokens += completion.tokens
+        self.tally.prompt_tokens += completion.prompt_tokens or 0
         self._advance()
 
     def failed(self, request: Request, reason: str) -> None:
@@ -82,8 +87,9 @@ def progress_bar(enabled: bool = True) -> Progress:
 
 
 def answer_all(requests: list[Request], backend: Callable[[], Backend], store: Store, kind: str, label: str,
-               progress: Progress, retry_failed: bool = False) -> Tally:
-    """Answer the requests not yet in the store; the backend is only built when something is left to do."""
+               progress: Progress, retry_failed: bool = False, price: Price | None = None) -> Tally:
+    """Answer the requests not yet in the store; the backend is only built when something is left to do. The tally's
+    usage counts every stored answer to these requests at `price`."""
     known = store.get(r.key for r in requests)
     tally = Tally(total=len(requests))
     tally.cached = sum(1 for e in known.values() if e.ok)
@@ -92,6 +98,7 @@ def answer_all(requests: list[Request], backend: Callable[[], Backend], store: S
     task = progress.add_task(label, total=len(requests), completed=len(requests) - len(todo), stats="")
     if todo:
         backend().run(todo, _StoreReporter(store, kind, tally, progress, task))
+    tally.usage = stored_usage(store.get(r.key for r in requests).values(), price)
     return tally
 
 

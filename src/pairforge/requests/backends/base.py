@@ -36,6 +36,7 @@ class Completion:
     finish_reason: str  # "stop" | "length"
     tokens: int = 0  # generated tokens
     first_token_logprobs: dict[str, float] = field(default_factory=dict)  # token text -> log-prob
+    prompt_tokens: int | None = None  # the prompt's tokens as the model read them; None: the server did not say
 
 
 class Reporter(Protocol):

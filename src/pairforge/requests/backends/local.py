@@ -19,9 +19,19 @@ from transformers import LogitsProcessorList
 
 from pairforge.config import SourceConfig
 from pairforge.models import load_causal_lm
-from pairforge.prompting import has_chat_template, templated_prompt
+from pairforge.prompting import Endpoint, has_chat_template, templated_prompt
 from pairforge.requests.backends.base import Completion, Reporter, Request
 from pairforge.text import prompt_text
+
+
+def prompt_ids(tokenizer: Any, endpoint: Endpoint, messages: list[dict[str, str]]) -> list[int]:
+    """The token ids a local model reads for a request (the dry run's estimate counts them the same way)."""
+    if endpoint == "completions":
+        return tokenizer(prompt_text(messages), add_special_tokens=True)["input_ids"]
+    if not has_chat_template(tokenizer):  # a base model: the instruction template training uses too
+        return tokenizer(templated_prompt(messages), add_special_tokens=True)["input_ids"]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template has its own BOS
 
 
 class InverseCdfSampler:
@@ -79,15 +89,11 @@ class TransformersBackend:
                     report.failed(request, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
                 continue
             for request, completion in zip(batch, completions, strict=True):
+                completion.prompt_tokens = len(encoded[request.key])  # the row's own ids, without the padding
                 report.completed(request, completion)
 
     def _encode(self, messages: list[dict[str, str]]) -> list[int]:
-        if self.cfg.endpoint == "completions":
-            return self.tokenizer(prompt_text(messages), add_special_tokens=True)["input_ids"]
-        if not has_chat_template(self.tokenizer):  # a base model: the instruction template training uses too
-            return self.tokenizer(templated_prompt(messages), add_special_tokens=True)["input_ids"]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]  # the template has its own BOS
+        return prompt_ids(self.tokenizer, self.cfg.endpoint, messages)
 
     @torch.inference_mode()
     def _generate(self, batch: list[Request], prompts: list[list[int]]) -> list[Completion]:

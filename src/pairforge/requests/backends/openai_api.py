@@ -72,8 +72,10 @@ class OpenAIBackend:
                 backoff = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** attempt)
                 await asyncio.sleep(max(wait or 0.0, random.uniform(0, backoff)))
                 continue
-            if self.limiter is not None and completion.tokens:  # the prompt's estimate + the answer's own count
-                self.limiter.settle(estimate, estimate - self.cfg.max_new_tokens + completion.tokens)
+            if self.limiter is not None and completion.tokens:  # what the API counted (else the prompt estimate)
+                prompt = completion.prompt_tokens if completion.prompt_tokens is not None else \
+                    estimate - self.cfg.max_new_tokens
+                self.limiter.settle(estimate, prompt + completion.tokens)
             report.completed(request, completion)
             return
 
@@ -102,7 +104,8 @@ class OpenAIBackend:
             raise MalformedResponse("the server's choice has no text or no finish_reason")
         usage = getattr(response, "usage", None)
         tokens = usage.completion_tokens if usage is not None and usage.completion_tokens is not None else 0
-        return Completion(text, "length" if choice.finish_reason == "length" else "stop", tokens, first)
+        prompt_tokens = getattr(usage, "prompt_tokens", None) if usage is not None else None
+        return Completion(text, "length" if choice.finish_reason == "length" else "stop", tokens, first, prompt_tokens)
 
     def _classify(self, exc: Exception) -> tuple[str, bool, float | None]:
         """(reason without the key, whether to retry, seconds the server asked us to wait)."""

@@ -45,7 +45,10 @@ class VLLMBackend:
             else:
                 outputs = self.llm.generate([prompt_text(r.messages) for r in chunk], params, use_tqdm=False)
             for request, output in zip(chunk, outputs, strict=True):
-                report.completed(request, self._completion(output.outputs[0]))
+                completion = self._completion(output.outputs[0])
+                ids = output.prompt_token_ids  # the prompt as the engine tokenized it (chat template included)
+                completion.prompt_tokens = len(ids) if ids is not None else None
+                report.completed(request, completion)
 
     def _completion(self, output: Any) -> Completion:
         first: dict[str, float] = {}
