@@ -69,9 +69,10 @@ def child_bare(prompts: Path, base_url: str, concurrency: int, max_new_tokens: i
         finally:
             await client.close()
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     tokens = asyncio.run(main())
-    return {"seconds": time.perf_counter() - start, "tokens": sum(tokens), "done": len(tokens)}
+    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "tokens": sum(tokens),
+            "done": len(tokens)}
 
 
 def child_pairforge(prompts: Path, base_url: str, concurrency: int, max_new_tokens: int, folder: Path,
@@ -83,11 +84,12 @@ def child_pairforge(prompts: Path, base_url: str, concurrency: int, max_new_toke
 
     source = loopback_source(base_url, concurrency, max_new_tokens)
     frame = prompts_from_file(prompts)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     work = source_requests(source, frame, 1)
     with opened(folder / "store.sqlite") as store, progress_bar(progress) as bar:
         tally = answer_all(work, lambda: make_backend(source), store, "generation", source.name, bar)
-    return {"seconds": time.perf_counter() - start, "tokens": tally.tokens, "done": tally.done,
+    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "tokens": tally.tokens,
+            "done": tally.done,
             "failed": tally.failed, "retries": tally.retries}
 
 
@@ -104,7 +106,6 @@ def loopback_source(base_url: str, concurrency: int, max_new_tokens: int):  # no
 class Finished:
     seconds: float  # from the start of the batch to this process's exit
     peak_rss_mb: float
-    cpu_seconds: float  # user + system: what the process itself cost, less at the mercy of a busy machine
     stdout: str
 
 
@@ -125,7 +126,7 @@ def timed_processes(commands: list[list[str]], logs: Path) -> list[Finished]:
         if process.returncode != 0:
             raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{err.read_text()[-3000:]}")
         finished.append(Finished(time.perf_counter() - start, usage.ru_maxrss / 1024,
-                                 usage.ru_utime + usage.ru_stime, (logs / f"{len(finished)}.out").read_text()))
+                                 (logs / f"{len(finished)}.out").read_text()))
     return finished
 
 
@@ -165,8 +166,8 @@ def start_server(latency_ms: float) -> tuple[subprocess.Popen, str]:
 @dataclass
 class Run:
     seconds: float | None  # the request path, timed inside the process (None: a whole CLI process)
+    cpu_seconds: float | None  # its CPU time: what the client itself costs, less at the mercy of a busy machine
     process_seconds: float
-    cpu_seconds: float  # the processes' user + system time, summed
     peak_rss_mb: float
 
 
@@ -177,30 +178,31 @@ def measure(name: str, run: Callable[[Path], list[Finished]], folder: Path, n: i
     if inner is not None and (inner["done"] != n or inner.get("failed") or inner.get("retries")):
         raise SystemExit(f"{name}: {inner['done']} of {n} answered, {inner.get('failed')} failed, "
                          f"{inner.get('retries')} retried")
-    return Run(inner["seconds"] if inner else None, max(f.seconds for f in finished),
-               sum(f.cpu_seconds for f in finished), max(f.peak_rss_mb for f in finished))
+    return Run(inner["seconds"] if inner else None, inner["cpu"] if inner else None,
+               max(f.seconds for f in finished), max(f.peak_rss_mb for f in finished))
 
 
 def report(rows: dict[str, list[Run]], n: int) -> None:
     def median(runs: list[Run], field: str) -> float:
         return statistics.median(getattr(r, field) for r in runs)
 
-    base = {field: median(rows[BARE], field) for field in ("seconds", "process_seconds", "cpu_seconds")}
-    print(f"\n{'':<32}{'median s':>9}{'req/s':>7}{'vs bare':>8}{'process s':>10}{'vs bare':>8}{'CPU s':>7}"
+    base = {field: median(rows[BARE], field) for field in ("seconds", "cpu_seconds", "process_seconds")}
+    print(f"\n{'':<32}{'median s':>9}{'req/s':>7}{'vs bare':>8}{'CPU s':>7}{'vs bare':>8}{'process s':>10}"
           f"{'vs bare':>8}{'peak RSS MB':>12}")
     for name, runs in rows.items():
         if runs[0].seconds is None:
-            inner = f"{'-':>9}{'-':>7}{'-':>8}"
+            inner = f"{'-':>9}{'-':>7}{'-':>8}{'-':>7}{'-':>8}"
         else:
-            seconds = median(runs, "seconds")
-            inner = f"{seconds:>9.2f}{n / seconds:>7.0f}{seconds / base['seconds']:>7.2f}x"
-        process, cpu = median(runs, "process_seconds"), median(runs, "cpu_seconds")
-        print(f"{name:<32}{inner}{process:>10.2f}{process / base['process_seconds']:>7.2f}x{cpu:>7.1f}"
-              f"{cpu / base['cpu_seconds']:>7.2f}x{median(runs, 'peak_rss_mb'):>12,.0f}")
-    print("per run (request path s, or process s for the CLI; CPU s):")
+            seconds, cpu = median(runs, "seconds"), median(runs, "cpu_seconds")
+            inner = (f"{seconds:>9.2f}{n / seconds:>7.0f}{seconds / base['seconds']:>7.2f}x"
+                     f"{cpu:>7.1f}{cpu / base['cpu_seconds']:>7.2f}x")
+        process = median(runs, "process_seconds")
+        print(f"{name:<32}{inner}{process:>10.2f}{process / base['process_seconds']:>7.2f}x"
+              f"{median(runs, 'peak_rss_mb'):>12,.0f}")
+    print("per run (request path s and CPU s; the CLI: process s):")
     for name, runs in rows.items():
-        print(f"  {name}: " + " / ".join(f"{r.seconds if r.seconds is not None else r.process_seconds:.2f} "
-                                         f"({r.cpu_seconds:.1f})" for r in runs))
+        print(f"  {name}: " + " / ".join(f"{r.process_seconds:.2f}" if r.seconds is None else
+                                         f"{r.seconds:.2f} ({r.cpu_seconds:.1f})" for r in runs))
 
 
 def main() -> None:
