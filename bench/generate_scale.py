@@ -4,17 +4,21 @@
 its own process; a fixed latency per completion so the server is not the only bottleneck). Measured, each
 run in its own child process (so its peak RSS is its own), the modes alternating in one run:
 
-- bare: `openai.AsyncOpenAI` with a semaphore, `asyncio.gather` over every prompt; nothing stored;
+- bare: `openai.AsyncOpenAI` with a semaphore, `asyncio.gather` over every prompt, each request with the
+  fields pairforge sends for a default source (model, messages, temperature, top_p, max_tokens, seed: the
+  client's per-field work is part of the cost); nothing stored;
 - pairforge: what `pairforge generate` does for one openai source: `source_requests` (cache keys, seeds),
   a fresh SQLite `Store` in a temp folder, `requests.engine.answer_all` with OpenAIBackend, every outcome
-  committed as it arrives; the progress bar either on, rendering to a non-tty (stderr is a pipe, as under
+  committed as it arrives; the progress bar either on, rendering to a non-tty (stderr is a file, as under
   nohup or CI), or off;
 - pairforge generate: the whole CLI process (`python -m pairforge generate RECIPE --out DIR`: interpreter
   start, imports, reading the prompts, the export to responses.parquet), against the bare child's whole
-  process.
+  process. `timed_processes` runs several commands at once and `generate_command` takes extra options, so
+  shards (`--shard k/N` processes at once, then the unsharded merge) are timed the same way.
 
-Request-path seconds are timed inside each child around the requests only (prompts already read). Medians
-over --repeat runs; the ratio is median seconds / the bare loop's median seconds.
+Request-path seconds and CPU seconds (all threads) are measured inside each child around the requests only
+(prompts already read); on a busy machine the CPU seconds are the steadier figure. Medians over --repeat runs;
+each ratio is a median / the bare loop's median.
 
     .venv/bin/python bench/generate_scale.py [--prompts 10000] [--concurrency 64] [--latency-ms 20] [--repeat 3]
 """
