@@ -48,7 +48,7 @@ IN_PROCESS = {BARE: "bare", "pairforge, progress to non-tty": "pairforge-progres
 CLI = "pairforge generate (CLI)"
 
 
-# --- the children: one measured run each, reporting {"seconds", "tokens", "done"} on their last stdout line ---
+# --- the children: one measured run each, its figures as JSON on the last stdout line ---
 
 def child_bare(prompts: Path, base_url: str, concurrency: int, max_new_tokens: int) -> dict:
     import asyncio
@@ -81,6 +81,8 @@ def child_bare(prompts: Path, base_url: str, concurrency: int, max_new_tokens: i
 
 def child_pairforge(prompts: Path, base_url: str, concurrency: int, max_new_tokens: int, folder: Path,
                     progress: bool) -> dict:
+    import openai  # noqa: F401 - imported before the clock starts, as in the bare loop (the backend imports it late)
+
     from pairforge.generation.answers import source_requests
     from pairforge.records import prompts_from_file
     from pairforge.requests.engine import answer_all, make_backend, progress_bar
@@ -93,8 +95,7 @@ def child_pairforge(prompts: Path, base_url: str, concurrency: int, max_new_toke
     with opened(folder / "store.sqlite") as store, progress_bar(progress) as bar:
         tally = answer_all(work, lambda: make_backend(source), store, "generation", source.name, bar)
     return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "tokens": tally.tokens,
-            "done": tally.done,
-            "failed": tally.failed, "retries": tally.retries}
+            "done": tally.done, "failed": tally.failed, "retries": tally.retries}
 
 
 def loopback_source(base_url: str, concurrency: int, max_new_tokens: int):  # noqa: ANN201 - pairforge imported late
@@ -108,7 +109,7 @@ def loopback_source(base_url: str, concurrency: int, max_new_tokens: int):  # no
 
 @dataclass
 class Finished:
-    seconds: float  # from the start of the batch to this process's exit
+    seconds: float  # from the start of the batch until it was reaped (in order: the largest is the batch's time)
     peak_rss_mb: float
     stdout: str
 
@@ -122,15 +123,14 @@ def timed_processes(commands: list[list[str]], logs: Path) -> list[Finished]:
     for i, command in enumerate(commands):
         out, err = logs / f"{i}.out", logs / f"{i}.err"
         with out.open("w") as stdout, err.open("w") as stderr:
-            running.append((command, subprocess.Popen(command, stdout=stdout, stderr=stderr), err))
+            running.append((command, subprocess.Popen(command, stdout=stdout, stderr=stderr), out, err))
     finished = []
-    for command, process, err in running:
+    for command, process, out, err in running:
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
         if process.returncode != 0:
             raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{err.read_text()[-3000:]}")
-        finished.append(Finished(time.perf_counter() - start, usage.ru_maxrss / 1024,
-                                 (logs / f"{len(finished)}.out").read_text()))
+        finished.append(Finished(time.perf_counter() - start, usage.ru_maxrss / 1024, out.read_text()))
     return finished
 
 
