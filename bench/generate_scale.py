@@ -13,8 +13,10 @@ run in its own child process (so its peak RSS is its own), the modes alternating
   nohup or CI), or off;
 - pairforge generate: the whole CLI process (`python -m pairforge generate RECIPE --out DIR`: interpreter
   start, imports, reading the prompts, the export to responses.parquet), against the bare child's whole
-  process. `timed_processes` runs several commands at once and `generate_command` takes extra options, so
-  shards (`--shard k/N` processes at once, then the unsharded merge) are timed the same way.
+  process;
+- N shards + merge: `--shards N` processes `pairforge generate RECIPE --out DIR --shard k/N` started at once
+  (each into DIR/shards/k-of-N.sqlite), then the unsharded `pairforge generate` that merges them and writes
+  responses.parquet sending no request; its time is the shards' (the slowest) plus the merge's.
 
 Request-path seconds and CPU seconds (all threads) are measured inside each child around the requests only
 (prompts already read); on a busy machine the CPU seconds are the steadier figure. Medians over --repeat runs;
@@ -46,6 +48,10 @@ BARE = "bare AsyncOpenAI loop"
 IN_PROCESS = {BARE: "bare", "pairforge, progress to non-tty": "pairforge-progress",
               "pairforge, progress off": "pairforge-quiet"}
 CLI = "pairforge generate (CLI)"
+
+
+def sharded_name(n: int) -> str:
+    return f"{n} shard processes + merge (CLI)"
 
 
 # --- the children: one measured run each, its figures as JSON on the last stdout line ---
@@ -139,6 +145,16 @@ def generate_command(recipe: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "pairforge", "generate", str(recipe), "--out", str(out), *extra]
 
 
+def shards_then_merge(recipe: Path, folder: Path, n: int) -> list[Finished]:
+    """N shard processes at once, then the unsharded merge: the last entry's seconds is the whole wall time."""
+    out = folder / "out"
+    shards = timed_processes([generate_command(recipe, out, "--shard", f"{k}/{n}") for k in range(1, n + 1)],
+                             folder / "logs")
+    merge = timed_processes([generate_command(recipe, out)], folder / "logs-merge")[0]
+    took = max(f.seconds for f in shards)
+    return [*shards, Finished(took + merge.seconds, max(f.peak_rss_mb for f in [*shards, merge]), merge.stdout)]
+
+
 def child_command(mode: str, prompts: Path, base_url: str, args: argparse.Namespace, folder: Path) -> list[str]:
     return [sys.executable, str(SCRIPT), "--child", mode, "--prompts-file", str(prompts), "--base-url", base_url,
             "--concurrency", str(args.concurrency), "--max-new-tokens", str(args.max_new_tokens),
@@ -178,7 +194,7 @@ class Run:
 def measure(name: str, run: Callable[[Path], list[Finished]], folder: Path, n: int) -> Run:
     finished = run(folder)
     last = finished[-1]
-    inner = json.loads(last.stdout.strip().splitlines()[-1]) if name != CLI else None
+    inner = json.loads(last.stdout.strip().splitlines()[-1]) if name in IN_PROCESS else None
     if inner is not None and (inner["done"] != n or inner.get("failed") or inner.get("retries")):
         raise SystemExit(f"{name}: {inner['done']} of {n} answered, {inner.get('failed')} failed, "
                          f"{inner.get('retries')} retried")
@@ -217,6 +233,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-cli", action="store_true", help="skip the whole `pairforge generate` process")
+    parser.add_argument("--shards", type=int, default=2, help="also time N `--shard k/N` processes at once, then "
+                        "the merge (0: skip)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--prompts-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
@@ -240,12 +258,14 @@ def main() -> None:
                 for name, mode in IN_PROCESS.items()}
             if not args.no_cli:
                 modes[CLI] = lambda folder: timed_processes([generate_command(recipe, folder / "out")], folder / "logs")
+            if args.shards > 1:
+                modes[sharded_name(args.shards)] = lambda folder: shards_then_merge(recipe, folder, args.shards)
             rows: dict[str, list[Run]] = {name: [] for name in modes}
             names = list(modes)
             for r in range(args.repeat):
                 for name in names[r % len(names):] + names[:r % len(names)]:  # rotate: no mode always goes first
-                    rows[name].append(measure(name, modes[name], work / f"run{r}-{IN_PROCESS.get(name, 'cli')}",
-                                              args.prompts))
+                    folder = work / f"run{r}-{IN_PROCESS.get(name, 'cli' if name == CLI else 'shards')}"
+                    rows[name].append(measure(name, modes[name], folder, args.prompts))
                     print(f"repeat {r + 1}: {name} done", file=sys.stderr, flush=True)
         finally:
             server.terminate()

@@ -55,7 +55,7 @@ class OpenAIBackend:
             await client.close()
 
     async def _answer(self, client: Any, request: Request, report: Reporter) -> None:
-        estimate = estimated_tokens(self.cfg, request.messages)
+        estimate = estimated_tokens(self.cfg, request.messages) if self.limiter is not None else 0.0
         for attempt in range(self.cfg.max_retries + 1):
             if self.limiter is not None:  # every attempt is a request the API counts
                 await self.limiter.take_turn(estimate)
