@@ -91,6 +91,9 @@ class Recipe(Section):
         judge_run = self.eval.judge_run if self.eval else None
         if judge_run is not None and (problem := eval_folder_problem(judge_run)):
             raise ValueError(f"eval.judge_run: {problem}")
+        if judge_run is not None and any(arm_of(r.name) == (judge_run, r.seed) for r in self.runs):
+            raise ValueError(f"eval.judge_run '{judge_run}' has seeds: which seed's reward model scores the answers? "
+                             f"expected eval.judge_run: {judge_run}@SEED")
         if judge_run is not None:
             run = next((r for r in self.runs if r.name == judge_run), None)
             if run is None or run.trains_policy or run.split != "judge":
