@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pairforge.evaluation.stats import length_controlled_win_rate, paired_difference, win_rate
+from pairforge.evaluation.stats import length_controlled_win_rate, paired_difference, pooled_difference, win_rate
 
 
 def test_win_rate_counts_ties_half_and_its_interval_is_sane() -> None:
@@ -85,3 +85,58 @@ def test_a_length_controlled_rate_far_from_the_raw_one_is_pointed_out() -> None:
         "long: the length-controlled win rate (0.800) is +0.190 from the raw one (0.610): length explains much of "
         "its verdicts, or its lengths barely overlap the reference's (then the length-controlled value is an "
         "extrapolation): read both"]
+
+
+def test_pooled_difference_over_identical_seeds_is_the_single_seed_test() -> None:
+    """Three seeds that answer alike add nothing: the test over prompts x seeds is the test over prompts."""
+    rng = np.random.default_rng(3)
+    a, b = rng.random(30), rng.random(30) * 0.9
+    single = paired_difference(a, b, bootstrap=500)
+    pooled = pooled_difference(np.repeat(a, 3), np.repeat(b, 3), np.repeat(np.arange(30), 3), bootstrap=500)
+    assert pooled.p_value == single.p_value
+    assert (pooled.value, pooled.low, pooled.high) == pytest.approx((single.value, single.low, single.high))
+
+
+def test_pooled_difference_flips_prompts_not_rows_so_seed_rows_are_not_counted_as_evidence() -> None:
+    """Seeds of one prompt share its difficulty: here every prompt's difference is its own (large spread over
+    prompts) and the seeds only wobble around it, cancelling within the prompt. The pooled test sees 20 prompts and
+    the per-prompt means; a naive test over the 60 prompt x seed rows counts each prompt three times: its p and its
+    interval are smaller for the same data, and under no effect at all it rejects far more often than the 5% it
+    promises."""
+    rng = np.random.default_rng(7)
+
+    def data(effect: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        per_prompt = effect + rng.normal(0, 0.3, 20)
+        wobble = rng.normal(0, 0.02, (20, 3))
+        rows = (per_prompt[:, None] + wobble - wobble.mean(axis=1, keepdims=True)).ravel()  # cancels per prompt
+        return rows, np.zeros(60), np.repeat(np.arange(20), 3)
+
+    a, b, prompts = data(0.12)
+    pooled = pooled_difference(a, b, prompts, bootstrap=2000)
+    naive = paired_difference(a, b, bootstrap=2000)
+    assert pooled.value == pytest.approx(naive.value)
+    assert naive.p_value < pooled.p_value and (pooled.high - pooled.low) / (naive.high - naive.low) > 1.5  # ~ sqrt 3
+    by_prompt = paired_difference(a.reshape(20, 3).mean(axis=1), np.zeros(20), bootstrap=2000)
+    assert pooled.p_value == by_prompt.p_value and pooled.low == pytest.approx(by_prompt.low)
+    rejected = {"pooled": 0, "naive": 0}
+    for _ in range(300):
+        a, b, prompts = data(0.0)
+        rejected["pooled"] += pooled_difference(a, b, prompts, bootstrap=200).significant
+        rejected["naive"] += paired_difference(a, b, bootstrap=200).significant
+    assert rejected["pooled"] / 300 < 0.09 and rejected["naive"] / 300 > 0.15  # anti-conservative: not 5%
+
+
+def test_pooled_difference_is_exact_for_few_prompts_however_many_seeds() -> None:
+    """4 prompts won by every one of 3 seeds: all 16 sign patterns of the 4 prompt means, p = 2/16 (12 rows taken
+    as independent would claim 2/4096)."""
+    a, prompts = np.full(12, 0.9), np.repeat(np.arange(4), 3)
+    pooled = pooled_difference(a, np.full(12, 0.4), prompts)
+    assert pooled.p_value == pytest.approx(2 / 16) and pooled.value == pytest.approx(0.5)
+    assert paired_difference(a, np.full(12, 0.4)).p_value < 0.001
+
+
+def test_pooled_difference_averages_each_prompt_over_the_seeds_it_has() -> None:
+    """A prompt a seed could not be judged on is averaged over the other seeds: each prompt weighs the same."""
+    a = np.array([1.0, 0.0, 1.0, 1.0, 0.5])
+    prompts = np.array(["p", "p", "q", "r", "r"])
+    assert pooled_difference(a, np.zeros(5), prompts).value == pytest.approx((0.5 + 1.0 + 0.75) / 3)

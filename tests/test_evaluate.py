@@ -276,3 +276,31 @@ def test_an_unknown_baseline_is_refused_before_any_work(tmp_path: Path) -> None:
                      "--baseline", "base", "--out", str(tmp_path / "e"))
     assert result.returncode == 2 and "--baseline: no model named 'base' (models: weak)" in result.stderr
     assert not (tmp_path / "e").exists()
+
+
+def test_seeds_of_a_run_are_one_row_and_runs_are_compared_over_prompts_and_seeds(tmp_path: Path) -> None:
+    """Models NAME@SEED are one run's seeds: each keeps its row, and the run gets one more, the mean over its seeds,
+    ranked with the unseeded models; runs with the same seeds are compared seed by seed, per prompt averaged."""
+    files = {"sft@0": "medium", "sft@1": "weak", "dpo@0": "strong", "dpo@1": "medium", "base": "weak"}
+    result = run_cli("eval", *(a for name, f in files.items() for a in ("--outputs", f"{name}={SAMPLE / f}.json")),
+                     "--reference", str(SAMPLE / "strong.json"), "--judge", "similarity", "--baseline", "base",
+                     "--out", str(tmp_path), "--bootstrap", "200")
+    assert result.returncode == 0, result.stderr
+    board = json.loads((tmp_path / "leaderboard.json").read_text())
+    rows = {m["model"]: m for m in board["models"]}
+    assert [m["model"] for m in board["models"]] == ["dpo", "sft", "base", "sft@0", "sft@1", "dpo@0", "dpo@1"]
+    score = {name: row["score"]["value"] for name, row in rows.items()}
+    assert score["sft"] == pytest.approx((score["sft@0"] + score["sft@1"]) / 2) and rows["sft"]["seeds"] == [0, 1]
+    assert rows["dpo"]["vs_next"]["model"] == "sft" and rows["sft@1"]["vs_baseline"]["model"] == "base"
+    pooled = {(c["model"], c["versus"]["model"]): c["versus"] for c in board["comparisons"]}
+    assert set(pooled) == {("dpo", "sft"), ("dpo", "base"), ("sft", "base")}
+    assert pooled[("dpo", "sft")]["difference"] == pytest.approx(score["dpo"] - score["sft"])
+    assert pooled[("dpo", "sft")]["prompts"] == 50 and pooled[("dpo", "sft")]["p_value"] < 0.05
+    assert "dpo (2 seeds)" in result.stderr and "pooled over prompts and seeds" in result.stderr
+
+
+def test_a_model_named_like_a_seeded_run_is_refused_before_any_work(tmp_path: Path) -> None:
+    result = run_cli("eval", "--outputs", f"sft={SAMPLE / 'weak.json'}", "--outputs", f"sft@0={SAMPLE / 'weak.json'}",
+                     "--reference", str(SAMPLE / "strong.json"), "--judge", "similarity", "--out", str(tmp_path / "e"))
+    assert result.returncode == 2 and "'sft' names a model and also the seeds sft@0" in result.stderr
+    assert not (tmp_path / "e").exists()

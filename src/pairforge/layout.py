@@ -48,23 +48,39 @@ RESERVED_MODEL_NAMES = (BASE_NAME, REFERENCE_NAME)
 
 
 _FILE_NAME = re.compile(r"\w[\w.+-]*")
+_SEEDED = re.compile(r"(?P<arm>\w[\w.+-]*)@(?P<seed>[0-9]+)")  # NAME@SEED: one seed of a run with `seeds`
 
 
 def name_problem(name: str) -> str | None:
     """Why a run's or model's name cannot name its files inside a run folder (None: it can). A name with '/'
-    or '..' wrote a run outside the run folder, and a rerun with other settings deleted that folder."""
-    if _FILE_NAME.fullmatch(name):
+    or '..' wrote a run outside the run folder, and a rerun with other settings deleted that folder. NAME@SEED
+    is a name too: one seed of a seeded run (`seeded_name`), and `eval --models` pools such models by NAME."""
+    if _FILE_NAME.fullmatch(name) or _SEEDED.fullmatch(name):
         return None
     return (f"expected a name for files and folders (letters, digits, '_', '.', '+', '-', starting with a letter "
-            f"or digit), found {name!r}")
+            f"or digit; NAME@SEED for one seed of a run), found {name!r}")
 
 
 def run_name_problem(name: str) -> str | None:
-    """Why a training run cannot take this name (None: it can): not a file name, or one the evaluation keeps."""
+    """Why a recipe's run cannot take this name (None: it can): not a file name, one the evaluation keeps, or a
+    NAME@SEED, which only `seeds:` makes (a hand-written sft@0 could collide with a seeded sft's first seed)."""
     if name in RESERVED_MODEL_NAMES:
         return (f"run name '{name}' is reserved: the evaluation names the starting model '{BASE_NAME}' and the "
                 f"reference answers '{REFERENCE_NAME}' (expected another name)")
+    if _SEEDED.fullmatch(name):
+        return f"run name '{name}': '@SEED' names are made by `seeds: [...]` (expected a name without '@')"
     return name_problem(name)
+
+
+def seeded_name(name: str, seed: int) -> str:
+    """The name of one seed of a run with `seeds`: its folder train/NAME@SEED and its model in the evaluation."""
+    return f"{name}@{seed}"
+
+
+def arm_of(name: str) -> tuple[str, int | None]:
+    """(NAME, SEED) of a seeded name NAME@SEED; (name, None) for any other name."""
+    match = _SEEDED.fullmatch(name)
+    return (match["arm"], int(match["seed"])) if match else (name, None)
 
 
 def eval_folder_problem(name: str) -> str | None:

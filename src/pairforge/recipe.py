@@ -12,7 +12,7 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from pairforge.config import (
     ROUND_MODEL,
@@ -25,9 +25,9 @@ from pairforge.config import (
     error_message,
 )
 from pairforge.errors import InputError, describe
-from pairforge.layout import RunDir, eval_folder_problem
+from pairforge.layout import RunDir, arm_of, eval_folder_problem
 from pairforge.prompting import PromptFormat, prompt_format_of_endpoint
-from pairforge.train_config import RunConfig, TrainConfig
+from pairforge.train_config import RunConfig, TrainConfig, expand_seeds
 
 MAX_ROUNDS = 50  # each round trains and evaluates again: published iterative DPO runs 3-5; 100000 is a typo
 
@@ -73,6 +73,12 @@ class Recipe(Section):
     round_run: str | None = Field(None, description="the run whose trained model is '@round' in the next round "
                                   "(default: the last run that trains a policy)")
 
+    @field_validator("runs")
+    @classmethod
+    def _one_run_per_seed(cls, runs: list[RunConfig]) -> list[RunConfig]:
+        """Seeded runs expanded here, once, so every stage, the plan, --from/--to and the rounds see NAME@SEED."""
+        return expand_seeds(runs)
+
     @model_validator(mode="after")
     def _named_runs(self) -> Recipe:
         seen: list[str] = []
@@ -85,6 +91,9 @@ class Recipe(Section):
         judge_run = self.eval.judge_run if self.eval else None
         if judge_run is not None and (problem := eval_folder_problem(judge_run)):
             raise ValueError(f"eval.judge_run: {problem}")
+        if judge_run is not None and any(arm_of(r.name) == (judge_run, r.seed) for r in self.runs):
+            raise ValueError(f"eval.judge_run '{judge_run}' has seeds: which seed's reward model scores the answers? "
+                             f"expected eval.judge_run: {judge_run}@SEED")
         if judge_run is not None:
             run = next((r for r in self.runs if r.name == judge_run), None)
             if run is None or run.trains_policy or run.split != "judge":
@@ -100,6 +109,12 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _rounds(self) -> Recipe:
         policies = [r.name for r in self.runs if r.trains_policy]
+        arms = {arm_of(name)[0] for name in policies if arm_of(name)[1] is not None}
+        answering = self.round_run or (policies[-1] if policies and self.rounds > 1 else None)
+        if answering in arms or (self.round_run is None and answering and arm_of(answering)[1] is not None):
+            arm = arm_of(answering)[0]
+            raise ValueError(f"run '{arm}' has seeds: which seed's model answers the next round? expected round_run: "
+                             f"{arm}@SEED")
         if self.round_run is not None and self.round_run not in policies:
             raise ValueError(f"round_run '{self.round_run}' is not a run that trains a policy (runs: "
                              f"{', '.join(policies) or 'none'})")

@@ -6,6 +6,7 @@ documented fields are always the validated ones.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,24 @@ PAGES: dict[str, tuple[str, list[tuple[str, type[BaseModel]]]]] = {
                                            ("curriculum.stages[]", T.CurriculumStage)]),
     "eval": ("Eval: every run judged against reference answers (`pairforge eval`; `eval` in a pipeline). "
              "`pairforge eval --shard K/N` answers and judges one prompt shard as generate does; eval without "
-             "--shard merges the shards and writes the leaderboard.",
+             "--shard merges the shards and writes the leaderboard. A run "
+             "trained with `seeds` (models NAME@SEED) keeps a row per seed and gets one more, NAME (its seeds' "
+             "mean), ranked with the other models; its tests (vs next, vs the baseline, and `comparisons`: every two "
+             "ranked rows) are paired differences pooled over prompts and seeds: per prompt, the difference averaged "
+             "over the seeds (seed s against seed s when both runs have the same seeds, against an unseeded model's "
+             "one answer otherwise); the sign-flip test flips the signs of these per-prompt differences and the "
+             "bootstrap resamples them, because prompts are independent draws and the seeds of one prompt are not "
+             "(prompt x seed rows taken as independent give p-values too small).",
              [("eval", C.EvalConfig), ("eval.vllm", C.VLLMSettings)]),
     "run": ("Run: the whole recipe end to end (`pairforge run`), resumable; `--quick` shrinks it; `rounds` repeats "
             "it with the trained policy answering again. `--dry-run` prints the plan and the estimated requests, "
             "tokens and cost per stage and source (generate, revise, an LLM judge, eval; `pf.estimate` in Python); "
-            "the report's Cost section shows what every source's stored answers cost.",
+            "the report's Cost section shows what every source's stored answers cost. A run with `seeds: [0, 1, 2]` "
+            "(runs[], docs/train.md) is "
+            "one run per seed, NAME@SEED: its folder train/NAME@SEED/, its stage train:NAME@SEED (for --from / "
+            "--to), its model in the evaluation; `after` a run with the same seeds pairs them seed by seed, after "
+            "an unseeded run all seeds start from it, and `after: NAME@SEED` names one seed; with `rounds`, "
+            "`round_run: NAME@SEED` says which seed answers the next round.",
             [("(top level)", R.Recipe), ("quick", R.QuickConfig)]),
 }
 # a recipe snippet closing a page: the settings a GPU or API user sets together
@@ -92,6 +105,7 @@ def render(stage: str) -> str:
 def _type(annotation: Any) -> str:
     text = str(annotation).replace("typing.", "").replace("pathlib.", "").replace("pairforge.config.", "")
     text = text.replace("pairforge.train_config.", "")
+    text = re.sub(r"Annotated\[(\w+), FieldInfo\([^\]]*\]\)\]", r"\1", text)  # its bounds: in the words
     return text.replace("<class '", "").replace("'>", "").replace("|", "or")
 
 

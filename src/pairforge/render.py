@@ -170,12 +170,24 @@ def leaderboard(board: Leaderboard) -> Grid:
                  *([f"vs {against} [95%]"] if against else [])])
     for entry in board.models:
         nxt = entry.vs_next
-        cells = [entry.model, *(interval(getattr(entry, key)) for key, _ in shown),
+        cells = [entry.label, *(interval(getattr(entry, key)) for key, _ in shown),
                  f"{entry.mean_length:.0f} ({entry.reference_length:.0f})", str(entry.unjudged),
                  f"{nxt.difference:+.3f} ({p_value(nxt.p_value)})" if nxt else ""]
         if against:
             cells.append(difference(entry.vs_baseline) if entry.vs_baseline else "")
         grid.rows.append(cells)
+    return grid
+
+
+def comparisons(board: Leaderboard) -> Grid | None:
+    """With seeded runs: every two ranked rows (runs as the mean over their seeds), the upper one minus the lower,
+    each a paired test pooled over prompts and seeds; None without seeds."""
+    if not board.comparisons:
+        return None
+    grid = Grid(f"{board.measure.label} differences, pooled over prompts and seeds",
+                ["model", "vs", "difference [95%]", "p", "prompts"], left=2)
+    grid.rows += [[c.model, c.versus.model, difference(c.versus), p_value(c.versus.p_value).removeprefix("p = "),
+                   str(c.versus.prompts)] for c in board.comparisons]
     return grid
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import Field, field_validator, model_validator
 
 from pairforge.config import SEED_MAX, Section
-from pairforge.layout import run_name_problem
+from pairforge.layout import run_name_problem, seeded_name
 from pairforge.prompting import PromptFormat
 
 FULL_LR, LORA_LR = 5e-7, 1e-4  # an unset `lr`: full fine-tuning's, a LoRA adapter's
@@ -201,6 +201,11 @@ class RunConfig(TrainConfig):
     split: Literal["train", "judge"] = Field("train", description="which pairs it trains on: the training split, "
                                              "or the judge split kept apart from it (pairs.judge_fraction; for a "
                                              "reward-model judge)")
+    seeds: list[Annotated[int, Field(strict=True, ge=0, le=SEED_MAX)]] | None = Field(
+        None, exclude=True, description="train once per seed, as runs NAME@SEED (train/NAME@SEED/, `seed` set to "
+        "it); a seeded run `after` a run with the same seeds starts seed by seed (dpo@1 from sft@1), after an "
+        "unseeded run all from it; the evaluation adds one row per run, the mean over its seeds, and tests "
+        "runs against each other over prompts and seeds")
 
     @field_validator("name")
     @classmethod
@@ -209,3 +214,44 @@ class RunConfig(TrainConfig):
         if problem:
             raise ValueError(problem)
         return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and not value:
+            raise ValueError("expected at least one seed (or no `seeds` at all)")
+        if value is not None and len(set(value)) < len(value):
+            raise ValueError(f"expected distinct seeds, found {sorted({s for s in value if value.count(s) > 1})[0]} "
+                             "twice")
+        return value
+
+    @model_validator(mode="after")
+    def _one_seed_setting(self) -> RunConfig:
+        if self.seeds is not None and "seed" in self.model_fields_set and self.seeds != [self.seed]:
+            raise ValueError(f"run '{self.name}': `seed: {self.seed}` disagrees with `seeds: {self.seeds}` (each "
+                             "seed of `seeds` is its run's seed): expected one of the two")
+        return self
+
+
+def expand_seeds(runs: list[RunConfig]) -> list[RunConfig]:
+    """A recipe's runs with every seeded run replaced by one run per seed, NAME@SEED, in place; `after` a seeded run
+    becomes seed by seed (same seeds), or is refused when it cannot say which seed (an unseeded run, other seeds)."""
+    seeds_of: dict[str, list[int] | None] = {}
+    expanded: list[RunConfig] = []
+    for run in runs:
+        if run.name in seeds_of:
+            raise ValueError(f"run name '{run.name}' is used twice")
+        parent = seeds_of.get(run.after) if run.after is not None else None
+        if parent is not None and run.seeds != parent:
+            mine = f"seeds {run.seeds}" if run.seeds else "no seeds"
+            raise ValueError(f"run '{run.name}' ({mine}) starts after '{run.after}', which has seeds {parent}: which "
+                             f"seed? expected the same `seeds` (seed by seed) or `after: {run.after}@SEED`")
+        seeds_of[run.name] = run.seeds
+        if run.seeds is None:
+            expanded.append(run)
+            continue
+        for seed in run.seeds:
+            after = seeded_name(run.after, seed) if parent is not None and run.after is not None else run.after
+            expanded.append(run.model_copy(update={"name": seeded_name(run.name, seed), "seed": seed, "after": after,
+                                                   "seeds": None}))
+    return expanded

@@ -108,6 +108,8 @@ def _show_outcome(recipe: Recipe, run_dir: Path) -> None:
 
 def _show_leaderboard(board: Leaderboard) -> None:
     show(render.leaderboard(board))
+    if (pooled := render.comparisons(board)) is not None:
+        show(pooled)
     for note in render.leaderboard_notes(board):
         say(note)
 

@@ -27,8 +27,9 @@ from pairforge import layout
 from pairforge import schema as S
 from pairforge.config import Dtype, EvalConfig, JudgeConfig, SourceConfig, VLLMSettings
 from pairforge.errors import InputError, unanswered
-from pairforge.evaluation.leaderboard import Leaderboard, Measure, Standing, Versus, measure_of
-from pairforge.evaluation.stats import length_controlled_win_rate, paired_difference, win_rate
+from pairforge.evaluation.arms import arm_rows, arms_of, pooled_versus, seeds_of
+from pairforge.evaluation.leaderboard import Comparison, Leaderboard, Measure, Standing, Versus, measure_of
+from pairforge.evaluation.stats import length_controlled_win_rate, win_rate
 from pairforge.files import Records, check_output, read_records, write_json, write_table
 from pairforge.generation.answers import source_requests
 from pairforge.judging.scoring import check_judge, judge_frame
@@ -102,7 +103,8 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
     if twice:
         raise InputError("--models", f"two models are named '{twice[0]}' (an --outputs file and a --models folder): "
                          "name them NAME=PATH")
-    if settings.baseline is not None and settings.baseline not in names:
+    arms = arms_of(names)  # NAME beside NAME@SEED is refused before anything is answered
+    if settings.baseline is not None and settings.baseline not in names + list(arms):
         raise InputError("--baseline", f"no model named '{settings.baseline}' (models: {', '.join(names)})")
     reference_answers = _answers_for(reference, prompts, "reference")
     answers = {REFERENCE: reference_answers}
@@ -118,8 +120,9 @@ def evaluate(models: list[str], outputs: list[Path], reference: Path, judge_cfg:
         scores, judgments, tally = judge_frame(frame, cfg, store, retry_failed, show_progress)
     verdicts = _verdicts(frame.with_columns(pl.Series(S.SCORE, scores, dtype=pl.Float64)), judgments, cfg.kind)
     verdicts = verdicts.join(prompts.select(S.PROMPT_ID, "dataset"), on=S.PROMPT_ID, how="left")
+    standings, comparisons = _leaderboard(verdicts, measure_of(cfg.kind), settings)
     board = Leaderboard(judge=cfg.kind, prompts=prompts.height, reference=str(reference),
-                        models=_leaderboard(verdicts, measure_of(cfg.kind), settings), judge_summary=tally,
+                        models=standings, comparisons=comparisons, judge_summary=tally,
                         config={"judge": cfg.model_dump(mode="json"), "settings": settings.recorded(),
                                 "models": [str(m) for m in models], "outputs": [str(o) for o in outputs]})
     if not shard:
@@ -250,29 +253,38 @@ def _verdicts(scored: pl.DataFrame, judgments: pl.DataFrame | None, kind: str) -
     return rows
 
 
-def _leaderboard(verdicts: pl.DataFrame, measure: Measure, settings: EvalSettings) -> list[Standing]:
+def _leaderboard(verdicts: pl.DataFrame, measure: Measure, settings: EvalSettings) -> tuple[list[Standing],
+                                                                                      list[Comparison] | None]:
     """Models best first by `measure`, each with its interval, its paired test against the next row, and against
-    the baseline model (the untrained base, say) with the difference's 95% interval."""
-    board = [_standing(model, verdicts.filter(pl.col("model") == model), measure, settings)
-             for model in verdicts["model"].unique(maintain_order=True)]
+    the baseline model (the untrained base, say) with the difference's 95% interval. Runs trained with several seeds
+    (NAME@SEED) are ranked as one row per run, NAME, the mean over its seeds, with tests pooled over prompts and
+    seeds (evaluation/arms.py); their seeds' rows follow the ranking, each tested against the baseline, and every
+    two ranked rows are compared (the comparisons; None without seeds)."""
+    arms = arms_of(verdicts["model"].unique(maintain_order=True).to_list())
+    seeded = {arm: models for arm, models in arms.items() if seeds_of(models)}
+    board = [_standing(models[0], verdicts.filter(pl.col("model") == models[0]), measure, settings)
+             for arm, models in arms.items() if arm not in seeded]
+    board += [_standing(arm, arm_rows(verdicts, arm, models), measure, settings).model_copy(
+        update={"seeds": seeds_of(models)}) for arm, models in seeded.items()]
     board.sort(key=lambda row: -value.value if (value := measure.of(row)) else np.inf)
+    members = {**{m: [m] for models in arms.values() for m in models}, **seeded}
 
     def versus(model: str, other: str) -> Versus | None:
-        both = verdicts.filter(pl.col("model").is_in([model, other])).pivot(
-            on="model", index=S.PROMPT_ID, values=measure.column).drop_nulls()
-        if not both.height:
-            return None
-        gap = paired_difference(both[model].to_numpy(), both[other].to_numpy(), settings.bootstrap, settings.seed)
-        return Versus(model=other, difference=gap.value, low=gap.low, high=gap.high, p_value=gap.p_value,
-                      significant=gap.significant, prompts=both.height)
+        return pooled_versus(verdicts, measure.column, members[model], members[other], other, settings.bootstrap,
+                             settings.seed)
 
     for upper, lower in zip(board, board[1:], strict=False):
         upper.vs_next = versus(upper.model, lower.model)
-    names = [row.model for row in board]
+    ranked = [row.model for row in board]
+    board += [_standing(m, verdicts.filter(pl.col("model") == m), measure, settings) for ms in seeded.values()
+              for m in ms]
     for row in board:
-        if settings.baseline in names and row.model != settings.baseline:
+        if settings.baseline in members and row.model != settings.baseline:
             row.vs_baseline = versus(row.model, settings.baseline)
-    return board
+    if not seeded:
+        return board, None
+    return board, [Comparison(model=upper, versus=gap) for i, upper in enumerate(ranked) for lower in ranked[i + 1:]
+                   if (gap := versus(upper, lower)) is not None]
 
 
 def _standing(model: str, rows: pl.DataFrame, measure: Measure, settings: EvalSettings) -> Standing:

@@ -57,6 +57,19 @@ class Standing(Part):
     per_dataset: dict[str, float] | None = None
     vs_next: Versus | None = None
     vs_baseline: Versus | None = None
+    seeds: list[int] | None = None  # a run trained with several seeds: its row is the mean over them
+
+    @property
+    def label(self) -> str:
+        """The row's name on a page: a seeded run's says how many seeds its values average."""
+        return f"{self.model} ({len(self.seeds)} seeds)" if self.seeds else self.model
+
+
+class Comparison(Part):
+    """`model` against `versus.model`, both rows of the ranking, pooled over prompts and seeds."""
+
+    model: str
+    versus: Versus
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,7 @@ class Leaderboard(Result):
     prompts: int
     reference: str
     models: list[Standing]
+    comparisons: list[Comparison] | None = None  # with seeded runs: every two ranked rows, the upper one first
     judge_summary: JudgeTally = Field(default_factory=JudgeTally)  # empty in hand-made files
     config: dict[str, Any] | None = None
 

@@ -69,6 +69,24 @@ def paired_difference(a: np.ndarray, b: np.ndarray, bootstrap: int = 1000, seed:
     return PairedDifference(spread.value, spread.low, spread.high, _sign_flip_p(difference, bootstrap, seed), level)
 
 
+def pooled_difference(a: np.ndarray, b: np.ndarray, prompts: np.ndarray, bootstrap: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> PairedDifference:
+    """`paired_difference` of two arms trained with several seeds: rows are paired answers (a[i] and b[i] answer
+    prompts[i]: seed s of one arm with seed s of the other, or every seed of one with the other's single answer),
+    averaged per prompt first, then resampled and sign-flipped by prompt. The prompt is the unit because prompts
+    are drawn independently but the seeds of one prompt are not: they answer the same question, so an easy prompt
+    lifts every seed at once. Treating the prompts x seeds rows as independent counts each prompt once per seed
+    and gives p-values and intervals too small. With one seed (one row per prompt) it is `paired_difference`."""
+    return paired_difference(prompt_means(a, prompts), prompt_means(b, prompts), bootstrap, seed, level)
+
+
+def prompt_means(values: np.ndarray, prompts: np.ndarray) -> np.ndarray:
+    """The mean of `values` per prompt, prompts in the order they first appear."""
+    _, first, inverse = np.unique(prompts, return_index=True, return_inverse=True)
+    means = np.bincount(inverse, weights=values) / np.bincount(inverse)
+    return means[np.argsort(first)]
+
+
 _EXACT_UP_TO = 16  # prompts: all 2^n sign patterns (65,536) are cheap to enumerate
 
 

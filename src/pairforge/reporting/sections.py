@@ -162,7 +162,7 @@ def _evaluation(files: list[Path]) -> PageSection | None:
     section = PageSection("evaluation", "Evaluation")
     for path in boards:
         board = Leaderboard.read(path)
-        section.tables.append(render.leaderboard(board))
+        section.tables += [t for t in (render.leaderboard(board), render.comparisons(board)) if t is not None]
         section.paragraphs.append(f"{board.judge} judge against {Path(board.reference).name}, "
                                   f"{board.prompts} prompts; ties count half. " +
                                   "; ".join(render.leaderboard_notes(board)))
