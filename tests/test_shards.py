@@ -111,6 +111,16 @@ def test_a_shard_asks_nothing_the_runs_own_store_already_answered(tmp_path: Path
     assert [t.failed for t in tallies] == [0, 0] and sum(t.cached for t in tallies) == 6, tallies
 
 
+def test_a_shard_stopped_by_bad_input_leaves_no_copy_of_the_runs_store(tmp_path: Path) -> None:
+    main = tmp_path / "store.sqlite"
+    with opened(main) as store:
+        store.put("a", "generation", {"text": "the run's a"})
+    with pytest.raises(InputError, match="does not load"), opened(main, Shard(1, 2)) as shard:
+        assert shard.get(["a"])["a"].value == {"text": "the run's a"}  # the shard starts from the run's answers
+        raise InputError("model", "does not load")
+    assert not (tmp_path / "shards").exists()  # nothing but the copy was in it: a failed check leaves nothing
+
+
 def test_fifty_thousand_shard_answers_merge_in_about_a_second(tmp_path: Path) -> None:
     main = tmp_path / "store.sqlite"
     for k in (1, 2):

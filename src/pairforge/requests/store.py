@@ -65,8 +65,8 @@ def opened(path: Path, shard: Shard | None = None) -> Iterator[Store]:
     the run's store's answers merged in first, so a shard never asks again what the run already answered; without
     one, the run's store with every finished shard's answers merged in first, so nothing a shard answered is asked
     again. When the command stops on bad input (a model that does not load, a missing file) before anything was
-    stored, a store it created is removed again, with the folders made for it: a failed check leaves nothing
-    behind."""
+    stored, a store it created is removed again (what it merged in is still where it came from), with the folders
+    made for it: a failed check leaves nothing behind."""
     if shard:  # one line for a bad one, nothing written
         merged = [_checked(path, "the run's store", _RECOVER)] if path.exists() else []
     else:
@@ -75,13 +75,14 @@ def opened(path: Path, shard: Shard | None = None) -> Iterator[Store]:
     made = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
     created = not path.exists()
     store = Store(path)
+    copied = 0
     try:
         for other in merged:
-            store.merge(other)
+            copied += store.merge(other)
         yield store
     except InputError:
         store.close()
-        if created and store.is_empty():
+        if created and store.count() == copied:
             for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
                 file.unlink(missing_ok=True)
             for folder in made:  # innermost first; only those still empty
@@ -128,9 +129,10 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    def is_empty(self) -> bool:
+    def count(self) -> int:
+        """The rows in the file (read again after `close`)."""
         with contextlib.closing(sqlite3.connect(str(self.path))) as db:
-            return db.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
+            return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
 
     def put(self, key: str, kind: str, value: dict[str, Any]) -> None:
         """Record a success (replaces an earlier failure; keeps an earlier success: the first one wins)."""
