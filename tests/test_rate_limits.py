@@ -76,6 +76,29 @@ def test_a_servers_retry_after_holds_every_request_of_the_source() -> None:
     assert RateLimiter(rpm=6000).reserve(1) == 0  # a fresh source sends at once
 
 
+def test_requests_held_by_a_retry_after_go_out_spaced_not_in_a_burst() -> None:
+    """Five requests booked before a 429's Retry-After all fall inside it: when it ends they must go out at the
+    rpm's spacing, not all at once (the quota the server just refused)."""
+    limiter = RateLimiter(rpm=600)  # one every 0.1 s
+
+    async def sent_after_a_hold() -> list[float]:
+        start, sent = time.monotonic(), []
+
+        async def one() -> None:
+            await limiter.take_turn(1)
+            sent.append(time.monotonic() - start)
+
+        booked = [asyncio.ensure_future(one()) for _ in range(6)]  # slots at 0, 0.1, ..., 0.5 s
+        await asyncio.sleep(0.05)
+        limiter.hold(0.5)
+        await asyncio.gather(*booked)
+        return sorted(sent)
+
+    sent = asyncio.run(sent_after_a_hold())
+    assert sent[0] < 0.05 and min(sent[1:]) >= 0.54, sent
+    assert min(np.diff(sent[1:])) >= 0.09, sent  # evenly spaced after the hold
+
+
 @pytest.mark.parametrize(("source", "expected"), [
     ({"rpm": 0}, "field 'sources.0.rpm': Input should be greater than 0"),
     ({"tpm": -5}, "field 'sources.0.tpm': Input should be greater than 0"),

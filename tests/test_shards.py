@@ -96,6 +96,31 @@ def test_the_unsharded_store_merges_shard_successes_only(tmp_path: Path) -> None
     assert sorted(p.name for p in (tmp_path / "shards").glob("*.sqlite")) == ["1-of-2.sqlite", "2-of-3.sqlite"]
 
 
+def test_a_shard_asks_nothing_the_runs_own_store_already_answered(tmp_path: Path) -> None:
+    """A folder whose store.sqlite already holds the answers (an earlier unsharded run, a killed one, a round
+    before) split into shards afterwards: the shards must not pay for those answers again. The server does not
+    exist, so any request a shard sent would fail."""
+    from pairforge.generation.answers import generate, source_requests
+
+    recipe = pf.Recipe.load(write_recipe(tmp_path, prompts(6), [greedy("http://127.0.0.1:9/v1", max_retries=0)]))
+    out = tmp_path / "out"
+    with opened(out / "store.sqlite") as store:
+        for request in source_requests(recipe.sources[0], prompts_from_file(recipe.prompts), 1):
+            store.put(request.key, "generation", {"text": "answered", "finish_reason": "stop", "tokens": 1})
+    tallies = [generate(recipe, out, show_progress=False, shard=Shard(k, 2)).tallies["served"] for k in (1, 2)]
+    assert [t.failed for t in tallies] == [0, 0] and sum(t.cached for t in tallies) == 6, tallies
+
+
+def test_a_shard_stopped_by_bad_input_leaves_no_copy_of_the_runs_store(tmp_path: Path) -> None:
+    main = tmp_path / "store.sqlite"
+    with opened(main) as store:
+        store.put("a", "generation", {"text": "the run's a"})
+    with pytest.raises(InputError, match="does not load"), opened(main, Shard(1, 2)) as shard:
+        assert shard.get(["a"])["a"].value == {"text": "the run's a"}  # the shard starts from the run's answers
+        raise InputError("model", "does not load")
+    assert not (tmp_path / "shards").exists()  # nothing but the copy was in it: a failed check leaves nothing
+
+
 def test_fifty_thousand_shard_answers_merge_in_about_a_second(tmp_path: Path) -> None:
     main = tmp_path / "store.sqlite"
     for k in (1, 2):

@@ -206,7 +206,8 @@ def test_a_new_price_redoes_no_stage(tmp_path: Path, tiny_model_dir: Path) -> No
     def fingerprints(price: dict[str, float] | None) -> dict[str, str]:
         judge = {"kind": "llm-pairwise", "llm": local(tiny_model_dir, name="judge", price=price)}
         recipe = write_recipe(tmp_path, [local(tiny_model_dir, price=price), local(tiny_model_dir, name="other")],
-                              run_dir="run", judge=judge, pairs={"rank": "tiny > other"})
+                              run_dir="run", judge=judge, pairs={"rank": "tiny > other"}, eval={"judge": judge})
         return {unit.name: unit.fingerprint() for unit in pipeline.plan(load_recipe(recipe), tmp_path / "run").stages}
 
+    assert "eval" in fingerprints(None)  # eval's LLM judge's price counts no more than the judge stage's
     assert fingerprints(PRICE) == fingerprints({"input": 5.0, "output": 50.0}) == fingerprints(None)

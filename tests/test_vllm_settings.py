@@ -135,6 +135,14 @@ def test_the_docs_recipe_snippets_are_valid() -> None:
     assert EvalConfig.model_validate(yaml.safe_load(EXAMPLES["eval"][1])["eval"]).vllm.tensor_parallel_size == 2
 
 
+def test_a_vllm_option_that_is_no_mapping_is_one_line() -> None:
+    from pairforge.options import parse_engine
+
+    with pytest.raises(InputError, match="expected a YAML mapping") as caught:
+        parse_engine("tensor_parallel_size\n2")  # a shell's $'...' or a pasted block: the text has a line break
+    assert "\n" not in str(caught.value), str(caught.value)
+
+
 def test_eval_with_vllm_but_without_the_package_names_the_install(tmp_path: Path) -> None:
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here, so the message for a missing vllm cannot appear")

@@ -164,7 +164,7 @@ def parse_engine(text: str | None) -> dict[str, Any] | None:
     except yaml.YAMLError:
         value = None
     if not isinstance(value, dict):
-        raise InputError("--vllm", f"expected a YAML mapping like '{{tensor_parallel_size: 2}}', found '{text}'")
+        raise InputError("--vllm", f"expected a YAML mapping like '{{tensor_parallel_size: 2}}', found {text!r}")
     try:
         VLLMSettings.model_validate(value)
     except ValidationError as exc:

@@ -288,7 +288,7 @@ USAGE_NOTE = "every stored answer of these requests, cached ones included: what 
 
 
 def dollars(value: float | None) -> str:
-    """USD with cents, tenths of a cent below a dollar; '-' without a price."""
+    """USD with cents, hundredths of a cent below a dollar; '-' without a price."""
     return "-" if value is None else f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
 
 

@@ -82,10 +82,12 @@ def units(r: Round) -> list[StageUnit]:
 
 
 def _fingerprinted(cfg: EvalConfig) -> dict[str, Any]:
-    """The section as the stage's fingerprint sees it: the dtype resolved; the engine's settings left out, as they
-    change how fast answers come, not the answers (PACE_ONLY), and the backend only where it is not the default,
-    so an evaluation finished before backends could be chosen stays finished."""
-    settings = {**cfg.model_dump(mode="json", exclude={"backend", *PACE_ONLY}), "dtype": resolved_dtype(cfg.dtype)}
+    """The section as the stage's fingerprint sees it: the dtype resolved; the engine's settings and the LLM judge's
+    rate limits and price left out, as they change how fast answers come or what they cost, not the answers
+    (PACE_ONLY), and the backend only where it is not the default, so an evaluation finished before backends could
+    be chosen stays finished."""
+    leave_out = {"backend": True, "vllm": True, "judge": {"llm": set(PACE_ONLY)}}
+    settings = {**cfg.model_dump(mode="json", exclude=leave_out), "dtype": resolved_dtype(cfg.dtype)}
     return settings | ({"backend": cfg.backend} if cfg.backend != "transformers" else {})
 
 

@@ -41,7 +41,6 @@ def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: li
     if prompts.is_empty():
         raise InputError(str(recipe.prompts), "no prompts in the file")
     tallies: dict[str, Tally] = {}
-    asked = [s.name for s in recipe.sources if s.name in only and s.backend != "file"]
     with opened(store_path or out_dir / layout.STORE, shard) as store:
         with progress_bar(show_progress) as progress:
             for source in recipe.sources:
@@ -51,7 +50,7 @@ def generate(recipe: Recipe, out_dir: Path, retry_failed: bool = False, only: li
                                            recipe.samples_per_source)
                 tallies[source.name] = answer_all(requests, lambda s=source: make_backend(s), store, "generation",
                                                   source.name, progress, retry_failed, source.price)
-        usage = {name: tally.usage for name, tally in tallies.items() if name in asked}
+        usage = {name: tally.usage for name, tally in tallies.items()}  # asked ones: file sources join below
         if shard:
             return GenerationSummary(tallies, store.path, sum(t.cached + t.done for t in tallies.values()), usage)
         frame = exported_responses(store, recipe, prompts)

@@ -38,7 +38,6 @@ class Tally:
     tokens: int = 0
     seconds: float = 0.0
     reasons: Counter[str] = field(default_factory=Counter)
-    prompt_tokens: int = 0  # of the requests answered now
     usage: Usage = field(default_factory=Usage)  # every stored answer to these requests, cached ones included
 
     @property
@@ -60,7 +59,6 @@ class _StoreReporter:
                                                 "prompt_tokens": completion.prompt_tokens})
         self.tally.done += 1
         self.tally.tokens += completion.tokens
-        self.tally.prompt_tokens += completion.prompt_tokens or 0
         self._advance()
 
     def failed(self, request: Request, reason: str) -> None:

@@ -33,10 +33,12 @@ class RateLimiter:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     async def take_turn(self, tokens: float) -> None:
-        """Wait for this request's send slot, and out a Retry-After that arrived while it waited."""
+        """Wait for this request's send slot. A slot that a Retry-After arriving meanwhile covers is given up for a
+        new one after the hold (`hold` moved the schedule there), so the waiting requests go out spaced again, not
+        all at once when the hold ends."""
         await asyncio.sleep(self.reserve(tokens))
-        while (left := self.held_until - time.monotonic()) > 0:
-            await asyncio.sleep(left)
+        while self.held_until > time.monotonic():
+            await asyncio.sleep(self.reserve(tokens))
 
     def reserve(self, tokens: float) -> float:
         """Book the next send slot for a request of about `tokens` tokens: the seconds to wait before sending."""

@@ -3,7 +3,8 @@
 `--shard K/N` asks only the prompts whose stable prompt_id falls in bucket K of N (SHA-256 of the id, never
 Python's salted hash(), so every machine agrees), into a store of its own beside the run's:
 `<store's folder>/shards/K-of-N.sqlite`. SQLite over a network folder is safe with one writer per file, never
-with several machines writing one file. Shards filter the prompts before any request is built, so their cache
+with several machines writing one file. A shard starts from the run's store's answers (copied into its own, so what
+an earlier run answered is not asked again). Shards filter the prompts before any request is built, so their cache
 keys (and seeds) are exactly the unsharded run's; the unsharded command merges every shard store's successes
 into the run's store first (`store.opened`) and then asks only what no shard answered. Keys are content, so
 shards of different N mix freely: the union is merged.

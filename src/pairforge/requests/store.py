@@ -61,23 +61,28 @@ class Entry:
 
 @contextmanager
 def opened(path: Path, shard: Shard | None = None) -> Iterator[Store]:
-    """A store for the length of a command. With a `shard`, that shard's own store beside `path` (shards.py);
-    without one, the run's store with every finished shard's answers merged in first, so nothing a shard answered
-    is asked again. When the command stops on bad input (a model that does not load, a missing file) before
-    anything was stored, a store it created is removed again, with the folders made for it: a failed check leaves
-    nothing behind."""
-    shards = [] if shard else [_checked(p) for p in shard_stores(path)]  # one line for a bad one, nothing written
+    """A store for the length of a command. With a `shard`, that shard's own store beside `path` (shards.py), with
+    the run's store's answers merged in first, so a shard never asks again what the run already answered; without
+    one, the run's store with every finished shard's answers merged in first, so nothing a shard answered is asked
+    again. When the command stops on bad input (a model that does not load, a missing file) before anything was
+    stored, a store it created is removed again (what it merged in is still where it came from), with the folders
+    made for it: a failed check leaves nothing behind."""
+    if shard:  # one line for a bad one, nothing written
+        merged = [_checked(path, "the run's store", _RECOVER)] if path.exists() else []
+    else:
+        merged = [_checked(p, "a shard's store", "move it out of shards/") for p in shard_stores(path)]
     path = shard.store(path) if shard else path
     made = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
     created = not path.exists()
     store = Store(path)
+    copied = 0
     try:
-        for other in shards:
-            store.merge(other)
+        for other in merged:
+            copied += store.merge(other)
         yield store
     except InputError:
         store.close()
-        if created and store.is_empty():
+        if created and store.count() == copied:
             for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
                 file.unlink(missing_ok=True)
             for folder in made:  # innermost first; only those still empty
@@ -88,14 +93,15 @@ def opened(path: Path, shard: Shard | None = None) -> Iterator[Store]:
         store.close()
 
 
-def _checked(path: Path) -> Path:
-    """A shard's store checked to be a store, read-only (another machine may be writing it)."""
+def _checked(path: Path, what: str, recover: str) -> Path:
+    """A store to merge (a shard's, or the run's into a shard's) checked to be a store, read-only (another machine
+    may be writing it)."""
     try:
         with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as db:
             _check_schema(db, path)
     except sqlite3.DatabaseError as exc:
-        raise InputError(str(path), f"expected {_EXPECTED} (a shard's store), but it cannot be opened ({exc}); "
-                         "move it out of shards/") from None
+        raise InputError(str(path), f"expected {_EXPECTED} ({what}), but it cannot be opened ({exc}); "
+                         f"{recover}") from None
     return path
 
 
@@ -123,9 +129,10 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    def is_empty(self) -> bool:
+    def count(self) -> int:
+        """The rows in the file (read again after `close`)."""
         with contextlib.closing(sqlite3.connect(str(self.path))) as db:
-            return db.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
+            return db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
 
     def put(self, key: str, kind: str, value: dict[str, Any]) -> None:
         """Record a success (replaces an earlier failure; keeps an earlier success: the first one wins)."""
