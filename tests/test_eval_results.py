@@ -63,7 +63,9 @@ def test_a_leaderboard_without_verdicts_reads_back_with_its_nulls(tmp_path: Path
     written = reads_back(Leaderboard, tmp_path / "eval" / "leaderboard.json", board, tmp_path)
     assert list(written) == ["judge", "prompts", "reference", "models", "judge_summary", "config"]
     assert written["judge_summary"] == {"comparisons": 3, "unreadable": 3, "failed_requests": 6, "retries": 0,
-                                        "p_first_shown_wins": None, "verdicts_from_logprobs": 0}
+                                        "p_first_shown_wins": None, "verdicts_from_logprobs": 0,
+                                        "usage": {"answers": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                                  "unknown": 0}}  # an LLM judge's tokens: none answered
     assert written["models"] == [{"model": "model", "prompts": 3, "mean_length": 1.0, "reference_length": 2.0,
                                   "unjudged": 3}]
     assert board.measure.label == "win rate" and board.judge_summary.failed_requests == 6
