@@ -154,10 +154,27 @@ def test_a_second_copy_of_one_shard_stops_while_other_shards_run(tmp_path: Path)
     with held(Shard(1, 2).lock(out / "store.sqlite"), "--shard"):  # a running copy of shard 1/2
         second = CliRunner().invoke(app, ["generate", str(recipe), "--out", str(out), "--shard", "1/2"])
         one_line_error(second, "--shard", "in use by another pairforge command")
-        with held(out / "pairforge.lock", "--out"):  # the folder's own lock (an unsharded command) blocks no shard
-            other = pf.generate(recipe, out, shard="2/2")
+        other = pf.generate(recipe, out, shard="2/2")  # another shard runs beside it
     assert other.responses == out / "shards" / "2-of-2.sqlite"
     assert not (out / "responses.parquet").exists()
+
+
+def test_the_merge_waits_for_a_running_shard_and_a_shard_for_a_running_merge(tmp_path: Path) -> None:
+    """Merging a live shard would ask its remaining prompts twice (paid twice) and open a store another machine
+    writes; a shard beside an unsharded command would be asked for the same prompts: both stop in one line, writing
+    nothing, and go on once the other has ended."""
+    recipe = write_recipe(tmp_path, prompts(2), [greedy("http://127.0.0.1:9/v1", max_retries=0)])
+    out = tmp_path / "out"
+    pf.generate(recipe, out, shard="1/2")  # the server is down: the shard's requests fail, its store exists
+    with held(Shard(1, 2).lock(out / "store.sqlite"), "--shard"):  # shard 1/2 running again
+        merge = CliRunner().invoke(app, ["generate", str(recipe), "--out", str(out)])
+        one_line_error(merge, "1-of-2.sqlite", "still running", "expected finished shards")
+    assert not (out / "store.sqlite").exists() and not (out / "responses.parquet").exists()
+    with held(out / "pairforge.lock", "--out"):  # an unsharded command works in the folder
+        shard = CliRunner().invoke(app, ["generate", str(recipe), "--out", str(out), "--shard", "2/2"])
+        one_line_error(shard, "--shard", "in use by an unsharded command", "expected shards to run before it")
+    assert not (out / "shards" / "2-of-2.sqlite").exists()
+    assert pf.generate(recipe, out).failed == 2  # both ended: the merge runs (and asks the dead server again)
 
 
 @pytest.mark.parametrize("kind", ["similarity", "reward-model"])

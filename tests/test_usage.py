@@ -150,6 +150,17 @@ def test_generate_dry_run_estimates_and_writes_nothing(tmp_path: Path, tiny_mode
     assert "nothing was asked or written" in result.stderr and not (tmp_path / "out").exists()
 
 
+def test_generate_dry_run_of_a_shard_checks_the_shard_and_says_what_the_figures_cover(tmp_path: Path,
+                                                                                      tiny_model_dir: Path) -> None:
+    recipe = write_recipe(tmp_path, [local(tiny_model_dir)])
+    out = tmp_path / "out"
+    result = pairforge("generate", str(recipe), "--out", str(out), "--dry-run", "--shard", "2/4")
+    assert result.returncode == 0, result.stderr
+    assert "shard 2/4: these are the whole run's figures" in " ".join(result.stderr.split())
+    one_line_error(pairforge("generate", str(recipe), "--out", str(out), "--dry-run", "--shard", "5/4"), "--shard")
+    assert not out.exists()
+
+
 def test_an_unreachable_server_stops_generate_dry_run_in_one_line(tmp_path: Path) -> None:
     closed = f"http://127.0.0.1:{free_port()}/v1"
     recipe = write_recipe(tmp_path, [{"name": "served", "backend": "openai", "model": "m", "base_url": closed}])

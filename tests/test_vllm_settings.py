@@ -97,6 +97,14 @@ def test_engine_settings_do_not_change_the_cache_key() -> None:
         vllm_source().cache_settings()
 
 
+def test_pass_through_engine_args_change_the_cache_key() -> None:
+    """A pass-through keyword may change the answers (an AWQ-quantized model answers differently): answers stored
+    without it are not reused for it, nor the other way round."""
+    quantized = vllm_source(vllm={"engine_args": {"quantization": "awq"}}).cache_settings()
+    assert quantized != vllm_source().cache_settings()
+    assert quantized != vllm_source(vllm={"engine_args": {"quantization": "gptq"}}).cache_settings()
+
+
 @pytest.mark.parametrize(("settings", "expected"), [
     ({"tensor_parallel_size": 0}, "sources.0.vllm.tensor_parallel_size': Input should be greater than or equal to 1"),
     ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization': Input should be less than or equal to 1"),

@@ -211,9 +211,10 @@ VLLM_FROM_SOURCE = ("model", "seed", "dtype")  # vllm.LLM's keywords the source 
 class VLLMSettings(Section):
     """vLLM's engine settings (backend vllm): GPUs, memory, context length; an unset (null) one is vLLM's default.
 
-    Not part of the cache key, like an API source's concurrency: they decide where and how fast the engine runs, not
-    the model or the sampling its answers are drawn from, so changing them (another GPU count, a longer context)
-    keeps every stored answer."""
+    The named settings are not part of the cache key, like an API source's concurrency: they decide where and how
+    fast the engine runs, not the model or the sampling its answers are drawn from, so changing them (another GPU
+    count, a longer context) keeps every stored answer. `engine_args` is part of it: a pass-through keyword may change
+    the answers (quantization, kv_cache_dtype, revision, tokenizer), and pairforge cannot tell which do."""
 
     tensor_parallel_size: int | None = Field(None, ge=1, description="GPUs the model is split over (vLLM: 1)")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="share of each GPU's memory the "
@@ -329,6 +330,8 @@ class SourceConfig(Section):
         settings = self.model_dump(include={"backend", "model", "endpoint", "temperature", "top_p",
                                             "max_new_tokens", "seed", "system", "stop"})
         settings["dtype"] = self.resolved_dtype
+        if self.backend == "vllm" and self.vllm is not None and self.vllm.engine_args:
+            settings["engine_args"] = self.vllm.engine_args  # VLLMSettings: why
         return by_content(settings) if self.backend in ("transformers", "vllm") else settings
 
     @property

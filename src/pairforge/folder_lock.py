@@ -49,6 +49,22 @@ def held(path: Path, option: str) -> Iterator[Callable[[], None]]:
         os.close(fd)  # releases the lock
 
 
+def holder(path: Path) -> str | None:
+    """'pid N' of the process holding the lock file `path` now, or None when nobody does (the file is neither made
+    nor locked here: a look, for a command that must not start beside another)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # no lock file (or not one we can open): nobody holds it
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(path)
+    finally:
+        os.close(fd)  # releases a shared lock taken just now
+    return None
+
+
 def _locked(path: Path, option: str) -> int:
     """An open descriptor of `path` holding its lock (its folder made if need be). The lock is on the file the name
     points to now: one removed between this open and lock (its holder ending) is not taken for it."""

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from pairforge.config import SourceConfig
+from pairforge.errors import InputError
 from pairforge.files import check_output
-from pairforge.folder_lock import held
+from pairforge.folder_lock import held, holder
 from pairforge.layout import STORE, RunDir, run_folder_of
 from pairforge.options import validated
 from pairforge.recipe import Recipe, check_reads_apart, load_recipe
@@ -34,8 +35,12 @@ def recipe_for(recipe: Recipe | str | Path, out: Path, dtype: str | None = None)
 def writing(folder: Path, option: str = "--out", shard: Shard | None = None) -> Iterator[Callable[[], None]]:
     """Work on a run folder: the folder checked, then held by this call alone (`folder_lock`), so a second command
     on it stops with one line instead of mixing its outputs with this one's; yields a check that it is still
-    held. A `shard` holds only its own shard's lock: the shards of one folder run at once, each shard once."""
+    held. A `shard` holds only its own shard's lock: the shards of one folder run at once, each shard once, and
+    never beside an unsharded command in the folder (it would ask the shard's prompts too)."""
     check_output(folder, "folder", option)
+    if shard and (running := holder(RunDir(folder).lock)) is not None:
+        raise InputError("--shard", f"{folder} is in use by an unsharded command ({running}), which asks every "
+                         "prompt itself: expected shards to run before it (or after it ends), never beside it")
     lock = shard.lock(folder / STORE) if shard else RunDir(folder).lock
     with held(lock, "--shard" if shard else option) as still_held:
         yield still_held

@@ -85,10 +85,12 @@ def _fingerprinted(cfg: EvalConfig) -> dict[str, Any]:
     """The section as the stage's fingerprint sees it: the dtype resolved; the engine's settings and the LLM judge's
     rate limits and price left out, as they change how fast answers come or what they cost, not the answers
     (PACE_ONLY), and the backend only where it is not the default, so an evaluation finished before backends could
-    be chosen stays finished."""
+    be chosen stays finished; the engine's pass-through `engine_args` count, as they may change the answers
+    (config.VLLMSettings)."""
     leave_out = {"backend": True, "vllm": True, "judge": {"llm": set(PACE_ONLY)}}
     settings = {**cfg.model_dump(mode="json", exclude=leave_out), "dtype": resolved_dtype(cfg.dtype)}
-    return settings | ({"backend": cfg.backend} if cfg.backend != "transformers" else {})
+    engine_args = {"engine_args": cfg.vllm.engine_args} if cfg.vllm is not None and cfg.vllm.engine_args else {}
+    return settings | ({"backend": cfg.backend} if cfg.backend != "transformers" else {}) | engine_args
 
 
 def eval_estimate(recipe: Recipe, models: int, n_prompts: int) -> float | None:

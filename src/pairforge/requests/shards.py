@@ -59,8 +59,13 @@ class Shard:
         return main.parent / layout.SHARDS / f"{self.k}-of-{self.n}.sqlite"
 
     def lock(self, main: Path) -> Path:
-        """Held while this shard runs (`folder_lock`): two copies of one shard stop, other shards run at once."""
-        return self.store(main).with_suffix(".lock")
+        return lock_of(self.store(main))
+
+
+def lock_of(shard_store: Path) -> Path:
+    """Held while the shard runs (`folder_lock`): two copies of one shard stop, other shards run at once, and the
+    unsharded merge waits for it to end."""
+    return shard_store.with_suffix(".lock")
 
 
 def shard_stores(main: Path) -> list[Path]:

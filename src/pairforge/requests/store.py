@@ -26,7 +26,8 @@ from typing import Any
 
 from pairforge.errors import InputError, describe
 from pairforge.fields import is_kind
-from pairforge.requests.shards import Shard, shard_stores
+from pairforge.folder_lock import holder
+from pairforge.requests.shards import Shard, lock_of, shard_stores
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -70,7 +71,7 @@ def opened(path: Path, shard: Shard | None = None) -> Iterator[Store]:
     if shard:  # one line for a bad one, nothing written
         merged = [_checked(path, "the run's store", _RECOVER)] if path.exists() else []
     else:
-        merged = [_checked(p, "a shard's store", "move it out of shards/") for p in shard_stores(path)]
+        merged = [_checked(_finished(p), "a shard's store", "move it out of shards/") for p in shard_stores(path)]
     path = shard.store(path) if shard else path
     made = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
     created = not path.exists()
@@ -91,6 +92,16 @@ def opened(path: Path, shard: Shard | None = None) -> Iterator[Store]:
         raise
     finally:
         store.close()
+
+
+def _finished(shard_store: Path) -> Path:
+    """A shard's store whose shard is not running (its lock free): merging a live shard would ask its remaining
+    prompts a second time, and would open a store another machine is writing (SQLite's WAL is for one machine)."""
+    running = holder(lock_of(shard_store))
+    if running is not None:
+        raise InputError(str(shard_store), f"shard {shard_store.stem} is still running ({running}): expected "
+                         "finished shards; wait for it to end (or stop it: its answers are kept) and run this again")
+    return shard_store
 
 
 def _checked(path: Path, what: str, recover: str) -> Path:
