@@ -80,6 +80,9 @@ def test_a_servers_retry_after_holds_every_request_of_the_source() -> None:
     ({"rpm": 0}, "field 'sources.0.rpm': Input should be greater than 0"),
     ({"tpm": -5}, "field 'sources.0.tpm': Input should be greater than 0"),
     ({"backend": "transformers", "rpm": 60}, "rpm limit requests to an API: only for backend openai, not transformers"),
+    # a quota smaller than one request's answer (tpm in thousands by mistake): every request would wait minutes in
+    # silence, and an API refuses such a request anyway
+    ({"tpm": 10, "max_new_tokens": 16}, "field 'sources.0': tpm 10 is below one request's max_new_tokens 16"),
 ])
 def test_bad_rate_limits_are_one_line(tmp_path: Path, source: dict[str, Any], expected: str) -> None:
     recipe = write_recipe(tmp_path, prompts(1), [openai_source("http://127.0.0.1:9/v1", **source)])
