@@ -66,16 +66,17 @@ class Entry:
 
 @contextmanager
 def opened(path: Path, shard: Shard | None = None) -> Iterator[Store]:
-    """A store for the length of a command. With a `shard`, that shard's own store beside `path` (shards.py);
-    without one, the run's store with every finished shard's answers merged in first, so nothing a shard answered
+    """A store for the length of a command. With a `shard`, that shard's own store beside `path` (shards.py), which
+    also reads the answers `path` holds (read-only: an unsharded run's are not asked again); without one, the run's store with every finished shard's answers merged in first, so nothing a shard answered
     is asked again. When the command stops on bad input (a model that does not load, a missing file) before
     anything was stored, a store it created is removed again, with the folders made for it: a failed check leaves
     nothing behind."""
     shards = [] if shard else [_checked(p) for p in shard_stores(path)]  # one line for a bad one, nothing written
+    answered = path if shard and path.exists() else None  # what the run's store holds, a shard does not ask again
     path = shard.store(path) if shard else path
     made = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
     created = not path.exists()
-    store = Store(path)
+    store = Store(path, answered)
     try:
         for other in shards:
             store.merge(other)
@@ -110,7 +111,10 @@ def _checked(path: Path) -> Path:
 class Store:
     """A SQLite file of results by key. Open one per process; it is not shared across threads."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, answered: Path | None = None) -> None:
+        """`answered`: the run's store, whose answers a shard's store reads as its own (read-only) so that a shard
+        started after an unsharded run does not pay again for them."""
+        self.answered = answered
         if path.is_dir():
             raise InputError(str(path), f"expected {_EXPECTED}, found a folder; {_RECOVER}")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,17 +173,34 @@ class Store:
             self.db.execute("DETACH DATABASE other")
 
     def get(self, keys: Iterable[str]) -> dict[str, Entry]:
-        """The entries known for these keys (absent keys are simply missing)."""
-        found: dict[str, Entry] = {}
+        """The entries known for these keys (absent keys are simply missing); a shard's own, else the run's answer."""
         keys = list(keys)
-        for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
-            chunk = keys[start:start + 900]
-            marks = ",".join("?" * len(chunk))
-            for key, kind, value, error, attempts in self.db.execute(
-                    f"SELECT key, kind, value, error, attempts FROM results WHERE key IN ({marks})", chunk):
-                found[key] = Entry(_parsed(self.path, key, kind, value), error, attempts)
+        found = _entries(self.db, self.path, keys)
+        unknown = [key for key in keys if key not in found or not found[key].ok]
+        if self.answered is None or not unknown:
+            return found
+        try:
+            with contextlib.closing(sqlite3.connect(f"{self.answered.resolve().as_uri()}?mode=ro", uri=True,
+                                                    timeout=30)) as run:
+                _check_schema(run, self.answered)
+                if run.execute("SELECT 1 FROM sqlite_master WHERE name = 'results'").fetchone():
+                    found.update((k, e) for k, e in _entries(run, self.answered, unknown).items() if e.ok)
+        except sqlite3.DatabaseError as exc:
+            raise InputError(str(self.answered), f"expected {_EXPECTED}, but it cannot be opened ({exc}); "
+                             f"{_RECOVER}") from None
         return found
 
+
+def _entries(db: sqlite3.Connection, path: Path, keys: list[str]) -> dict[str, Entry]:
+    """The rows of these keys in the store `db` (the file `path`)."""
+    found: dict[str, Entry] = {}
+    for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
+        chunk = keys[start:start + 900]
+        marks = ",".join("?" * len(chunk))
+        for key, kind, value, error, attempts in db.execute(
+                f"SELECT key, kind, value, error, attempts FROM results WHERE key IN ({marks})", chunk):
+            found[key] = Entry(_parsed(path, key, kind, value), error, attempts)
+    return found
 
 
 def _parsed(path: Path, key: str, kind: str, value: str | None) -> dict[str, Any] | None:
