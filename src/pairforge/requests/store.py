@@ -68,9 +68,9 @@ class Entry:
 def opened(path: Path, shard: Shard | None = None) -> Iterator[Store]:
     """A store for the length of a command. With a `shard`, that shard's own store beside `path` (shards.py), which
     also reads the answers `path` holds (read-only: an unsharded run's are not asked again); without one, the
-    run's store with every finished shard's answers merged in first, so nothing a shard answered is asked again. When the command stops on bad input (a model that does not load, a missing file) before
-    anything was stored, a store it created is removed again, with the folders made for it: a failed check leaves
-    nothing behind."""
+    run's store with every finished shard's answers merged in first, so nothing a shard answered is asked again.
+    When the command stops on bad input (a model that does not load, a missing file) before anything was stored, a
+    store it created is removed again, with the folders made for it: a failed check leaves nothing behind."""
     shards = [] if shard else [_checked(p) for p in shard_stores(path)]  # one line for a bad one, nothing written
     answered = path if shard and path.exists() else None  # what the run's store holds, a shard does not ask again
     path = shard.store(path) if shard else path
