@@ -210,3 +210,18 @@ def test_a_new_price_redoes_no_stage(tmp_path: Path, tiny_model_dir: Path) -> No
         return {unit.name: unit.fingerprint() for unit in pipeline.plan(load_recipe(recipe), tmp_path / "run").stages}
 
     assert fingerprints(PRICE) == fingerprints({"input": 5.0, "output": 50.0}) == fingerprints(None)
+
+
+def test_generate_dry_run_of_a_shard_estimates_that_shard(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A shard's dry run is one node's bill: the shards' estimates add up to the whole run's, never N times it."""
+    recipe = write_recipe(tmp_path, [local(tiny_model_dir)])
+
+    def requests(*shard: str) -> int:
+        result = pairforge("generate", str(recipe), "--out", str(tmp_path / "out"), "--dry-run", *shard)
+        assert result.returncode == 0, result.stderr
+        line = next(line for line in result.stderr.splitlines() if "│ generate" in line)
+        return int(line.split("│")[3])
+
+    assert requests("--shard", "1/2") + requests("--shard", "2/2") == requests() == len(PROMPTS)
+    one_line_error(pairforge("generate", str(recipe), "--out", str(tmp_path / "out"), "--dry-run", "--shard", "0/2"),
+                   "--shard", "expected K/N")
