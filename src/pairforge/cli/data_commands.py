@@ -119,7 +119,7 @@ def generate_command(
         from pairforge.api.data import generate, generate_estimate
 
         if dry_run:
-            grid, how = render.estimate(generate_estimate(recipe, out, sources=source, dtype=dtype))
+            grid, how = render.estimate(generate_estimate(recipe, out, sources=source, dtype=dtype, shard=shard))
             show(grid)
             say(how)
             say("dry run: the sources are ready; nothing was asked or written")
