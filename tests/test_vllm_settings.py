@@ -97,6 +97,14 @@ def test_engine_settings_do_not_change_the_cache_key() -> None:
         vllm_source().cache_settings()
 
 
+@pytest.mark.parametrize("passed", [{"revision": "v2"}, {"tokenizer": "org/other-tokenizer"}, {"quantization": "fp8"},
+                                    {"hf_overrides": {"rope_scaling": {"type": "linear", "factor": 2.0}}}])
+def test_engine_args_that_change_the_answers_change_the_cache_key(passed: dict[str, Any]) -> None:
+    """Other weights (a revision, on-the-fly fp8), another tokenizer or other model settings answer differently:
+    the answers of the model as it was must not be served from the cache for them."""
+    assert vllm_source(vllm={"engine_args": passed}).cache_settings() != vllm_source().cache_settings()
+
+
 @pytest.mark.parametrize(("settings", "expected"), [
     ({"tensor_parallel_size": 0}, "sources.0.vllm.tensor_parallel_size': Input should be greater than or equal to 1"),
     ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization': Input should be less than or equal to 1"),
