@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,3 +243,10 @@ def test_rates_and_engine_settings_leave_finished_stages_finished(tmp_path: Path
     on_vllm = fingerprints({}, {"backend": "vllm", "vllm": {"tensor_parallel_size": 2}})
     assert on_vllm == fingerprints({}, {"backend": "vllm", "vllm": {"tensor_parallel_size": 8}})
     assert on_vllm["eval"] != fingerprints({}, {})["eval"]
+
+
+def test_eval_help_names_the_vllm_extra_to_install() -> None:
+    """The help's square brackets are the extra's name, not markup: 'pip install pairforge' installs no vllm."""
+    result = subprocess.run([sys.executable, "-m", "pairforge", "eval", "--help"], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "400"}, timeout=120)
+    assert "pip install 'pairforge[vllm]'" in result.stdout, result.stdout
