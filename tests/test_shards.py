@@ -320,3 +320,20 @@ def test_a_shard_run_after_an_unsharded_run_asks_nothing_it_answered(tmp_path: P
         assert proxy.requests == asked  # every answer was already in store.sqlite
     finally:
         proxy.close()
+
+
+def test_the_merge_stops_in_one_line_while_a_shard_still_runs(tmp_path: Path) -> None:
+    """A merge started before the array is done (no `--dependency`) would ask a running shard's prompts a second
+    time, paying twice; it stops in one line instead, and a shard killed earlier (its lock file left, not held) does
+    not stop it."""
+    recipe = write_recipe(tmp_path, prompts(2), [greedy("http://127.0.0.1:9/v1", max_retries=0)])
+    out = tmp_path / "out"
+    with opened(out / "store.sqlite", Shard(1, 2)) as shard:
+        shard.put("gen:s:a:0:abc", "generation", {"text": "a"})
+    with held(Shard(1, 2).lock(out / "store.sqlite"), "--shard"):  # shard 1/2 still answering
+        result = CliRunner().invoke(app, ["generate", str(recipe), "--out", str(out)])
+    one_line_error(result, "1-of-2", "still running")
+    assert not (out / "store.sqlite").exists() and not (out / "responses.parquet").exists()
+    Shard(1, 2).lock(out / "store.sqlite").write_text("pid 999999\n")  # what kill -9 leaves: a lock nobody holds
+    with opened(out / "store.sqlite") as store:
+        assert store.get(["gen:s:a:0:abc"])["gen:s:a:0:abc"].value == {"text": "a"}
