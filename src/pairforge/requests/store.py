@@ -26,6 +26,7 @@ from typing import Any
 
 from pairforge.errors import InputError, describe
 from pairforge.fields import is_kind
+from pairforge.folder_lock import in_use
 from pairforge.requests.shards import Shard, shard_stores
 
 _SCHEMA = """
@@ -95,7 +96,12 @@ def opened(path: Path, shard: Shard | None = None) -> Iterator[Store]:
 
 
 def _checked(path: Path) -> Path:
-    """A shard's store checked to be a store, read-only (another machine may be writing it)."""
+    """A finished shard's store checked to be a store, read-only. One whose shard still runs stops the merge: this
+    run would ask that shard's unanswered prompts a second time."""
+    lock = path.with_suffix(".lock")
+    if in_use(lock):
+        raise InputError(str(path), f"its shard is still running ({lock.name} is held): expected every shard done "
+                         "before the command without --shard merges them; run it again once it ends")
     try:
         with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as db:
             _check_schema(db, path)
