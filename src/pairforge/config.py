@@ -311,9 +311,6 @@ class SourceConfig(Section):
         if limits and self.backend != "openai":
             raise ValueError(f"{' and '.join(limits)} limit requests to an API: only for backend openai, not "
                              f"{self.backend}")
-        if self.tpm is not None and self.tpm < self.max_new_tokens:
-            raise ValueError(f"tpm {self.tpm:g} is below one request's max_new_tokens {self.max_new_tokens}: each "
-                             "request would wait over a minute (expected the quota in tokens, e.g. tpm: 200000)")
         vllm_section_only_with_vllm(self.backend, self.vllm)
         return self
 
