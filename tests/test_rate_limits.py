@@ -15,12 +15,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from servers import FaultProxy
 from test_generate import openai_source, prompts, run_cli, write_recipe
 
 from pairforge.errors import InputError
 from pairforge.generation.answers import generate
+from pairforge.judging.scoring import judge_llm
 from pairforge.recipe import load_recipe
+from pairforge.requests.backends.base import check_source
 from pairforge.requests.rate_limit import RateLimiter
 
 
@@ -110,3 +113,17 @@ def test_bad_rate_limits_are_one_line(tmp_path: Path, source: dict[str, Any], ex
         load_recipe(recipe)
     result = run_cli("generate", str(recipe), "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+
+
+def test_a_tpm_below_one_requests_answer_is_one_line_but_a_judges_short_answers_fit(tmp_path: Path) -> None:
+    """A quota smaller than one request's answer (tpm in thousands by mistake) made every request wait minutes in
+    silence (an API refuses such a request anyway); a judge answers in 8 tokens unless set, so its tpm 100 is fine."""
+    recipe = write_recipe(tmp_path, prompts(1), [openai_source("http://127.0.0.1:9/v1", tpm=10, max_new_tokens=16)])
+    result = run_cli("generate", str(recipe), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "source 'served': tpm 10 is below one request's max_new_tokens 16" in result.stderr
+    assert not (tmp_path / "out" / "store.sqlite").exists()
+    judged = tmp_path / "judged.yaml"
+    judged.write_text(yaml.safe_dump({"judge": {"kind": "llm-pairwise", "llm": {
+        "backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1", "tpm": 100}}}))
+    check_source(judge_llm(load_recipe(judged).judge))  # 8 tokens a verdict: within 100 a minute

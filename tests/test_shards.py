@@ -322,3 +322,60 @@ def test_revise_splits_into_shards_and_merges_without_a_request(tmp_path: Path, 
     finally:
         proxy.close()
     assert pl.read_parquet(whole.revisions).height == 4
+
+
+def test_a_huge_shard_count_is_one_line_not_a_file_name_too_long(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, prompts(2), [greedy("http://127.0.0.1:9/v1", max_retries=0)])
+    huge = "1/" + "9" * 300  # a typo'd N: the shard's store and lock would be named after it
+    result = CliRunner().invoke(app, ["generate", str(recipe), "--out", str(tmp_path / "out"), "--shard", huge])
+    one_line_error(result, "--shard", "expected K/N")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_row_in_a_shard_store_names_the_shard_and_stays_out_of_the_runs_store(tmp_path: Path) -> None:
+    main = tmp_path / "store.sqlite"
+    with opened(main, Shard(1, 2)) as shard:
+        shard.put("gen:s:good:0:abc", "generation", {"text": "fine"})
+        shard.put("gen:s:bad:0:abc", "generation", {"text": "hand-edited"})
+    with sqlite3.connect(Shard(1, 2).store(main)) as db:
+        db.execute("UPDATE results SET value = 'not json' WHERE key = 'gen:s:bad:0:abc'")
+    for _ in range(2):  # the error must point where the fix is, and stay fixed once the run's store row is gone
+        with pytest.raises(InputError, match=r"1-of-2\.sqlite.*not JSON"):
+            with opened(main) as store:
+                store.get(["gen:s:good:0:abc", "gen:s:bad:0:abc"])
+    assert not main.exists() or sqlite3.connect(main).execute(
+        "SELECT COUNT(*) FROM results WHERE key = 'gen:s:bad:0:abc'").fetchone() == (0,)
+
+
+@pytest.mark.slow
+def test_a_shard_run_after_an_unsharded_run_asks_nothing_it_answered(tmp_path: Path, server: LlamaServer) -> None:
+    """Half a run done unsharded, then the rest handed to shards (or an array resubmitted after the merge): the
+    shards must not pay again for answers the run's store already holds."""
+    proxy = FaultProxy(server.port, every=10**9)  # never a fault: counts the POSTs
+    try:
+        recipe = write_recipe(tmp_path, prompts(6), [greedy(proxy.base_url, max_new_tokens=4)])
+        out = tmp_path / "out"
+        assert run_cli("generate", str(recipe), "--out", str(out)).returncode == 0
+        asked = proxy.requests
+        for k in (1, 2):
+            assert run_cli("generate", str(recipe), "--out", str(out), "--shard", f"{k}/2").returncode == 0
+        assert proxy.requests == asked  # every answer was already in store.sqlite
+    finally:
+        proxy.close()
+
+
+def test_the_merge_stops_in_one_line_while_a_shard_still_runs(tmp_path: Path) -> None:
+    """A merge started before the array is done (no `--dependency`) would ask a running shard's prompts a second
+    time, paying twice; it stops in one line instead, and a shard killed earlier (its lock file left, not held) does
+    not stop it."""
+    recipe = write_recipe(tmp_path, prompts(2), [greedy("http://127.0.0.1:9/v1", max_retries=0)])
+    out = tmp_path / "out"
+    with opened(out / "store.sqlite", Shard(1, 2)) as shard:
+        shard.put("gen:s:a:0:abc", "generation", {"text": "a"})
+    with held(Shard(1, 2).lock(out / "store.sqlite"), "--shard"):  # shard 1/2 still answering
+        result = CliRunner().invoke(app, ["generate", str(recipe), "--out", str(out)])
+    one_line_error(result, "1-of-2", "still running")
+    assert not (out / "store.sqlite").exists() and not (out / "responses.parquet").exists()
+    Shard(1, 2).lock(out / "store.sqlite").write_text("pid 999999\n")  # what kill -9 leaves: a lock nobody holds
+    with opened(out / "store.sqlite") as store:
+        assert store.get(["gen:s:a:0:abc"])["gen:s:a:0:abc"].value == {"text": "a"}

@@ -150,17 +150,6 @@ def test_generate_dry_run_estimates_and_writes_nothing(tmp_path: Path, tiny_mode
     assert "nothing was asked or written" in result.stderr and not (tmp_path / "out").exists()
 
 
-def test_generate_dry_run_of_a_shard_checks_the_shard_and_says_what_the_figures_cover(tmp_path: Path,
-                                                                                      tiny_model_dir: Path) -> None:
-    recipe = write_recipe(tmp_path, [local(tiny_model_dir)])
-    out = tmp_path / "out"
-    result = pairforge("generate", str(recipe), "--out", str(out), "--dry-run", "--shard", "2/4")
-    assert result.returncode == 0, result.stderr
-    assert "shard 2/4: these are the whole run's figures" in " ".join(result.stderr.split())
-    one_line_error(pairforge("generate", str(recipe), "--out", str(out), "--dry-run", "--shard", "5/4"), "--shard")
-    assert not out.exists()
-
-
 def test_an_unreachable_server_stops_generate_dry_run_in_one_line(tmp_path: Path) -> None:
     closed = f"http://127.0.0.1:{free_port()}/v1"
     recipe = write_recipe(tmp_path, [{"name": "served", "backend": "openai", "model": "m", "base_url": closed}])
@@ -222,3 +211,18 @@ def test_a_new_price_redoes_no_stage(tmp_path: Path, tiny_model_dir: Path) -> No
 
     assert "eval" in fingerprints(None)  # eval's LLM judge's price counts no more than the judge stage's
     assert fingerprints(PRICE) == fingerprints({"input": 5.0, "output": 50.0}) == fingerprints(None)
+
+
+def test_generate_dry_run_of_a_shard_estimates_that_shard(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A shard's dry run is one node's bill: the shards' estimates add up to the whole run's, never N times it."""
+    recipe = write_recipe(tmp_path, [local(tiny_model_dir)])
+
+    def requests(*shard: str) -> int:
+        result = pairforge("generate", str(recipe), "--out", str(tmp_path / "out"), "--dry-run", *shard)
+        assert result.returncode == 0, result.stderr
+        line = next(line for line in result.stderr.splitlines() if "│ generate" in line)
+        return int(line.split("│")[3])
+
+    assert requests("--shard", "1/2") + requests("--shard", "2/2") == requests() == len(PROMPTS)
+    one_line_error(pairforge("generate", str(recipe), "--out", str(tmp_path / "out"), "--dry-run", "--shard", "0/2"),
+                   "--shard", "expected K/N")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,12 +99,12 @@ def test_engine_settings_do_not_change_the_cache_key() -> None:
         vllm_source().cache_settings()
 
 
-def test_pass_through_engine_args_change_the_cache_key() -> None:
-    """A pass-through keyword may change the answers (an AWQ-quantized model answers differently): answers stored
-    without it are not reused for it, nor the other way round."""
-    quantized = vllm_source(vllm={"engine_args": {"quantization": "awq"}}).cache_settings()
-    assert quantized != vllm_source().cache_settings()
-    assert quantized != vllm_source(vllm={"engine_args": {"quantization": "gptq"}}).cache_settings()
+@pytest.mark.parametrize("passed", [{"revision": "v2"}, {"tokenizer": "org/other-tokenizer"}, {"quantization": "fp8"},
+                                    {"hf_overrides": {"rope_scaling": {"type": "linear", "factor": 2.0}}}])
+def test_engine_args_that_change_the_answers_change_the_cache_key(passed: dict[str, Any]) -> None:
+    """Other weights (a revision, on-the-fly fp8), another tokenizer or other model settings answer differently:
+    the answers of the model as it was must not be served from the cache for them."""
+    assert vllm_source(vllm={"engine_args": passed}).cache_settings() != vllm_source().cache_settings()
 
 
 @pytest.mark.parametrize(("settings", "expected"), [
@@ -249,3 +251,10 @@ def test_rates_and_engine_settings_leave_finished_stages_finished(tmp_path: Path
     on_vllm = fingerprints({}, {"backend": "vllm", "vllm": {"tensor_parallel_size": 2}})
     assert on_vllm == fingerprints({}, {"backend": "vllm", "vllm": {"tensor_parallel_size": 8}})
     assert on_vllm["eval"] != fingerprints({}, {})["eval"]
+
+
+def test_eval_help_names_the_vllm_extra_to_install() -> None:
+    """The help's square brackets are the extra's name, not markup: 'pip install pairforge' installs no vllm."""
+    result = subprocess.run([sys.executable, "-m", "pairforge", "eval", "--help"], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "400"}, timeout=120)
+    assert "pip install 'pairforge[vllm]'" in result.stdout, result.stdout

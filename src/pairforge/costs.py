@@ -30,6 +30,7 @@ from pairforge.models import EMBEDDED
 from pairforge.prompting import endpoint_of
 from pairforge.recipe import Recipe
 from pairforge.records import prompts_from_file
+from pairforge.requests.shards import Shard
 from pairforge.requests.usage import cost
 from pairforge.revision import fill
 from pairforge.rounds import base_model, round_recipe
@@ -68,13 +69,15 @@ class Estimate:
         return sum(known) if known else None
 
 
-def estimate(recipe: Recipe, stages: tuple[str, ...] = ("generate", "revise", "judge", "eval")) -> Estimate:
-    """The requests, tokens and cost of the recipe's `stages`; reads its prompts (and file sources' answers), asks
-    no model and writes nothing."""
+def estimate(recipe: Recipe, stages: tuple[str, ...] = ("generate", "revise", "judge", "eval"),
+             shard: Shard | None = None) -> Estimate:
+    """The requests, tokens and cost of the recipe's `stages` (a `shard`: of its prompts alone); reads its prompts
+    (and file sources' answers), asks no model and writes nothing."""
     if recipe.prompts is None:
         raise InputError("recipe", "expected `prompts:` (a file of prompts to answer)")
     first = round_recipe(recipe, Path("."), 1)  # '@round' sources are the base model in round 1
     prompts = prompts_from_file(first.prompts)  # type: ignore[arg-type]
+    prompts = shard.keep(prompts) if shard else prompts
     build = {"generate": _generate, "revise": _revise, "judge": _judge, "eval": _eval}
     return Estimate([line for stage in stages for line in build[stage](first, prompts)], recipe.rounds)
 

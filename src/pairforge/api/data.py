@@ -38,7 +38,7 @@ def generate(recipe: Recipe | str | Path, out: str | Path = ".", *, retry_failed
 
 
 def generate_estimate(recipe: Recipe | str | Path, out: str | Path = ".", *, sources: list[str] | None = None,
-                      dtype: str | None = None) -> Estimate:
+                      dtype: str | None = None, shard: str | Shard | None = None) -> Estimate:
     """`generate --dry-run`: the sources checked as `generate` checks them, every API server they ask pinged once (one
     that does not answer is an InputError naming the source), and what generating will ask (`estimate`). Writes
     nothing."""
@@ -46,10 +46,11 @@ def generate_estimate(recipe: Recipe | str | Path, out: str | Path = ".", *, sou
     from pairforge.generation.answers import checked_sources
     from pairforge.pipeline import ping_servers
 
+    part = chosen(shard)
     cfg = recipe_for(recipe, Path(out), dtype)
     names = checked_sources(cfg, sources)
     ping_servers([s for s in cfg.sources if s.name in names])
-    return estimate(cfg, ("generate",), names)
+    return estimate(cfg, ("generate",), names, part)
 
 
 def revise(recipe: Recipe | str | Path, out: str | Path = ".", *, responses: str | Path | None = None,

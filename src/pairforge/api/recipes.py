@@ -12,6 +12,7 @@ from pairforge.api.folders import writing
 from pairforge.errors import InputError
 from pairforge.layout import RunDir
 from pairforge.recipe import Recipe, check_reads_apart, load_recipe
+from pairforge.requests.shards import Shard, chosen
 from pairforge.rounds import round_dir
 
 if TYPE_CHECKING:
@@ -103,14 +104,14 @@ def checked_plan(cfg: Recipe, run_dir: Path, start: str | None, stop: str | None
 
 
 def estimate(recipe: Recipe | str | Path, stages: tuple[str, ...] = ("generate", "revise", "judge", "eval"),
-             sources: list[str] | None = None) -> Estimate:
+             sources: list[str] | None = None, shard: str | Shard | None = None) -> Estimate:
     """What the recipe (a YAML path or a `Recipe`) will ask its models in these stages, before anything runs: requests,
     prompt tokens (each local model's tokenizer; a server's model at characters / 4), completion tokens at most and
-    cost at each source's `price`, per stage and source (`sources`: only these). Asks no model, writes nothing;
-    `pairforge run --dry-run` and `pairforge generate --dry-run` print it."""
+    cost at each source's `price`, per stage and source (`sources`: only these; `shard="K/N"`: that shard's
+    prompts). Asks no model, writes nothing; `pairforge run --dry-run` and `pairforge generate --dry-run` print it."""
     from pairforge.costs import Estimate
     from pairforge.costs import estimate as estimated
 
     cfg = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    result = estimated(cfg, stages)
+    result = estimated(cfg, stages, chosen(shard))
     return result if sources is None else Estimate([x for x in result.lines if x.source in sources], result.rounds)

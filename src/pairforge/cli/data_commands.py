@@ -117,15 +117,11 @@ def generate_command(
     """Answer the prompts with every source; resumes where it stopped (cached in <out>/store.sqlite)."""
     def command() -> None:
         from pairforge.api.data import generate, generate_estimate
-        from pairforge.requests.shards import Shard
 
         if dry_run:
-            part = Shard.parse(shard) if shard else None  # a bad --shard is one line here too
-            grid, how = render.estimate(generate_estimate(recipe, out, sources=source, dtype=dtype))
+            grid, how = render.estimate(generate_estimate(recipe, out, sources=source, dtype=dtype, shard=shard))
             show(grid)
             say(how)
-            if part:
-                say(f"shard {part}: these are the whole run's figures; the shard asks about 1/{part.n} of them")
             say("dry run: the sources are ready; nothing was asked or written")
             return
         result = generate(recipe, out, retry_failed=retry_failed, sources=source, dtype=dtype, shard=shard)

@@ -64,7 +64,7 @@ def eval_command(
     dtype: str | None = typer.Option(None, help=f"--models: {options.choices(EvalConfig, 'dtype')} while answering "
                                      f"({_EVAL['dtype']}: bfloat16 where the device computes it natively)"),
     backend: str | None = typer.Option(None, help=f"--models: what answers, {options.choices(EvalConfig, 'backend')} "
-                                       f"({_EVAL['backend']}; vllm: a GPU and pip install 'pairforge[vllm]')"),
+                                       f"({_EVAL['backend']}; vllm: a GPU and pip install 'pairforge\\[vllm]')"),
     vllm: str | None = typer.Option(None, help="--backend vllm: the engine's settings as a YAML mapping, "
                                     "'{tensor_parallel_size: 2, gpu_memory_utilization: 0.8}' (docs/eval.md)"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="ask the models and the judge again where they "

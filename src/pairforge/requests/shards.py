@@ -24,6 +24,7 @@ from pairforge import schema as S
 from pairforge.errors import InputError
 
 _FORM = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+MOST = 1_000_000  # shards of one run at most: N names the shard's files, and a typo'd N must not become a file name
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,9 @@ class Shard:
         if isinstance(text, Shard):
             text = str(text)
         found = _FORM.fullmatch(text) if isinstance(text, str) else None
-        if found is None or not 1 <= int(found[1]) <= int(found[2]):
-            raise InputError("--shard", f"expected K/N with 1 <= K <= N (e.g. 2/8), found {str(text)!r}")
+        if found is None or not 1 <= int(found[1]) <= int(found[2]) <= MOST:
+            raise InputError("--shard", f"expected K/N with 1 <= K <= N (e.g. 2/8), N at most {MOST:,}, found "
+                                        f"{str(text)[:40]!r}")
         return cls(int(found[1]), int(found[2]))
 
     def __str__(self) -> str:

@@ -47,6 +47,11 @@ _RECOVER = "move it away to start over (or pass another --out)"
 _REQUIRED: dict[str, tuple[str, Callable[[Any], bool], str]] = {
     "score": ("score", lambda v: is_kind(v, (int, float, type(None))), "a number or null")}
 _ANSWER = ("text", lambda v: isinstance(v, str), "a string")
+# A shard's successes that may not be what `_parsed` reads back, found in SQL before the merge copies them (CASE, not
+# AND: json_type on text that is not JSON is an error); `_parsed` then names the first bad one and its shard.
+_SUSPECT = """SELECT key, kind, value FROM results WHERE value IS NOT NULL AND NOT CASE WHEN json_valid(value) THEN
+    json_type(value) = 'object' AND coalesce(CASE kind WHEN 'score' THEN json_type(value, '$.score') IN
+    ('integer', 'real', 'null') ELSE json_type(value, '$.text') = 'text' END, 0) ELSE 0 END LIMIT 20"""
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,9 @@ def _checked(path: Path, what: str, recover: str) -> Path:
     try:
         with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as db:
             _check_schema(db, path)
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'results'").fetchone():
+                for key, kind, value in db.execute(_SUSPECT):  # named here, not later in the run's store
+                    _parsed(path, key, kind, value)
     except sqlite3.DatabaseError as exc:
         raise InputError(str(path), f"expected {_EXPECTED} ({what}), but it cannot be opened ({exc}); "
                          f"{recover}") from None
@@ -180,38 +188,43 @@ class Store:
 
     def get(self, keys: Iterable[str]) -> dict[str, Entry]:
         """The entries known for these keys (absent keys are simply missing)."""
-        found: dict[str, Entry] = {}
-        keys = list(keys)
-        for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
-            chunk = keys[start:start + 900]
-            marks = ",".join("?" * len(chunk))
-            for key, kind, value, error, attempts in self.db.execute(
-                    f"SELECT key, kind, value, error, attempts FROM results WHERE key IN ({marks})", chunk):
-                found[key] = Entry(self._value(key, kind, value), error, attempts)
-        return found
+        return _entries(self.db, self.path, list(keys))
 
-    def _value(self, key: str, kind: str, value: str | None) -> dict[str, Any] | None:
-        """A row's value read back as the JSON object its kind writes (a hand-edited row would otherwise be a
-        KeyError deep in an export)."""
-        if value is None:
-            return None
-        required, valid, what = _REQUIRED.get(kind, _ANSWER)
-        expected = f"expected a JSON object with {required!r}"
-        try:
-            parsed = json.loads(value)
-        except (json.JSONDecodeError, TypeError):
-            parsed, found = None, f"found text that is not JSON {str(value)[:40]!r}"
+
+def _entries(db: sqlite3.Connection, path: Path, keys: list[str]) -> dict[str, Entry]:
+    """The rows of these keys in the store `db` (the file `path`)."""
+    found: dict[str, Entry] = {}
+    for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
+        chunk = keys[start:start + 900]
+        marks = ",".join("?" * len(chunk))
+        for key, kind, value, error, attempts in db.execute(
+                f"SELECT key, kind, value, error, attempts FROM results WHERE key IN ({marks})", chunk):
+            found[key] = Entry(_parsed(path, key, kind, value), error, attempts)
+    return found
+
+
+def _parsed(path: Path, key: str, kind: str, value: str | None) -> dict[str, Any] | None:
+    """A row's value read back as the JSON object its kind writes (a hand-edited row would otherwise be a KeyError
+    deep in an export)."""
+    if value is None:
+        return None
+    required, valid, what = _REQUIRED.get(kind, _ANSWER)
+    expected = f"expected a JSON object with {required!r}"
+    try:
+        parsed = json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        parsed, found = None, f"found text that is not JSON {str(value)[:40]!r}"
+    else:
+        found = f"found {describe(parsed)}"
+    if isinstance(parsed, dict):
+        if required not in parsed:
+            found = f"found an object without {required!r} (keys: {', '.join(sorted(parsed)) or 'none'})"
+        elif not valid(parsed[required]):
+            found = f"found {required!r} that is {describe(parsed[required])} (expected {what})"
         else:
-            found = f"found {describe(parsed)}"
-        if isinstance(parsed, dict):
-            if required not in parsed:
-                found = f"found an object without {required!r} (keys: {', '.join(sorted(parsed)) or 'none'})"
-            elif not valid(parsed[required]):
-                found = f"found {required!r} that is {describe(parsed[required])} (expected {what})"
-            else:
-                return parsed
-        raise InputError(str(self.path), f"{expected}, {found}; move the store away to start over, or delete that row",
-                         row=f"row key {key}")
+            return parsed
+    raise InputError(str(path), f"{expected}, {found}; move the store away to start over, or delete that row",
+                     row=f"row key {key}")
 
 
 def _check_schema(db: sqlite3.Connection, path: Path) -> None:

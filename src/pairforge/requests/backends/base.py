@@ -65,6 +65,10 @@ def check_source(cfg: SourceConfig) -> None:
             not (Path(cfg.model) / "config.json").exists():
         raise InputError(f"source '{cfg.name}'", f"{cfg.model} is a LoRA adapter, which vLLM does not load as a "
                          "model: train with lora.merge: true (or use backend transformers)")
+    if cfg.tpm is not None and cfg.tpm < cfg.max_new_tokens:  # here: a judge's max_new_tokens is only known now
+        raise InputError(f"source '{cfg.name}'", f"tpm {cfg.tpm:g} is below one request's max_new_tokens "
+                         f"{cfg.max_new_tokens}: each request would wait over a minute (expected the quota in tokens, "
+                         "e.g. tpm: 200000)")
     if cfg.backend in needs:
         package, hint = needs[cfg.backend]
         if importlib.util.find_spec(package) is None:
