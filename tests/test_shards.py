@@ -121,7 +121,9 @@ def test_a_shard_stopped_by_bad_input_leaves_no_copy_of_the_runs_store(tmp_path:
     assert not (tmp_path / "shards").exists()  # nothing but the copy was in it: a failed check leaves nothing
 
 
-def test_fifty_thousand_shard_answers_merge_in_about_a_second(tmp_path: Path) -> None:
+def test_fifty_thousand_shard_answers_all_merge(tmp_path: Path) -> None:
+    """Two shards of 25k answers each come into the run's store whole, in one merge (how long it takes is a
+    benchmark's figure, not a test's: ~0.6 s here)."""
     main = tmp_path / "store.sqlite"
     for k in (1, 2):
         shard = Store(Shard(k, 2).store(main))
@@ -131,10 +133,8 @@ def test_fifty_thousand_shard_answers_merge_in_about_a_second(tmp_path: Path) ->
         shard.db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?)", rows)
         shard.db.execute("COMMIT")
         shard.close()
-    started = time.perf_counter()
     with opened(main):
         pass
-    assert time.perf_counter() - started < 3
     assert sqlite3.connect(main).execute("SELECT COUNT(*) FROM results WHERE value IS NOT NULL").fetchone() == (50_000,)
 
 
@@ -227,7 +227,7 @@ def test_a_killed_shard_reasks_only_its_unanswered_prompts(tmp_path: Path, serve
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
         at_kill, asked = stored_rows(store), proxy.requests
-        assert 1 <= at_kill < total, (at_kill, total)
+        assert 1 <= at_kill < total, (at_kill, total)  # killed mid-way, or the rerun would prove nothing
         proxy.requests = 0
         again = shard_cli(recipe, out, "1/2")
         _, stderr = again.communicate(timeout=300)
