@@ -35,9 +35,8 @@ from pairforge.requests.usage import cost
 from pairforge.revision import fill
 from pairforge.rounds import base_model, round_recipe
 from pairforge.schema import Message
-from pairforge.text import prompt_text
+from pairforge.text import CHARS_PER_TOKEN, prompt_text
 
-CHARS_PER_TOKEN = 4
 Count = Callable[[list[Message]], int]
 
 

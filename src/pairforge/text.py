@@ -7,6 +7,8 @@ from typing import Any
 
 import polars as pl
 
+CHARS_PER_TOKEN = 4  # the usual rule for English text, where no tokenizer is at hand (a server's model)
+
 
 def prompt_text(prompt: str | list[dict[str, str]], with_roles: bool = False) -> str:
     """A prompt's text: a string as it is; chat turns' contents, blank-line separated — each prefixed by its

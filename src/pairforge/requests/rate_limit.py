@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from pairforge.config import SourceConfig
 from pairforge.schema import Message
-from pairforge.text import prompt_text
+from pairforge.text import CHARS_PER_TOKEN, prompt_text
 
 
 @dataclass
@@ -81,4 +81,4 @@ def limiter_for(cfg: SourceConfig) -> RateLimiter | None:
 
 def estimated_tokens(cfg: SourceConfig, messages: list[Message]) -> float:
     """What a request may use before it is answered: its prompt at ~4 characters a token, plus the longest answer."""
-    return len(prompt_text(messages)) / 4 + cfg.max_new_tokens
+    return len(prompt_text(messages)) / CHARS_PER_TOKEN + cfg.max_new_tokens
